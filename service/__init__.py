@@ -1,0 +1,1 @@
+"""docproc: an async document-processing service on Celery and RabbitMQ."""

@@ -1,0 +1,1 @@
+"""RabbitMQ from docproc's side: declaring the topology, checking it, reading the management API."""

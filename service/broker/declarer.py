@@ -1,0 +1,110 @@
+"""Declares the topology through aio-pika, idempotently; explains a mismatch instead of looping."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, ExchangeType
+from loguru import logger
+
+from service.broker.drift import queue_differences
+from service.broker.management import Management, vhost_of
+from service.errors import BrokerUnavailable, DocprocError, TopologyMismatch
+from service.settings import Settings
+from service.topology import Exchange, Queue, Topology, build_topology
+
+CONNECT_TIMEOUT = 10.0
+
+
+async def connect(settings: Settings) -> AbstractConnection:
+    """A plain (not robust) connection that fails within CONNECT_TIMEOUT with a clear message."""
+    try:
+        return await asyncio.wait_for(aio_pika.connect(settings.broker_url), CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
+        raise BrokerUnavailable(_unreachable(settings, exc)) from exc
+
+
+async def declare_topology(settings: Settings, topology: Topology | None = None) -> Topology:
+    """Declare every exchange, queue and binding of `topology`; declaring again changes nothing.
+
+    Raises BrokerUnavailable when RabbitMQ cannot be reached, and TopologyMismatch when an object
+    exists with other arguments (PRECONDITION_FAILED), naming it, the differences and the fix.
+    """
+    topology = topology or build_topology(settings)
+    connection = await connect(settings)
+    try:
+        channel = await connection.channel()
+        await _declare(channel, topology, settings)
+    finally:
+        await connection.close()
+    logger.bind(vhost=vhost_of(settings.broker_url)).info(
+        "topology declared: {} exchanges, {} queues, {} bindings",
+        len(topology.exchanges),
+        len(topology.queues),
+        len(topology.bindings),
+    )
+    return topology
+
+
+async def _declare(channel: AbstractChannel, topology: Topology, settings: Settings) -> None:
+    for exchange in topology.exchanges:
+        try:
+            await channel.declare_exchange(exchange.name, ExchangeType(exchange.type), durable=True)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise await _mismatch(settings, exchange, exc) from None
+    for queue in topology.queues:
+        try:
+            await channel.declare_queue(queue.name, durable=True, arguments=dict(queue.arguments))
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise await _mismatch(settings, queue, exc) from None
+    for binding in topology.bindings:
+        source = await channel.get_exchange(binding.source, ensure=False)
+        if binding.destination_type == "queue":
+            queue_ = await channel.get_queue(binding.destination, ensure=False)
+            await queue_.bind(source, routing_key=binding.routing_key)
+        else:
+            exchange_ = await channel.get_exchange(binding.destination, ensure=False)
+            await exchange_.bind(source, routing_key=binding.routing_key)
+
+
+def _unreachable(settings: Settings, exc: BaseException) -> str:
+    parts = urlsplit(settings.broker_url)
+    where = f"{parts.hostname}:{parts.port or 5672}, vhost {vhost_of(settings.broker_url)!r}"
+    reason = str(exc) or type(exc).__name__
+    return (
+        f"RabbitMQ is not reachable at {where} ({reason}). Start one with "
+        "infra/rabbitmq/local.sh (or `docker compose -f infra/docker-compose.yml up -d rabbitmq`), "
+        "or point DOCPROC_BROKER_URL at yours"
+    )
+
+
+async def _mismatch(
+    settings: Settings, item: Exchange | Queue, exc: aiormq.exceptions.ChannelPreconditionFailed
+) -> DocprocError:
+    vhost = vhost_of(settings.broker_url)
+    differences = [str(exc.args[0]) if exc.args else repr(exc)]
+    if isinstance(item, Exchange):
+        return TopologyMismatch(
+            f"exchange {item.name}",
+            differences,
+            f"delete the exchange {item.name!r} in vhost {vhost!r} (management UI, or "
+            f"`rabbitmqadmin -V {vhost} delete exchange name={item.name}`), "
+            "then run `docproc topology declare`",
+        )
+    try:
+        async with Management.from_settings(settings) as management:
+            actual = await management.queue(item.name)
+        if actual is not None:
+            differences = queue_differences(item, actual) or differences
+    except DocprocError as unavailable:
+        logger.warning("cannot read the queue's arguments: {}", unavailable)
+    return TopologyMismatch(
+        f"queue {item.name}",
+        differences,
+        f"RabbitMQ cannot change a queue's arguments in place. Either set DOCPROC_QUEUE_TYPE / "
+        f"DOCPROC_DELIVERY_LIMIT to match it, or move its messages away (shovel) and delete it "
+        f"(`rabbitmqctl delete_queue -p {vhost} {item.name}`), then run `docproc topology declare`",
+    )

@@ -1,0 +1,147 @@
+"""A small async client of RabbitMQ's management HTTP API: what the broker holds, in one vhost."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote, unquote, urlsplit
+
+import httpx
+import msgspec
+
+from service.errors import BrokerUnavailable
+from service.settings import Settings
+
+
+class QueueInfo(msgspec.Struct, kw_only=True):
+    name: str
+    arguments: dict[str, Any] = {}
+    type: str = "classic"
+    durable: bool = True
+    messages: int = 0
+    messages_ready: int = 0
+    messages_unacknowledged: int = 0
+    consumers: int = 0
+
+
+class ExchangeInfo(msgspec.Struct, kw_only=True):
+    name: str
+    type: str
+    durable: bool = True
+    arguments: dict[str, Any] = {}
+
+
+class BindingInfo(msgspec.Struct, kw_only=True):
+    source: str
+    destination: str
+    destination_type: str
+    routing_key: str
+
+
+def vhost_of(broker_url: str) -> str:
+    """The vhost an AMQP URL names: `amqp://h//` and `amqp://h/` are "/", `amqp://h/x` is "x"."""
+    path = urlsplit(broker_url).path
+    return "/" if path in ("", "/") else unquote(path[1:])
+
+
+def credentials_of(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return unquote(parts.username or "guest"), unquote(parts.password or "guest")
+
+
+class Management:
+    """The management API of one vhost; the broker URL's credentials unless this URL has its own."""
+
+    def __init__(self, url: str, vhost: str, auth: tuple[str, str], timeout: float = 10.0) -> None:
+        parts = urlsplit(url)
+        if parts.username:
+            auth = credentials_of(url)
+        base = (
+            f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+        )
+        self.url = base.rstrip("/")
+        self.vhost = vhost
+        self._client = httpx.AsyncClient(base_url=self.url, auth=auth, timeout=timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Management:
+        return cls(
+            settings.management_url,
+            vhost_of(settings.broker_url),
+            credentials_of(settings.broker_url),
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    @property
+    def _v(self) -> str:
+        return quote(self.vhost, safe="")
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise BrokerUnavailable(
+                f"RabbitMQ's management API at {self.url} did not answer ({exc!r}); is the "
+                "rabbitmq_management plugin enabled (rabbitmq-plugins enable rabbitmq_management)?"
+            ) from exc
+        if response.status_code in (401, 403):
+            raise BrokerUnavailable(
+                f"RabbitMQ's management API at {self.url} refused the credentials "
+                f"({response.status_code}); set DOCPROC_MANAGEMENT_URL with a user that has the "
+                "management tag"
+            )
+        return response
+
+    async def _get(self, path: str, type_: type[Any]) -> Any:
+        response = await self._request("GET", path)
+        response.raise_for_status()
+        return msgspec.json.decode(response.content, type=type_)
+
+    async def queues(self) -> list[QueueInfo]:
+        return list(await self._get(f"/api/queues/{self._v}", list[QueueInfo]))
+
+    async def queue(self, name: str) -> QueueInfo | None:
+        response = await self._request("GET", f"/api/queues/{self._v}/{quote(name, safe='')}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return msgspec.json.decode(response.content, type=QueueInfo)
+
+    async def exchanges(self) -> list[ExchangeInfo]:
+        return list(await self._get(f"/api/exchanges/{self._v}", list[ExchangeInfo]))
+
+    async def bindings(self) -> list[BindingInfo]:
+        return list(await self._get(f"/api/bindings/{self._v}", list[BindingInfo]))
+
+    async def overview(self) -> dict[str, Any]:
+        return dict(await self._get("/api/overview", dict[str, Any]))
+
+    async def create_vhost(self) -> None:
+        """Create this client's vhost and give the current user full permissions on it."""
+        response = await self._request("PUT", f"/api/vhosts/{self._v}")
+        response.raise_for_status()
+        whoami = await self._get("/api/whoami", dict[str, Any])
+        response = await self._request(
+            "PUT",
+            f"/api/permissions/{self._v}/{quote(whoami['name'], safe='')}",
+            json={"configure": ".*", "write": ".*", "read": ".*"},
+        )
+        response.raise_for_status()
+
+    async def delete_vhost(self) -> None:
+        response = await self._request("DELETE", f"/api/vhosts/{self._v}")
+        if response.status_code != 404:
+            response.raise_for_status()

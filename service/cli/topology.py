@@ -1,0 +1,74 @@
+"""`docproc topology declare | export | check`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import click
+
+from service.broker.declarer import declare_topology
+from service.broker.drift import check as check_drift
+from service.broker.management import Management, vhost_of
+from service.cli.environment import load_settings
+from service.logs import setup_logging
+from service.topology import build_topology, export_definitions
+
+
+@click.group()
+def topology() -> None:
+    """The broker topology: exchanges, queues, dead-lettering (DESIGN.md, "Broker topology").
+
+    \b
+    Examples:
+      docproc topology declare
+      docproc topology check || echo "the broker has drifted"
+      docproc topology export > infra/rabbitmq/definitions.json
+    """
+
+
+@topology.command()
+def declare() -> None:
+    """Declare every exchange, queue and binding; running it again changes nothing."""
+    settings = load_settings()
+    setup_logging(settings.log_level, component="cli")
+    declared = asyncio.run(declare_topology(settings))
+    click.echo(
+        f"declared {len(declared.exchanges)} exchanges, {len(declared.queues)} queues and "
+        f"{len(declared.bindings)} bindings in vhost {vhost_of(settings.broker_url)!r}"
+    )
+
+
+@topology.command()
+@click.option("--vhost", default="/", show_default=True, help="The vhost named in the export.")
+def export(vhost: str) -> None:
+    """Print the topology as RabbitMQ definitions JSON (loadable by the management plugin)."""
+    definitions = export_definitions(build_topology(load_settings()), vhost)
+    click.echo(json.dumps(definitions, indent=2))
+
+
+@topology.command()
+def check() -> None:
+    """Compare the broker's topology with docproc's; exit 1 and list each difference if it drifted.
+
+    Reads through the management API and changes nothing.
+    """
+    settings = load_settings()
+
+    async def run() -> list[str]:
+        async with Management.from_settings(settings) as management:
+            return await check_drift(build_topology(settings), management)
+
+    differences = asyncio.run(run())
+    vhost = vhost_of(settings.broker_url)
+    if not differences:
+        click.echo(f"topology of vhost {vhost!r} matches")
+        return
+    for difference in differences:
+        click.echo(difference)
+    click.echo(
+        f"{len(differences)} difference(s) in vhost {vhost!r}; `docproc topology declare` creates "
+        "what is missing, a queue with other arguments must be deleted first",
+        err=True,
+    )
+    raise SystemExit(1)

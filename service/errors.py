@@ -1,0 +1,91 @@
+"""docproc's one exception hierarchy.
+
+The middle of the code just raises these. They are mapped to exit codes at the CLI edge, to
+problem+json at the HTTP edge, and to retry / reject at the worker edge, where `transient` decides:
+a transient error is retried through `retry_queue`, anything else is dead-lettered at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+
+class DocprocError(Exception):
+    """Base of every error docproc raises on purpose."""
+
+    transient: bool = False
+
+
+class ConfigError(DocprocError):
+    """A setting has a value that is not allowed; the message names the variable and the fix."""
+
+
+class BrokerUnavailable(DocprocError):
+    """RabbitMQ could not be reached."""
+
+    transient = True
+
+
+class TopologyMismatch(DocprocError):
+    """The broker holds a queue or exchange whose declaration differs from ours."""
+
+    def __init__(self, name: str, differences: Sequence[str], fix: str) -> None:
+        self.name = name
+        self.differences = tuple(differences)
+        self.fix = fix
+        super().__init__(f"{name}: {'; '.join(self.differences)}. Fix: {fix}")
+
+
+class ProcessingError(DocprocError):
+    """A document could not be processed."""
+
+
+class UnsupportedType(ProcessingError):
+    """The document's content is of a type docproc cannot extract."""
+
+
+class CorruptFile(ProcessingError):
+    """The document claims a type its bytes do not hold."""
+
+
+class TooLarge(ProcessingError):
+    """The document exceeds a configured limit."""
+
+
+class EmptyDocument(ProcessingError):
+    """The document holds no text."""
+
+
+class TransientProcessingError(ProcessingError):
+    """Processing failed for a reason that may clear on its own."""
+
+    transient = True
+
+
+class DatabaseError(DocprocError):
+    """The store failed; worth retrying."""
+
+    transient = True
+
+
+class SearchError(DocprocError):
+    """The full-text index failed; worth retrying."""
+
+    transient = True
+
+
+def exit_status(error: DocprocError) -> int:
+    """The process exit status for an error that ends a command (sysexits.h values)."""
+    if isinstance(error, ConfigError | TopologyMismatch):
+        return 78  # EX_CONFIG
+    if isinstance(error, BrokerUnavailable):
+        return 69  # EX_UNAVAILABLE
+    return 1
+
+
+def abort(error: DocprocError) -> NoReturn:
+    """End the process with one line on stderr naming what is wrong and the fix; no traceback."""
+    print(f"docproc: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(exit_status(error))

@@ -1,0 +1,195 @@
+"""The one typed settings object, built from the environment at an entry point and passed down."""
+
+from __future__ import annotations
+
+import os
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from service.errors import ConfigError
+
+QueueType = Literal["quorum", "classic"]
+LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Everything docproc can be configured with; see ENVIRONMENT for the variable names."""
+
+    broker_url: str = "amqp://guest:guest@localhost:5672//"
+    management_url: str = "http://localhost:15672"
+    data_dir: str = "./var"
+    database_url: str = ""
+    api_host: str = "127.0.0.1"
+    api_port: Port = 8000
+    queue_type: QueueType = "quorum"
+    delivery_limit: PositiveInt = 5
+    api_keys: tuple[str, ...] = ()
+    max_upload_bytes: PositiveInt = 50 * 1024 * 1024
+    dead_letter_retention: PositiveFloat = 14 * 24 * 3600.0
+    log_level: LogLevel = "INFO"
+    concurrency: PositiveInt = 2
+    max_retries: NonNegativeInt = 3
+    retry_delay: PositiveFloat = 60.0
+    retry_backoff_max: PositiveFloat = 3600.0
+    soft_time_limit: PositiveFloat = 1800.0
+    time_limit: PositiveFloat = 2400.0
+    result_expires: PositiveFloat = 3600.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        """`database_url`, or the SQLite file under `data_dir` when it is not set."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path(self.data_dir).resolve() / 'docproc.db'}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the environment; raise ConfigError naming the first bad variable."""
+        env = os.environ if environ is None else environ
+        types = typing.get_type_hints(cls, include_extras=True)
+        values: dict[str, Any] = {}
+        for field, variable in ENVIRONMENT.items():
+            raw = env.get(variable)
+            if raw is None or raw == "":
+                continue
+            values[field] = _convert(variable, raw, types[field])
+        settings = msgspec.convert(values, cls)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Checks that involve more than one field or a URL's shape."""
+        _check_url(
+            "DOCPROC_BROKER_URL",
+            self.broker_url,
+            ("amqp", "amqps"),
+            "amqp://user:password@localhost:5672/vhost",
+        )
+        _check_url(
+            "DOCPROC_MANAGEMENT_URL",
+            self.management_url,
+            ("http", "https"),
+            "http://localhost:15672",
+        )
+        if self.database_url:
+            _check_database_url(self.database_url)
+        if self.soft_time_limit >= self.time_limit:
+            raise ConfigError(
+                f"CELERY_SOFT_TIME_LIMIT={self.soft_time_limit:g} is not allowed: it must be "
+                f"shorter than CELERY_TIME_LIMIT={self.time_limit:g}, or the task never gets "
+                "the chance to record its failure"
+            )
+
+
+ENVIRONMENT: dict[str, str] = {
+    "broker_url": "DOCPROC_BROKER_URL",
+    "management_url": "DOCPROC_MANAGEMENT_URL",
+    "data_dir": "DOCPROC_DATA_DIR",
+    "database_url": "DOCPROC_DATABASE_URL",
+    "api_host": "DOCPROC_API_HOST",
+    "api_port": "DOCPROC_API_PORT",
+    "queue_type": "DOCPROC_QUEUE_TYPE",
+    "delivery_limit": "DOCPROC_DELIVERY_LIMIT",
+    "api_keys": "DOCPROC_API_KEYS",
+    "max_upload_bytes": "DOCPROC_MAX_UPLOAD_BYTES",
+    "dead_letter_retention": "DOCPROC_DEAD_LETTER_RETENTION",
+    "log_level": "CELERY_LOG_LEVEL",
+    "concurrency": "CELERY_CONCURRENCY",
+    "max_retries": "CELERY_MAX_RETRIES",
+    "retry_delay": "CELERY_RETRY_DELAY",
+    "retry_backoff_max": "CELERY_RETRY_BACKOFF_MAX",
+    "soft_time_limit": "CELERY_SOFT_TIME_LIMIT",
+    "time_limit": "CELERY_TIME_LIMIT",
+    "result_expires": "CELERY_RESULT_EXPIRES",
+}
+"""Which environment variable sets which field (DESIGN.md, "Configuration")."""
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _convert(variable: str, raw: str, annotation: Any) -> Any:
+    """Turn one variable's text into its field's type, or raise a one-line ConfigError."""
+    base = typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else None
+    target = base if base is not None else annotation
+    value: Any = raw.strip()
+    if target == tuple[str, ...]:
+        value = [part.strip() for part in raw.split(",") if part.strip()]
+    elif target is float and value[-1:].lower() in _DURATION_UNITS:
+        value = _duration(variable, value)
+    elif typing.get_origin(target) is Literal:
+        choices = typing.get_args(target)
+        value = next((c for c in choices if str(c).lower() == value.lower()), value)
+    try:
+        return msgspec.convert(value, annotation, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{variable}={raw!r} is not allowed: {_allowed(target, exc)}") from None
+
+
+def _duration(variable: str, text: str) -> float:
+    try:
+        return float(text[:-1]) * _DURATION_UNITS[text[-1].lower()]
+    except ValueError:
+        raise ConfigError(
+            f"{variable}={text!r} is not allowed: expected a number of seconds or a duration "
+            "such as 90s, 30m, 12h, 14d"
+        ) from None
+
+
+def _allowed(target: Any, exc: msgspec.ValidationError) -> str:
+    if typing.get_origin(target) is Literal:
+        return "expected one of " + ", ".join(str(a) for a in typing.get_args(target))
+    # msgspec says e.g. "Expected `int` >= 1, got `-1`"; the path suffix means nothing here.
+    text = str(exc).split(" - at ", 1)[0].replace("`", "").replace("Expected", "expected", 1)
+    return text.replace("expected int", "expected an integer").replace(
+        "expected float", "expected a number"
+    )
+
+
+def _check_url(variable: str, url: str, schemes: tuple[str, ...], example: str) -> None:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"{variable}={url!r} is not allowed: {exc}") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ConfigError(
+            f"{variable}={url!r} is not allowed: expected an {' or '.join(schemes)} URL "
+            f"with a host, such as {example}"
+        )
+
+
+def _check_database_url(url: str) -> None:
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
+            raise ConfigError(
+                f"DOCPROC_DATABASE_URL={url!r} is not allowed: a SQLite URL is "
+                "sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            )
+        return
+    if scheme in ("postgresql", "postgres"):
+        _check_url(
+            "DOCPROC_DATABASE_URL",
+            url,
+            ("postgresql", "postgres"),
+            "postgresql://user@localhost:5432/docproc",
+        )
+        return
+    raise ConfigError(
+        f"DOCPROC_DATABASE_URL={url!r} is not allowed: expected sqlite:///path.db "
+        "or postgresql://user@host/database"
+    )

@@ -1,0 +1,155 @@
+"""The Celery app: configuration from Settings and the topology, and the worker's hooks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kombu
+from celery import Celery, signals
+
+from service import serialization
+from service.broker.declarer import declare_topology
+from service.errors import ConfigError, DocprocError, abort
+from service.logs import correlation_id, setup_logging
+from service.settings import Settings
+from service.topology import (
+    DOCUMENT_QUEUE,
+    EXCHANGE,
+    MAINTENANCE_QUEUE,
+    WORK_QUEUES,
+    Topology,
+    build_topology,
+)
+from service.worker import canary
+from service.worker.task import DocprocTask
+
+CORRELATION_HEADER = "x-correlation-id"
+"""The message header that carries the correlation id of the request that caused the task."""
+
+TASK_ROUTES = {
+    "docproc.document.*": {"queue": DOCUMENT_QUEUE},
+    "docproc.canary.*": {"queue": DOCUMENT_QUEUE},
+    "docproc.maintenance.*": {"queue": MAINTENANCE_QUEUE},
+}
+
+
+class DocprocCelery(Celery):
+    """A Celery app that knows its docproc Settings."""
+
+    _docproc_settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._docproc_settings is None:
+            _ = self.conf  # configuring reads the settings (see create_celery)
+        assert self._docproc_settings is not None
+        return self._docproc_settings
+
+
+def celery_queues(topology: Topology) -> list[kombu.Queue]:
+    """The work queues as kombu declares them: the same arguments as the topology's."""
+    exchange = kombu.Exchange(EXCHANGE, type="topic", durable=True)
+    return [
+        kombu.Queue(
+            queue.name,
+            exchange,
+            routing_key=queue.name,
+            queue_arguments=dict(queue.arguments),
+            durable=True,
+        )
+        for queue in topology.queues
+        if queue.name in WORK_QUEUES
+    ]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    topology = build_topology(settings)
+    return {
+        "broker_url": settings.broker_url,
+        # The worker's own publishes (retries) are confirmed before the original is acked.
+        "broker_transport_options": {"confirm_publish": True},
+        "broker_connection_retry_on_startup": True,
+        "broker_native_delayed_delivery_queue_type": settings.queue_type,
+        "task_queues": celery_queues(topology),
+        "task_default_queue": MAINTENANCE_QUEUE,
+        "task_default_exchange": EXCHANGE,
+        "task_default_exchange_type": "topic",
+        "task_default_routing_key": MAINTENANCE_QUEUE,
+        # A queue Celery would create on the fly would have no dead-letter exchange.
+        "task_create_missing_queues": False,
+        "task_routes": TASK_ROUTES,
+        "task_serializer": serialization.NAME,
+        "result_serializer": serialization.NAME,
+        "accept_content": list(serialization.ACCEPTED),
+        "result_accept_content": list(serialization.ACCEPTED),
+        "event_serializer": "json",
+        "task_acks_late": True,
+        "task_acks_on_failure": False,
+        "task_acks_on_timeout": False,
+        "task_reject_on_worker_lost": True,
+        "task_soft_time_limit": settings.soft_time_limit,
+        "task_time_limit": settings.time_limit,
+        "task_ignore_result": True,
+        "result_expires": settings.result_expires,
+        "worker_prefetch_multiplier": 1,
+        "worker_concurrency": settings.concurrency,
+        "worker_consumer": "service.worker.consumer:DeadLetteringConsumer",
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_hijack_root_logger": False,
+        # Our log sink writes to stdout; redirecting stdout into logging would loop.
+        "worker_redirect_stdouts": False,
+    }
+
+
+def create_celery(settings: Settings | None = None) -> DocprocCelery:
+    """The Celery app. Without `settings`, they are read from the environment when Celery first
+    needs its configuration, not at import: `celery -A service.worker.celery` imports this lazily.
+    """
+    serialization.register_with_kombu()
+    app = DocprocCelery("docproc", task_cls=DocprocTask, set_as_current=False)
+
+    def configure(settings: Settings) -> None:
+        app._docproc_settings = settings
+        app.config_from_object(celery_config(settings))
+
+    if settings is not None:
+        configure(settings)
+    else:
+
+        def configure_from_environment(sender: Celery, **_: Any) -> None:
+            try:
+                configure(Settings.from_env())
+            except ConfigError as exc:
+                abort(exc)
+
+        app.on_configure.connect(configure_from_environment, weak=False)
+
+    _connect_signals(app)
+    canary.register(app)
+    return app
+
+
+def _connect_signals(app: DocprocCelery) -> None:
+    def on_setup_logging(**_: Any) -> None:
+        setup_logging(app.settings.log_level, component="worker")
+
+    def on_worker_init(sender: Any, **_: Any) -> None:
+        if sender.app is not app:
+            return
+        try:
+            asyncio.run(declare_topology(app.settings))
+        except DocprocError as exc:
+            abort(exc)
+
+    def on_task_prerun(task: Any, task_id: str, **_: Any) -> None:
+        request = task.request
+        correlation_id.set(request.get(CORRELATION_HEADER) or request.root_id or task_id)
+
+    def on_task_postrun(**_: Any) -> None:
+        correlation_id.set(None)
+
+    signals.setup_logging.connect(on_setup_logging, weak=False)
+    signals.worker_init.connect(on_worker_init, weak=False)
+    signals.task_prerun.connect(on_task_prerun, weak=False)
+    signals.task_postrun.connect(on_task_postrun, weak=False)

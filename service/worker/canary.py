@@ -1,0 +1,99 @@
+"""Canary tasks: known behaviours that prove a deployment's paths, used by `docproc selftest`.
+
+Each reports what it did to the queue named by `report_to` (on the default exchange), so that the
+caller can watch without a result backend: a success, a transient failure that retries through the
+broker's delayed delivery, a permanent failure that is dead-lettered, a crash of the worker process
+that ends at the delivery limit, and a sleep that runs into a time limit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from service.errors import ProcessingError, TransientProcessingError
+
+AnyTask = Task[Any, Any]
+
+SUCCEED = "docproc.canary.succeed"
+FAIL = "docproc.canary.fail"
+FLAKY = "docproc.canary.flaky"
+CRASH = "docproc.canary.crash"
+SLEEP = "docproc.canary.sleep"
+
+
+class CanaryFailure(ProcessingError):
+    """The permanent failure that the `fail` canary raises on purpose."""
+
+
+def report(task: AnyTask, report_to: str | None, event: str, **fields: Any) -> None:
+    """Publish `event` with the task's delivery facts to the queue `report_to`, confirmed."""
+    if not report_to:
+        return
+    request = task.request
+    delivery = request.delivery_info or {}
+    body = {
+        "event": event,
+        "task": task.name,
+        "task_id": request.id,
+        "retries": request.retries,
+        "routing_key": delivery.get("routing_key"),
+        "redelivered": bool(delivery.get("redelivered")),
+        # Which queues the message expired from on its way here: the broker's delay cascade.
+        "delayed_through": [death.get("queue") for death in request.get("x-death") or []],
+        "pid": os.getpid(),
+        "time": time.time(),
+        **fields,
+    }
+    with task.app.producer_or_acquire() as producer:
+        producer.publish(
+            body, exchange="", routing_key=report_to, serializer="json", retry=True, declare=[]
+        )
+
+
+def register(app: Celery) -> None:
+    @app.task(name=SUCCEED, bind=True)
+    def succeed(self: AnyTask, report_to: str | None = None) -> str:
+        report(self, report_to, "succeeded")
+        return "ok"
+
+    @app.task(name=FAIL, bind=True)
+    def fail(self: AnyTask, report_to: str | None = None) -> None:
+        report(self, report_to, "failing")
+        raise CanaryFailure("canary: a permanent failure, on purpose")
+
+    @app.task(name=FLAKY, bind=True)
+    def flaky(self: AnyTask, failures: int, report_to: str | None = None) -> str:
+        if self.request.retries < failures:
+            report(self, report_to, "retrying")
+            raise TransientProcessingError(
+                f"canary: transient failure {self.request.retries + 1} of {failures}, on purpose"
+            )
+        report(self, report_to, "succeeded")
+        return "ok"
+
+    @app.task(name=CRASH, bind=True)
+    def crash(self: AnyTask, report_to: str | None = None) -> None:
+        report(self, report_to, "crashing")
+        os._exit(70)
+
+    @app.task(name=SLEEP, bind=True)
+    def sleep(
+        self: AnyTask, seconds: float, stubborn: bool = False, report_to: str | None = None
+    ) -> str:
+        """Sleep; a `stubborn` sleeper ignores the soft time limit, as stuck native code would."""
+        report(self, report_to, "sleeping")
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                time.sleep(left)
+            except SoftTimeLimitExceeded:
+                if not stubborn:
+                    raise
+                report(self, report_to, "ignoring the soft time limit")
+        report(self, report_to, "succeeded")
+        return "ok"

@@ -1,0 +1,146 @@
+"""Failures are routed by RabbitMQ's dead-letter exchange, not acked away (issue: the spine)."""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+
+import aio_pika
+import pytest
+
+from service.topology import DEAD_LETTER_EXCHANGE, DOCUMENT_QUEUE, EXCHANGE
+from service.worker import canary
+from service.worker.app import DocprocCelery
+from tests.support import DeadLetterQueue, Process, Reports, first_death
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
+
+
+async def test_a_task_that_raises_is_dead_lettered_as_rejected(
+    worker: Process, client: DocprocCelery, reports: Reports, dead_letters: DeadLetterQueue
+) -> None:
+    result = client.send_task(canary.FAIL, kwargs={"report_to": reports.name})
+
+    dead = await dead_letters.for_task(result.id)
+
+    death = first_death(dead)
+    assert death["reason"] == "rejected"
+    assert death["queue"] == DOCUMENT_QUEUE
+    assert death["exchange"] == EXCHANGE
+    assert dead.routing_key == DOCUMENT_QUEUE  # x-dead-letter-routing-key
+    assert dead.exchange == DEAD_LETTER_EXCHANGE
+    assert await reports.events(result.id) == ["failing"], "a permanent failure is not retried"
+
+
+async def test_a_hard_time_limit_ends_in_the_dead_letter_queue_not_in_a_requeue(
+    worker: Process, client: DocprocCelery, reports: Reports, dead_letters: DeadLetterQueue
+) -> None:
+    result = client.send_task(
+        canary.SLEEP,
+        kwargs={"seconds": 60, "stubborn": True, "report_to": reports.name},
+        soft_time_limit=1,
+        time_limit=3,
+    )
+
+    dead = await dead_letters.for_task(result.id)
+
+    death = first_death(dead)
+    assert death["reason"] == "rejected"
+    assert death["queue"] == DOCUMENT_QUEUE
+    assert death["count"] == 1
+    # A quorum queue counts returns to the queue; 0 means it died on its first delivery.
+    assert (dead.headers or {}).get("x-delivery-count", 0) == 0, "it was requeued before dying"
+    assert await reports.events(result.id) == ["sleeping", "ignoring the soft time limit"]
+
+
+async def test_a_soft_time_limit_lets_the_task_fail_and_be_dead_lettered(
+    worker: Process, client: DocprocCelery, reports: Reports, dead_letters: DeadLetterQueue
+) -> None:
+    result = client.send_task(
+        canary.SLEEP, kwargs={"seconds": 60, "report_to": reports.name}, soft_time_limit=1
+    )
+
+    dead = await dead_letters.for_task(result.id)
+
+    assert first_death(dead)["reason"] == "rejected"
+    assert await reports.events(result.id) == ["sleeping"]
+
+
+async def test_a_worker_process_that_dies_mid_task_ends_at_the_delivery_limit(
+    worker: Process, client: DocprocCelery, reports: Reports, dead_letters: DeadLetterQueue
+) -> None:
+    result = client.send_task(canary.CRASH, kwargs={"report_to": reports.name})
+
+    dead = await dead_letters.for_task(result.id, timeout=60)
+
+    death = first_death(dead)
+    assert death["reason"] == "delivery_limit"
+    assert death["queue"] == DOCUMENT_QUEUE
+    # The default delivery limit is 5: the first delivery and five redeliveries, each one crashed.
+    assert await reports.events(result.id) == ["crashing"] * 6
+    assert worker.alive(), "the worker survives its pool processes dying"
+
+
+def _celery_headers(task: str, task_id: str) -> dict[str, aio_pika.abc.FieldValue]:
+    return {
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "argsrepr": "()",
+        "kwargsrepr": "{}",
+        "origin": "tests",
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "task", "body", "content_type"),
+    [
+        ("undecodable bytes", canary.SUCCEED, b"\xff\xfe\x00{not json", "application/json"),
+        ("unknown task", "docproc.no_such_task", b"[[], {}, {}]", "application/json"),
+        (
+            "pickle",
+            canary.SUCCEED,
+            pickle.dumps(((), {}, {})),
+            "application/x-python-serialize",
+        ),
+        ("not a Celery message", None, b"hello, no headers at all", "text/plain"),
+    ],
+)
+async def test_messages_the_worker_cannot_run_are_dead_lettered_byte_for_byte(
+    worker: Process,
+    connection: aio_pika.abc.AbstractConnection,
+    dead_letters: DeadLetterQueue,
+    case: str,
+    task: str | None,
+    body: bytes,
+    content_type: str,
+) -> None:
+    marker = str(uuid.uuid4())
+    headers = _celery_headers(task, marker) if task else {}
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+    await exchange.publish(
+        aio_pika.Message(
+            body,
+            content_type=content_type,
+            content_encoding="utf-8"
+            if content_type != "application/x-python-serialize"
+            else "binary",
+            headers=headers,
+            message_id=marker,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        ),
+        routing_key=DOCUMENT_QUEUE,
+    )
+
+    dead = await dead_letters.wait_for(lambda m: m.message_id == marker, what=f"the {case} message")
+
+    assert dead.body == body
+    assert dead.content_type == content_type
+    death = first_death(dead)
+    assert death["reason"] == "rejected"
+    assert death["queue"] == DOCUMENT_QUEUE

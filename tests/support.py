@@ -1,0 +1,303 @@
+"""What the tests share: the services they need, real processes, and waiting with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from service.broker.management import Management
+from service.settings import Settings
+from service.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+T = TypeVar("T")
+
+# Worker settings for tests: short retries and time limits, so that each path takes seconds.
+FAST_WORKER_ENV = {
+    "CELERY_RETRY_DELAY": "1",
+    "CELERY_RETRY_BACKOFF_MAX": "2",
+    "CELERY_MAX_RETRIES": "5",
+    "CELERY_SOFT_TIME_LIMIT": "20",
+    "CELERY_TIME_LIMIT": "30",
+    "CELERY_CONCURRENCY": "2",
+    "CELERY_LOG_LEVEL": "INFO",
+}
+
+
+def missing(reason: str) -> None:
+    """A service the test needs is not there: fail under CI=true, skip elsewhere, saying why."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing service fails the run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+) -> T:
+    """Call `probe` until it returns something other than None; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@dataclass(frozen=True)
+class RabbitMQ:
+    """A broker the tests may create vhosts on."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    management_url: str
+
+    def url(self, vhost: str) -> str:
+        return (
+            f"amqp://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+            f"@{self.host}:{self.port}/{quote(vhost, safe='')}"
+        )
+
+    def management(self, vhost: str) -> Management:
+        return Management(self.management_url, vhost, (self.user, self.password))
+
+
+@dataclass(frozen=True)
+class Vhost:
+    """One vhost of the test broker, and the settings that point docproc at it."""
+
+    rabbitmq: RabbitMQ
+    name: str
+    overrides: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.rabbitmq.url(self.name)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The environment for a docproc process on this vhost."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCPROC_", "CELERY_"))}
+        env |= {
+            "DOCPROC_BROKER_URL": self.url,
+            "DOCPROC_MANAGEMENT_URL": self.rabbitmq.management_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+        return env | dict(self.overrides) | overrides
+
+    def settings(self, **overrides: str) -> Settings:
+        return Settings.from_env(self.env(**overrides))
+
+    def management(self) -> Management:
+        return self.rabbitmq.management(self.name)
+
+    async def connect(self) -> aio_pika.abc.AbstractConnection:
+        return await aio_pika.connect(self.url)
+
+
+async def create_vhost(rabbitmq: RabbitMQ, prefix: str = "docproc-test") -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    async with rabbitmq.management(name) as management:
+        await management.create_vhost()
+    return name
+
+
+async def delete_vhost(rabbitmq: RabbitMQ, name: str) -> None:
+    async with rabbitmq.management(name) as management:
+        await management.delete_vhost()
+
+
+def docproc_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "service", *args]
+
+
+class Process:
+    """A real docproc process, its output in a file so a failing test can show it."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], log: Path) -> None:
+        self.args = args
+        self.log = log
+        self._log_file = log.open("wb")
+        self.popen = subprocess.Popen(
+            args, env=dict(env), stdout=self._log_file, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+
+    def output(self) -> str:
+        self._log_file.flush()
+        return self.log.read_text(errors="replace")
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout)
+        self._log_file.close()
+        return self.popen.returncode
+
+
+async def start_worker(vhost: Vhost, log: Path, **env: str) -> Process:
+    """A worker on `vhost`, returned once it consumes all three work queues."""
+    worker = Process(docproc_command("serve", "worker"), vhost.env(**FAST_WORKER_ENV, **env), log)
+
+    async def consuming() -> bool | None:
+        if not worker.alive():
+            raise AssertionError(f"the worker exited early:\n{worker.tail()}")
+        async with vhost.management() as management:
+            queues = {q.name: q for q in await management.queues()}
+        ready = all(name in queues and queues[name].consumers > 0 for name in WORK_QUEUES)
+        return True if ready else None
+
+    try:
+        await eventually(consuming, 30, "the worker to consume its queues", interval=0.25)
+    except AssertionError as exc:
+        worker.stop()
+        raise AssertionError(f"{exc}\n{worker.tail()}") from None
+    return worker
+
+
+class Reports:
+    """An exclusive queue that canary tasks report to (their `report_to`)."""
+
+    def __init__(self, channel: AbstractChannel, queue: aio_pika.abc.AbstractQueue) -> None:
+        self._channel = channel
+        self._queue = queue
+        self.seen: list[dict[str, Any]] = []
+
+    @classmethod
+    async def open(cls, connection: aio_pika.abc.AbstractConnection) -> Reports:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        return cls(channel, queue)
+
+    @property
+    def name(self) -> str:
+        return self._queue.name
+
+    async def _drain(self) -> None:
+        while (message := await self._queue.get(no_ack=True, fail=False)) is not None:
+            self.seen.append(json.loads(message.body))
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30, what: str = ""
+    ) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            await self._drain()
+            return next((report for report in self.seen if predicate(report)), None)
+
+        return await eventually(probe, timeout, what or "a canary report")
+
+    async def events(self, task_id: str) -> list[str]:
+        await self._drain()
+        return [report["event"] for report in self.seen if report["task_id"] == task_id]
+
+
+class DeadLetterQueue:
+    """Reads `docproc.dead_letter` directly (no DLQ consumer runs in these tests)."""
+
+    def __init__(self, channel: AbstractChannel) -> None:
+        self._channel = channel
+        self.seen: list[AbstractIncomingMessage] = []
+
+    async def _drain(self) -> None:
+        queue = await self._channel.get_queue(DEAD_LETTER_QUEUE, ensure=False)
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            self.seen.append(message)
+
+    async def wait_for(
+        self,
+        predicate: Callable[[AbstractIncomingMessage], bool],
+        timeout: float = 30,
+        what: str = "a dead letter",
+    ) -> AbstractIncomingMessage:
+        async def probe() -> AbstractIncomingMessage | None:
+            await self._drain()
+            return next((message for message in self.seen if predicate(message)), None)
+
+        return await eventually(probe, timeout, what)
+
+    async def for_task(self, task_id: str, timeout: float = 30) -> AbstractIncomingMessage:
+        return await self.wait_for(
+            lambda m: (m.headers or {}).get("id") == task_id, timeout, f"task {task_id} to die"
+        )
+
+
+def first_death(message: AbstractIncomingMessage) -> dict[str, Any]:
+    deaths = (message.headers or {}).get("x-death")
+    assert isinstance(deaths, list), f"no x-death header: {message.headers}"
+    assert deaths, f"an empty x-death header: {message.headers}"
+    death = deaths[0]
+    assert isinstance(death, dict)
+    return death
+
+
+def broker_from_environment() -> RabbitMQ | None:
+    """DOCPROC_TEST_BROKER_URL, else a broker answering on localhost, else None."""
+    url = os.environ.get("DOCPROC_TEST_BROKER_URL")
+    management = os.environ.get("DOCPROC_TEST_MANAGEMENT_URL")
+    if url:
+        parts = urlsplit(url)
+        host = parts.hostname or "localhost"
+        return RabbitMQ(
+            host=host,
+            port=parts.port or 5672,
+            user=parts.username or "guest",
+            password=parts.password or "guest",
+            management_url=management or f"http://{host}:15672",
+        )
+    if port_open("127.0.0.1", 5672):
+        return RabbitMQ("127.0.0.1", 5672, "guest", "guest", management or "http://127.0.0.1:15672")
+    return None
+
+
+def run_docproc(
+    *args: str, env: Mapping[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        docproc_command(*args),
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from service.errors import ConfigError
+from service.settings import ENVIRONMENT, Settings
+from tests.support import ROOT
+
+
+def test_defaults_are_those_of_the_design() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.broker_url == "amqp://guest:guest@localhost:5672//"
+    assert settings.management_url == "http://localhost:15672"
+    assert settings.resolved_database_url.startswith("sqlite:///")
+    assert settings.resolved_database_url.endswith("/var/docproc.db")
+    assert (settings.api_host, settings.api_port) == ("127.0.0.1", 8000)
+    assert settings.queue_type == "quorum"
+    assert settings.delivery_limit == 5
+    assert settings.concurrency == 2
+    assert settings.max_retries == 3
+    assert settings.retry_delay == 60
+    assert (settings.soft_time_limit, settings.time_limit) == (1800, 2400)
+    assert settings.result_expires == 3600
+    assert settings.dead_letter_retention == 14 * 86400
+
+
+def test_every_variable_is_read() -> None:
+    env = {
+        "DOCPROC_BROKER_URL": "amqps://u:p@rabbit:5671/prod",
+        "DOCPROC_MANAGEMENT_URL": "https://rabbit:15671",
+        "DOCPROC_DATA_DIR": "/srv/docproc",
+        "DOCPROC_DATABASE_URL": "postgresql://docproc@db/docproc",
+        "DOCPROC_API_HOST": "0.0.0.0",
+        "DOCPROC_API_PORT": "9000",
+        "DOCPROC_QUEUE_TYPE": "Classic",
+        "DOCPROC_DELIVERY_LIMIT": "7",
+        "DOCPROC_API_KEYS": "k1, k2,",
+        "DOCPROC_MAX_UPLOAD_BYTES": "1024",
+        "DOCPROC_DEAD_LETTER_RETENTION": "7d",
+        "CELERY_LOG_LEVEL": "debug",
+        "CELERY_CONCURRENCY": "4",
+        "CELERY_MAX_RETRIES": "0",
+        "CELERY_RETRY_DELAY": "2.5",
+        "CELERY_RETRY_BACKOFF_MAX": "10m",
+        "CELERY_SOFT_TIME_LIMIT": "10",
+        "CELERY_TIME_LIMIT": "20",
+        "CELERY_RESULT_EXPIRES": "1h",
+    }
+    assert set(env) == set(ENVIRONMENT.values())
+
+    settings = Settings.from_env(env)
+
+    assert settings.queue_type == "classic"
+    assert settings.api_keys == ("k1", "k2")
+    assert settings.dead_letter_retention == 7 * 86400
+    assert settings.log_level == "DEBUG"
+    assert settings.retry_backoff_max == 600
+    assert settings.result_expires == 3600
+    assert settings.max_retries == 0
+    assert settings.resolved_database_url == "postgresql://docproc@db/docproc"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "allowed"),
+    [
+        ("DOCPROC_QUEUE_TYPE", "fast", "expected one of quorum, classic"),
+        ("CELERY_CONCURRENCY", "-1", "expected an integer >= 1"),
+        ("CELERY_CONCURRENCY", "two", "expected an integer"),
+        ("DOCPROC_API_PORT", "70000", "<= 65535"),
+        ("DOCPROC_BROKER_URL", "localhost:5672", "expected an amqp or amqps URL with a host"),
+        ("DOCPROC_BROKER_URL", "amqp://host:port/", "Port could not be cast"),
+        ("DOCPROC_MANAGEMENT_URL", "ftp://x", "expected an http or https URL"),
+        ("DOCPROC_DATABASE_URL", "mysql://db/x", "expected sqlite:///path.db or postgresql://"),
+        ("DOCPROC_DATABASE_URL", "sqlite://", "a SQLite URL is sqlite:///"),
+        ("CELERY_RETRY_DELAY", "0", "expected a number > 0"),
+        ("DOCPROC_DEAD_LETTER_RETENTION", "xd", "such as 90s, 30m, 12h, 14d"),
+        ("CELERY_LOG_LEVEL", "loud", "expected one of TRACE, DEBUG"),
+    ],
+)
+def test_a_bad_value_names_the_variable_the_value_and_what_is_allowed(
+    variable: str, value: str, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({variable: value})
+
+    message = str(raised.value)
+    assert message.startswith(f"{variable}={value!r} is not allowed: ")
+    assert allowed in message
+    assert "\n" not in message
+
+
+def test_a_soft_time_limit_must_be_shorter_than_the_hard_one() -> None:
+    with pytest.raises(ConfigError, match=r"CELERY_SOFT_TIME_LIMIT=50 is not allowed.*shorter"):
+        Settings.from_env({"CELERY_SOFT_TIME_LIMIT": "50", "CELERY_TIME_LIMIT": "40"})
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "-m", "service", "topology", "export"],
+        [sys.executable, "-m", "service", "serve", "worker"],
+        [sys.executable, "-m", "celery", "-A", "service.worker.celery", "worker"],
+    ],
+)
+def test_a_process_with_a_bad_setting_stops_with_one_line_and_no_traceback(
+    command: list[str],
+) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DOCPROC_QUEUE_TYPE": "fast", "CELERY_CONCURRENCY": "2"}
+
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=60, cwd=ROOT, check=False
+    )
+
+    assert done.returncode == 78
+    assert done.stderr.strip() == (
+        "docproc: DOCPROC_QUEUE_TYPE='fast' is not allowed: expected one of quorum, classic"
+    )

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from service.settings import Settings
+from service.topology import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    EXCHANGE,
+    WORK_QUEUES,
+    build_topology,
+    export_definitions,
+)
+from service.worker.app import celery_config, celery_queues
+from tests.support import ROOT
+
+
+def test_the_definitions_file_is_the_export_of_the_default_topology() -> None:
+    exported = subprocess.run(
+        [sys.executable, "-m", "service", "topology", "export"],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+
+    on_disk = (ROOT / "infra" / "rabbitmq" / "definitions.json").read_text()
+
+    assert json.loads(on_disk) == json.loads(exported), (
+        "infra/rabbitmq/definitions.json is stale: run "
+        "`docproc topology export > infra/rabbitmq/definitions.json`"
+    )
+    assert json.loads(exported) == export_definitions(build_topology(Settings()))
+
+
+def test_quorum_work_queues_carry_the_poison_message_breaker_and_safe_dead_lettering() -> None:
+    topology = build_topology(Settings(delivery_limit=3))
+
+    for name in WORK_QUEUES:
+        assert topology.queue(name).arguments == {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": 3,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            "x-dead-letter-routing-key": name,
+        }
+    assert topology.queue(DEAD_LETTER_QUEUE).arguments == {"x-queue-type": "quorum"}
+    assert topology.native_delayed_delivery
+
+
+def test_classic_work_queues_dead_letter_without_quorum_only_arguments() -> None:
+    topology = build_topology(Settings(queue_type="classic"))
+
+    for name in WORK_QUEUES:
+        assert topology.queue(name).arguments == {
+            "x-queue-type": "classic",
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            "x-dead-letter-routing-key": name,
+        }
+    # Celery only holds countdowns in the broker when it sees quorum queues.
+    assert not topology.native_delayed_delivery
+
+
+def test_every_work_queue_is_bound_for_direct_and_delayed_delivery() -> None:
+    topology = build_topology(Settings())
+    bindings = {(b.source, b.destination, b.routing_key) for b in topology.bindings}
+
+    for name in WORK_QUEUES:
+        assert (EXCHANGE, name, name) in bindings
+        assert (EXCHANGE, name, f"#.{name}") in bindings
+        assert ("celery_delayed_delivery", EXCHANGE, f"#.{name}") in bindings
+    assert (DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, "#") in bindings
+
+
+def test_celery_declares_its_queues_with_the_topology_arguments() -> None:
+    settings = Settings()
+    topology = build_topology(settings)
+
+    queues = {queue.name: queue for queue in celery_queues(topology)}
+
+    assert set(queues) == set(WORK_QUEUES)
+    for name, queue in queues.items():
+        assert queue.queue_arguments == topology.queue(name).arguments
+        assert queue.exchange.name == EXCHANGE
+        assert queue.exchange.type == "topic"
+        assert queue.routing_key == name
+    assert [q.name for q in celery_config(settings)["task_queues"]] == list(WORK_QUEUES)
+
+
+def test_the_celery_configuration_dead_letters_instead_of_acking_failures() -> None:
+    config = celery_config(Settings(concurrency=3, soft_time_limit=10, time_limit=20))
+
+    assert config["task_acks_late"] is True
+    assert config["task_acks_on_failure"] is False
+    assert config["task_acks_on_timeout"] is False
+    assert config["task_reject_on_worker_lost"] is True
+    assert config["worker_prefetch_multiplier"] == 1
+    assert (config["task_soft_time_limit"], config["task_time_limit"]) == (10, 20)
+    assert config["worker_concurrency"] == 3
+    assert "pickle" not in config["accept_content"]
+    assert config["task_serializer"] == "msgspec"
+    assert config["accept_content"] == ["msgspec", "json"]
