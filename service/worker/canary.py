@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
+from loguru import logger
 
 from service.errors import ProcessingError, TransientProcessingError
 
@@ -31,7 +32,8 @@ class CanaryFailure(ProcessingError):
 
 
 def report(task: AnyTask, report_to: str | None, event: str, **fields: Any) -> None:
-    """Publish `event` with the task's delivery facts to the queue `report_to`, confirmed."""
+    """Log `event`, and publish it with the task's delivery facts to the queue `report_to`."""
+    logger.info("canary {}: {}", task.name, event)
     if not report_to:
         return
     request = task.request

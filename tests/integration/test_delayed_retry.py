@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
+import uuid
 
 import pytest
 
 from service.topology import RETRY_QUEUE
 from service.worker import canary
-from service.worker.app import DocprocCelery
+from service.worker.app import CORRELATION_HEADER, DocprocCelery
 from tests.support import DeadLetterQueue, Process, Reports, first_death
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
@@ -57,3 +59,26 @@ async def test_retries_are_spent_then_the_task_is_dead_lettered(
     # CELERY_MAX_RETRIES=5 in tests: the first run and exactly five retries.
     assert await reports.events(result.id) == ["retrying"] * 6
     assert (dead.headers or {})["retries"] == 5
+
+
+async def test_the_correlation_id_header_is_bound_to_the_task_log_lines_across_retries(
+    worker: Process, client: DocprocCelery, reports: Reports
+) -> None:
+    correlation_id = f"corr-{uuid.uuid4()}"
+    result = client.send_task(
+        canary.FLAKY,
+        kwargs={"failures": 1, "report_to": reports.name},
+        headers={CORRELATION_HEADER: correlation_id},
+    )
+    await reports.wait_for(lambda r: r["task_id"] == result.id and r["event"] == "succeeded")
+
+    lines = [json.loads(line) for line in worker.output().splitlines() if line.startswith("{")]
+    canary_lines = [
+        line
+        for line in lines
+        if line.get("correlation_id") == correlation_id and line["message"].startswith("canary ")
+    ]
+    assert [line["message"] for line in canary_lines] == [
+        f"canary {canary.FLAKY}: retrying",
+        f"canary {canary.FLAKY}: succeeded",
+    ]
