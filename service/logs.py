@@ -34,6 +34,8 @@ INTERCEPTED = (
     "uvicorn.access",
     "litestar",
     "httpx",
+    "alembic",
+    "sqlalchemy",
     "py.warnings",
 )
 

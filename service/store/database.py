@@ -1,0 +1,82 @@
+"""`Store` (synchronous: the worker) and `AsyncStore` (async: API, DLQ consumer) run store operations.
+
+An operation is a plain function whose first argument is a SQLAlchemy Connection; it runs in one
+transaction. AsyncStore runs the same function on an async driver through SQLAlchemy's greenlet
+bridge (`run_sync`), so each query is written once and the event loop never blocks on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy import Connection, Table
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.errors import DatabaseError
+from service.store.engine import async_engine, sync_engine
+from service.store.migrations import upgrade
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Operation = Callable[Concatenate[Connection, P], R]
+
+
+def _unavailable(exc: SQLAlchemyError) -> DatabaseError:
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return DatabaseError(f"the store failed: {reason}")
+
+
+class Store:
+    """The store through a synchronous engine; one per process (engines do not survive fork)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = sync_engine(url)
+
+    def run(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            with self.engine.begin() as connection:
+                return operation(connection, *args, **kwargs)
+        except SQLAlchemyError as exc:
+            raise _unavailable(exc) from exc
+
+    def migrate(self) -> str:
+        return upgrade(self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class AsyncStore:
+    """The store through an async engine, for code on an event loop."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = async_engine(url)
+
+    async def run(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            async with self.engine.begin() as connection:
+                return await connection.run_sync(operation, *args, **kwargs)
+        except SQLAlchemyError as exc:
+            raise _unavailable(exc) from exc
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def upsert(
+    connection: Connection,
+    table: Table,
+    values: dict[str, Any],
+    key: Sequence[str],
+    update: dict[str, Any],
+) -> None:
+    """INSERT `values`, or on a conflict over `key` UPDATE with `update` (SQLite and PostgreSQL)."""
+    insert = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
+    statement = insert(table).values(**values)
+    connection.execute(statement.on_conflict_do_update(index_elements=list(key), set_=update))

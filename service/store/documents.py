@@ -1,0 +1,180 @@
+"""Documents: the original bytes as accepted, then the extracted text and chunks that make them
+searchable. Re-processing a document replaces its text and chunks (a redelivery adds nothing)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import msgspec
+from sqlalchemy import Connection, delete, insert, select, update
+
+from service.store.database import upsert
+from service.store.schema import chunks, document_texts, documents, utcnow
+
+
+class Document(msgspec.Struct, frozen=True, kw_only=True):
+    """A document's metadata (its bytes are read on their own, by the worker)."""
+
+    id: str
+    filename: str
+    content_type: str | None
+    detected_type: str | None
+    size: int
+    sha256: str
+    title: str | None
+    encoding: str | None
+    page_count: int | None
+    char_count: int | None
+    chunk_count: int | None
+    task_id: str
+    correlation_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    processed_at: datetime | None
+    published_at: datetime | None
+
+
+class Upload(msgspec.Struct, frozen=True, kw_only=True):
+    """What the worker needs to process a document."""
+
+    id: str
+    filename: str
+    content: bytes
+
+
+class ChunkRow(msgspec.Struct, frozen=True, kw_only=True):
+    position: int
+    start: int
+    end: int
+    text: str
+
+
+class Extraction(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of processing one document, stored in one transaction."""
+
+    detected_type: str
+    title: str | None
+    encoding: str | None
+    page_count: int | None
+    text: str
+    chunks: Sequence[ChunkRow]
+
+
+_METADATA = [column for column in documents.c if column.name != "content"]
+
+
+def insert_document(
+    connection: Connection,
+    *,
+    document_id: str,
+    filename: str,
+    content_type: str | None,
+    content: bytes,
+    sha256: str,
+    task_id: str,
+    correlation_id: str | None,
+) -> None:
+    now = utcnow()
+    connection.execute(
+        insert(documents).values(
+            id=document_id,
+            filename=filename,
+            content_type=content_type,
+            size=len(content),
+            sha256=sha256,
+            content=content,
+            task_id=task_id,
+            correlation_id=correlation_id,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def mark_published(connection: Connection, document_id: str) -> None:
+    connection.execute(
+        update(documents)
+        .where(documents.c.id == document_id, documents.c.published_at.is_(None))
+        .values(published_at=utcnow())
+    )
+
+
+def unpublished(connection: Connection, accepted_before: datetime, limit: int) -> list[Document]:
+    """Documents accepted before `accepted_before` whose task message was never confirmed."""
+    rows = connection.execute(
+        select(*_METADATA)
+        .where(documents.c.published_at.is_(None), documents.c.created_at < accepted_before)
+        .order_by(documents.c.created_at)
+        .limit(limit)
+    ).all()
+    return [msgspec.convert(row, Document, from_attributes=True) for row in rows]
+
+
+def get(connection: Connection, document_id: str) -> Document | None:
+    row = connection.execute(select(*_METADATA).where(documents.c.id == document_id)).first()
+    return None if row is None else msgspec.convert(row, Document, from_attributes=True)
+
+
+def get_upload(connection: Connection, document_id: str) -> Upload | None:
+    row = connection.execute(
+        select(documents.c.id, documents.c.filename, documents.c.content).where(
+            documents.c.id == document_id
+        )
+    ).first()
+    return None if row is None else Upload(id=row.id, filename=row.filename, content=row.content)
+
+
+def get_text(connection: Connection, document_id: str) -> str | None:
+    text: str | None = connection.execute(
+        select(document_texts.c.text).where(document_texts.c.document_id == document_id)
+    ).scalar_one_or_none()
+    return text
+
+
+def store_extraction(connection: Connection, document_id: str, extraction: Extraction) -> None:
+    """Replace the document's text and chunks, and record what was found, atomically."""
+    now = utcnow()
+    connection.execute(delete(chunks).where(chunks.c.document_id == document_id))
+    upsert(
+        connection,
+        document_texts,
+        {"document_id": document_id, "text": extraction.text},
+        ["document_id"],
+        {"text": extraction.text},
+    )
+    if extraction.chunks:
+        connection.execute(
+            insert(chunks),
+            [
+                {
+                    "document_id": document_id,
+                    "position": chunk.position,
+                    "start_offset": chunk.start,
+                    "end_offset": chunk.end,
+                    "content": chunk.text,
+                }
+                for chunk in extraction.chunks
+            ],
+        )
+    connection.execute(
+        update(documents)
+        .where(documents.c.id == document_id)
+        .values(
+            detected_type=extraction.detected_type,
+            title=extraction.title,
+            encoding=extraction.encoding,
+            page_count=extraction.page_count,
+            char_count=len(extraction.text),
+            chunk_count=len(extraction.chunks),
+            processed_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def chunk_count(connection: Connection, document_id: str) -> int:
+    rows = connection.execute(
+        select(chunks.c.position).where(chunks.c.document_id == document_id)
+    ).all()
+    return len(rows)

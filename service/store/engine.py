@@ -1,0 +1,81 @@
+"""Engines for one database URL: a synchronous one (worker, migrations) and an async one (API, DLQ)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+BUSY_TIMEOUT_MS = 10_000
+"""How long a SQLite writer waits for another process's write lock before giving up."""
+
+
+def _driver_url(url: str, *, asynchronous: bool) -> URL:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite" if asynchronous else "sqlite+pysqlite")
+    if parsed.get_backend_name() in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg")
+    raise ValueError(f"unsupported database URL {url!r}")
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL, None for anything else."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return Path(parsed.database)
+
+
+def _prepare_sqlite_file(url: str) -> None:
+    path = sqlite_path(url)
+    if path is not None and str(path) != ":memory:":
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers (API) run beside one writer (worker); NORMAL is durable in WAL mode except
+    # for the last transactions before a power loss, never corrupting.
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def sync_engine(url: str) -> Engine:
+    _prepare_sqlite_file(url)
+    driver_url = _driver_url(url, asynchronous=False)
+    if driver_url.get_backend_name() == "sqlite":
+        engine = create_engine(
+            driver_url,
+            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        )
+        event.listen(engine, "connect", _on_sqlite_connect)
+        return engine
+    return create_engine(
+        driver_url, pool_pre_ping=True, pool_size=5, connect_args={"connect_timeout": 5}
+    )
+
+
+def async_engine(url: str) -> AsyncEngine:
+    _prepare_sqlite_file(url)
+    driver_url = _driver_url(url, asynchronous=True)
+    if driver_url.get_backend_name() == "sqlite":
+        engine = create_async_engine(driver_url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        return engine
+    return create_async_engine(
+        driver_url, pool_pre_ping=True, pool_size=10, connect_args={"connect_timeout": 5}
+    )
+
+
+__all__ = ["async_engine", "is_sqlite", "sqlite_path", "sync_engine"]

@@ -1,0 +1,138 @@
+"""The tables, as SQLAlchemy Core sees them. Migrations (store/migrations) create and change them;
+the full-text index is dialect-specific and lives only there."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData()
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY (its rowid); PostgreSQL wants a bigint.
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Timestamp(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on both stores (SQLite keeps no zone: it stores UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use datetime.now(UTC)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+documents = Table(
+    "documents",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("filename", String(1024), nullable=False),
+    Column("content_type", String(255)),
+    Column("detected_type", String(32)),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False, index=True),
+    Column("content", LargeBinary, nullable=False),
+    Column("title", Text),
+    Column("encoding", String(64)),
+    Column("page_count", Integer),
+    Column("char_count", Integer),
+    Column("chunk_count", Integer),
+    Column("task_id", String(255), nullable=False, unique=True),
+    Column("correlation_id", String(255)),
+    Column("created_at", Timestamp(), nullable=False),
+    Column("updated_at", Timestamp(), nullable=False),
+    Column("processed_at", Timestamp()),
+    # NULL until the task message is confirmed by the broker; beat's sweeper publishes the rest.
+    Column("published_at", Timestamp()),
+    Index("ix_documents_unpublished", "published_at", "created_at"),
+)
+
+document_texts = Table(
+    "document_texts",
+    metadata,
+    Column(
+        "document_id",
+        String(36),
+        ForeignKey("documents.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("text", Text, nullable=False),
+)
+
+chunks = Table(
+    "chunks",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column(
+        "document_id",
+        String(36),
+        ForeignKey("documents.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("position", Integer, nullable=False),
+    Column("start_offset", Integer, nullable=False),
+    Column("end_offset", Integer, nullable=False),
+    Column("content", Text, nullable=False),
+    UniqueConstraint("document_id", "position", name="uq_chunks_document_position"),
+)
+
+task_runs = Table(
+    "task_runs",
+    metadata,
+    Column("task_id", String(255), primary_key=True),
+    Column("task_name", String(255), nullable=False),
+    Column("document_id", String(36), index=True),
+    Column("state", String(16), nullable=False),
+    Column("step", String(64)),
+    Column("steps_done", Integer, nullable=False, default=0),
+    Column("steps_total", Integer, nullable=False, default=0),
+    Column("percent", Float, nullable=False, default=0.0),
+    Column("retries", Integer, nullable=False, default=0),
+    Column("retry_history", JSON, nullable=False, default=list),
+    Column("next_retry_at", Timestamp()),
+    Column("error_type", String(255)),
+    Column("error_message", Text),
+    Column("traceback", Text),
+    Column("queue", String(255)),
+    Column("worker", String(255)),
+    Column("correlation_id", String(255)),
+    Column("created_at", Timestamp(), nullable=False),
+    Column("started_at", Timestamp()),
+    Column("updated_at", Timestamp(), nullable=False),
+    Column("finished_at", Timestamp()),
+    Index("ix_task_runs_state_updated", "state", "updated_at"),
+)

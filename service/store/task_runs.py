@@ -1,0 +1,279 @@
+"""Task runs: where each task is, written by the worker at every transition, read by the API."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import msgspec
+from sqlalchemy import Connection, delete, func, select, update
+
+from service.store.database import upsert
+from service.store.schema import task_runs, utcnow
+
+TaskState = Literal[
+    "PENDING", "STARTED", "PROCESSING", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "DEAD"
+]
+STATES: tuple[TaskState, ...] = (
+    "PENDING",
+    "STARTED",
+    "PROCESSING",
+    "SUCCESS",
+    "FAILURE",
+    "RETRY",
+    "REVOKED",
+    "DEAD",
+)
+FINISHED: frozenset[TaskState] = frozenset({"SUCCESS", "FAILURE", "REVOKED", "DEAD"})
+
+
+class RetryRecord(msgspec.Struct, frozen=True, kw_only=True):
+    at: datetime
+    delay: float
+    error_type: str | None
+    message: str | None
+
+
+class TaskRun(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    task_name: str
+    document_id: str | None
+    state: TaskState
+    step: str | None
+    steps_done: int
+    steps_total: int
+    percent: float
+    retries: int
+    retry_history: list[RetryRecord]
+    next_retry_at: datetime | None
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+    queue: str | None
+    worker: str | None
+    correlation_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds from start to finish, or to now while it runs."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at or utcnow()
+        return max(0.0, (end - self.started_at).total_seconds())
+
+
+def _first_values(
+    task_id: str, task_name: str, state: TaskState, now: datetime, **fields: Any
+) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "task_name": task_name,
+        "state": state,
+        "steps_done": 0,
+        "steps_total": 0,
+        "percent": 0.0,
+        "retries": 0,
+        "retry_history": [],
+        "created_at": now,
+        "updated_at": now,
+    } | fields
+
+
+def record_pending(
+    connection: Connection,
+    task_id: str,
+    task_name: str,
+    *,
+    document_id: str | None = None,
+    queue: str | None = None,
+    correlation_id: str | None = None,
+) -> None:
+    """A task accepted and (about to be) published: a fresh run, whatever came before."""
+    now = utcnow()
+    values = _first_values(
+        task_id,
+        task_name,
+        "PENDING",
+        now,
+        document_id=document_id,
+        queue=queue,
+        correlation_id=correlation_id,
+    )
+    reset = {
+        "state": "PENDING",
+        "step": None,
+        "steps_done": 0,
+        "steps_total": 0,
+        "percent": 0.0,
+        "retries": 0,
+        "next_retry_at": None,
+        "error_type": None,
+        "error_message": None,
+        "traceback": None,
+        "started_at": None,
+        "finished_at": None,
+        "updated_at": now,
+    }
+    upsert(connection, task_runs, values, ["task_id"], reset)
+
+
+def record_started(
+    connection: Connection,
+    task_id: str,
+    task_name: str,
+    *,
+    retries: int,
+    queue: str | None,
+    worker: str | None,
+    correlation_id: str | None,
+    document_id: str | None = None,
+) -> None:
+    now = utcnow()
+    fields: dict[str, Any] = {
+        "retries": retries,
+        "queue": queue,
+        "worker": worker,
+        "correlation_id": correlation_id,
+        "started_at": now,
+    }
+    if document_id is not None:
+        fields["document_id"] = document_id
+    values = _first_values(task_id, task_name, "STARTED", now, **fields)
+    changes = fields | {
+        "state": "STARTED",
+        "step": None,
+        "steps_done": 0,
+        "percent": 0.0,
+        "next_retry_at": None,
+        "finished_at": None,
+        "updated_at": now,
+    }
+    upsert(connection, task_runs, values, ["task_id"], changes)
+
+
+def record_progress(
+    connection: Connection, task_id: str, *, step: str, steps_done: int, steps_total: int
+) -> None:
+    percent = round(100.0 * steps_done / steps_total, 1) if steps_total else 0.0
+    connection.execute(
+        update(task_runs)
+        .where(task_runs.c.task_id == task_id)
+        .values(
+            state="PROCESSING",
+            step=step,
+            steps_done=steps_done,
+            steps_total=steps_total,
+            percent=percent,
+            updated_at=utcnow(),
+        )
+    )
+
+
+def record_retry(
+    connection: Connection,
+    task_id: str,
+    *,
+    retries: int,
+    delay: float,
+    error_type: str | None,
+    message: str | None,
+) -> None:
+    now = utcnow()
+    history = connection.execute(
+        select(task_runs.c.retry_history).where(task_runs.c.task_id == task_id)
+    ).scalar_one_or_none()
+    entry = RetryRecord(at=now, delay=delay, error_type=error_type, message=message)
+    connection.execute(
+        update(task_runs)
+        .where(task_runs.c.task_id == task_id)
+        .values(
+            state="RETRY",
+            retries=retries,
+            next_retry_at=now + timedelta(seconds=delay),
+            error_type=error_type,
+            error_message=message,
+            retry_history=[*(history or []), msgspec.to_builtins(entry)],
+            updated_at=now,
+        )
+    )
+
+
+def record_success(connection: Connection, task_id: str) -> None:
+    now = utcnow()
+    connection.execute(
+        update(task_runs)
+        .where(task_runs.c.task_id == task_id)
+        .values(
+            state="SUCCESS",
+            percent=100.0,
+            steps_done=task_runs.c.steps_total,
+            next_retry_at=None,
+            error_type=None,
+            error_message=None,
+            traceback=None,
+            finished_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def record_failure(
+    connection: Connection,
+    task_id: str,
+    task_name: str,
+    *,
+    state: Literal["FAILURE", "DEAD", "REVOKED"],
+    error_type: str | None,
+    message: str | None,
+    traceback: str | None = None,
+) -> None:
+    """A run that ended without success; DEAD once its dead letter is stored."""
+    now = utcnow()
+    fields: dict[str, Any] = {"finished_at": now, "next_retry_at": None}
+    if error_type is not None:
+        fields |= {"error_type": error_type, "error_message": message}
+    if traceback is not None:
+        fields["traceback"] = traceback
+    values = _first_values(task_id, task_name, state, now, **fields)
+    changes = fields | {"state": state, "updated_at": now}
+    upsert(connection, task_runs, values, ["task_id"], changes)
+
+
+def get(connection: Connection, task_id: str) -> TaskRun | None:
+    row = connection.execute(select(task_runs).where(task_runs.c.task_id == task_id)).first()
+    if row is None:
+        return None
+    return msgspec.convert(row, TaskRun, from_attributes=True, strict=False)
+
+
+def count_by_state(connection: Connection) -> dict[str, int]:
+    rows = connection.execute(
+        select(task_runs.c.state, func.count()).group_by(task_runs.c.state)
+    ).all()
+    counts: dict[str, int] = dict.fromkeys(STATES, 0)
+    counts.update({state: count for state, count in rows})
+    return counts
+
+
+def finished_since(connection: Connection, since: datetime) -> dict[str, int]:
+    """How many runs ended in each state since `since`."""
+    rows = connection.execute(
+        select(task_runs.c.state, func.count())
+        .where(task_runs.c.finished_at >= since)
+        .group_by(task_runs.c.state)
+    ).all()
+    return {state: count for state, count in rows}
+
+
+def expire(connection: Connection, finished_before: datetime) -> int:
+    """Delete runs that finished before `finished_before`; returns how many."""
+    result = connection.execute(
+        delete(task_runs).where(
+            task_runs.c.finished_at.is_not(None), task_runs.c.finished_at < finished_before
+        )
+    )
+    return int(result.rowcount or 0)

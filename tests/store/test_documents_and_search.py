@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import pytest
+
+from service.errors import DatabaseError
+from service.store import documents, search
+from service.store.database import AsyncStore, Store
+from service.store.documents import ChunkRow, Extraction
+
+
+def add_document(store: Store, content: bytes = b"hello", filename: str = "a.txt") -> str:
+    document_id = str(uuid.uuid4())
+    store.run(
+        documents.insert_document,
+        document_id=document_id,
+        filename=filename,
+        content_type="text/plain",
+        content=content,
+        sha256=hashlib.sha256(content).hexdigest(),
+        task_id=str(uuid.uuid4()),
+        correlation_id="c-1",
+    )
+    return document_id
+
+
+def extraction(*paragraphs: str) -> Extraction:
+    text = "\n\n".join(paragraphs)
+    rows, start = [], 0
+    for position, paragraph in enumerate(paragraphs):
+        rows.append(ChunkRow(position=position, start=start, end=start + len(paragraph), text=paragraph))
+        start += len(paragraph) + 2
+    return Extraction(
+        detected_type="text", title="T", encoding="utf-8", page_count=None, text=text, chunks=rows
+    )
+
+
+def test_a_document_keeps_its_bytes_and_metadata(store: Store) -> None:
+    document_id = add_document(store, b"\x00\xffbytes as sent", "report.pdf")
+
+    upload = store.run(documents.get_upload, document_id)
+    document = store.run(documents.get, document_id)
+
+    assert upload is not None
+    assert upload.content == b"\x00\xffbytes as sent"
+    assert document is not None
+    assert document.filename == "report.pdf"
+    assert document.size == 15
+    assert document.created_at.tzinfo is not None
+    assert document.published_at is None
+    assert store.run(documents.get, "no-such-id") is None
+
+
+def test_processing_again_replaces_text_and_chunks_instead_of_adding(store: Store) -> None:
+    document_id = add_document(store)
+    store.run(documents.store_extraction, document_id, extraction("alpha one", "beta two", "gamma"))
+
+    store.run(documents.store_extraction, document_id, extraction("alpha one", "beta two", "gamma"))
+
+    assert store.run(documents.chunk_count, document_id) == 3
+    assert store.run(documents.get_text, document_id) == "alpha one\n\nbeta two\n\ngamma"
+    hits = store.run(search.search, "beta")
+    assert [(hit.document_id, hit.position) for hit in hits] == [(document_id, 1)]
+    document = store.run(documents.get, document_id)
+    assert document is not None
+    assert (document.chunk_count, document.char_count) == (3, len("alpha one\n\nbeta two\n\ngamma"))
+
+
+def test_search_ranks_by_relevance_and_highlights_the_match(store: Store) -> None:
+    rare = add_document(store, filename="rare.txt")
+    often = add_document(store, filename="often.txt")
+    store.run(documents.store_extraction, rare, extraction("the harbour was quiet. " * 8 + "a lighthouse stood."))
+    store.run(documents.store_extraction, often, extraction("lighthouse keepers keep the lighthouse lit."))
+
+    hits = store.run(search.search, "lighthouse", limit=5)
+
+    assert [hit.document_id for hit in hits] == [often, rare]
+    assert hits[0].score > hits[1].score
+    assert "[lighthouse]" in hits[0].snippet
+    assert hits[0].filename == "often.txt"
+
+
+def test_search_finds_every_word_and_stems_them(store: Store) -> None:
+    document_id = add_document(store)
+    store.run(documents.store_extraction, document_id, extraction("Documents were processed quickly.", "Nothing else."))
+
+    assert [hit.position for hit in store.run(search.search, "document process")] == [0]
+    assert store.run(search.search, "document nothing") == []
+
+
+@pytest.mark.parametrize("query", ['"unbalanced', "NEAR(a b", "col:value", "a* OR (", "-", ""])
+def test_search_syntax_in_a_query_is_not_an_error(store: Store, query: str) -> None:
+    document_id = add_document(store)
+    store.run(documents.store_extraction, document_id, extraction("value near unbalanced col"))
+
+    store.run(search.search, query)
+
+
+def test_deleting_nothing_and_storing_nothing_is_fine(store: Store) -> None:
+    document_id = add_document(store)
+    empty = Extraction(detected_type="text", title=None, encoding=None, page_count=None, text="", chunks=[])
+
+    store.run(documents.store_extraction, document_id, empty)
+
+    assert store.run(documents.chunk_count, document_id) == 0
+
+
+def test_unpublished_documents_are_found_until_marked(store: Store) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    document_id = add_document(store)
+    later = datetime.now(UTC) + timedelta(seconds=1)
+
+    assert [d.id for d in store.run(documents.unpublished, later, 10)] == [document_id]
+    store.run(documents.mark_published, document_id)
+    assert store.run(documents.unpublished, later, 10) == []
+
+
+async def test_the_async_store_runs_the_same_operations(store: Store, async_store: AsyncStore) -> None:
+    document_id = add_document(store)
+    await async_store.run(documents.store_extraction, document_id, extraction("asynchronous words"))
+
+    hits = await async_store.run(search.search, "asynchronous")
+
+    assert [hit.document_id for hit in hits] == [document_id]
+
+
+def test_an_unreachable_store_raises_a_database_error(tmp_path: object) -> None:
+    store = Store("postgresql://nobody@127.0.0.1:1/nothing")
+    with pytest.raises(DatabaseError, match="the store failed"):
+        store.run(documents.get, "x")
