@@ -58,6 +58,10 @@ class EmptyDocument(ProcessingError):
     """The document holds no text."""
 
 
+class DocumentNotFound(ProcessingError):
+    """A task names a document the store does not hold."""
+
+
 class TransientProcessingError(ProcessingError):
     """Processing failed for a reason that may clear on its own."""
 

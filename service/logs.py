@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 """The id that follows one document from HTTP request to task to dead letter."""
 
+CORRELATION_HEADER = "x-correlation-id"
+"""The task message header that carries it."""
+
 # Libraries whose stdlib logging we take over, so that every line leaves as one JSON object.
 INTERCEPTED = (
     "celery",

@@ -36,6 +36,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     api_keys: tuple[str, ...] = ()
     max_upload_bytes: PositiveInt = 50 * 1024 * 1024
     dead_letter_retention: PositiveFloat = 14 * 24 * 3600.0
+    chunk_size: Annotated[int, msgspec.Meta(ge=100)] = 1000
+    chunk_overlap: NonNegativeInt = 150
     log_level: LogLevel = "INFO"
     concurrency: PositiveInt = 2
     max_retries: NonNegativeInt = 3
@@ -87,6 +89,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         )
         if self.database_url:
             _check_database_url(self.database_url)
+        if self.chunk_overlap >= self.chunk_size:
+            raise ConfigError(
+                f"DOCPROC_CHUNK_OVERLAP={self.chunk_overlap} is not allowed: it must be smaller "
+                f"than DOCPROC_CHUNK_SIZE={self.chunk_size}"
+            )
         if self.soft_time_limit >= self.time_limit:
             raise ConfigError(
                 f"CELERY_SOFT_TIME_LIMIT={self.soft_time_limit:g} is not allowed: it must be "
@@ -107,6 +114,8 @@ ENVIRONMENT: dict[str, str] = {
     "api_keys": "DOCPROC_API_KEYS",
     "max_upload_bytes": "DOCPROC_MAX_UPLOAD_BYTES",
     "dead_letter_retention": "DOCPROC_DEAD_LETTER_RETENTION",
+    "chunk_size": "DOCPROC_CHUNK_SIZE",
+    "chunk_overlap": "DOCPROC_CHUNK_OVERLAP",
     "log_level": "CELERY_LOG_LEVEL",
     "concurrency": "CELERY_CONCURRENCY",
     "max_retries": "CELERY_MAX_RETRIES",

@@ -301,3 +301,22 @@ def run_docproc(
         cwd=ROOT,
         check=False,
     )
+
+
+async def start_dlq(vhost: Vhost, log: Path, **env: str) -> Process:
+    """A DLQ consumer on `vhost`, returned once it consumes docproc.dead_letter."""
+    consumer = Process(docproc_command("serve", "dlq"), vhost.env(**env), log)
+
+    async def consuming() -> bool | None:
+        if not consumer.alive():
+            raise AssertionError(f"the DLQ consumer exited early:\n{consumer.tail()}")
+        async with vhost.management() as management:
+            queue = await management.queue(DEAD_LETTER_QUEUE)
+        return True if queue is not None and queue.consumers > 0 else None
+
+    try:
+        await eventually(consuming, 30, "the DLQ consumer to consume", interval=0.25)
+    except AssertionError as exc:
+        consumer.stop()
+        raise AssertionError(f"{exc}\n{consumer.tail()}") from None
+    return consumer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import click
@@ -41,3 +42,17 @@ def worker() -> None:
     )
     process.start()
     raise SystemExit(process.exitcode)
+
+
+@serve.command()
+def dlq() -> None:
+    """The dead-letter consumer: stores every message of docproc.dead_letter, with why it died."""
+    from service.broker.declarer import declare_topology
+    from service.deadletters.consumer import serve as serve_dlq
+    from service.store.migrations import upgrade
+
+    settings = load_settings()
+    setup_logging(settings.log_level, component="dlq")
+    asyncio.run(declare_topology(settings))
+    upgrade(settings.resolved_database_url)
+    asyncio.run(serve_dlq(settings))

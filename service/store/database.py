@@ -1,4 +1,4 @@
-"""`Store` (synchronous: the worker) and `AsyncStore` (async: API, DLQ consumer) run store operations.
+"""`Store` (synchronous: the worker) and `AsyncStore` (async: API, DLQ consumer) run operations.
 
 An operation is a plain function whose first argument is a SQLAlchemy Connection; it runs in one
 transaction. AsyncStore runs the same function on an async driver through SQLAlchemy's greenlet

@@ -1,4 +1,4 @@
-"""Engines for one database URL: a synchronous one (worker, migrations) and an async one (API, DLQ)."""
+"""Engines for one database URL: a synchronous one (worker, migrations), an async one (API, DLQ)."""
 
 from __future__ import annotations
 

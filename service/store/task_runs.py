@@ -6,10 +6,10 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, case, delete, func, select, update
 
 from service.store.database import upsert
-from service.store.schema import task_runs, utcnow
+from service.store.schema import dead_letters, task_runs, utcnow
 
 TaskState = Literal[
     "PENDING", "STARTED", "PROCESSING", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "DEAD"
@@ -239,7 +239,18 @@ def record_failure(
     if traceback is not None:
         fields["traceback"] = traceback
     values = _first_values(task_id, task_name, state, now, **fields)
-    changes = fields | {"state": state, "updated_at": now}
+    new_state: Any = state
+    if state == "FAILURE":
+        # The dead letter may be stored first (a hard time-out is rejected before it is recorded):
+        # DEAD stays DEAD, and the dead letter gets the failure it lacked.
+        new_state = case((task_runs.c.state == "DEAD", "DEAD"), else_=state)
+        if error_type is not None:
+            connection.execute(
+                update(dead_letters)
+                .where(dead_letters.c.task_id == task_id, dead_letters.c.error_type.is_(None))
+                .values(error_type=error_type, error_message=message, traceback=traceback)
+            )
+    changes = fields | {"state": new_state, "updated_at": now}
     upsert(connection, task_runs, values, ["task_id"], changes)
 
 
@@ -255,7 +266,7 @@ def count_by_state(connection: Connection) -> dict[str, int]:
         select(task_runs.c.state, func.count()).group_by(task_runs.c.state)
     ).all()
     counts: dict[str, int] = dict.fromkeys(STATES, 0)
-    counts.update({state: count for state, count in rows})
+    counts.update(dict(rows))
     return counts
 
 
@@ -266,7 +277,7 @@ def finished_since(connection: Connection, since: datetime) -> dict[str, int]:
         .where(task_runs.c.finished_at >= since)
         .group_by(task_runs.c.state)
     ).all()
-    return {state: count for state, count in rows}
+    return dict(rows)
 
 
 def expire(connection: Connection, finished_before: datetime) -> int:

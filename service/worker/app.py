@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import kombu
@@ -11,8 +12,9 @@ from celery import Celery, signals
 from service import serialization
 from service.broker.declarer import declare_topology
 from service.errors import ConfigError, DocprocError, abort
-from service.logs import correlation_id, setup_logging
+from service.logs import setup_logging
 from service.settings import Settings
+from service.store.database import Store
 from service.topology import (
     DOCUMENT_QUEUE,
     EXCHANGE,
@@ -21,11 +23,8 @@ from service.topology import (
     Topology,
     build_topology,
 )
-from service.worker import canary
+from service.worker import canary, lifecycle
 from service.worker.task import DocprocTask
-
-CORRELATION_HEADER = "x-correlation-id"
-"""The message header that carries the correlation id of the request that caused the task."""
 
 TASK_ROUTES = {
     "docproc.document.*": {"queue": DOCUMENT_QUEUE},
@@ -35,9 +34,11 @@ TASK_ROUTES = {
 
 
 class DocprocCelery(Celery):
-    """A Celery app that knows its docproc Settings."""
+    """A Celery app that knows its docproc Settings and the store of the current process."""
 
     _docproc_settings: Settings | None = None
+    _store: Store | None = None
+    _store_pid: int | None = None
 
     @property
     def settings(self) -> Settings:
@@ -45,6 +46,14 @@ class DocprocCelery(Celery):
             _ = self.conf  # configuring reads the settings (see create_celery)
         assert self._docproc_settings is not None
         return self._docproc_settings
+
+    @property
+    def store(self) -> Store:
+        """This process's store: created on first use, again after a fork (pool processes)."""
+        if self._store is None or self._store_pid != os.getpid():
+            self._store = Store(self.settings.resolved_database_url)
+            self._store_pid = os.getpid()
+        return self._store
 
 
 def celery_queues(topology: Topology) -> list[kombu.Queue]:
@@ -139,17 +148,10 @@ def _connect_signals(app: DocprocCelery) -> None:
             return
         try:
             asyncio.run(declare_topology(app.settings))
+            app.store.migrate()
         except DocprocError as exc:
             abort(exc)
 
-    def on_task_prerun(task: Any, task_id: str, **_: Any) -> None:
-        request = task.request
-        correlation_id.set(request.get(CORRELATION_HEADER) or request.root_id or task_id)
-
-    def on_task_postrun(**_: Any) -> None:
-        correlation_id.set(None)
-
     signals.setup_logging.connect(on_setup_logging, weak=False)
     signals.worker_init.connect(on_worker_init, weak=False)
-    signals.task_prerun.connect(on_task_prerun, weak=False)
-    signals.task_postrun.connect(on_task_postrun, weak=False)
+    lifecycle.connect(app, lambda: app.store)

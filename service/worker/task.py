@@ -6,8 +6,10 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Retry
+from loguru import logger
 
-from service.errors import DocprocError
+from service.errors import DatabaseError, DocprocError
+from service.store import task_runs
 from service.topology import RETRY_QUEUE
 from service.worker.retry_policy import backoff_delay
 
@@ -32,9 +34,20 @@ class DocprocTask(Task):  # type: ignore[type-arg]
 
     def retry_later(self, exc: Exception) -> Retry:
         settings = self.app.settings  # type: ignore[attr-defined]
-        delay = backoff_delay(
-            self.request.retries + 1, settings.retry_delay, settings.retry_backoff_max
-        )
+        retries = self.request.retries + 1
+        delay = backoff_delay(retries, settings.retry_delay, settings.retry_backoff_max)
+        if retries <= settings.max_retries:
+            try:
+                self.app.store.run(  # type: ignore[attr-defined]
+                    task_runs.record_retry,
+                    self.request.id,
+                    retries=retries,
+                    delay=delay,
+                    error_type=type(exc).__name__,
+                    message=str(exc),
+                )
+            except DatabaseError as unrecorded:
+                logger.warning("cannot record the retry: {}", unrecorded)
         return self.retry(
             exc=exc,
             countdown=delay,

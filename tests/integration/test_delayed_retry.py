@@ -8,9 +8,10 @@ import uuid
 
 import pytest
 
+from service.logs import CORRELATION_HEADER
 from service.topology import RETRY_QUEUE
 from service.worker import canary
-from service.worker.app import CORRELATION_HEADER, DocprocCelery
+from service.worker.app import DocprocCelery
 from tests.support import DeadLetterQueue, Process, Reports, first_death
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]

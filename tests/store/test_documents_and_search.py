@@ -30,7 +30,9 @@ def extraction(*paragraphs: str) -> Extraction:
     text = "\n\n".join(paragraphs)
     rows, start = [], 0
     for position, paragraph in enumerate(paragraphs):
-        rows.append(ChunkRow(position=position, start=start, end=start + len(paragraph), text=paragraph))
+        rows.append(
+            ChunkRow(position=position, start=start, end=start + len(paragraph), text=paragraph)
+        )
         start += len(paragraph) + 2
     return Extraction(
         detected_type="text", title="T", encoding="utf-8", page_count=None, text=text, chunks=rows
@@ -71,8 +73,14 @@ def test_processing_again_replaces_text_and_chunks_instead_of_adding(store: Stor
 def test_search_ranks_by_relevance_and_highlights_the_match(store: Store) -> None:
     rare = add_document(store, filename="rare.txt")
     often = add_document(store, filename="often.txt")
-    store.run(documents.store_extraction, rare, extraction("the harbour was quiet. " * 8 + "a lighthouse stood."))
-    store.run(documents.store_extraction, often, extraction("lighthouse keepers keep the lighthouse lit."))
+    store.run(
+        documents.store_extraction,
+        rare,
+        extraction("the harbour was quiet. " * 8 + "a lighthouse stood."),
+    )
+    store.run(
+        documents.store_extraction, often, extraction("lighthouse keepers keep the lighthouse lit.")
+    )
 
     hits = store.run(search.search, "lighthouse", limit=5)
 
@@ -84,7 +92,11 @@ def test_search_ranks_by_relevance_and_highlights_the_match(store: Store) -> Non
 
 def test_search_finds_every_word_and_stems_them(store: Store) -> None:
     document_id = add_document(store)
-    store.run(documents.store_extraction, document_id, extraction("Documents were processed quickly.", "Nothing else."))
+    store.run(
+        documents.store_extraction,
+        document_id,
+        extraction("Documents were processed quickly.", "Nothing else."),
+    )
 
     assert [hit.position for hit in store.run(search.search, "document process")] == [0]
     assert store.run(search.search, "document nothing") == []
@@ -100,7 +112,9 @@ def test_search_syntax_in_a_query_is_not_an_error(store: Store, query: str) -> N
 
 def test_deleting_nothing_and_storing_nothing_is_fine(store: Store) -> None:
     document_id = add_document(store)
-    empty = Extraction(detected_type="text", title=None, encoding=None, page_count=None, text="", chunks=[])
+    empty = Extraction(
+        detected_type="text", title=None, encoding=None, page_count=None, text="", chunks=[]
+    )
 
     store.run(documents.store_extraction, document_id, empty)
 
@@ -118,7 +132,9 @@ def test_unpublished_documents_are_found_until_marked(store: Store) -> None:
     assert store.run(documents.unpublished, later, 10) == []
 
 
-async def test_the_async_store_runs_the_same_operations(store: Store, async_store: AsyncStore) -> None:
+async def test_the_async_store_runs_the_same_operations(
+    store: Store, async_store: AsyncStore
+) -> None:
     document_id = add_document(store)
     await async_store.run(documents.store_extraction, document_id, extraction("asynchronous words"))
 

@@ -116,9 +116,7 @@ def test_a_dead_task_never_seen_before_gets_a_run(store: Store) -> None:
 
 def test_pending_again_resets_a_run_for_a_fresh_attempt(store: Store) -> None:
     started(store, retries=2)
-    store.run(
-        task_runs.record_failure, "t-1", "x", state="DEAD", error_type="E", message="m"
-    )
+    store.run(task_runs.record_failure, "t-1", "x", state="DEAD", error_type="E", message="m")
 
     store.run(task_runs.record_pending, "t-1", "docproc.document.process")
 

@@ -1,4 +1,4 @@
-"""Schema migrations (Alembic), run by `upgrade` at start; safe when several processes start at once."""
+"""Schema migrations (Alembic), run by `upgrade` at start; safe when processes start at once."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
 
+from service.errors import DatabaseError
 from service.store.engine import sqlite_path, sync_engine
 
 HERE = Path(__file__).resolve().parent
@@ -55,10 +57,18 @@ def upgrade(url: str) -> str:
     try:
         with _sqlite_lock(url), engine.begin() as connection:
             if connection.dialect.name == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": POSTGRES_LOCK_KEY})
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": POSTGRES_LOCK_KEY}
+                )
             if current(connection) != head():
                 command.upgrade(_config(connection), "head")
             revision = current(connection)
+    except (SQLAlchemyError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise DatabaseError(
+            f"cannot open the store at {make_url(url).render_as_string()}: {reason}; "
+            "check DOCPROC_DATABASE_URL (or DOCPROC_DATA_DIR)"
+        ) from exc
     finally:
         engine.dispose()
     assert revision is not None

@@ -1,0 +1,373 @@
+"""Dead letters: every message RabbitMQ dead-lettered, stored with why it died, what was done."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+from sqlalchemy import Connection, Select, and_, delete, func, insert, or_, select, update
+
+from service.deadletters.fingerprint import fingerprint
+from service.store import task_runs as runs
+from service.store.schema import dead_letters, task_runs, utcnow
+
+Status = Literal["active", "republished", "discarded", "all"]
+
+
+class NewDeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A dead message as the DLQ consumer read it, ready to store."""
+
+    message_key: str
+    body: bytes
+    content_type: str | None
+    content_encoding: str | None
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    reason: str
+    queue: str
+    exchange: str | None
+    routing_keys: list[str]
+    death_count: int
+    first_death_at: datetime | None
+    dead_at: datetime
+    task_name: str | None
+    task_id: str | None
+    args: Any
+    kwargs: Any
+    retries: int | None
+    root_id: str | None
+    parent_id: str | None
+    correlation_id: str | None
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+    republished_from: str | None
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    message_key: str
+    content_type: str | None
+    content_encoding: str | None
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    reason: str
+    queue: str
+    exchange: str | None
+    routing_keys: list[str]
+    death_count: int
+    first_death_at: datetime | None
+    dead_at: datetime
+    task_name: str | None
+    task_id: str | None
+    args: Any
+    kwargs: Any
+    retries: int | None
+    root_id: str | None
+    parent_id: str | None
+    correlation_id: str | None
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+    fingerprint: str
+    republished_from: str | None
+    republish_count: int
+    republished_at: datetime | None
+    discarded_at: datetime | None
+    stored_at: datetime
+    updated_at: datetime
+    body: bytes = b""
+
+
+class Filters(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which dead letters: the same fields for listing, grouping and redriving."""
+
+    queue: str | None = None
+    reason: str | None = None
+    task: str | None = None
+    error_type: str | None = None
+    group: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    status: Status = "active"
+
+
+class Group(msgspec.Struct, frozen=True, kw_only=True):
+    fingerprint: str
+    task_name: str | None
+    error_type: str | None
+    reason: str
+    queue: str
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    example_id: str
+    example_message: str | None
+
+
+class Page(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[DeadLetter]
+    next_cursor: str | None
+
+
+_SUMMARY = [column for column in dead_letters.c if column.name != "body"]
+
+
+def _where(statement: Select[Any], filters: Filters) -> Select[Any]:
+    c = dead_letters.c
+    conditions = []
+    if filters.queue is not None:
+        conditions.append(c.queue == filters.queue)
+    if filters.reason is not None:
+        conditions.append(c.reason == filters.reason)
+    if filters.task is not None:
+        conditions.append(c.task_name == filters.task)
+    if filters.error_type is not None:
+        conditions.append(c.error_type == filters.error_type)
+    if filters.group is not None:
+        conditions.append(c.fingerprint == filters.group)
+    if filters.since is not None:
+        conditions.append(c.dead_at >= filters.since)
+    if filters.until is not None:
+        conditions.append(c.dead_at < filters.until)
+    if filters.status == "active":
+        conditions += [c.discarded_at.is_(None), c.republish_count == 0]
+    elif filters.status == "republished":
+        conditions += [c.discarded_at.is_(None), c.republish_count > 0]
+    elif filters.status == "discarded":
+        conditions.append(c.discarded_at.is_not(None))
+    return statement.where(and_(*conditions)) if conditions else statement
+
+
+def store(connection: Connection, letter: NewDeadLetter, *, redelivered: bool) -> tuple[str, bool]:
+    """Store `letter`; returns (id, created). Idempotent for a redelivered message.
+
+    A message the consumer already stored but could not ack comes back marked redelivered, with
+    the same key: it updates that record instead of adding one. A message arriving for the first
+    time is always a new record, even if an identical one died before.
+    """
+    now = utcnow()
+    values = msgspec.to_builtins(letter, builtin_types=(bytes, datetime))
+    values |= _failure_context(connection, letter)
+    group = fingerprint(
+        letter.task_name,
+        values["error_type"] or letter.reason,
+        values["error_message"],
+        values["traceback"],
+    )
+    existing = None
+    if redelivered:
+        existing = connection.execute(
+            select(dead_letters.c.id)
+            .where(dead_letters.c.message_key == letter.message_key)
+            .order_by(dead_letters.c.stored_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    if existing is not None:
+        connection.execute(
+            update(dead_letters)
+            .where(dead_letters.c.id == existing)
+            .values(**values, fingerprint=group, updated_at=now)
+        )
+        record_id, created = str(existing), False
+    else:
+        record_id, created = str(uuid.uuid4()), True
+        connection.execute(
+            insert(dead_letters).values(
+                id=record_id,
+                **values,
+                fingerprint=group,
+                republish_count=0,
+                stored_at=now,
+                updated_at=now,
+            )
+        )
+    if letter.task_id:
+        runs.record_failure(
+            connection,
+            letter.task_id,
+            letter.task_name or "?",
+            state="DEAD",
+            error_type=None if values.get("error_type") else letter.reason,
+            message=None if values.get("error_type") else _death_message(letter),
+        )
+    return record_id, created
+
+
+def _failure_context(connection: Connection, letter: NewDeadLetter) -> dict[str, Any]:
+    """The failure the worker recorded for the task, when the message itself does not say."""
+    if letter.error_type or not letter.task_id:
+        return {}
+    row = connection.execute(
+        select(task_runs.c.error_type, task_runs.c.error_message, task_runs.c.traceback).where(
+            task_runs.c.task_id == letter.task_id, task_runs.c.error_type.is_not(None)
+        )
+    ).first()
+    if row is None:
+        return {}
+    return {
+        "error_type": row.error_type,
+        "error_message": row.error_message,
+        "traceback": row.traceback,
+    }
+
+
+def _death_message(letter: NewDeadLetter) -> str:
+    if letter.reason == "delivery_limit":
+        return (
+            f"delivered more than the delivery limit allows from {letter.queue} without an "
+            "outcome (the worker process died or lost its connection each time)"
+        )
+    if letter.reason == "expired":
+        return f"expired in {letter.queue} before a worker took it"
+    return f"{letter.reason} by {letter.queue}"
+
+
+def get(
+    connection: Connection, dead_letter_id: str, *, with_body: bool = True
+) -> DeadLetter | None:
+    columns = list(dead_letters.c) if with_body else _SUMMARY
+    row = connection.execute(select(*columns).where(dead_letters.c.id == dead_letter_id)).first()
+    return None if row is None else msgspec.convert(row, DeadLetter, from_attributes=True)
+
+
+def _cursor(letter: DeadLetter) -> str:
+    return base64.urlsafe_b64encode(f"{letter.dead_at.isoformat()}|{letter.id}".encode()).decode()
+
+
+def _after(cursor: str) -> tuple[datetime, str]:
+    try:
+        dead_at, record_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(dead_at), record_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a cursor this API gave out: {cursor!r}") from exc
+
+
+def page(
+    connection: Connection, filters: Filters, *, limit: int, cursor: str | None = None
+) -> Page:
+    """Newest first, `limit` at a time; `next_cursor` continues where this page ends."""
+    statement = _where(select(*_SUMMARY), filters)
+    if cursor is not None:
+        dead_at, record_id = _after(cursor)
+        c = dead_letters.c
+        statement = statement.where(
+            or_(c.dead_at < dead_at, and_(c.dead_at == dead_at, c.id < record_id))
+        )
+    statement = statement.order_by(dead_letters.c.dead_at.desc(), dead_letters.c.id.desc())
+    rows = connection.execute(statement.limit(limit + 1)).all()
+    items = [msgspec.convert(row, DeadLetter, from_attributes=True) for row in rows[:limit]]
+    return Page(items=items, next_cursor=_cursor(items[-1]) if len(rows) > limit else None)
+
+
+def matching_ids(connection: Connection, filters: Filters) -> list[str]:
+    statement = _where(select(dead_letters.c.id), filters).order_by(
+        dead_letters.c.dead_at, dead_letters.c.id
+    )
+    return [str(row_id) for row_id in connection.execute(statement).scalars()]
+
+
+def groups(connection: Connection, filters: Filters) -> list[Group]:
+    c = dead_letters.c
+    statement = _where(
+        select(
+            c.fingerprint,
+            func.min(c.task_name).label("task_name"),
+            func.min(c.error_type).label("error_type"),
+            func.min(c.reason).label("reason"),
+            func.min(c.queue).label("queue"),
+            func.count().label("occurrences"),
+            func.min(c.dead_at).label("first_seen"),
+            func.max(c.dead_at).label("last_seen"),
+            func.min(c.id).label("example_id"),
+        ).group_by(c.fingerprint),
+        filters,
+    ).order_by(func.count().desc(), func.max(c.dead_at).desc())
+    result = []
+    for row in connection.execute(statement).all():
+        example = connection.execute(
+            select(c.error_message).where(c.id == row.example_id)
+        ).scalar_one_or_none()
+        result.append(
+            Group(
+                fingerprint=row.fingerprint,
+                task_name=row.task_name,
+                error_type=row.error_type,
+                reason=row.reason,
+                queue=row.queue,
+                count=row.occurrences,
+                first_seen=row.first_seen,
+                last_seen=row.last_seen,
+                example_id=row.example_id,
+                example_message=example,
+            )
+        )
+    return result
+
+
+def mark_republished(connection: Connection, dead_letter_id: str) -> None:
+    now = utcnow()
+    connection.execute(
+        update(dead_letters)
+        .where(dead_letters.c.id == dead_letter_id)
+        .values(
+            republish_count=dead_letters.c.republish_count + 1, republished_at=now, updated_at=now
+        )
+    )
+
+
+def discard(connection: Connection, dead_letter_id: str) -> bool:
+    now = utcnow()
+    result = connection.execute(
+        update(dead_letters)
+        .where(dead_letters.c.id == dead_letter_id, dead_letters.c.discarded_at.is_(None))
+        .values(discarded_at=now, updated_at=now)
+    )
+    return bool(result.rowcount)
+
+
+def discard_matching(connection: Connection, filters: Filters) -> int:
+    now = utcnow()
+    ids = select(dead_letters.c.id)
+    result = connection.execute(
+        update(dead_letters)
+        .where(dead_letters.c.id.in_(_where(ids, filters).scalar_subquery()))
+        .where(dead_letters.c.discarded_at.is_(None))
+        .values(discarded_at=now, updated_at=now)
+    )
+    return int(result.rowcount or 0)
+
+
+def purge(connection: Connection, *, dead_before: datetime, handled_before: datetime) -> int:
+    """Delete what retention allows: any letter older than `dead_before`, and re-published or
+    discarded ones whose handling is older than `handled_before`."""
+    c = dead_letters.c
+    result = connection.execute(
+        delete(dead_letters).where(
+            or_(
+                c.dead_at < dead_before,
+                and_(c.discarded_at.is_not(None), c.discarded_at < handled_before),
+                and_(c.republished_at.is_not(None), c.republished_at < handled_before),
+            )
+        )
+    )
+    return int(result.rowcount or 0)
+
+
+def probe_writable(connection: Connection) -> None:
+    """Fails unless the store takes writes (an UPDATE of nothing still takes the write lock)."""
+    connection.execute(update(dead_letters).where(dead_letters.c.id.is_(None)).values(id=None))
+
+
+def counts(connection: Connection) -> list[tuple[str, str, int]]:
+    """(reason, queue, how many) of the letters not discarded."""
+    c = dead_letters.c
+    rows = connection.execute(
+        select(c.reason, c.queue, func.count())
+        .where(c.discarded_at.is_(None))
+        .group_by(c.reason, c.queue)
+    ).all()
+    return [(row[0], row[1], int(row[2])) for row in rows]

@@ -1,0 +1,102 @@
+"""Task states written to the store at each transition, from Celery's signals.
+
+Best effort: a state that cannot be written is logged, never allowed to fail the task — what
+happens to the message is the broker's business, and the store catches up at the next transition.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, signals
+from loguru import logger
+
+from service.errors import DatabaseError
+from service.logs import CORRELATION_HEADER, correlation_id
+from service.store import task_runs
+from service.store.database import Store
+
+# Native delayed delivery prefixes the routing key with 28 binary digits.
+_DELAY_PREFIX = re.compile(r"^(?:[01]\.){28}")
+
+
+def queue_of(delivery_info: dict[str, Any] | None) -> str | None:
+    routing_key = (delivery_info or {}).get("routing_key")
+    return _DELAY_PREFIX.sub("", routing_key) if routing_key else None
+
+
+def correlation_of(request: Any, task_id: str) -> str:
+    return str(request.get(CORRELATION_HEADER) or request.root_id or task_id)
+
+
+def connect(app: Celery, store: Callable[[], Store]) -> None:
+    """Write task states for `app`'s tasks into `store()` (a store of the current process)."""
+
+    def write(operation: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            store().run(operation, *args, **kwargs)
+        except DatabaseError as exc:
+            logger.warning("cannot record a task state: {}", exc)
+
+    def mine(task: Any) -> bool:
+        return getattr(task, "app", None) is app
+
+    def on_prerun(task: Any, task_id: str, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+        if not mine(task):
+            return
+        request = task.request
+        cid = correlation_of(request, task_id)
+        correlation_id.set(cid)
+        document_id = (kwargs or {}).get("document_id")
+        write(
+            task_runs.record_started,
+            task_id,
+            task.name,
+            retries=request.retries or 0,
+            queue=queue_of(request.delivery_info),
+            worker=request.hostname,
+            correlation_id=cid,
+            document_id=document_id if isinstance(document_id, str) else None,
+        )
+
+    def on_postrun(**_: Any) -> None:
+        correlation_id.set(None)
+
+    def on_success(sender: Any, **_: Any) -> None:
+        if mine(sender):
+            write(task_runs.record_success, sender.request.id)
+
+    def on_failure(
+        sender: Any, task_id: str, exception: BaseException, einfo: Any = None, **_: Any
+    ) -> None:
+        if not mine(sender):
+            return
+        write(
+            task_runs.record_failure,
+            task_id,
+            sender.name,
+            state="FAILURE",
+            error_type=type(exception).__name__,
+            message=str(exception),
+            traceback=str(einfo.traceback) if einfo is not None else None,
+        )
+
+    def on_revoked(request: Any, sender: Any = None, **_: Any) -> None:
+        if sender is not None and not mine(sender):
+            return
+        write(
+            task_runs.record_failure,
+            request.id,
+            request.task_name or request.name,
+            state="REVOKED",
+            error_type="Revoked",
+            message="the task was revoked",
+        )
+
+    signals.task_prerun.connect(on_prerun, weak=False)
+    signals.task_postrun.connect(on_postrun, weak=False)
+    signals.task_success.connect(on_success, weak=False)
+    signals.task_failure.connect(on_failure, weak=False)
+    signals.task_revoked.connect(on_revoked, weak=False)

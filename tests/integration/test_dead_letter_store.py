@@ -1,0 +1,268 @@
+"""The DLQ consumer drains docproc.dead_letter into the store: every message, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+import psycopg
+import pytest
+import pytest_asyncio
+from sqlalchemy import func, select
+
+from service.errors import DatabaseError
+from service.store import dead_letters
+from service.store.database import Store
+from service.store.schema import dead_letters as table
+from service.topology import DOCUMENT_QUEUE, MAINTENANCE_QUEUE, RETRY_QUEUE
+from tests.support import (
+    Process,
+    RabbitMQ,
+    Vhost,
+    create_vhost,
+    delete_vhost,
+    docproc_command,
+    eventually,
+    run_docproc,
+    start_dlq,
+)
+
+pytestmark = [pytest.mark.rabbitmq]
+
+PER_ORIGIN = 250
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def dlq_vhost(rabbitmq: RabbitMQ) -> AsyncIterator[Vhost]:
+    """A vhost with the topology (delivery limit 1: poison messages die quickly), no worker."""
+    name = await create_vhost(rabbitmq)
+    vhost = Vhost(rabbitmq, name, {"DOCPROC_DELIVERY_LIMIT": "1"})
+    declared = await asyncio.to_thread(run_docproc, "topology", "declare", env=vhost.env())
+    assert declared.returncode == 0, declared.stderr
+    try:
+        yield vhost
+    finally:
+        await delete_vhost(rabbitmq, name)
+
+
+async def publish(
+    channel: aio_pika.abc.AbstractChannel, queue: str, messages: list[aio_pika.Message]
+) -> None:
+    exchange = await channel.get_exchange("docproc", ensure=False)
+    await asyncio.gather(*(exchange.publish(m, routing_key=queue) for m in messages))
+
+
+def celery_message(task_id: str) -> aio_pika.Message:
+    return aio_pika.Message(
+        b'[["doc"], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]',
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers={
+            "lang": "py",
+            "task": "docproc.document.process",
+            "id": task_id,
+            "root_id": task_id,
+            "retries": 0,
+        },
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+async def kill_messages(vhost: Vhost) -> dict[str, int]:
+    """Make 4 x PER_ORIGIN messages die on the real broker, each way one can: rejected by a
+    consumer, redelivered past the delivery limit, expired by per-message TTL, malformed bytes."""
+    connection = await vhost.connect()
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await publish(
+            channel, DOCUMENT_QUEUE, [celery_message(str(uuid.uuid4())) for _ in range(PER_ORIGIN)]
+        )
+        await publish(
+            channel,
+            DOCUMENT_QUEUE,
+            [
+                aio_pika.Message(os.urandom(64), content_type="application/octet-stream")
+                for _ in range(PER_ORIGIN)
+            ],
+        )
+        await publish(
+            channel, RETRY_QUEUE, [celery_message(str(uuid.uuid4())) for _ in range(PER_ORIGIN)]
+        )
+        await publish(
+            channel,
+            MAINTENANCE_QUEUE,
+            [
+                aio_pika.Message(f"expiring {i}".encode(), expiration=0.01)
+                for i in range(PER_ORIGIN)
+            ],
+        )
+
+        consumer = await connection.channel()
+        await consumer.set_qos(prefetch_count=100)
+        handled: Counter[str] = Counter()
+
+        async def reject(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            await message.reject(requeue=False)
+            handled["rejected"] += 1
+
+        async def requeue(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            await message.nack(requeue=True)  # a worker that dies: back to the queue, again
+            handled["requeued"] += 1
+
+        await (await consumer.get_queue(DOCUMENT_QUEUE, ensure=False)).consume(reject)
+        await (await consumer.get_queue(RETRY_QUEUE, ensure=False)).consume(requeue)
+
+        async def all_dead() -> bool | None:
+            async with vhost.management() as management:
+                queues = {q.name: q for q in await management.queues()}
+            work = [queues[n].messages for n in (DOCUMENT_QUEUE, RETRY_QUEUE, MAINTENANCE_QUEUE)]
+            return True if handled["rejected"] >= 2 * PER_ORIGIN and sum(work) == 0 else None
+
+        await eventually(all_dead, 60, "every message to die", interval=0.5)
+        await consumer.close()
+    return dict(handled)
+
+
+def stored(url: str) -> Counter[tuple[str, str]]:
+    store = Store(url)
+    try:
+        rows = store.run(dead_letters.counts)
+    finally:
+        store.close()
+    return Counter({(reason, queue): n for reason, queue, n in rows})
+
+
+def record_count(url: str) -> int:
+    store = Store(url)
+    try:
+        return int(
+            store.run(lambda c: c.execute(select(func.count()).select_from(table)).scalar_one())
+        )
+    finally:
+        store.close()
+
+
+EXPECTED = Counter(
+    {
+        ("rejected", DOCUMENT_QUEUE): 2 * PER_ORIGIN,
+        ("delivery_limit", RETRY_QUEUE): PER_ORIGIN,
+        ("expired", MAINTENANCE_QUEUE): PER_ORIGIN,
+    }
+)
+
+
+async def wait_for_records(url: str, count: int, timeout: float = 60) -> None:
+    async def enough() -> bool | None:
+        return True if await asyncio.to_thread(record_count, url) >= count else None
+
+    await eventually(enough, timeout, f"{count} dead-letter records", interval=0.25)
+
+
+async def test_a_thousand_dead_messages_of_mixed_origin_become_exactly_a_thousand_records(
+    dlq_vhost: Vhost, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'docproc.db'}"
+    consumer = await start_dlq(dlq_vhost, tmp_path / "dlq.log", DOCPROC_DATABASE_URL=url)
+    try:
+        await kill_messages(dlq_vhost)
+        await wait_for_records(url, 4 * PER_ORIGIN)
+        async with dlq_vhost.management() as management:
+            dlq = await management.queue("docproc.dead_letter")
+        assert dlq is not None
+    finally:
+        assert consumer.stop() == 0, consumer.tail()
+
+    assert record_count(url) == 4 * PER_ORIGIN
+    assert stored(url) == EXPECTED
+
+
+async def test_a_consumer_killed_mid_batch_and_restarted_still_stores_each_message_once(
+    dlq_vhost: Vhost, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'docproc.db'}"
+    await kill_messages(dlq_vhost)  # all 1000 wait in the dead-letter queue
+    consumer = Process(
+        docproc_command("serve", "dlq"),
+        dlq_vhost.env(DOCPROC_DATABASE_URL=url),
+        tmp_path / "dlq-1.log",
+    )
+
+    async def storing() -> bool | None:
+        try:
+            return True if await asyncio.to_thread(record_count, url) > 0 else None
+        except DatabaseError:  # not migrated yet
+            return None
+
+    await eventually(storing, 30, "the first records", interval=0.005)
+    # Freeze it wherever it is (records committed, acks in flight), then kill it there.
+    consumer.popen.send_signal(signal.SIGSTOP)
+    consumer.popen.send_signal(signal.SIGKILL)
+    assert consumer.stop() == -signal.SIGKILL
+    assert 0 < record_count(url) < 4 * PER_ORIGIN, "the kill came too late to prove anything"
+
+    restarted = await start_dlq(dlq_vhost, tmp_path / "dlq-2.log", DOCPROC_DATABASE_URL=url)
+    try:
+        await wait_for_records(url, 4 * PER_ORIGIN)
+        async with dlq_vhost.management() as management:
+
+            async def drained() -> bool | None:
+                queue = await management.queue("docproc.dead_letter")
+                return True if queue is not None and queue.messages == 0 else None
+
+            await eventually(drained, 30, "the dead-letter queue to drain")
+    finally:
+        assert restarted.stop() == 0, restarted.tail()
+
+    assert record_count(url) == 4 * PER_ORIGIN
+    assert stored(url) == EXPECTED
+
+
+@pytest.mark.postgres
+async def test_while_the_store_is_down_nothing_is_lost_and_it_resumes_on_its_own(
+    dlq_vhost: Vhost, tmp_path: Path, postgres_url: str
+) -> None:
+    from service.store.migrations import upgrade
+
+    admin = postgres_url.rsplit("/", 1)[0] + "/postgres"
+    name = f"docproc_down_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    consumer = await start_dlq(dlq_vhost, tmp_path / "dlq.log", DOCPROC_DATABASE_URL=url)
+    try:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            connection.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+        await kill_messages(dlq_vhost)
+
+        async with dlq_vhost.management() as management:
+
+            async def kept_in_the_queue() -> bool | None:
+                queue = await management.queue("docproc.dead_letter")
+                return True if queue is not None and queue.messages == 4 * PER_ORIGIN else None
+
+            await eventually(kept_in_the_queue, 30, "the dead letters to wait in their queue")
+        assert consumer.alive(), "the consumer must wait for the store, not crash"
+        assert "the store failed" in consumer.output()
+
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await wait_for_records(url, 4 * PER_ORIGIN, timeout=90)
+        assert consumer.stop() == 0, consumer.tail()
+
+        assert record_count(url) == 4 * PER_ORIGIN
+        assert stored(url) == EXPECTED
+    finally:
+        consumer.stop()
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
