@@ -38,6 +38,14 @@ class TopologyMismatch(DocprocError):
         super().__init__(f"{name}: {'; '.join(self.differences)}. Fix: {fix}")
 
 
+class NotFound(DocprocError):
+    """What was asked for does not exist (a document, a task, a dead letter)."""
+
+
+class Conflict(DocprocError):
+    """The request does not fit the state of what it names (retrying a task that succeeded)."""
+
+
 class ProcessingError(DocprocError):
     """A document could not be processed."""
 

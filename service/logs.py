@@ -125,6 +125,8 @@ def setup_logging(level: str = "INFO", *, component: str, stream: IO[str] | None
         library.handlers = []
         library.propagate = True
     logging.captureWarnings(True)
+    # pypdf reports every quirk of a damaged file it still reads; the failures we raise say enough.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 
 def _stdlib_level(level: str) -> str:

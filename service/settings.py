@@ -36,6 +36,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     api_keys: tuple[str, ...] = ()
     max_upload_bytes: PositiveInt = 50 * 1024 * 1024
     dead_letter_retention: PositiveFloat = 14 * 24 * 3600.0
+    handled_dead_letter_retention: PositiveFloat = 3 * 24 * 3600.0
+    api_workers: PositiveInt = 1
     chunk_size: Annotated[int, msgspec.Meta(ge=100)] = 1000
     chunk_overlap: NonNegativeInt = 150
     log_level: LogLevel = "INFO"
@@ -114,6 +116,8 @@ ENVIRONMENT: dict[str, str] = {
     "api_keys": "DOCPROC_API_KEYS",
     "max_upload_bytes": "DOCPROC_MAX_UPLOAD_BYTES",
     "dead_letter_retention": "DOCPROC_DEAD_LETTER_RETENTION",
+    "handled_dead_letter_retention": "DOCPROC_HANDLED_DEAD_LETTER_RETENTION",
+    "api_workers": "DOCPROC_API_WORKERS",
     "chunk_size": "DOCPROC_CHUNK_SIZE",
     "chunk_overlap": "DOCPROC_CHUNK_OVERLAP",
     "log_level": "CELERY_LOG_LEVEL",

@@ -21,6 +21,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from service.broker.declarer import consumer_counts
 from service.broker.management import Management
 from service.settings import Settings
 from service.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
@@ -145,16 +146,19 @@ def docproc_command(*args: str) -> list[str]:
 class Process:
     """A real docproc process, its output in a file so a failing test can show it."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], log: Path) -> None:
+    def __init__(
+        self, args: list[str], env: Mapping[str, str], log: Path, cwd: Path = ROOT
+    ) -> None:
         self.args = args
         self.log = log
         self._log_file = log.open("wb")
         self.popen = subprocess.Popen(
-            args, env=dict(env), stdout=self._log_file, stderr=subprocess.STDOUT, cwd=ROOT
+            args, env=dict(env), stdout=self._log_file, stderr=subprocess.STDOUT, cwd=cwd
         )
 
     def output(self) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         return self.log.read_text(errors="replace")
 
     def tail(self, lines: int = 60) -> str:
@@ -162,6 +166,13 @@ class Process:
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def children(self) -> list[int]:
+        """The pids of this process's children (a worker's pool processes)."""
+        found = subprocess.run(
+            ["pgrep", "-P", str(self.popen.pid)], capture_output=True, text=True, check=False
+        )
+        return [int(pid) for pid in found.stdout.split()]
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.alive():
@@ -177,15 +188,13 @@ class Process:
 
 async def start_worker(vhost: Vhost, log: Path, **env: str) -> Process:
     """A worker on `vhost`, returned once it consumes all three work queues."""
-    worker = Process(docproc_command("serve", "worker"), vhost.env(**FAST_WORKER_ENV, **env), log)
+    worker = Process(docproc_command("serve", "worker"), vhost.env(**(FAST_WORKER_ENV | env)), log)
 
     async def consuming() -> bool | None:
         if not worker.alive():
             raise AssertionError(f"the worker exited early:\n{worker.tail()}")
-        async with vhost.management() as management:
-            queues = {q.name: q for q in await management.queues()}
-        ready = all(name in queues and queues[name].consumers > 0 for name in WORK_QUEUES)
-        return True if ready else None
+        counts = await consumer_counts(vhost.settings(), WORK_QUEUES)
+        return True if all(counts.values()) else None
 
     try:
         await eventually(consuming, 30, "the worker to consume its queues", interval=0.25)
@@ -310,9 +319,8 @@ async def start_dlq(vhost: Vhost, log: Path, **env: str) -> Process:
     async def consuming() -> bool | None:
         if not consumer.alive():
             raise AssertionError(f"the DLQ consumer exited early:\n{consumer.tail()}")
-        async with vhost.management() as management:
-            queue = await management.queue(DEAD_LETTER_QUEUE)
-        return True if queue is not None and queue.consumers > 0 else None
+        counts = await consumer_counts(vhost.settings(), [DEAD_LETTER_QUEUE])
+        return True if counts[DEAD_LETTER_QUEUE] else None
 
     try:
         await eventually(consuming, 30, "the DLQ consumer to consume", interval=0.25)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -108,3 +109,24 @@ async def _mismatch(
         f"DOCPROC_DELIVERY_LIMIT to match it, or move its messages away (shovel) and delete it "
         f"(`rabbitmqctl delete_queue -p {vhost} {item.name}`), then run `docproc topology declare`",
     )
+
+
+async def consumer_counts(settings: Settings, queues: Sequence[str]) -> dict[str, int]:
+    """How many consumers each queue has right now (a passive declare answers at once, where the
+    management API's figures lag by seconds). A missing queue counts 0."""
+    connection = await connect(settings)
+    counts: dict[str, int] = {}
+    try:
+        for name in queues:
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+                counts[name] = queue.declaration_result.consumer_count or 0
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                counts[name] = 0
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+    finally:
+        await connection.close()
+    return counts

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import click
 
+from service.cli.dead_letters import dead_letters
+from service.cli.environment import load_settings
+from service.cli.selftest import selftest
 from service.cli.serve import serve
+from service.cli.submit import submit
 from service.cli.topology import topology
 from service.errors import DocprocError, abort
+from service.logs import setup_logging
 
 __all__ = ["main"]
 
@@ -21,13 +26,39 @@ def cli() -> None:
 
     \b
     Examples:
-      docproc topology declare
-      docproc serve worker
+      docproc up
+      docproc submit reports/ --wait
+      docproc dead-letters groups
+      docproc selftest --crash
     """
 
 
 cli.add_command(topology)
 cli.add_command(serve)
+cli.add_command(submit)
+cli.add_command(dead_letters)
+cli.add_command(selftest)
+
+
+@cli.command()
+def up() -> None:
+    """Run everything on this machine: API, worker, beat and DLQ consumer, supervised.
+
+    Declares the topology and migrates the store first (SQLite under DOCPROC_DATA_DIR unless
+    DOCPROC_DATABASE_URL says otherwise). Ctrl-C stops it in order, losing nothing.
+
+    \b
+    Examples:
+      docproc up
+      DOCPROC_DATABASE_URL=postgresql://docproc@localhost/docproc docproc up
+    """
+    from service import supervisor
+    from service.cli.serve import prepare
+
+    settings = load_settings()
+    setup_logging(settings.log_level, component="up")
+    prepare(settings)
+    raise SystemExit(supervisor.run(settings))
 
 
 def main() -> None:

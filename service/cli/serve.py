@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import click
+from loguru import logger
 
 from service.cli.environment import load_settings
 from service.logs import setup_logging
+from service.settings import Settings
 from service.topology import WORK_QUEUES
 
 CELERY_LEVELS = {"TRACE": "DEBUG", "SUCCESS": "INFO"}
@@ -47,12 +50,62 @@ def worker() -> None:
 @serve.command()
 def dlq() -> None:
     """The dead-letter consumer: stores every message of docproc.dead_letter, with why it died."""
-    from service.broker.declarer import declare_topology
     from service.deadletters.consumer import serve as serve_dlq
-    from service.store.migrations import upgrade
 
     settings = load_settings()
     setup_logging(settings.log_level, component="dlq")
-    asyncio.run(declare_topology(settings))
-    upgrade(settings.resolved_database_url)
+    prepare(settings)
     asyncio.run(serve_dlq(settings))
+
+
+@serve.command()
+def api() -> None:
+    """The HTTP API (uvicorn), DOCPROC_API_WORKERS processes on DOCPROC_API_HOST:PORT.
+
+    Uvicorn rather than granian: it is what Litestar documents and most operators know, pure
+    Python with uvloop and httptools for speed, and its workers share one socket.
+    """
+    import uvicorn
+
+    from service.errors import BrokerUnavailable
+
+    settings = load_settings()
+    setup_logging(settings.log_level, component="api")
+    try:
+        prepare(settings)
+    except BrokerUnavailable as exc:
+        # The API starts all the same: /ready says the broker is down, uploads are swept later.
+        logger.warning("{}", exc)
+    uvicorn.run(
+        "service.api.app:create_app_from_environment",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        workers=settings.api_workers,
+        log_config=None,
+        proxy_headers=False,
+        timeout_graceful_shutdown=20,
+    )
+
+
+@serve.command()
+def beat() -> None:
+    """Celery beat: task-run expiry, dead-letter retention, and the sweeper of unpublished
+    documents, sent to the `celery` queue."""
+    from service.worker.app import create_celery
+
+    settings = load_settings()
+    setup_logging(settings.log_level, component="beat")
+    prepare(settings)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    app = create_celery(settings)
+    app.Beat(loglevel=CELERY_LEVELS.get(settings.log_level, settings.log_level), quiet=True).run()
+
+
+def prepare(settings: Settings) -> None:
+    """Before serving: the topology declared (or a clear stop on a mismatch), the store migrated."""
+    from service.broker.declarer import declare_topology
+    from service.store.migrations import upgrade
+
+    upgrade(settings.resolved_database_url)
+    asyncio.run(declare_topology(settings))

@@ -90,6 +90,7 @@ class Filters(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     task: str | None = None
     error_type: str | None = None
     group: str | None = None
+    task_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
     status: Status = "active"
@@ -129,6 +130,8 @@ def _where(statement: Select[Any], filters: Filters) -> Select[Any]:
         conditions.append(c.error_type == filters.error_type)
     if filters.group is not None:
         conditions.append(c.fingerprint == filters.group)
+    if filters.task_id is not None:
+        conditions.append(c.task_id == filters.task_id)
     if filters.since is not None:
         conditions.append(c.dead_at >= filters.since)
     if filters.until is not None:
@@ -371,3 +374,15 @@ def counts(connection: Connection) -> list[tuple[str, str, int]]:
         .group_by(c.reason, c.queue)
     ).all()
     return [(row[0], row[1], int(row[2])) for row in rows]
+
+
+def latest_for_task(connection: Connection, task_id: str) -> str | None:
+    """The newest dead letter of a task that was not discarded: the message a retry re-publishes."""
+    c = dead_letters.c
+    found = connection.execute(
+        select(c.id)
+        .where(c.task_id == task_id, c.discarded_at.is_(None))
+        .order_by(c.dead_at.desc(), c.stored_at.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return None if found is None else str(found)

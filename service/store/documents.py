@@ -41,6 +41,7 @@ class Upload(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     filename: str
     content: bytes
+    processed: bool
 
 
 class ChunkRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -118,11 +119,18 @@ def get(connection: Connection, document_id: str) -> Document | None:
 
 def get_upload(connection: Connection, document_id: str) -> Upload | None:
     row = connection.execute(
-        select(documents.c.id, documents.c.filename, documents.c.content).where(
-            documents.c.id == document_id
-        )
+        select(
+            documents.c.id, documents.c.filename, documents.c.content, documents.c.processed_at
+        ).where(documents.c.id == document_id)
     ).first()
-    return None if row is None else Upload(id=row.id, filename=row.filename, content=row.content)
+    if row is None:
+        return None
+    return Upload(
+        id=row.id,
+        filename=row.filename,
+        content=row.content,
+        processed=row.processed_at is not None,
+    )
 
 
 def get_text(connection: Connection, document_id: str) -> str | None:

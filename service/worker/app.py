@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 import kombu
@@ -23,7 +24,7 @@ from service.topology import (
     Topology,
     build_topology,
 )
-from service.worker import canary, lifecycle
+from service.worker import canary, documents, lifecycle, maintenance
 from service.worker.task import DocprocTask
 
 TASK_ROUTES = {
@@ -102,6 +103,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "result_expires": settings.result_expires,
         "worker_prefetch_multiplier": 1,
+        "beat_schedule": maintenance.SCHEDULE,
+        "beat_schedule_filename": str(Path(settings.data_dir) / "celerybeat-schedule"),
         "worker_concurrency": settings.concurrency,
         "worker_consumer": "service.worker.consumer:DeadLetteringConsumer",
         "worker_cancel_long_running_tasks_on_connection_loss": True,
@@ -136,6 +139,8 @@ def create_celery(settings: Settings | None = None) -> DocprocCelery:
 
     _connect_signals(app)
     canary.register(app)
+    documents.register(app)
+    maintenance.register(app)
     return app
 
 

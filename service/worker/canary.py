@@ -17,14 +17,25 @@ from celery.exceptions import SoftTimeLimitExceeded
 from loguru import logger
 
 from service.errors import ProcessingError, TransientProcessingError
+from service.tasks import (
+    CANARY_CRASH,
+    CANARY_FAIL,
+    CANARY_FLAKY,
+    CANARY_SLEEP,
+    CANARY_STEPS,
+    CANARY_SUCCEED,
+)
+from service.topology import RETRY_QUEUE
+from service.worker.progress import ProgressTracker
 
 AnyTask = Task[Any, Any]
 
-SUCCEED = "docproc.canary.succeed"
-FAIL = "docproc.canary.fail"
-FLAKY = "docproc.canary.flaky"
-CRASH = "docproc.canary.crash"
-SLEEP = "docproc.canary.sleep"
+SUCCEED = CANARY_SUCCEED
+FAIL = CANARY_FAIL
+FLAKY = CANARY_FLAKY
+CRASH = CANARY_CRASH
+SLEEP = CANARY_SLEEP
+STEPS = CANARY_STEPS
 
 
 class CanaryFailure(ProcessingError):
@@ -69,12 +80,22 @@ def register(app: Celery) -> None:
         raise CanaryFailure("canary: a permanent failure, on purpose")
 
     @app.task(name=FLAKY, bind=True)
-    def flaky(self: AnyTask, failures: int, report_to: str | None = None) -> str:
+    def flaky(
+        self: AnyTask, failures: int, report_to: str | None = None, delay: int | None = None
+    ) -> str:
+        """Fail transiently `failures` times, then succeed. Retries follow the retry policy, or
+        wait `delay` seconds (selftest's short path): through retry_queue and the broker anyway.
+        """
         if self.request.retries < failures:
             report(self, report_to, "retrying")
-            raise TransientProcessingError(
+            failure = TransientProcessingError(
                 f"canary: transient failure {self.request.retries + 1} of {failures}, on purpose"
             )
+            if delay is not None:
+                raise self.retry(
+                    exc=failure, countdown=delay, queue=RETRY_QUEUE, max_retries=failures
+                )
+            raise failure
         report(self, report_to, "succeeded")
         return "ok"
 
@@ -98,4 +119,14 @@ def register(app: Celery) -> None:
                     raise
                 report(self, report_to, "ignoring the soft time limit")
         report(self, report_to, "succeeded")
+        return "ok"
+
+    @app.task(name=STEPS, bind=True)
+    def steps(self: AnyTask, count: int = 4, seconds: float = 0.5) -> str:
+        """Walk through `count` named steps, recording progress as the document task does."""
+        names = [f"step {n}" for n in range(1, count + 1)]
+        tracker = ProgressTracker(self.app.store, str(self.request.id), names)  # type: ignore[attr-defined]
+        for name in names:
+            tracker.begin(name)
+            time.sleep(seconds)
         return "ok"

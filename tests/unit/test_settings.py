@@ -41,6 +41,8 @@ def test_every_variable_is_read() -> None:
         "DOCPROC_API_KEYS": "k1, k2,",
         "DOCPROC_MAX_UPLOAD_BYTES": "1024",
         "DOCPROC_DEAD_LETTER_RETENTION": "7d",
+        "DOCPROC_HANDLED_DEAD_LETTER_RETENTION": "1d",
+        "DOCPROC_API_WORKERS": "3",
         "DOCPROC_CHUNK_SIZE": "500",
         "DOCPROC_CHUNK_OVERLAP": "50",
         "CELERY_LOG_LEVEL": "debug",

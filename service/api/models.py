@@ -1,0 +1,266 @@
+"""Request and response models of the HTTP API (DESIGN.md, "HTTP API"), kept apart from the store's
+rows. Inputs are closed: unknown fields are an error."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from service.store.task_runs import TaskState
+
+TASK_ID = "3f0c9a4e-6a57-4c1e-9d1e-2c2b6f1f7a10"
+DOCUMENT_ID = "b1f4c2de-0d4a-4b8e-8f5e-5a9e3c7d2b11"
+DEAD_LETTER_ID = "9d2e1f30-7b6c-4a5d-8e9f-0a1b2c3d4e5f"
+
+Limit = Annotated[int, msgspec.Meta(ge=1, le=500)]
+Rate = Annotated[
+    float,
+    msgspec.Meta(gt=0, le=1000, description="messages per second", examples=[100.0]),
+]
+
+
+class Problem(msgspec.Struct, kw_only=True):
+    """An error, as RFC 9457 problem details (`application/problem+json`)."""
+
+    status: int
+    title: str
+    detail: str | None = None
+    type: str = "about:blank"
+
+
+class Accepted(msgspec.Struct, kw_only=True):
+    document_id: Annotated[str, msgspec.Meta(examples=[DOCUMENT_ID])]
+    task_id: Annotated[str, msgspec.Meta(examples=[TASK_ID])]
+    status: Annotated[TaskState, msgspec.Meta(examples=["PENDING"])]
+    queued: Annotated[
+        bool,
+        msgspec.Meta(
+            description="whether RabbitMQ confirmed the task message already; if not, it is "
+            "accepted all the same and beat's sweeper publishes it"
+        ),
+    ]
+
+
+class Progress(msgspec.Struct, kw_only=True):
+    step: Annotated[str | None, msgspec.Meta(examples=["extract"])]
+    steps_done: int
+    steps_total: int
+    percent: Annotated[float, msgspec.Meta(examples=[50.0])]
+
+
+class TaskError(msgspec.Struct, kw_only=True):
+    type: Annotated[str | None, msgspec.Meta(examples=["CorruptFile"])]
+    message: str | None
+    traceback: str | None = None
+
+
+class RetryEntry(msgspec.Struct, kw_only=True):
+    at: datetime
+    delay: float
+    error_type: str | None
+    message: str | None
+
+
+class Timings(msgspec.Struct, kw_only=True):
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    elapsed: Annotated[float | None, msgspec.Meta(description="seconds since start, or of the run")]
+    next_retry_at: datetime | None
+
+
+class TaskStatus(msgspec.Struct, kw_only=True):
+    task_id: Annotated[str, msgspec.Meta(examples=[TASK_ID])]
+    task: Annotated[str, msgspec.Meta(examples=["docproc.document.process"])]
+    state: Annotated[TaskState, msgspec.Meta(examples=["PROCESSING"])]
+    progress: Progress
+    retries: int
+    retry_history: list[RetryEntry]
+    error: TaskError | None
+    timings: Timings
+    document_id: str | None
+    queue: str | None
+    worker: str | None
+    correlation_id: str | None
+
+
+class DocumentOut(msgspec.Struct, kw_only=True):
+    id: Annotated[str, msgspec.Meta(examples=[DOCUMENT_ID])]
+    filename: Annotated[str, msgspec.Meta(examples=["report.pdf"])]
+    content_type: str | None
+    detected_type: Annotated[str | None, msgspec.Meta(examples=["pdf"])]
+    size: int
+    sha256: str
+    title: str | None
+    encoding: str | None
+    page_count: int | None
+    char_count: int | None
+    chunk_count: int | None
+    task_id: str
+    state: TaskState | None
+    correlation_id: str | None
+    created_at: datetime
+    processed_at: datetime | None
+
+
+class DocumentText(msgspec.Struct, kw_only=True):
+    document_id: str
+    text: str
+
+
+class SearchHit(msgspec.Struct, kw_only=True):
+    document_id: str
+    filename: str
+    title: str | None
+    position: Annotated[int, msgspec.Meta(description="which chunk of the document")]
+    score: float
+    snippet: Annotated[str, msgspec.Meta(examples=["… the [lighthouse] stood …"])]
+
+
+class SearchResults(msgspec.Struct, kw_only=True):
+    items: list[SearchHit]
+    next_cursor: None = None
+
+
+class QueueStats(msgspec.Struct, kw_only=True):
+    name: str
+    messages: int
+    ready: int
+    unacknowledged: int
+    consumers: int
+
+
+class Throughput(msgspec.Struct, kw_only=True):
+    processed: int
+    failed: int
+
+
+class DeadLetterCounts(msgspec.Struct, kw_only=True):
+    total: int
+    by_reason: dict[str, int]
+    by_queue: dict[str, int]
+
+
+class Stats(msgspec.Struct, kw_only=True):
+    states: dict[str, int]
+    queues: list[QueueStats]
+    dead_letters: DeadLetterCounts
+    last_minute: Throughput
+    last_hour: Throughput
+    warnings: list[str]
+
+
+class DeadLetterSummary(msgspec.Struct, kw_only=True):
+    id: Annotated[str, msgspec.Meta(examples=[DEAD_LETTER_ID])]
+    reason: Annotated[str, msgspec.Meta(examples=["rejected"])]
+    queue: Annotated[str, msgspec.Meta(examples=["document_processing"])]
+    task: Annotated[str | None, msgspec.Meta(examples=["docproc.document.process"])]
+    task_id: str | None
+    error_type: Annotated[str | None, msgspec.Meta(examples=["CorruptFile"])]
+    error_message: str | None
+    group: Annotated[str, msgspec.Meta(description="fingerprint of the failure")]
+    exchange: str | None
+    routing_keys: list[str]
+    death_count: int
+    first_death_at: datetime | None
+    dead_at: datetime
+    retries: int | None
+    correlation_id: str | None
+    republished_from: str | None
+    republish_count: int
+    republished_at: datetime | None
+    discarded_at: datetime | None
+
+
+class DeadLetterDetail(DeadLetterSummary, kw_only=True):
+    args: Any
+    kwargs: Any
+    root_id: str | None
+    parent_id: str | None
+    traceback: str | None
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    content_type: str | None
+    content_encoding: str | None
+    body_base64: Annotated[str, msgspec.Meta(description="the raw body, byte for byte")]
+    body_text: Annotated[str | None, msgspec.Meta(description="the body, when it is UTF-8")]
+
+
+class DeadLetterPage(msgspec.Struct, kw_only=True):
+    items: list[DeadLetterSummary]
+    next_cursor: str | None
+
+
+class GroupOut(msgspec.Struct, kw_only=True):
+    group: str
+    task: str | None
+    error_type: str | None
+    reason: str
+    queue: str
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    example_id: str
+    example_message: str | None
+
+
+class GroupList(msgspec.Struct, kw_only=True):
+    items: list[GroupOut]
+    next_cursor: None = None
+
+
+class Republished(msgspec.Struct, kw_only=True):
+    dead_letter_id: str
+    queue: str
+    task_id: str | None
+    republish_count: int
+
+
+class RedriveRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Which dead letters to re-publish (all filters optional, combined with AND), and how fast."""
+
+    queue: str | None = None
+    reason: Annotated[str | None, msgspec.Meta(examples=["rejected"])] = None
+    task: str | None = None
+    error_type: str | None = None
+    group: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    rate: Rate = 10.0
+
+
+class RedriveOut(msgspec.Struct, kw_only=True):
+    id: str
+    state: Annotated[
+        Literal["running", "cancelled", "finished"], msgspec.Meta(examples=["running"])
+    ]
+    filters: dict[str, Any]
+    rate: float
+    matched: int
+    published: int
+    failed: int
+    last_error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class RedriveList(msgspec.Struct, kw_only=True):
+    items: list[RedriveOut]
+    next_cursor: None = None
+
+
+class Discarded(msgspec.Struct, kw_only=True):
+    discarded: int
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(msgspec.Struct, kw_only=True):
+    status: Literal["ready", "not ready"]
+    broker: str
+    store: str

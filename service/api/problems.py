@@ -1,0 +1,91 @@
+"""Every error leaves as `application/problem+json` (RFC 9457); docproc's errors map here, at the
+HTTP edge, and nowhere else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+from loguru import logger
+
+from service.errors import (
+    BrokerUnavailable,
+    Conflict,
+    CorruptFile,
+    DatabaseError,
+    DocprocError,
+    EmptyDocument,
+    NotFound,
+    TooLarge,
+    UnsupportedType,
+)
+
+MEDIA_TYPE = "application/problem+json"
+
+_STATUS: list[tuple[type[DocprocError], int, str]] = [
+    (NotFound, 404, "Not found"),
+    (Conflict, 409, "Conflict"),
+    (TooLarge, 413, "Upload too large"),
+    (UnsupportedType, 415, "Unsupported document type"),
+    (EmptyDocument, 422, "Empty document"),
+    (CorruptFile, 422, "Corrupt document"),
+    (DatabaseError, 503, "The store is unavailable"),
+    (BrokerUnavailable, 503, "The broker is unavailable"),
+]
+
+
+def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> Response[Any]:
+    body: dict[str, Any] = {"type": "about:blank", "status": status, "title": title}
+    if detail:
+        body["detail"] = detail
+    body.update(extra)
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def on_docproc_error(request: Request[Any, Any, Any], exc: DocprocError) -> Response[Any]:
+    for kind, status, title in _STATUS:
+        if isinstance(exc, kind):
+            if status >= 500:
+                logger.warning("{} {}: {}", request.method, request.url.path, exc)
+            return problem(status, title, str(exc))
+    return on_unexpected(request, exc)
+
+
+def on_bad_value(request: Request[Any, Any, Any], exc: ValueError) -> Response[Any]:
+    return problem(400, "Bad request", str(exc))
+
+
+def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    logger.opt(exception=exc).error("{} {} failed", request.method, request.url.path)
+    return problem(500, "Internal error", "the error was logged with this request's correlation id")
+
+
+def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    extra: dict[str, Any] = {}
+    if isinstance(exc.extra, dict):
+        extra = exc.extra
+    elif exc.extra:
+        extra = {"errors": exc.extra}
+    response = problem(exc.status_code, _title(exc.status_code), exc.detail, **extra)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
+    DocprocError: on_docproc_error,
+    HTTPException: on_http_exception,
+    ValueError: on_bad_value,
+    Exception: on_unexpected,
+}

@@ -1,0 +1,328 @@
+"""The dead-letter workflow: list, group, inspect, re-publish one, redrive many, discard."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Response, delete, get, post
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from service.api.models import (
+    DeadLetterDetail,
+    DeadLetterPage,
+    DeadLetterSummary,
+    Discarded,
+    GroupList,
+    GroupOut,
+    RedriveList,
+    RedriveOut,
+    RedriveRequest,
+    Republished,
+)
+from service.api.responses import errors
+from service.api.security import require_api_key
+from service.api.services import PublisherDep, RedrivesDep, StoreDep
+from service.deadletters import republish as republishing
+from service.deadletters.headers import plain
+from service.errors import NotFound
+from service.store import dead_letters, redrives
+from service.store.dead_letters import DeadLetter, Filters, Status
+from service.store.redrives import Redrive
+
+TAGS = ["dead letters"]
+
+
+def summary_of(letter: DeadLetter) -> DeadLetterSummary:
+    return DeadLetterSummary(
+        id=letter.id,
+        reason=letter.reason,
+        queue=letter.queue,
+        task=letter.task_name,
+        task_id=letter.task_id,
+        error_type=letter.error_type,
+        error_message=letter.error_message,
+        group=letter.fingerprint,
+        exchange=letter.exchange,
+        routing_keys=letter.routing_keys,
+        death_count=letter.death_count,
+        first_death_at=letter.first_death_at,
+        dead_at=letter.dead_at,
+        retries=letter.retries,
+        correlation_id=letter.correlation_id,
+        republished_from=letter.republished_from,
+        republish_count=letter.republish_count,
+        republished_at=letter.republished_at,
+        discarded_at=letter.discarded_at,
+    )
+
+
+def detail_of(letter: DeadLetter) -> DeadLetterDetail:
+    try:
+        text: str | None = letter.body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return DeadLetterDetail(
+        **msgspec.structs.asdict(summary_of(letter)),
+        args=plain(letter.args),
+        kwargs=plain(letter.kwargs),
+        root_id=letter.root_id,
+        parent_id=letter.parent_id,
+        traceback=letter.traceback,
+        headers=plain(letter.headers),
+        properties=plain(letter.properties),
+        content_type=letter.content_type,
+        content_encoding=letter.content_encoding,
+        body_base64=base64.b64encode(letter.body).decode("ascii"),
+        body_text=text,
+    )
+
+
+def redrive_of(job: Redrive) -> RedriveOut:
+    return RedriveOut(
+        id=job.id,
+        state=job.state,
+        filters=job.filters,
+        rate=job.rate,
+        matched=job.matched,
+        published=job.published,
+        failed=job.failed,
+        last_error=job.last_error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+@get(
+    "/dead-letters",
+    responses=errors(400, 503),
+    tags=TAGS,
+    summary="Dead letters, newest first",
+    description="Filters combine with AND; `status` is `active` (neither re-published nor "
+    "discarded, the default), `republished`, `discarded` or `all`. Pass `next_cursor` back as "
+    "`cursor` for the next page.",
+)
+async def list_dead_letters(
+    *,
+    store: StoreDep,
+    queue: FromQuery[str | None] = None,
+    reason: FromQuery[str | None] = None,
+    task: FromQuery[str | None] = None,
+    error_type: FromQuery[str | None] = None,
+    group: FromQuery[str | None] = None,
+    since: FromQuery[datetime | None] = None,
+    until: FromQuery[datetime | None] = None,
+    status: FromQuery[Status] = "active",
+    task_id: FromQuery[str | None] = None,
+    cursor: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+) -> DeadLetterPage:
+    filters = Filters(
+        queue=queue,
+        reason=reason,
+        task=task,
+        error_type=error_type,
+        group=group,
+        since=since,
+        until=until,
+        status=status,
+        task_id=task_id,
+    )
+    found = await store.run(dead_letters.page, filters, limit=limit, cursor=cursor)
+    return DeadLetterPage(
+        items=[summary_of(letter) for letter in found.items], next_cursor=found.next_cursor
+    )
+
+
+@get(
+    "/dead-letters/groups",
+    responses=errors(400, 503),
+    tags=TAGS,
+    summary="Failures grouped by task, error type and fingerprint",
+    description="A fingerprint folds numbers, ids, paths and quoted values out of the error "
+    "message and keeps the innermost stack frames, so one cause is one group. Redrive a group "
+    'with `POST /dead-letters/redrive {"group": ...}`, discard it with '
+    "`DELETE /dead-letters/groups/{group}`.",
+)
+async def list_groups(
+    *,
+    store: StoreDep,
+    queue: FromQuery[str | None] = None,
+    reason: FromQuery[str | None] = None,
+    task: FromQuery[str | None] = None,
+    error_type: FromQuery[str | None] = None,
+    since: FromQuery[datetime | None] = None,
+    until: FromQuery[datetime | None] = None,
+    status: FromQuery[Status] = "active",
+) -> GroupList:
+    filters = Filters(
+        queue=queue,
+        reason=reason,
+        task=task,
+        error_type=error_type,
+        group=None,
+        since=since,
+        until=until,
+        status=status,
+    )
+    found = await store.run(dead_letters.groups, filters)
+    return GroupList(
+        items=[
+            GroupOut(
+                group=g.fingerprint,
+                task=g.task_name,
+                error_type=g.error_type,
+                reason=g.reason,
+                queue=g.queue,
+                count=g.count,
+                first_seen=g.first_seen,
+                last_seen=g.last_seen,
+                example_id=g.example_id,
+                example_message=g.example_message,
+            )
+            for g in found
+        ]
+    )
+
+
+@delete(
+    "/dead-letters/groups/{group:str}",
+    status_code=200,
+    guards=[require_api_key],
+    responses=errors(401, 403, 503),
+    tags=TAGS,
+    summary="Discard every active dead letter of a group",
+)
+async def discard_group(group: FromPath[str], store: StoreDep) -> Discarded:
+    count = await store.run(dead_letters.discard_matching, Filters(group=group))
+    return Discarded(discarded=count)
+
+
+@get(
+    "/dead-letters/{dead_letter_id:str}",
+    responses=errors(404, 503),
+    tags=TAGS,
+    summary="One dead letter: raw body, headers, properties, why it died, the failure",
+)
+async def dead_letter(dead_letter_id: FromPath[str], store: StoreDep) -> DeadLetterDetail:
+    letter = await store.run(dead_letters.get, dead_letter_id)
+    if letter is None:
+        raise NotFound(f"no dead letter {dead_letter_id}")
+    return detail_of(letter)
+
+
+@post(
+    "/dead-letters/{dead_letter_id:str}/republish",
+    status_code=200,
+    guards=[require_api_key],
+    responses=errors(401, 403, 404, 409, 503),
+    tags=TAGS,
+    summary="Re-publish one dead letter to its original queue",
+    description="Published with a confirm; death headers stripped, retries reset, a stale "
+    "`expires` dropped, lineage added. The record stays, marked re-published.",
+)
+async def republish_one(
+    dead_letter_id: FromPath[str], store: StoreDep, publisher: PublisherDep
+) -> Republished:
+    done = await republishing.republish(store, publisher, dead_letter_id)
+    return Republished(
+        dead_letter_id=done.dead_letter_id,
+        queue=done.queue,
+        task_id=done.task_id,
+        republish_count=done.republish_count,
+    )
+
+
+@delete(
+    "/dead-letters/{dead_letter_id:str}",
+    status_code=204,
+    guards=[require_api_key],
+    responses=errors(401, 403, 404, 503),
+    tags=TAGS,
+    summary="Discard a dead letter",
+)
+async def discard(dead_letter_id: FromPath[str], store: StoreDep) -> None:
+    discarded = await store.run(dead_letters.discard, dead_letter_id)
+    if not discarded and await store.run(dead_letters.get, dead_letter_id, with_body=False) is None:
+        raise NotFound(f"no dead letter {dead_letter_id}")
+
+
+@post(
+    "/dead-letters/redrive",
+    status_code=202,
+    guards=[require_api_key],
+    responses=errors(400, 401, 403, 503),
+    tags=TAGS,
+    summary="Re-publish many dead letters, by filter, at a chosen rate",
+    description="Matches active dead letters now, then re-publishes them in the background at "
+    "`rate` per second; progress is at the `Location`, and DELETE there cancels.",
+)
+async def start_redrive(
+    data: JSONBody[RedriveRequest], store: StoreDep, redrives_runner: RedrivesDep
+) -> Response[RedriveOut]:
+    filters = Filters(
+        queue=data.queue,
+        reason=data.reason,
+        task=data.task,
+        error_type=data.error_type,
+        group=data.group,
+        since=data.since,
+        until=data.until,
+    )
+    job = await store.run(redrives.create, filters, data.rate)
+    redrives_runner.wake.set()
+    return Response(
+        redrive_of(job),
+        status_code=202,
+        headers={"Location": f"/dead-letters/redrives/{job.id}"},
+    )
+
+
+@get("/dead-letters/redrives", responses=errors(503), tags=TAGS, summary="Redrive jobs")
+async def list_redrives(store: StoreDep) -> RedriveList:
+    return RedriveList(items=[redrive_of(job) for job in await store.run(redrives.listing)])
+
+
+@get(
+    "/dead-letters/redrives/{redrive_id:str}",
+    responses=errors(404, 503),
+    tags=TAGS,
+    summary="A redrive's progress",
+)
+async def redrive(redrive_id: FromPath[str], store: StoreDep) -> RedriveOut:
+    job = await store.run(redrives.get, redrive_id)
+    if job is None:
+        raise NotFound(f"no redrive {redrive_id}")
+    return redrive_of(job)
+
+
+@delete(
+    "/dead-letters/redrives/{redrive_id:str}",
+    status_code=200,
+    guards=[require_api_key],
+    responses=errors(401, 403, 404, 503),
+    tags=TAGS,
+    summary="Cancel a redrive; what it did not re-publish yet stays untouched",
+)
+async def cancel_redrive(redrive_id: FromPath[str], store: StoreDep) -> RedriveOut:
+    job = await store.run(redrives.cancel, redrive_id)
+    if job is None:
+        raise NotFound(f"no redrive {redrive_id}")
+    return redrive_of(job)
+
+
+ROUTES: list[Any] = [
+    list_dead_letters,
+    list_groups,
+    discard_group,
+    list_redrives,
+    redrive,
+    cancel_redrive,
+    start_redrive,
+    dead_letter,
+    republish_one,
+    discard,
+]

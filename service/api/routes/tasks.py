@@ -1,0 +1,196 @@
+"""Task status, retry of a failed or dead task, and the figures operators watch."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.params import FromPath
+from sqlalchemy import Connection
+
+from service.api.correlation import correlation_id_of
+from service.api.models import (
+    DeadLetterCounts,
+    Progress,
+    QueueStats,
+    RetryEntry,
+    Stats,
+    TaskError,
+    TaskStatus,
+    Throughput,
+    Timings,
+)
+from service.api.responses import errors
+from service.api.routes.documents import publish_document_task
+from service.api.security import require_api_key
+from service.api.services import ManagementDep, PublisherDep, StoreDep
+from service.broker.management import Management
+from service.deadletters.republish import republish
+from service.errors import BrokerUnavailable, Conflict, NotFound
+from service.store import dead_letters, task_runs
+from service.store.schema import utcnow
+from service.store.task_runs import TaskRun
+from service.tasks import PROCESS_DOCUMENT
+from service.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
+
+RETRYABLE = frozenset({"FAILURE", "DEAD", "REVOKED"})
+
+
+def status_of(run: TaskRun) -> TaskStatus:
+    error = None
+    if run.error_type is not None or run.error_message is not None:
+        error = TaskError(type=run.error_type, message=run.error_message, traceback=run.traceback)
+    return TaskStatus(
+        task_id=run.task_id,
+        task=run.task_name,
+        state=run.state,
+        progress=Progress(
+            step=run.step,
+            steps_done=run.steps_done,
+            steps_total=run.steps_total,
+            percent=run.percent,
+        ),
+        retries=run.retries,
+        retry_history=[
+            RetryEntry(at=r.at, delay=r.delay, error_type=r.error_type, message=r.message)
+            for r in run.retry_history
+        ],
+        error=error,
+        timings=Timings(
+            created_at=run.created_at,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            elapsed=run.elapsed,
+            next_retry_at=run.next_retry_at,
+        ),
+        document_id=run.document_id,
+        queue=run.queue,
+        worker=run.worker,
+        correlation_id=run.correlation_id,
+    )
+
+
+@get(
+    "/tasks/{task_id:str}/status",
+    responses=errors(404, 503),
+    tags=["tasks"],
+    summary="Where a task is: state, progress, retries, error, timings",
+)
+async def task_status(task_id: FromPath[str], store: StoreDep) -> TaskStatus:
+    run = await store.run(task_runs.get, task_id)
+    if run is None:
+        raise NotFound(f"no task {task_id} (unknown, or its record expired)")
+    return status_of(run)
+
+
+def _retry_plan(connection: Connection, task_id: str) -> tuple[TaskRun, str | None]:
+    run = task_runs.get(connection, task_id)
+    if run is None:
+        raise NotFound(f"no task {task_id} (unknown, or its record expired)")
+    if run.state not in RETRYABLE:
+        raise Conflict(
+            f"task {task_id} is {run.state}; only FAILURE, DEAD or REVOKED tasks are retried"
+        )
+    return run, dead_letters.latest_for_task(connection, task_id)
+
+
+@post(
+    "/tasks/{task_id:str}/retry",
+    status_code=202,
+    guards=[require_api_key],
+    responses=errors(401, 403, 404, 409, 503),
+    tags=["tasks"],
+    summary="Run a failed, dead or revoked task again",
+    description="Re-publishes the task's dead letter when there is one (its original message, "
+    "retry budget reset); a document task without one is published afresh.",
+)
+async def retry_task(
+    request: Request[Any, Any, Any],
+    task_id: FromPath[str],
+    store: StoreDep,
+    publisher: PublisherDep,
+) -> Response[TaskStatus]:
+    run, dead_letter_id = await store.run(_retry_plan, task_id)
+    if dead_letter_id is not None:
+        await republish(store, publisher, dead_letter_id)
+    elif run.task_name == PROCESS_DOCUMENT and run.document_id is not None:
+        await store.run(
+            task_runs.record_pending,
+            task_id,
+            PROCESS_DOCUMENT,
+            document_id=run.document_id,
+            correlation_id=correlation_id_of(request.scope),
+        )
+        if not await publish_document_task(
+            publisher, store, run.document_id, task_id, correlation_id_of(request.scope)
+        ):
+            raise BrokerUnavailable("RabbitMQ did not confirm the task; it stays PENDING")
+    else:
+        raise Conflict(f"no dead letter holds the message of task {task_id}; nothing to re-run")
+    fresh = await store.run(task_runs.get, task_id)
+    assert fresh is not None
+    return Response(
+        status_of(fresh), status_code=202, headers={"Location": f"/tasks/{task_id}/status"}
+    )
+
+
+def _figures(connection: Connection) -> tuple[dict[str, int], Any, dict[str, int], dict[str, int]]:
+    now = utcnow()
+    return (
+        task_runs.count_by_state(connection),
+        dead_letters.counts(connection),
+        task_runs.finished_since(connection, now - timedelta(minutes=1)),
+        task_runs.finished_since(connection, now - timedelta(hours=1)),
+    )
+
+
+def _throughput(finished: dict[str, int]) -> Throughput:
+    return Throughput(
+        processed=finished.get("SUCCESS", 0),
+        failed=finished.get("FAILURE", 0) + finished.get("DEAD", 0),
+    )
+
+
+async def queue_stats(management: Management) -> tuple[list[QueueStats], list[str]]:
+    try:
+        found = {queue.name: queue for queue in await management.queues()}
+    except BrokerUnavailable as exc:
+        return [], [f"queue figures unavailable: {exc}"]
+    return [
+        QueueStats(
+            name=name,
+            messages=found[name].messages,
+            ready=found[name].messages_ready,
+            unacknowledged=found[name].messages_unacknowledged,
+            consumers=found[name].consumers,
+        )
+        for name in (*WORK_QUEUES, DEAD_LETTER_QUEUE)
+        if name in found
+    ], []
+
+
+@get(
+    "/tasks/stats",
+    responses=errors(503),
+    tags=["tasks"],
+    summary="Counts per state, queue depths and consumers, dead letters, recent throughput",
+)
+async def stats(store: StoreDep, management: ManagementDep) -> Stats:
+    states, dead, minute, hour = await store.run(_figures)
+    queues, warnings = await queue_stats(management)
+    by_reason: dict[str, int] = {}
+    by_queue: dict[str, int] = {}
+    for reason, queue, count in dead:
+        by_reason[reason] = by_reason.get(reason, 0) + count
+        by_queue[queue] = by_queue.get(queue, 0) + count
+    return Stats(
+        states=states,
+        queues=queues,
+        dead_letters=DeadLetterCounts(
+            total=sum(by_reason.values()), by_reason=by_reason, by_queue=by_queue
+        ),
+        last_minute=_throughput(minute),
+        last_hour=_throughput(hour),
+        warnings=warnings,
+    )

@@ -1,0 +1,103 @@
+"""What the client commands share: the API's address and key, and its errors as one clear line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import click
+import httpx
+
+from service.errors import BrokerUnavailable, DocprocError, abort
+
+API_KEY_VARIABLE = "DOCPROC_API_KEY"
+
+
+def default_api_url() -> str:
+    host = os.environ.get("DOCPROC_API_HOST", "127.0.0.1")
+    port = os.environ.get("DOCPROC_API_PORT", "8000")
+    return f"http://{host}:{port}"
+
+
+def api_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option(
+        "--api-key",
+        envvar=API_KEY_VARIABLE,
+        default=None,
+        help=f"Bearer key for mutating endpoints (or {API_KEY_VARIABLE}).",
+    )(command)
+    return click.option(
+        "--api",
+        "api_url",
+        default=default_api_url,
+        show_default="http://DOCPROC_API_HOST:DOCPROC_API_PORT",
+        help="Where the docproc API answers.",
+    )(command)
+
+
+class Api:
+    """A thin client of the HTTP API: JSON in and out, problems turned into a one-line exit."""
+
+    def __init__(self, url: str, key: str | None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, *, ok: Sequence[int] = (), **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            abort(
+                BrokerUnavailable(
+                    f"the docproc API at {self.url} does not answer ({exc.__class__.__name__}); "
+                    "start it with `docproc up`, or pass --api"
+                )
+            )
+        if response.status_code >= 400 and response.status_code not in ok:
+            self.fail(response)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def fail(self, response: httpx.Response) -> NoReturn:
+        try:
+            problem = response.json()
+            detail = problem.get("detail") or problem.get("title")
+        except ValueError:
+            detail = response.text[:200]
+        abort(
+            DocprocError(
+                f"{response.request.method} {response.request.url.path}: "
+                f"{response.status_code} {detail}"
+            )
+        )
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, **kwargs)
+
+
+def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    """Rows as a plain aligned table."""
+    cells = [[str(h) for h in headers]] + [
+        ["" if c is None else str(c) for c in row] for row in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,197 @@
+"""`docproc dead-letters ...`: the dead-letter workflow from a terminal, through the API."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from service.cli.client import Api, api_option, table
+
+FILTERS = ("queue", "reason", "task", "error_type", "group", "since", "until")
+
+
+def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for name in reversed(FILTERS):
+        help_text = {
+            "since": "Died at or after (ISO 8601).",
+            "until": "Died before (ISO 8601).",
+            "group": "A group's fingerprint (see `groups`).",
+        }.get(name, f"Only this {name.replace('_', ' ')}.")
+        command = click.option(f"--{name.replace('_', '-')}", name, default=None, help=help_text)(
+            command
+        )
+    return command
+
+
+def _chosen(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: values[name] for name in FILTERS if values.get(name) is not None}
+
+
+@click.group("dead-letters")
+def dead_letters() -> None:
+    """Inspect dead letters, group them, re-publish, redrive or discard them.
+
+    \b
+    Examples:
+      docproc dead-letters list --reason rejected
+      docproc dead-letters groups
+      docproc dead-letters show 9d2e1f30-...
+      docproc dead-letters republish 9d2e1f30-...
+      docproc dead-letters redrive --group 3fa1c2... --rate 50 --follow
+      docproc dead-letters discard --group 3fa1c2...
+    """
+
+
+@dead_letters.command("list")
+@filter_options
+@click.option(
+    "--status",
+    type=click.Choice(["active", "republished", "discarded", "all"]),
+    default="active",
+    show_default=True,
+)
+@click.option("--limit", default=50, show_default=True)
+@click.option("--cursor", default=None, help="Continue from a previous page's next cursor.")
+@api_option
+def list_(
+    status: str, limit: int, cursor: str | None, api_url: str, api_key: str | None, **filters: Any
+) -> None:
+    """Dead letters, newest first."""
+    params = _chosen(filters) | {"status": status, "limit": limit}
+    if cursor:
+        params["cursor"] = cursor
+    with Api(api_url, api_key) as api:
+        page = api.get("/dead-letters", params=params)
+    rows = [
+        [
+            i["id"],
+            i["dead_at"][:19],
+            i["reason"],
+            i["queue"],
+            i["task"],
+            i["error_type"],
+            i["republish_count"],
+        ]
+        for i in page["items"]
+    ]
+    click.echo(table(rows, ["id", "died", "reason", "queue", "task", "error", "republished"]))
+    if page["next_cursor"]:
+        click.echo(f"more: --cursor {page['next_cursor']}", err=True)
+
+
+@dead_letters.command()
+@click.argument("dead_letter_id")
+@api_option
+def show(dead_letter_id: str, api_url: str, api_key: str | None) -> None:
+    """One dead letter in full (JSON): raw body, headers, why it died, the failure."""
+    with Api(api_url, api_key) as api:
+        click.echo(json.dumps(api.get(f"/dead-letters/{dead_letter_id}"), indent=2))
+
+
+@dead_letters.command()
+@filter_options
+@api_option
+def groups(api_url: str, api_key: str | None, **filters: Any) -> None:
+    """Failures grouped by task, error type and fingerprint, biggest first."""
+    params = {k: v for k, v in _chosen(filters).items() if k != "group"}
+    with Api(api_url, api_key) as api:
+        found = api.get("/dead-letters/groups", params=params)["items"]
+    rows = [
+        [
+            g["group"],
+            g["count"],
+            g["task"],
+            g["error_type"] or g["reason"],
+            g["last_seen"][:19],
+            (g["example_message"] or "")[:60],
+        ]
+        for g in found
+    ]
+    click.echo(table(rows, ["group", "count", "task", "error", "last seen", "example"]))
+
+
+@dead_letters.command()
+@click.argument("dead_letter_ids", nargs=-1, required=True)
+@api_option
+def republish(dead_letter_ids: tuple[str, ...], api_url: str, api_key: str | None) -> None:
+    """Re-publish dead letters to their original queues."""
+    with Api(api_url, api_key) as api:
+        for dead_letter_id in dead_letter_ids:
+            done = api.post(f"/dead-letters/{dead_letter_id}/republish")
+            click.echo(
+                f"{dead_letter_id}: re-published to {done['queue']} "
+                f"(time {done['republish_count']})"
+            )
+
+
+@dead_letters.command()
+@filter_options
+@click.option("--rate", default=10.0, show_default=True, help="Messages per second.")
+@click.option("--follow", is_flag=True, help="Show progress until it ends (Ctrl-C cancels it).")
+@api_option
+def redrive(rate: float, follow: bool, api_url: str, api_key: str | None, **filters: Any) -> None:
+    """Re-publish every active dead letter that matches, at RATE per second, in the background."""
+    with Api(api_url, api_key) as api:
+        job = api.post("/dead-letters/redrive", json=_chosen(filters) | {"rate": rate})
+        click.echo(f"redrive {job['id']}: {job['matched']} matched, at {job['rate']:g}/s")
+        if not follow:
+            return
+        try:
+            with click.progressbar(length=job["matched"], label="re-publishing") as bar:
+                done = 0
+                while job["state"] == "running":
+                    time.sleep(0.5)
+                    job = api.get(f"/dead-letters/redrives/{job['id']}")
+                    bar.update(job["published"] + job["failed"] - done)
+                    done = job["published"] + job["failed"]
+        except KeyboardInterrupt:
+            job = api.delete(f"/dead-letters/redrives/{job['id']}")
+        click.echo(
+            f"redrive {job['id']} {job['state']}: {job['published']} published, "
+            f"{job['failed']} failed of {job['matched']}"
+        )
+
+
+@dead_letters.command()
+@api_option
+def redrives(api_url: str, api_key: str | None) -> None:
+    """Recent redrive jobs and their progress."""
+    with Api(api_url, api_key) as api:
+        jobs = api.get("/dead-letters/redrives")["items"]
+    rows = [
+        [j["id"], j["state"], j["matched"], j["published"], j["failed"], j["rate"]] for j in jobs
+    ]
+    click.echo(table(rows, ["id", "state", "matched", "published", "failed", "rate"]))
+
+
+@dead_letters.command()
+@click.argument("redrive_id")
+@api_option
+def cancel(redrive_id: str, api_url: str, api_key: str | None) -> None:
+    """Cancel a redrive; what it has not re-published stays untouched."""
+    with Api(api_url, api_key) as api:
+        job = api.delete(f"/dead-letters/redrives/{redrive_id}")
+    click.echo(f"redrive {redrive_id} {job['state']}: {job['published']} published")
+
+
+@dead_letters.command()
+@click.argument("dead_letter_ids", nargs=-1)
+@click.option("--group", default=None, help="Discard every active dead letter of this group.")
+@api_option
+def discard(
+    dead_letter_ids: tuple[str, ...], group: str | None, api_url: str, api_key: str | None
+) -> None:
+    """Discard dead letters (kept a while, see DOCPROC_HANDLED_DEAD_LETTER_RETENTION)."""
+    if not dead_letter_ids and group is None:
+        raise click.UsageError("name dead letters to discard, or --group")
+    with Api(api_url, api_key) as api:
+        for dead_letter_id in dead_letter_ids:
+            api.delete(f"/dead-letters/{dead_letter_id}")
+            click.echo(f"{dead_letter_id}: discarded")
+        if group is not None:
+            done = api.delete(f"/dead-letters/groups/{group}")
+            click.echo(f"group {group}: {done['discarded']} discarded")

@@ -1,0 +1,95 @@
+"""`docproc submit PATH...`: upload files through the API and, with --wait, follow them."""
+
+from __future__ import annotations
+
+import glob
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from service.cli.client import Api, api_option, table
+
+FINAL = frozenset({"SUCCESS", "DEAD", "REVOKED"})
+
+
+def expand(paths: tuple[str, ...]) -> list[Path]:
+    """Files, folders (every file below them) and globs, each file once, in a stable order."""
+    found: dict[Path, None] = {}
+    for given in paths:
+        matches = [Path(m) for m in sorted(glob.glob(given, recursive=True))] or [Path(given)]
+        for match in matches:
+            if match.is_dir():
+                for child in sorted(match.rglob("*")):
+                    if child.is_file() and not child.name.startswith("."):
+                        found[child] = None
+            elif match.is_file():
+                found[match] = None
+            else:
+                raise click.BadParameter(f"{given}: no such file or folder", param_hint="PATH")
+    return list(found)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--wait", is_flag=True, help="Follow processing to the end and report outcomes.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds --wait waits at most.")
+@api_option
+def submit(
+    paths: tuple[str, ...], wait: bool, timeout: float, api_url: str, api_key: str | None
+) -> None:
+    """Upload documents (files, folders, globs) to the API.
+
+    Exits non-zero if any upload is refused or, with --wait, any document does not end SUCCESS.
+
+    \b
+    Examples:
+      docproc submit report.pdf notes/
+      docproc submit 'inbox/**/*.docx' --wait
+    """
+    files = expand(paths)
+    rows: list[list[object]] = []
+    accepted: dict[str, list[object]] = {}
+    with Api(api_url, api_key) as api:
+        with click.progressbar(length=len(files), label="uploading", file=sys.stderr) as bar:
+            for path in files:
+                bar.update(1)
+                with path.open("rb") as handle:
+                    response = api.http.post("/documents", files={"file": (path.name, handle)})
+                if response.status_code == 202:
+                    body = response.json()
+                    row: list[object] = [str(path), body["status"], body["task_id"], ""]
+                    accepted[body["task_id"]] = row
+                else:
+                    detail = response.json().get("detail", "") if response.content else ""
+                    row = [str(path), f"REFUSED {response.status_code}", "", detail]
+                rows.append(row)
+        if wait and accepted:
+            _follow(api, accepted, timeout)
+    click.echo(table(rows, ["file", "state", "task", "detail"]))
+    failed = [
+        row for row in rows if row[1] != "SUCCESS" and (wait or str(row[1]).startswith("REFUSED"))
+    ]
+    if failed:
+        raise SystemExit(1)
+
+
+def _follow(api: Api, accepted: dict[str, list[object]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    waiting = set(accepted)
+    with click.progressbar(length=len(waiting), label="processing", file=sys.stderr) as bar:
+        while waiting and time.monotonic() < deadline:
+            for task_id in sorted(waiting):
+                status = api.get(f"/tasks/{task_id}/status", ok=(404,))
+                if status is None:
+                    continue
+                row = accepted[task_id]
+                row[1] = status["state"]
+                if status["error"]:
+                    row[3] = f"{status['error']['type']}: {status['error']['message']}"
+                if status["state"] in FINAL:
+                    waiting.discard(task_id)
+                    bar.update(1)
+            if waiting:
+                time.sleep(0.5)

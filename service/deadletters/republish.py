@@ -1,0 +1,118 @@
+"""Re-publishing a dead letter: the same message, a fresh delivery on its original queue.
+
+Headers are cleaned as RabbitMQ and Celery need (DESIGN.md, "Facts about the platform"): death
+headers stripped (RabbitMQ < 4 reads them, and its cycle detection drops messages that seem to
+loop), the retry budget reset, a Celery `expires` in the past dropped; lineage is added. The
+message goes through the default exchange to the queue named by x-death[0], so it lands exactly
+where it died whatever the bindings.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import msgspec
+from sqlalchemy import Connection
+
+from service.broker.publisher import Publisher
+from service.deadletters.headers import from_json
+from service.deadletters.parsing import REPUBLISH_COUNT_HEADER, REPUBLISHED_FROM_HEADER
+from service.errors import Conflict, NotFound
+from service.store import dead_letters, task_runs
+from service.store.database import AsyncStore
+from service.store.dead_letters import DeadLetter
+
+DEATH_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-reason",
+        "x-first-death-queue",
+        "x-first-death-exchange",
+        "x-last-death-reason",
+        "x-last-death-queue",
+        "x-last-death-exchange",
+        "x-delivery-count",
+    }
+)
+_PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+)
+
+
+class Republished(msgspec.Struct, frozen=True, kw_only=True):
+    dead_letter_id: str
+    queue: str
+    task_id: str | None
+    republish_count: int
+
+
+def _expired(value: Any, now: datetime) -> bool:
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return False
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)) <= now
+    return isinstance(value, datetime) and value <= now
+
+
+def cleaned_headers(letter: DeadLetter, now: datetime | None = None) -> dict[str, Any]:
+    now = now or datetime.now(UTC)
+    headers = {
+        key: value
+        for key, value in from_json(letter.headers).items()
+        if key not in DEATH_HEADERS and not key.startswith(("x-first-death-", "x-last-death-"))
+    }
+    if letter.task_name is not None:
+        headers["retries"] = 0
+        if _expired(headers.get("expires"), now):
+            headers["expires"] = None
+    headers[REPUBLISHED_FROM_HEADER] = letter.id
+    headers[REPUBLISH_COUNT_HEADER] = letter.republish_count + 1
+    return headers
+
+
+def message_for(letter: DeadLetter) -> aio_pika.Message:
+    properties = from_json(letter.properties)
+    return aio_pika.Message(
+        letter.body,
+        headers=cleaned_headers(letter),
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        **{name: properties[name] for name in _PROPERTIES if properties.get(name) is not None},
+    )
+
+
+def _handled(connection: Connection, letter: DeadLetter) -> None:
+    dead_letters.mark_republished(connection, letter.id)
+    if letter.task_id is not None:
+        task_runs.record_pending(
+            connection, letter.task_id, letter.task_name or "?", queue=letter.queue
+        )
+
+
+async def republish(store: AsyncStore, publisher: Publisher, dead_letter_id: str) -> Republished:
+    """Publish the dead letter to its original queue (confirmed), then mark it re-published."""
+    letter = await store.run(dead_letters.get, dead_letter_id)
+    if letter is None:
+        raise NotFound(f"no dead letter {dead_letter_id}")
+    if letter.discarded_at is not None:
+        raise Conflict(f"dead letter {dead_letter_id} was discarded")
+    await publisher.publish(message_for(letter), routing_key=letter.queue, exchange="")
+    await store.run(_handled, letter)
+    return Republished(
+        dead_letter_id=letter.id,
+        queue=letter.queue,
+        task_id=letter.task_id,
+        republish_count=letter.republish_count + 1,
+    )

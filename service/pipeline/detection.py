@@ -1,0 +1,139 @@
+"""What a document is, judged from its content; the file name only breaks ties."""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+import zlib
+from pathlib import PurePath
+
+import msgspec
+
+from service.errors import CorruptFile, EmptyDocument, UnsupportedType
+from service.pipeline.decoding import Decoded, decode
+from service.pipeline.models import DocumentType
+
+_READABLE = "docproc reads PDF, DOCX, HTML, Markdown and plain text"
+
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"RIFF", "a RIFF media file (image, audio or video)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"\xfd7zXZ\x00", "an xz archive"),
+    (b"\x7fELF", "an executable"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "a legacy Office file (.doc, .xls or .ppt)"),
+    (b"{\\rtf", "an RTF document"),
+)
+_ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
+_CONTENT_TYPES = "[Content_Types].xml"
+_WORD_DOCUMENT = b"wordprocessingml.document.main+xml"
+_OTHER_PACKAGES = (
+    ("word/", "a Word file that is not a .docx document (a template or macro-enabled file)"),
+    ("xl/", "an Excel workbook"),
+    ("ppt/", "a PowerPoint presentation"),
+)
+
+_CLAIMED_BY_NAME = {".pdf": "PDF", ".docx": "Word document"}
+_MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".mdown", ".mkd"})
+_HTML_SUFFIXES = frozenset({".html", ".htm", ".xhtml"})
+_SAMPLE_CHARS = 65536
+
+_HTML_DOCUMENT = re.compile(r"<!doctype\s+html|<html[\s>]|<head[\s>]|<body[\s>]", re.IGNORECASE)
+_HTML_TAG = re.compile(
+    r"</?(?:a|b|br|div|em|h[1-6]|i|img|li|ol|p|span|strong|table|td|tr|ul)[\s/>]", re.IGNORECASE
+)
+# Bounded repetitions keep a long line full of "[" or "**" from costing a scan per character.
+_MARKDOWN_STRONG = {
+    "heading": re.compile(r"^#{1,6}[ \t]+\S", re.MULTILINE),
+    "fence": re.compile(r"^(?:```|~~~)", re.MULTILINE),
+    "link": re.compile(r"!?\[[^\]\n]{1,200}\]\([^)\s]{1,500}\)"),
+    "table": re.compile(r"^\|?[ \t]*:?-{3,}:?[ \t]*\|", re.MULTILINE),
+}
+_MARKDOWN_WEAK = {
+    "emphasis": re.compile(r"(\*\*|__)\S[^\n]{0,200}?\S\1"),
+    "list": re.compile(r"^[ \t]*(?:[-*+]|\d{1,3}[.)])[ \t]+\S", re.MULTILINE),
+    "quote": re.compile(r"^>[ \t]?\S", re.MULTILINE),
+    "code": re.compile(r"`[^`\n]+`"),
+}
+
+
+class Identified(msgspec.Struct, frozen=True, kw_only=True):
+    """A document's type and, for the text types, its decoded text."""
+
+    detected_type: DocumentType
+    decoded: Decoded | None = None
+
+
+def detect_type(data: bytes, filename: str | None = None) -> DocumentType:
+    """The document's type, from its content first; raises UnsupportedType for other binaries."""
+    return identify(data, filename).detected_type
+
+
+def identify(data: bytes, filename: str | None = None) -> Identified:
+    """Detect the type, decoding text documents on the way so that extraction decodes once."""
+    if not data:
+        raise EmptyDocument("the document is empty (0 bytes)")
+    if b"%PDF-" in data[:1024]:
+        return Identified(detected_type="pdf")
+    if data.startswith(_ZIP_SIGNATURES):
+        return Identified(detected_type=_zip_type(data, filename))
+    for signature, kind in _SIGNATURES:
+        if data.startswith(signature):
+            raise UnsupportedType(f"{kind} is not a document; {_READABLE}")
+    suffix = _suffix(filename)
+    try:
+        decoded = decode(data)
+    except UnsupportedType as exc:
+        if suffix in _CLAIMED_BY_NAME:
+            raise CorruptFile(f"named {suffix} but not a valid {_CLAIMED_BY_NAME[suffix]}") from exc
+        raise
+    return Identified(detected_type=_text_type(decoded.text, suffix), decoded=decoded)
+
+
+def _zip_type(data: bytes, filename: str | None) -> DocumentType:
+    """DOCX for a Word package, or a broken archive that claims to be one; otherwise unsupported."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = archive.namelist()
+            content_types = archive.read(_CONTENT_TYPES) if _CONTENT_TYPES in names else b""
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError, zlib.error) as exc:
+        if _suffix(filename) == ".docx" or b"word/" in data[:65536]:
+            return "docx"  # reading it will say what is broken
+        raise UnsupportedType(f"a damaged or unknown ZIP archive; {_READABLE}") from exc
+    if _WORD_DOCUMENT in content_types or (not content_types and "word/document.xml" in names):
+        return "docx"
+    for prefix, kind in _OTHER_PACKAGES:
+        if any(name.startswith(prefix) for name in names):
+            raise UnsupportedType(f"{kind} is not supported; {_READABLE}")
+    raise UnsupportedType(f"a ZIP archive is not a document; {_READABLE}")
+
+
+def _text_type(text: str, suffix: str) -> DocumentType:
+    sample = text[:_SAMPLE_CHARS]
+    if _HTML_DOCUMENT.search(sample, 0, 4096):
+        return "html"
+    tags = len(_HTML_TAG.findall(sample, 0, 4096))
+    if (tags and suffix in _HTML_SUFFIXES) or (tags >= 3 and sample.lstrip().startswith("<")):
+        return "html"
+    if _markdown_score(sample) >= 3 or suffix in _MARKDOWN_SUFFIXES:
+        return "markdown"
+    return "text"
+
+
+def _markdown_score(sample: str) -> int:
+    """Two points for each kind of unmistakable Markdown syntax, one for each ambiguous kind."""
+    strong = sum(1 for pattern in _MARKDOWN_STRONG.values() if pattern.search(sample))
+    weak = sum(1 for pattern in _MARKDOWN_WEAK.values() if pattern.search(sample))
+    return 2 * strong + weak
+
+
+def _suffix(filename: str | None) -> str:
+    return PurePath(filename).suffix.lower() if filename else ""

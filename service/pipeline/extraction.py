@@ -1,0 +1,60 @@
+"""Bytes in, normalised text and metadata out: detect, read the format, normalise, check limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from service.errors import TooLarge
+from service.pipeline.detection import identify
+from service.pipeline.docx import read_docx
+from service.pipeline.html import read_html
+from service.pipeline.markdown import read_markdown
+from service.pipeline.models import DocumentType, Extracted, RawDocument
+from service.pipeline.normalisation import normalise, single_line
+from service.pipeline.pdf import read_pdf
+
+
+def _read_plain_text(text: str) -> RawDocument:
+    return RawDocument(text=text)
+
+
+_TEXT_READERS: dict[DocumentType, Callable[[str], RawDocument]] = {
+    "text": _read_plain_text,
+    "markdown": read_markdown,
+    "html": read_html,
+}
+
+
+def extract(
+    data: bytes,
+    filename: str | None = None,
+    *,
+    max_chars: int | None = None,
+    max_pages: int | None = None,
+) -> Extracted:
+    """The document's normalised text, title, page count and encoding.
+
+    Raises UnsupportedType, CorruptFile, TooLarge (beyond `max_chars` characters of text or
+    `max_pages` PDF pages) or EmptyDocument.
+    """
+    identified = identify(data, filename)
+    decoded = identified.decoded
+    if decoded is not None:
+        raw = _TEXT_READERS[identified.detected_type](decoded.text)
+    elif identified.detected_type == "pdf":
+        raw = read_pdf(data, max_pages=max_pages)
+    else:
+        raw = read_docx(data)
+    # PDF lines are laid out by the writer, which breaks words with hyphens at line ends.
+    text = normalise(raw.text, join_hyphenated=identified.detected_type == "pdf")
+    if max_chars is not None and len(text) > max_chars:
+        raise TooLarge(
+            f"the document has {len(text):,} characters of text; the limit is {max_chars:,}"
+        )
+    return Extracted(
+        detected_type=identified.detected_type,
+        text=text,
+        title=single_line(raw.title),
+        page_count=raw.page_count,
+        encoding=decoded.encoding if decoded is not None else None,
+    )

@@ -1,0 +1,71 @@
+"""PDF: the text of every page, the page count and the metadata title, read with pypdf."""
+
+from __future__ import annotations
+
+import io
+
+from pypdf import PageObject, PasswordType, PdfReader
+from pypdf.errors import LimitReachedError
+
+from service.errors import CorruptFile, EmptyDocument, TooLarge, UnsupportedType
+from service.pipeline.models import RawDocument
+
+
+def read_pdf(data: bytes, *, max_pages: int | None = None) -> RawDocument:
+    """Each page's text, pages split by a blank line; raises TooLarge past `max_pages`."""
+    reader, page_count = _open(data)
+    if page_count == 0:
+        raise CorruptFile("not a valid PDF: it has no pages")
+    if max_pages is not None and page_count > max_pages:
+        raise TooLarge(f"the PDF has {page_count} pages; the limit is {max_pages}")
+    pages = [_page_text(page, number) for number, page in enumerate(reader.pages, start=1)]
+    text = "\n\n".join(pages)
+    if text.isspace() or not text:
+        raise EmptyDocument("the PDF has no text layer (a scan needs OCR, which docproc lacks)")
+    return RawDocument(text=text, title=_title(reader), page_count=page_count)
+
+
+def _open(data: bytes) -> tuple[PdfReader, int]:
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            _unlock(reader)
+        return reader, len(reader.pages)
+    except UnsupportedType:
+        raise
+    except LimitReachedError as exc:
+        raise _beyond_limit(exc) from exc
+    except Exception as exc:
+        raise CorruptFile(f"not a valid PDF (damaged or truncated): {exc}") from exc
+
+
+def _unlock(reader: PdfReader) -> None:
+    """Open a PDF encrypted with an empty user password, as viewers do without asking."""
+    try:
+        unlocked = reader.decrypt("") != PasswordType.NOT_DECRYPTED
+    except Exception as exc:
+        raise UnsupportedType(f"the PDF is encrypted in a way docproc cannot open: {exc}") from exc
+    if not unlocked:
+        raise UnsupportedType("the PDF is protected by a password; upload it without one")
+
+
+def _page_text(page: PageObject, number: int) -> str:
+    try:
+        return page.extract_text()
+    except LimitReachedError as exc:
+        raise _beyond_limit(exc) from exc
+    except Exception as exc:
+        raise CorruptFile(f"page {number} of the PDF cannot be read: {exc}") from exc
+
+
+def _beyond_limit(exc: LimitReachedError) -> TooLarge:
+    # pypdf's guards against decompression bombs and the like.
+    return TooLarge(f"the PDF exceeds a safety limit of its reader: {exc}")
+
+
+def _title(reader: PdfReader) -> str | None:
+    try:
+        metadata = reader.metadata
+        return str(metadata.title) if metadata is not None and metadata.title else None
+    except Exception:
+        return None  # a damaged info dictionary costs the title, not the document

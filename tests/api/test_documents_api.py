@@ -1,0 +1,170 @@
+"""POST /documents, GET /documents/{id}[/text], GET /search, against a real broker and store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import aio_pika
+import msgspec
+import pytest
+from litestar.testing import AsyncTestClient
+
+from service.api.app import create_app
+from service.settings import Settings
+from service.store import documents
+from service.store.database import Store
+from service.store.documents import ChunkRow, Extraction
+from service.tasks import PROCESS_DOCUMENT
+from tests.api.conftest import Client, take
+
+pytestmark = pytest.mark.rabbitmq
+
+TEXT = b"The lighthouse keeper kept the lamp lit through the storm."
+
+
+async def upload(client: Client, content: bytes = TEXT, name: str = "note.txt", **kw: object):  # type: ignore[no-untyped-def]
+    return await client.post("/documents", files={"file": (name, content, "text/plain")}, **kw)
+
+
+async def test_an_upload_is_accepted_durably_and_its_task_published_as_celery_would(
+    client: Client, channel: aio_pika.abc.AbstractChannel, store: Store
+) -> None:
+    response = await upload(client, headers={"X-Correlation-ID": "req-7"})
+
+    assert response.status_code == 202
+    accepted = response.json()
+    assert accepted["status"] == "PENDING"
+    assert accepted["queued"] is True
+    assert response.headers["location"] == f"/tasks/{accepted['task_id']}/status"
+    assert response.headers["x-correlation-id"] == "req-7"
+    message = await take(channel, "document_processing")
+    assert message.headers["task"] == PROCESS_DOCUMENT
+    assert message.headers["id"] == accepted["task_id"]
+    assert message.headers["x-correlation-id"] == "req-7"
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert msgspec.json.decode(message.body)[1] == {"document_id": accepted["document_id"]}
+    stored = store.run(documents.get, accepted["document_id"])
+    assert stored is not None
+    assert stored.published_at is not None
+    assert stored.sha256
+    assert stored.size == len(TEXT)
+
+    status = await client.get(f"/tasks/{accepted['task_id']}/status")
+    assert status.json()["state"] == "PENDING"
+    assert status.json()["correlation_id"] == "req-7"
+    document = await client.get(f"/documents/{accepted['document_id']}")
+    assert document.status_code == 200
+    assert document.json()["state"] == "PENDING"
+    assert document.json()["filename"] == "note.txt"
+
+
+async def test_a_correlation_id_is_made_when_none_or_a_bad_one_is_given(client: Client) -> None:
+    made = await client.get("/health")
+    bad = await client.get("/health", headers={"X-Correlation-ID": "bad id with spaces"})
+
+    assert len(made.headers["x-correlation-id"]) == 32
+    assert bad.headers["x-correlation-id"] != "bad id with spaces"
+
+
+async def test_upload_errors_are_problems_with_their_reason(
+    client: Client, settings_for: Callable[..., Settings]
+) -> None:
+    missing = await client.post("/documents", files={"other": ("a.txt", b"x", "text/plain")})
+    empty = await upload(client, b"")
+    image = await upload(client, b"\x89PNG\r\n\x1a\n" + bytes(200), "photo.png")
+    not_multipart = await client.post("/documents", json={"file": "x"})
+
+    for response, status in ((missing, 400), (empty, 422), (image, 415), (not_multipart, 400)):
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == status
+    assert "file" in missing.text
+    assert "empty" in empty.json()["detail"]
+    assert "PNG" in image.json()["detail"]
+
+
+async def test_an_upload_over_the_limit_is_refused_with_413_without_reading_it(
+    settings_for: Callable[..., Settings],
+) -> None:
+    app = create_app(settings_for(DOCPROC_MAX_UPLOAD_BYTES="1000"))
+    async with AsyncTestClient(app) as small:
+        just_over = await upload(small, b"a" * 1001)
+        far_over = await upload(small, b"a" * (5 * 1024 * 1024))
+
+    assert just_over.status_code == 413
+    assert "1000" in just_over.json()["detail"]
+    assert far_over.status_code == 413  # refused on Content-Length, before the body is read
+    assert far_over.headers["content-type"] == "application/problem+json"
+
+
+async def test_mutating_endpoints_need_a_valid_key_when_keys_are_set(
+    settings_for: Callable[..., Settings],
+) -> None:
+    app = create_app(settings_for(DOCPROC_API_KEYS="s3cret,other"))
+    async with AsyncTestClient(app) as guarded:
+        anonymous = await upload(guarded)
+        wrong = await upload(guarded, headers={"Authorization": "Bearer nope"})
+        right = await upload(guarded, headers={"Authorization": "Bearer other"})
+        reading = await guarded.get("/dead-letters")
+
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    assert wrong.status_code == 403
+    assert "nope" not in wrong.text
+    assert right.status_code == 202
+    assert reading.status_code == 200
+
+
+async def test_with_the_store_down_an_upload_is_a_503_problem(api_vhost) -> None:  # type: ignore[no-untyped-def]
+    settings = api_vhost.settings(DOCPROC_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    async with AsyncTestClient(create_app(settings)) as down:
+        response = await upload(down)
+        ready = await down.get("/ready")
+
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"]
+    assert ready.status_code == 503
+    assert ready.json()["broker"] == "ok"
+    assert ready.json()["store"].startswith("unavailable")
+
+
+async def test_text_and_search_once_a_document_is_processed(client: Client, store: Store) -> None:
+    accepted = (await upload(client)).json()
+    document_id = accepted["document_id"]
+    not_yet = await client.get(f"/documents/{document_id}/text")
+    store.run(
+        documents.store_extraction,
+        document_id,
+        Extraction(
+            detected_type="text",
+            title=None,
+            encoding="utf-8",
+            page_count=None,
+            text=TEXT.decode(),
+            chunks=[ChunkRow(position=0, start=0, end=len(TEXT), text=TEXT.decode())],
+        ),
+    )
+
+    text = await client.get(f"/documents/{document_id}/text")
+    hits = await client.get("/search", params={"q": "lighthouse storm", "limit": 5})
+
+    assert not_yet.status_code == 404
+    assert "no text yet" in not_yet.json()["detail"]
+    assert text.json() == {"document_id": document_id, "text": TEXT.decode()}
+    [hit] = hits.json()["items"]
+    assert hit["document_id"] == document_id
+    assert "[lighthouse]" in hit["snippet"]
+    assert hits.json()["next_cursor"] is None
+
+
+async def test_unknown_documents_and_bad_queries_are_problems(client: Client) -> None:
+    missing = await client.get("/documents/no-such-id")
+    missing_text = await client.get("/documents/no-such-id/text")
+    no_query = await client.get("/search")
+    too_many = await client.get("/search", params={"q": "x", "limit": 1000})
+
+    assert (missing.status_code, missing_text.status_code) == (404, 404)
+    assert (no_query.status_code, too_many.status_code) == (400, 400)
+    for response in (missing, no_query, too_many):
+        assert response.headers["content-type"] == "application/problem+json"

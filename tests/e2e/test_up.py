@@ -1,0 +1,192 @@
+"""As a new user: `docproc up`, `docproc submit --wait`, a search, `docproc selftest`, Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from tests import corpus
+from tests.support import (
+    ROOT,
+    Process,
+    RabbitMQ,
+    Vhost,
+    create_vhost,
+    delete_vhost,
+    docproc_command,
+    eventually,
+)
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def descendants(pid: int) -> set[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    children = {int(p) for p in found.stdout.split()}
+    return children.union(*(descendants(child) for child in children)) if children else set()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@dataclass
+class Running:
+    up: Process
+    env: dict[str, str]
+    api: str
+    directory: Path
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def running(rabbitmq: RabbitMQ, tmp_path: Path) -> AsyncIterator[Running]:
+    name = await create_vhost(rabbitmq)
+    port = free_port()
+    env = Vhost(rabbitmq, name).env(
+        DOCPROC_API_PORT=str(port), CELERY_RETRY_DELAY="1", CELERY_RETRY_BACKOFF_MAX="2"
+    )
+    env["PYTHONPATH"] = str(ROOT)
+    started = time.monotonic()
+    up = Process(docproc_command("up"), env, tmp_path / "up.log", cwd=tmp_path)
+
+    async def banner() -> bool | None:
+        if not up.alive():
+            raise AssertionError(f"docproc up exited:\n{up.tail()}")
+        return True if "docproc is up" in up.output() else None
+
+    try:
+        await eventually(banner, 30, "docproc up to be ready", interval=0.2)
+        assert time.monotonic() - started < 20, "ready within 20 s"
+        yield Running(up, env, f"http://127.0.0.1:{port}", tmp_path)
+    finally:
+        up.stop(timeout=90)
+        await delete_vhost(rabbitmq, name)
+
+
+def docproc(running: Running, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        docproc_command(*args, "--api", running.api) if args[0] != "up" else docproc_command(*args),
+        env=running.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=running.directory,
+        check=False,
+    )
+
+
+async def test_a_new_user_runs_it_submits_a_folder_searches_and_stops_it_cleanly(
+    running: Running,
+) -> None:
+    folder = running.directory / "inbox"
+    folder.mkdir()
+    samples = {
+        "report.pdf": corpus.pdf_sample(),
+        "table.docx": corpus.docx_sample(),
+        "page.html": corpus.html_sample(),
+        "notes.md": corpus.markdown_sample(),
+    }
+    for filename, sample in samples.items():
+        (folder / filename).write_bytes(sample.data)
+
+    submitted = await asyncio.to_thread(docproc, running, "submit", str(folder), "--wait")
+
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert submitted.stdout.count("SUCCESS") == len(samples)
+    async with httpx.AsyncClient(base_url=running.api) as api:
+        hits = (await api.get("/search", params={"q": samples["report.pdf"].present[0]})).json()
+    assert hits["items"], "the submitted PDF is found"
+
+    selftest = await asyncio.to_thread(docproc, running, "selftest", "--crash")
+    assert selftest.returncode == 0, selftest.stdout + selftest.stderr
+    assert selftest.stdout.count("ok ") >= 4
+
+    family = descendants(running.up.popen.pid)
+    assert len(family) >= 4
+    running.up.popen.send_signal(signal.SIGINT)
+    status = await asyncio.to_thread(running.up.popen.wait, 90)
+
+    assert status == 0, running.up.tail()
+    assert not [pid for pid in family if alive(pid)], "no process is left behind"
+
+
+async def test_a_worker_killed_under_up_is_restarted_and_every_document_ends(
+    running: Running,
+) -> None:
+    folder = running.directory / "batch"
+    folder.mkdir()
+    for n in range(6):
+        (folder / f"doc-{n}.pdf").write_bytes(corpus.pdf_sample(pages=30).data)
+    submitting = asyncio.create_task(
+        asyncio.to_thread(docproc, running, "submit", str(folder), "--wait")
+    )
+
+    async def worker_pid() -> int | None:
+        found = await asyncio.to_thread(
+            subprocess.run,
+            ["pgrep", "-f", "service serve worker"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        mine = [int(p) for p in found.stdout.split() if int(p) in descendants(running.up.popen.pid)]
+        return mine[0] if mine else None
+
+    async def busy() -> bool | None:
+        return True if "docproc.document.process" in running.up.output() else None
+
+    await eventually(busy, 30, "documents in flight")
+    victim = await eventually(worker_pid, 10, "the worker child")
+    os.kill(victim, signal.SIGKILL)
+
+    submitted = await submitting
+
+    assert "restarting it" in running.up.output()
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert submitted.stdout.count("SUCCESS") == 6
+
+
+def test_up_without_a_broker_says_how_to_start_one_and_exits(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "DOCPROC_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{port}//"}
+    env = {k: v for k, v in env.items() if not k.startswith("CELERY_")}
+    started = time.monotonic()
+
+    done = subprocess.run(
+        docproc_command("up"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=False,
+    )
+
+    assert time.monotonic() - started < 10
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr + done.stdout
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("docproc:")]
+    assert "RabbitMQ is not reachable" in line
+    assert "infra/rabbitmq/local.sh" in line
+    assert "docker compose" in line
