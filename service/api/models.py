@@ -234,7 +234,8 @@ class RedriveRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class RedriveOut(msgspec.Struct, kw_only=True):
     id: str
     state: Annotated[
-        Literal["running", "cancelled", "finished"], msgspec.Meta(examples=["running"])
+        Literal["running", "cancelling", "cancelled", "finished"],
+        msgspec.Meta(examples=["running"]),
     ]
     filters: dict[str, Any]
     rate: float

@@ -38,6 +38,17 @@ class BindingInfo(msgspec.Struct, kw_only=True):
     routing_key: str
 
 
+class QueuePolicy(msgspec.Struct, kw_only=True):
+    """A queue's own arguments and the policy definition in effect on it (RabbitMQ merges its
+    policy and operator policy into `effective_policy_definition`)."""
+
+    name: str
+    arguments: dict[str, Any] = {}
+    policy: str | None = None
+    # An empty definition can come as [] (an empty Erlang property list), not {}.
+    effective_policy_definition: dict[str, Any] | list[Any] = {}
+
+
 def vhost_of(broker_url: str) -> str:
     """The vhost an AMQP URL names: `amqp://h//` and `amqp://h/` are "/", `amqp://h/x` is "x"."""
     path = urlsplit(broker_url).path
@@ -128,6 +139,12 @@ class Management:
 
     async def overview(self) -> dict[str, Any]:
         return dict(await self._get("/api/overview", dict[str, Any]))
+
+    async def queue_policies(self) -> list[QueuePolicy]:
+        """Each queue's arguments and effective policy: what can override a node-wide setting."""
+        columns = "name,arguments,policy,effective_policy_definition"
+        path = f"/api/queues/{self._v}?columns={columns}"
+        return list(await self._get(path, list[QueuePolicy]))
 
     async def create_vhost(self) -> None:
         """Create this client's vhost and give the current user full permissions on it."""

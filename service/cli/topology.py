@@ -7,6 +7,7 @@ import json
 
 import click
 
+from service.broker import consumer_timeout
 from service.broker.declarer import declare_topology
 from service.broker.drift import check as check_drift
 from service.broker.management import Management, vhost_of
@@ -51,15 +52,19 @@ def export(vhost: str) -> None:
 def check() -> None:
     """Compare the broker's topology with docproc's; exit 1 and list each difference if it drifted.
 
-    Reads through the management API and changes nothing.
+    Reads through the management API and changes nothing. Also warns (on stderr, without changing
+    the exit status) when RabbitMQ's consumer timeout is not longer than CELERY_TIME_LIMIT.
     """
     settings = load_settings()
 
-    async def run() -> list[str]:
+    async def run() -> tuple[list[str], list[str]]:
         async with Management.from_settings(settings) as management:
-            return await check_drift(build_topology(settings), management)
+            differences = await check_drift(build_topology(settings), management)
+            return differences, await consumer_timeout.check(settings, management)
 
-    differences = asyncio.run(run())
+    differences, timeout_lines = asyncio.run(run())
+    for line in timeout_lines:
+        click.echo(line, err=True)
     vhost = vhost_of(settings.broker_url)
     if not differences:
         click.echo(f"topology of vhost {vhost!r} matches")

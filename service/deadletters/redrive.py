@@ -14,6 +14,7 @@ import time
 from datetime import timedelta
 
 from loguru import logger
+from sqlalchemy import Connection
 
 from service.broker.publisher import Publisher
 from service.deadletters.republish import republish
@@ -62,6 +63,9 @@ class RedriveRunner:
             job.published + job.failed,
             job.rate,
         )
+        if job.state == "cancelling":
+            await self.store.run(redrives.stopped, job.id)
+            return
         interval = 1.0 / job.rate
         next_at = time.monotonic()
         while not stop.is_set():
@@ -76,13 +80,28 @@ class RedriveRunner:
                     await asyncio.sleep(delay)
                 next_at = max(next_at + interval, time.monotonic() - interval)
                 state = await self._one(job, dead_letter_id)
+                if state == "cancelling":
+                    await self.store.run(redrives.stopped, job.id)
                 if state != "running" or stop.is_set():
                     logger.bind(redrive_id=job.id).info("redrive {} stops: {}", job.id, state)
                     return
 
     async def _one(self, job: Redrive, dead_letter_id: str) -> str | None:
+        outcome: list[str | None] = []
+
+        def count(connection: Connection) -> None:
+            outcome.append(
+                redrives.record_item(
+                    connection,
+                    redrive_id=job.id,
+                    owner=self.owner,
+                    dead_letter_id=dead_letter_id,
+                    state="published",
+                )
+            )
+
         try:
-            await republish(self.store, self.publisher, dead_letter_id)
+            await republish(self.store, self.publisher, dead_letter_id, also=count)
         except BrokerUnavailable as exc:
             # Not the letter's fault: leave it pending and let the broker come back.
             logger.warning("redrive {} waits for RabbitMQ: {}", job.id, exc)
@@ -97,10 +116,4 @@ class RedriveRunner:
                 state="failed",
                 error=str(exc),
             )
-        return await self.store.run(
-            redrives.record_item,
-            redrive_id=job.id,
-            owner=self.owner,
-            dead_letter_id=dead_letter_id,
-            state="published",
-        )
+        return outcome[0] if outcome else None

@@ -18,7 +18,7 @@ from service.store import dead_letters
 from service.store.dead_letters import Filters
 from service.store.schema import redrive_items, redrives, utcnow
 
-RedriveState = Literal["running", "cancelled", "finished"]
+RedriveState = Literal["running", "cancelling", "cancelled", "finished"]
 ItemState = Literal["pending", "published", "failed"]
 
 
@@ -87,7 +87,7 @@ def claim(connection: Connection, owner: str, stale_before: datetime) -> Redrive
     candidate = connection.execute(
         select(c.id)
         .where(
-            c.state == "running",
+            c.state.in_(("running", "cancelling")),
             or_(c.owner.is_(None), c.owner == owner, c.heartbeat_at < stale_before),
         )
         .order_by(c.created_at)
@@ -100,7 +100,7 @@ def claim(connection: Connection, owner: str, stale_before: datetime) -> Redrive
         update(redrives)
         .where(
             c.id == candidate,
-            c.state == "running",
+            c.state.in_(("running", "cancelling")),
             or_(c.owner.is_(None), c.owner == owner, c.heartbeat_at < stale_before),
         )
         .values(
@@ -170,10 +170,22 @@ def finish(connection: Connection, redrive_id: str) -> None:
 
 
 def cancel(connection: Connection, redrive_id: str) -> Redrive | None:
+    """Ask the job to stop: `cancelling` until its runner has finished the item in hand and
+    says `cancelled` (a job nobody runs is taken over and stopped the same way)."""
     now = utcnow()
     connection.execute(
         update(redrives)
         .where(redrives.c.id == redrive_id, redrives.c.state == "running")
-        .values(state="cancelled", finished_at=now, updated_at=now)
+        .values(state="cancelling", updated_at=now)
     )
     return get(connection, redrive_id)
+
+
+def stopped(connection: Connection, redrive_id: str) -> None:
+    """The runner stopped a job that was asked to stop."""
+    now = utcnow()
+    connection.execute(
+        update(redrives)
+        .where(redrives.c.id == redrive_id, redrives.c.state == "cancelling")
+        .values(state="cancelled", finished_at=now, updated_at=now)
+    )

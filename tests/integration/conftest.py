@@ -70,3 +70,9 @@ async def reports(connection: aio_pika.abc.AbstractConnection) -> Reports:
 @pytest_asyncio.fixture(loop_scope="session")
 async def dead_letters(connection: aio_pika.abc.AbstractConnection) -> DeadLetterQueue:
     return DeadLetterQueue(await connection.channel())
+
+
+# A whole deployment (worker + DLQ consumer, on SQLite and on PostgreSQL), per test module.
+from tests.deployment import Deployment, database_url, deployment  # noqa: E402
+
+__all__ = ["Deployment", "database_url", "deployment"]

@@ -3,137 +3,26 @@ searchable, or dead with their reason, and their task state tells where they are
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import itertools
 import os
 import signal
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-import pytest_asyncio
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
 from service.api.app import create_app
-from service.api.routes.documents import accept
 from service.store import documents, search, task_runs
-from service.store.database import Store
-from service.store.migrations import upgrade
 from service.store.task_runs import TaskRun
-from service.tasks import PROCESS_DOCUMENT
 from service.worker import canary
-from service.worker.app import DocprocCelery, create_celery
 from tests import corpus
+from tests.deployment import Deployment, clear_index_failure, inject_index_failure
 from tests.support import (
-    Process,
-    RabbitMQ,
-    Vhost,
-    create_vhost,
-    delete_vhost,
     eventually,
-    run_docproc,
-    start_dlq,
-    start_worker,
 )
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
-
-WORKER_ENV = {
-    "CELERY_MAX_RETRIES": "3",
-    "CELERY_RETRY_DELAY": "1",
-    "CELERY_RETRY_BACKOFF_MAX": "30",
-}
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def database_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'docproc.db'}"
-        upgrade(url)
-        yield url
-        return
-    session_url: str = request.getfixturevalue("postgres_url")
-    admin = session_url.rsplit("/", 1)[0] + "/postgres"
-    name = f"docproc_e2e_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    url = session_url.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    yield url
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@dataclass
-class Deployment:
-    vhost: Vhost
-    url: str
-    worker: Process
-    dlq: Process
-    client: DocprocCelery
-    store: Store
-
-    def env(self) -> dict[str, str]:
-        return {"DOCPROC_DATABASE_URL": self.url, **WORKER_ENV}
-
-    def submit(self, content: bytes, filename: str) -> tuple[str, str]:
-        """Accept a document straight into the store and send its task (no API: the API would
-        refuse some of what these tests need the worker to see)."""
-        document_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
-        self.store.run(
-            accept,
-            document_id=document_id,
-            task_id=task_id,
-            filename=filename,
-            content_type=None,
-            content=content,
-            sha256=hashlib.sha256(content).hexdigest(),
-            correlation_id=task_id,
-        )
-        self.client.send_task(
-            PROCESS_DOCUMENT, kwargs={"document_id": document_id}, task_id=task_id
-        )
-        return document_id, task_id
-
-    async def finished(self, task_id: str, timeout: float = 60) -> TaskRun:
-        async def probe() -> TaskRun | None:
-            run = self.store.run(task_runs.get, task_id)
-            return run if run is not None and run.state in ("SUCCESS", "DEAD") else None
-
-        return await eventually(probe, timeout, f"task {task_id} to finish")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def deployment(
-    rabbitmq: RabbitMQ, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Deployment]:
-    name = await create_vhost(rabbitmq)
-    vhost = Vhost(rabbitmq, name, {"DOCPROC_DATABASE_URL": database_url, **WORKER_ENV})
-    logs = Path(tmp_path_factory.mktemp("deployment"))
-    declared = await asyncio.to_thread(run_docproc, "topology", "declare", env=vhost.env())
-    assert declared.returncode == 0, declared.stderr
-    worker = await start_worker(vhost, logs / "worker.log", **WORKER_ENV)
-    dlq = await start_dlq(vhost, logs / "dlq.log")
-    client = create_celery(vhost.settings())
-    store = Store(database_url)
-    try:
-        yield Deployment(vhost, database_url, worker, dlq, client, store)
-    finally:
-        worker.stop()
-        dlq.stop()
-        client.close()
-        store.close()
-        await delete_vhost(rabbitmq, name)
 
 
 async def test_a_corpus_of_every_format_ends_searchable_without_markup(
@@ -198,49 +87,10 @@ async def test_a_document_that_cannot_be_processed_is_dead_at_once(
     assert run.retry_history == []
 
 
-def _inject_index_failure(store: Store, prefix: str) -> None:
-    trigger = f"inject_{prefix}"
-    with store.engine.begin() as connection:
-        if connection.dialect.name == "sqlite":
-            connection.execute(
-                text(
-                    f"CREATE TRIGGER {trigger} BEFORE INSERT ON chunks WHEN (SELECT filename FROM "
-                    f"documents WHERE id = NEW.document_id) LIKE '{prefix}-%' "
-                    "BEGIN SELECT RAISE(ABORT, 'injected: the index is unavailable'); END"
-                )
-            )
-        else:
-            connection.execute(
-                text(
-                    f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                    "IF (SELECT filename FROM documents WHERE id = NEW.document_id) "
-                    f"LIKE '{prefix}-%' THEN RAISE EXCEPTION 'injected: the index is unavailable' "
-                    "USING ERRCODE = '40001'; "
-                    "END IF; RETURN NEW; END $$"
-                )
-            )
-            connection.execute(
-                text(
-                    f"CREATE TRIGGER {trigger} BEFORE INSERT ON chunks FOR EACH ROW "
-                    f"EXECUTE FUNCTION {trigger}()"
-                )
-            )
-
-
-def _clear_index_failure(store: Store, prefix: str) -> None:
-    trigger = f"inject_{prefix}"
-    with store.engine.begin() as connection:
-        if connection.dialect.name == "sqlite":
-            connection.execute(text(f"DROP TRIGGER {trigger}"))
-        else:
-            connection.execute(text(f"DROP TRIGGER {trigger} ON chunks"))
-            connection.execute(text(f"DROP FUNCTION {trigger}()"))
-
-
 async def test_a_transient_index_failure_retries_with_growing_delays_and_then_succeeds(
     deployment: Deployment,
 ) -> None:
-    _inject_index_failure(deployment.store, "flaky")
+    inject_index_failure(deployment.store, "flaky")
     try:
         _, task_id = deployment.submit(b"A lighthouse stands on the rocks.", "flaky-note.txt")
 
@@ -250,7 +100,7 @@ async def test_a_transient_index_failure_retries_with_growing_delays_and_then_su
 
         await eventually(retried_twice, 30, "two retries")
     finally:
-        _clear_index_failure(deployment.store, "flaky")
+        clear_index_failure(deployment.store, "flaky")
 
     run = await deployment.finished(task_id)
 
@@ -266,12 +116,12 @@ async def test_a_transient_index_failure_retries_with_growing_delays_and_then_su
 async def test_a_transient_failure_that_never_clears_is_dead_after_exactly_max_retries(
     deployment: Deployment,
 ) -> None:
-    _inject_index_failure(deployment.store, "broken")
+    inject_index_failure(deployment.store, "broken")
     try:
         _, task_id = deployment.submit(b"The index will never take this one.", "broken-note.txt")
         run = await deployment.finished(task_id, timeout=90)
     finally:
-        _clear_index_failure(deployment.store, "broken")
+        clear_index_failure(deployment.store, "broken")
 
     assert run.state == "DEAD"
     assert run.retries == 3

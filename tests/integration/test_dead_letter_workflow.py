@@ -1,0 +1,236 @@
+"""Dead letters as an operator uses them, with a real worker, DLQ consumer and API: re-publish a
+dead task once its cause is fixed, see one that fails again come back, redrive hundreds at a rate
+with progress and cancel, and find failures grouped by cause."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from service.api.app import create_app
+from service.deadletters.consumer import store_batch
+from service.deadletters.parsing import RawMessage
+from service.store import task_runs
+from service.store.task_runs import TaskRun
+from service.tasks import PROCESS_DOCUMENT
+from tests import corpus
+from tests.deployment import Deployment, clear_index_failure, inject_index_failure
+from tests.support import eventually
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
+
+Client = AsyncTestClient[Litestar]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def api(deployment: Deployment) -> AsyncIterator[Client]:
+    async with AsyncTestClient(create_app(deployment.vhost.settings())) as client:
+        yield client
+
+
+async def dead_letters_of(api: Client, task_id: str) -> list[dict[str, Any]]:
+    response = await api.get("/dead-letters", params={"task_id": task_id, "status": "all"})
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def wait_dead_again(
+    deployment: Deployment, api: Client, task_id: str, count: int
+) -> list[dict[str, Any]]:
+    async def stored() -> list[dict[str, Any]] | None:
+        found = await dead_letters_of(api, task_id)
+        return found if len(found) >= count else None
+
+    return await eventually(stored, 90, f"{count} dead letters of task {task_id}")
+
+
+async def test_a_dead_task_whose_retries_went_through_the_delay_queues_succeeds_once_fixed(
+    deployment: Deployment, api: Client
+) -> None:
+    inject_index_failure(deployment.store, "fixme")
+    try:
+        document_id, task_id = deployment.submit(b"A keeper fixed the lamp at dawn.", "fixme-1.txt")
+        run = await deployment.finished(task_id, timeout=90)
+        assert run.state == "DEAD"
+        assert run.retries == 3, "its retries travelled through retry_queue and the delay queues"
+        [letter] = await wait_dead_again(deployment, api, task_id, 1)
+        assert letter["queue"] == "retry_queue"
+    finally:
+        clear_index_failure(deployment.store, "fixme")  # the cause, fixed
+
+    republished = await api.post(f"/dead-letters/{letter['id']}/republish")
+    assert republished.status_code == 200
+    run = await deployment.finished(task_id, timeout=60)
+
+    assert run.state == "SUCCESS"
+    record = (await api.get(f"/dead-letters/{letter['id']}")).json()
+    assert record["republish_count"] == 1
+    hits = (await api.get("/search", params={"q": "keeper lamp dawn"})).json()["items"]
+    assert document_id in {hit["document_id"] for hit in hits}
+
+
+async def test_a_republished_task_that_dies_again_through_the_delay_queues_comes_back(
+    deployment: Deployment, api: Client
+) -> None:
+    inject_index_failure(deployment.store, "hopeless")
+    try:
+        _, task_id = deployment.submit(b"This one keeps failing.", "hopeless-1.txt")
+        [first] = await wait_dead_again(deployment, api, task_id, 1)
+
+        await api.post(f"/dead-letters/{first['id']}/republish")
+        found = await wait_dead_again(deployment, api, task_id, 2)
+    finally:
+        clear_index_failure(deployment.store, "hopeless")
+
+    second = next(item for item in found if item["id"] != first["id"])
+    assert second["republished_from"] == first["id"]
+    assert second["reason"] == "rejected"
+    assert second["retries"] == 3, "the retry budget was reset, then spent again"
+    detail = (await api.get(f"/dead-letters/{second['id']}")).json()
+    assert detail["headers"]["x-docproc-republish-count"] == 1
+    assert (await api.get(f"/dead-letters/{first['id']}")).json()["republish_count"] == 1
+    run = deployment.store.run(task_runs.get, task_id)
+    assert run is not None
+    assert run.state == "DEAD"
+
+
+async def test_a_permanent_failure_republished_fails_again_and_is_back_with_its_count(
+    deployment: Deployment, api: Client
+) -> None:
+    sample = corpus.corrupt_pdf_sample()
+    _, task_id = deployment.submit(sample.data, sample.filename)
+    [first] = await wait_dead_again(deployment, api, task_id, 1)
+    assert first["error_type"] == "CorruptFile"
+
+    retried = await api.post(f"/tasks/{task_id}/retry")
+    assert retried.status_code == 202
+    found = await wait_dead_again(deployment, api, task_id, 2)
+
+    second = next(item for item in found if item["id"] != first["id"])
+    assert second["republished_from"] == first["id"]
+    assert second["error_type"] == "CorruptFile"
+    assert second["retries"] == 0
+
+
+def seed(deployment: Deployment, count: int, queue: str = "celery") -> list[str]:
+    """Dead letters as the DLQ consumer stores them, without waiting for so many to die."""
+    messages = [
+        RawMessage(
+            body=b"[[], {}, {}]",
+            headers={
+                "task": "docproc.canary.succeed",
+                "id": f"seeded-{uuid.uuid4()}",
+                "retries": 0,
+                "x-death": [
+                    {"count": 1, "reason": "rejected", "queue": queue, "exchange": "docproc"}
+                ],
+            },
+            properties={"content_type": "application/json", "content_encoding": "utf-8"},
+        )
+        for _ in range(count)
+    ]
+    return [record_id for record_id, _ in deployment.store.run(store_batch, messages)]
+
+
+async def test_redriving_500_at_100_per_second_takes_about_5_s_with_progress(
+    deployment: Deployment, api: Client
+) -> None:
+    seeded = seed(deployment, 500)
+    group = (await api.get(f"/dead-letters/{seeded[0]}")).json()["group"]
+    started = time.monotonic()
+
+    job = (await api.post("/dead-letters/redrive", json={"group": group, "rate": 100})).json()
+    progress: list[int] = []
+
+    async def finished() -> dict[str, Any] | None:
+        state = (await api.get(f"/dead-letters/redrives/{job['id']}")).json()
+        if state["state"] == "running" and (not progress or progress[-1] != state["published"]):
+            progress.append(state["published"])
+        return state if state["state"] == "finished" else None
+
+    final = await eventually(finished, 30, "the redrive to finish", interval=0.2)
+    took = time.monotonic() - started
+
+    assert job["matched"] == 500
+    assert final["published"] == 500
+    assert final["failed"] == 0
+    assert 4.5 <= took <= 8.0, f"500 at 100/s took {took:.1f} s"
+    assert len(progress) >= 5, f"progress seen while it ran: {progress}"
+    assert progress == sorted(progress)
+
+
+async def test_a_cancelled_redrive_leaves_the_rest_untouched(
+    deployment: Deployment, api: Client
+) -> None:
+    seeded = seed(deployment, 500)
+    group = (await api.get(f"/dead-letters/{seeded[0]}")).json()["group"]
+    job = (await api.post("/dead-letters/redrive", json={"group": group, "rate": 100})).json()
+
+    async def underway() -> bool | None:
+        state = (await api.get(f"/dead-letters/redrives/{job['id']}")).json()
+        return True if state["published"] >= 100 else None
+
+    await eventually(underway, 10, "a hundred re-published")
+    cancelled = (await api.delete(f"/dead-letters/redrives/{job['id']}")).json()
+
+    async def stopped() -> dict[str, Any] | None:
+        state = (await api.get(f"/dead-letters/redrives/{job['id']}")).json()
+        return state if state["state"] == "cancelled" else None
+
+    final = await eventually(stopped, 5, "the runner to stop the redrive")
+    active = (await api.get("/dead-letters", params={"group": group, "limit": 500})).json()["items"]
+
+    assert cancelled["state"] in ("cancelling", "cancelled")
+    assert 100 <= final["published"] < 500
+    assert len(active) == 500 - final["published"], "the rest stays dead and untouched"
+    assert all(item["republish_count"] == 0 for item in active)
+
+
+async def test_three_hundred_failures_from_three_causes_form_three_groups(
+    deployment: Deployment, api: Client
+) -> None:
+    # x-death times have whole seconds.
+    since = datetime.now(UTC).replace(microsecond=0).isoformat()
+    task_ids = []
+    for n in range(100):
+        task_ids.append(
+            str(
+                deployment.client.send_task(
+                    PROCESS_DOCUMENT, kwargs={"document_id": str(uuid.uuid4())}
+                ).id
+            )
+        )
+        task_ids.append(
+            deployment.submit(corpus.corrupt_pdf_sample().data, f"broken-{n}.pdf")[1]
+        )
+        task_ids.append(
+            deployment.submit(b"\x89PNG\r\n\x1a\n" + uuid.uuid4().bytes * 8, f"image-{n}.png")[1]
+        )
+
+    async def all_dead() -> bool | None:
+        runs: list[TaskRun | None] = [deployment.store.run(task_runs.get, t) for t in task_ids]
+        return True if all(r is not None and r.state == "DEAD" for r in runs) else None
+
+    await eventually(all_dead, 180, "300 failures to be stored", interval=0.5)
+    groups = (
+        await api.get("/dead-letters/groups", params={"task": PROCESS_DOCUMENT, "since": since})
+    ).json()["items"]
+
+    mine = [
+        g
+        for g in groups
+        if g["error_type"] in ("DocumentNotFound", "CorruptFile", "UnsupportedType")
+    ]
+    assert sorted((g["error_type"], g["count"]) for g in mine) == [
+        ("CorruptFile", 100),
+        ("DocumentNotFound", 100),
+        ("UnsupportedType", 100),
+    ]
