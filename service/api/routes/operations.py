@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from litestar import Response, get
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Connection, text
@@ -84,7 +84,13 @@ DOMAIN = DomainCollector()
 REGISTRY.register(DOMAIN)
 
 
-@get("/metrics", tags=["operations"], summary="Prometheus metrics: HTTP and docproc's figures")
+@get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics: HTTP and docproc's figures",
+    # Prometheus' text format; Litestar adds the charset.
+    media_type="text/plain; version=0.0.4",
+)
 async def metrics(store: StoreDep, management: ManagementDep) -> Response[bytes]:
     try:
         states, dead, _, _ = await store.run(_figures)
@@ -93,4 +99,4 @@ async def metrics(store: StoreDep, management: ManagementDep) -> Response[bytes]
         DOMAIN.tasks, DOMAIN.dead = {}, []
     queues, _ = await queue_stats(management)
     DOMAIN.queues = [(q.name, q.messages, q.consumers) for q in queues]
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(REGISTRY))
