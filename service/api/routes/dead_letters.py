@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -33,6 +33,16 @@ from service.store.dead_letters import DeadLetter, Filters, Status
 from service.store.redrives import Redrive
 
 TAGS = ["dead letters"]
+
+
+def moment(name: str, value: datetime | None) -> datetime | None:
+    """A time filter the store can hold: aware, in UTC, within years 1..9999 once converted."""
+    if value is None:
+        return None
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError(f"{name}={value.isoformat()} is out of range") from None
 
 
 def summary_of(letter: DeadLetter) -> DeadLetterSummary:
@@ -126,8 +136,8 @@ async def list_dead_letters(
         task=task,
         error_type=error_type,
         group=group,
-        since=since,
-        until=until,
+        since=moment("since", since),
+        until=moment("until", until),
         status=status,
         task_id=task_id,
     )
@@ -164,8 +174,8 @@ async def list_groups(
         task=task,
         error_type=error_type,
         group=None,
-        since=since,
-        until=until,
+        since=moment("since", since),
+        until=moment("until", until),
         status=status,
     )
     found = await store.run(dead_letters.groups, filters)
@@ -269,8 +279,8 @@ async def start_redrive(
         task=data.task,
         error_type=data.error_type,
         group=data.group,
-        since=data.since,
-        until=data.until,
+        since=moment("since", data.since),
+        until=moment("until", data.until),
     )
     job = await store.run(redrives.create, filters, data.rate)
     redrives_runner.wake.set()
