@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from service.deadletters.consumer import store_batch
+from service.deadletters.parsing import RawMessage
+from service.store import dead_letters
+from service.store.database import Store
+from service.store.dead_letters import Filters
+from service.store.schema import dead_letters as table
+
+
+def message(n: int, died: datetime, *, redelivered: bool = False) -> RawMessage:
+    headers: dict[str, Any] = {
+        "task": "docproc.document.process",
+        "id": f"t-{n}",
+        "x-death": [
+            {"count": 1, "reason": "rejected", "queue": "document_processing", "time": died}
+        ],
+    }
+    return RawMessage(
+        body=f'[[], {{"n": {n}}}, {{}}]'.encode(),
+        headers=headers,
+        properties={"content_type": "application/json"},
+        redelivered=redelivered,
+    )
+
+
+def count(store: Store) -> int:
+    return int(store.run(lambda c: c.execute(select(func.count()).select_from(table)).scalar_one()))
+
+
+def test_a_redelivered_message_updates_its_record_and_a_new_one_adds_one(store: Store) -> None:
+    died = datetime.now(UTC).replace(microsecond=0)
+    [(first, created)] = store.run(store_batch, [message(1, died)])
+    [(again, created_again)] = store.run(store_batch, [message(1, died, redelivered=True)])
+    [(twin, created_twin)] = store.run(store_batch, [message(1, died)])
+
+    assert (created, created_again, created_twin) == (True, False, True)
+    assert again == first, "the consumer died between commit and ack: same record"
+    assert twin != first, "an identical message arriving fresh is another dead letter"
+    assert count(store) == 2
+
+
+def test_retention_purges_old_letters_and_handled_ones_sooner(store: Store) -> None:
+    now = datetime.now(UTC)
+    ids = [
+        record_id for record_id, _ in store.run(store_batch, [message(n, now) for n in range(4)])
+    ]
+    old, republished, discarded, fresh = ids
+    store.run(
+        lambda c: c.execute(
+            update(table).where(table.c.id == old).values(dead_at=now - timedelta(days=20))
+        )
+    )
+    store.run(dead_letters.mark_republished, republished)
+    store.run(dead_letters.discard, discarded)
+    store.run(
+        lambda c: c.execute(
+            update(table)
+            .where(table.c.id.in_([republished, discarded]))
+            .values(republished_at=now - timedelta(days=4), discarded_at=now - timedelta(days=4))
+        )
+    )
+    store.run(
+        lambda c: c.execute(
+            update(table).where(table.c.id == republished).values(discarded_at=None)
+        )
+    )
+
+    purged = store.run(
+        dead_letters.purge,
+        dead_before=now - timedelta(days=14),
+        handled_before=now - timedelta(days=3),
+    )
+
+    assert purged == 3
+    remaining = store.run(dead_letters.page, Filters(status="all"), limit=10).items
+    assert [letter.id for letter in remaining] == [fresh]
+
+
+def test_counts_by_reason_and_queue_leave_out_discarded_letters(store: Store) -> None:
+    now = datetime.now(UTC)
+    ids = [
+        record_id for record_id, _ in store.run(store_batch, [message(n, now) for n in range(3)])
+    ]
+    store.run(dead_letters.discard, ids[0])
+
+    assert store.run(dead_letters.counts) == [("rejected", "document_processing", 2)]
