@@ -17,63 +17,46 @@ from service.store.schema import dead_letters, task_runs, utcnow
 Status = Literal["active", "republished", "discarded", "all"]
 
 
-class NewDeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+class _Message(msgspec.Struct, frozen=True, kw_only=True):
+    """What a dead message says about itself and why it died."""
+
+    message_key: str
+    content_type: str | None
+    content_encoding: str | None
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    reason: str
+    queue: str
+    exchange: str | None
+    routing_keys: list[str]
+    death_count: int
+    first_death_at: datetime | None
+    dead_at: datetime
+    task_name: str | None
+    task_id: str | None
+    args: Any
+    kwargs: Any
+    retries: int | None
+    root_id: str | None
+    parent_id: str | None
+    correlation_id: str | None
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+    republished_from: str | None
+
+
+class NewDeadLetter(_Message, frozen=True, kw_only=True):
     """A dead message as the DLQ consumer read it, ready to store."""
 
-    message_key: str
     body: bytes
-    content_type: str | None
-    content_encoding: str | None
-    headers: dict[str, Any]
-    properties: dict[str, Any]
-    reason: str
-    queue: str
-    exchange: str | None
-    routing_keys: list[str]
-    death_count: int
-    first_death_at: datetime | None
-    dead_at: datetime
-    task_name: str | None
-    task_id: str | None
-    args: Any
-    kwargs: Any
-    retries: int | None
-    root_id: str | None
-    parent_id: str | None
-    correlation_id: str | None
-    error_type: str | None
-    error_message: str | None
-    traceback: str | None
-    republished_from: str | None
 
 
-class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+class DeadLetter(_Message, frozen=True, kw_only=True):
+    """A stored dead letter and what was done with it (`body` is empty unless asked for)."""
+
     id: str
-    message_key: str
-    content_type: str | None
-    content_encoding: str | None
-    headers: dict[str, Any]
-    properties: dict[str, Any]
-    reason: str
-    queue: str
-    exchange: str | None
-    routing_keys: list[str]
-    death_count: int
-    first_death_at: datetime | None
-    dead_at: datetime
-    task_name: str | None
-    task_id: str | None
-    args: Any
-    kwargs: Any
-    retries: int | None
-    root_id: str | None
-    parent_id: str | None
-    correlation_id: str | None
-    error_type: str | None
-    error_message: str | None
-    traceback: str | None
     fingerprint: str
-    republished_from: str | None
     republish_count: int
     republished_at: datetime | None
     discarded_at: datetime | None
