@@ -104,3 +104,23 @@ def test_the_celery_configuration_dead_letters_instead_of_acking_failures() -> N
     assert "pickle" not in config["accept_content"]
     assert config["task_serializer"] == "msgspec"
     assert config["accept_content"] == ["msgspec", "json"]
+
+
+def test_beat_runs_the_three_maintenance_tasks_on_the_celery_queue() -> None:
+    from service.tasks import EXPIRE_TASK_RUNS, PUBLISH_UNPUBLISHED, PURGE_DEAD_LETTERS
+    from service.worker.app import create_celery
+
+    app = create_celery(Settings())
+    schedule = app.conf.beat_schedule
+    router = app.amqp.router
+
+    assert {entry["task"] for entry in schedule.values()} == {
+        EXPIRE_TASK_RUNS,
+        PURGE_DEAD_LETTERS,
+        PUBLISH_UNPUBLISHED,
+    }
+    for entry in schedule.values():
+        assert router.route({}, entry["task"])["queue"].name == "celery"
+    assert schedule["publish-unpublished"]["schedule"] <= 30, "the sweeper runs often"
+    assert router.route({}, "docproc.document.process")["queue"].name == "document_processing"
+    app.close()
