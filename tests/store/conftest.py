@@ -21,7 +21,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     store.migrate()
     with store.engine.begin() as connection:
         if connection.dialect.name == "postgresql":
-            connection.execute(text("TRUNCATE documents, task_runs, dead_letters, redrives CASCADE"))
+            connection.execute(
+                text("TRUNCATE documents, task_runs, dead_letters, redrives CASCADE")
+            )
     store.close()
     return url
 
