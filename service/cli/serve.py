@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from pathlib import Path
 
 import click
@@ -37,7 +38,7 @@ def worker() -> None:
     setup_logging(settings.log_level, component="worker")
     app = create_celery(settings)
     process = app.Worker(
-        hostname=f"worker-{os.getpid()}@%h",
+        hostname=f"worker-{os.getpid()}@{socket.gethostname()}",
         loglevel=CELERY_LEVELS.get(settings.log_level, settings.log_level),
         concurrency=settings.concurrency,
         queues=list(WORK_QUEUES),

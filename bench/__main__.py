@@ -1,0 +1,138 @@
+"""`python -m bench [MEASURE ...]`: run the measures, print the table, write the JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import click
+from loguru import logger
+
+from bench import deadletters, extraction, memory, process, status, submit
+from bench.harness import LOG_LEVEL, BenchError, Options, Session, session
+from bench.report import Report
+
+BROKER_MEASURES: dict[str, Callable[[Session], Awaitable[None]]] = {
+    "submit": submit.measure,
+    "process": process.measure,
+    "status": status.measure,
+    "deadletters": deadletters.measure,
+    "redrive": deadletters.measure_redrive,
+    "memory": memory.measure,
+}
+ORDER = ("extraction", "submit", "process", "status", "deadletters", "redrive", "memory")
+DEFAULTS = Options()
+
+
+async def run_measures(names: list[str], options: Options, report: Report) -> None:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    loop.add_signal_handler(signal.SIGTERM, main.cancel)  # clean up as on Ctrl-C
+    if "extraction" in names:
+        await extraction.measure(options, report)
+    broker = [name for name in names if name in BROKER_MEASURES]
+    if broker:
+        async with session(options, report) as run:
+            for name in broker:
+                await BROKER_MEASURES[name](run)
+        report.notes.append(
+            f"every docproc process logs at {LOG_LEVEL}: the cost of log lines is not measured"
+        )
+    if report.comparisons:
+        report.notes.append(
+            f"{options.rounds} rounds, the sides' order alternating; figures are medians, "
+            "ratio = the median of the rounds' docproc/baseline ratios"
+        )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("measures", nargs=-1, type=click.Choice(ORDER))
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write the figures here as JSON",
+)
+@click.option(
+    "--rounds",
+    default=DEFAULTS.rounds,
+    show_default=True,
+    help="rounds of each side; medians are reported",
+)
+@click.option("--broker-url", default=DEFAULTS.broker_url, show_default=True)
+@click.option("--management-url", default=DEFAULTS.management_url, show_default=True)
+@click.option("--database-url", help="PostgreSQL instead of a SQLite file in a temp dir")
+@click.option(
+    "--concurrency",
+    default=DEFAULTS.concurrency,
+    show_default=True,
+    help="clients in flight (submit, status, pipelined publish)",
+)
+@click.option(
+    "--worker-concurrency",
+    default=DEFAULTS.worker_concurrency,
+    show_default=True,
+    help="worker processes, and direct-call processes",
+)
+@click.option("--submit-documents", default=DEFAULTS.submit_documents, show_default=True)
+@click.option("--process-documents", default=DEFAULTS.process_documents, show_default=True)
+@click.option("--heavy-documents", default=DEFAULTS.heavy_documents, show_default=True)
+@click.option(
+    "--heavy-ms",
+    default=DEFAULTS.heavy_ms,
+    show_default=True,
+    help="pipeline time of a heavy document, at least",
+)
+@click.option("--dead-letters", default=DEFAULTS.dead_letters, show_default=True)
+@click.option("--redrive-letters", default=DEFAULTS.redrive_letters, show_default=True)
+@click.option("--status-reads", default=DEFAULTS.status_reads, show_default=True)
+@click.option("--html-mb", default=DEFAULTS.html_mb, show_default=True)
+@click.option("--pdf-mb", default=DEFAULTS.pdf_mb, show_default=True)
+@click.option(
+    "--memory-dead-letters",
+    default=DEFAULTS.memory_dead_letters,
+    show_default=True,
+    help="dead letters the memory measure feeds the DLQ consumer",
+)
+@click.option("--keep-logs", is_flag=True, help="keep the processes' logs and the store")
+@click.option(
+    "--profile",
+    type=click.Path(file_okay=False),
+    help="record each process with py-spy into this directory and print its top frames",
+)
+def main(measures: tuple[str, ...], json_path: Path | None, **values: object) -> None:
+    """Benchmarks of docproc, each a ratio against a raw baseline run beside it.
+
+    \b
+    Examples:
+      python -m bench --json /tmp/bench.json
+      python -m bench submit --concurrency 64
+    """
+    options = Options(**values)  # type: ignore[arg-type]  # click checked each option's type
+    names = [name for name in ORDER if name in measures] if measures else list(ORDER)
+    logger.remove()
+    logger.add(sys.stderr, level=LOG_LEVEL)
+    report = Report(options=dataclasses.asdict(options))
+    started = time.perf_counter()
+    try:
+        asyncio.run(run_measures(names, options, report))
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise click.Abort from None
+    finally:
+        report.seconds = time.perf_counter() - started
+    click.echo(report.table())
+    if json_path is not None:
+        json_path.write_bytes(report.to_json())
+        click.echo(f"figures written to {json_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Extraction: MB/s of `service.pipeline.extract` against the library it wraps, called bare.
+
+PDF: pypdf's PdfReader and `extract_text` on every page. HTML: selectolax's LexborHTMLParser and
+`text()` on the bytes. Both sides read the same generated corpus in this process; MB are of input
+bytes. The HTML extractor's time is also split into its stages, to say what limits it.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+
+from pypdf import PdfReader
+from selectolax.lexbor import LexborHTMLParser
+
+from bench.corpus import html_document, pdf_document
+from bench.harness import Options
+from bench.report import Comparison, Report, median
+from service.pipeline import extract, normalise
+from service.pipeline.detection import identify
+from service.pipeline.html import _BLOCK, _CELL, read_html
+
+Corpus = list[tuple[str, bytes]]
+HTML_PAGE_BYTES = 200_000
+PDF_PAGES = 8
+
+
+def html_corpus(megabytes: float) -> Corpus:
+    count = max(1, round(megabytes * 1e6 / HTML_PAGE_BYTES))
+    return [(f"page-{n}.html", html_document(HTML_PAGE_BYTES, seed=n)) for n in range(count)]
+
+
+def pdf_corpus(megabytes: float) -> Corpus:
+    first = pdf_document(PDF_PAGES, seed=0)
+    count = max(1, round(megabytes * 1e6 / len(first)))
+    return [("report-0.pdf", first)] + [
+        (f"report-{n}.pdf", pdf_document(PDF_PAGES, seed=n)) for n in range(1, count)
+    ]
+
+
+def bare_pdf(_: str, data: bytes) -> None:
+    reader = PdfReader(io.BytesIO(data))
+    for page in reader.pages:
+        page.extract_text()
+
+
+def bare_html(_: str, data: bytes) -> None:
+    LexborHTMLParser(data).text()
+
+
+def docproc_extract(name: str, data: bytes) -> None:
+    extract(data, name)
+
+
+Reader = Callable[[str, bytes], None]
+
+
+def interleaved(corpus: Corpus, readers: dict[str, Reader], rounds: int) -> dict[str, list[float]]:
+    """MB/s of each reader over the corpus, once per round. File by file the readers take turns
+    (their order flipped every file), so that a burst of load on this shared machine falls on
+    both sides alike rather than on whichever ran that second."""
+    size = sum(len(data) for _, data in corpus) / 1e6
+    names = list(readers)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        seconds = dict.fromkeys(names, 0.0)
+        for index, (filename, data) in enumerate(corpus):
+            for name in names if index % 2 else reversed(names):
+                started = time.perf_counter()
+                readers[name](filename, data)
+                seconds[name] += time.perf_counter() - started
+        for name in names:
+            results[name].append(size / seconds[name])
+    return results
+
+
+async def measure(options: Options, report: Report) -> None:
+    corpora: dict[str, tuple[Corpus, Reader, str]] = {
+        "pdf": (pdf_corpus(options.pdf_mb), bare_pdf, "pypdf PdfReader + page.extract_text()"),
+        "html": (html_corpus(options.html_mb), bare_html, "LexborHTMLParser(bytes).text()"),
+    }
+    for kind, (corpus, bare, bare_name) in corpora.items():
+        readers = {"baseline": bare, "docproc": docproc_extract}
+        interleaved(corpus, readers, 1)  # untimed: lazy imports and caches warmed on both sides
+        rounds = interleaved(corpus, readers, options.rounds)
+        size = sum(len(data) for _, data in corpus)
+        report.compare(
+            Comparison(
+                measure="extraction",
+                figure=f"{kind} extract",
+                unit="MB/s",
+                baseline_name=bare_name,
+                docproc=rounds["docproc"],
+                baseline=rounds["baseline"],
+                target=0.9,
+                details={"corpus": f"{len(corpus)} files, {size / 1e6:.1f} MB, read in turns"},
+            )
+        )
+    split_html(corpora["html"][0], options.rounds, report)
+
+
+DETECT = "detect + decode bytes"
+PASSES = "  block/cell line-break passes (re.sub)"
+READ = "read_html (passes, parse, strip, text)"
+BARE = "  bare parse + text() of the same str"
+NORMALISE = "normalise"
+
+
+def _stages(name: str, data: bytes, markup: str, text: str) -> dict[str, Callable[[], object]]:
+    return {
+        DETECT: lambda: identify(data, name),
+        READ: lambda: read_html(markup),
+        PASSES: lambda: _CELL.sub("\t<", _BLOCK.sub("\n<", markup)),
+        BARE: lambda: LexborHTMLParser(markup).text(),
+        NORMALISE: lambda: normalise(text),
+    }
+
+
+def split_html(corpus: Corpus, rounds: int, report: Report) -> None:
+    """Where extract() spends its time on HTML, stage by stage, in ms per MB of input."""
+    size = sum(len(data) for _, data in corpus) / 1e6
+    pages = []
+    for name, data in corpus:
+        found = identify(data, name).decoded
+        assert found is not None
+        pages.append(_stages(name, data, found.text, read_html(found.text).text))
+    seconds: dict[str, list[float]] = {stage: [] for stage in pages[0]}
+    for _ in range(rounds):
+        totals = dict.fromkeys(seconds, 0.0)
+        for stages in pages:
+            for stage, work in stages.items():
+                started = time.perf_counter()
+                work()
+                totals[stage] += time.perf_counter() - started
+        for stage, total in totals.items():
+            seconds[stage].append(total)
+    whole = sum(median(seconds[stage]) for stage in (DETECT, READ, NORMALISE))
+    for stage, spent in seconds.items():
+        share = f"{median(spent) / whole:.0%} of extract()" if stage != BARE else "reference"
+        report.read("extraction", f"html: {stage}", median(spent) * 1000 / size, "ms/MB", share)
