@@ -60,7 +60,7 @@ def raw_message(message: AbstractIncomingMessage) -> RawMessage:
 
 def store_batch(connection: Connection, raws: Sequence[RawMessage]) -> list[tuple[str, bool]]:
     """Store each message of a batch, in one transaction."""
-    return [dead_letters.store(connection, read(raw), redelivered=raw.redelivered) for raw in raws]
+    return dead_letters.store_many(connection, [(read(raw), raw.redelivered) for raw in raws])
 
 
 class DeadLetterConsumer:
@@ -69,7 +69,7 @@ class DeadLetterConsumer:
         settings: Settings,
         store: AsyncStore,
         *,
-        batch_size: int = 100,
+        batch_size: int = 250,
         batch_wait: float = 0.02,
         retry_max: float = 30.0,
     ) -> None:
@@ -156,10 +156,12 @@ class DeadLetterConsumer:
             for message in batch:
                 await message.nack(requeue=True)
             return False
-        for message, raw, (record_id, created) in zip(batch, raws, results, strict=True):
-            await message.ack()
+        # The batch is the oldest unacked deliveries of this channel, in order: one ack covers it.
+        await batch[-1].ack(multiple=True)
+        for raw, (record_id, created) in zip(raws, results, strict=True):
             with correlated(_correlation(raw)):
-                logger.bind(dead_letter_id=record_id, created=created).info("dead letter stored")
+                logger.bind(dead_letter_id=record_id, created=created).debug("dead letter stored")
+        logger.info("stored {} dead letters", len(batch))
         self.stored += len(batch)
         self._pause = 0.5
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -129,76 +130,91 @@ def _where(statement: Select[Any], filters: Filters) -> Select[Any]:
 
 
 def store(connection: Connection, letter: NewDeadLetter, *, redelivered: bool) -> tuple[str, bool]:
-    """Store `letter`; returns (id, created). Idempotent for a redelivered message.
+    """Store one letter; see `store_many`."""
+    return store_many(connection, [(letter, redelivered)])[0]
 
-    A message the consumer already stored but could not ack comes back marked redelivered, with
-    the same key: it updates that record instead of adding one. A message arriving for the first
-    time is always a new record, even if an identical one died before.
+
+def store_many(
+    connection: Connection, letters: Sequence[tuple[NewDeadLetter, bool]]
+) -> list[tuple[str, bool]]:
+    """Store letters (each with whether it came redelivered); returns (id, created) for each.
+
+    Idempotent for a redelivered message: one the consumer stored but could not ack comes back
+    marked redelivered, with the same key, and updates that record instead of adding one. A
+    message arriving for the first time is always a new record, even if an identical one died
+    before. Each letter's task run becomes DEAD, keeping the failure the worker recorded.
+    A batch costs a handful of statements, whatever its size.
     """
     now = utcnow()
-    values = msgspec.to_builtins(letter, builtin_types=(bytes, datetime))
-    values |= _failure_context(connection, letter)
-    group = fingerprint(
-        letter.task_name,
-        values["error_type"] or letter.reason,
-        values["error_message"],
-        values["traceback"],
+    failures = _failures(
+        connection,
+        {letter.task_id for letter, _ in letters if letter.task_id and not letter.error_type},
     )
-    existing = None
-    if redelivered:
-        existing = connection.execute(
-            select(dead_letters.c.id)
-            .where(dead_letters.c.message_key == letter.message_key)
-            .order_by(dead_letters.c.stored_at.desc())
-            .limit(1)
-        ).scalar_one_or_none()
-    if existing is not None:
-        connection.execute(
-            update(dead_letters)
-            .where(dead_letters.c.id == existing)
-            .values(**values, fingerprint=group, updated_at=now)
+    existing = _latest_by_key(
+        connection, {letter.message_key for letter, redelivered in letters if redelivered}
+    )
+    results: list[tuple[str, bool]] = []
+    inserts: list[dict[str, Any]] = []
+    dead: list[tuple[str, str, str, str]] = []
+    for letter, redelivered in letters:
+        values = msgspec.to_builtins(letter, builtin_types=(bytes, datetime))
+        if not letter.error_type and letter.task_id in failures:
+            values |= failures[letter.task_id]
+        values["fingerprint"] = fingerprint(
+            letter.task_name,
+            values["error_type"] or letter.reason,
+            values["error_message"],
+            values["traceback"],
         )
-        record_id, created = str(existing), False
-    else:
-        record_id, created = str(uuid.uuid4()), True
-        connection.execute(
-            insert(dead_letters).values(
-                id=record_id,
-                **values,
-                fingerprint=group,
-                republish_count=0,
-                stored_at=now,
-                updated_at=now,
+        values["updated_at"] = now
+        found = existing.get(letter.message_key) if redelivered else None
+        if found is not None:
+            connection.execute(
+                update(dead_letters).where(dead_letters.c.id == found).values(**values)
             )
-        )
-    if letter.task_id:
-        runs.record_failure(
-            connection,
-            letter.task_id,
-            letter.task_name or "?",
-            state="DEAD",
-            error_type=None if values.get("error_type") else letter.reason,
-            message=None if values.get("error_type") else _death_message(letter),
-        )
-    return record_id, created
+            results.append((found, False))
+        else:
+            record_id = str(uuid.uuid4())
+            inserts.append(values | {"id": record_id, "republish_count": 0, "stored_at": now})
+            results.append((record_id, True))
+        if letter.task_id:
+            dead.append(
+                (letter.task_id, letter.task_name or "?", letter.reason, _death_message(letter))
+            )
+    if inserts:
+        connection.execute(insert(dead_letters), inserts)
+    runs.record_dead(connection, dead)
+    return results
 
 
-def _failure_context(connection: Connection, letter: NewDeadLetter) -> dict[str, Any]:
-    """The failure the worker recorded for the task, when the message itself does not say."""
-    if letter.error_type or not letter.task_id:
+def _failures(connection: Connection, task_ids: set[str]) -> dict[str, dict[str, Any]]:
+    """The failures the worker recorded for these tasks, where it recorded one."""
+    if not task_ids:
         return {}
-    row = connection.execute(
-        select(task_runs.c.error_type, task_runs.c.error_message, task_runs.c.traceback).where(
-            task_runs.c.task_id == letter.task_id, task_runs.c.error_type.is_not(None)
+    c = task_runs.c
+    rows = connection.execute(
+        select(c.task_id, c.error_type, c.error_message, c.traceback).where(
+            c.task_id.in_(task_ids), c.error_type.is_not(None)
         )
-    ).first()
-    if row is None:
-        return {}
+    ).all()
     return {
-        "error_type": row.error_type,
-        "error_message": row.error_message,
-        "traceback": row.traceback,
+        row.task_id: {
+            "error_type": row.error_type,
+            "error_message": row.error_message,
+            "traceback": row.traceback,
+        }
+        for row in rows
     }
+
+
+def _latest_by_key(connection: Connection, keys: set[str]) -> dict[str, str]:
+    if not keys:
+        return {}
+    c = dead_letters.c
+    rows = connection.execute(
+        select(c.message_key, c.id).where(c.message_key.in_(keys)).order_by(c.stored_at)
+    ).all()
+    return {row.message_key: str(row.id) for row in rows}  # the newest wins
 
 
 def _death_message(letter: NewDeadLetter) -> str:

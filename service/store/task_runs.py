@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
 from sqlalchemy import Connection, case, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from service.store.database import upsert
 from service.store.schema import dead_letters, task_runs, utcnow
@@ -288,3 +291,42 @@ def expire(connection: Connection, finished_before: datetime) -> int:
         )
     )
     return int(result.rowcount or 0)
+
+
+def record_dead(connection: Connection, runs: Sequence[tuple[str, str, str, str]]) -> None:
+    """Mark runs DEAD — (task id, task name, reason, why) each — keeping any failure the worker
+    recorded, and creating the runs of tasks never seen (one statement for the lot)."""
+    if not runs:
+        return
+    now = utcnow()
+    insert_ = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
+    statement = insert_(task_runs)
+    statement = statement.on_conflict_do_update(
+        index_elements=["task_id"],
+        set_={
+            "state": statement.excluded.state,
+            "finished_at": statement.excluded.finished_at,
+            "next_retry_at": None,
+            "updated_at": statement.excluded.updated_at,
+            "error_type": func.coalesce(task_runs.c.error_type, statement.excluded.error_type),
+            "error_message": case(
+                (task_runs.c.error_type.is_(None), statement.excluded.error_message),
+                else_=task_runs.c.error_message,
+            ),
+        },
+    )
+    connection.execute(
+        statement,
+        [
+            _first_values(
+                task_id,
+                task_name,
+                "DEAD",
+                now,
+                finished_at=now,
+                error_type=reason,
+                error_message=why,
+            )
+            for task_id, task_name, reason, why in runs
+        ],
+    )
