@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from loguru import logger
@@ -12,17 +13,30 @@ from service.store.database import Store
 
 
 class ProgressTracker:
-    """Names a task's steps up front, and records each as it begins: step, done/total, percent."""
+    """Names a task's steps up front, and records them as they begin: step, done/total, percent.
 
-    def __init__(self, store: Store, task_id: str, steps: Sequence[str]) -> None:
+    The first step is always recorded (the run is PROCESSING); later ones only when at least
+    `min_interval` seconds passed since the last write, so that a document done in milliseconds
+    does not pay a transaction per step, while a slow one shows its progress as it goes.
+    """
+
+    def __init__(
+        self, store: Store, task_id: str, steps: Sequence[str], min_interval: float = 0.25
+    ) -> None:
         self._store = store
         self._task_id = task_id
         self.steps = tuple(steps)
         self.done = 0
+        self.min_interval = min_interval
+        self._written: float | None = None
 
     def begin(self, step: str) -> None:
-        """Record that `step` begins; every step before it is done."""
+        """Note that `step` begins; every step before it is done."""
         self.done = self.steps.index(step)
+        now = time.monotonic()
+        if self._written is not None and now - self._written < self.min_interval:
+            return
+        self._written = now
         try:
             self._store.run(
                 task_runs.record_progress,
