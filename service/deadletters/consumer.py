@@ -150,7 +150,7 @@ class DeadLetterConsumer:
         """Commit the batch, then ack it; on a store failure, hand it back and say so."""
         raws = [raw_message(message) for message in batch]
         try:
-            results = await self.store.run(store_batch, raws)
+            results = await self.store.write(store_batch, raws)
         except DatabaseError as exc:
             logger.warning("the store failed, handing {} dead letters back: {}", len(batch), exc)
             for message in batch:
@@ -173,7 +173,7 @@ class DeadLetterConsumer:
                 await asyncio.wait_for(stop.wait(), self._pause)
             self._pause = min(self._pause * 2, self.retry_max)
             try:
-                await self.store.run(dead_letters.probe_writable)
+                await self.store.write(dead_letters.probe_writable)
             except DatabaseError as exc:
                 logger.warning(
                     "the store is still unavailable, next try in {:.1f} s: {}", self._pause, exc

@@ -39,7 +39,9 @@ class RedriveRunner:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                job = await self.store.run(redrives.claim, self.owner, utcnow() - HEARTBEAT_TIMEOUT)
+                job = await self.store.write(
+                    redrives.claim, self.owner, utcnow() - HEARTBEAT_TIMEOUT
+                )
             except DatabaseError as exc:
                 logger.warning("redrive runner cannot reach the store: {}", exc)
                 job = None
@@ -64,14 +66,14 @@ class RedriveRunner:
             job.rate,
         )
         if job.state == "cancelling":
-            await self.store.run(redrives.stopped, job.id)
+            await self.store.write(redrives.stopped, job.id)
             return
         interval = 1.0 / job.rate
         next_at = time.monotonic()
         while not stop.is_set():
             batch = await self.store.run(redrives.pending, job.id, 50)
             if not batch:
-                await self.store.run(redrives.finish, job.id)
+                await self.store.write(redrives.finish, job.id)
                 logger.bind(redrive_id=job.id).info("redrive {} finished", job.id)
                 return
             for dead_letter_id in batch:
@@ -81,7 +83,7 @@ class RedriveRunner:
                 next_at = max(next_at + interval, time.monotonic() - interval)
                 state = await self._one(job, dead_letter_id)
                 if state == "cancelling":
-                    await self.store.run(redrives.stopped, job.id)
+                    await self.store.write(redrives.stopped, job.id)
                 if state != "running" or stop.is_set():
                     logger.bind(redrive_id=job.id).info("redrive {} stops: {}", job.id, state)
                     return
@@ -108,7 +110,7 @@ class RedriveRunner:
             await asyncio.sleep(1.0)
             return "running"
         except DocprocError as exc:
-            return await self.store.run(
+            return await self.store.write(
                 redrives.record_item,
                 redrive_id=job.id,
                 owner=self.owner,

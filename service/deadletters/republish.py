@@ -122,7 +122,7 @@ async def republish(
     if letter.discarded_at is not None:
         raise Conflict(f"dead letter {dead_letter_id} was discarded")
     await publisher.publish(message_for(letter), routing_key=letter.queue, exchange="")
-    await store.run(_handled, letter, also)
+    await store.write(_handled, letter, also)
     return Republished(
         dead_letter_id=letter.id,
         queue=letter.queue,

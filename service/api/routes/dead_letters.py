@@ -207,7 +207,7 @@ async def list_groups(
     summary="Discard every active dead letter of a group",
 )
 async def discard_group(group: FromPath[str], store: StoreDep) -> Discarded:
-    count = await store.run(dead_letters.discard_matching, Filters(group=group))
+    count = await store.write(dead_letters.discard_matching, Filters(group=group))
     return Discarded(discarded=count)
 
 
@@ -255,7 +255,7 @@ async def republish_one(
     summary="Discard a dead letter",
 )
 async def discard(dead_letter_id: FromPath[str], store: StoreDep) -> None:
-    discarded = await store.run(dead_letters.discard, dead_letter_id)
+    discarded = await store.write(dead_letters.discard, dead_letter_id)
     if not discarded and await store.run(dead_letters.get, dead_letter_id, with_body=False) is None:
         raise NotFound(f"no dead letter {dead_letter_id}")
 
@@ -282,7 +282,7 @@ async def start_redrive(
         since=moment("since", data.since),
         until=moment("until", data.until),
     )
-    job = await store.run(redrives.create, filters, data.rate)
+    job = await store.write(redrives.create, filters, data.rate)
     redrives_runner.wake.set()
     return Response(
         redrive_of(job),
@@ -318,7 +318,7 @@ async def redrive(redrive_id: FromPath[str], store: StoreDep) -> RedriveOut:
     summary="Cancel a redrive; what it did not re-publish yet stays untouched",
 )
 async def cancel_redrive(redrive_id: FromPath[str], store: StoreDep) -> RedriveOut:
-    job = await store.run(redrives.cancel, redrive_id)
+    job = await store.write(redrives.cancel, redrive_id)
     if job is None:
         raise NotFound(f"no redrive {redrive_id}")
     return redrive_of(job)

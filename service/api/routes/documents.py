@@ -96,7 +96,7 @@ async def publish_document_task(
     except BrokerUnavailable as exc:
         logger.warning("document {} accepted but not queued yet: {}", document_id, exc)
         return False
-    await store.run(documents.mark_published, document_id)
+    await store.write(documents.mark_published, document_id)
     return True
 
 
@@ -131,7 +131,7 @@ def upload_handler(settings: Settings) -> Any:
         sha256 = await asyncio.to_thread(_inspect, content, filename)
         document_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
         correlation_id = correlation_id_of(request.scope)
-        await store.run(
+        await store.write(
             accept,
             document_id=document_id,
             task_id=task_id,

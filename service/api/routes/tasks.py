@@ -115,7 +115,7 @@ async def retry_task(
     if dead_letter_id is not None:
         await republish(store, publisher, dead_letter_id)
     elif run.task_name == PROCESS_DOCUMENT and run.document_id is not None:
-        await store.run(
+        await store.write(
             task_runs.record_pending,
             task_id,
             PROCESS_DOCUMENT,
