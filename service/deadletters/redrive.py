@@ -17,9 +17,9 @@ from loguru import logger
 from sqlalchemy import Connection
 
 from service.broker.publisher import Publisher
-from service.deadletters.republish import republish
+from service.deadletters.republish import check, mark_handled, publish
 from service.errors import BrokerUnavailable, DatabaseError, DocprocError
-from service.store import redrives
+from service.store import dead_letters, redrives
 from service.store.database import AsyncStore
 from service.store.redrives import Redrive
 from service.store.schema import utcnow
@@ -27,6 +27,8 @@ from service.store.schema import utcnow
 HEARTBEAT_TIMEOUT = timedelta(seconds=15)
 """A job whose owner has not recorded progress for this long is taken over."""
 IDLE_PAUSE = 0.5
+MAX_IN_FLIGHT = 32
+PENDING_BATCH = 256
 
 
 class RedriveRunner:
@@ -69,53 +71,66 @@ class RedriveRunner:
             await self.store.write(redrives.stopped, job.id)
             return
         interval = 1.0 / job.rate
+        # Confirms kept in flight together: about a tenth of a second's worth of the rate.
+        in_flight = max(1, min(MAX_IN_FLIGHT, int(job.rate / 10)))
         next_at = time.monotonic()
         while not stop.is_set():
-            batch = await self.store.run(redrives.pending, job.id, 50)
+            batch = await self.store.run(redrives.pending, job.id, PENDING_BATCH)
             if not batch:
                 await self.store.write(redrives.finish, job.id)
                 logger.bind(redrive_id=job.id).info("redrive {} finished", job.id)
                 return
-            for dead_letter_id in batch:
+            for first in range(0, len(batch), in_flight):
+                group = batch[first : first + in_flight]
                 delay = next_at - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                next_at = max(next_at + interval, time.monotonic() - interval)
-                state = await self._one(job, dead_letter_id)
+                next_at = max(next_at + interval * len(group), time.monotonic() - interval)
+                state = await self._group(job, group)
                 if state == "cancelling":
                     await self.store.write(redrives.stopped, job.id)
                 if state != "running" or stop.is_set():
                     logger.bind(redrive_id=job.id).info("redrive {} stops: {}", job.id, state)
                     return
 
-    async def _one(self, job: Redrive, dead_letter_id: str) -> str | None:
-        outcome: list[str | None] = []
+    async def _group(self, job: Redrive, ids: list[str]) -> str | None:
+        """Re-publish a few letters at once (their confirms in flight together), then record
+        every outcome in one transaction: what is marked and what is counted never disagree."""
+        letters = await self.store.run(dead_letters.get_many, ids)
+        outcomes: dict[str, str | None] = {}
+        broker_down: BrokerUnavailable | None = None
 
-        def count(connection: Connection) -> None:
-            outcome.append(
-                redrives.record_item(
+        async def one(dead_letter_id: str) -> None:
+            nonlocal broker_down
+            try:
+                letter = check(letters.get(dead_letter_id), dead_letter_id)
+                await publish(self.publisher, letter)
+            except BrokerUnavailable as exc:
+                broker_down = exc  # not the letter's fault: it stays pending
+            except DocprocError as exc:
+                outcomes[dead_letter_id] = str(exc)
+            else:
+                outcomes[dead_letter_id] = None
+
+        await asyncio.gather(*(one(dead_letter_id) for dead_letter_id in ids))
+
+        def record(connection: Connection) -> str | None:
+            state: str | None = "running"
+            for dead_letter_id, error in outcomes.items():
+                if error is None:
+                    mark_handled(connection, letters[dead_letter_id])
+                state = redrives.record_item(
                     connection,
                     redrive_id=job.id,
                     owner=self.owner,
                     dead_letter_id=dead_letter_id,
-                    state="published",
+                    state="published" if error is None else "failed",
+                    error=error,
                 )
-            )
+            return state
 
-        try:
-            await republish(self.store, self.publisher, dead_letter_id, also=count)
-        except BrokerUnavailable as exc:
-            # Not the letter's fault: leave it pending and let the broker come back.
-            logger.warning("redrive {} waits for RabbitMQ: {}", job.id, exc)
+        state = await self.store.write(record) if outcomes else "running"
+        if broker_down is not None:
+            logger.warning("redrive {} waits for RabbitMQ: {}", job.id, broker_down)
             await asyncio.sleep(1.0)
-            return "running"
-        except DocprocError as exc:
-            return await self.store.write(
-                redrives.record_item,
-                redrive_id=job.id,
-                owner=self.owner,
-                dead_letter_id=dead_letter_id,
-                state="failed",
-                error=str(exc),
-            )
-        return outcome[0] if outcome else None
+        return state

@@ -9,7 +9,6 @@ where it died whatever the bindings.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,35 +93,33 @@ def message_for(letter: DeadLetter) -> aio_pika.Message:
     )
 
 
-def _handled(
-    connection: Connection, letter: DeadLetter, also: Callable[[Connection], None] | None
-) -> None:
+def mark_handled(connection: Connection, letter: DeadLetter) -> None:
+    """The letter was re-published: count it, and its task is PENDING again."""
     dead_letters.mark_republished(connection, letter.id)
     if letter.task_id is not None:
         task_runs.record_pending(
             connection, letter.task_id, letter.task_name or "?", queue=letter.queue
         )
-    if also is not None:
-        also(connection)
 
 
-async def republish(
-    store: AsyncStore,
-    publisher: Publisher,
-    dead_letter_id: str,
-    *,
-    also: Callable[[Connection], None] | None = None,
-) -> Republished:
-    """Publish the dead letter to its original queue (confirmed), then mark it re-published —
-    and run `also` in that same transaction (a redrive counts the item there, so that what is
-    marked and what is counted never disagree)."""
-    letter = await store.run(dead_letters.get, dead_letter_id)
+def check(letter: DeadLetter | None, dead_letter_id: str) -> DeadLetter:
     if letter is None:
         raise NotFound(f"no dead letter {dead_letter_id}")
     if letter.discarded_at is not None:
         raise Conflict(f"dead letter {dead_letter_id} was discarded")
+    return letter
+
+
+async def publish(publisher: Publisher, letter: DeadLetter) -> None:
+    """To the queue it died in, through the default exchange, confirmed."""
     await publisher.publish(message_for(letter), routing_key=letter.queue, exchange="")
-    await store.write(_handled, letter, also)
+
+
+async def republish(store: AsyncStore, publisher: Publisher, dead_letter_id: str) -> Republished:
+    """Publish the dead letter to its original queue (confirmed), then mark it re-published."""
+    letter = check(await store.run(dead_letters.get, dead_letter_id), dead_letter_id)
+    await publish(publisher, letter)
+    await store.write(mark_handled, letter)
     return Republished(
         dead_letter_id=letter.id,
         queue=letter.queue,
