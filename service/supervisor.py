@@ -108,7 +108,9 @@ class Supervisor:
     async def _wait_ready(self, started: float) -> None:
         deadline = started + READY_TIMEOUT
         while not self.stopping.is_set():
-            self._check_children()
+            await self._restart_dead()
+            if self.stopping.is_set():
+                return
             missing = await self._not_ready()
             if not missing:
                 elapsed = time.monotonic() - started
@@ -158,23 +160,27 @@ class Supervisor:
 
     async def _supervise(self) -> None:
         while not self.stopping.is_set():
-            for child in self._check_children():
-                assert child.process is not None
-                pause = min(2 ** (len(child.deaths) - 1), 30)
-                logger.bind(child=child.name, exit_status=child.process.returncode).warning(
-                    "{} exited with status {}; restarting it in {} s",
-                    child.name,
-                    child.process.returncode,
-                    pause,
-                )
-                child.process = None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), pause)
-                if self.stopping.is_set():
-                    return
-                await child.start()
+            await self._restart_dead()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 0.25)
+
+    async def _restart_dead(self) -> None:
+        """Restart each child that died, after a pause that doubles with its recent deaths."""
+        for child in self._check_children():
+            assert child.process is not None
+            pause = min(2 ** (len(child.deaths) - 1), 30)
+            logger.bind(child=child.name, exit_status=child.process.returncode).warning(
+                "{} exited with status {}; restarting it in {} s",
+                child.name,
+                child.process.returncode,
+                pause,
+            )
+            child.process = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), pause)
+            if self.stopping.is_set():
+                return
+            await child.start()
 
     async def _stop_all(self) -> None:
         _say("docproc up: stopping (API, beat, worker, DLQ consumer, in that order)")

@@ -328,3 +328,16 @@ async def start_dlq(vhost: Vhost, log: Path, **env: str) -> Process:
         consumer.stop()
         raise AssertionError(f"{exc}\n{consumer.tail()}") from None
     return consumer
+
+
+def rabbitmqctl_on(rabbitmq: RabbitMQ) -> Callable[..., None]:
+    """`rabbitmqctl` for the test broker, which must run on this machine (fail in CI if not)."""
+    import shutil
+
+    if shutil.which("rabbitmqctl") is None or rabbitmq.host not in ("127.0.0.1", "localhost"):
+        missing("this test drives the broker with rabbitmqctl, on the broker's own machine")
+
+    def run(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+    return run

@@ -1,9 +1,10 @@
 """The DLQ consumer: drains `docproc.dead_letter` into the store, acking only what is committed.
 
-Messages are stored in small batches (one transaction each) for throughput, and acked one by one
-after the commit. When the store fails, the channel is closed so that every unacked message goes
-back to the queue, and consuming resumes on its own once the store answers again — no crash loop,
-no loss. The connection is robust: a broker restart is survived the same way.
+Messages are stored in batches (one transaction each) for throughput, and acked with one ack
+per batch after the commit. When the store fails, the channel is closed so that every unacked
+message goes back to the queue, and consuming resumes on its own once the store answers again —
+no crash loop, no loss. A lost broker is reconnected to with growing pauses, so a broker
+restart is survived the same way.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+import aiormq
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from loguru import logger
 from sqlalchemy import Connection
 
+from service.broker.declarer import connect
 from service.deadletters.parsing import RawMessage, read
-from service.errors import DatabaseError
+from service.errors import BrokerUnavailable, DatabaseError
 from service.logs import correlated
 from service.settings import Settings
 from service.store import dead_letters
@@ -82,54 +85,76 @@ class DeadLetterConsumer:
         self.connected = asyncio.Event()
         self._pause = 0.5
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._lost = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set, then finish the batch in hand and return."""
-        connection = await aio_pika.connect_robust(self.settings.broker_url)
-        try:
-            while not stop.is_set():
-                await self._consume(connection, stop)
-                if not stop.is_set():
-                    await self._wait_for_store(stop)
-        finally:
-            await connection.close()
+        """Consume until `stop` is set, then finish the batch in hand and return.
 
-    async def _consume(self, connection: AbstractRobustConnection, stop: asyncio.Event) -> None:
-        """Consume until stopped or until the store fails; the channel's unacked messages are
-        returned to the queue when it closes."""
+        The connection is re-made here rather than left to aio-pika's robust connection: its
+        restore of a channel's consumer failed after a broker restart in our tests (the
+        channel's close callback raised), leaving a consumer that waited forever.
+        """
+        pause = 1.0
+        while not stop.is_set():
+            try:
+                connection = await connect(self.settings)
+            except BrokerUnavailable as exc:
+                logger.warning("{}; next try in {:.0f} s", exc, pause)
+                await _until(asyncio.sleep(pause), stop)
+                pause = min(pause * 2, self.retry_max)
+                continue
+            pause = 1.0
+            try:
+                while not stop.is_set():
+                    if not await self._consume(connection, stop) and not stop.is_set():
+                        await self._wait_for_store(stop)
+            except BROKER_ERRORS as exc:
+                # What was delivered on the lost channel is back in the queue (unacked); a
+                # record already committed is found again by its key when redelivered.
+                logger.warning("lost the broker ({!r}); reconnecting", exc)
+            finally:
+                with contextlib.suppress(*BROKER_ERRORS):
+                    await connection.close()
+
+    async def _consume(self, connection: AbstractConnection, stop: asyncio.Event) -> bool:
+        """Consume until stopped (True) or until the store fails (False); the channel's unacked
+        messages go back to the queue when it closes. Broker errors propagate."""
         channel = await connection.channel()
+        lost = asyncio.Event()
+        channel.close_callbacks.add(lambda *_: lost.set())
+        self._lost = lost
+        self._inbox = asyncio.Queue()
         try:
             await channel.set_qos(prefetch_count=self.batch_size * 2)
             queue = await channel.get_queue(DEAD_LETTER_QUEUE, ensure=False)
-            self._inbox = asyncio.Queue()
-            tag = await queue.consume(self._inbox.put)
+            await queue.consume(self._inbox.put)
             self.connected.set()
             logger.info("consuming {}", DEAD_LETTER_QUEUE)
-            try:
-                while not stop.is_set():
-                    batch = await self._next_batch(stop)
-                    if batch and not await self._store(batch):
-                        return
-            finally:
-                self.connected.clear()
-                if not channel.is_closed:
-                    await queue.cancel(tag)
-                # Messages delivered but not yet taken into a batch go back to the queue.
-                while not self._inbox.empty():
-                    await self._inbox.get_nowait().nack(requeue=True)
+            while not stop.is_set():
+                batch = await self._next_batch(stop)
+                if batch and not await self._store(batch):
+                    return False
+            return True
         finally:
-            if not channel.is_closed:
+            self.connected.clear()
+            # Closing the channel hands back what it holds unacked, batched or not.
+            self._inbox = asyncio.Queue()
+            with contextlib.suppress(*BROKER_ERRORS):
                 await channel.close()
 
     async def _next_batch(self, stop: asyncio.Event) -> list[AbstractIncomingMessage]:
         stopping = asyncio.ensure_future(stop.wait())
+        losing = asyncio.ensure_future(self._lost.wait())
         first = asyncio.ensure_future(self._inbox.get())
         try:
-            await asyncio.wait({stopping, first}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({stopping, losing, first}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
+            losing.cancel()
         if not first.done():
             first.cancel()
+            if self._lost.is_set():
+                raise ConnectionError("the channel to RabbitMQ closed")
             return []
         batch = [first.result()]
         deadline = time.monotonic() + self.batch_wait
@@ -152,9 +177,8 @@ class DeadLetterConsumer:
         try:
             results = await self.store.write(store_batch, raws)
         except DatabaseError as exc:
+            # Closing the channel (the caller does) hands the batch back to the queue.
             logger.warning("the store failed, handing {} dead letters back: {}", len(batch), exc)
-            for message in batch:
-                await message.nack(requeue=True)
             return False
         # The batch is the oldest unacked deliveries of this channel, in order: one ack covers it.
         await batch[-1].ack(multiple=True)
@@ -181,6 +205,24 @@ class DeadLetterConsumer:
             else:
                 logger.info("the store takes writes again; resuming")
                 return
+
+
+BROKER_ERRORS = (
+    aiormq.exceptions.AMQPError,
+    aio_pika.exceptions.AMQPException,
+    ConnectionError,
+    asyncio.TimeoutError,
+)
+
+
+async def _until(event_wait: Awaitable[object], stop: asyncio.Event) -> None:
+    """Wait for `event_wait`, or for `stop`, whichever comes first."""
+    waits = [asyncio.ensure_future(event_wait), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
 
 
 def _correlation(raw: RawMessage) -> str | None:

@@ -190,3 +190,29 @@ def test_up_without_a_broker_says_how_to_start_one_and_exits(tmp_path: Path) -> 
     assert "RabbitMQ is not reachable" in line
     assert "infra/rabbitmq/local.sh" in line
     assert "docker compose" in line
+
+
+async def test_a_child_that_keeps_dying_stops_up_with_a_message_naming_it(
+    fresh_vhost: Vhost, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:  # the API's port, held: the API dies at every start
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = fresh_vhost.env(DOCPROC_API_PORT=str(port), PYTHONPATH=str(ROOT))
+
+        done = await asyncio.to_thread(
+            subprocess.run,
+            docproc_command("up"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            check=False,
+        )
+
+    assert done.returncode == 1
+    assert "restarting it in 1 s" in done.stdout
+    assert "docproc up: the api process keeps dying" in done.stderr
+    assert "Traceback" not in done.stderr

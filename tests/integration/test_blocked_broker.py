@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +23,13 @@ from service.store.migrations import upgrade
 from service.tasks import PUBLISH_UNPUBLISHED
 from service.worker.app import create_celery
 from tests.support import (
-    IN_CI,
     Process,
     RabbitMQ,
     Vhost,
     create_vhost,
     delete_vhost,
     eventually,
+    rabbitmqctl_on,
     run_docproc,
     start_worker,
 )
@@ -41,21 +39,13 @@ pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
 DOCUMENTS = 5
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture
-def memory_alarm(rabbitmq: RabbitMQ) -> Iterator[None]:
+def memory_alarm(rabbitmq: RabbitMQ) -> Iterator[Callable[..., None]]:
     """Blocks every publisher of the local node; always cleared afterwards."""
-    if shutil.which("rabbitmqctl") is None or rabbitmq.host not in ("127.0.0.1", "localhost"):
-        reason = "blocking the broker needs rabbitmqctl on the broker's own machine"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
+    rabbitmqctl = rabbitmqctl_on(rabbitmq)
     rabbitmqctl("set_vm_memory_high_watermark", "0")
     try:
-        yield
+        yield rabbitmqctl
     finally:
         rabbitmqctl("set_vm_memory_high_watermark", "0.4")
 
@@ -83,7 +73,7 @@ async def test_a_blocked_broker_loses_nothing_and_processes_nothing_twice(
     accepted: list[str] = []
     try:
         async with AsyncTestClient(create_app(settings)) as api:
-            request.getfixturevalue("memory_alarm")
+            rabbitmqctl = request.getfixturevalue("memory_alarm")
 
             started = time.monotonic()
             health = await api.get("/health")

@@ -29,6 +29,7 @@ from tests.support import (
     delete_vhost,
     docproc_command,
     eventually,
+    rabbitmqctl_on,
     run_docproc,
     start_dlq,
 )
@@ -266,3 +267,24 @@ async def test_while_the_store_is_down_nothing_is_lost_and_it_resumes_on_its_own
         with psycopg.connect(admin, autocommit=True) as connection:
             connection.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_a_broker_restart_is_survived_and_consuming_resumes_on_its_own(
+    dlq_vhost: Vhost, tmp_path: Path, rabbitmq: RabbitMQ
+) -> None:
+    rabbitmqctl = rabbitmqctl_on(rabbitmq)
+    url = f"sqlite:///{tmp_path / 'docproc.db'}"
+    consumer = await start_dlq(dlq_vhost, tmp_path / "dlq.log", DOCPROC_DATABASE_URL=url)
+    try:
+        await asyncio.to_thread(rabbitmqctl, "stop_app")
+        await asyncio.to_thread(rabbitmqctl, "start_app")
+        await asyncio.to_thread(rabbitmqctl, "await_startup")
+
+        await kill_messages(dlq_vhost)
+        await wait_for_records(url, 4 * PER_ORIGIN, timeout=90)
+
+        assert consumer.alive(), "a broker restart is no reason to exit"
+        assert "lost the broker" in consumer.output()
+    finally:
+        assert consumer.stop() == 0, consumer.tail()
+    assert stored(url) == EXPECTED

@@ -232,3 +232,31 @@ async def test_three_hundred_failures_from_three_causes_form_three_groups(
         ("DocumentNotFound", 100),
         ("UnsupportedType", 100),
     ]
+
+
+async def test_an_api_restart_neither_loses_nor_doubles_a_redrive(deployment: Deployment) -> None:
+    seeded = seed(deployment, 150)
+    settings = deployment.vhost.settings()
+    async with AsyncTestClient(create_app(settings)) as before:
+        group = (await before.get(f"/dead-letters/{seeded[0]}")).json()["group"]
+        job = (await before.post("/dead-letters/redrive", json={"group": group, "rate": 50})).json()
+
+        async def underway() -> bool | None:
+            state = (await before.get(f"/dead-letters/redrives/{job['id']}")).json()
+            return True if state["published"] >= 30 else None
+
+        await eventually(underway, 10, "the redrive to be under way")
+    # The API is gone, mid-redrive; a new one takes the job over where it stood.
+    async with AsyncTestClient(create_app(settings)) as after:
+        stopped_at = (await after.get(f"/dead-letters/redrives/{job['id']}")).json()["published"]
+
+        async def finished() -> dict[str, Any] | None:
+            state = (await after.get(f"/dead-letters/redrives/{job['id']}")).json()
+            return state if state["state"] == "finished" else None
+
+        final = await eventually(finished, 30, "the redrive to finish after the restart")
+        letters = [(await after.get(f"/dead-letters/{i}")).json() for i in seeded]
+
+    assert 30 <= stopped_at < 150
+    assert (final["published"], final["failed"]) == (150, 0)
+    assert [letter["republish_count"] for letter in letters] == [1] * 150, "none lost, none twice"

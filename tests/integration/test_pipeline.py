@@ -139,11 +139,12 @@ async def test_a_worker_process_killed_mid_document_leaves_exactly_one_set_of_ch
     big = corpus.pdf_sample(pages=150)
     document_id, task_id = deployment.submit(big.data, "big.pdf")
 
-    async def extracting() -> bool | None:
+    async def processing() -> bool | None:
+        # Its first step is recorded as it begins; a 150-page PDF then takes seconds to extract.
         run = deployment.store.run(task_runs.get, task_id)
-        return True if run is not None and run.step == "extract" else None
+        return True if run is not None and run.state == "PROCESSING" else None
 
-    await eventually(extracting, 30, "the extraction to start", interval=0.02)
+    await eventually(processing, 30, "the processing to start", interval=0.02)
     for pid in deployment.worker.children():
         os.kill(pid, signal.SIGKILL)
 

@@ -90,3 +90,21 @@ def test_counts_by_reason_and_queue_leave_out_discarded_letters(store: Store) ->
     store.run(dead_letters.discard, ids[0])
 
     assert store.run(dead_letters.counts) == [("rejected", "document_processing", 2)]
+
+
+def test_a_redrive_belongs_to_one_runner_until_its_heartbeat_stops(store: Store) -> None:
+    from service.store import redrives
+
+    store.run(store_batch, [message(n, datetime.now(UTC)) for n in range(3)])
+    job = store.run(redrives.create, Filters(), 10.0)
+    now = datetime.now(UTC)
+
+    mine = store.run(redrives.claim, "api-1", now - timedelta(seconds=15))
+    theirs = store.run(redrives.claim, "api-2", now - timedelta(seconds=15))
+    taken_over = store.run(redrives.claim, "api-2", now + timedelta(seconds=1))
+
+    assert mine is not None
+    assert mine.id == job.id
+    assert theirs is None, "a live owner keeps its job"
+    assert taken_over is not None
+    assert taken_over.owner == "api-2", "a silent owner's job is taken over"
