@@ -143,11 +143,14 @@ def seed(deployment: Deployment, count: int, queue: str = "celery") -> list[str]
 async def test_redriving_500_at_100_per_second_takes_about_5_s_with_progress(
     deployment: Deployment, api: Client
 ) -> None:
+    since = datetime.now(UTC).isoformat()  # this test's letters only
     seeded = seed(deployment, 500)
     group = (await api.get(f"/dead-letters/{seeded[0]}")).json()["group"]
     started = time.monotonic()
 
-    job = (await api.post("/dead-letters/redrive", json={"group": group, "rate": 100})).json()
+    job = (
+        await api.post("/dead-letters/redrive", json={"group": group, "since": since, "rate": 100})
+    ).json()
     progress: list[int] = []
 
     async def finished() -> dict[str, Any] | None:
@@ -170,9 +173,12 @@ async def test_redriving_500_at_100_per_second_takes_about_5_s_with_progress(
 async def test_a_cancelled_redrive_leaves_the_rest_untouched(
     deployment: Deployment, api: Client
 ) -> None:
+    since = datetime.now(UTC).isoformat()  # this test's letters only
     seeded = seed(deployment, 500)
     group = (await api.get(f"/dead-letters/{seeded[0]}")).json()["group"]
-    job = (await api.post("/dead-letters/redrive", json={"group": group, "rate": 100})).json()
+    job = (
+        await api.post("/dead-letters/redrive", json={"group": group, "since": since, "rate": 100})
+    ).json()
 
     async def underway() -> bool | None:
         state = (await api.get(f"/dead-letters/redrives/{job['id']}")).json()
@@ -186,7 +192,9 @@ async def test_a_cancelled_redrive_leaves_the_rest_untouched(
         return state if state["state"] == "cancelled" else None
 
     final = await eventually(stopped, 5, "the runner to stop the redrive")
-    active = (await api.get("/dead-letters", params={"group": group, "limit": 500})).json()["items"]
+    active = (
+        await api.get("/dead-letters", params={"group": group, "since": since, "limit": 500})
+    ).json()["items"]
 
     assert cancelled["state"] in ("cancelling", "cancelled")
     assert 100 <= final["published"] < 500
@@ -235,11 +243,16 @@ async def test_three_hundred_failures_from_three_causes_form_three_groups(
 
 
 async def test_an_api_restart_neither_loses_nor_doubles_a_redrive(deployment: Deployment) -> None:
+    since = datetime.now(UTC).isoformat()  # this test's letters only
     seeded = seed(deployment, 150)
     settings = deployment.vhost.settings()
     async with AsyncTestClient(create_app(settings)) as before:
         group = (await before.get(f"/dead-letters/{seeded[0]}")).json()["group"]
-        job = (await before.post("/dead-letters/redrive", json={"group": group, "rate": 50})).json()
+        job = (
+            await before.post(
+                "/dead-letters/redrive", json={"group": group, "since": since, "rate": 50}
+            )
+        ).json()
 
         async def underway() -> bool | None:
             state = (await before.get(f"/dead-letters/redrives/{job['id']}")).json()
