@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -70,7 +69,6 @@ class _JsonSink:
     def __init__(self, stream: IO[str], component: str) -> None:
         self._stream = stream
         self._component = component
-        self._pid = os.getpid()
 
     def __call__(self, message: Message) -> None:
         record = message.record

@@ -14,7 +14,6 @@ TASK_ID = "3f0c9a4e-6a57-4c1e-9d1e-2c2b6f1f7a10"
 DOCUMENT_ID = "b1f4c2de-0d4a-4b8e-8f5e-5a9e3c7d2b11"
 DEAD_LETTER_ID = "9d2e1f30-7b6c-4a5d-8e9f-0a1b2c3d4e5f"
 
-Limit = Annotated[int, msgspec.Meta(ge=1, le=500)]
 Rate = Annotated[
     float,
     msgspec.Meta(gt=0, le=1000, description="messages per second", examples=[100.0]),

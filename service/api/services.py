@@ -30,10 +30,6 @@ def _services(state: State) -> Services:
     return services
 
 
-async def provide_settings(state: State) -> Settings:
-    return _services(state).settings
-
-
 async def provide_store(state: State) -> AsyncStore:
     return _services(state).store
 
@@ -51,7 +47,6 @@ async def provide_redrives(state: State) -> RedriveRunner:
 
 
 PROVIDERS: dict[str, Any] = {
-    "settings": provide_settings,
     "store": provide_store,
     "publisher": provide_publisher,
     "management": provide_management,
@@ -63,4 +58,3 @@ StoreDep = NamedDependency[AsyncStore]
 PublisherDep = NamedDependency[Publisher]
 ManagementDep = NamedDependency[Management]
 RedrivesDep = NamedDependency[RedriveRunner]
-SettingsDep = NamedDependency[Settings]

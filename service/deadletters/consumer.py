@@ -82,7 +82,6 @@ class DeadLetterConsumer:
         self.batch_wait = batch_wait
         self.retry_max = retry_max
         self.stored = 0
-        self.connected = asyncio.Event()
         self._pause = 0.5
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._lost = asyncio.Event()
@@ -128,7 +127,6 @@ class DeadLetterConsumer:
             await channel.set_qos(prefetch_count=self.batch_size * 2)
             queue = await channel.get_queue(DEAD_LETTER_QUEUE, ensure=False)
             await queue.consume(self._inbox.put)
-            self.connected.set()
             logger.info("consuming {}", DEAD_LETTER_QUEUE)
             while not stop.is_set():
                 batch = await self._next_batch(stop)
@@ -136,7 +134,6 @@ class DeadLetterConsumer:
                     return False
             return True
         finally:
-            self.connected.clear()
             # Closing the channel hands back what it holds unacked, batched or not.
             self._inbox = asyncio.Queue()
             with contextlib.suppress(*BROKER_ERRORS):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from service.store.database import upsert
 from service.store.schema import chunks, document_texts, documents, utcnow
@@ -182,7 +182,7 @@ def store_extraction(connection: Connection, document_id: str, extraction: Extra
 
 
 def chunk_count(connection: Connection, document_id: str) -> int:
-    rows = connection.execute(
-        select(chunks.c.position).where(chunks.c.document_id == document_id)
-    ).all()
-    return len(rows)
+    counted: int = connection.execute(
+        select(func.count()).select_from(chunks).where(chunks.c.document_id == document_id)
+    ).scalar_one()
+    return counted

@@ -27,7 +27,6 @@ STATES: tuple[TaskState, ...] = (
     "REVOKED",
     "DEAD",
 )
-FINISHED: frozenset[TaskState] = frozenset({"SUCCESS", "FAILURE", "REVOKED", "DEAD"})
 
 
 class RetryRecord(msgspec.Struct, frozen=True, kw_only=True):

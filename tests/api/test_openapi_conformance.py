@@ -4,7 +4,6 @@ broker and store: no 5xx, and no response that breaks the document."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,15 +21,9 @@ from schemathesis.checks import (
 )
 
 from service.store.migrations import upgrade
-from tests.support import Process, Vhost, docproc_command, eventually
+from tests.support import Process, Vhost, docproc_command, eventually, free_port
 
 pytestmark = pytest.mark.rabbitmq
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -40,7 +33,7 @@ async def api_schema(
     directory = Path(tmp_path_factory.mktemp("fuzz"))
     url = f"sqlite:///{directory / 'docproc.db'}"
     upgrade(url)
-    port = _free_port()
+    port = free_port()
     server = Process(
         docproc_command("serve", "api"),
         api_vhost.env(

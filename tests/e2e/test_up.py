@@ -26,15 +26,10 @@ from tests.support import (
     delete_vhost,
     docproc_command,
     eventually,
+    free_port,
 )
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def descendants(pid: int) -> set[int]:

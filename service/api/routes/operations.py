@@ -15,7 +15,7 @@ from sqlalchemy import Connection, text
 from service.api.models import Health, Readiness
 from service.api.problems import problem
 from service.api.responses import errors
-from service.api.routes.tasks import _figures, queue_stats
+from service.api.routes.tasks import figures, queue_stats
 from service.api.services import ManagementDep, PublisherDep, StoreDep
 from service.errors import DatabaseError
 
@@ -93,7 +93,7 @@ REGISTRY.register(DOMAIN)
 )
 async def metrics(store: StoreDep, management: ManagementDep) -> Response[bytes]:
     try:
-        states, dead, _, _ = await store.run(_figures)
+        states, dead, _, _ = await store.run(figures)
         DOMAIN.tasks, DOMAIN.dead = states, dead
     except DatabaseError:
         DOMAIN.tasks, DOMAIN.dead = {}, []

@@ -135,7 +135,8 @@ async def retry_task(
     )
 
 
-def _figures(connection: Connection) -> tuple[dict[str, int], Any, dict[str, int], dict[str, int]]:
+def figures(connection: Connection) -> tuple[dict[str, int], Any, dict[str, int], dict[str, int]]:
+    """What /tasks/stats and /metrics report from the store, in one transaction."""
     now = utcnow()
     return (
         task_runs.count_by_state(connection),
@@ -177,7 +178,7 @@ async def queue_stats(management: Management) -> tuple[list[QueueStats], list[st
     summary="Counts per state, queue depths and consumers, dead letters, recent throughput",
 )
 async def stats(store: StoreDep, management: ManagementDep) -> Stats:
-    states, dead, minute, hour = await store.run(_figures)
+    states, dead, minute, hour = await store.run(figures)
     queues, warnings = await queue_stats(management)
     by_reason: dict[str, int] = {}
     by_queue: dict[str, int] = {}
