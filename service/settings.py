@@ -38,6 +38,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     dead_letter_retention: PositiveFloat = 14 * 24 * 3600.0
     handled_dead_letter_retention: PositiveFloat = 3 * 24 * 3600.0
     api_workers: PositiveInt = 1
+    restart_delay: PositiveFloat = 1.0
     chunk_size: Annotated[int, msgspec.Meta(ge=100)] = 1000
     chunk_overlap: NonNegativeInt = 150
     log_level: LogLevel = "INFO"
@@ -118,6 +119,7 @@ ENVIRONMENT: dict[str, str] = {
     "dead_letter_retention": "DOCPROC_DEAD_LETTER_RETENTION",
     "handled_dead_letter_retention": "DOCPROC_HANDLED_DEAD_LETTER_RETENTION",
     "api_workers": "DOCPROC_API_WORKERS",
+    "restart_delay": "DOCPROC_RESTART_DELAY",
     "chunk_size": "DOCPROC_CHUNK_SIZE",
     "chunk_overlap": "DOCPROC_CHUNK_OVERLAP",
     "log_level": "CELERY_LOG_LEVEL",
@@ -129,7 +131,7 @@ ENVIRONMENT: dict[str, str] = {
     "time_limit": "CELERY_TIME_LIMIT",
     "result_expires": "CELERY_RESULT_EXPIRES",
 }
-"""Which environment variable sets which field (DESIGN.md, "Configuration")."""
+"""Which environment variable sets which field (README.md, "Configuration")."""
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

@@ -32,6 +32,7 @@ READY_TIMEOUT = 60.0
 MAX_RESTARTS = 5
 """Deaths within RESTART_WINDOW after which `up` gives up on a child."""
 RESTART_WINDOW = 60.0
+LONGEST_RESTART_PAUSE = 30.0
 
 
 def _die_with_parent() -> None:
@@ -168,9 +169,11 @@ class Supervisor:
         """Restart each child that died, after a pause that doubles with its recent deaths."""
         for child in self._check_children():
             assert child.process is not None
-            pause = min(2 ** (len(child.deaths) - 1), 30)
+            pause = min(
+                self.settings.restart_delay * 2 ** (len(child.deaths) - 1), LONGEST_RESTART_PAUSE
+            )
             logger.bind(child=child.name, exit_status=child.process.returncode).warning(
-                "{} exited with status {}; restarting it in {} s",
+                "{} exited with status {}; restarting it in {:g} s",
                 child.name,
                 child.process.returncode,
                 pause,

@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
+from importlib.metadata import version
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,6 +25,12 @@ from tests.support import (
     missing,
     port_open,
 )
+
+
+def pytest_report_header() -> str:
+    """The versions a run proved: the lock's, or the newest under `tox -e upgrade`."""
+    names = ("celery", "kombu", "aio-pika", "litestar", "msgspec", "sqlalchemy", "pypdf")
+    return "docproc dependencies: " + ", ".join(f"{name} {version(name)}" for name in names)
 
 
 def _docker_answers() -> bool:

@@ -337,14 +337,55 @@ async def start_dlq(vhost: Vhost, log: Path, **env: str) -> Process:
     return consumer
 
 
-def rabbitmqctl_on(rabbitmq: RabbitMQ) -> Callable[..., None]:
+@dataclass
+class Api:
+    """A real `docproc serve api` process and where it answers."""
+
+    process: Process
+    url: str
+
+    def stop(self) -> int:
+        return self.process.stop()
+
+
+async def start_api(vhost: Vhost, log: Path, **env: str) -> Api:
+    """An API process on `vhost` and a free port, returned once /ready answers 200."""
+    import httpx
+
+    port = free_port()
+    process = Process(
+        docproc_command("serve", "api"), vhost.env(DOCPROC_API_PORT=str(port), **env), log
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    async def ready() -> bool | None:
+        if not process.alive():
+            raise AssertionError(f"the API exited early:\n{process.tail()}")
+        try:
+            async with httpx.AsyncClient(timeout=2) as http:
+                return True if (await http.get(f"{url}/ready")).status_code == 200 else None
+        except httpx.HTTPError:
+            return None
+
+    try:
+        await eventually(ready, 60, "the API to be ready", interval=0.25)
+    except AssertionError as exc:
+        process.stop()
+        raise AssertionError(f"{exc}\n{process.tail()}") from None
+    return Api(process, url)
+
+
+def rabbitmqctl_on(rabbitmq: RabbitMQ) -> Callable[..., str]:
     """`rabbitmqctl` for the test broker, which must run on this machine (fail in CI if not)."""
     import shutil
 
     if shutil.which("rabbitmqctl") is None or rabbitmq.host not in ("127.0.0.1", "localhost"):
         missing("this test drives the broker with rabbitmqctl, on the broker's own machine")
 
-    def run(*args: str) -> None:
-        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=120
+        )
+        return done.stdout.strip()
 
     return run

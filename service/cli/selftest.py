@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import click
+import httpx
 
 from service.cli.client import api_option, table
 from service.cli.environment import load_settings
+from service.errors import BrokerUnavailable
 
 
 @click.command()
@@ -19,7 +21,8 @@ from service.cli.environment import load_settings
 def selftest(crash: bool, timeout: float, api_url: str, api_key: str | None) -> None:
     """Run canary tasks through the live deployment and check every path ends as it should.
 
-    Exit status 0 only when every path behaved. Cleans up the dead letters it makes.
+    Exit status 0 only when every path behaved and the clean-up worked. Whatever happens,
+    Ctrl-C included, it discards the dead letters its canaries made and stops its crash canary.
 
     \b
     Examples:
@@ -29,7 +32,16 @@ def selftest(crash: bool, timeout: float, api_url: str, api_key: str | None) -> 
     from service.selftest import run
 
     settings = load_settings()
-    outcomes = asyncio.run(run(settings, api_url, api_key, crash=crash, timeout=timeout))
+    try:
+        outcomes = asyncio.run(run(settings, api_url, api_key, crash=crash, timeout=timeout))
+    except KeyboardInterrupt:
+        click.echo("docproc: selftest interrupted; its canaries were cleaned up", err=True)
+        raise SystemExit(130) from None
+    except httpx.TransportError as exc:
+        raise BrokerUnavailable(
+            f"the docproc API at {api_url} does not answer ({exc.__class__.__name__}); "
+            "start it with `docproc up`, or pass --api"
+        ) from None
     click.echo(
         table(
             [

@@ -11,7 +11,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Table
+import msgspec
+from sqlalchemy import Connection, Row, Table
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,6 +23,7 @@ from service.store.migrations import upgrade
 
 P = ParamSpec("P")
 R = TypeVar("R")
+S = TypeVar("S", bound=msgspec.Struct)
 
 Operation = Callable[Concatenate[Connection, P], R]
 
@@ -94,3 +96,12 @@ def upsert(
     insert = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
     statement = insert(table).values(**values)
     connection.execute(statement.on_conflict_do_update(index_elements=list(key), set_=update))
+
+
+def as_struct(row: Row[Any], struct: type[S], *, strict: bool = True) -> S:
+    """A row as a struct, field by column name; a field the select left out takes its default.
+
+    Converted from the row's mapping, not its attributes: msgspec 0.23 no longer falls back to a
+    field's default when attribute lookup on a `Row` misses (it raises TypeError).
+    """
+    return msgspec.convert(row._mapping, struct, strict=strict)

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Select, and_, delete, func, insert, or_, sele
 
 from service.deadletters.fingerprint import fingerprint
 from service.store import task_runs as runs
+from service.store.database import as_struct
 from service.store.schema import dead_letters, task_runs, utcnow
 
 Status = Literal["active", "republished", "discarded", "all"]
@@ -233,13 +234,13 @@ def get(
 ) -> DeadLetter | None:
     columns = list(dead_letters.c) if with_body else _SUMMARY
     row = connection.execute(select(*columns).where(dead_letters.c.id == dead_letter_id)).first()
-    return None if row is None else msgspec.convert(row, DeadLetter, from_attributes=True)
+    return None if row is None else as_struct(row, DeadLetter)
 
 
 def get_many(connection: Connection, ids: Sequence[str]) -> dict[str, DeadLetter]:
     """Several dead letters, bodies included, by id (missing ones are simply absent)."""
     rows = connection.execute(select(dead_letters).where(dead_letters.c.id.in_(list(ids)))).all()
-    letters = (msgspec.convert(row, DeadLetter, from_attributes=True) for row in rows)
+    letters = (as_struct(row, DeadLetter) for row in rows)
     return {letter.id: letter for letter in letters}
 
 
@@ -268,7 +269,7 @@ def page(
         )
     statement = statement.order_by(dead_letters.c.dead_at.desc(), dead_letters.c.id.desc())
     rows = connection.execute(statement.limit(limit + 1)).all()
-    items = [msgspec.convert(row, DeadLetter, from_attributes=True) for row in rows[:limit]]
+    items = [as_struct(row, DeadLetter) for row in rows[:limit]]
     return Page(items=items, next_cursor=_cursor(items[-1]) if len(rows) > limit else None)
 
 

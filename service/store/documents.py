@@ -9,7 +9,7 @@ from datetime import datetime
 import msgspec
 from sqlalchemy import Connection, delete, func, insert, select, update
 
-from service.store.database import upsert
+from service.store.database import as_struct, upsert
 from service.store.schema import chunks, document_texts, documents, utcnow
 
 
@@ -109,12 +109,12 @@ def unpublished(connection: Connection, accepted_before: datetime, limit: int) -
         .order_by(documents.c.created_at)
         .limit(limit)
     ).all()
-    return [msgspec.convert(row, Document, from_attributes=True) for row in rows]
+    return [as_struct(row, Document) for row in rows]
 
 
 def get(connection: Connection, document_id: str) -> Document | None:
     row = connection.execute(select(*_METADATA).where(documents.c.id == document_id)).first()
-    return None if row is None else msgspec.convert(row, Document, from_attributes=True)
+    return None if row is None else as_struct(row, Document)
 
 
 def get_upload(connection: Connection, document_id: str) -> Upload | None:

@@ -15,6 +15,7 @@ import msgspec
 from sqlalchemy import Connection, func, insert, or_, select, update
 
 from service.store import dead_letters
+from service.store.database import as_struct
 from service.store.dead_letters import Filters
 from service.store.schema import redrive_items, redrives, utcnow
 
@@ -71,14 +72,14 @@ def create(connection: Connection, filters: Filters, rate: float) -> Redrive:
 
 def get(connection: Connection, redrive_id: str) -> Redrive | None:
     row = connection.execute(select(redrives).where(redrives.c.id == redrive_id)).first()
-    return None if row is None else msgspec.convert(row, Redrive, from_attributes=True)
+    return None if row is None else as_struct(row, Redrive)
 
 
 def listing(connection: Connection, limit: int = 50) -> list[Redrive]:
     rows = connection.execute(
         select(redrives).order_by(redrives.c.created_at.desc()).limit(limit)
     ).all()
-    return [msgspec.convert(row, Redrive, from_attributes=True) for row in rows]
+    return [as_struct(row, Redrive) for row in rows]
 
 
 def claim(connection: Connection, owner: str, stale_before: datetime) -> Redrive | None:

@@ -9,6 +9,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.errors import SearchError
+from service.store.database import as_struct
 
 
 class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,4 +74,4 @@ def search(connection: Connection, query: str, limit: int = 10) -> list[SearchHi
         ).all()
     except SQLAlchemyError as exc:
         raise SearchError(f"search failed: {exc}") from exc
-    return [msgspec.convert(row, SearchHit, from_attributes=True) for row in rows]
+    return [as_struct(row, SearchHit) for row in rows]

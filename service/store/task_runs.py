@@ -11,7 +11,7 @@ from sqlalchemy import Connection, case, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from service.store.database import upsert
+from service.store.database import as_struct, upsert
 from service.store.schema import dead_letters, task_runs, utcnow
 
 TaskState = Literal[
@@ -260,7 +260,7 @@ def get(connection: Connection, task_id: str) -> TaskRun | None:
     row = connection.execute(select(task_runs).where(task_runs.c.task_id == task_id)).first()
     if row is None:
         return None
-    return msgspec.convert(row, TaskRun, from_attributes=True, strict=False)
+    return as_struct(row, TaskRun, strict=False)
 
 
 def count_by_state(connection: Connection) -> dict[str, int]:

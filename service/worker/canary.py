@@ -12,8 +12,10 @@ import os
 import time
 from typing import Any
 
+import amqp.exceptions
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
+from kombu import Queue
 from loguru import logger
 
 from service.errors import ProcessingError, TransientProcessingError
@@ -68,6 +70,17 @@ def report(task: AnyTask, report_to: str | None, event: str, **fields: Any) -> N
         )
 
 
+def _queue_exists(app: Celery, name: str) -> bool:
+    with app.connection_for_write() as connection:
+        try:
+            Queue(name, channel=connection.default_channel).queue_declare(passive=True)
+        except amqp.exceptions.NotFound:
+            return False
+        except amqp.exceptions.ResourceLocked:
+            return True  # exclusive to the selftest's connection: it exists
+    return True
+
+
 def register(app: Celery) -> None:
     @app.task(name=SUCCEED, bind=True)
     def succeed(self: AnyTask, report_to: str | None = None) -> str:
@@ -100,7 +113,12 @@ def register(app: Celery) -> None:
         return "ok"
 
     @app.task(name=CRASH, bind=True)
-    def crash(self: AnyTask, report_to: str | None = None) -> None:
+    def crash(self: AnyTask, report_to: str | None = None) -> str:
+        """Kill this worker process, while the selftest that sent it still listens: one cut short
+        leaves a canary that would otherwise crash a worker at each delivery up to the limit."""
+        if report_to and not _queue_exists(self.app, report_to):
+            logger.warning("canary {}: its selftest is gone, not crashing", self.name)
+            return "abandoned"
         report(self, report_to, "crashing")
         os._exit(70)
 

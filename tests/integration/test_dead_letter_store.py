@@ -269,6 +269,7 @@ async def test_while_the_store_is_down_nothing_is_lost_and_it_resumes_on_its_own
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.mark.node_wide
 async def test_a_broker_restart_is_survived_and_consuming_resumes_on_its_own(
     dlq_vhost: Vhost, tmp_path: Path, rabbitmq: RabbitMQ
 ) -> None:

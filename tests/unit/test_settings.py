@@ -43,6 +43,7 @@ def test_every_variable_is_read() -> None:
         "DOCPROC_DEAD_LETTER_RETENTION": "7d",
         "DOCPROC_HANDLED_DEAD_LETTER_RETENTION": "1d",
         "DOCPROC_API_WORKERS": "3",
+        "DOCPROC_RESTART_DELAY": "0.5s",
         "DOCPROC_CHUNK_SIZE": "500",
         "DOCPROC_CHUNK_OVERLAP": "50",
         "CELERY_LOG_LEVEL": "debug",
@@ -65,6 +66,7 @@ def test_every_variable_is_read() -> None:
     assert settings.retry_backoff_max == 600
     assert settings.result_expires == 3600
     assert settings.max_retries == 0
+    assert settings.restart_delay == 0.5
     assert settings.resolved_database_url == "postgresql://docproc@db/docproc"
 
 
