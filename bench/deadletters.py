@@ -30,7 +30,7 @@ from bench.report import Comparison, median
 from bench.submit import purge
 from service.broker.publisher import task_message
 from service.deadletters.parsing import RawMessage, read
-from service.store import dead_letters
+from service.store import outcomes
 from service.store.schema import dead_letters as table
 from service.tasks import PROCESS_DOCUMENT
 from service.topology import DEAD_LETTER_QUEUE, DOCUMENT_QUEUE, EXCHANGE
@@ -204,7 +204,7 @@ def load_store(connection: Connection, batch: int, count: int) -> list[aio_pika.
             },
             routing_key=DEAD_LETTER_QUEUE,
         )
-        dead_letters.store(connection, read(raw), redelivered=False)
+        outcomes.letters_arrived(connection, [read(raw)])
         headers = {k: v for k, v in raw.headers.items() if not k.startswith(("x-death", "x-first"))}
         messages.append(
             aio_pika.Message(

@@ -30,8 +30,8 @@ from bench.harness import BenchError, Session, alternate, eventually
 from bench.load import drive
 from bench.report import Comparison, median
 from service import pipeline
-from service.api.routes.documents import accept
 from service.broker.publisher import task_message
+from service.intake import Upload, accept
 from service.processing import process_document
 from service.settings import Settings
 from service.store import task_runs
@@ -96,16 +96,14 @@ def accept_all(
         if filename is None:
             task_runs.record_pending(connection, task_id, CANARY_SUCCEED, queue=DOCUMENT_QUEUE)
         else:
-            accept(
-                connection,
-                document_id=document_id,
-                task_id=task_id,
+            upload = Upload(
                 filename=filename,
                 content_type=None,
                 content=content,
                 sha256=sha256,
                 correlation_id=task_id,
             )
+            accept(connection, upload, document_id, task_id)
         accepted.append((document_id, task_id))
     return accepted
 

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from service.redaction import redact
+
 
 class DocprocError(Exception):
     """Base of every error docproc raises on purpose."""
@@ -28,6 +30,10 @@ class BrokerUnavailable(DocprocError):
     transient = True
 
 
+class Unroutable(DocprocError):
+    """RabbitMQ returned a published message: no queue is bound where it was sent."""
+
+
 class TopologyMismatch(DocprocError):
     """The broker holds a queue or exchange whose declaration differs from ours."""
 
@@ -36,6 +42,10 @@ class TopologyMismatch(DocprocError):
         self.differences = tuple(differences)
         self.fix = fix
         super().__init__(f"{name}: {'; '.join(self.differences)}. Fix: {fix}")
+
+
+class BadRequest(DocprocError):
+    """The request itself is not valid: the message names the field and what is allowed."""
 
 
 class NotFound(DocprocError):
@@ -77,15 +87,25 @@ class TransientProcessingError(ProcessingError):
 
 
 class DatabaseError(DocprocError):
-    """The store failed; worth retrying."""
+    """A statement failed in the store (a conflict, an injected fault); worth retrying."""
 
     transient = True
+
+
+class StoreUnavailable(DatabaseError):
+    """The store cannot be reached at all (down, refusing connections, locked): work waits for
+    it rather than spending its retries."""
 
 
 class SearchError(DocprocError):
     """The full-text index failed; worth retrying."""
 
     transient = True
+
+
+def error_type_of(exc: BaseException) -> str:
+    """The name a failure is recorded under: its class, or the type it stands in for."""
+    return str(getattr(exc, "error_type", None) or type(exc).__name__)
 
 
 def exit_status(error: DocprocError) -> int:
@@ -99,5 +119,5 @@ def exit_status(error: DocprocError) -> int:
 
 def abort(error: DocprocError) -> NoReturn:
     """End the process with one line on stderr naming what is wrong and the fix; no traceback."""
-    print(f"docproc: {error}", file=sys.stderr, flush=True)
+    print(f"docproc: {redact(str(error))}", file=sys.stderr, flush=True)
     raise SystemExit(exit_status(error))

@@ -15,6 +15,8 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 from loguru import logger
 
+from service.redaction import redact
+
 if TYPE_CHECKING:
     from loguru import Message, Record
 
@@ -75,7 +77,7 @@ class _JsonSink:
         line: dict[str, Any] = {
             "time": record["time"].astimezone(UTC).isoformat(timespec="milliseconds"),
             "level": record["level"].name,
-            "message": record["message"],
+            "message": redact(record["message"]),
             "logger": record["extra"].get("logger", record["name"]),
             "component": self._component,
             "pid": record["process"].id,
@@ -84,8 +86,8 @@ class _JsonSink:
         if record["exception"] is not None:
             exc_type, exc, _ = record["exception"]
             line["error_type"] = exc_type.__name__ if exc_type else None
-            line["error"] = str(exc)
-            line["traceback"] = "".join(_format_exception(record))
+            line["error"] = redact(str(exc))
+            line["traceback"] = redact("".join(_format_exception(record)))
         self._stream.write(_encoder.encode(line).decode() + "\n")
         self._stream.flush()
 

@@ -57,18 +57,23 @@ def process_document(
     )
 
     begin("index")
-    store.run(
-        documents.store_extraction,
-        document_id,
-        Extraction(
-            detected_type=extracted.detected_type,
-            title=extracted.title,
-            encoding=extracted.encoding,
-            page_count=extracted.page_count,
-            text=extracted.text,
-            chunks=[
-                ChunkRow(position=c.position, start=c.start, end=c.end, text=c.text) for c in chunks
-            ],
-        ),
-    )
+    try:
+        store.run(
+            documents.store_extraction,
+            document_id,
+            Extraction(
+                detected_type=extracted.detected_type,
+                title=extracted.title,
+                encoding=extracted.encoding,
+                page_count=extracted.page_count,
+                text=extracted.text,
+                chunks=[
+                    ChunkRow(position=c.position, start=c.start, end=c.end, text=c.text)
+                    for c in chunks
+                ],
+            ),
+        )
+    except documents.AlreadyProcessed:
+        logger.info("document {} was processed meanwhile; duplicate delivery skipped", document_id)
+        return {"document_id": document_id, "skipped": "already processed"}
     return {"document_id": document_id, "chunks": len(chunks)}

@@ -26,7 +26,7 @@ import httpx
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
-from service.broker.declarer import connect
+from service.broker.connection import connect
 from service.broker.publisher import task_message
 from service.settings import Settings
 from service.tasks import CANARY_CRASH, CANARY_FAIL, CANARY_FLAKY, CANARY_SUCCEED

@@ -7,11 +7,12 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
 from service.errors import ConfigError
+from service.redaction import redact
 
 QueueType = Literal["quorum", "classic"]
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
@@ -39,6 +40,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     handled_dead_letter_retention: PositiveFloat = 3 * 24 * 3600.0
     api_workers: PositiveInt = 1
     restart_delay: PositiveFloat = 1.0
+    reconcile_after: PositiveFloat = 600.0
     chunk_size: Annotated[int, msgspec.Meta(ge=100)] = 1000
     chunk_overlap: NonNegativeInt = 150
     log_level: LogLevel = "INFO"
@@ -56,6 +58,21 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         if self.database_url:
             return self.database_url
         return f"sqlite:///{Path(self.data_dir).resolve() / 'docproc.db'}"
+
+    @property
+    def broker_urls(self) -> tuple[str, ...]:
+        """The nodes of DOCPROC_BROKER_URL: one URL, or several separated by `;` (a cluster)."""
+        return split_urls(self.broker_url)
+
+    @property
+    def management_urls(self) -> tuple[str, ...]:
+        return split_urls(self.management_url)
+
+    @property
+    def vhost(self) -> str:
+        """The vhost the broker URL names (every node of a cluster serves the same ones)."""
+        path = urlsplit(self.broker_urls[0]).path
+        return "/" if path in ("", "/") else unquote(path[1:])
 
     @property
     def api_url(self) -> str:
@@ -78,18 +95,26 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
 
     def validate(self) -> None:
         """Checks that involve more than one field or a URL's shape."""
-        _check_url(
-            "DOCPROC_BROKER_URL",
-            self.broker_url,
-            ("amqp", "amqps"),
-            "amqp://user:password@localhost:5672/vhost",
-        )
-        _check_url(
-            "DOCPROC_MANAGEMENT_URL",
-            self.management_url,
-            ("http", "https"),
-            "http://localhost:15672",
-        )
+        for url in self.broker_urls or ("",):
+            _check_url(
+                "DOCPROC_BROKER_URL",
+                url,
+                ("amqp", "amqps"),
+                "amqp://user:password@localhost:5672/vhost (several: separated by ;)",
+            )
+        vhosts = {urlsplit(url).path.rstrip("/") or "/" for url in self.broker_urls}
+        if len(vhosts) > 1:
+            raise ConfigError(
+                f"DOCPROC_BROKER_URL={redact(self.broker_url)!r} is not allowed: the nodes of "
+                f"a cluster serve the same vhost, these name {len(vhosts)} different ones"
+            )
+        for url in self.management_urls or ("",):
+            _check_url(
+                "DOCPROC_MANAGEMENT_URL",
+                url,
+                ("http", "https"),
+                "http://localhost:15672 (several: separated by ;)",
+            )
         if self.database_url:
             _check_database_url(self.database_url)
         if self.chunk_overlap >= self.chunk_size:
@@ -120,6 +145,7 @@ ENVIRONMENT: dict[str, str] = {
     "handled_dead_letter_retention": "DOCPROC_HANDLED_DEAD_LETTER_RETENTION",
     "api_workers": "DOCPROC_API_WORKERS",
     "restart_delay": "DOCPROC_RESTART_DELAY",
+    "reconcile_after": "DOCPROC_RECONCILE_AFTER",
     "chunk_size": "DOCPROC_CHUNK_SIZE",
     "chunk_overlap": "DOCPROC_CHUNK_OVERLAP",
     "log_level": "CELERY_LOG_LEVEL",
@@ -151,7 +177,9 @@ def _convert(variable: str, raw: str, annotation: Any) -> Any:
     try:
         return msgspec.convert(value, annotation, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{variable}={raw!r} is not allowed: {_allowed(target, exc)}") from None
+        raise ConfigError(
+            f"{variable}={redact(raw)!r} is not allowed: {_allowed(target, exc)}"
+        ) from None
 
 
 def _duration(variable: str, text: str) -> float:
@@ -174,15 +202,20 @@ def _allowed(target: Any, exc: msgspec.ValidationError) -> str:
     )
 
 
+def split_urls(value: str) -> tuple[str, ...]:
+    """`a;b;c` → the URLs, in order (kombu's notation for a cluster's nodes)."""
+    return tuple(part.strip() for part in value.split(";") if part.strip())
+
+
 def _check_url(variable: str, url: str, schemes: tuple[str, ...], example: str) -> None:
     try:
         parts = urlsplit(url)
         _ = parts.port  # raises on a port that is not a number
     except ValueError as exc:
-        raise ConfigError(f"{variable}={url!r} is not allowed: {exc}") from None
+        raise ConfigError(f"{variable}={redact(url)!r} is not allowed: {exc}") from None
     if parts.scheme not in schemes or not parts.hostname:
         raise ConfigError(
-            f"{variable}={url!r} is not allowed: expected an {' or '.join(schemes)} URL "
+            f"{variable}={redact(url)!r} is not allowed: expected an {' or '.join(schemes)} URL "
             f"with a host, such as {example}"
         )
 
@@ -192,7 +225,7 @@ def _check_database_url(url: str) -> None:
     if scheme == "sqlite":
         if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
             raise ConfigError(
-                f"DOCPROC_DATABASE_URL={url!r} is not allowed: a SQLite URL is "
+                f"DOCPROC_DATABASE_URL={redact(url)!r} is not allowed: a SQLite URL is "
                 "sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
         return
@@ -205,6 +238,6 @@ def _check_database_url(url: str) -> None:
         )
         return
     raise ConfigError(
-        f"DOCPROC_DATABASE_URL={url!r} is not allowed: expected sqlite:///path.db "
+        f"DOCPROC_DATABASE_URL={redact(url)!r} is not allowed: expected sqlite:///path.db "
         "or postgresql://user@host/database"
     )

@@ -7,6 +7,9 @@ PROCESS_DOCUMENT = "docproc.document.process"
 EXPIRE_TASK_RUNS = "docproc.maintenance.expire_task_runs"
 PURGE_DEAD_LETTERS = "docproc.maintenance.purge_dead_letters"
 PUBLISH_UNPUBLISHED = "docproc.maintenance.publish_unpublished"
+RECONCILE = "docproc.maintenance.reconcile"
+RECONCILE_MARKER = "docproc.document.reconcile"
+"""Sent by RECONCILE into document_processing, behind every document task published before it."""
 
 CANARY_SUCCEED = "docproc.canary.succeed"
 CANARY_FAIL = "docproc.canary.fail"
@@ -14,3 +17,13 @@ CANARY_FLAKY = "docproc.canary.flaky"
 CANARY_CRASH = "docproc.canary.crash"
 CANARY_SLEEP = "docproc.canary.sleep"
 CANARY_STEPS = "docproc.canary.steps"
+
+# Headers a retried task carries (worker.task), read from its dead letter (deadletters.parsing).
+STORE_WAITS_HEADER = "x-docproc-store-waits"
+"""How many of a task's retries were waits for the store (they do not count against the budget)."""
+ERROR_TYPE_HEADER = "x-docproc-error-type"
+"""The type of the task's last failure, so that its dead letter says why even if the store
+could not record it."""
+ERROR_MESSAGE_HEADER = "x-docproc-error-message"
+PENDING_FAILURE_HEADER = "x-docproc-failure-pending"
+"""Set on a retry whose task failed for good but could not record it: record, then dead-letter."""

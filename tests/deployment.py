@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
-from service.api.routes.documents import accept
+from service.intake import Upload, accept
 from service.store import task_runs
 from service.store.database import Store
 from service.store.migrations import upgrade
@@ -80,16 +80,14 @@ class Deployment:
         """Accept a document straight into the store and send its task (no API: the API would
         refuse some of what these tests need the worker to see)."""
         document_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
-        self.store.run(
-            accept,
-            document_id=document_id,
-            task_id=task_id,
+        upload = Upload(
             filename=filename,
             content_type=None,
             content=content,
             sha256=hashlib.sha256(content).hexdigest(),
             correlation_id=task_id,
         )
+        self.store.run(accept, upload, document_id, task_id)
         self.client.send_task(
             PROCESS_DOCUMENT, kwargs={"document_id": document_id}, task_id=task_id
         )

@@ -389,3 +389,64 @@ def rabbitmqctl_on(rabbitmq: RabbitMQ) -> Callable[..., str]:
         return done.stdout.strip()
 
     return run
+
+
+class CuttableLink:
+    """A TCP proxy in front of a server (RabbitMQ) that a test can cut and heal: connections
+    through it drop at once and new ones are refused, as across a network partition."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.StreamWriter] = set()
+
+    async def heal(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._pipes):
+            writer.transport.abort()
+        self._pipes.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._pipes.update((writer, upstream_writer))
+        await asyncio.gather(
+            self._pump(reader, upstream_writer), self._pump(upstream_reader, writer)
+        )
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._pipes.discard(writer)
+            writer.transport.abort()
+
+
+async def topology_vhost(rabbitmq: RabbitMQ, store_url: str, **overrides: str) -> Vhost:
+    """A fresh vhost with docproc's topology declared, and settings pointing at `store_url`
+    (migrated); delete it with `delete_vhost` when done."""
+    from service.store.migrations import upgrade
+
+    name = await create_vhost(rabbitmq)
+    upgrade(store_url)
+    vhost = Vhost(rabbitmq, name, {"DOCPROC_DATABASE_URL": store_url, **overrides})
+    declared = await asyncio.to_thread(run_docproc, "topology", "declare", env=vhost.env())
+    if declared.returncode != 0:
+        await delete_vhost(rabbitmq, name)
+        raise AssertionError(declared.stderr)
+    return vhost

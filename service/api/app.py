@@ -20,6 +20,7 @@ from service.api.services import PROVIDERS, Services
 from service.broker.management import Management
 from service.broker.publisher import Publisher
 from service.deadletters.redrive import RedriveRunner
+from service.intake import Intake
 from service.logs import setup_logging
 from service.settings import Settings
 from service.store.database import AsyncStore
@@ -32,6 +33,8 @@ def create_app(settings: Settings) -> Litestar:
         publisher = Publisher(settings)
         management = Management.from_settings(settings)
         runner = RedriveRunner(store, publisher)
+        intake = Intake(store, publisher)
+        publisher.on_connect = intake.wake.set
         stop = asyncio.Event()
         await publisher.start()
         app.state.services = Services(
@@ -40,15 +43,20 @@ def create_app(settings: Settings) -> Litestar:
             publisher=publisher,
             management=management,
             redrives=runner,
+            intake=intake,
         )
-        running = asyncio.create_task(runner.run(stop), name="redrive-runner")
+        background = [
+            asyncio.create_task(runner.run(stop), name="redrive-runner"),
+            asyncio.create_task(intake.run(stop), name="intake-relay"),
+        ]
         logger.info("API ready at {}", settings.api_url)
         try:
             yield
         finally:
             stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await publisher.close()
             await management.aclose()
             await store.close()

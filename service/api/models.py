@@ -148,6 +148,13 @@ class Stats(msgspec.Struct, kw_only=True):
     dead_letters: DeadLetterCounts
     last_minute: Throughput
     last_hour: Throughput
+    reconciled: Annotated[
+        int,
+        msgspec.Meta(
+            description="times beat re-published a document whose confirmed task message "
+            "was lost (a purged queue, a foreign consumer)"
+        ),
+    ]
     warnings: list[str]
 
 

@@ -10,6 +10,7 @@ from litestar.exceptions import HTTPException
 from loguru import logger
 
 from service.errors import (
+    BadRequest,
     BrokerUnavailable,
     Conflict,
     CorruptFile,
@@ -18,12 +19,14 @@ from service.errors import (
     EmptyDocument,
     NotFound,
     TooLarge,
+    Unroutable,
     UnsupportedType,
 )
 
 MEDIA_TYPE = "application/problem+json"
 
 _STATUS: list[tuple[type[DocprocError], int, str]] = [
+    (BadRequest, 400, "Bad request"),
     (NotFound, 404, "Not found"),
     (Conflict, 409, "Conflict"),
     (TooLarge, 413, "Upload too large"),
@@ -32,6 +35,7 @@ _STATUS: list[tuple[type[DocprocError], int, str]] = [
     (CorruptFile, 422, "Corrupt document"),
     (DatabaseError, 503, "The store is unavailable"),
     (BrokerUnavailable, 503, "The broker is unavailable"),
+    (Unroutable, 502, "The broker could not route the message"),
 ]
 
 

@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from service.broker.management import Management
 from service.broker.publisher import Publisher
 from service.deadletters.redrive import RedriveRunner
+from service.intake import Intake
 from service.settings import Settings
 from service.store.database import AsyncStore
 
@@ -23,6 +24,7 @@ class Services:
     publisher: Publisher
     management: Management
     redrives: RedriveRunner
+    intake: Intake
 
 
 def _services(state: State) -> Services:
@@ -46,11 +48,16 @@ async def provide_redrives(state: State) -> RedriveRunner:
     return _services(state).redrives
 
 
+async def provide_intake(state: State) -> Intake:
+    return _services(state).intake
+
+
 PROVIDERS: dict[str, Any] = {
     "store": provide_store,
     "publisher": provide_publisher,
     "management": provide_management,
     "redrives_runner": provide_redrives,
+    "intake": provide_intake,
 }
 
 # What handlers declare, by the names above.
@@ -58,3 +65,4 @@ StoreDep = NamedDependency[AsyncStore]
 PublisherDep = NamedDependency[Publisher]
 ManagementDep = NamedDependency[Management]
 RedrivesDep = NamedDependency[RedriveRunner]
+IntakeDep = NamedDependency[Intake]

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 
-import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, ExchangeType
+from aio_pika.abc import AbstractChannel, ExchangeType
 from loguru import logger
 
+from service.broker.connection import connect
 from service.broker.drift import queue_differences
-from service.broker.management import Management, vhost_of
-from service.errors import BrokerUnavailable, DocprocError, TopologyMismatch
+from service.broker.management import Management
+from service.errors import DocprocError, TopologyMismatch
 from service.settings import Settings
 from service.topology import Exchange, Queue, Topology, build_topology
-
-CONNECT_TIMEOUT = 10.0
-
-
-async def connect(settings: Settings) -> AbstractConnection:
-    """A plain (not robust) connection that fails within CONNECT_TIMEOUT with a clear message."""
-    try:
-        return await asyncio.wait_for(aio_pika.connect(settings.broker_url), CONNECT_TIMEOUT)
-    except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
-        raise BrokerUnavailable(_unreachable(settings, exc)) from exc
 
 
 async def declare_topology(settings: Settings, topology: Topology | None = None) -> Topology:
@@ -35,13 +23,13 @@ async def declare_topology(settings: Settings, topology: Topology | None = None)
     exists with other arguments (PRECONDITION_FAILED), naming it, the differences and the fix.
     """
     topology = topology or build_topology(settings)
-    connection = await connect(settings)
+    connection = await connect(settings, name="declarer")
     try:
         channel = await connection.channel()
         await _declare(channel, topology, settings)
     finally:
         await connection.close()
-    logger.bind(vhost=vhost_of(settings.broker_url)).info(
+    logger.bind(vhost=settings.vhost).info(
         "topology declared: {} exchanges, {} queues, {} bindings",
         len(topology.exchanges),
         len(topology.queues),
@@ -71,21 +59,10 @@ async def _declare(channel: AbstractChannel, topology: Topology, settings: Setti
             await exchange_.bind(source, routing_key=binding.routing_key)
 
 
-def _unreachable(settings: Settings, exc: BaseException) -> str:
-    parts = urlsplit(settings.broker_url)
-    where = f"{parts.hostname}:{parts.port or 5672}, vhost {vhost_of(settings.broker_url)!r}"
-    reason = str(exc) or type(exc).__name__
-    return (
-        f"RabbitMQ is not reachable at {where} ({reason}). Start one with "
-        "infra/rabbitmq/local.sh (or `docker compose -f infra/docker-compose.yml up -d rabbitmq`), "
-        "or point DOCPROC_BROKER_URL at yours"
-    )
-
-
 async def _mismatch(
     settings: Settings, item: Exchange | Queue, exc: aiormq.exceptions.ChannelPreconditionFailed
 ) -> DocprocError:
-    vhost = vhost_of(settings.broker_url)
+    vhost = settings.vhost
     differences = [str(exc.args[0]) if exc.args else repr(exc)]
     if isinstance(item, Exchange):
         return TopologyMismatch(
@@ -114,7 +91,7 @@ async def _mismatch(
 async def consumer_counts(settings: Settings, queues: Sequence[str]) -> dict[str, int]:
     """How many consumers each queue has right now (a passive declare answers at once, where the
     management API's figures lag by seconds). A missing queue counts 0."""
-    connection = await connect(settings)
+    connection = await connect(settings, name="probe")
     counts: dict[str, int] = {}
     try:
         for name in queues:

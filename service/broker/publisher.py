@@ -1,9 +1,11 @@
 """Publishing from async code: Celery protocol-2 task messages and re-published dead letters.
 
-One long-lived robust connection and one channel with publisher confirms: a publish returns only
-when RabbitMQ has taken responsibility for the message, or raises BrokerUnavailable. The first
-connection is retried in the background, so that a process starts (and says it is not ready)
-while the broker is away. aio-pika does not replay a publish that failed; callers decide.
+One long-lived connection and one channel with publisher confirms: a publish returns only when
+RabbitMQ has taken responsibility for the message, or raises — BrokerUnavailable when it is not
+connected or does not confirm, Unroutable when it returns the message. The connection is kept up
+in the background (a process starts, and says it is not ready, while the broker is away), and a
+callback hears each (re)connection: what could not be published meanwhile goes out then.
+Nothing is replayed here; callers decide.
 """
 
 from __future__ import annotations
@@ -13,20 +15,21 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
     DeliveryMode,
 )
 from loguru import logger
 
-from service.errors import BrokerUnavailable
+from service.broker.connection import BROKER_ERRORS, connect, connect_until, until
+from service.errors import BrokerUnavailable, Unroutable
 from service.logs import CORRELATION_HEADER
 from service.serialization import CONTENT_ENCODING, CONTENT_TYPE, dumps
 from service.settings import Settings
@@ -34,6 +37,9 @@ from service.topology import EXCHANGE
 
 PUBLISH_TIMEOUT = 5.0
 """Seconds to wait for RabbitMQ's confirm (a blocked broker never sends one)."""
+RECONNECT_PAUSE_MAX = 1.0
+"""The longest pause between two attempts to reach the broker again: documents that could not be
+queued meanwhile go out within a second or two of its return."""
 ORIGIN = f"docproc-{os.getpid()}@{socket.gethostname()}"
 
 
@@ -89,13 +95,26 @@ def task_message(
 
 
 class Publisher:
-    def __init__(self, settings: Settings, *, timeout: float = PUBLISH_TIMEOUT) -> None:
+    """One connection kept up by the connection module's reconnect loop, and a channel with
+    publisher confirms on which a returned (unroutable) message raises."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        timeout: float = PUBLISH_TIMEOUT,
+        name: str = "api",
+        on_connect: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.timeout = timeout
-        self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractRobustChannel | None = None
+        self.name = name
+        self.on_connect = on_connect
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._connecting: asyncio.Task[None] | None = None
+        self._keeping: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -107,38 +126,62 @@ class Publisher:
         )
 
     async def start(self) -> None:
-        """Connect now if RabbitMQ answers, else keep trying in the background."""
+        """Connect now if a node answers, and keep the connection up in the background."""
         try:
-            await self._connect()
-        except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
-            logger.warning("RabbitMQ is not reachable yet ({}); retrying in the background", exc)
-            self._connecting = asyncio.create_task(self._connect_forever())
+            await self._open(await connect(self.settings, name=self.name))
+        except BrokerUnavailable as exc:
+            logger.warning("{}; retrying in the background", exc)
+        except BROKER_ERRORS as exc:
+            logger.warning("RabbitMQ is not usable yet ({!r}); retrying in the background", exc)
+        self._keeping = asyncio.create_task(self._keep_connected(), name="publisher-connection")
 
-    async def _connect(self) -> None:
-        connection = await asyncio.wait_for(
-            aio_pika.connect_robust(self.settings.broker_url), self.timeout
-        )
-        channel = await connection.channel(publisher_confirms=True)
-        self._exchange = await channel.get_exchange(EXCHANGE, ensure=False)
-        self._connection, self._channel = connection, channel
+    async def _open(self, connection: AbstractConnection) -> None:
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+        except BaseException:
+            with contextlib.suppress(*BROKER_ERRORS):
+                await connection.close()
+            raise
+        self._connection, self._channel, self._exchange = connection, channel, exchange
+        if self.on_connect is not None:
+            self.on_connect()
 
-    async def _connect_forever(self) -> None:
-        pause = 0.5
-        while True:
-            await asyncio.sleep(pause)
-            try:
-                await self._connect()
-            except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
-                pause = min(pause * 2, 30.0)
-                logger.debug("RabbitMQ still unreachable: {}", exc)
-            else:
-                logger.info("connected to RabbitMQ")
+    async def _keep_connected(self) -> None:
+        """The reconnect loop (service.broker.connection), for as long as the publisher lives."""
+        while not self._stop.is_set():
+            if self.connected:
+                await self._until_lost()
+                if self._stop.is_set():
+                    return
+                logger.warning("lost the connection to RabbitMQ; reconnecting")
+                with contextlib.suppress(*BROKER_ERRORS):
+                    if self._connection is not None:
+                        await self._connection.close()
+            connection = await connect_until(
+                self.settings, self._stop, name=self.name, pause_max=RECONNECT_PAUSE_MAX
+            )
+            if connection is None:
                 return
+            try:
+                await self._open(connection)
+            except BROKER_ERRORS as exc:
+                logger.warning("RabbitMQ answered but the channel failed ({!r}); retrying", exc)
+                await until(asyncio.sleep(RECONNECT_PAUSE_MAX), self._stop)
+
+    async def _until_lost(self) -> None:
+        lost = asyncio.Event()
+        for closing in (self._connection, self._channel):
+            if closing is not None:
+                closing.close_callbacks.add(lambda *_: lost.set())
+        if self.connected:  # it may have closed before the callbacks were in place
+            await until(lost.wait(), self._stop)
 
     async def publish(
         self, message: aio_pika.Message, routing_key: str, *, exchange: str = EXCHANGE
     ) -> None:
-        """Publish and wait for the confirm; BrokerUnavailable if it does not come."""
+        """Publish and wait for the confirm. BrokerUnavailable if it does not come; Unroutable
+        when RabbitMQ returns the message (no queue bound where it was sent)."""
         if not self.connected or self._channel is None or self._exchange is None:
             raise BrokerUnavailable("RabbitMQ is not connected")
         target = self._exchange
@@ -155,15 +198,22 @@ class Publisher:
                 f"RabbitMQ did not confirm within {self.timeout:g} s (is it blocked by a "
                 "memory or disk alarm?)"
             ) from exc
+        except aiormq.exceptions.PublishError as exc:
+            where = f"exchange {exchange or '(default)'!r}, routing key {routing_key!r}"
+            raise Unroutable(
+                f"RabbitMQ returned the message: no queue is bound at {where}"
+            ) from exc
         except aio_pika.exceptions.DeliveryError as exc:
             raise BrokerUnavailable(f"RabbitMQ refused the message: {exc}") from exc
-        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPException, OSError) as exc:
+        except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"publishing failed: {exc!r}") from exc
 
     async def close(self) -> None:
-        if self._connecting is not None:
-            self._connecting.cancel()
+        self._stop.set()
+        if self._keeping is not None:
+            self._keeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._connecting
+                await self._keeping
         if self._connection is not None:
-            await self._connection.close()
+            with contextlib.suppress(*BROKER_ERRORS):
+                await self._connection.close()

@@ -49,14 +49,25 @@ def worker() -> None:
 
 
 @serve.command()
-def dlq() -> None:
-    """The dead-letter consumer: stores every message of docproc.dead_letter, with why it died."""
+@click.option(
+    "--fault",
+    envvar="DOCPROC_FAULT_INJECTION",
+    type=click.Choice(["before-commit", "after-commit", "after-ack"]),
+    default=None,
+    hidden=True,  # for fault tests: the process kills itself at that point of a batch
+)
+def dlq(fault: str | None) -> None:
+    """The dead-letter consumer: stores every message of docproc.dead_letter, with why it died.
+
+    One consumer is active at a time (a lease in the store); another started beside it stands
+    by and takes over when the first stops.
+    """
     from service.deadletters.consumer import serve as serve_dlq
 
     settings = load_settings()
     setup_logging(settings.log_level, component="dlq")
     prepare(settings)
-    asyncio.run(serve_dlq(settings))
+    asyncio.run(serve_dlq(settings, fault=fault))
 
 
 @serve.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,13 @@ def expand(paths: tuple[str, ...]) -> list[Path]:
     return list(found)
 
 
+def idempotency_key(path: Path, content: bytes) -> str:
+    """The same file with the same content is the same upload: a rerun after a crash or a lost
+    answer gets the documents it already made (for a day) instead of making them twice."""
+    digest = hashlib.sha256(f"{path.resolve()}\0".encode() + content).hexdigest()
+    return f"docproc-submit-{digest}"
+
+
 @click.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--wait", is_flag=True, help="Follow processing to the end and report outcomes.")
@@ -55,8 +63,12 @@ def submit(
         with click.progressbar(length=len(files), label="uploading", file=sys.stderr) as bar:
             for path in files:
                 bar.update(1)
-                with path.open("rb") as handle:
-                    response = api.http.post("/documents", files={"file": (path.name, handle)})
+                content = path.read_bytes()
+                response = api.http.post(
+                    "/documents",
+                    files={"file": (path.name, content)},
+                    headers={"Idempotency-Key": idempotency_key(path, content)},
+                )
                 if response.status_code == 202:
                     body = response.json()
                     row: list[object] = [str(path), body["status"], body["task_id"], ""]

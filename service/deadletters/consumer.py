@@ -1,32 +1,55 @@
-"""The DLQ consumer: drains `docproc.dead_letter` into the store, acking only what is committed.
+"""The DLQ consumer: drains `docproc.dead_letter` into the store, exactly once per message.
 
-Messages are stored in batches (one transaction each) for throughput, and acked with one ack
-per batch after the commit. When the store fails, the channel is closed so that every unacked
-message goes back to the queue, and consuming resumes on its own once the store answers again —
-no crash loop, no loss. A lost broker is reconnected to with growing pauses, so a broker
-restart is survived the same way.
+N dead messages become N records, identical ones included, whenever the consumer is killed —
+also between its commit and its ack. Identical messages cannot be told apart, and a message
+redelivered after a crash is marked redelivered whether or not it was committed; so each batch
+goes through this protocol (store.ledger keeps the books):
+
+1. consume until a batch is in hand, then cancel the consumer: no delivery is outstanding
+   beyond the batch (RabbitMQ sends nothing after cancel-ok);
+2. one transaction stores the batch and a ledger row per record (a redelivered message whose
+   key has a row is that record coming back, and takes the row instead of being stored again);
+3. ack the batch, and make a synchronous call on the channel: the ack has been processed;
+4. delete this session's rows; consume again.
+
+Killed before 2, the batch comes back and is new; between 2 and 3, it comes back and matches its
+rows; after 3, nothing comes back and the rows are stale. Which of the two is told at the start
+of every channel: once no other consumer holds the queue (so all it held is back), the first
+message is peeked — a redelivered one means a batch came back (rows kept), anything else means
+none did (rows dropped). RabbitMQ delivers returned messages before fresh ones, and a lease in
+the store keeps a single consumer active (another waits as standby), so that holds.
+
+When the store fails, the channel is closed so that the batch goes back to the queue, and
+consuming resumes once the store answers again. A lost broker is reconnected to with growing
+pauses, so a broker restart is survived the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
 import time
-from collections.abc import Awaitable, Sequence
+import uuid
+from collections.abc import Sequence
 
-import aio_pika
-import aiormq
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from loguru import logger
 from sqlalchemy import Connection
 
-from service.broker.declarer import connect
+from service.broker.connection import BROKER_ERRORS, connect_until, until
 from service.deadletters.parsing import RawMessage, read
-from service.errors import BrokerUnavailable, DatabaseError
+from service.errors import DatabaseError, DocprocError
 from service.logs import correlated
 from service.settings import Settings
-from service.store import dead_letters
+from service.store import dead_letters, leases, ledger, outcomes
 from service.store.database import AsyncStore
 from service.topology import DEAD_LETTER_QUEUE
 
@@ -44,6 +67,20 @@ PROPERTIES = (
     "user_id",
     "app_id",
 )
+LEASE = "dlq-consumer"
+LEASE_TTL = 30.0
+"""Seconds a lease outlives its holder's last renewal; a standby takes over after that."""
+HANDOVER_WAIT = 150.0
+"""How long to wait for an earlier consumer's channel to be gone before peeking (RabbitMQ notices
+a vanished peer within two heartbeats, 60 s each by default)."""
+FAULTS = ("before-commit", "after-commit", "after-ack")
+"""Where `DOCPROC_FAULT_INJECTION=dlq:<point>` kills the consumer (tests only)."""
+
+
+class LeaseLost(DocprocError):
+    """Another DLQ consumer holds the lease: this one must not store."""
+
+    transient = True
 
 
 def raw_message(message: AbstractIncomingMessage) -> RawMessage:
@@ -61,9 +98,43 @@ def raw_message(message: AbstractIncomingMessage) -> RawMessage:
     )
 
 
-def store_batch(connection: Connection, raws: Sequence[RawMessage]) -> list[tuple[str, bool]]:
-    """Store each message of a batch, in one transaction."""
-    return dead_letters.store_many(connection, [(read(raw), raw.redelivered) for raw in raws])
+def store_batch(
+    connection: Connection, raws: Sequence[RawMessage], *, session: str | None = None
+) -> list[tuple[str, bool]]:
+    """Store a batch in one transaction; (record id, created) for each message.
+
+    With a `session` (the consumer's), the batch goes through the ledger: redelivered messages
+    take the rows of records committed but not acked, and the batch's own records get rows.
+    """
+    if session is not None and not leases.holds(connection, LEASE, session):
+        raise LeaseLost("another DLQ consumer holds the lease")
+    letters = [read(raw) for raw in raws]
+    results: list[tuple[str, bool] | None] = [None] * len(raws)
+    if session is not None:
+        returned = [n for n, raw in enumerate(raws) if raw.redelivered]
+        taken = ledger.take(connection, [letters[n].message_key for n in returned])
+        for n, record_id in zip(returned, taken, strict=True):
+            if record_id is not None:
+                results[n] = (record_id, False)
+        if len(returned) < len(raws):
+            # A fresh message: every returned one came before it, so rows left are stale.
+            ledger.clear(connection)
+    new = [n for n, result in enumerate(results) if result is None]
+    for n, record_id in zip(
+        new, outcomes.letters_arrived(connection, [letters[n] for n in new]), strict=True
+    ):
+        results[n] = (record_id, True)
+    stored = [result for result in results if result is not None]
+    if session is not None:
+        ledger.record(
+            connection,
+            session,
+            [
+                (record_id, letter.message_key)
+                for (record_id, _), letter in zip(stored, letters, strict=True)
+            ],
+        )
+    return stored
 
 
 class DeadLetterConsumer:
@@ -75,62 +146,124 @@ class DeadLetterConsumer:
         batch_size: int = 250,
         batch_wait: float = 0.02,
         retry_max: float = 30.0,
+        fault: str | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.batch_size = batch_size
         self.batch_wait = batch_wait
         self.retry_max = retry_max
+        self.fault = fault
+        # Host and pid first: a successor on the same host sees at once that its holder is gone.
+        self.session = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.stored = 0
         self._pause = 0.5
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._lost = asyncio.Event()
+        self._lease_lost = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set, then finish the batch in hand and return.
+        """Hold the lease (waiting as standby while another consumer does), consume until
+        `stop` is set, then finish the batch in hand, give the lease back and return.
 
         The connection is re-made here rather than left to aio-pika's robust connection: its
         restore of a channel's consumer failed after a broker restart in our tests (the
         channel's close callback raised), leaving a consumer that waited forever.
         """
-        pause = 1.0
+        while not stop.is_set():
+            if not await self._take_lease(stop):
+                return
+            renewing = asyncio.create_task(self._renew_lease(stop))
+            try:
+                await self._serve(stop)
+            finally:
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
+            if self._lease_lost.is_set() and not stop.is_set():
+                logger.warning("lost the lease to another DLQ consumer; standing by")
+                self._lease_lost.clear()
+        with contextlib.suppress(DatabaseError):
+            await self.store.write(leases.release, LEASE, self.session)
+
+    async def _take_lease(self, stop: asyncio.Event) -> bool:
+        said = False
         while not stop.is_set():
             try:
-                connection = await connect(self.settings)
-            except BrokerUnavailable as exc:
-                logger.warning("{}; next try in {:.0f} s", exc, pause)
-                await _until(asyncio.sleep(pause), stop)
-                pause = min(pause * 2, self.retry_max)
-                continue
-            pause = 1.0
+                if await self.store.write(leases.acquire, LEASE, self.session, LEASE_TTL):
+                    logger.bind(session=self.session).info("holding the DLQ consumer lease")
+                    return True
+                holder = await self.store.run(leases.holder, LEASE)
+                if (
+                    holder is not None
+                    and _gone(holder)
+                    and await self.store.write(
+                        leases.take_over, LEASE, self.session, holder, LEASE_TTL
+                    )
+                ):
+                    logger.bind(session=self.session, previous=holder).info(
+                        "took the DLQ consumer lease over from a process that is gone"
+                    )
+                    return True
+                if not said:
+                    logger.info("another DLQ consumer is active; standing by")
+                    said = True
+            except DatabaseError as exc:
+                logger.warning("the store is unavailable, cannot take the lease: {}", exc)
+            await until(asyncio.sleep(LEASE_TTL / 6), stop)
+        return False
+
+    async def _renew_lease(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await until(asyncio.sleep(LEASE_TTL / 6), stop)
             try:
-                while not stop.is_set():
+                held = await self.store.write(leases.acquire, LEASE, self.session, LEASE_TTL)
+            except DatabaseError:
+                continue  # the batch transaction checks the lease anyway
+            if not held:
+                self._lease_lost.set()
+                self._lost.set()
+                return
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        while not stop.is_set() and not self._lease_lost.is_set():
+            connection = await connect_until(
+                self.settings, stop, name="dlq", pause_max=self.retry_max
+            )
+            if connection is None:
+                return
+            try:
+                while not stop.is_set() and not self._lease_lost.is_set():
                     if not await self._consume(connection, stop) and not stop.is_set():
                         await self._wait_for_store(stop)
             except BROKER_ERRORS as exc:
-                # What was delivered on the lost channel is back in the queue (unacked); a
-                # record already committed is found again by its key when redelivered.
+                # What was delivered on the lost channel is back in the queue (unacked); the
+                # next channel's handover sorts committed from uncommitted (module docstring).
                 logger.warning("lost the broker ({!r}); reconnecting", exc)
             finally:
                 with contextlib.suppress(*BROKER_ERRORS):
                     await connection.close()
 
     async def _consume(self, connection: AbstractConnection, stop: asyncio.Event) -> bool:
-        """Consume until stopped (True) or until the store fails (False); the channel's unacked
-        messages go back to the queue when it closes. Broker errors propagate."""
+        """Consume batch by batch until stopped (True) or until the store fails (False); the
+        channel's unacked messages go back to the queue when it closes."""
         channel = await connection.channel()
         lost = asyncio.Event()
         channel.close_callbacks.add(lambda *_: lost.set())
         self._lost = lost
         self._inbox = asyncio.Queue()
         try:
-            await channel.set_qos(prefetch_count=self.batch_size * 2)
+            await channel.set_qos(prefetch_count=self.batch_size)
             queue = await channel.get_queue(DEAD_LETTER_QUEUE, ensure=False)
-            await queue.consume(self._inbox.put)
+            if not await self._hand_over(channel, queue, stop):
+                return False
             logger.info("consuming {}", DEAD_LETTER_QUEUE)
-            while not stop.is_set():
+            while not stop.is_set() and not self._lease_lost.is_set():
+                tag = await queue.consume(self._inbox.put)
                 batch = await self._next_batch(stop)
-                if batch and not await self._store(batch):
+                await queue.cancel(tag)
+                batch += await self._stragglers()
+                if batch and not await self._store(channel, batch):
                     return False
             return True
         finally:
@@ -139,21 +272,69 @@ class DeadLetterConsumer:
             with contextlib.suppress(*BROKER_ERRORS):
                 await channel.close()
 
-    async def _next_batch(self, stop: asyncio.Event) -> list[AbstractIncomingMessage]:
-        stopping = asyncio.ensure_future(stop.wait())
-        losing = asyncio.ensure_future(self._lost.wait())
-        first = asyncio.ensure_future(self._inbox.get())
+    async def _hand_over(
+        self, channel: AbstractChannel, queue: AbstractQueue, stop: asyncio.Event
+    ) -> bool:
+        """Settle the ledger left by an earlier channel or process (module docstring): wait until
+        no other consumer holds the queue, then peek. False when the store failed."""
+        deadline = time.monotonic() + HANDOVER_WAIT
+        while not stop.is_set():
+            declared = await channel.declare_queue(DEAD_LETTER_QUEUE, passive=True)
+            consumers = declared.declaration_result.consumer_count
+            if not consumers:
+                break
+            if time.monotonic() > deadline:
+                logger.warning(
+                    "{} still has {} other consumer(s) after {:g} s; going on (a foreign "
+                    "consumer? identical dead letters it hands back may be merged)",
+                    DEAD_LETTER_QUEUE,
+                    consumers,
+                    HANDOVER_WAIT,
+                )
+                break
+            await until(asyncio.sleep(1.0), stop)
+        first = await queue.get(no_ack=False, fail=False)
         try:
-            await asyncio.wait({stopping, losing, first}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            losing.cancel()
-        if not first.done():
-            first.cancel()
-            if self._lost.is_set():
-                raise ConnectionError("the channel to RabbitMQ closed")
-            return []
-        batch = [first.result()]
+            if first is None or not first.redelivered:
+                await self.store.write(ledger.clear)
+        except DatabaseError as exc:
+            logger.warning("the store failed while taking over the ledger: {}", exc)
+            return False
+        if first is not None:
+            self._inbox.put_nowait(first)
+        return True
+
+    async def _stragglers(self) -> list[AbstractIncomingMessage]:
+        """Deliveries that arrived before cancel-ok but are still on their way to the inbox
+        (aio-pika hands each to a task of its own): they belong to this batch."""
+        for _ in range(3):
+            await asyncio.sleep(0)
+        late = []
+        while not self._inbox.empty():
+            late.append(self._inbox.get_nowait())
+        return late
+
+    async def _next_batch(self, stop: asyncio.Event) -> list[AbstractIncomingMessage]:
+        if not self._inbox.empty():
+            first_message: AbstractIncomingMessage | None = self._inbox.get_nowait()
+        else:
+            first_message = None
+        if first_message is None:
+            stopping = asyncio.ensure_future(stop.wait())
+            losing = asyncio.ensure_future(self._lost.wait())
+            first = asyncio.ensure_future(self._inbox.get())
+            try:
+                await asyncio.wait({stopping, losing, first}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                losing.cancel()
+            if not first.done():
+                first.cancel()
+                if self._lost.is_set() and not self._lease_lost.is_set():
+                    raise ConnectionError("the channel to RabbitMQ closed")
+                return []
+            first_message = first.result()
+        batch = [first_message]
         deadline = time.monotonic() + self.batch_wait
         while len(batch) < self.batch_size:
             if self._inbox.empty():
@@ -168,17 +349,31 @@ class DeadLetterConsumer:
                 batch.append(self._inbox.get_nowait())
         return batch
 
-    async def _store(self, batch: list[AbstractIncomingMessage]) -> bool:
-        """Commit the batch, then ack it; on a store failure, hand it back and say so."""
+    async def _store(self, channel: AbstractChannel, batch: list[AbstractIncomingMessage]) -> bool:
+        """Commit the batch with its ledger rows, ack it, make sure the ack was processed, then
+        drop the rows; on a store failure, hand the batch back and say so."""
         raws = [raw_message(message) for message in batch]
+        self._inject("before-commit")
         try:
-            results = await self.store.write(store_batch, raws)
+            results = await self.store.write(store_batch, raws, session=self.session)
+        except LeaseLost:
+            self._lease_lost.set()
+            return True
         except DatabaseError as exc:
             # Closing the channel (the caller does) hands the batch back to the queue.
             logger.warning("the store failed, handing {} dead letters back: {}", len(batch), exc)
             return False
-        # The batch is the oldest unacked deliveries of this channel, in order: one ack covers it.
+        self._inject("after-commit")
+        # The batch is every unacked delivery of this channel, in order: one ack covers it.
         await batch[-1].ack(multiple=True)
+        await channel.set_qos(prefetch_count=self.batch_size)  # returns once the ack is in
+        self._inject("after-ack")
+        try:
+            await self.store.write(ledger.clear, self.session)
+        except DatabaseError as exc:
+            # Stale rows, settled by the next channel's hand-over.
+            logger.warning("the store failed after an ack: {}", exc)
+            return False
         for raw, (record_id, created) in zip(raws, results, strict=True):
             with correlated(_correlation(raw)):
                 logger.bind(dead_letter_id=record_id, created=created).debug("dead letter stored")
@@ -186,6 +381,11 @@ class DeadLetterConsumer:
         self.stored += len(batch)
         self._pause = 0.5
         return True
+
+    def _inject(self, point: str) -> None:
+        if self.fault == point:
+            logger.warning("fault injection: killing the DLQ consumer {}", point)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     async def _wait_for_store(self, stop: asyncio.Event) -> None:
         """Probe the store for writing, with growing pauses, until it takes writes again."""
@@ -204,22 +404,19 @@ class DeadLetterConsumer:
                 return
 
 
-BROKER_ERRORS = (
-    aiormq.exceptions.AMQPError,
-    aio_pika.exceptions.AMQPException,
-    ConnectionError,
-    asyncio.TimeoutError,
-)
-
-
-async def _until(event_wait: Awaitable[object], stop: asyncio.Event) -> None:
-    """Wait for `event_wait`, or for `stop`, whichever comes first."""
-    waits = [asyncio.ensure_future(event_wait), asyncio.ensure_future(stop.wait())]
+def _gone(holder: str) -> bool:
+    """Whether a lease holder ("host:pid:…") was a process of this host that no longer runs."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
     try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiting in waits:
-            waiting.cancel()
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _correlation(raw: RawMessage) -> str | None:
@@ -227,15 +424,16 @@ def _correlation(raw: RawMessage) -> str | None:
     return str(value) if value is not None else None
 
 
-async def serve(settings: Settings) -> None:
-    """The `docproc serve dlq` process: consume until SIGTERM or SIGINT, then drain and exit."""
+async def serve(settings: Settings, *, fault: str | None = None) -> None:
+    """The `docproc serve dlq` process: consume until SIGTERM or SIGINT, then drain and exit.
+    `fault` names a point of the protocol where the process kills itself (tests only)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     store = AsyncStore(settings.resolved_database_url)
     try:
-        consumer = DeadLetterConsumer(settings, store)
+        consumer = DeadLetterConsumer(settings, store, fault=fault)
         await consumer.run(stop)
         logger.info("stopped after storing {} dead letters", consumer.stored)
     finally:

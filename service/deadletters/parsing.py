@@ -13,6 +13,7 @@ from service.deadletters.headers import to_json
 from service.logs import CORRELATION_HEADER
 from service.serialization import CONTENT_TYPE as MSGSPEC_CONTENT_TYPE
 from service.store.dead_letters import NewDeadLetter
+from service.tasks import ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER
 
 REPUBLISHED_FROM_HEADER = "x-docproc-republished-from"
 """Lineage: the dead letter a re-published message came from."""
@@ -85,7 +86,9 @@ def read(raw: RawMessage) -> NewDeadLetter:
     args, kwargs = _arguments(raw, content_type)
     task_name = _text(headers.get("task"))
     task_id = _text(headers.get("id"))
-    error_type = error_message = None
+    # The last failure, as the worker's retry carried it: what the store may not have recorded.
+    error_type = _text(headers.get(ERROR_TYPE_HEADER))
+    error_message = _text(headers.get(ERROR_MESSAGE_HEADER))
     if task_name is None:
         error_type = "NotACeleryMessage"
         error_message = "the message has no Celery task headers (task, id)"

@@ -17,7 +17,7 @@ from loguru import logger
 from sqlalchemy import Connection
 
 from service.broker.publisher import Publisher
-from service.deadletters.republish import check, mark_handled, publish
+from service.deadletters.republish import check, mark_handled, publish, run_versions
 from service.errors import BrokerUnavailable, DatabaseError, DocprocError
 from service.store import dead_letters, redrives
 from service.store.database import AsyncStore
@@ -97,6 +97,7 @@ class RedriveRunner:
         """Re-publish a few letters at once (their confirms in flight together), then record
         every outcome in one transaction: what is marked and what is counted never disagree."""
         letters = await self.store.run(dead_letters.get_many, ids)
+        seen = await self.store.run(run_versions, letters.values())
         outcomes: dict[str, str | None] = {}
         broker_down: BrokerUnavailable | None = None
 
@@ -116,9 +117,13 @@ class RedriveRunner:
 
         def record(connection: Connection) -> str | None:
             state: str | None = "running"
-            for dead_letter_id, error in outcomes.items():
+            # In task order, as every writer of many runs goes (store.task_runs.record_dead).
+            for dead_letter_id, error in sorted(
+                outcomes.items(), key=lambda item: str(getattr(letters.get(item[0]), "task_id", ""))
+            ):
                 if error is None:
-                    mark_handled(connection, letters[dead_letter_id])
+                    letter = letters[dead_letter_id]
+                    mark_handled(connection, letter, seen.get(letter.task_id or ""))
                 state = redrives.record_item(
                     connection,
                     redrive_id=job.id,

@@ -9,6 +9,7 @@ where it died whatever the bindings.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,13 +94,21 @@ def message_for(letter: DeadLetter) -> aio_pika.Message:
     )
 
 
-def mark_handled(connection: Connection, letter: DeadLetter) -> None:
-    """The letter was re-published: count it, and its task is PENDING again."""
+def mark_handled(connection: Connection, letter: DeadLetter, seen: datetime | None) -> None:
+    """The letter was re-published: count it, and its task is PENDING again — unless its run
+    changed since `seen` (read before publishing): then the worker was quicker, and its story
+    is the newer one."""
     dead_letters.mark_republished(connection, letter.id)
     if letter.task_id is not None:
-        task_runs.record_pending(
-            connection, letter.task_id, letter.task_name or "?", queue=letter.queue
+        task_runs.requeue(
+            connection, letter.task_id, letter.task_name or "?", queue=letter.queue, seen=seen
         )
+
+
+def run_versions(connection: Connection, letters: Iterable[DeadLetter]) -> dict[str, datetime]:
+    """The letters' runs as they are before re-publishing (see `mark_handled`)."""
+    task_ids = {letter.task_id for letter in letters if letter.task_id is not None}
+    return task_runs.versions(connection, task_ids)
 
 
 def check(letter: DeadLetter | None, dead_letter_id: str) -> DeadLetter:
@@ -118,8 +127,9 @@ async def publish(publisher: Publisher, letter: DeadLetter) -> None:
 async def republish(store: AsyncStore, publisher: Publisher, dead_letter_id: str) -> Republished:
     """Publish the dead letter to its original queue (confirmed), then mark it re-published."""
     letter = check(await store.run(dead_letters.get, dead_letter_id), dead_letter_id)
+    seen = await store.run(run_versions, [letter])
     await publish(publisher, letter)
-    await store.write(mark_handled, letter)
+    await store.write(mark_handled, letter, seen.get(letter.task_id or ""))
     return Republished(
         dead_letter_id=letter.id,
         queue=letter.queue,

@@ -15,9 +15,9 @@ import msgspec
 from sqlalchemy import Connection, Row, Table
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from service.errors import DatabaseError
+from service.errors import DatabaseError, StoreUnavailable
 from service.store.engine import async_engine, is_sqlite, sync_engine
 from service.store.migrations import upgrade
 
@@ -28,8 +28,41 @@ S = TypeVar("S", bound=msgspec.Struct)
 Operation = Callable[Concatenate[Connection, P], R]
 
 
+# SQLSTATE classes and codes of PostgreSQL that mean "cannot be reached", not "this failed":
+# connection exceptions, admin shutdown / crash / cannot connect now, too many connections.
+_PG_UNREACHABLE = ("08", "57P01", "57P02", "57P03", "53300")
+_SQLITE_UNREACHABLE = ("database is locked", "unable to open", "disk i/o error", "is full")
+
+
+def _unreachable(exc: SQLAlchemyError) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    original = getattr(exc, "orig", None)
+    state = getattr(original, "sqlstate", None)
+    if state is not None:
+        return str(state).startswith(_PG_UNREACHABLE)
+    text = str(original or exc).lower()
+    if "sqlite" in type(original).__module__:
+        return any(sign in text for sign in _SQLITE_UNREACHABLE)
+    return True  # a driver error without a SQLSTATE: the connection itself failed
+
+
+# PostgreSQL aborts one of two transactions that deadlock or conflict (SQLSTATE 40P01, 40001):
+# the whole transaction is run again, as the error asks.
+_RETRIED = ("40P01", "40001")
+ATTEMPTS = 3
+
+
+def _retried(exc: SQLAlchemyError) -> bool:
+    return str(getattr(getattr(exc, "orig", None), "sqlstate", "")) in _RETRIED
+
+
 def _unavailable(exc: SQLAlchemyError) -> DatabaseError:
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    if _unreachable(exc):
+        return StoreUnavailable(f"the store is unavailable: {reason}")
     return DatabaseError(f"the store failed: {reason}")
 
 
@@ -41,11 +74,14 @@ class Store:
         self.engine = sync_engine(url)
 
     def run(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            with self.engine.begin() as connection:
-                return operation(connection, *args, **kwargs)
-        except SQLAlchemyError as exc:
-            raise _unavailable(exc) from exc
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                with self.engine.begin() as connection:
+                    return operation(connection, *args, **kwargs)
+            except SQLAlchemyError as exc:
+                if attempt == ATTEMPTS or not _retried(exc):
+                    raise _unavailable(exc) from exc
+        raise AssertionError("unreachable")
 
     def migrate(self) -> str:
         return upgrade(self.url)
@@ -69,11 +105,14 @@ class AsyncStore:
         self._writers = asyncio.Lock() if is_sqlite(url) else None
 
     async def run(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            async with self.engine.begin() as connection:
-                return await connection.run_sync(operation, *args, **kwargs)
-        except SQLAlchemyError as exc:
-            raise _unavailable(exc) from exc
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                async with self.engine.begin() as connection:
+                    return await connection.run_sync(operation, *args, **kwargs)
+            except SQLAlchemyError as exc:
+                if attempt == ATTEMPTS or not _retried(exc):
+                    raise _unavailable(exc) from exc
+        raise AssertionError("unreachable")
 
     async def write(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         if self._writers is None:
@@ -85,17 +124,27 @@ class AsyncStore:
         await self.engine.dispose()
 
 
+def dialect_insert(connection: Connection, table: Table) -> Any:
+    """An INSERT that knows ON CONFLICT, for the store's dialect (SQLite or PostgreSQL)."""
+    insert = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
+    return insert(table)
+
+
 def upsert(
     connection: Connection,
     table: Table,
     values: dict[str, Any],
     key: Sequence[str],
     update: dict[str, Any],
+    *,
+    where: Any = None,
 ) -> None:
-    """INSERT `values`, or on a conflict over `key` UPDATE with `update` (SQLite and PostgreSQL)."""
-    insert = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
-    statement = insert(table).values(**values)
-    connection.execute(statement.on_conflict_do_update(index_elements=list(key), set_=update))
+    """INSERT `values`, or on a conflict over `key` UPDATE with `update` — only where `where`
+    holds for the existing row, when given (SQLite and PostgreSQL)."""
+    statement = dialect_insert(connection, table).values(**values)
+    connection.execute(
+        statement.on_conflict_do_update(index_elements=list(key), set_=update, where=where)
+    )
 
 
 def as_struct(row: Row[Any], struct: type[S], *, strict: bool = True) -> S:

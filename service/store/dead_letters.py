@@ -12,11 +12,11 @@ import msgspec
 from sqlalchemy import Connection, Select, and_, delete, func, insert, or_, select, update
 
 from service.deadletters.fingerprint import fingerprint
-from service.store import task_runs as runs
 from service.store.database import as_struct
-from service.store.schema import dead_letters, task_runs, utcnow
+from service.store.schema import dead_letters, utcnow
 
-Status = Literal["active", "republished", "discarded", "all"]
+Status = Literal["active", "republished", "discarded", "superseded", "all"]
+STATUSES: tuple[Status, ...] = ("active", "republished", "discarded", "superseded", "all")
 
 
 class _Message(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,6 +62,7 @@ class DeadLetter(_Message, frozen=True, kw_only=True):
     republish_count: int
     republished_at: datetime | None
     discarded_at: datetime | None
+    superseded_at: datetime | None
     stored_at: datetime
     updated_at: datetime
     body: bytes = b""
@@ -122,44 +123,35 @@ def _where(statement: Select[Any], filters: Filters) -> Select[Any]:
     if filters.until is not None:
         conditions.append(c.dead_at < filters.until)
     if filters.status == "active":
-        conditions += [c.discarded_at.is_(None), c.republish_count == 0]
+        conditions += [
+            c.discarded_at.is_(None),
+            c.republish_count == 0,
+            c.superseded_at.is_(None),
+        ]
     elif filters.status == "republished":
         conditions += [c.discarded_at.is_(None), c.republish_count > 0]
     elif filters.status == "discarded":
         conditions.append(c.discarded_at.is_not(None))
+    elif filters.status == "superseded":
+        conditions += [c.discarded_at.is_(None), c.superseded_at.is_not(None)]
     return statement.where(and_(*conditions)) if conditions else statement
 
 
-def store(connection: Connection, letter: NewDeadLetter, *, redelivered: bool) -> tuple[str, bool]:
-    """Store one letter; see `store_many`."""
-    return store_many(connection, [(letter, redelivered)])[0]
-
-
-def store_many(
-    connection: Connection, letters: Sequence[tuple[NewDeadLetter, bool]]
-) -> list[tuple[str, bool]]:
-    """Store letters (each with whether it came redelivered); returns (id, created) for each.
-
-    Idempotent for a redelivered message: one the consumer stored but could not ack comes back
-    marked redelivered, with the same key, and updates that record instead of adding one. A
-    message arriving for the first time is always a new record, even if an identical one died
-    before. Each letter's task run becomes DEAD, keeping the failure the worker recorded.
-    A batch costs a handful of statements, whatever its size.
-    """
+def insert_many(
+    connection: Connection,
+    letters: Sequence[NewDeadLetter],
+    *,
+    failures: dict[str, dict[str, Any]],
+    superseded: set[str],
+) -> list[str]:
+    """Store new records (one statement); returns their ids. A letter takes the failure the worker
+    recorded for its task (`failures`) over the one its headers carry; a letter of a task that
+    succeeded since (`superseded`) is history, not a failure."""
     now = utcnow()
-    failures = _failures(
-        connection,
-        {letter.task_id for letter, _ in letters if letter.task_id and not letter.error_type},
-    )
-    existing = _latest_by_key(
-        connection, {letter.message_key for letter, redelivered in letters if redelivered}
-    )
-    results: list[tuple[str, bool]] = []
-    inserts: list[dict[str, Any]] = []
-    dead: list[tuple[str, str, str, str]] = []
-    for letter, redelivered in letters:
+    rows: list[dict[str, Any]] = []
+    for letter in letters:
         values = msgspec.to_builtins(letter, builtin_types=(bytes, datetime))
-        if not letter.error_type and letter.task_id in failures:
+        if letter.task_id in failures:
             values |= failures[letter.task_id]
         values["fingerprint"] = fingerprint(
             letter.task_name,
@@ -167,55 +159,51 @@ def store_many(
             values["error_message"],
             values["traceback"],
         )
-        values["updated_at"] = now
-        found = existing.get(letter.message_key) if redelivered else None
-        if found is not None:
-            connection.execute(
-                update(dead_letters).where(dead_letters.c.id == found).values(**values)
-            )
-            results.append((found, False))
-        else:
-            record_id = str(uuid.uuid4())
-            inserts.append(values | {"id": record_id, "republish_count": 0, "stored_at": now})
-            results.append((record_id, True))
-        if letter.task_id:
-            dead.append(
-                (letter.task_id, letter.task_name or "?", letter.reason, _death_message(letter))
-            )
-    if inserts:
-        connection.execute(insert(dead_letters), inserts)
-    runs.record_dead(connection, dead)
-    return results
-
-
-def _failures(connection: Connection, task_ids: set[str]) -> dict[str, dict[str, Any]]:
-    """The failures the worker recorded for these tasks, where it recorded one."""
-    if not task_ids:
-        return {}
-    c = task_runs.c
-    rows = connection.execute(
-        select(c.task_id, c.error_type, c.error_message, c.traceback).where(
-            c.task_id.in_(task_ids), c.error_type.is_not(None)
+        rows.append(
+            values
+            | {
+                "id": str(uuid.uuid4()),
+                "republish_count": 0,
+                "stored_at": now,
+                "updated_at": now,
+                "superseded_at": now if letter.task_id in superseded else None,
+            }
         )
-    ).all()
-    return {
-        row.task_id: {
-            "error_type": row.error_type,
-            "error_message": row.error_message,
-            "traceback": row.traceback,
-        }
-        for row in rows
-    }
+    if rows:
+        connection.execute(insert(dead_letters), rows)
+    return [row["id"] for row in rows]
 
 
-def _latest_by_key(connection: Connection, keys: set[str]) -> dict[str, str]:
-    if not keys:
-        return {}
-    c = dead_letters.c
-    rows = connection.execute(
-        select(c.message_key, c.id).where(c.message_key.in_(keys)).order_by(c.stored_at)
-    ).all()
-    return {row.message_key: str(row.id) for row in rows}  # the newest wins
+def supersede(connection: Connection, task_id: str) -> None:
+    """The task succeeded after all: its letters are history, not failures."""
+    now = utcnow()
+    connection.execute(
+        update(dead_letters)
+        .where(dead_letters.c.task_id == task_id, dead_letters.c.superseded_at.is_(None))
+        .values(superseded_at=now, updated_at=now)
+    )
+
+
+def fill_failure(
+    connection: Connection,
+    task_id: str,
+    *,
+    error_type: str,
+    message: str | None,
+    traceback: str | None,
+) -> None:
+    """Give the task's letters that arrived before its failure was recorded that failure."""
+    connection.execute(
+        update(dead_letters)
+        .where(dead_letters.c.task_id == task_id, dead_letters.c.error_type.is_(None))
+        .values(error_type=error_type, error_message=message, traceback=traceback)
+    )
+
+
+def death_of(letter: NewDeadLetter) -> tuple[str, str, str, str]:
+    """(task id, task name, reason, why) of a letter that names a task, for its run."""
+    assert letter.task_id is not None
+    return (letter.task_id, letter.task_name or "?", letter.reason, _death_message(letter))
 
 
 def _death_message(letter: NewDeadLetter) -> str:
@@ -373,11 +361,11 @@ def probe_writable(connection: Connection) -> None:
 
 
 def counts(connection: Connection) -> list[tuple[str, str, int]]:
-    """(reason, queue, how many) of the letters not discarded."""
+    """(reason, queue, how many) of the letters neither discarded nor superseded."""
     c = dead_letters.c
     rows = connection.execute(
         select(c.reason, c.queue, func.count())
-        .where(c.discarded_at.is_(None))
+        .where(c.discarded_at.is_(None), c.superseded_at.is_(None))
         .group_by(c.reason, c.queue)
     ).all()
     return [(row[0], row[1], int(row[2])) for row in rows]

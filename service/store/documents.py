@@ -1,5 +1,5 @@
 """Documents: the original bytes as accepted, then the extracted text and chunks that make them
-searchable. Re-processing a document replaces its text and chunks (a redelivery adds nothing)."""
+searchable. A document is processed once: a redelivery, or a duplicate message, adds nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import msgspec
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from service.store.database import as_struct, upsert
-from service.store.schema import chunks, document_texts, documents, utcnow
+from service.store.schema import chunks, document_texts, documents, task_runs, utcnow
 
 
 class Document(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,6 +112,42 @@ def unpublished(connection: Connection, accepted_before: datetime, limit: int) -
     return [as_struct(row, Document) for row in rows]
 
 
+def lost(connection: Connection, published_before: datetime, limit: int) -> list[Document]:
+    """Documents whose task message was confirmed before `published_before` and never started."""
+    rows = connection.execute(
+        select(*_METADATA)
+        .join(task_runs, task_runs.c.task_id == documents.c.task_id)
+        .where(
+            documents.c.published_at < published_before,
+            documents.c.processed_at.is_(None),
+            task_runs.c.state == "PENDING",
+        )
+        .order_by(documents.c.published_at)
+        .limit(limit)
+    ).all()
+    return [as_struct(row, Document) for row in rows]
+
+
+def mark_reconciled(connection: Connection, document_id: str) -> None:
+    now = utcnow()
+    connection.execute(
+        update(documents)
+        .where(documents.c.id == document_id)
+        .values(
+            reconciled_count=documents.c.reconciled_count + 1,
+            reconciled_at=now,
+            published_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def reconciled(connection: Connection) -> int:
+    """How often reconciliation re-published a lost task message, in all."""
+    total = connection.execute(select(func.sum(documents.c.reconciled_count))).scalar_one()
+    return int(total or 0)
+
+
 def get(connection: Connection, document_id: str) -> Document | None:
     row = connection.execute(select(*_METADATA).where(documents.c.id == document_id)).first()
     return None if row is None else as_struct(row, Document)
@@ -140,9 +176,30 @@ def get_text(connection: Connection, document_id: str) -> str | None:
     return text
 
 
+class AlreadyProcessed(Exception):
+    """Another delivery of the same task committed the document's outcome first."""
+
+
 def store_extraction(connection: Connection, document_id: str, extraction: Extraction) -> None:
-    """Replace the document's text and chunks, and record what was found, atomically."""
+    """Record what was found and the document's text and chunks, atomically — once: when two
+    deliveries of one task race, the second raises AlreadyProcessed and changes nothing."""
     now = utcnow()
+    claimed = connection.execute(
+        update(documents)
+        .where(documents.c.id == document_id, documents.c.processed_at.is_(None))
+        .values(
+            detected_type=extraction.detected_type,
+            title=extraction.title,
+            encoding=extraction.encoding,
+            page_count=extraction.page_count,
+            char_count=len(extraction.text),
+            chunk_count=len(extraction.chunks),
+            processed_at=now,
+            updated_at=now,
+        )
+    ).rowcount
+    if not claimed:
+        raise AlreadyProcessed(document_id)
     connection.execute(delete(chunks).where(chunks.c.document_id == document_id))
     upsert(
         connection,
@@ -165,20 +222,6 @@ def store_extraction(connection: Connection, document_id: str, extraction: Extra
                 for chunk in extraction.chunks
             ],
         )
-    connection.execute(
-        update(documents)
-        .where(documents.c.id == document_id)
-        .values(
-            detected_type=extraction.detected_type,
-            title=extraction.title,
-            encoding=extraction.encoding,
-            page_count=extraction.page_count,
-            char_count=len(extraction.text),
-            chunk_count=len(extraction.chunks),
-            processed_at=now,
-            updated_at=now,
-        )
-    )
 
 
 def chunk_count(connection: Connection, document_id: str) -> int:

@@ -78,7 +78,21 @@ documents = Table(
     Column("processed_at", Timestamp()),
     # NULL until the task message is confirmed by the broker; beat's sweeper publishes the rest.
     Column("published_at", Timestamp()),
+    # How often beat's reconciliation found its confirmed message lost, and re-published it.
+    Column("reconciled_count", Integer, nullable=False, default=0, server_default="0"),
+    Column("reconciled_at", Timestamp()),
     Index("ix_documents_unpublished", "published_at", "created_at"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    # A client's Idempotency-Key: the same key within its lifetime names the same upload.
+    Column("key", String(255), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("document_id", String(36), nullable=False),
+    Column("task_id", String(255), nullable=False),
+    Column("created_at", Timestamp(), nullable=False, index=True),
 )
 
 document_texts = Table(
@@ -171,10 +185,31 @@ dead_letters = Table(
     Column("republish_count", Integer, nullable=False, default=0),
     Column("republished_at", Timestamp()),
     Column("discarded_at", Timestamp()),
+    # The task succeeded after all (a later delivery): the letter is history, not a failure.
+    Column("superseded_at", Timestamp()),
     Column("stored_at", Timestamp(), nullable=False),
     Column("updated_at", Timestamp(), nullable=False),
     Index("ix_dead_letters_dead_at", "dead_at", "id"),
     Index("ix_dead_letters_queue_reason", "queue", "reason"),
+)
+
+dead_letter_ledger = Table(
+    "dead_letter_ledger",
+    metadata,
+    # Records the DLQ consumer committed but may not have acked: a redelivered message with the
+    # same key is matched to one of them instead of becoming a second record (deadletters.consumer).
+    Column("session", String(64), primary_key=True),
+    Column("dead_letter_id", String(36), primary_key=True),
+    Column("message_key", String(64), nullable=False, index=True),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    # One holder at a time (the DLQ consumer), for as long as it keeps renewing.
+    Column("name", String(64), primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("expires_at", Timestamp(), nullable=False),
 )
 
 redrives = Table(

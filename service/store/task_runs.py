@@ -8,11 +8,9 @@ from typing import Any, Literal
 
 import msgspec
 from sqlalchemy import Connection, case, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from service.store.database import as_struct, upsert
-from service.store.schema import dead_letters, task_runs, utcnow
+from service.store.database import as_struct, dialect_insert, upsert
+from service.store.schema import task_runs, utcnow
 
 TaskState = Literal[
     "PENDING", "STARTED", "PROCESSING", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "DEAD"
@@ -27,6 +25,11 @@ STATES: tuple[TaskState, ...] = (
     "REVOKED",
     "DEAD",
 )
+
+
+# SUCCESS is final: a late dead letter, a duplicate delivery or a stale retry never moves a run
+# back from it (store.outcomes settles the rest).
+NOT_SUCCEEDED = task_runs.c.state != "SUCCESS"
 
 
 class RetryRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,6 +71,22 @@ class TaskRun(msgspec.Struct, frozen=True, kw_only=True):
         return max(0.0, (end - self.started_at).total_seconds())
 
 
+_FRESH: dict[str, Any] = {
+    "step": None,
+    "steps_done": 0,
+    "steps_total": 0,
+    "percent": 0.0,
+    "retries": 0,
+    "next_retry_at": None,
+    "error_type": None,
+    "error_message": None,
+    "traceback": None,
+    "started_at": None,
+    "finished_at": None,
+}
+"""What a run forgets when it starts over."""
+
+
 def _first_values(
     task_id: str, task_name: str, state: TaskState, now: datetime, **fields: Any
 ) -> dict[str, Any]:
@@ -105,22 +124,45 @@ def record_pending(
         queue=queue,
         correlation_id=correlation_id,
     )
-    reset = {
-        "state": "PENDING",
-        "step": None,
-        "steps_done": 0,
-        "steps_total": 0,
-        "percent": 0.0,
-        "retries": 0,
-        "next_retry_at": None,
-        "error_type": None,
-        "error_message": None,
-        "traceback": None,
-        "started_at": None,
-        "finished_at": None,
-        "updated_at": now,
-    }
-    upsert(connection, task_runs, values, ["task_id"], reset)
+    upsert(
+        connection, task_runs, values, ["task_id"], _FRESH | {"state": "PENDING", "updated_at": now}
+    )
+
+
+def versions(connection: Connection, task_ids: set[str]) -> dict[str, datetime]:
+    """When each run was last written: what `requeue` compares against."""
+    if not task_ids:
+        return {}
+    c = task_runs.c
+    rows = connection.execute(select(c.task_id, c.updated_at).where(c.task_id.in_(task_ids)))
+    return {str(row.task_id): row.updated_at for row in rows}
+
+
+def requeue(
+    connection: Connection,
+    task_id: str,
+    task_name: str,
+    *,
+    queue: str | None,
+    seen: datetime | None,
+) -> None:
+    """A run whose message was published again: PENDING, a fresh attempt — unless the worker
+    wrote the run since `seen` (read before publishing), for then it already has a newer story
+    (the message was quick) and PENDING would be a step back."""
+    now = utcnow()
+    if seen is None:
+        values = _first_values(task_id, task_name, "PENDING", now, queue=queue)
+        connection.execute(
+            dialect_insert(connection, task_runs)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["task_id"])
+        )
+        return
+    connection.execute(
+        update(task_runs)
+        .where(task_runs.c.task_id == task_id, task_runs.c.updated_at == seen)
+        .values(**_FRESH, state="PENDING", queue=queue, updated_at=now)
+    )
 
 
 def record_started(
@@ -154,7 +196,7 @@ def record_started(
         "finished_at": None,
         "updated_at": now,
     }
-    upsert(connection, task_runs, values, ["task_id"], changes)
+    upsert(connection, task_runs, values, ["task_id"], changes, where=NOT_SUCCEEDED)
 
 
 def record_progress(
@@ -163,7 +205,7 @@ def record_progress(
     percent = round(100.0 * steps_done / steps_total, 1) if steps_total else 0.0
     connection.execute(
         update(task_runs)
-        .where(task_runs.c.task_id == task_id)
+        .where(task_runs.c.task_id == task_id, NOT_SUCCEEDED)
         .values(
             state="PROCESSING",
             step=step,
@@ -191,7 +233,7 @@ def record_retry(
     entry = RetryRecord(at=now, delay=delay, error_type=error_type, message=message)
     connection.execute(
         update(task_runs)
-        .where(task_runs.c.task_id == task_id)
+        .where(task_runs.c.task_id == task_id, NOT_SUCCEEDED)
         .values(
             state="RETRY",
             retries=retries,
@@ -233,7 +275,9 @@ def record_failure(
     message: str | None,
     traceback: str | None = None,
 ) -> None:
-    """A run that ended without success; DEAD once its dead letter is stored."""
+    """A run that ended without success; DEAD once its dead letter is stored. A DEAD run stays
+    DEAD when the worker's failure arrives after its dead letter (a hard time-out is rejected
+    before it is recorded), and a SUCCESS stays SUCCESS."""
     now = utcnow()
     fields: dict[str, Any] = {"finished_at": now, "next_retry_at": None}
     if error_type is not None:
@@ -243,17 +287,9 @@ def record_failure(
     values = _first_values(task_id, task_name, state, now, **fields)
     new_state: Any = state
     if state == "FAILURE":
-        # The dead letter may be stored first (a hard time-out is rejected before it is recorded):
-        # DEAD stays DEAD, and the dead letter gets the failure it lacked.
         new_state = case((task_runs.c.state == "DEAD", "DEAD"), else_=state)
-        if error_type is not None:
-            connection.execute(
-                update(dead_letters)
-                .where(dead_letters.c.task_id == task_id, dead_letters.c.error_type.is_(None))
-                .values(error_type=error_type, error_message=message, traceback=traceback)
-            )
     changes = fields | {"state": new_state, "updated_at": now}
-    upsert(connection, task_runs, values, ["task_id"], changes)
+    upsert(connection, task_runs, values, ["task_id"], changes, where=NOT_SUCCEEDED)
 
 
 def get(connection: Connection, task_id: str) -> TaskRun | None:
@@ -294,12 +330,11 @@ def expire(connection: Connection, finished_before: datetime) -> int:
 
 def record_dead(connection: Connection, runs: Sequence[tuple[str, str, str, str]]) -> None:
     """Mark runs DEAD — (task id, task name, reason, why) each — keeping any failure the worker
-    recorded, and creating the runs of tasks never seen (one statement for the lot)."""
+    recorded, creating the runs of tasks never seen, leaving SUCCESS alone (one statement)."""
     if not runs:
         return
     now = utcnow()
-    insert_ = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
-    statement = insert_(task_runs)
+    statement = dialect_insert(connection, task_runs)
     statement = statement.on_conflict_do_update(
         index_elements=["task_id"],
         set_={
@@ -313,6 +348,7 @@ def record_dead(connection: Connection, runs: Sequence[tuple[str, str, str, str]
                 else_=task_runs.c.error_message,
             ),
         },
+        where=NOT_SUCCEEDED,
     )
     connection.execute(
         statement,
@@ -326,6 +362,41 @@ def record_dead(connection: Connection, runs: Sequence[tuple[str, str, str, str]
                 error_type=reason,
                 error_message=why,
             )
-            for task_id, task_name, reason, why in runs
+            # One row per task (a statement may not update a row twice), in one order for
+            # every writer of many runs: concurrent ones cannot deadlock.
+            for task_id, (task_name, reason, why) in sorted(
+                {task_id: rest for task_id, *rest in runs}.items()
+            )
         ],
     )
+
+
+def succeeded(connection: Connection, task_ids: set[str]) -> set[str]:
+    """Which of these tasks succeeded."""
+    if not task_ids:
+        return set()
+    c = task_runs.c
+    rows = connection.execute(
+        select(c.task_id).where(c.task_id.in_(task_ids), c.state == "SUCCESS")
+    ).scalars()
+    return {str(task_id) for task_id in rows}
+
+
+def failures(connection: Connection, task_ids: set[str]) -> dict[str, dict[str, Any]]:
+    """The failures the worker recorded for these tasks, where it recorded one."""
+    if not task_ids:
+        return {}
+    c = task_runs.c
+    rows = connection.execute(
+        select(c.task_id, c.error_type, c.error_message, c.traceback).where(
+            c.task_id.in_(task_ids), c.error_type.is_not(None)
+        )
+    ).all()
+    return {
+        row.task_id: {
+            "error_type": row.error_type,
+            "error_message": row.error_message,
+            "traceback": row.traceback,
+        }
+        for row in rows
+    }

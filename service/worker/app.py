@@ -9,10 +9,11 @@ from typing import Any
 
 import kombu
 from celery import Celery, signals
+from loguru import logger
 
 from service import serialization
 from service.broker.declarer import declare_topology
-from service.errors import ConfigError, DocprocError, abort
+from service.errors import ConfigError, DatabaseError, DocprocError, abort
 from service.logs import setup_logging
 from service.settings import Settings
 from service.store.database import Store
@@ -25,6 +26,7 @@ from service.topology import (
     build_topology,
 )
 from service.worker import canary, documents, lifecycle, maintenance
+from service.worker.store_watch import StoreWatch
 from service.worker.task import DocprocTask
 
 TASK_ROUTES = {
@@ -40,6 +42,7 @@ class DocprocCelery(Celery):
     _docproc_settings: Settings | None = None
     _store: Store | None = None
     _store_pid: int | None = None
+    migrated = False
 
     @property
     def settings(self) -> Settings:
@@ -138,6 +141,7 @@ def create_celery(settings: Settings | None = None) -> DocprocCelery:
         app.on_configure.connect(configure_from_environment, weak=False)
 
     _connect_signals(app)
+    app.steps["consumer"].add(StoreWatch)
     canary.register(app)
     documents.register(app)
     maintenance.register(app)
@@ -153,9 +157,14 @@ def _connect_signals(app: DocprocCelery) -> None:
             return
         try:
             asyncio.run(declare_topology(app.settings))
-            app.store.migrate()
         except DocprocError as exc:
             abort(exc)
+        try:
+            app.store.migrate()
+            app.migrated = True
+        except DatabaseError as exc:
+            # No crash loop: the worker starts paused and takes work once the store answers.
+            logger.warning("the store is unavailable at start: {}", exc)
 
     signals.setup_logging.connect(on_setup_logging, weak=False)
     signals.worker_init.connect(on_worker_init, weak=False)

@@ -82,17 +82,17 @@ def _queue_exists(app: Celery, name: str) -> bool:
 
 
 def register(app: Celery) -> None:
-    @app.task(name=SUCCEED, bind=True)
+    @app.task(name=SUCCEED, bind=True, shared=False)
     def succeed(self: AnyTask, report_to: str | None = None) -> str:
         report(self, report_to, "succeeded")
         return "ok"
 
-    @app.task(name=FAIL, bind=True)
+    @app.task(name=FAIL, bind=True, shared=False)
     def fail(self: AnyTask, report_to: str | None = None) -> None:
         report(self, report_to, "failing")
         raise CanaryFailure("canary: a permanent failure, on purpose")
 
-    @app.task(name=FLAKY, bind=True)
+    @app.task(name=FLAKY, bind=True, shared=False)
     def flaky(
         self: AnyTask, failures: int, report_to: str | None = None, delay: int | None = None
     ) -> str:
@@ -112,7 +112,7 @@ def register(app: Celery) -> None:
         report(self, report_to, "succeeded")
         return "ok"
 
-    @app.task(name=CRASH, bind=True)
+    @app.task(name=CRASH, bind=True, shared=False)
     def crash(self: AnyTask, report_to: str | None = None) -> str:
         """Kill this worker process, while the selftest that sent it still listens: one cut short
         leaves a canary that would otherwise crash a worker at each delivery up to the limit."""
@@ -122,7 +122,7 @@ def register(app: Celery) -> None:
         report(self, report_to, "crashing")
         os._exit(70)
 
-    @app.task(name=SLEEP, bind=True)
+    @app.task(name=SLEEP, bind=True, shared=False)
     def sleep(
         self: AnyTask, seconds: float, stubborn: bool = False, report_to: str | None = None
     ) -> str:
@@ -139,7 +139,7 @@ def register(app: Celery) -> None:
         report(self, report_to, "succeeded")
         return "ok"
 
-    @app.task(name=STEPS, bind=True)
+    @app.task(name=STEPS, bind=True, shared=False)
     def steps(self: AnyTask, count: int = 4, seconds: float = 0.5) -> str:
         """Walk through `count` named steps, recording progress as the document task does."""
         names = [f"step {n}" for n in range(1, count + 1)]

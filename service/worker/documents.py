@@ -14,7 +14,7 @@ PROCESS = PROCESS_DOCUMENT
 
 
 def register(app: Celery) -> None:
-    @app.task(name=PROCESS, bind=True)
+    @app.task(name=PROCESS, bind=True, shared=False)
     def process(self: Task[Any, Any], document_id: str) -> dict[str, Any]:
         """Make one document searchable. Permanent errors dead-letter it, transient ones retry."""
         store = self.app.store  # type: ignore[attr-defined]

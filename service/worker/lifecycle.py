@@ -13,10 +13,11 @@ from typing import Any
 from celery import Celery, signals
 from loguru import logger
 
-from service.errors import DatabaseError
+from service.errors import DatabaseError, error_type_of
 from service.logs import CORRELATION_HEADER, correlation_id
-from service.store import task_runs
+from service.store import outcomes
 from service.store.database import Store
+from service.worker.task import budget_retries
 
 # Native delayed delivery prefixes the routing key with 28 binary digits.
 _DELAY_PREFIX = re.compile(r"^(?:[01]\.){28}")
@@ -51,10 +52,10 @@ def connect(app: Celery, store: Callable[[], Store]) -> None:
         correlation_id.set(cid)
         document_id = (kwargs or {}).get("document_id")
         write(
-            task_runs.record_started,
+            outcomes.task_started,
             task_id,
             task.name,
-            retries=request.retries or 0,
+            retries=budget_retries(request),
             queue=queue_of(request.delivery_info),
             worker=request.hostname,
             correlation_id=cid,
@@ -66,7 +67,7 @@ def connect(app: Celery, store: Callable[[], Store]) -> None:
 
     def on_success(sender: Any, **_: Any) -> None:
         if mine(sender):
-            write(task_runs.record_success, sender.request.id)
+            write(outcomes.task_succeeded, sender.request.id)
 
     def on_failure(
         sender: Any, task_id: str, exception: BaseException, einfo: Any = None, **_: Any
@@ -74,11 +75,11 @@ def connect(app: Celery, store: Callable[[], Store]) -> None:
         if not mine(sender):
             return
         write(
-            task_runs.record_failure,
+            outcomes.task_failed,
             task_id,
             sender.name,
             state="FAILURE",
-            error_type=type(exception).__name__,
+            error_type=error_type_of(exception),
             message=str(exception),
             traceback=str(einfo.traceback) if einfo is not None else None,
         )
@@ -87,7 +88,7 @@ def connect(app: Celery, store: Callable[[], Store]) -> None:
         if sender is not None and not mine(sender):
             return
         write(
-            task_runs.record_failure,
+            outcomes.task_failed,
             request.id,
             request.task_name or request.name,
             state="REVOKED",

@@ -3,20 +3,26 @@ retention, and publish documents that were accepted but whose task message was n
 
 from __future__ import annotations
 
-from datetime import timedelta
+import functools
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery, Task
 from loguru import logger
 
+from service.errors import DatabaseError
 from service.logs import CORRELATION_HEADER
-from service.store import dead_letters, documents, task_runs
+from service.store import dead_letters, documents, idempotency, task_runs
+from service.store.documents import Document
 from service.store.schema import utcnow
 from service.tasks import (
     EXPIRE_TASK_RUNS,
     PROCESS_DOCUMENT,
     PUBLISH_UNPUBLISHED,
     PURGE_DEAD_LETTERS,
+    RECONCILE,
+    RECONCILE_MARKER,
 )
 from service.topology import DOCUMENT_QUEUE
 
@@ -25,26 +31,64 @@ SWEEP_GRACE = timedelta(seconds=30)
 API's confirm timeout, so that the sweeper never races a publish still in flight."""
 SWEEP_BATCH = 500
 
+RECONCILE_BATCH = 500
+
 SCHEDULE: dict[str, dict[str, Any]] = {
     "expire-task-runs": {"task": EXPIRE_TASK_RUNS, "schedule": 300.0},
     "purge-dead-letters": {"task": PURGE_DEAD_LETTERS, "schedule": 3600.0},
     "publish-unpublished": {"task": PUBLISH_UNPUBLISHED, "schedule": 15.0},
+    "reconcile": {"task": RECONCILE, "schedule": 300.0},
 }
+
+
+def _skipped_while_the_store_is_down(task: Callable[..., int]) -> Callable[..., int]:
+    """Maintenance is periodic and idempotent: when the store is down, the next run does it.
+    Never a retry, never a dead letter."""
+
+    @functools.wraps(task)
+    def run(*args: Any, **kwargs: Any) -> int:
+        try:
+            return task(*args, **kwargs)
+        except DatabaseError as exc:
+            logger.warning("{} skipped, the store is unavailable: {}", task.__name__, exc)
+            return 0
+
+    return run
+
+
+def _send_document_task(app: Celery, document: Document) -> None:
+    """The document's task, as the API publishes it: its own task id, its correlation id."""
+    app.send_task(
+        PROCESS_DOCUMENT,
+        kwargs={"document_id": document.id},
+        task_id=document.task_id,
+        queue=DOCUMENT_QUEUE,
+        headers={CORRELATION_HEADER: document.correlation_id or document.task_id},
+    )
 
 
 def register(app: Celery) -> None:
     # Maintenance is idempotent and periodic: a run that overlaps the next one is pointless.
-    options: dict[str, Any] = {"bind": True, "expires": 600}
+    options: dict[str, Any] = {"bind": True, "expires": 600, "shared": False}
 
     @app.task(name=EXPIRE_TASK_RUNS, **options)
+    @_skipped_while_the_store_is_down
     def expire_task_runs(self: Task[Any, Any]) -> int:
         settings = self.app.settings  # type: ignore[attr-defined]
         before = utcnow() - timedelta(seconds=settings.result_expires)
-        expired: int = self.app.store.run(task_runs.expire, before)  # type: ignore[attr-defined]
-        logger.info("expired {} task runs finished before {}", expired, before.isoformat())
+        store = self.app.store  # type: ignore[attr-defined]
+        expired: int = store.run(task_runs.expire, before)
+        keys = store.run(idempotency.expire, utcnow() - idempotency.WINDOW)
+        logger.info(
+            "expired {} task runs finished before {}, {} idempotency keys",
+            expired,
+            before.isoformat(),
+            keys,
+        )
         return expired
 
     @app.task(name=PURGE_DEAD_LETTERS, **options)
+    @_skipped_while_the_store_is_down
     def purge_dead_letters(self: Task[Any, Any]) -> int:
         settings = self.app.settings  # type: ignore[attr-defined]
         now = utcnow()
@@ -56,20 +100,49 @@ def register(app: Celery) -> None:
         logger.info("purged {} dead letters past their retention", purged)
         return purged
 
+    @app.task(name=RECONCILE, **options)
+    def reconcile(self: Task[Any, Any]) -> str:
+        """Send a marker into document_processing, behind every document task published so
+        far: queues are first in, first out, so when a worker takes the marker, each of those
+        has been delivered (reconcile_marker)."""
+        sent = utcnow().isoformat()
+        self.app.send_task(RECONCILE_MARKER, kwargs={"sent_at": sent}, queue=DOCUMENT_QUEUE)
+        return sent
+
+    @app.task(name=RECONCILE_MARKER, bind=True, shared=False)
+    @_skipped_while_the_store_is_down
+    def reconcile_marker(self: Task[Any, Any], sent_at: str) -> int:
+        """Every document task published before the marker has been delivered by now: one still
+        PENDING (never started) and older than DOCPROC_RECONCILE_AFTER lost its message (a purged
+        queue, a foreign consumer) and is published again. Counted in /tasks/stats and /metrics.
+        A false alarm (a delivery the worker has not started yet) costs a duplicate message,
+        which the worker skips."""
+        settings = self.app.settings  # type: ignore[attr-defined]
+        store = self.app.store  # type: ignore[attr-defined]
+        try:
+            marker = datetime.fromisoformat(sent_at)
+        except (TypeError, ValueError):
+            logger.warning("reconcile marker with a bad time {!r}; ignored", sent_at)
+            return 0
+        before = min(marker, utcnow() - timedelta(seconds=settings.reconcile_after))
+        lost = store.run(documents.lost, before, RECONCILE_BATCH)
+        for document in lost:
+            _send_document_task(self.app, document)
+            store.run(documents.mark_reconciled, document.id)
+            logger.bind(document_id=document.id, task_id=document.task_id).warning(
+                "re-published a document whose confirmed task message was lost"
+            )
+        return len(lost)
+
     @app.task(name=PUBLISH_UNPUBLISHED, **options)
+    @_skipped_while_the_store_is_down
     def publish_unpublished(self: Task[Any, Any]) -> int:
         """Publish what the API accepted but could not get confirmed (broker down or blocked,
         API killed between commit and publish). The client never has to resubmit."""
         store = self.app.store  # type: ignore[attr-defined]
         waiting = store.run(documents.unpublished, utcnow() - SWEEP_GRACE, SWEEP_BATCH)
         for document in waiting:
-            self.app.send_task(
-                PROCESS_DOCUMENT,
-                kwargs={"document_id": document.id},
-                task_id=document.task_id,
-                queue=DOCUMENT_QUEUE,
-                headers={CORRELATION_HEADER: document.correlation_id or document.task_id},
-            )
+            _send_document_task(self.app, document)
             store.run(documents.mark_published, document.id)
             logger.bind(document_id=document.id, task_id=document.task_id).info(
                 "published an accepted document whose task was never confirmed"

@@ -1,4 +1,18 @@
-"""The base class of every docproc task: transient errors retry, everything else dead-letters."""
+"""The base class of every docproc task: transient errors retry, everything else dead-letters.
+
+Three kinds of retry, all through `retry_queue` and the broker's delay, never in worker memory:
+
+- a transient error of the work (the full-text index, a broker hiccup) spends the retry budget
+  (`CELERY_MAX_RETRIES`), with exponential backoff and jitter;
+- the store being unavailable does not: the task waits for it, as often as it takes, and the
+  worker stops taking new work meanwhile (worker.store_watch);
+- a permanent failure that cannot be recorded because the store is down waits the same way,
+  carrying the failure in its headers; when it comes back it is recorded and dead-lettered at
+  once, without running the work again.
+
+Every retry carries its last failure in its headers, so a message dead-lettered while the store
+was down still says why it died.
+"""
 
 from __future__ import annotations
 
@@ -8,50 +22,168 @@ from celery import Task
 from celery.exceptions import Retry
 from loguru import logger
 
-from service.errors import DatabaseError, DocprocError
-from service.store import task_runs
+from service.errors import (
+    DatabaseError,
+    DocprocError,
+    ProcessingError,
+    StoreUnavailable,
+    error_type_of,
+)
+from service.logs import CORRELATION_HEADER
+from service.store import outcomes, task_runs
+from service.tasks import (
+    ERROR_MESSAGE_HEADER,
+    ERROR_TYPE_HEADER,
+    PENDING_FAILURE_HEADER,
+    STORE_WAITS_HEADER,
+)
 from service.topology import RETRY_QUEUE
 from service.worker.retry_policy import backoff_delay
+
+_NOT_CARRIED = (
+    "x-death",
+    "x-first-death-",
+    "x-last-death-",
+    "x-delivery-count",
+    PENDING_FAILURE_HEADER,
+)
+MESSAGE_LIMIT = 2000
+"""Characters of an error message carried in headers."""
+STORE_WAIT_MAX = 300.0
+"""The longest pause between two looks at an unavailable store."""
+
+
+def budget_retries(request: Any) -> int:
+    """Retries that spent the task's budget: not the ones that only waited for the store."""
+    waits = request.get(STORE_WAITS_HEADER)
+    return max(0, (request.retries or 0) - (waits if isinstance(waits, int) and waits > 0 else 0))
+
+
+class UnrecordedFailure(ProcessingError):
+    """A permanent failure met while the store was down, raised again once it is back."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
 
 
 class DocprocTask(Task):  # type: ignore[type-arg]
     """Retries `transient` docproc errors through `retry_queue`, with backoff, in the broker.
 
     Not `autoretry_for`: that also catches Celery's Reject, and its full jitter can pick a zero
-    delay. Once `CELERY_MAX_RETRIES` is spent, Celery re-raises the error, the request rejects the
-    message, and RabbitMQ dead-letters it.
+    delay. Once the budget is spent, the error is raised again, the request rejects the message,
+    and RabbitMQ dead-letters it.
     """
 
     Request = "service.worker.request:DeadLetteringRequest"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        pending = self.request.get(PENDING_FAILURE_HEADER)
+        if pending:
+            raise UnrecordedFailure(
+                str(self.request.get(ERROR_TYPE_HEADER) or "Failure"),
+                str(self.request.get(ERROR_MESSAGE_HEADER) or ""),
+            )
         try:
             return super().__call__(*args, **kwargs)
+        except Retry:
+            raise
+        except StoreUnavailable as exc:
+            raise self.wait_for_store(exc) from exc
         except DocprocError as exc:
-            if not exc.transient:
-                raise
-            raise self.retry_later(exc) from exc
+            if exc.transient:
+                raise self.retry_later(exc) from exc
+            self._settle(exc)
+            raise
+        except Exception as exc:
+            self._settle(exc)
+            raise
 
-    def retry_later(self, exc: Exception) -> Retry:
+    def _settle(self, exc: Exception) -> None:
+        """Record a permanent failure before the message is rejected; when the store cannot take
+        it, wait for the store instead (the failure travels in the retry's headers)."""
+        try:
+            self.app.store.run(  # type: ignore[attr-defined]
+                outcomes.task_failed,
+                self.request.id,
+                self.name,
+                state="FAILURE",
+                error_type=error_type_of(exc),
+                message=str(exc),
+            )
+        except StoreUnavailable as unrecorded:
+            logger.warning("cannot record the failure, waiting for the store: {}", unrecorded)
+            raise self.wait_for_store(exc, pending=True) from exc
+        except DatabaseError as unrecorded:
+            # The store is there but refused this record: the dead letter's headers carry it.
+            logger.warning("cannot record the failure: {}", unrecorded)
+
+    def _headers(self, exc: BaseException, **extra: Any) -> dict[str, Any]:
+        """The retry's own headers: what the message carried (correlation, lineage) but its
+        death and delivery counts — RabbitMQ < 4 reads those — and its last failure."""
+        carried = {
+            key: value
+            for key, value in vars(self.request).items()
+            if key.startswith("x-") and not key.startswith(_NOT_CARRIED)
+        }
+        return (
+            carried
+            | {
+                CORRELATION_HEADER: self.request.get(CORRELATION_HEADER),
+                STORE_WAITS_HEADER: self._store_waits(),
+                ERROR_TYPE_HEADER: error_type_of(exc),
+                ERROR_MESSAGE_HEADER: str(exc)[:MESSAGE_LIMIT],
+            }
+            | extra
+        )
+
+    def _store_waits(self) -> int:
+        waits = self.request.get(STORE_WAITS_HEADER)
+        return waits if isinstance(waits, int) and waits >= 0 else 0
+
+    def wait_for_store(self, exc: Exception, *, pending: bool = False) -> Retry:
         settings = self.app.settings  # type: ignore[attr-defined]
-        retries = self.request.retries + 1
-        delay = backoff_delay(retries, settings.retry_delay, settings.retry_backoff_max)
-        if retries <= settings.max_retries:
+        waits = self._store_waits() + 1
+        delay = backoff_delay(
+            waits, settings.retry_delay, min(settings.retry_backoff_max, STORE_WAIT_MAX)
+        )
+        logger.warning("the store is unavailable; task waits {} s for it: {}", delay, exc)
+        headers = self._headers(exc, **{STORE_WAITS_HEADER: waits})
+        if pending:
+            headers[PENDING_FAILURE_HEADER] = True
+        return self.retry(
+            exc=exc,
+            countdown=delay,
+            max_retries=self.request.retries + 1,  # not counted: never exhausted
+            queue=RETRY_QUEUE,
+            throw=False,
+            headers=headers,
+        )
+
+    def retry_later(self, exc: DocprocError) -> Retry:
+        settings = self.app.settings  # type: ignore[attr-defined]
+        waits = self._store_waits()
+        attempt = budget_retries(self.request) + 1
+        delay = backoff_delay(attempt, settings.retry_delay, settings.retry_backoff_max)
+        if attempt <= settings.max_retries:
             try:
                 self.app.store.run(  # type: ignore[attr-defined]
                     task_runs.record_retry,
                     self.request.id,
-                    retries=retries,
+                    retries=attempt,
                     delay=delay,
-                    error_type=type(exc).__name__,
+                    error_type=error_type_of(exc),
                     message=str(exc),
                 )
             except DatabaseError as unrecorded:
                 logger.warning("cannot record the retry: {}", unrecorded)
+        else:
+            self._settle(exc)
         return self.retry(
             exc=exc,
             countdown=delay,
-            max_retries=settings.max_retries,
+            max_retries=settings.max_retries + waits,
             queue=RETRY_QUEUE,
             throw=False,
+            headers=self._headers(exc),
         )

@@ -8,6 +8,7 @@ import aio_pika
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
 
 from service.api.app import create_app
 from service.settings import Settings
@@ -168,3 +169,83 @@ async def test_unknown_documents_and_bad_queries_are_problems(client: Client) ->
     assert (no_query.status_code, too_many.status_code) == (400, 400)
     for response in (missing, no_query, too_many):
         assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_the_same_idempotency_key_names_the_same_upload_and_other_content_conflicts(
+    client: Client, channel: aio_pika.abc.AbstractChannel, store: Store
+) -> None:
+    key = {"Idempotency-Key": "upload-42"}
+    first = await upload(client, headers=key)
+    again = await upload(client, headers=key)
+    other = await upload(client, content=b"Another file altogether.", headers=key)
+    unkeyed = await upload(client)
+
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json()["document_id"] == first.json()["document_id"]
+    assert again.json()["task_id"] == first.json()["task_id"]
+    assert again.json()["queued"] is True
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert other.status_code == 409
+    assert other.headers["content-type"].startswith("application/problem+json")
+    assert "upload-42" in other.json()["detail"]
+    assert unkeyed.json()["document_id"] != first.json()["document_id"]
+    count = store.run(lambda c: c.execute(text("SELECT count(*) FROM documents")).scalar_one())
+    assert count == 2, "the replay stored nothing"
+    first_message = await take(channel, "document_processing")
+    second_message = await take(channel, "document_processing")
+    assert {first_message.headers["id"], second_message.headers["id"]} == {
+        first.json()["task_id"],
+        unkeyed.json()["task_id"],
+    }, "one message per document, none for the replay"
+
+
+async def test_an_unreasonable_idempotency_key_is_a_400(client: Client) -> None:
+    response = await upload(client, headers={"Idempotency-Key": "k" * 256})
+
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()["detail"]
+
+
+async def test_once_the_document_is_durable_the_answer_is_202_even_if_the_store_then_fails(
+    client: Client, channel: aio_pika.abc.AbstractChannel, store: Store
+) -> None:
+    # Marking the message published fails (the store, just after the accept transaction).
+    store.run(
+        lambda c: c.execute(
+            text(
+                "CREATE TRIGGER refuse_published BEFORE UPDATE OF published_at ON documents "
+                "BEGIN SELECT RAISE(ABORT, 'injected: the store is unavailable'); END"
+            )
+        )
+    )
+    try:
+        response = await upload(client)
+    finally:
+        store.run(lambda c: c.execute(text("DROP TRIGGER refuse_published")))
+
+    assert response.status_code == 202, response.text
+    assert response.json()["queued"] is True, "it was confirmed: queued tells the truth"
+    message = await take(channel, "document_processing")
+    assert message.headers["id"] == response.json()["task_id"]
+
+
+async def test_an_upload_whose_message_rabbitmq_returns_is_not_queued(
+    client: Client, channel: aio_pika.abc.AbstractChannel, store: Store
+) -> None:
+    queue = await channel.get_queue("document_processing", ensure=False)
+    exchange = await channel.get_exchange("docproc", ensure=False)
+    keys = ("document_processing", "#.document_processing")  # direct, and delayed deliveries
+    for key in keys:
+        await queue.unbind(exchange, routing_key=key)
+    try:
+        response = await upload(client)
+    finally:
+        for key in keys:
+            await queue.bind(exchange, routing_key=key)
+
+    assert response.status_code == 202
+    assert response.json()["queued"] is False, "a returned message was not published"
+    stored = store.run(documents.get, response.json()["document_id"])
+    assert stored is not None
+    assert stored.published_at is None, "left for the relay and beat's sweeper"

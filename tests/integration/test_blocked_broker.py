@@ -18,20 +18,18 @@ from sqlalchemy import text
 from service.broker.publisher import PUBLISH_TIMEOUT
 from service.store import task_runs
 from service.store.database import Store
-from service.store.migrations import upgrade
 from service.tasks import PUBLISH_UNPUBLISHED
 from service.worker.app import create_celery
 from tests.support import (
     Process,
     RabbitMQ,
     Vhost,
-    create_vhost,
     delete_vhost,
     eventually,
     rabbitmqctl_on,
-    run_docproc,
     start_api,
     start_worker,
+    topology_vhost,
 )
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker, pytest.mark.node_wide]
@@ -70,16 +68,11 @@ def memory_alarm(rabbitmq: RabbitMQ) -> Iterator[Callable[[], None]]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def vhost(rabbitmq: RabbitMQ, tmp_path: Path) -> AsyncIterator[Vhost]:
-    name = await create_vhost(rabbitmq)
-    url = f"sqlite:///{tmp_path / 'docproc.db'}"
-    upgrade(url)
-    vhost = Vhost(rabbitmq, name, {"DOCPROC_DATABASE_URL": url})
-    declared = await asyncio.to_thread(run_docproc, "topology", "declare", env=vhost.env())
-    assert declared.returncode == 0, declared.stderr
+    vhost = await topology_vhost(rabbitmq, f"sqlite:///{tmp_path / 'docproc.db'}")
     try:
         yield vhost
     finally:
-        await delete_vhost(rabbitmq, name)
+        await delete_vhost(rabbitmq, vhost.name)
 
 
 def stored(store: Store, filename: str) -> bool | None:

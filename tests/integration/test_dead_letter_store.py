@@ -8,6 +8,7 @@ import signal
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aio_pika
@@ -289,3 +290,103 @@ async def test_a_broker_restart_is_survived_and_consuming_resumes_on_its_own(
     finally:
         assert consumer.stop() == 0, consumer.tail()
     assert stored(url) == EXPECTED
+
+
+IDENTICAL = 600
+
+
+async def load_identical(vhost: Vhost, count: int) -> None:
+    """`count` dead messages alike to the byte — no message_id, the same death — straight into
+    docproc.dead_letter (as RabbitMQ would route them through docproc.dlx)."""
+    died = datetime(2026, 1, 1, tzinfo=UTC)
+    connection = await vhost.connect()
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange("docproc.dlx", ensure=False)
+        message = celery_message("the-same-task")
+        headers = dict(message.headers or {}) | {
+            "x-death": [{"count": 1, "reason": "rejected", "queue": DOCUMENT_QUEUE, "time": died}]
+        }
+        await asyncio.gather(
+            *(
+                exchange.publish(
+                    aio_pika.Message(
+                        message.body,
+                        headers=headers,
+                        content_type="application/json",
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=DOCUMENT_QUEUE,
+                )
+                for _ in range(count)
+            )
+        )
+
+
+async def dead_letter_queue_drained(vhost: Vhost) -> None:
+    async with vhost.management() as management:
+
+        async def drained() -> bool | None:
+            queue = await management.queue("docproc.dead_letter")
+            return True if queue is not None and queue.messages == 0 else None
+
+        await eventually(drained, 60, "the dead-letter queue to drain")
+
+
+@pytest.mark.parametrize("point", ["before-commit", "after-commit", "after-ack"])
+async def test_identical_messages_stay_as_many_records_wherever_the_consumer_is_killed(
+    dlq_vhost: Vhost, tmp_path: Path, point: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'docproc.db'}"
+    await load_identical(dlq_vhost, IDENTICAL)
+    doomed = Process(
+        docproc_command("serve", "dlq"),
+        dlq_vhost.env(DOCPROC_DATABASE_URL=url, DOCPROC_FAULT_INJECTION=point),
+        tmp_path / "dlq-killed.log",
+    )
+    status = await asyncio.to_thread(doomed.popen.wait, 60)
+    output = doomed.output()
+    doomed.stop()
+    assert status == -signal.SIGKILL, output
+    assert f"killing the DLQ consumer {point}" in output
+    committed = record_count(url)
+    if point == "before-commit":
+        assert committed == 0
+    else:
+        assert 0 < committed < IDENTICAL, "killed after its first batch was committed"
+
+    consumer = await start_dlq(dlq_vhost, tmp_path / "dlq.log", DOCPROC_DATABASE_URL=url)
+    try:
+        await wait_for_records(url, IDENTICAL)
+        await dead_letter_queue_drained(dlq_vhost)
+    finally:
+        assert consumer.stop() == 0, consumer.tail()
+
+    assert record_count(url) == IDENTICAL
+
+
+async def test_a_second_consumer_stands_by_and_takes_over_when_the_first_stops(
+    dlq_vhost: Vhost, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'docproc.db'}"
+    first = await start_dlq(dlq_vhost, tmp_path / "dlq-1.log", DOCPROC_DATABASE_URL=url)
+    second = Process(
+        docproc_command("serve", "dlq"),
+        dlq_vhost.env(DOCPROC_DATABASE_URL=url),
+        tmp_path / "dlq-2.log",
+    )
+    try:
+
+        async def standing_by() -> bool | None:
+            return True if "standing by" in second.output() else None
+
+        await eventually(standing_by, 30, "the second consumer to stand by")
+        assert first.stop() == 0, first.tail()
+        await load_identical(dlq_vhost, 300)
+        await wait_for_records(url, 300)
+        await dead_letter_queue_drained(dlq_vhost)
+    finally:
+        second.stop()
+
+    assert "holding the DLQ consumer lease" in second.output()
+    assert record_count(url) == 300

@@ -8,6 +8,7 @@ import pytest_asyncio
 from sqlalchemy import text
 
 from service.store.database import AsyncStore, Store
+from service.store.schema import metadata
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -21,9 +22,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     store.migrate()
     with store.engine.begin() as connection:
         if connection.dialect.name == "postgresql":
-            connection.execute(
-                text("TRUNCATE documents, task_runs, dead_letters, redrives CASCADE")
-            )
+            tables = ", ".join(table.name for table in metadata.sorted_tables)
+            connection.execute(text(f"TRUNCATE {tables} CASCADE"))
     store.close()
     return url
 

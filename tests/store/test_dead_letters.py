@@ -33,18 +33,6 @@ def count(store: Store) -> int:
     return int(store.run(lambda c: c.execute(select(func.count()).select_from(table)).scalar_one()))
 
 
-def test_a_redelivered_message_updates_its_record_and_a_new_one_adds_one(store: Store) -> None:
-    died = datetime.now(UTC).replace(microsecond=0)
-    [(first, created)] = store.run(store_batch, [message(1, died)])
-    [(again, created_again)] = store.run(store_batch, [message(1, died, redelivered=True)])
-    [(twin, created_twin)] = store.run(store_batch, [message(1, died)])
-
-    assert (created, created_again, created_twin) == (True, False, True)
-    assert again == first, "the consumer died between commit and ack: same record"
-    assert twin != first, "an identical message arriving fresh is another dead letter"
-    assert count(store) == 2
-
-
 def test_retention_purges_old_letters_and_handled_ones_sooner(store: Store) -> None:
     now = datetime.now(UTC)
     ids = [

@@ -55,11 +55,12 @@ def test_a_document_keeps_its_bytes_and_metadata(store: Store) -> None:
     assert store.run(documents.get, "no-such-id") is None
 
 
-def test_processing_again_replaces_text_and_chunks_instead_of_adding(store: Store) -> None:
+def test_a_document_is_processed_once_a_second_outcome_changes_nothing(store: Store) -> None:
     document_id = add_document(store)
     store.run(documents.store_extraction, document_id, extraction("alpha one", "beta two", "gamma"))
 
-    store.run(documents.store_extraction, document_id, extraction("alpha one", "beta two", "gamma"))
+    with pytest.raises(documents.AlreadyProcessed):
+        store.run(documents.store_extraction, document_id, extraction("other", "words"))
 
     assert store.run(documents.chunk_count, document_id) == 3
     assert store.run(documents.get_text, document_id) == "alpha one\n\nbeta two\n\ngamma"
@@ -145,5 +146,5 @@ async def test_the_async_store_runs_the_same_operations(
 
 def test_an_unreachable_store_raises_a_database_error(tmp_path: object) -> None:
     store = Store("postgresql://nobody@127.0.0.1:1/nothing")
-    with pytest.raises(DatabaseError, match="the store failed"):
+    with pytest.raises(DatabaseError, match="the store is unavailable"):
         store.run(documents.get, "x")

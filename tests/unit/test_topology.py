@@ -106,8 +106,14 @@ def test_the_celery_configuration_dead_letters_instead_of_acking_failures() -> N
     assert config["accept_content"] == ["msgspec", "json"]
 
 
-def test_beat_runs_the_three_maintenance_tasks_on_the_celery_queue() -> None:
-    from service.tasks import EXPIRE_TASK_RUNS, PUBLISH_UNPUBLISHED, PURGE_DEAD_LETTERS
+def test_beat_runs_the_maintenance_tasks_on_the_celery_queue() -> None:
+    from service.tasks import (
+        EXPIRE_TASK_RUNS,
+        PUBLISH_UNPUBLISHED,
+        PURGE_DEAD_LETTERS,
+        RECONCILE,
+        RECONCILE_MARKER,
+    )
     from service.worker.app import create_celery
 
     app = create_celery(Settings())
@@ -118,9 +124,12 @@ def test_beat_runs_the_three_maintenance_tasks_on_the_celery_queue() -> None:
         EXPIRE_TASK_RUNS,
         PURGE_DEAD_LETTERS,
         PUBLISH_UNPUBLISHED,
+        RECONCILE,
     }
     for entry in schedule.values():
         assert router.route({}, entry["task"])["queue"].name == "celery"
     assert schedule["publish-unpublished"]["schedule"] <= 30, "the sweeper runs often"
+    # The marker goes behind the document tasks: that is what it proves.
+    assert router.route({}, RECONCILE_MARKER)["queue"].name == "document_processing"
     assert router.route({}, "docproc.document.process")["queue"].name == "document_processing"
     app.close()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -15,89 +13,35 @@ from litestar.params import FromPath, MultipartBody, QueryParameter
 from loguru import logger
 from sqlalchemy import Connection
 
-from service import pipeline
 from service.api.correlation import correlation_id_of
 from service.api.models import Accepted, DocumentOut, DocumentText, SearchHit, SearchResults
 from service.api.responses import errors
 from service.api.security import require_api_key
-from service.api.services import PublisherDep, StoreDep
-from service.broker.publisher import Publisher, task_message
-from service.errors import BrokerUnavailable, EmptyDocument, NotFound, TooLarge
+from service.api.services import IntakeDep, StoreDep
+from service.errors import BadRequest, NotFound, TooLarge
+from service.intake import Upload, inspect
 from service.settings import Settings
 from service.store import documents, search, task_runs
-from service.store.database import AsyncStore
-from service.tasks import PROCESS_DOCUMENT
-from service.topology import DOCUMENT_QUEUE
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Room for the multipart framing around the file when the body size is checked while it streams."""
 
 
 @dataclass
-class Upload:
+class UploadForm:
     file: UploadFile
 
 
-def accept(
-    connection: Connection,
-    *,
-    document_id: str,
-    task_id: str,
-    filename: str,
-    content_type: str | None,
-    content: bytes,
-    sha256: str,
-    correlation_id: str,
-) -> None:
-    """The document and its PENDING task run, in one transaction: durable before the 202."""
-    documents.insert_document(
-        connection,
-        document_id=document_id,
-        filename=filename,
-        content_type=content_type,
-        content=content,
-        sha256=sha256,
-        task_id=task_id,
-        correlation_id=correlation_id,
-    )
-    task_runs.record_pending(
-        connection,
-        task_id,
-        PROCESS_DOCUMENT,
-        document_id=document_id,
-        queue=DOCUMENT_QUEUE,
-        correlation_id=correlation_id,
-    )
+IDEMPOTENCY_KEY = "Idempotency-Key"
 
 
-def _inspect(content: bytes, filename: str) -> str:
-    """Hash the upload and refuse what the pipeline could never read (415) — off the event loop."""
-    if not content:
-        raise EmptyDocument("the uploaded file is empty")
-    pipeline.detect_type(content, filename)
-    return hashlib.sha256(content).hexdigest()
-
-
-async def publish_document_task(
-    publisher: Publisher, store: AsyncStore, document_id: str, task_id: str, correlation_id: str
-) -> bool:
-    """Publish the document's task; True once confirmed and recorded. A failure leaves the
-    document for beat's sweeper, which publishes what was accepted but never confirmed."""
-    try:
-        await publisher.publish(
-            task_message(
-                PROCESS_DOCUMENT,
-                task_id,
-                kwargs={"document_id": document_id},
-                correlation_id=correlation_id,
-            ),
-            routing_key=DOCUMENT_QUEUE,
-        )
-    except BrokerUnavailable as exc:
-        logger.warning("document {} accepted but not queued yet: {}", document_id, exc)
-        return False
-    await store.write(documents.mark_published, document_id)
-    return True
+def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise BadRequest(f"{IDEMPOTENCY_KEY} must be 1 to 255 printable characters")
+    return key
 
 
 def upload_handler(settings: Settings) -> Any:
@@ -110,16 +54,18 @@ def upload_handler(settings: Settings) -> Any:
         request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD,
         summary="Upload a document",
         description="Multipart upload of one file in the field `file`. The document and its task "
-        "are stored before the 202 goes out; the task status is at the `Location`.",
-        responses=errors(400, 401, 403, 413, 415, 422, 503),
+        "are stored before the 202 goes out; the task status is at the `Location`. With an "
+        "`Idempotency-Key` header, the same key within 24 h answers with the same document and "
+        "task (header `Idempotent-Replayed: true`), and 409 for other content.",
+        responses=errors(400, 401, 403, 409, 413, 415, 422, 503),
         tags=["documents"],
     )
     async def upload(
         request: Request[Any, Any, Any],
-        data: MultipartBody[Upload],
-        store: StoreDep,
-        publisher: PublisherDep,
+        data: MultipartBody[UploadForm],
+        intake: IntakeDep,
     ) -> Response[Accepted]:
+        key = _idempotency_key(request)
         upload = data.file
         content = await upload.read()
         if len(content) > settings.max_upload_bytes:
@@ -128,27 +74,35 @@ def upload_handler(settings: Settings) -> Any:
                 "(DOCPROC_MAX_UPLOAD_BYTES)"
             )
         filename = upload.filename or "upload"
-        sha256 = await asyncio.to_thread(_inspect, content, filename)
-        document_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
-        correlation_id = correlation_id_of(request.scope)
-        await store.write(
-            accept,
-            document_id=document_id,
-            task_id=task_id,
-            filename=filename,
-            content_type=upload.content_type or None,
-            content=content,
-            sha256=sha256,
-            correlation_id=correlation_id,
+        sha256 = await asyncio.to_thread(inspect, content, filename)
+        receipt = await intake.submit(
+            Upload(
+                filename=filename,
+                content_type=upload.content_type or None,
+                content=content,
+                sha256=sha256,
+                correlation_id=correlation_id_of(request.scope),
+                idempotency_key=key,
+            )
         )
-        queued = await publish_document_task(publisher, store, document_id, task_id, correlation_id)
-        logger.bind(document_id=document_id, task_id=task_id, size=len(content)).info(
-            "document accepted"
-        )
+        logger.bind(
+            document_id=receipt.document_id,
+            task_id=receipt.task_id,
+            size=len(content),
+            replayed=receipt.replayed,
+        ).info("document accepted")
+        headers = {"Location": f"/tasks/{receipt.task_id}/status"}
+        if receipt.replayed:
+            headers["Idempotent-Replayed"] = "true"
         return Response(
-            Accepted(document_id=document_id, task_id=task_id, status="PENDING", queued=queued),
+            Accepted(
+                document_id=receipt.document_id,
+                task_id=receipt.task_id,
+                status="PENDING",
+                queued=receipt.queued,
+            ),
             status_code=202,
-            headers={"Location": f"/tasks/{task_id}/status"},
+            headers=headers,
         )
 
     return upload

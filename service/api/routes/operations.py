@@ -12,10 +12,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Connection, text
 
+from service import figures
 from service.api.models import Health, Readiness
 from service.api.problems import problem
 from service.api.responses import errors
-from service.api.routes.tasks import figures, queue_stats
 from service.api.services import ManagementDep, PublisherDep, StoreDep
 from service.errors import DatabaseError
 
@@ -58,6 +58,8 @@ class DomainCollector(Collector):
         self.tasks: dict[str, int] = {}
         self.queues: list[tuple[str, int, int]] = []
         self.dead: list[tuple[str, str, int]] = []
+        self.reconciled = 0
+        self.store_up = True
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         tasks = GaugeMetricFamily("docproc_tasks", "Task runs per state", labels=["state"])
@@ -77,7 +79,14 @@ class DomainCollector(Collector):
         )
         for reason, queue, count in self.dead:
             dead.add_metric([reason, queue], count)
-        yield from (tasks, depth, consumers, dead)
+        reconciled = GaugeMetricFamily(
+            "docproc_reconciled_documents",
+            "Times beat re-published a document whose confirmed task message was lost",
+        )
+        reconciled.add_metric([], self.reconciled)
+        store_up = GaugeMetricFamily("docproc_store_up", "Whether the store answered the scrape")
+        store_up.add_metric([], 1 if self.store_up else 0)
+        yield from (tasks, depth, consumers, dead, reconciled, store_up)
 
 
 DOMAIN = DomainCollector()
@@ -93,10 +102,15 @@ REGISTRY.register(DOMAIN)
 )
 async def metrics(store: StoreDep, management: ManagementDep) -> Response[bytes]:
     try:
-        states, dead, _, _ = await store.run(figures)
-        DOMAIN.tasks, DOMAIN.dead = states, dead
+        found = await store.run(figures.from_store)
+        DOMAIN.tasks, DOMAIN.dead, DOMAIN.reconciled = (
+            found.states,
+            found.dead_letters,
+            found.reconciled,
+        )
+        DOMAIN.store_up = True
     except DatabaseError:
-        DOMAIN.tasks, DOMAIN.dead = {}, []
-    queues, _ = await queue_stats(management)
+        DOMAIN.tasks, DOMAIN.dead, DOMAIN.store_up = {}, [], False
+    queues, _ = await figures.of_queues(management)
     DOMAIN.queues = [(q.name, q.messages, q.consumers) for q in queues]
     return Response(generate_latest(REGISTRY))

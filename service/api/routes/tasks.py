@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import FromPath
 from sqlalchemy import Connection
 
+from service import figures
 from service.api.correlation import correlation_id_of
 from service.api.models import (
     DeadLetterCounts,
@@ -22,17 +23,14 @@ from service.api.models import (
     Timings,
 )
 from service.api.responses import errors
-from service.api.routes.documents import publish_document_task
 from service.api.security import require_api_key
 from service.api.services import ManagementDep, PublisherDep, StoreDep
-from service.broker.management import Management
 from service.deadletters.republish import republish
 from service.errors import BrokerUnavailable, Conflict, NotFound
+from service.intake import publish_document_task
 from service.store import dead_letters, task_runs
-from service.store.schema import utcnow
 from service.store.task_runs import TaskRun
 from service.tasks import PROCESS_DOCUMENT
-from service.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
 
 RETRYABLE = frozenset({"FAILURE", "DEAD", "REVOKED"})
 
@@ -135,40 +133,11 @@ async def retry_task(
     )
 
 
-def figures(connection: Connection) -> tuple[dict[str, int], Any, dict[str, int], dict[str, int]]:
-    """What /tasks/stats and /metrics report from the store, in one transaction."""
-    now = utcnow()
-    return (
-        task_runs.count_by_state(connection),
-        dead_letters.counts(connection),
-        task_runs.finished_since(connection, now - timedelta(minutes=1)),
-        task_runs.finished_since(connection, now - timedelta(hours=1)),
-    )
-
-
 def _throughput(finished: dict[str, int]) -> Throughput:
     return Throughput(
         processed=finished.get("SUCCESS", 0),
         failed=finished.get("FAILURE", 0) + finished.get("DEAD", 0),
     )
-
-
-async def queue_stats(management: Management) -> tuple[list[QueueStats], list[str]]:
-    try:
-        found = {queue.name: queue for queue in await management.queues()}
-    except BrokerUnavailable as exc:
-        return [], [f"queue figures unavailable: {exc}"]
-    return [
-        QueueStats(
-            name=name,
-            messages=found[name].messages,
-            ready=found[name].messages_ready,
-            unacknowledged=found[name].messages_unacknowledged,
-            consumers=found[name].consumers,
-        )
-        for name in (*WORK_QUEUES, DEAD_LETTER_QUEUE)
-        if name in found
-    ], []
 
 
 @get(
@@ -178,20 +147,21 @@ async def queue_stats(management: Management) -> tuple[list[QueueStats], list[st
     summary="Counts per state, queue depths and consumers, dead letters, recent throughput",
 )
 async def stats(store: StoreDep, management: ManagementDep) -> Stats:
-    states, dead, minute, hour = await store.run(figures)
-    queues, warnings = await queue_stats(management)
+    found = await store.run(figures.from_store)
+    queues, warnings = await figures.of_queues(management)
     by_reason: dict[str, int] = {}
     by_queue: dict[str, int] = {}
-    for reason, queue, count in dead:
+    for reason, queue, count in found.dead_letters:
         by_reason[reason] = by_reason.get(reason, 0) + count
         by_queue[queue] = by_queue.get(queue, 0) + count
     return Stats(
-        states=states,
-        queues=queues,
+        states=found.states,
+        queues=[QueueStats(**msgspec.structs.asdict(queue)) for queue in queues],
         dead_letters=DeadLetterCounts(
             total=sum(by_reason.values()), by_reason=by_reason, by_queue=by_queue
         ),
-        last_minute=_throughput(minute),
-        last_hour=_throughput(hour),
+        last_minute=_throughput(found.finished_last_minute),
+        last_hour=_throughput(found.finished_last_hour),
+        reconciled=found.reconciled,
         warnings=warnings,
     )

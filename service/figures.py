@@ -1,0 +1,64 @@
+"""The figures operators watch, for /tasks/stats and /metrics alike: tasks per state, dead letters
+by reason and queue, recent throughput, reconciled documents (from the store), and the queues'
+depth and consumers (from RabbitMQ's management API)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import msgspec
+from sqlalchemy import Connection
+
+from service.broker.management import Management
+from service.errors import BrokerUnavailable
+from service.store import dead_letters, documents, task_runs
+from service.store.schema import utcnow
+from service.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
+
+
+class StoreFigures(msgspec.Struct, frozen=True, kw_only=True):
+    states: dict[str, int]
+    dead_letters: list[tuple[str, str, int]]
+    """(reason, queue, count) of the letters neither discarded nor superseded."""
+    finished_last_minute: dict[str, int]
+    finished_last_hour: dict[str, int]
+    reconciled: int
+
+
+class QueueFigures(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    messages: int
+    ready: int
+    unacknowledged: int
+    consumers: int
+
+
+def from_store(connection: Connection) -> StoreFigures:
+    """Everything the store can say, in one transaction."""
+    now = utcnow()
+    return StoreFigures(
+        states=task_runs.count_by_state(connection),
+        dead_letters=dead_letters.counts(connection),
+        finished_last_minute=task_runs.finished_since(connection, now - timedelta(minutes=1)),
+        finished_last_hour=task_runs.finished_since(connection, now - timedelta(hours=1)),
+        reconciled=documents.reconciled(connection),
+    )
+
+
+async def of_queues(management: Management) -> tuple[list[QueueFigures], list[str]]:
+    """docproc's queues as RabbitMQ sees them, and a warning instead when it cannot be asked."""
+    try:
+        found = {queue.name: queue for queue in await management.queues()}
+    except BrokerUnavailable as exc:
+        return [], [f"queue figures unavailable: {exc}"]
+    return [
+        QueueFigures(
+            name=name,
+            messages=found[name].messages,
+            ready=found[name].messages_ready,
+            unacknowledged=found[name].messages_unacknowledged,
+            consumers=found[name].consumers,
+        )
+        for name in (*WORK_QUEUES, DEAD_LETTER_QUEUE)
+        if name in found
+    ], []

@@ -1,0 +1,181 @@
+"""Intake: accept a document durably, then get its task to the broker — never lost, never twice.
+
+The accept transaction is the promise: once the document and its PENDING run are committed the
+client gets 202, whatever happens next. Publishing follows, with a confirm; when it cannot be had
+(broker down, blocked, or the message returned), the document waits in `Intake`'s list and goes
+out as soon as the publisher is connected again — within a second or two of the broker's return —
+and beat's sweeper catches what a process that died never published. A client's Idempotency-Key
+makes a retried upload the same upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import uuid
+
+import msgspec
+from loguru import logger
+from sqlalchemy import Connection
+
+from service import pipeline
+from service.broker.connection import until
+from service.broker.publisher import Publisher, task_message
+from service.errors import BrokerUnavailable, Conflict, DatabaseError, EmptyDocument, Unroutable
+from service.store import documents, idempotency, task_runs
+from service.store.database import AsyncStore
+from service.store.schema import utcnow
+from service.tasks import PROCESS_DOCUMENT
+from service.topology import DOCUMENT_QUEUE
+
+RELAY_PAUSE = 1.0
+"""Seconds between two attempts to publish what is waiting while the broker is connected."""
+
+
+class Upload(msgspec.Struct, frozen=True, kw_only=True):
+    """A document as it arrived, checked and hashed."""
+
+    filename: str
+    content_type: str | None
+    content: bytes
+    sha256: str
+    correlation_id: str
+    idempotency_key: str | None = None
+
+
+class Receipt(msgspec.Struct, frozen=True, kw_only=True):
+    """What the client is told: the document and its task; whether its message is queued; and
+    whether this upload repeats an earlier one under the same Idempotency-Key."""
+
+    document_id: str
+    task_id: str
+    queued: bool
+    replayed: bool = False
+
+
+def inspect(content: bytes, filename: str) -> str:
+    """Refuse what the pipeline could never read (415), and hash the rest (CPU: off the loop)."""
+    if not content:
+        raise EmptyDocument("the uploaded file is empty")
+    pipeline.detect_type(content, filename)
+    return hashlib.sha256(content).hexdigest()
+
+
+def accept(connection: Connection, upload: Upload, document_id: str, task_id: str) -> Receipt:
+    """The document, its PENDING run and its idempotency key, in one transaction. A key already
+    used for the same bytes within the window names that upload instead (nothing is stored);
+    used for other bytes, it is a Conflict."""
+    if upload.idempotency_key is not None:
+        earlier = idempotency.claim(
+            connection,
+            upload.idempotency_key,
+            sha256=upload.sha256,
+            document_id=document_id,
+            task_id=task_id,
+            expired_before=utcnow() - idempotency.WINDOW,
+        )
+        if earlier is not None:
+            if earlier.sha256 != upload.sha256:
+                raise Conflict(
+                    f"Idempotency-Key {upload.idempotency_key!r} was used at "
+                    f"{earlier.created_at.isoformat()} for other content (document "
+                    f"{earlier.document_id}); use a new key for a different file"
+                )
+            document = documents.get(connection, earlier.document_id)
+            return Receipt(
+                document_id=earlier.document_id,
+                task_id=earlier.task_id,
+                queued=document is not None and document.published_at is not None,
+                replayed=True,
+            )
+    documents.insert_document(
+        connection,
+        document_id=document_id,
+        filename=upload.filename,
+        content_type=upload.content_type,
+        content=upload.content,
+        sha256=upload.sha256,
+        task_id=task_id,
+        correlation_id=upload.correlation_id,
+    )
+    task_runs.record_pending(
+        connection,
+        task_id,
+        PROCESS_DOCUMENT,
+        document_id=document_id,
+        queue=DOCUMENT_QUEUE,
+        correlation_id=upload.correlation_id,
+    )
+    return Receipt(document_id=document_id, task_id=task_id, queued=False)
+
+
+async def publish_document_task(
+    publisher: Publisher, store: AsyncStore, document_id: str, task_id: str, correlation_id: str
+) -> bool:
+    """Publish the document's task; True once RabbitMQ confirmed it. Marking it published is
+    best effort: the message is in the broker whatever the store says, and the worker marks it
+    too when it starts."""
+    try:
+        await publisher.publish(
+            task_message(
+                PROCESS_DOCUMENT,
+                task_id,
+                kwargs={"document_id": document_id},
+                correlation_id=correlation_id,
+            ),
+            routing_key=DOCUMENT_QUEUE,
+        )
+    except (BrokerUnavailable, Unroutable) as exc:
+        logger.warning("document {} accepted but not queued yet: {}", document_id, exc)
+        return False
+    try:
+        await store.write(documents.mark_published, document_id)
+    except DatabaseError as exc:
+        logger.warning("document {} queued; could not mark it so: {}", document_id, exc)
+    return True
+
+
+class Intake:
+    """Accepts uploads and keeps publishing those that could not be queued at once."""
+
+    def __init__(self, store: AsyncStore, publisher: Publisher) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.waiting: dict[str, tuple[str, str]] = {}
+        """Documents accepted but not queued: id → (task id, correlation id)."""
+        self.wake = asyncio.Event()
+
+    async def submit(self, upload: Upload) -> Receipt:
+        document_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+        receipt = await self.store.write(accept, upload, document_id, task_id)
+        if receipt.replayed:
+            return receipt
+        queued = await publish_document_task(
+            self.publisher, self.store, document_id, task_id, upload.correlation_id
+        )
+        if not queued:
+            self.waiting[document_id] = (task_id, upload.correlation_id)
+            self.wake.set()
+        return msgspec.structs.replace(receipt, queued=queued)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish what is waiting whenever the publisher (re)connects, and every RELAY_PAUSE
+        while something waits and the broker is there."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    until(self.wake.wait(), stop), RELAY_PAUSE if self.waiting else None
+                )
+            self.wake.clear()
+            if stop.is_set() or not self.waiting or not self.publisher.connected:
+                continue
+            for document_id, (task_id, correlation_id) in list(self.waiting.items()):
+                if not await publish_document_task(
+                    self.publisher, self.store, document_id, task_id, correlation_id
+                ):
+                    break
+                del self.waiting[document_id]
+                logger.bind(document_id=document_id, task_id=task_id).info(
+                    "queued a document accepted while the broker was away"
+                )

@@ -1,0 +1,70 @@
+"""The DLQ consumer's ledger: dead letters it committed but may not have acked.
+
+Two identical messages cannot be told apart by content, and a message redelivered after a crash
+is marked redelivered whether or not it was committed. So the consumer writes, in the transaction
+that stores a batch, one row per record of the batch; it deletes them once RabbitMQ has processed
+the batch's ack. A redelivered message whose key has a row is one of those records coming back:
+it takes the row (and is not stored again). RabbitMQ delivers returned messages before any fresh
+one, so when a fresh message arrives, rows still unmatched belong to acks that did go through:
+they are stale and go. See deadletters.consumer for the protocol around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, delete, insert, select
+
+from service.store.schema import dead_letter_ledger as ledger
+
+
+def take(connection: Connection, keys: Sequence[str]) -> list[str | None]:
+    """For each key (a redelivered message's), the record of a committed, unacked message with
+    that key — its row taken so that it matches once — or None."""
+    if not keys:
+        return []
+    c = ledger.c
+    rows = connection.execute(
+        select(c.session, c.dead_letter_id, c.message_key)
+        .where(c.message_key.in_(set(keys)))
+        .order_by(c.dead_letter_id)
+    ).all()
+    available: dict[str, list[tuple[str, str]]] = {}
+    for row in rows:
+        available.setdefault(row.message_key, []).append((row.session, row.dead_letter_id))
+    matched: list[str | None] = []
+    taken: list[tuple[str, str]] = []
+    for key in keys:
+        candidates = available.get(key)
+        if candidates:
+            session, record_id = candidates.pop()
+            taken.append((session, record_id))
+            matched.append(record_id)
+        else:
+            matched.append(None)
+    for session, record_id in taken:
+        connection.execute(
+            delete(ledger).where(c.session == session, c.dead_letter_id == record_id)
+        )
+    return matched
+
+
+def record(connection: Connection, session: str, rows: Sequence[tuple[str, str]]) -> None:
+    """Rows (record id, message key) for a batch committed but not acked yet."""
+    if rows:
+        connection.execute(
+            insert(ledger),
+            [{"session": session, "dead_letter_id": r, "message_key": k} for r, k in rows],
+        )
+
+
+def clear(connection: Connection, session: str | None = None) -> int:
+    """Drop the rows of one session (its ack went through), or every row (all are stale)."""
+    statement = delete(ledger)
+    if session is not None:
+        statement = statement.where(ledger.c.session == session)
+    return int(connection.execute(statement).rowcount or 0)
+
+
+def size(connection: Connection) -> int:
+    return len(connection.execute(select(ledger.c.dead_letter_id)).all())

@@ -1,0 +1,86 @@
+"""While the store is unavailable, the worker takes no new work; it resumes on its own.
+
+A task that meets the outage waits for the store in the broker (worker.task), without spending
+its retry budget; new messages stay in their queues instead of being taken only to wait too. A
+thread looks at the store (every few seconds, every second while it is down) and the consumer's
+timer applies what it found: cancel the work queues' consumers, or consume them again. Their
+consumer count (RabbitMQ's UI, /tasks/stats, /metrics) drops to zero meanwhile, and the log says
+why.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from celery import bootsteps
+from loguru import logger
+
+from service.errors import DatabaseError
+from service.store import dead_letters
+from service.topology import WORK_QUEUES
+
+HEALTHY_INTERVAL = 5.0
+DOWN_INTERVAL = 1.0
+
+
+class StoreWatch(bootsteps.StartStopStep):
+    """A consumer bootstep: pauses the work queues' consumers while the store is down."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.available = True
+        self.reason = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, parent: Any) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._look, args=(parent.app,), name="store-watch", daemon=True
+            )
+            self._thread.start()
+        parent.timer.call_repeatedly(DOWN_INTERVAL, self._apply, (parent,))
+
+    def stop(self, parent: Any) -> None:
+        self._stop.set()
+
+    def shutdown(self, parent: Any) -> None:
+        self._stop.set()
+
+    def _look(self, app: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                if not app.migrated:
+                    app.store.migrate()  # the store was down when the worker started
+                    app.migrated = True
+                app.store.run(dead_letters.probe_writable)
+            except DatabaseError as exc:
+                self.available, self.reason = False, str(exc)
+            else:
+                self.available = True
+            self._stop.wait(HEALTHY_INTERVAL if self.available else DOWN_INTERVAL)
+
+    def _apply(self, consumer: Any) -> None:
+        task_consumer = consumer.task_consumer
+        if task_consumer is None:
+            return
+        consuming = {queue.name for queue in task_consumer.queues}
+        if not self.available:
+            paused = [name for name in WORK_QUEUES if name in consuming]
+            for name in paused:
+                consumer.cancel_task_queue(name)
+            if paused:
+                logger.warning(
+                    "the store is unavailable; taking no new work until it answers ({})",
+                    self.reason,
+                )
+            return
+        resumed = [name for name in WORK_QUEUES if name not in consuming]
+        for name in resumed:
+            consumer.add_task_queue(name)
+        if resumed:
+            logger.info("the store answers again; taking work from {}", ", ".join(resumed))

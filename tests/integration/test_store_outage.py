@@ -1,0 +1,155 @@
+"""A store outage waits, it does not fail: the worker stops taking work and resumes by itself,
+tasks caught in it spend none of their retries, maintenance skips a beat — nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import pytest_asyncio
+
+from service.intake import Upload, accept
+from service.settings import Settings
+from service.store import dead_letters, task_runs
+from service.store.database import Store
+from service.store.dead_letters import Filters
+from service.store.migrations import upgrade
+from service.tasks import EXPIRE_TASK_RUNS, PROCESS_DOCUMENT
+from service.topology import DOCUMENT_QUEUE
+from service.worker.app import create_celery
+from tests.support import (
+    RabbitMQ,
+    Vhost,
+    create_vhost,
+    delete_vhost,
+    eventually,
+    run_docproc,
+    start_dlq,
+    start_worker,
+)
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.worker]
+
+ENV = {"CELERY_MAX_RETRIES": "1", "CELERY_RETRY_DELAY": "1", "CELERY_RETRY_BACKOFF_MAX": "2"}
+
+
+class Database:
+    def __init__(self, admin: str, name: str, url: str) -> None:
+        self.admin, self.name, self.url = admin, name, url
+
+    def block(self) -> None:
+        with psycopg.connect(self.admin, autocommit=True) as connection:
+            connection.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
+            connection.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (self.name,),
+            )
+
+    def unblock(self) -> None:
+        with psycopg.connect(self.admin, autocommit=True) as connection:
+            connection.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
+
+
+@pytest.fixture
+def database(postgres_url: str) -> Iterator[Database]:
+    admin = postgres_url.rsplit("/", 1)[0] + "/postgres"
+    name = f"docproc_outage_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    database = Database(admin, name, url)
+    try:
+        yield database
+    finally:
+        database.unblock()
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def vhost(rabbitmq: RabbitMQ, database: Database) -> AsyncIterator[Vhost]:
+    name = await create_vhost(rabbitmq)
+    vhost = Vhost(rabbitmq, name, {"DOCPROC_DATABASE_URL": database.url, **ENV})
+    declared = await asyncio.to_thread(run_docproc, "topology", "declare", env=vhost.env())
+    assert declared.returncode == 0, declared.stderr
+    try:
+        yield vhost
+    finally:
+        await delete_vhost(rabbitmq, name)
+
+
+def accept_documents(store: Store, count: int) -> list[tuple[str, str]]:
+    accepted = []
+    for n in range(count):
+        content = f"Document {n} waits for the store to come back.".encode()
+        document_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+        upload = Upload(
+            filename=f"outage-{n}.txt",
+            content_type="text/plain",
+            content=content,
+            sha256=hashlib.sha256(content).hexdigest(),
+            correlation_id=task_id,
+        )
+        store.run(accept, upload, document_id, task_id)
+        accepted.append((document_id, task_id))
+    return accepted
+
+
+async def test_a_store_outage_pauses_the_worker_spends_no_retries_and_loses_nothing(
+    vhost: Vhost, database: Database, tmp_path: Path
+) -> None:
+    worker = await start_worker(vhost, tmp_path / "worker.log", **ENV)
+    dlq = await start_dlq(vhost, tmp_path / "dlq.log")
+    store = Store(database.url)
+    client = create_celery(vhost.settings())
+    try:
+        caught, queued = accept_documents(store, 3), accept_documents(store, 2)
+        store.close()
+        database.block()
+        for document_id, task_id in caught:  # taken at once, before the worker notices
+            client.send_task(PROCESS_DOCUMENT, kwargs={"document_id": document_id}, task_id=task_id)
+
+        async def paused() -> bool | None:
+            async with vhost.management() as management:
+                queue = await management.queue(DOCUMENT_QUEUE)
+            said = "taking no new work" in worker.output()
+            return True if said and queue is not None and queue.consumers == 0 else None
+
+        await eventually(paused, 30, "the worker to stop taking work")
+        for document_id, task_id in queued:  # these wait in their queue
+            client.send_task(PROCESS_DOCUMENT, kwargs={"document_id": document_id}, task_id=task_id)
+        await eventually(
+            lambda: asyncio.sleep(0, True if worker.output().count("waits") >= 4 else None),
+            30,
+            "the caught tasks to wait for the store more often than their one retry allows",
+        )
+        assert worker.alive()
+        database.unblock()
+
+        async def all_succeeded() -> bool | None:
+            runs = [store.run(task_runs.get, task_id) for _, task_id in caught + queued]
+            return True if all(r is not None and r.state == "SUCCESS" for r in runs) else None
+
+        await eventually(all_succeeded, 90, "every document to be processed", interval=0.5)
+        assert "the store answers again" in worker.output()
+        runs = [store.run(task_runs.get, task_id) for _, task_id in caught + queued]
+        assert [run.retries for run in runs if run is not None] == [0] * 5, "no budget spent"
+        assert store.run(dead_letters.page, Filters(status="all"), limit=10).items == []
+    finally:
+        client.close()
+        store.close()
+        worker.stop()
+        dlq.stop()
+
+
+def test_maintenance_that_meets_an_outage_skips_instead_of_failing(database: Database) -> None:
+    app = create_celery(Settings(database_url=database.url))
+    database.block()
+
+    assert app.tasks[EXPIRE_TASK_RUNS].run() == 0, "skipped: the next run does it"
