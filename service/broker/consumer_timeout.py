@@ -95,7 +95,7 @@ def version_of(overview: Mapping[str, object]) -> tuple[int, int]:
 async def node_timeout(settings: Settings, node: str) -> ConsumerTimeout:
     """The node's consumer_timeout, read with `rabbitmqctl eval`: only for a broker on this machine
     (the management API does not show it). Raises Unreadable saying why it could not be read."""
-    host = urlsplit(settings.broker_url).hostname or ""
+    host = urlsplit(settings.broker_urls[0]).hostname or ""
     if host not in LOCAL_HOSTS:
         raise Unreadable(
             f"the broker runs on {host}, and only rabbitmqctl on its machine can read it"

@@ -10,7 +10,7 @@ import httpx
 import msgspec
 
 from service.errors import BrokerUnavailable
-from service.settings import Settings
+from service.settings import Settings, split_urls
 
 
 class QueueInfo(msgspec.Struct, kw_only=True):
@@ -49,37 +49,32 @@ class QueuePolicy(msgspec.Struct, kw_only=True):
     effective_policy_definition: dict[str, Any] | list[Any] = {}
 
 
-def vhost_of(broker_url: str) -> str:
-    """The vhost an AMQP URL names: `amqp://h//` and `amqp://h/` are "/", `amqp://h/x` is "x"."""
-    path = urlsplit(broker_url).path
-    return "/" if path in ("", "/") else unquote(path[1:])
-
-
 def credentials_of(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return unquote(parts.username or "guest"), unquote(parts.password or "guest")
 
 
 class Management:
-    """The management API of one vhost; the broker URL's credentials unless this URL has its own."""
+    """The management API of one vhost, on one node or several (a cluster: `a;b;c`, each tried
+    in turn when one does not answer); the broker URL's credentials unless a URL has its own."""
 
     def __init__(self, url: str, vhost: str, auth: tuple[str, str], timeout: float = 10.0) -> None:
-        parts = urlsplit(url)
-        if parts.username:
-            auth = credentials_of(url)
-        base = (
-            f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
-        )
-        self.url = base.rstrip("/")
+        self._nodes: list[tuple[str, tuple[str, str]]] = []
+        for node in split_urls(url):
+            parts = urlsplit(node)
+            port = f":{parts.port}" if parts.port else ""
+            base = f"{parts.scheme}://{parts.hostname}{port}{parts.path}".rstrip("/")
+            self._nodes.append((base, credentials_of(node) if parts.username else auth))
+        self.url = self._nodes[0][0]
         self.vhost = vhost
-        self._client = httpx.AsyncClient(base_url=self.url, auth=auth, timeout=timeout)
+        self._client = httpx.AsyncClient(timeout=timeout)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Management:
         return cls(
             settings.management_url,
-            vhost_of(settings.broker_url),
-            credentials_of(settings.broker_url),
+            settings.vhost,
+            credentials_of(settings.broker_urls[0]),
         )
 
     async def __aenter__(self) -> Self:
@@ -101,13 +96,21 @@ class Management:
         return quote(self.vhost, safe="")
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
+        failures = []
+        for _ in range(len(self._nodes)):
+            base, auth = self._nodes[0]
+            try:
+                response = await self._client.request(method, base + path, auth=auth, **kwargs)
+                break
+            except httpx.HTTPError as exc:
+                failures.append(f"{base} ({exc!r})")
+                self._nodes.append(self._nodes.pop(0))  # the next node first, from now on
+        else:
             raise BrokerUnavailable(
-                f"RabbitMQ's management API at {self.url} did not answer ({exc!r}); is the "
+                f"RabbitMQ's management API did not answer at {'; '.join(failures)}; is the "
                 "rabbitmq_management plugin enabled (rabbitmq-plugins enable rabbitmq_management)?"
-            ) from exc
+            )
+        self.url = base
         if response.status_code in (401, 403):
             raise BrokerUnavailable(
                 f"RabbitMQ's management API at {self.url} refused the credentials "

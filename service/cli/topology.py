@@ -10,7 +10,7 @@ import click
 from service.broker import consumer_timeout
 from service.broker.declarer import declare_topology
 from service.broker.drift import check as check_drift
-from service.broker.management import Management, vhost_of
+from service.broker.management import Management
 from service.cli.environment import load_settings
 from service.logs import setup_logging
 from service.topology import build_topology, export_definitions
@@ -36,7 +36,7 @@ def declare() -> None:
     declared = asyncio.run(declare_topology(settings))
     click.echo(
         f"declared {len(declared.exchanges)} exchanges, {len(declared.queues)} queues and "
-        f"{len(declared.bindings)} bindings in vhost {vhost_of(settings.broker_url)!r}"
+        f"{len(declared.bindings)} bindings in vhost {settings.vhost!r}"
     )
 
 
@@ -65,7 +65,7 @@ def check() -> None:
     differences, timeout_lines = asyncio.run(run())
     for line in timeout_lines:
         click.echo(line, err=True)
-    vhost = vhost_of(settings.broker_url)
+    vhost = settings.vhost
     if not differences:
         click.echo(f"topology of vhost {vhost!r} matches")
         return

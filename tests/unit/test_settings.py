@@ -127,3 +127,23 @@ def test_a_process_with_a_bad_setting_stops_with_one_line_and_no_traceback(
     assert done.stderr.strip() == (
         "docproc: DOCPROC_QUEUE_TYPE='fast' is not allowed: expected one of quorum, classic"
     )
+
+
+def test_a_cluster_is_a_list_of_nodes_and_passwords_never_show() -> None:
+    settings = Settings.from_env(
+        {
+            "DOCPROC_BROKER_URL": "amqp://u:s3cret@a:5672/prod;amqp://u:s3cret@b:5672/prod",
+            "DOCPROC_MANAGEMENT_URL": "http://a:15672;http://b:15672",
+        }
+    )
+
+    assert settings.broker_urls == ("amqp://u:s3cret@a:5672/prod", "amqp://u:s3cret@b:5672/prod")
+    assert settings.management_urls == ("http://a:15672", "http://b:15672")
+    assert settings.vhost == "prod"
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"DOCPROC_BROKER_URL": "amqp://u:s3cret@a/prod;amqp://u:s3cret@b/test"})
+    assert "s3cret" not in str(refused.value)
+    assert "u:***@a" in str(refused.value)
+    with pytest.raises(ConfigError) as bad:
+        Settings.from_env({"DOCPROC_BROKER_URL": "amqp://u:s3cret@a/;http://u:s3cret@b/"})
+    assert "s3cret" not in str(bad.value)
