@@ -48,6 +48,10 @@ class BadRequest(DocprocError):
     """The request itself is not valid: the message names the field and what is allowed."""
 
 
+class InvalidQuery(BadRequest):
+    """A search query with nothing to find; the message states the syntax."""
+
+
 class NotFound(DocprocError):
     """What was asked for does not exist (a document, a task, a dead letter)."""
 
@@ -90,6 +94,12 @@ class DatabaseError(DocprocError):
     """A statement failed in the store (a conflict, an injected fault); worth retrying."""
 
     transient = True
+
+
+class StoreRejected(DatabaseError):
+    """The store refused a value (too long, a NUL, out of range): retrying will not help."""
+
+    transient = False
 
 
 class StoreUnavailable(DatabaseError):

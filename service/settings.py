@@ -35,6 +35,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     queue_type: QueueType = "quorum"
     delivery_limit: PositiveInt = 5
     api_keys: tuple[str, ...] = ()
+    public_reads: bool = False
     max_upload_bytes: PositiveInt = 50 * 1024 * 1024
     dead_letter_retention: PositiveFloat = 14 * 24 * 3600.0
     handled_dead_letter_retention: PositiveFloat = 3 * 24 * 3600.0
@@ -140,6 +141,7 @@ ENVIRONMENT: dict[str, str] = {
     "queue_type": "DOCPROC_QUEUE_TYPE",
     "delivery_limit": "DOCPROC_DELIVERY_LIMIT",
     "api_keys": "DOCPROC_API_KEYS",
+    "public_reads": "DOCPROC_PUBLIC_READS",
     "max_upload_bytes": "DOCPROC_MAX_UPLOAD_BYTES",
     "dead_letter_retention": "DOCPROC_DEAD_LETTER_RETENTION",
     "handled_dead_letter_retention": "DOCPROC_HANDLED_DEAD_LETTER_RETENTION",

@@ -6,16 +6,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.di import Provide
-from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig
 from loguru import logger
 
+from service.api import docs
 from service.api.correlation import correlation_middleware
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.routes import dead_letters, documents, operations, tasks
+from service.api.security import REQUIRED, require_api_key
 from service.api.services import PROVIDERS, Services
 from service.broker.management import Management
 from service.broker.publisher import Publisher
@@ -62,32 +62,40 @@ def create_app(settings: Settings) -> Litestar:
             await store.close()
 
     prometheus = PrometheusConfig(app_name="docproc", prefix="docproc", group_path=True)
-    return Litestar(
+    # Everything but liveness, readiness, metrics and the OpenAPI document takes a key, when
+    # keys are set (service.api.security).
+    keyed = Router(
+        path="/",
         route_handlers=[
             documents.upload_handler(settings),
             documents.document,
             documents.document_text,
             documents.search_documents,
             tasks.task_status,
+            tasks.task_detail,
             tasks.retry_task,
             tasks.stats,
             *dead_letters.ROUTES,
+        ],
+        guards=[require_api_key],
+        security=REQUIRED,
+    )
+    if settings.api_keys and settings.public_reads:
+        logger.warning("DOCPROC_PUBLIC_READS=true: reads need no API key, only writes do")
+    return Litestar(
+        route_handlers=[
+            keyed,
             operations.health,
             operations.ready,
             operations.metrics,
+            docs.assets,
         ],
         dependencies={name: Provide(provider) for name, provider in PROVIDERS.items()},
         exception_handlers=EXCEPTION_HANDLERS,
+        after_request=docs.problem_for_missing_page,
         middleware=[correlation_middleware, prometheus.middleware],
         lifespan=[lifespan],
-        openapi_config=OpenAPIConfig(
-            title="docproc",
-            version="0.1.0",
-            description="Documents in, searchable text out; every failure dead-lettered by "
-            "RabbitMQ, and an operator's tools to inspect and re-publish them.",
-            path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
-        ),
+        openapi_config=docs.openapi_config(settings),
         logging_config=None,  # logging is ours (service.logs), set up by the entry point
         debug=False,
     )

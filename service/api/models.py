@@ -224,17 +224,43 @@ class Republished(msgspec.Struct, kw_only=True):
     republish_count: int
 
 
-class RedriveRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Which dead letters to re-publish (all filters optional, combined with AND), and how fast."""
+FilterText = Annotated[str, msgspec.Meta(max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
-    queue: str | None = None
-    reason: Annotated[str | None, msgspec.Meta(examples=["rejected"])] = None
-    task: str | None = None
-    error_type: str | None = None
-    group: str | None = None
+
+class RedriveRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Which dead letters to re-publish — at least one filter (combined with AND), or `all` —
+    and how fast. Active letters only, unless `include_republished`; `dry_run` only counts."""
+
+    queue: FilterText | None = None
+    reason: Annotated[FilterText | None, msgspec.Meta(examples=["rejected"])] = None
+    task: FilterText | None = None
+    error_type: FilterText | None = None
+    group: FilterText | None = None
     since: datetime | None = None
     until: datetime | None = None
+    all: Annotated[
+        bool, msgspec.Meta(description="every active dead letter, when no filter is given")
+    ] = False
+    dry_run: Annotated[
+        bool, msgspec.Meta(description="count what would be re-published; publish nothing")
+    ] = False
+    include_republished: Annotated[
+        bool, msgspec.Meta(description="letters re-published before are taken too")
+    ] = False
     rate: Rate = 10.0
+
+
+class Count(msgspec.Struct, kw_only=True):
+    name: str
+    count: int
+
+
+class RedrivePreview(msgspec.Struct, kw_only=True):
+    """What a redrive with these filters would re-publish (a dry run): nothing was published."""
+
+    matched: int
+    groups: list[GroupOut]
+    queues: list[Count]
 
 
 class RedriveOut(msgspec.Struct, kw_only=True):

@@ -9,6 +9,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from loguru import logger
 
+from service.api.correlation import correlation_id_of
 from service.errors import (
     BadRequest,
     BrokerUnavailable,
@@ -18,6 +19,8 @@ from service.errors import (
     DocprocError,
     EmptyDocument,
     NotFound,
+    SearchError,
+    StoreRejected,
     TooLarge,
     Unroutable,
     UnsupportedType,
@@ -33,7 +36,9 @@ _STATUS: list[tuple[type[DocprocError], int, str]] = [
     (UnsupportedType, 415, "Unsupported document type"),
     (EmptyDocument, 422, "Empty document"),
     (CorruptFile, 422, "Corrupt document"),
+    (StoreRejected, 400, "The store refused a value"),
     (DatabaseError, 503, "The store is unavailable"),
+    (SearchError, 503, "The search could not be run"),
     (BrokerUnavailable, 503, "The broker is unavailable"),
     (Unroutable, 502, "The broker could not route the message"),
 ]
@@ -57,16 +62,20 @@ def on_docproc_error(request: Request[Any, Any, Any], exc: DocprocError) -> Resp
     return on_unexpected(request, exc)
 
 
-def on_bad_value(request: Request[Any, Any, Any], exc: ValueError) -> Response[Any]:
-    return problem(400, "Bad request", str(exc))
-
-
 def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     logger.opt(exception=exc).error("{} {} failed", request.method, request.url.path)
-    return problem(500, "Internal error", "the error was logged with this request's correlation id")
+    cid = correlation_id_of(request.scope)
+    return problem(
+        500,
+        "Internal error",
+        f"the error was logged with correlation id {cid}; quote it when you report this",
+        correlation_id=cid,
+    )
 
 
 def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if exc.status_code == 413:
+        return too_large(request)
     extra: dict[str, Any] = {}
     if isinstance(exc.extra, dict):
         extra = exc.extra
@@ -76,6 +85,19 @@ def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Re
     if exc.headers:
         response.headers.update(exc.headers)
     return response
+
+
+def too_large(request: Request[Any, Any, Any]) -> Response[Any]:
+    """The body-size limit's 413 (Litestar refuses the body before any handler): the sentence an
+    upload over the limit always gets."""
+    limit = request.app.state.services.settings.max_upload_bytes
+    size = request.headers.get("content-length", "")
+    said = f"{size} bytes" if size.isdigit() else "the upload is"
+    return problem(
+        413,
+        "Upload too large",
+        f"{said}, more than the {limit} allowed (DOCPROC_MAX_UPLOAD_BYTES)",
+    )
 
 
 def _title(status: int) -> str:
@@ -90,6 +112,5 @@ def _title(status: int) -> str:
 EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
     DocprocError: on_docproc_error,
     HTTPException: on_http_exception,
-    ValueError: on_bad_value,
     Exception: on_unexpected,
 }

@@ -1,4 +1,7 @@
-"""API keys: when DOCPROC_API_KEYS is set, every mutating endpoint needs `Authorization: Bearer`."""
+"""API keys: when DOCPROC_API_KEYS is set, every endpoint needs `Authorization: Bearer <key>` —
+reads too, since they return document text, dead-letter bodies and task errors — except
+/health, /ready, /metrics and the OpenAPI document. DOCPROC_PUBLIC_READS=true opens the reads
+again (GET and HEAD); writes always need a key."""
 
 from __future__ import annotations
 
@@ -8,6 +11,17 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.spec import SecurityRequirement, SecurityScheme
+
+SCHEME = "bearer"
+SECURITY_SCHEME = SecurityScheme(
+    type="http",
+    scheme="bearer",
+    description="One of DOCPROC_API_KEYS, when the server sets them (then every operation that "
+    "lists this scheme needs it; with DOCPROC_PUBLIC_READS=true, reads do not).",
+)
+REQUIRED: list[SecurityRequirement] = [{SCHEME: []}]
+READS = frozenset({"GET", "HEAD"})
 
 
 def require_api_key(
@@ -15,8 +29,9 @@ def require_api_key(
 ) -> None:
     """401 without a bearer key, 403 with a wrong one; keys compared in constant time, never
     logged (nor echoed in the problem)."""
-    keys: tuple[str, ...] = connection.app.state.services.settings.api_keys
-    if not keys:
+    settings = connection.app.state.services.settings
+    keys: tuple[str, ...] = settings.api_keys
+    if not keys or (settings.public_reads and connection.scope.get("method") in READS):
         return
     scheme, _space, given = connection.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given:

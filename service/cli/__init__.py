@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from service.cli.dead_letters import dead_letters
+from service.cli.documents import search, status, text
 from service.cli.environment import load_settings
 from service.cli.selftest import selftest
 from service.cli.serve import serve
@@ -38,6 +39,9 @@ cli.add_command(serve)
 cli.add_command(submit)
 cli.add_command(dead_letters)
 cli.add_command(selftest)
+cli.add_command(status)
+cli.add_command(text)
+cli.add_command(search)
 
 
 @cli.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -64,7 +65,16 @@ class Api:
             self.fail(response)
         if response.status_code == 204 or not response.content:
             return None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            abort(
+                DocprocError(
+                    f"{method} {self.url}{path}: {response.status_code}, but the answer is not "
+                    f"JSON ({response.headers.get('content-type', 'no content type')}); is "
+                    "--api the docproc API?"
+                )
+            )
 
     def fail(self, response: httpx.Response) -> NoReturn:
         try:
@@ -89,11 +99,19 @@ class Api:
         return self.request("DELETE", path, **kwargs)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(value: object) -> str:
+    """`value` as text a terminal shows as it is: control characters (escape sequences that
+    could retitle the window or recolour the screen, newlines that break a table) escaped."""
+    text = "" if value is None else str(value)
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
-    """Rows as a plain aligned table."""
-    cells = [[str(h) for h in headers]] + [
-        ["" if c is None else str(c) for c in row] for row in rows
-    ]
+    """Rows as a plain aligned table, every cell printable."""
+    cells = [[printable(h) for h in headers]] + [[printable(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))

@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from service.cli.client import Api, api_option, table
+from service.cli.client import Api, api_option, printable, table
+from service.store.dead_letters import STATUSES
 
 FILTERS = ("queue", "reason", "task", "error_type", "group", "since", "until")
 
@@ -50,7 +51,7 @@ def dead_letters() -> None:
 @filter_options
 @click.option(
     "--status",
-    type=click.Choice(["active", "republished", "discarded", "all"]),
+    type=click.Choice(list(STATUSES)),
     default="active",
     show_default=True,
 )
@@ -116,27 +117,84 @@ def groups(api_url: str, api_key: str | None, **filters: Any) -> None:
 
 @dead_letters.command()
 @click.argument("dead_letter_ids", nargs=-1, required=True)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Re-publish even a letter re-published before, one that died at the delivery limit "
+    "(it killed workers), or one whose task succeeded since.",
+)
+@click.option(
+    "--target",
+    default=None,
+    help="Re-publish into this queue: needed for a letter that did not die in a docproc work "
+    "queue.",
+)
 @api_option
-def republish(dead_letter_ids: tuple[str, ...], api_url: str, api_key: str | None) -> None:
+def republish(
+    dead_letter_ids: tuple[str, ...],
+    force: bool,
+    target: str | None,
+    api_url: str,
+    api_key: str | None,
+) -> None:
     """Re-publish dead letters to their original queues."""
+    params: dict[str, Any] = {"force": "true"} if force else {}
+    if target is not None:
+        params["target"] = target
     with Api(api_url, api_key) as api:
         for dead_letter_id in dead_letter_ids:
-            done = api.post(f"/dead-letters/{dead_letter_id}/republish")
+            done = api.post(f"/dead-letters/{dead_letter_id}/republish", params=params)
             click.echo(
-                f"{dead_letter_id}: re-published to {done['queue']} "
+                f"{printable(dead_letter_id)}: re-published to {printable(done['queue'])} "
                 f"(time {done['republish_count']})"
             )
 
 
 @dead_letters.command()
 @filter_options
+@click.option("--all", "everything", is_flag=True, help="Every active dead letter (no filter).")
+@click.option("--dry-run", is_flag=True, help="Count what would be re-published; publish nothing.")
+@click.option("--include-republished", is_flag=True, help="Take letters re-published before too.")
 @click.option("--rate", default=10.0, show_default=True, help="Messages per second.")
 @click.option("--follow", is_flag=True, help="Show progress until it ends (Ctrl-C cancels it).")
 @api_option
-def redrive(rate: float, follow: bool, api_url: str, api_key: str | None, **filters: Any) -> None:
-    """Re-publish every active dead letter that matches, at RATE per second, in the background."""
+def redrive(
+    *,
+    everything: bool,
+    dry_run: bool,
+    include_republished: bool,
+    rate: float,
+    follow: bool,
+    api_url: str,
+    api_key: str | None,
+    **filters: Any,
+) -> None:
+    """Re-publish every active dead letter that matches, at RATE per second, in the background.
+
+    Needs at least one filter, or --all. --dry-run first shows what it would take.
+    """
+    chosen = _chosen(filters)
+    if not chosen and not everything:
+        raise click.UsageError(
+            "name at least one filter (--queue, --reason, --task, --error-type, --group, "
+            "--since, --until), or --all to re-publish every active dead letter"
+        )
+    request = chosen | {
+        "rate": rate,
+        "all": everything,
+        "dry_run": dry_run,
+        "include_republished": include_republished,
+    }
     with Api(api_url, api_key) as api:
-        job = api.post("/dead-letters/redrive", json=_chosen(filters) | {"rate": rate})
+        job = api.post("/dead-letters/redrive", json=request)
+        if dry_run:
+            click.echo(f"dry run: {job['matched']} would be re-published; nothing was")
+            rows = [
+                [g["group"], g["count"], g["queue"], g["task"], g["error_type"]]
+                for g in job["groups"]
+            ]
+            click.echo(table(rows, ["group", "count", "queue", "task", "error"]))
+            return
         click.echo(f"redrive {job['id']}: {job['matched']} matched, at {job['rate']:g}/s")
         if not follow:
             return
@@ -191,7 +249,7 @@ def discard(
     with Api(api_url, api_key) as api:
         for dead_letter_id in dead_letter_ids:
             api.delete(f"/dead-letters/{dead_letter_id}")
-            click.echo(f"{dead_letter_id}: discarded")
+            click.echo(f"{printable(dead_letter_id)}: discarded")
         if group is not None:
             done = api.delete(f"/dead-letters/groups/{group}")
-            click.echo(f"group {group}: {done['discarded']} discarded")
+            click.echo(f"group {printable(group)}: {done['discarded']} discarded")

@@ -4,32 +4,39 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import re
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from service.cli.client import Api, api_option, table
+from service.cli.client import Api, api_option, printable, table
 
 FINAL = frozenset({"SUCCESS", "DEAD", "REVOKED"})
 
 
+def _natural(path: Path) -> list[object]:
+    """`doc-2` before `doc-10`: numbers in names compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
 def expand(paths: tuple[str, ...]) -> list[Path]:
-    """Files, folders (every file below them) and globs, each file once, in a stable order."""
+    """Files, folders (every file below them) and globs, each file once, in natural order. A
+    path or glob that names nothing is a warning; the rest is uploaded."""
     found: dict[Path, None] = {}
     for given in paths:
-        matches = [Path(m) for m in sorted(glob.glob(given, recursive=True))] or [Path(given)]
+        matches = [Path(m) for m in glob.glob(given, recursive=True)] or [Path(given)]
         for match in matches:
             if match.is_dir():
-                for child in sorted(match.rglob("*")):
+                for child in match.rglob("*"):
                     if child.is_file() and not child.name.startswith("."):
                         found[child] = None
             elif match.is_file():
                 found[match] = None
             else:
-                raise click.BadParameter(f"{given}: no such file or folder", param_hint="PATH")
-    return list(found)
+                click.echo(f"docproc: warning: {printable(given)} names no file; skipped", err=True)
+    return sorted(found, key=_natural)
 
 
 def idempotency_key(path: Path, content: bytes) -> str:
@@ -50,6 +57,8 @@ def submit(
     """Upload documents (files, folders, globs) to the API.
 
     Exits non-zero if any upload is refused or, with --wait, any document does not end SUCCESS.
+    Each file goes with an Idempotency-Key made from its path and content: running the same
+    command again (after a crash, a lost answer) does not upload anything twice, for a day.
 
     \b
     Examples:
@@ -57,6 +66,8 @@ def submit(
       docproc submit 'inbox/**/*.docx' --wait
     """
     files = expand(paths)
+    if not files:
+        raise click.UsageError("nothing to upload: no PATH names a file")
     rows: list[list[object]] = []
     accepted: dict[str, list[object]] = {}
     with Api(api_url, api_key) as api:
@@ -71,15 +82,21 @@ def submit(
                 )
                 if response.status_code == 202:
                     body = response.json()
-                    row: list[object] = [str(path), body["status"], body["task_id"], ""]
+                    row: list[object] = [
+                        str(path),
+                        body["status"],
+                        body["document_id"],
+                        body["task_id"],
+                        "",
+                    ]
                     accepted[body["task_id"]] = row
                 else:
                     detail = response.json().get("detail", "") if response.content else ""
-                    row = [str(path), f"REFUSED {response.status_code}", "", detail]
+                    row = [str(path), f"REFUSED {response.status_code}", "", "", detail]
                 rows.append(row)
         if wait and accepted:
             _follow(api, accepted, timeout)
-    click.echo(table(rows, ["file", "state", "task", "detail"]))
+    click.echo(table(rows, ["file", "state", "document", "task", "detail"]))
     failed = [
         row for row in rows if row[1] != "SUCCESS" and (wait or str(row[1]).startswith("REFUSED"))
     ]
@@ -99,7 +116,7 @@ def _follow(api: Api, accepted: dict[str, list[object]], timeout: float) -> None
                 row = accepted[task_id]
                 row[1] = status["state"]
                 if status["error"]:
-                    row[3] = f"{status['error']['type']}: {status['error']['message']}"
+                    row[4] = f"{status['error']['type']}: {status['error']['message']}"
                 if status["state"] in FINAL:
                     waiting.discard(task_id)
                     bar.update(1)

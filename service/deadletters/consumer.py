@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
+import msgspec
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -45,12 +46,13 @@ from loguru import logger
 from sqlalchemy import Connection
 
 from service.broker.connection import BROKER_ERRORS, connect_until, until
-from service.deadletters.parsing import RawMessage, read
-from service.errors import DatabaseError, DocprocError
+from service.deadletters.parsing import RawMessage, message_key, read
+from service.errors import DatabaseError, DocprocError, StoreUnavailable
 from service.logs import correlated
 from service.settings import Settings
 from service.store import dead_letters, leases, ledger, outcomes
 from service.store.database import AsyncStore
+from service.store.dead_letters import NewDeadLetter
 from service.topology import DEAD_LETTER_QUEUE
 
 PROPERTIES = (
@@ -99,16 +101,21 @@ def raw_message(message: AbstractIncomingMessage) -> RawMessage:
 
 
 def store_batch(
-    connection: Connection, raws: Sequence[RawMessage], *, session: str | None = None
+    connection: Connection,
+    raws: Sequence[RawMessage],
+    *,
+    session: str | None = None,
+    quarantine: bool = False,
 ) -> list[tuple[str, bool]]:
     """Store a batch in one transaction; (record id, created) for each message.
 
     With a `session` (the consumer's), the batch goes through the ledger: redelivered messages
     take the rows of records committed but not acked, and the batch's own records get rows.
+    `quarantine` stores each message in its safest form (see `quarantined`).
     """
     if session is not None and not leases.holds(connection, LEASE, session):
         raise LeaseLost("another DLQ consumer holds the lease")
-    letters = [read(raw) for raw in raws]
+    letters = [quarantined(read(raw)) if quarantine else read(raw) for raw in raws]
     results: list[tuple[str, bool] | None] = [None] * len(raws)
     if session is not None:
         returned = [n for n, raw in enumerate(raws) if raw.redelivered]
@@ -117,8 +124,9 @@ def store_batch(
             if record_id is not None:
                 results[n] = (record_id, False)
         if len(returned) < len(raws):
-            # A fresh message: every returned one came before it, so rows left are stale.
-            ledger.clear(connection)
+            # A fresh message: every returned one came before it, so rows that earlier sessions
+            # left are stale (this session's own go once its ack is in).
+            ledger.clear_others(connection, session)
     new = [n for n, result in enumerate(results) if result is None]
     for n, record_id in zip(
         new, outcomes.letters_arrived(connection, [letters[n] for n in new]), strict=True
@@ -135,6 +143,50 @@ def store_batch(
             ],
         )
     return stored
+
+
+def _ascii(text: str | None) -> str | None:
+    return None if text is None else text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def quarantined(letter: NewDeadLetter) -> NewDeadLetter:
+    """A letter the store refused, in the form it cannot refuse: every text escaped to ASCII,
+    headers, properties and arguments kept as one escaped text each. The body stays as it came,
+    byte for byte; the record says what was done."""
+    kept = {
+        "headers": letter.headers,
+        "properties": letter.properties,
+        "args": letter.args,
+        "kwargs": letter.kwargs,
+    }
+    texts = {
+        name: _ascii(getattr(letter, name))
+        for name in (
+            "content_type",
+            "content_encoding",
+            "exchange",
+            "task_name",
+            "task_id",
+            "root_id",
+            "parent_id",
+            "correlation_id",
+            "error_type",
+            "error_message",
+            "republished_from",
+        )
+    }
+    return msgspec.structs.replace(
+        letter,
+        **texts,
+        **{name: {"unreadable": _ascii(repr(value))} for name, value in kept.items()},
+        reason=_ascii(letter.reason) or "unknown",
+        queue=_ascii(letter.queue) or "unknown",
+        routing_keys=[_ascii(key) or "" for key in letter.routing_keys],
+        problems=[
+            *(letter.problems or []),
+            "the store refused this record as read; every field was escaped to ASCII",
+        ],
+    )
 
 
 class DeadLetterConsumer:
@@ -355,7 +407,15 @@ class DeadLetterConsumer:
         raws = [raw_message(message) for message in batch]
         self._inject("before-commit")
         try:
-            results = await self.store.write(store_batch, raws, session=self.session)
+            try:
+                results = await self.store.write(store_batch, raws, session=self.session)
+            except StoreUnavailable:
+                raise
+            except DatabaseError as refused:
+                # Not an outage: the store refused something in this batch. Store it letter by
+                # letter, quarantining the ones it refuses, rather than meet it again forever.
+                logger.warning("the store refused a batch ({}); storing it one by one", refused)
+                results = [result for raw in raws for result in await self._store_alone(raw)]
         except LeaseLost:
             self._lease_lost.set()
             return True
@@ -381,6 +441,17 @@ class DeadLetterConsumer:
         self.stored += len(batch)
         self._pause = 0.5
         return True
+
+    async def _store_alone(self, raw: RawMessage) -> list[tuple[str, bool]]:
+        try:
+            return await self.store.write(store_batch, [raw], session=self.session)
+        except StoreUnavailable:
+            raise
+        except DatabaseError as refused:
+            logger.bind(message_key=message_key(raw)).warning(
+                "the store refused a dead letter ({}); storing it quarantined", refused
+            )
+            return await self.store.write(store_batch, [raw], session=self.session, quarantine=True)
 
     def _inject(self, point: str) -> None:
         if self.fault == point:

@@ -1,7 +1,9 @@
 """AMQP header tables as JSON and back, without losing their types.
 
 Headers carry datetimes (x-death times), bytes and decimals that JSON has no word for; they are
-stored tagged (`{"$datetime": ...}`) so that a re-published message carries what it came with.
+stored tagged (`{"$datetime": ...}`) so that a re-published message carries what it came with. A
+table that only looks like a tag is stored as `{"$table": ...}`, and a tag that does not decode
+(a forged letter) is kept as it is: reading a stored letter never fails.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ from typing import Any
 JsonValue = Any
 
 
+_TAGS = ("$datetime", "$bytes", "$decimal", "$table")
+
+
 def to_json(value: Any) -> JsonValue:
     if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
+        table = {str(k): to_json(v) for k, v in value.items()}
+        return {"$table": table} if len(table) == 1 and next(iter(table)) in _TAGS else table
     if isinstance(value, list | tuple):
         return [to_json(v) for v in value]
     if isinstance(value, datetime):
@@ -29,16 +35,24 @@ def to_json(value: Any) -> JsonValue:
     return value
 
 
+_DECODERS: dict[str, Any] = {
+    "$datetime": datetime.fromisoformat,
+    "$bytes": lambda text: base64.b64decode(text, validate=True),
+    "$decimal": Decimal,
+}
+
+
 def from_json(value: JsonValue) -> Any:
     if isinstance(value, dict):
         if len(value) == 1:
             ((tag, inner),) = value.items()
-            if tag == "$datetime":
-                return datetime.fromisoformat(inner)
-            if tag == "$bytes":
-                return base64.b64decode(inner)
-            if tag == "$decimal":
-                return Decimal(inner)
+            if tag == "$table" and isinstance(inner, dict):
+                return {k: from_json(v) for k, v in inner.items()}
+            if tag in _DECODERS:
+                try:
+                    return _DECODERS[tag](inner)
+                except (TypeError, ValueError, ArithmeticError):
+                    return value  # not what the tag says: kept as stored
         return {k: from_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [from_json(v) for v in value]
@@ -50,7 +64,9 @@ def plain(value: JsonValue) -> Any:
     if isinstance(value, dict):
         if len(value) == 1:
             ((tag, inner),) = value.items()
-            if tag in ("$datetime", "$bytes", "$decimal"):
+            if tag == "$table" and isinstance(inner, dict):
+                return {k: plain(v) for k, v in inner.items()}
+            if tag in _TAGS:
                 return inner
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -13,6 +13,7 @@ from service.deadletters.headers import to_json
 from service.logs import CORRELATION_HEADER
 from service.serialization import CONTENT_TYPE as MSGSPEC_CONTENT_TYPE
 from service.store.dead_letters import NewDeadLetter
+from service.task_protocol import problem
 from service.tasks import ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER
 
 REPUBLISHED_FROM_HEADER = "x-docproc-republished-from"
@@ -36,29 +37,92 @@ class RawMessage(msgspec.Struct, frozen=True, kw_only=True):
 
 def message_key(raw: RawMessage) -> str:
     stable = {k: v for k, v in raw.headers.items() if k not in _VOLATILE_HEADERS}
-    canonical = msgspec.json.encode([to_json(stable), to_json(raw.properties)], order="sorted")
+    try:
+        canonical = msgspec.json.encode([to_json(stable), to_json(raw.properties)], order="sorted")
+    except (TypeError, ValueError, msgspec.EncodeError):
+        canonical = repr(sorted(stable.items(), key=str)).encode("utf-8", "replace")
     return hashlib.sha256(raw.body + b"\x00" + canonical).hexdigest()
 
 
-def _death(headers: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    deaths = headers.get("x-death")
-    if isinstance(deaths, list) and deaths and all(isinstance(d, dict) for d in deaths):
-        return deaths[0], deaths
-    return {}, []
+class _Reader:
+    """Reads a message's fields leniently: what it cannot read becomes None (or a default) and a
+    line in `problems`, stored with the record. It never raises: one strange letter must not stop
+    the DLQ consumer, which would meet it again at every delivery."""
 
+    def __init__(self) -> None:
+        self.problems: list[str] = []
 
-def _time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return None
+    def note(self, problem: str) -> None:
+        if problem not in self.problems:
+            self.problems.append(problem)
 
+    def text(self, name: str, value: Any, limit: int | None = None) -> str | None:
+        """Text a store column can hold: no NUL (PostgreSQL refuses it), at most `limit`."""
+        if value is None:
+            return None
+        if isinstance(value, bytes | bytearray):
+            text = bytes(value).decode("utf-8", "replace")
+        elif isinstance(value, str):
+            text = value
+        else:
+            self.note(f"{name} is {type(value).__name__}, stored as text")
+            text = str(value)
+        if "\x00" in text:
+            self.note(f"{name} held NUL characters, replaced by U+FFFD")
+            text = text.replace("\x00", "\ufffd")
+        if limit is not None and len(text) > limit:
+            self.note(f"{name} was {len(text)} characters, cut to {limit}")
+            text = text[:limit]
+        return text
 
-def _text(value: Any) -> str | None:
-    if value is None:
+    def count(self, name: str, value: Any, default: int | None) -> int | None:
+        if value is None:
+            return default
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        self.note(f"{name} {value!r:.60} is not a count")
+        return default
+
+    def time(self, name: str, value: Any) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            try:
+                return value if value.tzinfo else value.replace(tzinfo=UTC)
+            except (OverflowError, ValueError):
+                pass
+        self.note(f"{name} {value!r:.60} is not a time")
         return None
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
+
+    def json(self, name: str, value: Any) -> Any:
+        """A header table or argument as JSON the store takes (text without NUL)."""
+        try:
+            converted = to_json(value)
+            encoded = msgspec.json.encode(converted)
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            self.note(f"{name} could not be read as JSON ({exc}); stored as its text")
+            return self.text(name, repr(value))
+        if b"\\u0000" in encoded:
+            self.note(f"{name} held NUL characters, replaced by U+FFFD")
+            return msgspec.json.decode(encoded.replace(b"\\u0000", b"\\ufffd"))
+        return converted
+
+    def deaths(self, headers: dict[str, Any]) -> list[dict[str, Any]]:
+        deaths = headers.get("x-death")
+        if deaths is None:
+            return []
+        if isinstance(deaths, list) and all(isinstance(d, dict) for d in deaths):
+            return deaths
+        self.note(f"x-death is {type(deaths).__name__}, not a list of tables")
+        return []
+
+    def routing_keys(self, value: Any) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.note(f"routing-keys is {type(value).__name__}, not a list")
+            value = [value]
+        return [self.text("routing-keys", key, 255) or "" for key in value]
 
 
 def _arguments(raw: RawMessage, content_type: str | None) -> tuple[Any, Any]:
@@ -71,52 +135,57 @@ def _arguments(raw: RawMessage, content_type: str | None) -> tuple[Any, Any]:
         return None, None
     if isinstance(body, list) and len(body) == 3:
         return body[0], body[1]
-    if isinstance(body, dict) and "task" in body:  # protocol 1
-        return body.get("args"), body.get("kwargs")
     return None, None
 
 
 def read(raw: RawMessage) -> NewDeadLetter:
-    """The record to store for `raw`."""
-    headers = raw.headers
-    properties = raw.properties
-    death, deaths = _death(headers)
-    times = [t for t in (_time(d.get("time")) for d in deaths) if t is not None]
-    content_type = _text(properties.get("content_type"))
+    """The record to store for `raw`, whatever it holds."""
+    reader = _Reader()
+    headers = raw.headers if isinstance(raw.headers, dict) else {}
+    properties = raw.properties if isinstance(raw.properties, dict) else {}
+    deaths = reader.deaths(headers)
+    death = deaths[0] if deaths else {}
+    times = [t for t in (reader.time("x-death time", d.get("time")) for d in deaths) if t]
+    content_type = reader.text("content_type", properties.get("content_type"), 255)
     args, kwargs = _arguments(raw, content_type)
-    task_name = _text(headers.get("task"))
-    task_id = _text(headers.get("id"))
     # The last failure, as the worker's retry carried it: what the store may not have recorded.
-    error_type = _text(headers.get(ERROR_TYPE_HEADER))
-    error_message = _text(headers.get(ERROR_MESSAGE_HEADER))
-    if task_name is None:
-        error_type = "NotACeleryMessage"
-        error_message = "the message has no Celery task headers (task, id)"
-    retries = headers.get("retries")
+    error_type = reader.text(ERROR_TYPE_HEADER, headers.get(ERROR_TYPE_HEADER), 255)
+    error_message = reader.text(ERROR_MESSAGE_HEADER, headers.get(ERROR_MESSAGE_HEADER))
+    wrong = problem(headers, raw.body, content_type)
+    if wrong is not None:
+        error_type = "NotACeleryMessage" if "task" not in headers else "MalformedTaskMessage"
+        error_message = wrong
     return NewDeadLetter(
         message_key=message_key(raw),
         body=raw.body,
         content_type=content_type,
-        content_encoding=_text(properties.get("content_encoding")),
-        headers=to_json(headers),
-        properties=to_json(properties),
-        reason=_text(death.get("reason")) or "unknown",
-        queue=_text(death.get("queue")) or raw.routing_key or "unknown",
-        exchange=_text(death.get("exchange")),
-        routing_keys=[_text(k) or "" for k in death.get("routing-keys") or []],
-        death_count=int(death.get("count") or 1),
+        content_encoding=reader.text("content_encoding", properties.get("content_encoding"), 255),
+        headers=reader.json("headers", headers),
+        properties=reader.json("properties", properties),
+        reason=reader.text("x-death reason", death.get("reason"), 32) or "unknown",
+        queue=reader.text("x-death queue", death.get("queue") or raw.routing_key, 255) or "unknown",
+        exchange=reader.text("x-death exchange", death.get("exchange"), 255),
+        routing_keys=reader.routing_keys(death.get("routing-keys")),
+        death_count=reader.count("x-death count", death.get("count"), 1) or 1,
         first_death_at=min(times) if times else None,
-        dead_at=_time(death.get("time")) or datetime.now(UTC),
-        task_name=task_name,
-        task_id=task_id,
-        args=to_json(args),
-        kwargs=to_json(kwargs),
-        retries=retries if isinstance(retries, int) else None,
-        root_id=_text(headers.get("root_id")),
-        parent_id=_text(headers.get("parent_id")),
-        correlation_id=_text(headers.get(CORRELATION_HEADER) or properties.get("correlation_id")),
+        dead_at=reader.time("x-death time", death.get("time")) or datetime.now(UTC),
+        task_name=reader.text("task", headers.get("task"), 255),
+        task_id=reader.text("id", headers.get("id"), 255),
+        args=reader.json("args", args),
+        kwargs=reader.json("kwargs", kwargs),
+        retries=reader.count("retries", headers.get("retries"), None),
+        root_id=reader.text("root_id", headers.get("root_id"), 255),
+        parent_id=reader.text("parent_id", headers.get("parent_id"), 255),
+        correlation_id=reader.text(
+            "correlation id",
+            headers.get(CORRELATION_HEADER) or properties.get("correlation_id"),
+            255,
+        ),
         error_type=error_type,
         error_message=error_message,
         traceback=None,
-        republished_from=_text(headers.get(REPUBLISHED_FROM_HEADER)),
+        republished_from=reader.text(
+            REPUBLISHED_FROM_HEADER, headers.get(REPUBLISHED_FROM_HEADER), 36
+        ),
+        problems=reader.problems or None,
     )

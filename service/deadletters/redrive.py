@@ -39,6 +39,9 @@ class RedriveRunner:
         self.wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run jobs until `stop`. A job that breaks the runner (a bug) is logged and
+        the runner goes on: its heartbeat lapses, so this or another API process takes the job
+        over where it stood."""
         while not stop.is_set():
             try:
                 job = await self.store.write(
@@ -50,7 +53,14 @@ class RedriveRunner:
             if job is None:
                 await self._idle(stop)
                 continue
-            await self._work(job, stop)
+            try:
+                await self._work(job, stop)
+            except DatabaseError as exc:
+                logger.bind(redrive_id=job.id).warning("redrive {} paused: {}", job.id, exc)
+                await self._idle(stop)
+            except Exception:
+                logger.bind(redrive_id=job.id).exception("redrive {} broke the runner", job.id)
+                await self._idle(stop)
 
     async def _idle(self, stop: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
@@ -110,6 +120,11 @@ class RedriveRunner:
                 broker_down = exc  # not the letter's fault: it stays pending
             except DocprocError as exc:
                 outcomes[dead_letter_id] = str(exc)
+            except Exception as exc:  # a letter that cannot become a message (forged headers)
+                logger.bind(dead_letter_id=dead_letter_id).warning(
+                    "dead letter {} cannot be re-published: {!r}", dead_letter_id, exc
+                )
+                outcomes[dead_letter_id] = f"cannot be re-published: {exc!r}"
             else:
                 outcomes[dead_letter_id] = None
 

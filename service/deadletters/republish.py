@@ -24,6 +24,7 @@ from service.errors import Conflict, NotFound
 from service.store import dead_letters, task_runs
 from service.store.database import AsyncStore
 from service.store.dead_letters import DeadLetter
+from service.topology import WORK_QUEUES
 
 DEATH_HEADERS = frozenset(
     {
@@ -112,27 +113,76 @@ def run_versions(connection: Connection, letters: Iterable[DeadLetter]) -> dict[
 
 
 def check(letter: DeadLetter | None, dead_letter_id: str) -> DeadLetter:
+    """The letter, if it exists and was not discarded; and only into docproc's own work queues:
+    `x-death` is what the message says of itself, and a forged one could name any queue."""
     if letter is None:
         raise NotFound(f"no dead letter {dead_letter_id}")
     if letter.discarded_at is not None:
         raise Conflict(f"dead letter {dead_letter_id} was discarded")
+    if letter.queue not in WORK_QUEUES:
+        raise Conflict(
+            f"dead letter {dead_letter_id} died in {letter.queue!r}, not in one of docproc's work "
+            f"queues ({', '.join(WORK_QUEUES)}); re-publish it there only by naming it: "
+            f"?target={letter.queue}"
+        )
     return letter
 
 
-async def publish(publisher: Publisher, letter: DeadLetter) -> None:
-    """To the queue it died in, through the default exchange, confirmed."""
-    await publisher.publish(message_for(letter), routing_key=letter.queue, exchange="")
+def _cautions(letter: DeadLetter) -> list[str]:
+    """Why re-publishing this letter may not be what the operator means."""
+    found = []
+    if letter.republish_count:
+        when = letter.republished_at.isoformat() if letter.republished_at else "before"
+        times = "once" if letter.republish_count == 1 else f"{letter.republish_count} times"
+        found.append(f"it was re-published {times} already, last at {when}")
+    if letter.reason == "delivery_limit":
+        found.append(
+            "it died at the delivery limit: its message killed or lost a worker process at each "
+            "delivery, and may do it again"
+        )
+    if letter.superseded_at is not None:
+        found.append("its task succeeded since")
+    return found
 
 
-async def republish(store: AsyncStore, publisher: Publisher, dead_letter_id: str) -> Republished:
-    """Publish the dead letter to its original queue (confirmed), then mark it re-published."""
-    letter = check(await store.run(dead_letters.get, dead_letter_id), dead_letter_id)
+async def publish(publisher: Publisher, letter: DeadLetter, queue: str | None = None) -> None:
+    """To the queue it died in (or `queue`), through the default exchange, confirmed."""
+    await publisher.publish(message_for(letter), routing_key=queue or letter.queue, exchange="")
+
+
+async def republish(
+    store: AsyncStore,
+    publisher: Publisher,
+    dead_letter_id: str,
+    *,
+    force: bool = False,
+    target: str | None = None,
+) -> Republished:
+    """Publish the dead letter to its original queue (confirmed), then mark it re-published.
+
+    Safe by default: a letter already re-published, one that died at the delivery limit, or one
+    whose task succeeded since is a Conflict saying so, unless `force`; a letter that did not die
+    in a docproc work queue goes only where `target` names.
+    """
+    letter = await store.run(dead_letters.get, dead_letter_id)
+    if target is None:
+        letter = check(letter, dead_letter_id)
+    elif letter is None or letter.discarded_at is not None:
+        check(letter, dead_letter_id)
+    assert letter is not None
+    cautions = _cautions(letter)
+    if cautions and not force:
+        raise Conflict(
+            f"dead letter {dead_letter_id} was not re-published: {'; '.join(cautions)}. "
+            "Add ?force=true to re-publish it all the same"
+        )
     seen = await store.run(run_versions, [letter])
-    await publish(publisher, letter)
+    queue = target or letter.queue
+    await publish(publisher, letter, queue)
     await store.write(mark_handled, letter, seen.get(letter.task_id or ""))
     return Republished(
         dead_letter_id=letter.id,
-        queue=letter.queue,
+        queue=queue,
         task_id=letter.task_id,
         republish_count=letter.republish_count + 1,
     )

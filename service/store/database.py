@@ -15,9 +15,15 @@ import msgspec
 from sqlalchemy import Connection, Row, Table
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
-from service.errors import DatabaseError, StoreUnavailable
+from service.errors import DatabaseError, StoreRejected, StoreUnavailable
 from service.store.engine import async_engine, is_sqlite, sync_engine
 from service.store.migrations import upgrade
 
@@ -63,6 +69,8 @@ def _unavailable(exc: SQLAlchemyError) -> DatabaseError:
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     if _unreachable(exc):
         return StoreUnavailable(f"the store is unavailable: {reason}")
+    if isinstance(exc, DataError):
+        return StoreRejected(f"the store refused a value: {reason}")
     return DatabaseError(f"the store failed: {reason}")
 
 

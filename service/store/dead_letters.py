@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
@@ -15,8 +15,12 @@ from service.deadletters.fingerprint import fingerprint
 from service.store.database import as_struct
 from service.store.schema import dead_letters, utcnow
 
-Status = Literal["active", "republished", "discarded", "superseded", "all"]
+Status = Literal["active", "republished", "discarded", "superseded", "all", "redrivable"]
 STATUSES: tuple[Status, ...] = ("active", "republished", "discarded", "superseded", "all")
+"""What a dead letter can be, as the list filter `status` names it (`redrivable`, active or
+re-published, is what a redrive that includes re-published letters takes)."""
+REASONS = ("rejected", "expired", "maxlen", "delivery_limit", "unknown")
+"""Why a message died: RabbitMQ's x-death reasons, and ours for a message without them."""
 
 
 class _Message(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,6 +50,8 @@ class _Message(msgspec.Struct, frozen=True, kw_only=True):
     error_message: str | None
     traceback: str | None
     republished_from: str | None
+    problems: list[str] | None = None
+    """What the DLQ consumer could not read as it was (stored raw or sanitised instead)."""
 
 
 class NewDeadLetter(_Message, frozen=True, kw_only=True):
@@ -103,37 +109,36 @@ class Page(msgspec.Struct, frozen=True, kw_only=True):
 _SUMMARY = [column for column in dead_letters.c if column.name != "body"]
 
 
+_EQUALS = {
+    "queue": dead_letters.c.queue,
+    "reason": dead_letters.c.reason,
+    "task": dead_letters.c.task_name,
+    "error_type": dead_letters.c.error_type,
+    "group": dead_letters.c.fingerprint,
+    "task_id": dead_letters.c.task_id,
+}
+_c = dead_letters.c
+_STATUS: dict[str, list[Any]] = {
+    "active": [_c.discarded_at.is_(None), _c.republish_count == 0, _c.superseded_at.is_(None)],
+    "republished": [_c.discarded_at.is_(None), _c.republish_count > 0],
+    "discarded": [_c.discarded_at.is_not(None)],
+    "superseded": [_c.discarded_at.is_(None), _c.superseded_at.is_not(None)],
+    "redrivable": [_c.discarded_at.is_(None), _c.superseded_at.is_(None)],
+    "all": [],
+}
+
+
 def _where(statement: Select[Any], filters: Filters) -> Select[Any]:
-    c = dead_letters.c
-    conditions = []
-    if filters.queue is not None:
-        conditions.append(c.queue == filters.queue)
-    if filters.reason is not None:
-        conditions.append(c.reason == filters.reason)
-    if filters.task is not None:
-        conditions.append(c.task_name == filters.task)
-    if filters.error_type is not None:
-        conditions.append(c.error_type == filters.error_type)
-    if filters.group is not None:
-        conditions.append(c.fingerprint == filters.group)
-    if filters.task_id is not None:
-        conditions.append(c.task_id == filters.task_id)
+    conditions = [
+        column == getattr(filters, name)
+        for name, column in _EQUALS.items()
+        if getattr(filters, name) is not None
+    ]
     if filters.since is not None:
-        conditions.append(c.dead_at >= filters.since)
+        conditions.append(_c.dead_at >= filters.since)
     if filters.until is not None:
-        conditions.append(c.dead_at < filters.until)
-    if filters.status == "active":
-        conditions += [
-            c.discarded_at.is_(None),
-            c.republish_count == 0,
-            c.superseded_at.is_(None),
-        ]
-    elif filters.status == "republished":
-        conditions += [c.discarded_at.is_(None), c.republish_count > 0]
-    elif filters.status == "discarded":
-        conditions.append(c.discarded_at.is_not(None))
-    elif filters.status == "superseded":
-        conditions += [c.discarded_at.is_(None), c.superseded_at.is_not(None)]
+        conditions.append(_c.dead_at < filters.until)
+    conditions += _STATUS[filters.status]
     return statement.where(and_(*conditions)) if conditions else statement
 
 
@@ -236,12 +241,14 @@ def _cursor(letter: DeadLetter) -> str:
     return base64.urlsafe_b64encode(f"{letter.dead_at.isoformat()}|{letter.id}".encode()).decode()
 
 
-def _after(cursor: str) -> tuple[datetime, str]:
+def read_cursor(cursor: str) -> tuple[datetime, str] | None:
+    """Where a page ends, from its `next_cursor`; None for text this API did not give out."""
     try:
         dead_at, record_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(dead_at), record_id
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not a cursor this API gave out: {cursor!r}") from exc
+        moment = datetime.fromisoformat(dead_at)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), record_id
+    except (ValueError, UnicodeDecodeError, OverflowError):
+        return None
 
 
 def page(
@@ -249,8 +256,11 @@ def page(
 ) -> Page:
     """Newest first, `limit` at a time; `next_cursor` continues where this page ends."""
     statement = _where(select(*_SUMMARY), filters)
-    if cursor is not None:
-        dead_at, record_id = _after(cursor)
+    after = None if cursor is None else read_cursor(cursor)
+    if cursor is not None and after is None:
+        raise ValueError(f"not a cursor this API gave out: {cursor!r}")
+    if after is not None:
+        dead_at, record_id = after
         c = dead_letters.c
         statement = statement.where(
             or_(c.dead_at < dead_at, and_(c.dead_at == dead_at, c.id < record_id))
@@ -358,6 +368,12 @@ def purge(connection: Connection, *, dead_before: datetime, handled_before: date
 def probe_writable(connection: Connection) -> None:
     """Fails unless the store takes writes (an UPDATE of nothing still takes the write lock)."""
     connection.execute(update(dead_letters).where(dead_letters.c.id.is_(None)).values(id=None))
+
+
+def by_queue(connection: Connection, filters: Filters) -> dict[str, int]:
+    """How many letters match `filters`, per queue they died in."""
+    statement = _where(select(_c.queue, func.count()).group_by(_c.queue), filters)
+    return {str(queue): int(count) for queue, count in connection.execute(statement).all()}
 
 
 def counts(connection: Connection) -> list[tuple[str, str, int]]:

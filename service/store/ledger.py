@@ -66,5 +66,10 @@ def clear(connection: Connection, session: str | None = None) -> int:
     return int(connection.execute(statement).rowcount or 0)
 
 
+def clear_others(connection: Connection, session: str) -> int:
+    """Drop every row but this session's: left by earlier sessions, and proven stale."""
+    return int(connection.execute(delete(ledger).where(ledger.c.session != session)).rowcount or 0)
+
+
 def size(connection: Connection) -> int:
     return len(connection.execute(select(ledger.c.dead_letter_id)).all())

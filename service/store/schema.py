@@ -182,6 +182,8 @@ dead_letters = Table(
     Column("traceback", Text),
     Column("fingerprint", String(64), nullable=False, index=True),
     Column("republished_from", String(36)),
+    # What could not be read as it was: fields stored raw, cut or with NUL replaced.
+    Column("problems", JSON),
     Column("republish_count", Integer, nullable=False, default=0),
     Column("republished_at", Timestamp()),
     Column("discarded_at", Timestamp()),

@@ -1,14 +1,24 @@
-"""Full-text search over chunks: FTS5 with bm25 on SQLite, tsvector with ts_rank on PostgreSQL."""
+"""Full-text search over chunks: FTS5 with bm25 on SQLite, tsvector with ts_rank on PostgreSQL.
+
+The query comes parsed (service.search_syntax) and is rendered here for each engine, every word a
+bound parameter or a quoted FTS5 string: no user text reaches either engine's syntax. Each search
+runs under a deadline and can be cancelled from another task (the client went away): SQLite's
+progress handler stops the statement, PostgreSQL's statement_timeout or a cancel request does.
+"""
 
 from __future__ import annotations
 
-import re
+import threading
+import time
+from typing import Any
 
 import msgspec
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.util import await_only
 
 from service.errors import SearchError
+from service.search_syntax import Query, Term
 from service.store.database import as_struct
 
 
@@ -21,14 +31,23 @@ class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
     snippet: str
 
 
-# FTS5 query syntax (quotes, NEAR, column filters, *) is not for users: search words, all of them.
-_WORD = re.compile(r"\w+", re.UNICODE)
+class Cancel:
+    """Stops a search in flight: `set()` from any thread; the search ends with SearchError."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.backend_pid: int | None = None
+
+    def set(self) -> None:
+        self.event.set()
+
 
 SNIPPET_START = "["
 SNIPPET_END = "]"
+DEADLINE = 5.0
+"""Seconds a search may take before it is stopped."""
 
-_SQLITE = text(
-    """
+_SQLITE = """
     SELECT c.document_id, d.filename, d.title, c.position,
            -bm25(chunks_fts) AS score,
            snippet(chunks_fts, 0, :start, :end, '…', 16) AS snippet
@@ -38,40 +57,123 @@ _SQLITE = text(
     WHERE chunks_fts MATCH :query
     ORDER BY bm25(chunks_fts)
     LIMIT :limit
-    """
-)
+"""
 
-_POSTGRES = text(
-    """
+_POSTGRES = """
     SELECT c.document_id, d.filename, d.title, c.position,
-           ts_rank(c.search_vector, q) AS score,
-           ts_headline('english', c.content, q,
+           ts_rank(c.search_vector, query.q) AS score,
+           ts_headline('english', c.content, query.q,
                        'StartSel=' || :start || ', StopSel=' || :end
                        || ', MaxWords=24, MinWords=8, MaxFragments=1') AS snippet
     FROM chunks c
-    JOIN documents d ON d.id = c.document_id,
-         plainto_tsquery('english', :query) AS q
-    WHERE c.search_vector @@ q
+    JOIN documents d ON d.id = c.document_id
+    CROSS JOIN (SELECT {tsquery} AS q) AS query
+    WHERE c.search_vector @@ query.q
     ORDER BY score DESC, c.document_id, c.position
     LIMIT :limit
-    """
-)
+"""
 
 
-def search(connection: Connection, query: str, limit: int = 10) -> list[SearchHit]:
-    """Chunks that contain every word of `query`, best first, each with a highlighted snippet."""
-    words = _WORD.findall(query)
-    if not words:
-        return []
-    if connection.dialect.name == "sqlite":
-        statement, terms = _SQLITE, " ".join(f'"{word}"' for word in words)
+def fts5(query: Query) -> str:
+    """The query in FTS5 syntax: every word a quoted string (its own syntax can't leak in)."""
+
+    def term(t: Term) -> str:
+        quoted = '"' + " ".join(t.words) + '"'
+        return quoted + "*" if t.prefix else quoted
+
+    clauses = [
+        term(c[0]) if len(c) == 1 else "(" + " OR ".join(term(t) for t in c) + ")"
+        for c in query.clauses
+    ]
+    rendered = "(" + " AND ".join(clauses) + ")"
+    for t in query.excluded:
+        rendered += f" NOT {term(t)}"
+    return rendered
+
+
+def tsquery(query: Query) -> tuple[str, dict[str, str]]:
+    """The query as a PostgreSQL tsquery expression over bound parameters."""
+    params: dict[str, str] = {}
+
+    def term(t: Term) -> str:
+        name = f"w{len(params)}"
+        if t.prefix:
+            params[name] = t.words[0] + ":*"
+            return f"to_tsquery('english', :{name})"
+        params[name] = " ".join(t.words)
+        return f"phraseto_tsquery('english', :{name})"
+
+    clauses = ["(" + " || ".join(term(t) for t in c) + ")" for c in query.clauses]
+    expression = " && ".join(clauses)
+    for t in query.excluded:
+        expression += f" && !!{term(t)}"
+    return expression, params
+
+
+def _sqlite_driver(connection: Connection) -> Any:
+    return connection.connection.driver_connection
+
+
+def _install_deadline(connection: Connection, deadline: float, cancel: Cancel) -> None:
+    def progress() -> int:
+        return 1 if cancel.event.is_set() or time.monotonic() > deadline else 0
+
+    driver = _sqlite_driver(connection)
+    if hasattr(driver, "_conn"):  # aiosqlite: the handler is set in its own thread
+        await_only(driver.set_progress_handler(progress, 10_000))
     else:
-        statement, terms = _POSTGRES, " ".join(words)
+        driver.set_progress_handler(progress, 10_000)
+
+
+def _remove_deadline(connection: Connection) -> None:
+    driver = _sqlite_driver(connection)
+    if hasattr(driver, "_conn"):
+        await_only(driver.set_progress_handler(None, 10_000))
+    else:
+        driver.set_progress_handler(None, 10_000)
+
+
+def search(
+    connection: Connection,
+    query: Query,
+    limit: int = 10,
+    *,
+    cancel: Cancel | None = None,
+    deadline: float = DEADLINE,
+) -> list[SearchHit]:
+    """Chunks that match `query`, best first, each with a highlighted snippet."""
+    cancel = cancel or Cancel()
+    params: dict[str, Any] = {"limit": limit, "start": SNIPPET_START, "end": SNIPPET_END}
+    sqlite = connection.dialect.name == "sqlite"
     try:
-        rows = connection.execute(
-            statement,
-            {"query": terms, "limit": limit, "start": SNIPPET_START, "end": SNIPPET_END},
-        ).all()
+        if sqlite:
+            statement = text(_SQLITE)
+            params["query"] = fts5(query)
+            _install_deadline(connection, time.monotonic() + deadline, cancel)
+        else:
+            expression, words = tsquery(query)
+            statement = text(_POSTGRES.format(tsquery=expression))
+            params |= words
+            connection.execute(text(f"SET LOCAL statement_timeout = {int(deadline * 1000)}"))
+            cancel.backend_pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        try:
+            rows = connection.execute(statement, params).all()
+        finally:
+            if sqlite:
+                _remove_deadline(connection)
     except SQLAlchemyError as exc:
-        raise SearchError(f"search failed: {exc}") from exc
+        if cancel.event.is_set():
+            raise SearchError("the search was cancelled: its client went away") from exc
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        if "interrupt" in reason or "statement timeout" in reason or "canceling" in reason:
+            raise SearchError(
+                f"the search took longer than {deadline:g} s and was stopped; narrow it "
+                "(more words, a phrase)"
+            ) from exc
+        raise SearchError(f"search failed: {reason}") from exc
     return [as_struct(row, SearchHit) for row in rows]
+
+
+def cancel_backend(connection: Connection, pid: int) -> None:
+    """Ask PostgreSQL to stop the statement another connection is running (a cancelled search)."""
+    connection.execute(text("SELECT pg_cancel_backend(:pid)"), {"pid": pid})

@@ -1,28 +1,71 @@
-"""Celery's Consumer, changed so that a message that cannot be decoded is dead-lettered."""
+"""Celery's Consumer, changed so that no message can stop the worker, and none is lost.
+
+- A message that is not a valid task request (service.task_protocol) is rejected without requeue
+  before Celery builds a request from it — RabbitMQ dead-letters it intact — instead of raising
+  in the worker's main process (a body `{"task": ...}` without an id did: KeyError('id')).
+- A message that cannot be decoded is rejected the same way; Celery would ack it ("so it doesn't
+  enter a loop"), which loses it. Unknown tasks and disallowed content are rejected by Celery.
+- Anything else that goes wrong while a message becomes a request rejects that message only.
+Log lines name the message (task, id, content type, size), never its body.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery.worker.consumer import Consumer
 from kombu.message import Message
 from loguru import logger
 
+from service.task_protocol import problem
+
 _stdlib_log = logging.getLogger(__name__)
 
 
+def _described(message: Message) -> Any:
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    return logger.bind(
+        task=str(headers.get("task"))[:200],
+        task_id=str(headers.get("id"))[:200],
+        content_type=message.content_type,
+        size=len(message.body or b""),
+    )
+
+
 class DeadLetteringConsumer(Consumer):
-    """Rejects undecodable messages without requeue, so that RabbitMQ dead-letters them intact.
+    """Dead-letters what cannot become a task request; never dies of a message."""
 
-    Celery acks them ("so it doesn't enter a loop"), which loses the message. Unknown tasks and
-    invalid messages are already rejected without requeue by Celery itself.
-    """
-
-    def on_decode_error(self, message: Message, exc: Exception) -> None:
-        logger.bind(
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            error_type=type(exc).__name__,
-        ).error("cannot decode a message, dead-lettering it: {}", exc)
+    def _reject(self, message: Message) -> None:
         errors = self.connection_errors  # type: ignore[attr-defined]  # missing from the stub
         message.reject_log_error(_stdlib_log, errors, requeue=False)
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        _described(message).bind(error_type=type(exc).__name__).error(
+            "cannot decode a message, dead-lettering it: {}", exc
+        )
+        self._reject(message)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        handle = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Message) -> Any:
+            raw = message.body
+            body = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw or b"")
+            wrong = problem(message.headers, body, message.content_type)
+            if wrong is not None:
+                _described(message).error("not a task request, dead-lettering it: {}", wrong)
+                self._reject(message)
+                return None
+            try:
+                return handle(message)
+            except Exception as exc:
+                # Celery's own handling failed on this message: it goes, the worker stays.
+                _described(message).opt(exception=exc).error(
+                    "the message could not become a task request, dead-lettering it"
+                )
+                if not message.acknowledged:
+                    self._reject(message)
+                return None
+
+        return on_task_received

@@ -98,7 +98,11 @@ async def test_an_upload_over_the_limit_is_refused_with_413_without_reading_it(
     assert far_over.headers["content-type"] == "application/problem+json"
 
 
-async def test_mutating_endpoints_need_a_valid_key_when_keys_are_set(
+READS = ("/dead-letters", "/dead-letters/groups", "/tasks/stats", "/search?q=lighthouse")
+OPEN = ("/health", "/metrics", "/schema/openapi.json", "/schema/swagger")
+
+
+async def test_with_keys_set_every_endpoint_but_the_open_ones_needs_a_valid_key(
     settings_for: Callable[..., Settings],
 ) -> None:
     app = create_app(settings_for(DOCPROC_API_KEYS="s3cret,other"))
@@ -106,14 +110,34 @@ async def test_mutating_endpoints_need_a_valid_key_when_keys_are_set(
         anonymous = await upload(guarded)
         wrong = await upload(guarded, headers={"Authorization": "Bearer nope"})
         right = await upload(guarded, headers={"Authorization": "Bearer other"})
-        reading = await guarded.get("/dead-letters")
+        task_id = right.json()["task_id"]
+        reads = [await guarded.get(path) for path in (*READS, f"/tasks/{task_id}/status")]
+        keyed = await guarded.get("/dead-letters", headers={"Authorization": "Bearer s3cret"})
+        open_ = [await guarded.get(path) for path in OPEN]
+        document = await guarded.get("/schema/openapi.json")
 
     assert anonymous.status_code == 401
     assert anonymous.headers["www-authenticate"].startswith("Bearer")
     assert wrong.status_code == 403
     assert "nope" not in wrong.text
     assert right.status_code == 202
-    assert reading.status_code == 200
+    assert [r.status_code for r in reads] == [401] * len(reads), "reads are protected too"
+    assert keyed.status_code == 200
+    assert [r.status_code for r in open_] == [200] * len(OPEN)
+    spec = document.json()
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/dead-letters"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in spec["paths"]["/health"]["get"]
+
+
+async def test_public_reads_open_the_reads_only(settings_for: Callable[..., Settings]) -> None:
+    app = create_app(settings_for(DOCPROC_API_KEYS="s3cret", DOCPROC_PUBLIC_READS="true"))
+    async with AsyncTestClient(app) as guarded:
+        reads = [await guarded.get(path) for path in READS]
+        write = await upload(guarded)
+
+    assert [r.status_code for r in reads] == [200] * len(READS)
+    assert write.status_code == 401
 
 
 async def test_with_the_store_down_an_upload_is_a_503_problem(api_vhost) -> None:  # type: ignore[no-untyped-def]

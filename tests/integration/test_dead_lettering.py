@@ -26,6 +26,7 @@ async def test_a_task_that_raises_is_dead_lettered_as_rejected(
     death = first_death(dead)
     assert death["reason"] == "rejected"
     assert death["queue"] == DOCUMENT_QUEUE
+    assert worker.alive(), "no message stops the worker"
     assert death["exchange"] == EXCHANGE
     assert dead.routing_key == DOCUMENT_QUEUE  # x-dead-letter-routing-key
     assert dead.exchange == DEAD_LETTER_EXCHANGE
@@ -108,6 +109,21 @@ def _celery_headers(task: str, task_id: str) -> dict[str, aio_pika.abc.FieldValu
             "application/x-python-serialize",
         ),
         ("not a Celery message", None, b"hello, no headers at all", "text/plain"),
+        # Celery itself raised KeyError('id') in the worker's main process for this one:
+        (
+            "a task body without headers",
+            None,
+            b'{"task": "docproc.canary.succeed"}',
+            "application/json",
+        ),
+        ("a task header without an id", "no-id", b"[[], {}, {}]", "application/json"),
+        (
+            "a body that is not [args, kwargs, embed]",
+            canary.SUCCEED,
+            b'{"a": 1}',
+            "application/json",
+        ),
+        ("an eta that is not a time", "bad-eta", b"[[], {}, {}]", "application/json"),
     ],
 )
 async def test_messages_the_worker_cannot_run_are_dead_lettered_byte_for_byte(
@@ -121,6 +137,11 @@ async def test_messages_the_worker_cannot_run_are_dead_lettered_byte_for_byte(
 ) -> None:
     marker = str(uuid.uuid4())
     headers = _celery_headers(task, marker) if task else {}
+    if task == "no-id":
+        headers = _celery_headers(canary.SUCCEED, marker)
+        del headers["id"]
+    elif task == "bad-eta":
+        headers = _celery_headers(canary.SUCCEED, marker) | {"eta": "tomorrow"}
     channel = await connection.channel(publisher_confirms=True)
     exchange = await channel.get_exchange(EXCHANGE, ensure=False)
     await exchange.publish(

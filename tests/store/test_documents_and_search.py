@@ -5,7 +5,8 @@ import uuid
 
 import pytest
 
-from service.errors import DatabaseError
+from service.errors import DatabaseError, InvalidQuery
+from service.search_syntax import parse
 from service.store import documents, search
 from service.store.database import AsyncStore, Store
 from service.store.documents import ChunkRow, Extraction
@@ -64,7 +65,7 @@ def test_a_document_is_processed_once_a_second_outcome_changes_nothing(store: St
 
     assert store.run(documents.chunk_count, document_id) == 3
     assert store.run(documents.get_text, document_id) == "alpha one\n\nbeta two\n\ngamma"
-    hits = store.run(search.search, "beta")
+    hits = store.run(search.search, parse("beta"))
     assert [(hit.document_id, hit.position) for hit in hits] == [(document_id, 1)]
     document = store.run(documents.get, document_id)
     assert document is not None
@@ -83,7 +84,7 @@ def test_search_ranks_by_relevance_and_highlights_the_match(store: Store) -> Non
         documents.store_extraction, often, extraction("lighthouse keepers keep the lighthouse lit.")
     )
 
-    hits = store.run(search.search, "lighthouse", limit=5)
+    hits = store.run(search.search, parse("lighthouse"), limit=5)
 
     assert [hit.document_id for hit in hits] == [often, rare]
     assert hits[0].score > hits[1].score
@@ -99,16 +100,49 @@ def test_search_finds_every_word_and_stems_them(store: Store) -> None:
         extraction("Documents were processed quickly.", "Nothing else."),
     )
 
-    assert [hit.position for hit in store.run(search.search, "document process")] == [0]
-    assert store.run(search.search, "document nothing") == []
+    assert [hit.position for hit in store.run(search.search, parse("document process"))] == [0]
+    assert store.run(search.search, parse("document nothing")) == []
 
 
-@pytest.mark.parametrize("query", ['"unbalanced', "NEAR(a b", "col:value", "a* OR (", "-", ""])
-def test_search_syntax_in_a_query_is_not_an_error(store: Store, query: str) -> None:
+@pytest.mark.parametrize("query", ['"unbalanced', "NEAR(a b", "col:value", "a* OR (", "x)) OR"])
+def test_engine_syntax_in_a_query_is_only_words(store: Store, query: str) -> None:
     document_id = add_document(store)
     store.run(documents.store_extraction, document_id, extraction("value near unbalanced col"))
 
-    store.run(search.search, query)
+    store.run(search.search, parse(query))
+
+
+@pytest.mark.parametrize("query", ["-", "", "-storm", "*** ))"])
+def test_a_query_with_nothing_to_find_is_refused_with_the_rule(query: str) -> None:
+    with pytest.raises(InvalidQuery, match="phrase"):
+        parse(query)
+
+
+def test_phrases_or_exclusion_and_prefixes_work_on_both_stores(store: Store) -> None:
+    texts = {
+        "keeper": "The lighthouse keeper kept the lamp lit through the storm.",
+        "house": "A house with a light in the window; the keeper slept.",
+        "gale": "The gale came at night and the lighthouse stood.",
+    }
+    ids = {}
+    for name, content in texts.items():
+        ids[name] = add_document(store, content.encode(), f"{name}.txt")
+        store.run(documents.store_extraction, ids[name], extraction(content))
+
+    def found(query: str) -> set[str]:
+        hits = store.run(search.search, parse(query))
+        return {
+            name
+            for name, document_id in ids.items()
+            if document_id in {h.document_id for h in hits}
+        }
+
+    assert found('"lighthouse keeper"') == {"keeper"}
+    assert found("keeper") == {"keeper", "house"}
+    assert found("storm OR gale") == {"keeper", "gale"}
+    assert found("lighthouse -storm") == {"gale"}
+    assert found("lightho*") == {"keeper", "gale"}
+    assert found('keeper -"lighthouse keeper"') == {"house"}
 
 
 def test_deleting_nothing_and_storing_nothing_is_fine(store: Store) -> None:
@@ -139,7 +173,7 @@ async def test_the_async_store_runs_the_same_operations(
     document_id = add_document(store)
     await async_store.run(documents.store_extraction, document_id, extraction("asynchronous words"))
 
-    hits = await async_store.run(search.search, "asynchronous")
+    hits = await async_store.run(search.search, parse("asynchronous"))
 
     assert [hit.document_id for hit in hits] == [document_id]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from service.deadletters.consumer import store_batch
+from service.search_syntax import parse
 from service.store import dead_letters, documents, redrives, search, task_runs
 from service.store.database import Store
 from service.store.dead_letters import Filters
@@ -76,7 +77,7 @@ def test_documents_search_hits_and_task_runs_convert(store: Store) -> None:
     assert document is not None
     assert (document.chunk_count, document.title) == (1, "T")
 
-    [hit] = store.run(search.search, "lighthouse")
+    [hit] = store.run(search.search, parse("lighthouse"))
     assert hit.document_id == document_id
 
     store.run(task_runs.record_pending, "t-1", "docproc.document.process", document_id=document_id)

@@ -39,6 +39,7 @@ def test_every_variable_is_read() -> None:
         "DOCPROC_QUEUE_TYPE": "Classic",
         "DOCPROC_DELIVERY_LIMIT": "7",
         "DOCPROC_API_KEYS": "k1, k2,",
+        "DOCPROC_PUBLIC_READS": "true",
         "DOCPROC_MAX_UPLOAD_BYTES": "1024",
         "DOCPROC_DEAD_LETTER_RETENTION": "7d",
         "DOCPROC_HANDLED_DEAD_LETTER_RETENTION": "1d",
@@ -62,6 +63,7 @@ def test_every_variable_is_read() -> None:
 
     assert settings.queue_type == "classic"
     assert settings.api_keys == ("k1", "k2")
+    assert settings.public_reads is True
     assert settings.dead_letter_retention == 7 * 86400
     assert settings.log_level == "DEBUG"
     assert settings.retry_backoff_max == 600

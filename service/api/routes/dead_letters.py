@@ -8,9 +8,11 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Response, delete, get, post
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from service.api.models import (
+    Count,
     DeadLetterDetail,
     DeadLetterPage,
     DeadLetterSummary,
@@ -19,17 +21,19 @@ from service.api.models import (
     GroupOut,
     RedriveList,
     RedriveOut,
+    RedrivePreview,
     RedriveRequest,
     Republished,
 )
+from service.api.params import PathId, QueryText
 from service.api.responses import errors
-from service.api.security import require_api_key
 from service.api.services import PublisherDep, RedrivesDep, StoreDep
+from service.api.tracebacks import relative_paths
 from service.deadletters import republish as republishing
 from service.deadletters.headers import plain
-from service.errors import NotFound
+from service.errors import BadRequest, Conflict, NotFound
 from service.store import dead_letters, redrives
-from service.store.dead_letters import DeadLetter, Filters, Status
+from service.store.dead_letters import DeadLetter, Filters, Group, Status
 from service.store.redrives import Redrive
 
 TAGS = ["dead letters"]
@@ -42,7 +46,7 @@ def moment(name: str, value: datetime | None) -> datetime | None:
     try:
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
     except (OverflowError, ValueError):
-        raise ValueError(f"{name}={value.isoformat()} is out of range") from None
+        raise BadRequest(f"{name}={value.isoformat()} is out of range") from None
 
 
 def summary_of(letter: DeadLetter) -> DeadLetterSummary:
@@ -80,7 +84,7 @@ def detail_of(letter: DeadLetter) -> DeadLetterDetail:
         kwargs=plain(letter.kwargs),
         root_id=letter.root_id,
         parent_id=letter.parent_id,
-        traceback=letter.traceback,
+        traceback=relative_paths(letter.traceback),
         headers=plain(letter.headers),
         properties=plain(letter.properties),
         content_type=letter.content_type,
@@ -88,6 +92,30 @@ def detail_of(letter: DeadLetter) -> DeadLetterDetail:
         body_base64=base64.b64encode(letter.body).decode("ascii"),
         body_text=text,
     )
+
+
+def group_of(group: Group) -> GroupOut:
+    return GroupOut(
+        group=group.fingerprint,
+        task=group.task_name,
+        error_type=group.error_type,
+        reason=group.reason,
+        queue=group.queue,
+        count=group.count,
+        first_seen=group.first_seen,
+        last_seen=group.last_seen,
+        example_id=group.example_id,
+        example_message=group.example_message,
+    )
+
+
+def reason_filter(value: str | None) -> str | None:
+    if value is not None and value not in dead_letters.REASONS:
+        raise BadRequest(
+            f"reason={value[:80]!r} is not a reason a message dies for; one of "
+            f"{', '.join(dead_letters.REASONS)}"
+        )
+    return value
 
 
 def redrive_of(job: Redrive) -> RedriveOut:
@@ -118,21 +146,21 @@ def redrive_of(job: Redrive) -> RedriveOut:
 async def list_dead_letters(
     *,
     store: StoreDep,
-    queue: FromQuery[str | None] = None,
-    reason: FromQuery[str | None] = None,
-    task: FromQuery[str | None] = None,
-    error_type: FromQuery[str | None] = None,
-    group: FromQuery[str | None] = None,
+    queue: QueryText = None,
+    reason: QueryText = None,
+    task: QueryText = None,
+    error_type: QueryText = None,
+    group: QueryText = None,
     since: FromQuery[datetime | None] = None,
     until: FromQuery[datetime | None] = None,
     status: FromQuery[Status] = "active",
-    task_id: FromQuery[str | None] = None,
-    cursor: FromQuery[str | None] = None,
+    task_id: QueryText = None,
+    cursor: QueryText = None,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
 ) -> DeadLetterPage:
     filters = Filters(
         queue=queue,
-        reason=reason,
+        reason=reason_filter(reason),
         task=task,
         error_type=error_type,
         group=group,
@@ -141,6 +169,8 @@ async def list_dead_letters(
         status=status,
         task_id=task_id,
     )
+    if cursor is not None and dead_letters.read_cursor(cursor) is None:
+        raise BadRequest(f"cursor {cursor[:80]!r} is not a next_cursor this API gave out")
     found = await store.run(dead_letters.page, filters, limit=limit, cursor=cursor)
     return DeadLetterPage(
         items=[summary_of(letter) for letter in found.items], next_cursor=found.next_cursor
@@ -160,17 +190,17 @@ async def list_dead_letters(
 async def list_groups(
     *,
     store: StoreDep,
-    queue: FromQuery[str | None] = None,
-    reason: FromQuery[str | None] = None,
-    task: FromQuery[str | None] = None,
-    error_type: FromQuery[str | None] = None,
+    queue: QueryText = None,
+    reason: QueryText = None,
+    task: QueryText = None,
+    error_type: QueryText = None,
     since: FromQuery[datetime | None] = None,
     until: FromQuery[datetime | None] = None,
     status: FromQuery[Status] = "active",
 ) -> GroupList:
     filters = Filters(
         queue=queue,
-        reason=reason,
+        reason=reason_filter(reason),
         task=task,
         error_type=error_type,
         group=None,
@@ -179,34 +209,17 @@ async def list_groups(
         status=status,
     )
     found = await store.run(dead_letters.groups, filters)
-    return GroupList(
-        items=[
-            GroupOut(
-                group=g.fingerprint,
-                task=g.task_name,
-                error_type=g.error_type,
-                reason=g.reason,
-                queue=g.queue,
-                count=g.count,
-                first_seen=g.first_seen,
-                last_seen=g.last_seen,
-                example_id=g.example_id,
-                example_message=g.example_message,
-            )
-            for g in found
-        ]
-    )
+    return GroupList(items=[group_of(g) for g in found])
 
 
 @delete(
     "/dead-letters/groups/{group:str}",
     status_code=200,
-    guards=[require_api_key],
     responses=errors(401, 403, 503),
     tags=TAGS,
     summary="Discard every active dead letter of a group",
 )
-async def discard_group(group: FromPath[str], store: StoreDep) -> Discarded:
+async def discard_group(group: PathId, store: StoreDep) -> Discarded:
     count = await store.write(dead_letters.discard_matching, Filters(group=group))
     return Discarded(discarded=count)
 
@@ -217,7 +230,7 @@ async def discard_group(group: FromPath[str], store: StoreDep) -> Discarded:
     tags=TAGS,
     summary="One dead letter: raw body, headers, properties, why it died, the failure",
 )
-async def dead_letter(dead_letter_id: FromPath[str], store: StoreDep) -> DeadLetterDetail:
+async def dead_letter(dead_letter_id: PathId, store: StoreDep) -> DeadLetterDetail:
     letter = await store.run(dead_letters.get, dead_letter_id)
     if letter is None:
         raise NotFound(f"no dead letter {dead_letter_id}")
@@ -227,17 +240,25 @@ async def dead_letter(dead_letter_id: FromPath[str], store: StoreDep) -> DeadLet
 @post(
     "/dead-letters/{dead_letter_id:str}/republish",
     status_code=200,
-    guards=[require_api_key],
-    responses=errors(401, 403, 404, 409, 503),
+    responses=errors(400, 401, 403, 404, 409, 502, 503),
     tags=TAGS,
     summary="Re-publish one dead letter to its original queue",
     description="Published with a confirm; death headers stripped, retries reset, a stale "
-    "`expires` dropped, lineage added. The record stays, marked re-published.",
+    "`expires` dropped, lineage added. The record stays, marked re-published. 409 when the "
+    "letter was re-published already, died at the delivery limit (it killed workers) or its "
+    "task succeeded since — unless `force=true`; and when it did not die in a docproc work "
+    "queue — unless `target` names the queue. 502 when RabbitMQ returns the message.",
 )
 async def republish_one(
-    dead_letter_id: FromPath[str], store: StoreDep, publisher: PublisherDep
+    dead_letter_id: PathId,
+    store: StoreDep,
+    publisher: PublisherDep,
+    force: FromQuery[bool] = False,
+    target: QueryText = None,
 ) -> Republished:
-    done = await republishing.republish(store, publisher, dead_letter_id)
+    done = await republishing.republish(
+        store, publisher, dead_letter_id, force=force, target=target
+    )
     return Republished(
         dead_letter_id=done.dead_letter_id,
         queue=done.queue,
@@ -249,39 +270,69 @@ async def republish_one(
 @delete(
     "/dead-letters/{dead_letter_id:str}",
     status_code=204,
-    guards=[require_api_key],
-    responses=errors(401, 403, 404, 503),
+    responses=errors(401, 403, 404, 409, 503),
     tags=TAGS,
-    summary="Discard a dead letter",
+    summary="Discard a dead letter (409 if it was discarded already)",
 )
-async def discard(dead_letter_id: FromPath[str], store: StoreDep) -> None:
-    discarded = await store.write(dead_letters.discard, dead_letter_id)
-    if not discarded and await store.run(dead_letters.get, dead_letter_id, with_body=False) is None:
+async def discard(dead_letter_id: PathId, store: StoreDep) -> None:
+    if await store.write(dead_letters.discard, dead_letter_id):
+        return
+    letter = await store.run(dead_letters.get, dead_letter_id, with_body=False)
+    if letter is None:
         raise NotFound(f"no dead letter {dead_letter_id}")
+    when = letter.discarded_at.isoformat() if letter.discarded_at else "before"
+    raise Conflict(f"dead letter {dead_letter_id} was discarded already, at {when}")
+
+
+REDRIVE_FILTERS = ("queue", "reason", "task", "error_type", "group", "since", "until")
 
 
 @post(
     "/dead-letters/redrive",
     status_code=202,
-    guards=[require_api_key],
-    responses=errors(400, 401, 403, 503),
+    responses={
+        200: ResponseSpec(
+            data_container=RedrivePreview,
+            description="a dry run: what would be re-published",
+            generate_examples=False,
+        ),
+        **errors(400, 401, 403, 503),
+    },
     tags=TAGS,
     summary="Re-publish many dead letters, by filter, at a chosen rate",
-    description="Matches active dead letters now, then re-publishes them in the background at "
-    "`rate` per second; progress is at the `Location`, and DELETE there cancels.",
+    description="Needs at least one filter, or `all: true`. Matches active dead letters now (and "
+    "re-published ones with `include_republished`), then re-publishes them in the background "
+    "at `rate` per second; progress is at the `Location`, and DELETE there cancels. With "
+    "`dry_run: true` it answers 200 with what would be re-published, per group and queue, and "
+    "publishes nothing.",
 )
 async def start_redrive(
     data: JSONBody[RedriveRequest], store: StoreDep, redrives_runner: RedrivesDep
-) -> Response[RedriveOut]:
+) -> Response[RedriveOut | RedrivePreview]:
+    if not data.all and all(getattr(data, name) is None for name in REDRIVE_FILTERS):
+        raise BadRequest(
+            f"a redrive needs at least one filter — {', '.join(REDRIVE_FILTERS)} — or "
+            '"all": true to re-publish every active dead letter'
+        )
     filters = Filters(
         queue=data.queue,
-        reason=data.reason,
+        reason=reason_filter(data.reason),
         task=data.task,
         error_type=data.error_type,
         group=data.group,
         since=moment("since", data.since),
         until=moment("until", data.until),
+        status="redrivable" if data.include_republished else "active",
     )
+    if data.dry_run:
+        found = await store.run(dead_letters.groups, filters)
+        queues = await store.run(dead_letters.by_queue, filters)
+        preview = RedrivePreview(
+            matched=sum(group.count for group in found),
+            groups=[group_of(group) for group in found],
+            queues=[Count(name=name, count=count) for name, count in sorted(queues.items())],
+        )
+        return Response(preview, status_code=200)
     job = await store.write(redrives.create, filters, data.rate)
     redrives_runner.wake.set()
     return Response(
@@ -302,7 +353,7 @@ async def list_redrives(store: StoreDep) -> RedriveList:
     tags=TAGS,
     summary="A redrive's progress",
 )
-async def redrive(redrive_id: FromPath[str], store: StoreDep) -> RedriveOut:
+async def redrive(redrive_id: PathId, store: StoreDep) -> RedriveOut:
     job = await store.run(redrives.get, redrive_id)
     if job is None:
         raise NotFound(f"no redrive {redrive_id}")
@@ -312,12 +363,11 @@ async def redrive(redrive_id: FromPath[str], store: StoreDep) -> RedriveOut:
 @delete(
     "/dead-letters/redrives/{redrive_id:str}",
     status_code=200,
-    guards=[require_api_key],
     responses=errors(401, 403, 404, 503),
     tags=TAGS,
     summary="Cancel a redrive; what it did not re-publish yet stays untouched",
 )
-async def cancel_redrive(redrive_id: FromPath[str], store: StoreDep) -> RedriveOut:
+async def cancel_redrive(redrive_id: PathId, store: StoreDep) -> RedriveOut:
     job = await store.write(redrives.cancel, redrive_id)
     if job is None:
         raise NotFound(f"no redrive {redrive_id}")

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.openapi.spec import Example
-from litestar.params import FromPath, MultipartBody, QueryParameter
+from litestar.params import MultipartBody, QueryParameter
 from loguru import logger
 from sqlalchemy import Connection
 
 from service.api.correlation import correlation_id_of
 from service.api.models import Accepted, DocumentOut, DocumentText, SearchHit, SearchResults
+from service.api.params import PathId
 from service.api.responses import errors
-from service.api.security import require_api_key
 from service.api.services import IntakeDep, StoreDep
-from service.errors import BadRequest, NotFound, TooLarge
+from service.errors import BadRequest, DocprocError, NotFound, TooLarge
 from service.intake import Upload, inspect
+from service.search_syntax import parse
 from service.settings import Settings
 from service.store import documents, search, task_runs
 
@@ -29,10 +32,23 @@ MULTIPART_OVERHEAD = 64 * 1024
 
 @dataclass
 class UploadForm:
-    file: UploadFile
+    # A list, so that two files are a clear 400 here rather than a type error in Litestar.
+    file: list[UploadFile]
 
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
+MAX_FILENAME = 1024
+MAX_CONTENT_TYPE = 255
+
+
+def _filename(given: str | None) -> str:
+    """The upload's file name as the store keeps it (a label, never a path)."""
+    name = given or "upload"
+    if not name.isprintable():
+        raise BadRequest("the file name holds control characters (NUL, newline…)")
+    if len(name) > MAX_FILENAME:
+        raise BadRequest(f"the file name is {len(name)} characters, at most {MAX_FILENAME}")
+    return name
 
 
 def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
@@ -50,7 +66,6 @@ def upload_handler(settings: Settings) -> Any:
     @post(
         "/documents",
         status_code=202,
-        guards=[require_api_key],
         request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD,
         summary="Upload a document",
         description="Multipart upload of one file in the field `file`. The document and its task "
@@ -66,14 +81,25 @@ def upload_handler(settings: Settings) -> Any:
         intake: IntakeDep,
     ) -> Response[Accepted]:
         key = _idempotency_key(request)
-        upload = data.file
+        if len(data.file) != 1:
+            raise BadRequest(
+                f"one file per upload: this one has {len(data.file)} in the field `file`"
+            )
+        [upload] = data.file
         content = await upload.read()
         if len(content) > settings.max_upload_bytes:
             raise TooLarge(
                 f"{len(content)} bytes, more than the {settings.max_upload_bytes} allowed "
                 "(DOCPROC_MAX_UPLOAD_BYTES)"
             )
-        filename = upload.filename or "upload"
+        filename = _filename(upload.filename)
+        if upload.content_type and (
+            len(upload.content_type) > MAX_CONTENT_TYPE or not upload.content_type.isprintable()
+        ):
+            raise BadRequest(
+                f"the file's content type must be printable and at most {MAX_CONTENT_TYPE} "
+                "characters"
+            )
         sha256 = await asyncio.to_thread(inspect, content, filename)
         receipt = await intake.submit(
             Upload(
@@ -139,7 +165,7 @@ def _document_with_state(connection: Connection, document_id: str) -> DocumentOu
     tags=["documents"],
     summary="A document's metadata and state",
 )
-async def document(document_id: FromPath[str], store: StoreDep) -> DocumentOut:
+async def document(document_id: PathId, store: StoreDep) -> DocumentOut:
     found = await store.run(_document_with_state, document_id)
     if found is None:
         raise NotFound(f"no document {document_id}")
@@ -152,7 +178,7 @@ async def document(document_id: FromPath[str], store: StoreDep) -> DocumentOut:
     tags=["documents"],
     summary="A document's extracted text",
 )
-async def document_text(document_id: FromPath[str], store: StoreDep) -> DocumentText:
+async def document_text(document_id: PathId, store: StoreDep) -> DocumentText:
     text = await store.run(documents.get_text, document_id)
     if text is None:
         exists = await store.run(documents.get, document_id)
@@ -162,15 +188,29 @@ async def document_text(document_id: FromPath[str], store: StoreDep) -> Document
     return DocumentText(document_id=document_id, text=text)
 
 
+MAX_CONCURRENT_SEARCHES = 4
+"""Searches one API process runs at once; more wait their turn (store connections stay free)."""
+_searches = asyncio.Semaphore(MAX_CONCURRENT_SEARCHES)
+
+
+async def _disconnected(request: Request[Any, Any, Any]) -> None:
+    """Returns when the client goes away (ASGI's http.disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 @get(
     "/search",
     responses=errors(400, 503),
     tags=["search"],
     summary="Full-text search",
-    description="Chunks holding every word of `q`, best first (bm25 on SQLite, ts_rank on "
-    "PostgreSQL), each with a snippet where matches are [bracketed].",
+    description="Chunks that match `q`, best first (bm25 on SQLite, ts_rank on PostgreSQL), "
+    "each with a snippet where matches are [bracketed]. Syntax: words (all of them), "
+    '`"a phrase"`, `storm OR gale`, `-excluded`, `prefix*`; at most 16 terms. A search is '
+    "stopped after 5 s, or as soon as its client goes away.",
 )
 async def search_documents(
+    request: Request[Any, Any, Any],
     store: StoreDep,
     q: Annotated[
         str,
@@ -178,17 +218,22 @@ async def search_documents(
     ],
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 10,
 ) -> SearchResults:
-    hits = await store.run(search.search, q, limit)
-    return SearchResults(
-        items=[
-            SearchHit(
-                document_id=hit.document_id,
-                filename=hit.filename,
-                title=hit.title,
-                position=hit.position,
-                score=hit.score,
-                snippet=hit.snippet,
-            )
-            for hit in hits
-        ]
-    )
+    query = parse(q)
+    cancel = search.Cancel()
+    async with _searches:
+        searching = asyncio.ensure_future(store.run(search.search, query, limit, cancel=cancel))
+        leaving = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({searching, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leaving.cancel()
+        if not searching.done():
+            cancel.set()
+            if cancel.backend_pid is not None:
+                with contextlib.suppress(DocprocError):
+                    await store.run(search.cancel_backend, cancel.backend_pid)
+            with contextlib.suppress(DocprocError):
+                await searching
+            logger.info("search cancelled: its client went away")
+        hits = searching.result()
+    return SearchResults(items=[SearchHit(**msgspec.structs.asdict(hit)) for hit in hits])

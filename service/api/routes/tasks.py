@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.params import FromPath
+from litestar.params import FromQuery
 from sqlalchemy import Connection
 
 from service import figures
@@ -22,9 +22,10 @@ from service.api.models import (
     Throughput,
     Timings,
 )
+from service.api.params import PathId
 from service.api.responses import errors
-from service.api.security import require_api_key
 from service.api.services import ManagementDep, PublisherDep, StoreDep
+from service.api.tracebacks import relative_paths
 from service.deadletters.republish import republish
 from service.errors import BrokerUnavailable, Conflict, NotFound
 from service.intake import publish_document_task
@@ -35,10 +36,16 @@ from service.tasks import PROCESS_DOCUMENT
 RETRYABLE = frozenset({"FAILURE", "DEAD", "REVOKED"})
 
 
-def status_of(run: TaskRun) -> TaskStatus:
+def status_of(run: TaskRun, *, with_traceback: bool = False) -> TaskStatus:
+    """A run as the API shows it; the traceback only where asked for (the detail endpoint),
+    with machine paths made relative."""
     error = None
     if run.error_type is not None or run.error_message is not None:
-        error = TaskError(type=run.error_type, message=run.error_message, traceback=run.traceback)
+        error = TaskError(
+            type=run.error_type,
+            message=run.error_message,
+            traceback=relative_paths(run.traceback) if with_traceback else None,
+        )
     return TaskStatus(
         task_id=run.task_id,
         task=run.task_name,
@@ -75,17 +82,29 @@ def status_of(run: TaskRun) -> TaskStatus:
     tags=["tasks"],
     summary="Where a task is: state, progress, retries, error, timings",
 )
-async def task_status(task_id: FromPath[str], store: StoreDep) -> TaskStatus:
-    run = await store.run(task_runs.get, task_id)
-    if run is None:
-        raise NotFound(f"no task {task_id} (unknown, or its record expired)")
-    return status_of(run)
+async def task_status(task_id: PathId, store: StoreDep) -> TaskStatus:
+    return status_of(await store.run(_run, task_id))
 
 
-def _retry_plan(connection: Connection, task_id: str) -> tuple[TaskRun, str | None]:
+@get(
+    "/tasks/{task_id:str}",
+    responses=errors(404, 503),
+    tags=["tasks"],
+    summary="A task in full: its status, and the traceback of its failure",
+)
+async def task_detail(task_id: PathId, store: StoreDep) -> TaskStatus:
+    return status_of(await store.run(_run, task_id), with_traceback=True)
+
+
+def _run(connection: Connection, task_id: str) -> TaskRun:
     run = task_runs.get(connection, task_id)
     if run is None:
         raise NotFound(f"no task {task_id} (unknown, or its record expired)")
+    return run
+
+
+def _retry_plan(connection: Connection, task_id: str) -> tuple[TaskRun, str | None]:
+    run = _run(connection, task_id)
     if run.state not in RETRYABLE:
         raise Conflict(
             f"task {task_id} is {run.state}; only FAILURE, DEAD or REVOKED tasks are retried"
@@ -96,22 +115,23 @@ def _retry_plan(connection: Connection, task_id: str) -> tuple[TaskRun, str | No
 @post(
     "/tasks/{task_id:str}/retry",
     status_code=202,
-    guards=[require_api_key],
     responses=errors(401, 403, 404, 409, 503),
     tags=["tasks"],
     summary="Run a failed, dead or revoked task again",
     description="Re-publishes the task's dead letter when there is one (its original message, "
-    "retry budget reset); a document task without one is published afresh.",
+    "retry budget reset; the same cautions as re-publishing it, lifted by `force=true`); a "
+    "document task without one is published afresh.",
 )
 async def retry_task(
     request: Request[Any, Any, Any],
-    task_id: FromPath[str],
+    task_id: PathId,
     store: StoreDep,
     publisher: PublisherDep,
+    force: FromQuery[bool] = False,
 ) -> Response[TaskStatus]:
     run, dead_letter_id = await store.run(_retry_plan, task_id)
     if dead_letter_id is not None:
-        await republish(store, publisher, dead_letter_id)
+        await republish(store, publisher, dead_letter_id, force=force)
     elif run.task_name == PROCESS_DOCUMENT and run.document_id is not None:
         await store.write(
             task_runs.record_pending,

@@ -1,5 +1,5 @@
-"""Trust at the edges: superseded dead letters, idempotent uploads, the DLQ consumer's ledger and
-lease, reconciliation counts.
+"""Trust at the edges: superseded dead letters and what could not be read of them, idempotent
+uploads, the DLQ consumer's ledger and lease, reconciliation counts.
 
 Revision ID: 0003
 Revises: 0002
@@ -18,6 +18,7 @@ Timestamp = sa.DateTime(timezone=True)
 
 def upgrade() -> None:
     op.add_column("dead_letters", sa.Column("superseded_at", Timestamp))
+    op.add_column("dead_letters", sa.Column("problems", sa.JSON))
     op.add_column(
         "documents",
         sa.Column("reconciled_count", sa.Integer, nullable=False, server_default="0"),
@@ -53,4 +54,5 @@ def downgrade() -> None:
     op.drop_table("idempotency_keys")
     op.drop_column("documents", "reconciled_at")
     op.drop_column("documents", "reconciled_count")
+    op.drop_column("dead_letters", "problems")
     op.drop_column("dead_letters", "superseded_at")

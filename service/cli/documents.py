@@ -1,0 +1,71 @@
+"""`docproc status`, `docproc text`, `docproc search`: one document, or what matches, from a
+terminal through the API."""
+
+from __future__ import annotations
+
+import click
+
+from service.cli.client import Api, api_option, printable, table
+
+
+@click.command()
+@click.argument("task_id")
+@api_option
+def status(task_id: str, api_url: str, api_key: str | None) -> None:
+    """Where a task is: state, progress, retries, error.
+
+    \b
+    Examples:
+      docproc status 3f0c9a4e-6a57-4c1e-9d1e-2c2b6f1f7a10
+    """
+    with Api(api_url, api_key) as api:
+        found = api.get(f"/tasks/{task_id}/status")
+    progress = found["progress"]
+    rows = [
+        ["state", found["state"]],
+        ["task", found["task"]],
+        ["document", found["document_id"]],
+        ["step", f"{progress['step'] or '-'} ({progress['percent']:g} %)"],
+        ["retries", found["retries"]],
+    ]
+    if found["error"]:
+        rows.append(["error", f"{found['error']['type']}: {found['error']['message']}"])
+    click.echo(table(rows, ["", ""]))
+
+
+@click.command()
+@click.argument("document_id")
+@api_option
+def text(document_id: str, api_url: str, api_key: str | None) -> None:
+    """A document's extracted text, as stored.
+
+    \b
+    Examples:
+      docproc text b1f4c2de-0d4a-4b8e-8f5e-5a9e3c7d2b11 | less
+    """
+    with Api(api_url, api_key) as api:
+        found = api.get(f"/documents/{document_id}/text")
+    click.echo(found["text"])
+
+
+@click.command()
+@click.argument("query", nargs=-1, required=True)
+@click.option("--limit", default=10, show_default=True, help="Hits to show (at most 100).")
+@api_option
+def search(query: tuple[str, ...], limit: int, api_url: str, api_key: str | None) -> None:
+    """Full-text search: words, "a phrase", OR, -excluded, prefix*.
+
+    \b
+    Examples:
+      docproc search lighthouse keeper
+      docproc search '"lighthouse keeper"' -storm --limit 5
+    """
+    with Api(api_url, api_key) as api:
+        found = api.get("/search", params={"q": " ".join(query), "limit": limit})
+    rows = [
+        [hit["document_id"], hit["filename"], f"{hit['score']:.3f}", hit["snippet"]]
+        for hit in found["items"]
+    ]
+    click.echo(table(rows, ["document", "file", "score", "snippet"]))
+    if not rows:
+        click.echo(printable(f"nothing matches {' '.join(query)!r}"), err=True)

@@ -1,0 +1,91 @@
+"""The search syntax users write, read once into a small tree that each store renders its own way.
+
+    lighthouse keeper       both words (any order, anywhere in a chunk)
+    "lighthouse keeper"     the phrase
+    storm OR gale           either
+    -storm                  without it (also -"a phrase")
+    light*                  words that start with it
+
+Words are letters and digits; anything else separates them. Bounded so that no query can cost
+much: duplicates are dropped, at most MAX_TERMS terms, MAX_WORD characters a word, MAX_PHRASE
+words a phrase. A query with nothing left to find is refused with the rule, never sent.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from service.errors import InvalidQuery
+
+MAX_TERMS = 16
+MAX_WORD = 64
+MAX_PHRASE = 8
+
+_TOKEN = re.compile(r'(-?)"([^"]*)"?|(\S+)')
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class Term(msgspec.Struct, frozen=True):
+    """One word, a phrase (several words in order), or a prefix (one word and what follows)."""
+
+    words: tuple[str, ...]
+    prefix: bool = False
+
+
+class Query(msgspec.Struct, frozen=True):
+    """Every clause must match (a clause: one term, or terms joined by OR); no excluded term may."""
+
+    clauses: tuple[tuple[Term, ...], ...]
+    excluded: tuple[Term, ...] = ()
+
+    @property
+    def terms(self) -> list[Term]:
+        return [term for clause in self.clauses for term in clause] + list(self.excluded)
+
+
+def _term(text: str, *, quoted: bool) -> Term | None:
+    words = tuple(word.lower()[:MAX_WORD] for word in _WORD.findall(text))
+    if not words:
+        return None
+    if quoted:
+        return Term(words[:MAX_PHRASE])
+    prefix = text.endswith("*") and len(words) == 1
+    return Term(words[-1:] if len(words) == 1 else words, prefix=prefix)
+
+
+def parse(text: str) -> Query:
+    """`text` as a Query; InvalidQuery when nothing is left to look for."""
+    clauses: list[list[Term]] = []
+    excluded: list[Term] = []
+    seen: set[Term] = set()
+    join_next = False
+    for match in _TOKEN.finditer(text):
+        negated, phrase, bare = match.group(1), match.group(2), match.group(3)
+        if bare == "OR":
+            join_next = bool(clauses)
+            continue
+        negated = negated or (bare is not None and bare.startswith("-"))
+        source = phrase if phrase is not None else (bare or "").lstrip("-")
+        if bare is not None and not _WORD.search(source):
+            continue
+        # A bare token with inner punctuation ("e-mail", "U.S.") is a phrase of its words.
+        term = _term(source, quoted=phrase is not None or len(_WORD.findall(source)) > 1)
+        if term is None or term in seen or len(seen) >= MAX_TERMS:
+            join_next = False
+            continue
+        seen.add(term)
+        if negated:
+            excluded.append(term)
+        elif join_next:
+            clauses[-1].append(term)
+        else:
+            clauses.append([term])
+        join_next = False
+    if not clauses:
+        raise InvalidQuery(
+            'a search needs at least one word to find — words, "a phrase", OR, -excluded, '
+            "prefix* — not only exclusions or punctuation"
+        )
+    return Query(tuple(tuple(clause) for clause in clauses), tuple(excluded))

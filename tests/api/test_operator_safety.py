@@ -1,0 +1,172 @@
+"""Operator actions that cannot surprise, and answers that say precisely what happened."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aio_pika
+import pytest
+
+from service.store import task_runs
+from service.store.database import Store
+from tests.api.conftest import Client, take
+from tests.api.test_dead_letters_api import bury, dead_message
+
+pytestmark = pytest.mark.rabbitmq
+
+PROBLEM = "application/problem+json"
+
+
+async def test_a_redrive_needs_a_filter_or_all_and_a_dry_run_publishes_nothing(
+    client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
+) -> None:
+    bury(store, *(dead_message(queue="retry_queue") for _ in range(3)))
+    bury(store, dead_message(queue="document_processing"))
+
+    nothing = await client.post("/dead-letters/redrive", json={})
+    dry = await client.post("/dead-letters/redrive", json={"all": True, "dry_run": True})
+    bogus = await client.post("/dead-letters/redrive", json={"reason": "bogus"})
+
+    assert nothing.status_code == 400
+    assert nothing.headers["content-type"] == PROBLEM
+    assert all(name in nothing.json()["detail"] for name in ("queue", "reason", "group", '"all"'))
+    assert dry.status_code == 200
+    assert dry.json()["matched"] == 4
+    assert {q["name"]: q["count"] for q in dry.json()["queues"]} == {
+        "retry_queue": 3,
+        "document_processing": 1,
+    }
+    assert sum(group["count"] for group in dry.json()["groups"]) == 4
+    queue = await channel.get_queue("retry_queue", ensure=False)
+    assert await queue.get(fail=False) is None, "a dry run publishes nothing"
+    assert bogus.status_code == 400
+    assert "delivery_limit" in bogus.json()["detail"], "the allowed reasons are listed"
+
+
+async def test_republishing_twice_asks_for_force_and_says_when_it_was_done(
+    client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
+) -> None:
+    [record_id] = bury(store, dead_message())
+
+    first = await client.post(f"/dead-letters/{record_id}/republish")
+    again = await client.post(f"/dead-letters/{record_id}/republish")
+    forced = await client.post(f"/dead-letters/{record_id}/republish", params={"force": "true"})
+
+    assert first.status_code == 200
+    assert again.status_code == 409
+    assert "re-published once already" in again.json()["detail"]
+    assert "force=true" in again.json()["detail"]
+    assert forced.status_code == 200
+    assert forced.json()["republish_count"] == 2
+    await take(channel, "document_processing")
+    await take(channel, "document_processing")
+
+
+async def test_a_letter_that_killed_workers_or_died_elsewhere_is_not_republished_by_default(
+    client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
+) -> None:
+    [killer] = bury(store, dead_message(reason="delivery_limit"))
+    [forged] = bury(store, dead_message(queue="celery.pidbox.someone"))
+
+    refused = await client.post(f"/dead-letters/{killer}/republish")
+    elsewhere = await client.post(f"/dead-letters/{forged}/republish")
+    redrive = await client.post(
+        "/dead-letters/redrive", json={"queue": "celery.pidbox.someone", "rate": 100}
+    )
+
+    assert refused.status_code == 409
+    assert "delivery limit" in refused.json()["detail"]
+    assert elsewhere.status_code == 409
+    assert "?target=celery.pidbox.someone" in elsewhere.json()["detail"]
+    assert redrive.status_code == 202
+
+
+async def test_discarding_twice_is_a_conflict_and_unknown_filters_are_refused(
+    client: Client, store: Store
+) -> None:
+    [record_id] = bury(store, dead_message())
+
+    first = await client.delete(f"/dead-letters/{record_id}")
+    second = await client.delete(f"/dead-letters/{record_id}")
+    reason = await client.get("/dead-letters", params={"reason": "bogus"})
+    status = await client.get("/dead-letters", params={"status": "whatever"})
+
+    assert first.status_code == 204
+    assert second.status_code == 409
+    assert "discarded already" in second.json()["detail"]
+    assert reason.status_code == 400
+    assert "rejected" in reason.json()["detail"]
+    assert status.status_code == 400
+    assert status.headers["content-type"] == PROBLEM
+
+
+async def test_client_errors_are_400s_that_name_the_field_never_store_outages(
+    client: Client,
+) -> None:
+    cases: dict[str, Any] = {
+        "nul in an id": await client.get("/documents/abc%00def"),
+        "a long id": await client.get("/tasks/" + "x" * 300 + "/status"),
+        "a long filename": await client.post(
+            "/documents", files={"file": ("n" * 1100 + ".txt", b"hello", "text/plain")}
+        ),
+        "a long content type": await client.post(
+            "/documents", files={"file": ("a.txt", b"hello", "text/" + "p" * 300)}
+        ),
+        "two files": await client.post(
+            "/documents",
+            files=[
+                ("file", ("a.txt", b"one", "text/plain")),
+                ("file", ("b.txt", b"two", "text/plain")),
+            ],
+        ),
+        "a naive cursor": await client.get(
+            "/dead-letters", params={"cursor": "MjAyNi0wMS0wMVQwMDowMDowMHx4"}
+        ),
+    }
+
+    statuses = {name: response.status_code for name, response in cases.items()}
+    assert statuses == dict.fromkeys(cases, 400) | {"a naive cursor": 200}
+    assert all(r.headers["content-type"] == PROBLEM for r in cases.values() if r.status_code >= 400)
+    assert "one file per upload" in cases["two files"].json()["detail"]
+
+
+async def test_every_error_is_a_problem_unknown_paths_and_the_size_limit_included(
+    client: Client,
+) -> None:
+    unknown = await client.get("/no/such/path")
+    redoc = await client.get("/schema/redoc")
+    swagger = await client.get("/schema/swagger")
+
+    assert (unknown.status_code, redoc.status_code) == (404, 404)
+    assert unknown.headers["content-type"] == PROBLEM
+    assert redoc.headers["content-type"] == PROBLEM
+    assert swagger.status_code == 200
+    assert "cdn" not in swagger.text.lower(), "the docs load with no internet"
+    assert "/schema/assets/swagger-ui-bundle.js" in swagger.text
+    bundle = await client.get("/schema/assets/swagger-ui-bundle.js")
+    assert bundle.status_code == 200
+
+
+async def test_a_task_status_has_no_traceback_and_its_detail_has_one_without_machine_paths(
+    client: Client, store: Store
+) -> None:
+    store.run(task_runs.record_pending, "t-tb", "docproc.document.process")
+    store.run(
+        task_runs.record_failure,
+        "t-tb",
+        "docproc.document.process",
+        state="FAILURE",
+        error_type="CorruptFile",
+        message="bad xref",
+        traceback="Traceback:\n"
+        '  File "/home/x/.venv/lib/python3.11/site-packages/pypdf/_reader.py", line 1\n'
+        '  File "/srv/docproc/service/pipeline/pdf.py", line 9\n',
+    )
+
+    status = (await client.get("/tasks/t-tb/status")).json()
+    detail = (await client.get("/tasks/t-tb")).json()
+
+    assert status["error"] == {"type": "CorruptFile", "message": "bad xref", "traceback": None}
+    assert 'File "pypdf/_reader.py"' in detail["error"]["traceback"]
+    assert 'File "service/pipeline/pdf.py"' in detail["error"]["traceback"]
+    assert "/home/x" not in detail["error"]["traceback"]

@@ -1,0 +1,65 @@
+"""Any bytes and headers become a dead-letter record — on SQLite and PostgreSQL alike: what cannot
+be read is stored raw or sanitised and flagged, never raised (the DLQ consumer would meet the same
+message again at every delivery)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from service.deadletters.consumer import quarantined, store_batch
+from service.deadletters.parsing import RawMessage, read
+from service.store import dead_letters
+from service.store.database import Store
+
+DIED = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def raw(headers: dict[str, Any], body: bytes = b"[[], {}, {}]") -> RawMessage:
+    return RawMessage(body=body, headers=headers, properties={"content_type": "application/json"})
+
+
+HOSTILE = {
+    "count-not-a-number": {"x-death": [{"count": "abc", "reason": "rejected", "queue": "q"}]},
+    "routing-keys-not-a-list": {"x-death": [{"count": 1, "routing-keys": "document_processing"}]},
+    "x-death-not-a-list": {"x-death": "yesterday"},
+    "nul-in-task-name": {"task": "docproc\x00.evil", "id": "t-nul"},
+    "nul-deep-in-a-header": {"task": "t", "id": "t-2", "x-note": {"deep": ["a\x00b"]}},
+    "a-huge-task-name": {"task": "x" * 10_000, "id": "t-3"},
+    "a-time-that-is-not-a-time": {"x-death": [{"count": 1, "time": "noon"}]},
+    "tagged-lookalike": {"task": "t", "id": "t-4", "x-tag": {"$bytes": "!!!"}},
+    "an-id-that-is-a-dict": {"task": "docproc.document.process", "id": {"nested": True}},
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_a_hostile_message_is_stored_and_says_what_was_odd(store: Store, name: str) -> None:
+    message = raw(HOSTILE[name])
+
+    [(record_id, created)] = store.run(store_batch, [message])
+
+    assert created
+    letter = store.run(dead_letters.get, record_id)
+    assert letter is not None
+    assert letter.body == message.body, "the body is kept byte for byte"
+    if name not in ("tagged-lookalike",):
+        assert letter.problems or letter.error_type, "what was odd is said"
+
+
+def test_a_malformed_task_message_says_why_it_died(store: Store) -> None:
+    letter = read(raw({"task": "docproc.canary.succeed"}))  # no id: killed Celery's main process
+
+    assert letter.error_type == "MalformedTaskMessage"
+    assert letter.error_message is not None
+    assert "header id" in letter.error_message
+
+
+def test_a_letter_the_store_refuses_is_quarantined_in_a_form_it_takes(store: Store) -> None:
+    letter = quarantined(read(raw({"task": "t\u2603", "id": "t-5", "x": b"\x00\x01"})))
+
+    assert letter.task_name == "t\\u2603"
+    assert letter.problems is not None
+    assert "escaped" in letter.problems[-1]
+    assert set(letter.headers) == {"unreadable"}
