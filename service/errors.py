@@ -80,6 +80,10 @@ class EmptyDocument(ProcessingError):
     """The document holds no text."""
 
 
+class InvalidTaskArguments(ProcessingError):
+    """A task message whose arguments are not what the task takes."""
+
+
 class DocumentNotFound(ProcessingError):
     """A task names a document the store does not hold."""
 

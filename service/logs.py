@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import UTC
+from datetime import UTC, datetime
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
@@ -46,14 +48,45 @@ INTERCEPTED = (
 _encoder = msgspec.json.Encoder(enc_hook=str)
 
 
+# Start-up chatter of the libraries: useful when something goes wrong, noise otherwise. Logged at
+# DEBUG: (logger name prefix, message prefixes — empty for all of that logger's INFO lines).
+CHATTER: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("alembic", ()),
+    (
+        "uvicorn.error",
+        (
+            "Started server process",
+            "Waiting for application",
+            "Application",
+            "Uvicorn running",
+            "Shutting down",
+            "Finished server process",
+        ),
+    ),
+    ("celery.worker.consumer", ("Connected to", "mingle:")),
+    ("celery.apps.worker", ()),
+    ("celery.beat", ("beat: Starting",)),
+)
+
+
+def _chatter(name: str, message: str) -> bool:
+    return any(
+        name.startswith(prefix) and (not starts or message.startswith(starts))
+        for prefix, starts in CHATTER
+    )
+
+
 class _InterceptHandler(logging.Handler):
-    """Hands stdlib log records to loguru, keeping their level, logger name and caller."""
+    """Hands stdlib log records to loguru, keeping their level, logger name and caller; the
+    libraries' start-up chatter goes down to DEBUG."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
+        if record.levelno == logging.INFO and _chatter(record.name, record.getMessage()):
+            level = "DEBUG"
         # Walk out of the logging module so that loguru reports the real caller.
         frame: FrameType | None = logging.currentframe()
         depth = 0
@@ -105,17 +138,51 @@ def _add_correlation_id(record: Record) -> None:
         record["extra"].setdefault("correlation_id", cid)
 
 
-def setup_logging(level: str = "INFO", *, component: str, stream: IO[str] | None = None) -> None:
-    """Send docproc's and the libraries' logs to `stream` (stdout) as JSON lines."""
+class _HumanSink:
+    """One readable line per record, for a person at a terminal."""
+
+    def __init__(self, stream: IO[str], component: str) -> None:
+        self._stream = stream
+        self._component = component
+
+    def __call__(self, message: Message) -> None:
+        record = message.record
+        line = (
+            f"{record['time'].strftime('%H:%M:%S')} {self._component:<6} "
+            f"{record['level'].name:<7} {redact(record['message'])}"
+        )
+        if record["exception"] is not None:
+            line += "\n" + redact("".join(_format_exception(record))).rstrip()
+        self._stream.write(line + "\n")
+        self._stream.flush()
+
+
+_configured: dict[str, str] = {}
+
+
+def current_component() -> str | None:
+    """The component the process's entry point set up logging for (Celery's own setup_logging
+    signal comes later, in the worker and in beat alike, and must keep it)."""
+    return _configured.get("component")
+
+
+def setup_logging(
+    level: str = "INFO",
+    *,
+    component: str,
+    log_format: str = "auto",
+    stream: IO[str] | None = None,
+) -> None:
+    """Send docproc's and the libraries' logs to `stream` (stdout): JSON lines, or readable lines
+    when `log_format` is "human" (and by default when stdout is a terminal)."""
+    out = stream or sys.__stdout__ or sys.stdout
+    if log_format == "auto":
+        log_format = "human" if out.isatty() else "json"
+    _configured.update(component=component, log_format=log_format)
     logger.remove()
     logger.configure(patcher=_add_correlation_id)
-    logger.add(
-        _JsonSink(stream or sys.__stdout__ or sys.stdout, component),
-        level=level,
-        format="{message}",
-        backtrace=False,
-        diagnose=False,
-    )
+    sink = _HumanSink(out, component) if log_format == "human" else _JsonSink(out, component)
+    logger.add(sink, level=level, format="{message}", backtrace=False, diagnose=False)
     handler = _InterceptHandler()
     logging.basicConfig(
         handlers=[handler], level=logging.getLevelName(_stdlib_level(level)), force=True
@@ -127,6 +194,32 @@ def setup_logging(level: str = "INFO", *, component: str, stream: IO[str] | None
     logging.captureWarnings(True)
     # pypdf reports every quirk of a damaged file it still reads; the failures we raise say enough.
     logging.getLogger("pypdf").setLevel(logging.ERROR)
+
+
+def plain_line(message: str, level: str = "INFO") -> str:
+    """`message` as one line of the configured format, built without loguru: for code that
+    must not take locks (Celery prints from signal handlers, see `say_from_signal_handler`)."""
+    component = _configured.get("component", "docproc")
+    now = datetime.now(UTC)
+    if _configured.get("log_format") == "human":
+        return f"{now:%H:%M:%S} {component:<6} {level:<7} {redact(message)}\n"
+    fields = {
+        "time": now.isoformat(timespec="milliseconds"),
+        "level": level,
+        "message": redact(message),
+        "logger": "celery.apps.worker",
+        "component": component,
+        "pid": os.getpid(),
+    }
+    return _encoder.encode(fields).decode() + "\n"
+
+
+def say_from_signal_handler(msg: str, f: IO[str] | None = sys.__stderr__) -> None:
+    """Celery's `safe_say`, in docproc's log format ("Warm shutdown (MainProcess)" was the one
+    line of a worker's output that was not): written with os.write, no lock taken."""
+    stream = f if f is not None and hasattr(f, "fileno") else sys.__stderr__
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.write(stream.fileno(), plain_line(str(msg).strip()).encode())  # type: ignore[union-attr]
 
 
 def _stdlib_level(level: str) -> str:

@@ -17,6 +17,9 @@ from service.redaction import redact
 QueueType = Literal["quorum", "classic"]
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
 
+PLACEHOLDER_PASSWORD = "change-me"  # noqa: S105 -- the refused placeholder, not a password
+"""How infra/.env.example's passwords begin: never accepted as a real one."""
+
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -45,6 +48,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     chunk_size: Annotated[int, msgspec.Meta(ge=100)] = 1000
     chunk_overlap: NonNegativeInt = 150
     log_level: LogLevel = "INFO"
+    log_format: Literal["auto", "json", "human"] = "auto"
     concurrency: PositiveInt = 2
     max_retries: NonNegativeInt = 3
     retry_delay: PositiveFloat = 60.0
@@ -103,6 +107,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
                 ("amqp", "amqps"),
                 "amqp://user:password@localhost:5672/vhost (several: separated by ;)",
             )
+        for variable, url in (
+            *(("DOCPROC_BROKER_URL", u) for u in self.broker_urls),
+            *(("DOCPROC_MANAGEMENT_URL", u) for u in self.management_urls),
+            ("DOCPROC_DATABASE_URL", self.database_url),
+        ):
+            if (urlsplit(url).password or "").startswith(PLACEHOLDER_PASSWORD):
+                raise ConfigError(
+                    f"{variable} uses a {PLACEHOLDER_PASSWORD}… password, the placeholder of "
+                    "infra/.env.example: set a real one (in infra/.env for Docker Compose)"
+                )
         vhosts = {urlsplit(url).path.rstrip("/") or "/" for url in self.broker_urls}
         if len(vhosts) > 1:
             raise ConfigError(
@@ -151,6 +165,7 @@ ENVIRONMENT: dict[str, str] = {
     "chunk_size": "DOCPROC_CHUNK_SIZE",
     "chunk_overlap": "DOCPROC_CHUNK_OVERLAP",
     "log_level": "CELERY_LOG_LEVEL",
+    "log_format": "DOCPROC_LOG_FORMAT",
     "concurrency": "CELERY_CONCURRENCY",
     "max_retries": "CELERY_MAX_RETRIES",
     "retry_delay": "CELERY_RETRY_DELAY",

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,8 +22,10 @@ from dataclasses import dataclass, field
 import httpx
 from loguru import logger
 
+from service.broker import consumer_timeout
 from service.broker.declarer import consumer_counts
-from service.errors import DocprocError
+from service.broker.management import Management
+from service.errors import ConfigError, DocprocError, abort
 from service.settings import Settings
 from service.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
 
@@ -205,6 +209,39 @@ def _banner(settings: Settings, elapsed: float) -> None:
         f"  store             {settings.resolved_database_url}\n"
         "Ctrl-C stops it."
     )
+
+
+def check_port(settings: Settings) -> None:
+    """Stop at once, with the fix, when the API's address is taken (otherwise the API child would
+    die at each start, and `up` would give up a minute later with the reason buried)."""
+    address = f"{settings.api_host}:{settings.api_port}"
+    try:
+        with socket.socket(
+            socket.AF_INET6 if ":" in settings.api_host else socket.AF_INET
+        ) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((settings.api_host, settings.api_port))
+    except OSError as exc:
+        reason = "is taken by another program" if exc.errno == errno.EADDRINUSE else f"({exc})"
+        abort(
+            ConfigError(
+                f"{address} {reason}: stop it, or set DOCPROC_API_PORT (and DOCPROC_API_HOST) "
+                "to an address that is free"
+            )
+        )
+
+
+def warn_about_the_broker(settings: Settings) -> None:
+    """What `docproc topology check` warns about, said at start: a consumer timeout shorter than
+    the task time limit (a long task would be cut off and run again)."""
+
+    async def lines() -> list[str]:
+        async with Management.from_settings(settings) as management:
+            return await consumer_timeout.check(settings, management)
+
+    for line in asyncio.run(lines()):
+        if line.startswith("warning:"):
+            _say(f"docproc up: {line}")
 
 
 def run(settings: Settings) -> int:

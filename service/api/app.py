@@ -16,6 +16,7 @@ from service.api.correlation import correlation_middleware
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.routes import dead_letters, documents, operations, tasks
 from service.api.security import REQUIRED, require_api_key
+from service.api.server import slow_body_middleware
 from service.api.services import PROVIDERS, Services
 from service.broker.management import Management
 from service.broker.publisher import Publisher
@@ -93,7 +94,7 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={name: Provide(provider) for name, provider in PROVIDERS.items()},
         exception_handlers=EXCEPTION_HANDLERS,
         after_request=docs.problem_for_missing_page,
-        middleware=[correlation_middleware, prometheus.middleware],
+        middleware=[correlation_middleware, slow_body_middleware, prometheus.middleware],
         lifespan=[lifespan],
         openapi_config=docs.openapi_config(settings),
         logging_config=None,  # logging is ours (service.logs), set up by the entry point
@@ -106,5 +107,5 @@ def create_app_from_environment() -> Litestar:
     from service.cli.environment import load_settings
 
     settings = load_settings()
-    setup_logging(settings.log_level, component="api")
+    setup_logging(settings.log_level, component="api", log_format=settings.log_format)
     return create_app(settings)

@@ -190,8 +190,24 @@ class DeadLetterDetail(DeadLetterSummary, kw_only=True):
     properties: dict[str, Any]
     content_type: str | None
     content_encoding: str | None
-    body_base64: Annotated[str, msgspec.Meta(description="the raw body, byte for byte")]
-    body_text: Annotated[str | None, msgspec.Meta(description="the body, when it is UTF-8")]
+    body_size: Annotated[int, msgspec.Meta(description="the body's size in bytes")]
+    body_truncated: Annotated[
+        bool,
+        msgspec.Meta(
+            description="the body is longer than the preview below: download it whole from "
+            "GET /dead-letters/{id}/body"
+        ),
+    ]
+    body_base64: Annotated[
+        str, msgspec.Meta(description="the body (its first 64 KiB), byte for byte")
+    ]
+    body_text: Annotated[
+        str | None, msgspec.Meta(description="the same, as text, when it is UTF-8")
+    ]
+    problems: Annotated[
+        list[str] | None,
+        msgspec.Meta(description="what could not be stored as it came (raw or sanitised)"),
+    ]
 
 
 class DeadLetterPage(msgspec.Struct, kw_only=True):

@@ -29,7 +29,7 @@ async def declare_topology(settings: Settings, topology: Topology | None = None)
         await _declare(channel, topology, settings)
     finally:
         await connection.close()
-    logger.bind(vhost=settings.vhost).info(
+    logger.bind(vhost=settings.vhost).debug(
         "topology declared: {} exchanges, {} queues, {} bindings",
         len(topology.exchanges),
         len(topology.queues),

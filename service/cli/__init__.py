@@ -60,8 +60,10 @@ def up() -> None:
     from service.cli.serve import prepare
 
     settings = load_settings()
-    setup_logging(settings.log_level, component="up")
+    setup_logging(settings.log_level, component="up", log_format=settings.log_format)
+    supervisor.check_port(settings)
     prepare(settings)
+    supervisor.warn_about_the_broker(settings)
     raise SystemExit(supervisor.run(settings))
 
 

@@ -35,7 +35,7 @@ def worker() -> None:
     from service.worker.app import create_celery
 
     settings = load_settings()
-    setup_logging(settings.log_level, component="worker")
+    setup_logging(settings.log_level, component="worker", log_format=settings.log_format)
     app = create_celery(settings)
     process = app.Worker(
         hostname=f"worker-{os.getpid()}@{socket.gethostname()}",
@@ -65,7 +65,7 @@ def dlq(fault: str | None) -> None:
     from service.deadletters.consumer import serve as serve_dlq
 
     settings = load_settings()
-    setup_logging(settings.log_level, component="dlq")
+    setup_logging(settings.log_level, component="dlq", log_format=settings.log_format)
     prepare(settings)
     asyncio.run(serve_dlq(settings, fault=fault))
 
@@ -79,10 +79,11 @@ def api() -> None:
     """
     import uvicorn
 
+    from service.api.server import GuardedHttpToolsProtocol
     from service.errors import BrokerUnavailable
 
     settings = load_settings()
-    setup_logging(settings.log_level, component="api")
+    setup_logging(settings.log_level, component="api", log_format=settings.log_format)
     try:
         prepare(settings)
     except BrokerUnavailable as exc:
@@ -97,6 +98,8 @@ def api() -> None:
         log_config=None,
         proxy_headers=False,
         timeout_graceful_shutdown=20,
+        http=GuardedHttpToolsProtocol,  # closes connections that never send their headers
+        timeout_keep_alive=5,
     )
 
 
@@ -107,7 +110,7 @@ def beat() -> None:
     from service.worker.app import create_celery
 
     settings = load_settings()
-    setup_logging(settings.log_level, component="beat")
+    setup_logging(settings.log_level, component="beat", log_format=settings.log_format)
     prepare(settings)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     app = create_celery(settings)

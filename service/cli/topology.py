@@ -32,7 +32,7 @@ def topology() -> None:
 def declare() -> None:
     """Declare every exchange, queue and binding; running it again changes nothing."""
     settings = load_settings()
-    setup_logging(settings.log_level, component="cli")
+    setup_logging(settings.log_level, component="cli", log_format=settings.log_format)
     declared = asyncio.run(declare_topology(settings))
     click.echo(
         f"declared {len(declared.exchanges)} exchanges, {len(declared.queues)} queues and "

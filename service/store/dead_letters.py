@@ -72,6 +72,8 @@ class DeadLetter(_Message, frozen=True, kw_only=True):
     stored_at: datetime
     updated_at: datetime
     body: bytes = b""
+    body_size: int | None = None
+    """The body's whole size, when only its first bytes were read."""
 
 
 class Filters(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -223,9 +225,20 @@ def _death_message(letter: NewDeadLetter) -> str:
 
 
 def get(
-    connection: Connection, dead_letter_id: str, *, with_body: bool = True
+    connection: Connection,
+    dead_letter_id: str,
+    *,
+    with_body: bool = True,
+    body_limit: int | None = None,
 ) -> DeadLetter | None:
-    columns = list(dead_letters.c) if with_body else _SUMMARY
+    """One letter; its body whole, its first `body_limit` bytes (and `body_size`), or none."""
+    columns: list[Any] = list(dead_letters.c) if with_body else list(_SUMMARY)
+    if with_body and body_limit is not None:
+        columns = [
+            *_SUMMARY,
+            func.substr(_c.body, 1, body_limit).label("body"),
+            func.length(_c.body).label("body_size"),
+        ]
     row = connection.execute(select(*columns).where(dead_letters.c.id == dead_letter_id)).first()
     return None if row is None else as_struct(row, DeadLetter)
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import celery.apps.worker
 import kombu
 from celery import Celery, signals
 from loguru import logger
@@ -14,7 +15,7 @@ from loguru import logger
 from service import serialization
 from service.broker.declarer import declare_topology
 from service.errors import ConfigError, DatabaseError, DocprocError, abort
-from service.logs import setup_logging
+from service.logs import current_component, say_from_signal_handler, setup_logging
 from service.settings import Settings
 from service.store.database import Store
 from service.topology import (
@@ -150,7 +151,13 @@ def create_celery(settings: Settings | None = None) -> DocprocCelery:
 
 def _connect_signals(app: DocprocCelery) -> None:
     def on_setup_logging(**_: Any) -> None:
-        setup_logging(app.settings.log_level, component="worker")
+        # Keep the component the entry point chose: beat runs this signal too.
+        setup_logging(
+            app.settings.log_level,
+            component=current_component() or "worker",
+            log_format=app.settings.log_format,
+        )
+        celery.apps.worker.safe_say = say_from_signal_handler  # type: ignore[attr-defined]  # not in the stub
 
     def on_worker_init(sender: Any, **_: Any) -> None:
         if sender.app is not app:

@@ -44,6 +44,14 @@ class CanaryFailure(ProcessingError):
     """The permanent failure that the `fail` canary raises on purpose."""
 
 
+def bounded(name: str, value: Any, low: float, high: float) -> float:
+    """A canary's argument within what a selftest needs: anyone who can publish to the work
+    queues can call a canary, and `steps(count=2e7)` once took 1.6 GB."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ProcessingError(f"canary argument {name}={value!r:.40} is not within {low}..{high}")
+    return value
+
+
 def report(task: AnyTask, report_to: str | None, event: str, **fields: Any) -> None:
     """Log `event`, and publish it with the task's delivery facts to the queue `report_to`."""
     logger.info("canary {}: {}", task.name, event)
@@ -99,6 +107,9 @@ def register(app: Celery) -> None:
         """Fail transiently `failures` times, then succeed. Retries follow the retry policy, or
         wait `delay` seconds (selftest's short path): through retry_queue and the broker anyway.
         """
+        bounded("failures", failures, 0, 10)
+        if delay is not None:
+            bounded("delay", delay, 1, 60)
         if self.request.retries < failures:
             report(self, report_to, "retrying")
             failure = TransientProcessingError(
@@ -116,8 +127,8 @@ def register(app: Celery) -> None:
     def crash(self: AnyTask, report_to: str | None = None) -> str:
         """Kill this worker process, while the selftest that sent it still listens: one cut short
         leaves a canary that would otherwise crash a worker at each delivery up to the limit."""
-        if report_to and not _queue_exists(self.app, report_to):
-            logger.warning("canary {}: its selftest is gone, not crashing", self.name)
+        if not report_to or not _queue_exists(self.app, report_to):
+            logger.warning("canary {}: no selftest listens (report_to), not crashing", self.name)
             return "abandoned"
         report(self, report_to, "crashing")
         os._exit(70)
@@ -127,6 +138,7 @@ def register(app: Celery) -> None:
         self: AnyTask, seconds: float, stubborn: bool = False, report_to: str | None = None
     ) -> str:
         """Sleep; a `stubborn` sleeper ignores the soft time limit, as stuck native code would."""
+        bounded("seconds", seconds, 0, 600)
         report(self, report_to, "sleeping")
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
@@ -142,6 +154,8 @@ def register(app: Celery) -> None:
     @app.task(name=STEPS, bind=True, shared=False)
     def steps(self: AnyTask, count: int = 4, seconds: float = 0.5) -> str:
         """Walk through `count` named steps, recording progress as the document task does."""
+        bounded("count", count, 1, 100)
+        bounded("seconds", seconds, 0, 10)
         names = [f"step {n}" for n in range(1, count + 1)]
         tracker = ProgressTracker(self.app.store, str(self.request.id), names)  # type: ignore[attr-defined]
         for name in names:

@@ -46,6 +46,16 @@ class DeadLetteringConsumer(Consumer):
         )
         self._reject(message)
 
+    def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
+        """Celery logs the whole body of an unknown task's message; we log its name."""
+        _described(message).error("no such task here, dead-lettering it: {}", exc)
+        self._reject(message)
+
+    def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
+        """Disallowed content (pickle) or an invalid message, without its body in the log."""
+        _described(message).error("not a valid task message, dead-lettering it: {}", exc)
+        self._reject(message)
+
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handle = super().create_task_handler(*args, **kwargs)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import aio_pika
+import msgspec
 import pytest
 
 from service.store import task_runs
@@ -170,3 +172,21 @@ async def test_a_task_status_has_no_traceback_and_its_detail_has_one_without_mac
     assert 'File "pypdf/_reader.py"' in detail["error"]["traceback"]
     assert 'File "service/pipeline/pdf.py"' in detail["error"]["traceback"]
     assert "/home/x" not in detail["error"]["traceback"]
+
+
+async def test_a_big_body_is_previewed_and_downloaded_whole_on_its_own(
+    client: Client, store: Store
+) -> None:
+    body = bytes(range(256)) * 800  # 200 KiB of binary
+    message = dead_message()
+    [record_id] = bury(store, msgspec.structs.replace(message, body=body))
+
+    detail = (await client.get(f"/dead-letters/{record_id}")).json()
+    download = await client.get(f"/dead-letters/{record_id}/body")
+
+    assert detail["body_size"] == len(body)
+    assert detail["body_truncated"] is True
+    assert len(base64.b64decode(detail["body_base64"])) == 64 * 1024
+    assert download.content == body
+    assert download.headers["content-type"] == "application/octet-stream"
+    assert download.headers["content-disposition"].startswith("attachment;")

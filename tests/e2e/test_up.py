@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aio_pika
 import httpx
 import pytest
 import pytest_asyncio
@@ -27,6 +28,7 @@ from tests.support import (
     docproc_command,
     eventually,
     free_port,
+    run_docproc,
 )
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
@@ -230,26 +232,61 @@ def test_up_without_a_broker_says_how_to_start_one_and_exits(tmp_path: Path) -> 
 async def test_a_child_that_keeps_dying_stops_up_with_a_message_naming_it(
     fresh_vhost: Vhost, tmp_path: Path
 ) -> None:
-    with socket.socket() as taken:  # the API's port, held: the API dies at every start
+    # A dead letter waits, and the DLQ consumer is made to die as it stores one: it dies at
+    # every start (the fault-injection hook the fault tests use).
+    env = fresh_vhost.env(
+        DOCPROC_API_PORT=str(free_port()),
+        DOCPROC_RESTART_DELAY="0.2",
+        DOCPROC_FAULT_INJECTION="before-commit",
+        PYTHONPATH=str(ROOT),
+    )
+    declared = await asyncio.to_thread(run_docproc, "topology", "declare", env=env)
+    assert declared.returncode == 0, declared.stderr
+    connection = await fresh_vhost.connect()
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange("docproc.dlx", ensure=False)
+        await exchange.publish(aio_pika.Message(b"poison"), routing_key="document_processing")
+
+    done = await asyncio.to_thread(
+        subprocess.run,
+        docproc_command("up"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+
+    assert done.returncode == 1
+    assert "restarting it in 0.2 s" in done.stdout
+    assert "docproc up: the dlq process keeps dying" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_up_on_a_taken_port_says_so_at_once(tmp_path: Path) -> None:
+    with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = fresh_vhost.env(
-            DOCPROC_API_PORT=str(port), DOCPROC_RESTART_DELAY="0.2", PYTHONPATH=str(ROOT)
-        )
+        env = {**os.environ, "DOCPROC_API_PORT": str(port), "PYTHONPATH": str(ROOT)}
+        started = time.monotonic()
 
-        done = await asyncio.to_thread(
-            subprocess.run,
+        done = subprocess.run(
             docproc_command("up"),
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=60,
             cwd=tmp_path,
             check=False,
         )
 
-    assert done.returncode == 1
-    assert "restarting it in 0.2 s" in done.stdout
-    assert "docproc up: the api process keeps dying" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert time.monotonic() - started < 15, "at once, not after a minute of restarts"
+    assert done.returncode == 78
+    [line] = [line for line in done.stderr.splitlines() if line.strip()]
+    assert line == (
+        f"docproc: 127.0.0.1:{port} is taken by another program: stop it, or set "
+        "DOCPROC_API_PORT (and DOCPROC_API_HOST) to an address that is free"
+    )

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from service.errors import ConfigError
 from service.settings import Settings
 from tests.support import ROOT, missing
 
@@ -107,3 +108,25 @@ def test_the_consumer_timeout_outlasts_the_default_task_time_limit() -> None:
 
     assert Settings().time_limit == 2400
     assert consumer_timeout_ms > Settings().time_limit * 1000
+
+
+def test_the_api_is_published_on_loopback_and_docproc_is_no_broker_administrator() -> None:
+    services = compose()
+    [api_port] = services["services"]["api"]["ports"]
+    assert api_port.startswith("${DOCPROC_API_BIND:-127.0.0.1}:")
+    users = re.findall(r'"tags": "(\w+)"', services["configs"]["rabbitmq-user"]["content"])
+    assert users == ["management", "administrator"], "docproc's user is not the administrator"
+    example = (INFRA / ".env.example").read_text()
+    assert re.search(r"^DOCPROC_API_BIND=127\.0\.0\.1$", example, re.M)
+
+
+def test_the_example_passwords_are_refused_at_start() -> None:
+    example = dict(
+        line.split("=", 1)
+        for line in (INFRA / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    url = f"amqp://{example['RABBITMQ_USER']}:{example['RABBITMQ_PASSWORD']}@rabbitmq:5672//"
+
+    with pytest.raises(ConfigError, match=r"placeholder of infra/\.env\.example"):
+        Settings.from_env({"DOCPROC_BROKER_URL": url})

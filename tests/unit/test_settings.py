@@ -49,6 +49,7 @@ def test_every_variable_is_read() -> None:
         "DOCPROC_CHUNK_SIZE": "500",
         "DOCPROC_CHUNK_OVERLAP": "50",
         "CELERY_LOG_LEVEL": "debug",
+        "DOCPROC_LOG_FORMAT": "Human",
         "CELERY_CONCURRENCY": "4",
         "CELERY_MAX_RETRIES": "0",
         "CELERY_RETRY_DELAY": "2.5",
@@ -66,6 +67,7 @@ def test_every_variable_is_read() -> None:
     assert settings.public_reads is True
     assert settings.dead_letter_retention == 7 * 86400
     assert settings.log_level == "DEBUG"
+    assert settings.log_format == "human"
     assert settings.retry_backoff_max == 600
     assert settings.result_expires == 3600
     assert settings.max_retries == 0

@@ -73,11 +73,19 @@ def summary_of(letter: DeadLetter) -> DeadLetterSummary:
     )
 
 
+BODY_PREVIEW = 64 * 1024
+"""Bytes of a dead letter's body its detail carries; the whole body is a download of its own."""
+
+
 def detail_of(letter: DeadLetter) -> DeadLetterDetail:
+    size = letter.body_size if letter.body_size is not None else len(letter.body)
+    truncated = size > len(letter.body)
     try:
         text: str | None = letter.body.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
+    except UnicodeDecodeError as exc:
+        # A preview may cut a character in two: still text if that is the only fault.
+        cut_short = truncated and exc.start >= len(letter.body) - 3
+        text = letter.body[: exc.start].decode("utf-8") if cut_short else None
     return DeadLetterDetail(
         **msgspec.structs.asdict(summary_of(letter)),
         args=plain(letter.args),
@@ -89,8 +97,11 @@ def detail_of(letter: DeadLetter) -> DeadLetterDetail:
         properties=plain(letter.properties),
         content_type=letter.content_type,
         content_encoding=letter.content_encoding,
+        body_size=size,
+        body_truncated=truncated,
         body_base64=base64.b64encode(letter.body).decode("ascii"),
         body_text=text,
+        problems=letter.problems,
     )
 
 
@@ -231,10 +242,34 @@ async def discard_group(group: PathId, store: StoreDep) -> Discarded:
     summary="One dead letter: raw body, headers, properties, why it died, the failure",
 )
 async def dead_letter(dead_letter_id: PathId, store: StoreDep) -> DeadLetterDetail:
-    letter = await store.run(dead_letters.get, dead_letter_id)
+    letter = await store.run(dead_letters.get, dead_letter_id, body_limit=BODY_PREVIEW)
     if letter is None:
         raise NotFound(f"no dead letter {dead_letter_id}")
     return detail_of(letter)
+
+
+@get(
+    "/dead-letters/{dead_letter_id:str}/body",
+    responses=errors(404, 503),
+    tags=TAGS,
+    summary="A dead letter's body, whole, byte for byte (a download)",
+    media_type="application/octet-stream",
+)
+async def dead_letter_body(dead_letter_id: PathId, store: StoreDep) -> Response[bytes]:
+    letter = await store.run(dead_letters.get, dead_letter_id)
+    if letter is None:
+        raise NotFound(f"no dead letter {dead_letter_id}")
+    return Response(
+        letter.body,
+        media_type="application/octet-stream",  # never rendered: it came from anyone
+        headers={
+            "Content-Disposition": f'attachment; filename="dead-letter-{letter.id}.bin"',
+            "X-Content-Type-Options": "nosniff",
+            "X-Docproc-Content-Type": (letter.content_type or "")
+            if (letter.content_type or "").isprintable()
+            else "",
+        },
+    )
 
 
 @post(
@@ -383,6 +418,7 @@ ROUTES: list[Any] = [
     cancel_redrive,
     start_redrive,
     dead_letter,
+    dead_letter_body,
     republish_one,
     discard,
 ]
