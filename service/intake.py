@@ -52,6 +52,7 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     task_id: str
     queued: bool
     replayed: bool = False
+    duplicate_of: str | None = None
 
 
 def inspect(content: bytes, filename: str) -> str:
@@ -89,6 +90,7 @@ def accept(connection: Connection, upload: Upload, document_id: str, task_id: st
                 queued=document is not None and document.published_at is not None,
                 replayed=True,
             )
+    same_content = documents.first_with(connection, upload.sha256)
     documents.insert_document(
         connection,
         document_id=document_id,
@@ -107,7 +109,9 @@ def accept(connection: Connection, upload: Upload, document_id: str, task_id: st
         queue=DOCUMENT_QUEUE,
         correlation_id=upload.correlation_id,
     )
-    return Receipt(document_id=document_id, task_id=task_id, queued=False)
+    return Receipt(
+        document_id=document_id, task_id=task_id, queued=False, duplicate_of=same_content
+    )
 
 
 async def publish_document_task(

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from service.store.search import SearchHit
 from service.store.task_runs import TaskState
 
 TASK_ID = "3f0c9a4e-6a57-4c1e-9d1e-2c2b6f1f7a10"
@@ -36,10 +37,18 @@ class Accepted(msgspec.Struct, kw_only=True):
     queued: Annotated[
         bool,
         msgspec.Meta(
-            description="whether RabbitMQ confirmed the task message already; if not, it is "
-            "accepted all the same and beat's sweeper publishes it"
+            description="whether RabbitMQ confirmed the task message already; if not (the "
+            "broker away, blocked past 5 s, or the message returned), the document is accepted "
+            "all the same and published as soon as the broker takes it again"
         ),
     ]
+    duplicate_of: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="an earlier document with the same content (SHA-256), if any: this one "
+            "is processed too, and search shows their hits once"
+        ),
+    ] = None
 
 
 class Progress(msgspec.Struct, kw_only=True):
@@ -107,15 +116,6 @@ class DocumentOut(msgspec.Struct, kw_only=True):
 class DocumentText(msgspec.Struct, kw_only=True):
     document_id: str
     text: str
-
-
-class SearchHit(msgspec.Struct, kw_only=True):
-    document_id: str
-    filename: str
-    title: str | None
-    position: Annotated[int, msgspec.Meta(description="which chunk of the document")]
-    score: float
-    snippet: Annotated[str, msgspec.Meta(examples=["… the [lighthouse] stood …"])]
 
 
 class SearchResults(msgspec.Struct, kw_only=True):

@@ -93,6 +93,17 @@ def insert_document(
     )
 
 
+def first_with(connection: Connection, sha256: str) -> str | None:
+    """The earliest document with this content, if any."""
+    found = connection.execute(
+        select(documents.c.id)
+        .where(documents.c.sha256 == sha256)
+        .order_by(documents.c.created_at, documents.c.id)
+        .limit(1)
+    ).scalar_one_or_none()
+    return None if found is None else str(found)
+
+
 def mark_published(connection: Connection, document_id: str) -> None:
     connection.execute(
         update(documents)

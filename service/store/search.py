@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from sqlalchemy import Connection, text
@@ -23,12 +23,19 @@ from service.store.database import as_struct
 
 
 class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
+    """One matching chunk, best first; the API answers with these as they are."""
+
     document_id: str
     filename: str
     title: str | None
-    position: int
+    position: Annotated[int, msgspec.Meta(description="which chunk of the document")]
     score: float
-    snippet: str
+    snippet: Annotated[str, msgspec.Meta(examples=["… the [lighthouse] stood …"])]
+    sha256: Annotated[str, msgspec.Meta(description="the document's content hash")]
+    duplicates: Annotated[
+        list[str],
+        msgspec.Meta(description="other documents with the same content, whose hit this is too"),
+    ] = msgspec.field(default_factory=list)
 
 
 class Cancel:
@@ -48,7 +55,7 @@ DEADLINE = 5.0
 """Seconds a search may take before it is stopped."""
 
 _SQLITE = """
-    SELECT c.document_id, d.filename, d.title, c.position,
+    SELECT c.document_id, d.filename, d.title, c.position, d.sha256,
            -bm25(chunks_fts) AS score,
            snippet(chunks_fts, 0, :start, :end, '…', 16) AS snippet
     FROM chunks_fts
@@ -60,7 +67,7 @@ _SQLITE = """
 """
 
 _POSTGRES = """
-    SELECT c.document_id, d.filename, d.title, c.position,
+    SELECT c.document_id, d.filename, d.title, c.position, d.sha256,
            ts_rank(c.search_vector, query.q) AS score,
            ts_headline('english', c.content, query.q,
                        'StartSel=' || :start || ', StopSel=' || :end
@@ -172,6 +179,20 @@ def search(
             ) from exc
         raise SearchError(f"search failed: {reason}") from exc
     return [as_struct(row, SearchHit) for row in rows]
+
+
+def collapse(hits: list[SearchHit], limit: int) -> list[SearchHit]:
+    """Identical uploads (one SHA-256) found once: the best hit of each chunk of that content,
+    naming the other documents that hold it, at most `limit`."""
+    kept: dict[tuple[str, int], SearchHit] = {}
+    others: dict[tuple[str, int], list[str]] = {}
+    for hit in hits:
+        key = (hit.sha256, hit.position)
+        if key in kept:
+            others[key].append(hit.document_id)
+        elif len(kept) < limit:
+            kept[key], others[key] = hit, []
+    return [msgspec.structs.replace(hit, duplicates=others[key]) for key, hit in kept.items()]
 
 
 def cancel_backend(connection: Connection, pid: int) -> None:

@@ -270,6 +270,39 @@ async def test_an_upload_whose_message_rabbitmq_returns_is_not_queued(
 
     assert response.status_code == 202
     assert response.json()["queued"] is False, "a returned message was not published"
+    # Once the queue is bound again, the relay publishes it (once).
+    message = await take(channel, "document_processing")
+    assert message.headers["id"] == response.json()["task_id"]
     stored = store.run(documents.get, response.json()["document_id"])
     assert stored is not None
-    assert stored.published_at is None, "left for the relay and beat's sweeper"
+    assert stored.published_at is not None
+
+
+async def test_identical_uploads_are_said_to_be_and_found_once(
+    client: Client, store: Store
+) -> None:
+    first = (await upload(client, name="a.txt")).json()
+    second = (await upload(client, name="copy-of-a.txt")).json()
+    for accepted in (first, second):
+        store.run(
+            documents.store_extraction,
+            accepted["document_id"],
+            Extraction(
+                detected_type="text",
+                title=None,
+                encoding="utf-8",
+                page_count=None,
+                text=TEXT.decode(),
+                chunks=[ChunkRow(position=0, start=0, end=len(TEXT), text=TEXT.decode())],
+            ),
+        )
+
+    hits = (await client.get("/search", params={"q": "lighthouse"})).json()["items"]
+
+    assert first["duplicate_of"] is None
+    assert second["duplicate_of"] == first["document_id"]
+    [hit] = hits
+    assert {hit["document_id"], *hit["duplicates"]} == {
+        first["document_id"],
+        second["document_id"],
+    }

@@ -7,7 +7,6 @@ import contextlib
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.openapi.spec import Example
@@ -16,7 +15,7 @@ from loguru import logger
 from sqlalchemy import Connection
 
 from service.api.correlation import correlation_id_of
-from service.api.models import Accepted, DocumentOut, DocumentText, SearchHit, SearchResults
+from service.api.models import Accepted, DocumentOut, DocumentText, SearchResults
 from service.api.params import PathId
 from service.api.responses import errors
 from service.api.services import IntakeDep, StoreDep
@@ -126,6 +125,7 @@ def upload_handler(settings: Settings) -> Any:
                 task_id=receipt.task_id,
                 status="PENDING",
                 queued=receipt.queued,
+                duplicate_of=receipt.duplicate_of,
             ),
             status_code=202,
             headers=headers,
@@ -221,7 +221,7 @@ async def search_documents(
     query = parse(q)
     cancel = search.Cancel()
     async with _searches:
-        searching = asyncio.ensure_future(store.run(search.search, query, limit, cancel=cancel))
+        searching = asyncio.ensure_future(store.run(search.search, query, limit * 3, cancel=cancel))
         leaving = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait({searching, leaving}, return_when=asyncio.FIRST_COMPLETED)
@@ -236,4 +236,4 @@ async def search_documents(
                 await searching
             logger.info("search cancelled: its client went away")
         hits = searching.result()
-    return SearchResults(items=[SearchHit(**msgspec.structs.asdict(hit)) for hit in hits])
+    return SearchResults(items=search.collapse(hits, limit))
