@@ -1,4 +1,5 @@
-"""The msgspec serializer that docproc's task messages use, registered with kombu.
+"""The msgspec serializer that docproc's task messages use (the worker registers it with kombu:
+service.worker.app).
 
 Stock Celery clients keep working: the worker also accepts kombu's plain `json`. Pickle is never
 accepted.
@@ -9,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from kombu.serialization import register
 
 NAME = "msgspec"
 CONTENT_TYPE = "application/x-docproc-msgspec+json"
@@ -27,13 +27,3 @@ def dumps(value: Any) -> bytes:
 
 def loads(data: bytes | str) -> Any:
     return _decoder.decode(data)
-
-
-def register_with_kombu() -> None:
-    register(
-        NAME,
-        dumps,  # type: ignore[arg-type]  # kombu publishes bytes as they are; its stub says str
-        loads,
-        content_type=CONTENT_TYPE,
-        content_encoding=CONTENT_ENCODING,
-    )

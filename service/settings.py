@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from service.errors import ConfigError
+from service.errors import ConfigError, abort
 from service.redaction import redact
 
 QueueType = Literal["quorum", "classic"]
@@ -143,6 +143,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
                 f"shorter than CELERY_TIME_LIMIT={self.time_limit:g}, or the task never gets "
                 "the chance to record its failure"
             )
+
+
+def load_settings() -> Settings:
+    """Settings for an entry point: read once, or end the process with the one-line reason."""
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        abort(exc)
 
 
 ENVIRONMENT: dict[str, str] = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
-from kombu.transport import native_delayed_delivery as delayed
 
 from service.settings import Settings
 
@@ -98,6 +97,18 @@ def build_topology(settings: Settings) -> Topology:
     return _with_native_delayed_delivery(topology, settings.queue_type) if quorum else topology
 
 
+# What Celery's native delayed delivery (kombu.transport.native_delayed_delivery, kombu 5.7)
+# declares: copied here so that the topology depends on settings alone; tests/unit/test_topology
+# declares the same through kombu and compares, so a kombu release that changes it is caught.
+DELAY_LEVELS = 28
+"""Bits of a delay in seconds: one TTL queue each, 2**level seconds."""
+DELAYED_DELIVERY_EXCHANGE = "celery_delayed_delivery"
+
+
+def delay_level_name(level: int) -> str:
+    return f"celery_delayed_{level}"
+
+
 def _with_native_delayed_delivery(topology: Topology, queue_type: str) -> Topology:
     """Add what Celery's DelayedDelivery bootstep declares, so that check and export see it too.
 
@@ -105,31 +116,31 @@ def _with_native_delayed_delivery(topology: Topology, queue_type: str) -> Topolo
     of the delay in seconds, ending in an exchange that routes back to the work queues. A test
     declares the same through kombu and compares, so a kombu upgrade that changes it is caught.
     """
-    levels = range(delayed.MAX_LEVEL, -1, -1)
-    delivery = delayed.CELERY_DELAYED_DELIVERY_EXCHANGE
-    exchanges = [Exchange(name=delayed.level_name(level), owner="celery") for level in levels]
+    levels = range((DELAY_LEVELS - 1), -1, -1)
+    delivery = DELAYED_DELIVERY_EXCHANGE
+    exchanges = [Exchange(name=delay_level_name(level), owner="celery") for level in levels]
     exchanges.append(Exchange(name=delivery, owner="celery"))
     queues: list[Queue] = []
     bindings: list[Binding] = []
     for level in levels:
-        name = delayed.level_name(level)
+        name = delay_level_name(level)
         arguments: dict[str, ArgumentValue] = {
             "x-queue-type": queue_type,
             "x-overflow": "reject-publish",
             "x-message-ttl": 2**level * 1000,
-            "x-dead-letter-exchange": delayed.level_name(level - 1) if level else delivery,
+            "x-dead-letter-exchange": delay_level_name(level - 1) if level else delivery,
         }
         if queue_type == "quorum":
             arguments["x-dead-letter-strategy"] = "at-least-once"
         queues.append(Queue(name=name, arguments=arguments, owner="celery"))
-        stars = "*." * (delayed.MAX_LEVEL - level)
+        stars = "*." * ((DELAY_LEVELS - 1) - level)
         bindings.append(
             Binding(source=name, destination=name, routing_key=stars + "1.#", owner="celery")
         )
         bindings.append(
             Binding(
                 source=name,
-                destination=delayed.level_name(level - 1) if level else delivery,
+                destination=delay_level_name(level - 1) if level else delivery,
                 destination_type="exchange",
                 routing_key=stars + "0.#",
                 owner="celery",

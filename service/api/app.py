@@ -104,7 +104,7 @@ def create_app(settings: Settings) -> Litestar:
 
 def create_app_from_environment() -> Litestar:
     """The factory `docproc serve api` hands to uvicorn (its worker processes call it)."""
-    from service.cli.environment import load_settings
+    from service.settings import load_settings
 
     settings = load_settings()
     setup_logging(settings.log_level, component="api", log_format=settings.log_format)

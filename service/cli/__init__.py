@@ -6,13 +6,13 @@ import click
 
 from service.cli.dead_letters import dead_letters
 from service.cli.documents import search, status, text
-from service.cli.environment import load_settings
 from service.cli.selftest import selftest
 from service.cli.serve import serve
 from service.cli.submit import submit
 from service.cli.topology import topology
 from service.errors import DocprocError, abort
 from service.logs import setup_logging
+from service.settings import load_settings
 
 __all__ = ["main"]
 

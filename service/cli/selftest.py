@@ -8,8 +8,8 @@ import click
 import httpx
 
 from service.cli.client import api_option, table
-from service.cli.environment import load_settings
 from service.errors import BrokerUnavailable
+from service.settings import load_settings
 
 
 @click.command()

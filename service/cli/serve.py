@@ -10,9 +10,8 @@ from pathlib import Path
 import click
 from loguru import logger
 
-from service.cli.environment import load_settings
 from service.logs import setup_logging
-from service.settings import Settings
+from service.settings import Settings, load_settings
 from service.topology import WORK_QUEUES
 
 CELERY_LEVELS = {"TRACE": "DEBUG", "SUCCESS": "INFO"}

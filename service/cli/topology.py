@@ -11,8 +11,8 @@ from service.broker import consumer_timeout
 from service.broker.declarer import declare_topology
 from service.broker.drift import check as check_drift
 from service.broker.management import Management
-from service.cli.environment import load_settings
 from service.logs import setup_logging
+from service.settings import load_settings
 from service.topology import build_topology, export_definitions
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import msgspec
 from sqlalchemy import Connection, Select, and_, delete, func, insert, or_, select, update
 
-from service.deadletters.fingerprint import fingerprint
+from service.grouping import fingerprint
 from service.store.database import as_struct
 from service.store.schema import dead_letters, utcnow
 

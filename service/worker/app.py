@@ -10,6 +10,7 @@ from typing import Any
 import celery.apps.worker
 import kombu
 from celery import Celery, signals
+from kombu.serialization import register
 from loguru import logger
 
 from service import serialization
@@ -118,11 +119,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def register_serializer() -> None:
+    """docproc's msgspec serializer, for kombu (publishing retries, and reading messages)."""
+    register(
+        serialization.NAME,
+        serialization.dumps,  # type: ignore[arg-type]  # kombu publishes bytes as they are
+        serialization.loads,
+        content_type=serialization.CONTENT_TYPE,
+        content_encoding=serialization.CONTENT_ENCODING,
+    )
+
+
 def create_celery(settings: Settings | None = None) -> DocprocCelery:
     """The Celery app. Without `settings`, they are read from the environment when Celery first
     needs its configuration, not at import: `celery -A service.worker.celery` imports this lazily.
     """
-    serialization.register_with_kombu()
+    register_serializer()
     app = DocprocCelery("docproc", task_cls=DocprocTask, set_as_current=False)
 
     def configure(settings: Settings) -> None:

@@ -52,8 +52,9 @@ def test_a_stock_celery_worker_configuration_accepts_the_message() -> None:
     from kombu.serialization import loads, prepare_accept_content
 
     from service import serialization
+    from service.worker.app import register_serializer
 
-    serialization.register_with_kombu()
+    register_serializer()
     message = task_message(PROCESS_DOCUMENT, "t-2", kwargs={"document_id": "d-2"})
     stock = Celery()
     stock.conf.accept_content = ["json", serialization.NAME]

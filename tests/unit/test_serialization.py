@@ -5,10 +5,11 @@ from kombu.exceptions import ContentDisallowed
 from kombu.serialization import dumps, loads, prepare_accept_content
 
 from service import serialization
+from service.worker.app import register_serializer
 
 
 def test_task_bodies_round_trip_through_kombu_under_their_own_content_type() -> None:
-    serialization.register_with_kombu()
+    register_serializer()
     body = [["doc-1"], {"force": True, "size": 3}, {"callbacks": None, "errbacks": None}]
 
     content_type, encoding, data = dumps(body, serializer=serialization.NAME)
@@ -22,7 +23,7 @@ def test_task_bodies_round_trip_through_kombu_under_their_own_content_type() -> 
 
 
 def test_plain_json_from_stock_clients_is_accepted_and_pickle_is_not() -> None:
-    serialization.register_with_kombu()
+    register_serializer()
     _, _, data = dumps({"a": 1}, serializer="json")
     assert loads(
         data, "application/json", "utf-8", accept=prepare_accept_content(serialization.ACCEPTED)

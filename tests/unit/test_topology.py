@@ -133,3 +133,15 @@ def test_beat_runs_the_maintenance_tasks_on_the_celery_queue() -> None:
     assert router.route({}, RECONCILE_MARKER)["queue"].name == "document_processing"
     assert router.route({}, "docproc.document.process")["queue"].name == "document_processing"
     app.close()
+
+
+def test_the_delayed_delivery_names_are_kombus() -> None:
+    from kombu.transport import native_delayed_delivery as delayed
+
+    from service.topology import DELAY_LEVELS, DELAYED_DELIVERY_EXCHANGE, delay_level_name
+
+    assert delayed.MAX_NUMBER_OF_BITS_TO_USE == DELAY_LEVELS
+    assert delayed.CELERY_DELAYED_DELIVERY_EXCHANGE == DELAYED_DELIVERY_EXCHANGE
+    assert [delay_level_name(n) for n in range(DELAY_LEVELS)] == [
+        delayed.level_name(n) for n in range(DELAY_LEVELS)
+    ]
