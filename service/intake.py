@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 
 from service import pipeline
 from service.broker.connection import until
-from service.broker.publisher import Publisher, task_message
+from service.broker.publisher import TaskPublisher, task_message
 from service.errors import BrokerUnavailable, Conflict, DatabaseError, EmptyDocument, Unroutable
 from service.store import documents, idempotency, task_runs
 from service.store.database import AsyncStore
@@ -115,7 +115,7 @@ def accept(connection: Connection, upload: Upload, document_id: str, task_id: st
 
 
 async def publish_document_task(
-    publisher: Publisher, store: AsyncStore, document_id: str, task_id: str, correlation_id: str
+    publisher: TaskPublisher, store: AsyncStore, document_id: str, task_id: str, correlation_id: str
 ) -> bool:
     """Publish the document's task; True once RabbitMQ confirmed it. Marking it published is
     best effort: the message is in the broker whatever the store says, and the worker marks it
@@ -143,7 +143,7 @@ async def publish_document_task(
 class Intake:
     """Accepts uploads and keeps publishing those that could not be queued at once."""
 
-    def __init__(self, store: AsyncStore, publisher: Publisher) -> None:
+    def __init__(self, store: AsyncStore, publisher: TaskPublisher) -> None:
         self.store = store
         self.publisher = publisher
         self.waiting: dict[str, tuple[str, str]] = {}

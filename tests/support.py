@@ -450,3 +450,39 @@ async def topology_vhost(rabbitmq: RabbitMQ, store_url: str, **overrides: str) -
         await delete_vhost(rabbitmq, name)
         raise AssertionError(declared.stderr)
     return vhost
+
+
+@dataclass
+class Sent:
+    message: aio_pika.Message
+    routing_key: str
+    exchange: str
+
+
+class RecordingPublisher:
+    """A publisher that keeps what it is given (tests about HTTP need no broker); `refusal`
+    makes every publish raise it, as RabbitMQ away (BrokerUnavailable) or returning (Unroutable)
+    would."""
+
+    def __init__(self) -> None:
+        self.sent: list[Sent] = []
+        self.refusal: Exception | None = None
+        self.on_connect: Callable[[], None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.refusal is None
+
+    async def start(self) -> None:
+        if self.on_connect is not None:
+            self.on_connect()
+
+    async def publish(
+        self, message: aio_pika.Message, routing_key: str, *, exchange: str = "docproc"
+    ) -> None:
+        if self.refusal is not None:
+            raise self.refusal
+        self.sent.append(Sent(message, routing_key, exchange))
+
+    async def close(self) -> None:
+        return None

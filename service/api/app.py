@@ -19,7 +19,7 @@ from service.api.security import REQUIRED, require_api_key
 from service.api.server import slow_body_middleware
 from service.api.services import PROVIDERS, Services
 from service.broker.management import Management
-from service.broker.publisher import Publisher
+from service.broker.publisher import Publisher, TaskPublisher
 from service.deadletters.redrive import RedriveRunner
 from service.intake import Intake
 from service.logs import setup_logging
@@ -27,21 +27,23 @@ from service.settings import Settings
 from service.store.database import AsyncStore
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) -> Litestar:
+    """The API for `settings`; `publisher` replaces RabbitMQ's in tests that are about HTTP."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         store = AsyncStore(settings.resolved_database_url)
-        publisher = Publisher(settings)
+        publishing = publisher or Publisher(settings)
         management = Management.from_settings(settings)
-        runner = RedriveRunner(store, publisher)
-        intake = Intake(store, publisher)
-        publisher.on_connect = intake.wake.set
+        runner = RedriveRunner(store, publishing)
+        intake = Intake(store, publishing)
+        publishing.on_connect = intake.wake.set
         stop = asyncio.Event()
-        await publisher.start()
+        await publishing.start()
         app.state.services = Services(
             settings=settings,
             store=store,
-            publisher=publisher,
+            publisher=publishing,
             management=management,
             redrives=runner,
             intake=intake,
@@ -58,7 +60,7 @@ def create_app(settings: Settings) -> Litestar:
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await publisher.close()
+            await publishing.close()
             await management.aclose()
             await store.close()
 

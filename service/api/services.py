@@ -10,7 +10,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from service.broker.management import Management
-from service.broker.publisher import Publisher
+from service.broker.publisher import TaskPublisher
 from service.deadletters.redrive import RedriveRunner
 from service.intake import Intake
 from service.settings import Settings
@@ -21,7 +21,7 @@ from service.store.database import AsyncStore
 class Services:
     settings: Settings
     store: AsyncStore
-    publisher: Publisher
+    publisher: TaskPublisher
     management: Management
     redrives: RedriveRunner
     intake: Intake
@@ -36,7 +36,7 @@ async def provide_store(state: State) -> AsyncStore:
     return _services(state).store
 
 
-async def provide_publisher(state: State) -> Publisher:
+async def provide_publisher(state: State) -> TaskPublisher:
     return _services(state).publisher
 
 
@@ -62,7 +62,7 @@ PROVIDERS: dict[str, Any] = {
 
 # What handlers declare, by the names above.
 StoreDep = NamedDependency[AsyncStore]
-PublisherDep = NamedDependency[Publisher]
+PublisherDep = NamedDependency[TaskPublisher]
 ManagementDep = NamedDependency[Management]
 RedrivesDep = NamedDependency[RedriveRunner]
 IntakeDep = NamedDependency[Intake]

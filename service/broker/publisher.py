@@ -16,7 +16,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import aio_pika
 import aiormq
@@ -92,6 +92,25 @@ def task_message(
         correlation_id=task_id,
         message_id=str(uuid.uuid4()),
     )
+
+
+@runtime_checkable  # Litestar checks the dependencies it hands to handlers with isinstance
+class TaskPublisher(Protocol):
+    """What publishes for the API (intake, re-publish, redrive): RabbitMQ's `Publisher`, or a
+    recording fake in tests that are about HTTP."""
+
+    on_connect: Callable[[], None] | None
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def publish(
+        self, message: aio_pika.Message, routing_key: str, *, exchange: str = EXCHANGE
+    ) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class Publisher:

@@ -16,7 +16,7 @@ from datetime import timedelta
 from loguru import logger
 from sqlalchemy import Connection
 
-from service.broker.publisher import Publisher
+from service.broker.publisher import TaskPublisher
 from service.deadletters.republish import check, mark_handled, publish, run_versions
 from service.errors import BrokerUnavailable, DatabaseError, DocprocError
 from service.store import dead_letters, redrives
@@ -32,7 +32,9 @@ PENDING_BATCH = 256
 
 
 class RedriveRunner:
-    def __init__(self, store: AsyncStore, publisher: Publisher, owner: str | None = None) -> None:
+    def __init__(
+        self, store: AsyncStore, publisher: TaskPublisher, owner: str | None = None
+    ) -> None:
         self.store = store
         self.publisher = publisher
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"

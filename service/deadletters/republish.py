@@ -17,7 +17,7 @@ import aio_pika
 import msgspec
 from sqlalchemy import Connection
 
-from service.broker.publisher import Publisher
+from service.broker.publisher import TaskPublisher
 from service.deadletters.headers import from_json
 from service.deadletters.parsing import REPUBLISH_COUNT_HEADER, REPUBLISHED_FROM_HEADER
 from service.errors import Conflict, NotFound
@@ -145,14 +145,14 @@ def _cautions(letter: DeadLetter) -> list[str]:
     return found
 
 
-async def publish(publisher: Publisher, letter: DeadLetter, queue: str | None = None) -> None:
+async def publish(publisher: TaskPublisher, letter: DeadLetter, queue: str | None = None) -> None:
     """To the queue it died in (or `queue`), through the default exchange, confirmed."""
     await publisher.publish(message_for(letter), routing_key=queue or letter.queue, exchange="")
 
 
 async def republish(
     store: AsyncStore,
-    publisher: Publisher,
+    publisher: TaskPublisher,
     dead_letter_id: str,
     *,
     force: bool = False,

@@ -1,26 +1,24 @@
-"""Operator actions that cannot surprise, and answers that say precisely what happened."""
+"""Operator actions that cannot surprise, and answers that say precisely what happened (HTTP
+only: a recording publisher stands for RabbitMQ)."""
 
 from __future__ import annotations
 
 import base64
 from typing import Any
 
-import aio_pika
 import msgspec
-import pytest
 
 from service.store import task_runs
 from service.store.database import Store
-from tests.api.conftest import Client, take
 from tests.api.test_dead_letters_api import bury, dead_message
-
-pytestmark = pytest.mark.rabbitmq
+from tests.http.conftest import Client
+from tests.support import RecordingPublisher, eventually
 
 PROBLEM = "application/problem+json"
 
 
 async def test_a_redrive_needs_a_filter_or_all_and_a_dry_run_publishes_nothing(
-    client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
+    client: Client, store: Store, publisher: RecordingPublisher
 ) -> None:
     bury(store, *(dead_message(queue="retry_queue") for _ in range(3)))
     bury(store, dead_message(queue="document_processing"))
@@ -39,14 +37,13 @@ async def test_a_redrive_needs_a_filter_or_all_and_a_dry_run_publishes_nothing(
         "document_processing": 1,
     }
     assert sum(group["count"] for group in dry.json()["groups"]) == 4
-    queue = await channel.get_queue("retry_queue", ensure=False)
-    assert await queue.get(fail=False) is None, "a dry run publishes nothing"
+    assert publisher.sent == [], "a dry run publishes nothing"
     assert bogus.status_code == 400
     assert "delivery_limit" in bogus.json()["detail"], "the allowed reasons are listed"
 
 
 async def test_republishing_twice_asks_for_force_and_says_when_it_was_done(
-    client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
+    client: Client, store: Store, publisher: RecordingPublisher
 ) -> None:
     [record_id] = bury(store, dead_message())
 
@@ -60,12 +57,12 @@ async def test_republishing_twice_asks_for_force_and_says_when_it_was_done(
     assert "force=true" in again.json()["detail"]
     assert forced.status_code == 200
     assert forced.json()["republish_count"] == 2
-    await take(channel, "document_processing")
-    await take(channel, "document_processing")
+    assert [sent.routing_key for sent in publisher.sent] == ["document_processing"] * 2
+    assert publisher.sent[1].message.headers["x-docproc-republish-count"] == 2
 
 
 async def test_a_letter_that_killed_workers_or_died_elsewhere_is_not_republished_by_default(
-    client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
+    client: Client, store: Store, publisher: RecordingPublisher
 ) -> None:
     [killer] = bury(store, dead_message(reason="delivery_limit"))
     [forged] = bury(store, dead_message(queue="celery.pidbox.someone"))
@@ -81,6 +78,16 @@ async def test_a_letter_that_killed_workers_or_died_elsewhere_is_not_republished
     assert elsewhere.status_code == 409
     assert "?target=celery.pidbox.someone" in elsewhere.json()["detail"]
     assert redrive.status_code == 202
+    job = redrive.headers["location"]
+
+    async def failed_alone() -> dict[str, Any] | None:
+        found: dict[str, Any] = (await client.get(job)).json()
+        return found if found["state"] == "finished" else None
+
+    finished = await eventually(failed_alone, 10, "the redrive to finish")
+    assert (finished["published"], finished["failed"]) == (0, 1)
+    assert "not in one of docproc's work queues" in finished["last_error"]
+    assert publisher.sent == []
 
 
 async def test_discarding_twice_is_a_conflict_and_unknown_filters_are_refused(
