@@ -32,7 +32,7 @@ from service.broker.publisher import task_message
 from service.deadletters.parsing import RawMessage, read
 from service.store import outcomes
 from service.store.schema import dead_letters as table
-from service.tasks import PROCESS_DOCUMENT
+from service.task_contract import PROCESS_DOCUMENT
 from service.topology import DEAD_LETTER_QUEUE, DOCUMENT_QUEUE, EXCHANGE
 
 PREFETCH = 200

@@ -5,7 +5,7 @@ Documents are accepted as the API accepts them (document and PENDING task run in
 transaction, then a confirmed publish) while the worker is idle, so the figure is the worker's
 own: tasks per second from the first start to the last finish, as the store timestamps them.
 The no-op is `docproc.canary.succeed` on the same queue and worker; it keeps the task-state
-writes every docproc task gets. The direct call is `service.processing.process_document`, the
+writes every docproc task gets. The direct call is `service.indexing.index_document`, the
 function the task wraps (load, extract, chunk, the same store write), in as many processes as
 the worker has, with no Celery and no progress writes.
 """
@@ -31,13 +31,13 @@ from bench.load import drive
 from bench.report import Comparison, median
 from service import pipeline
 from service.broker.publisher import task_message
+from service.indexing import index_document
 from service.intake import Upload, accept
-from service.processing import process_document
 from service.settings import Settings
 from service.store import task_runs
 from service.store.database import Store
 from service.store.schema import task_runs as runs
-from service.tasks import CANARY_SUCCEED, PROCESS_DOCUMENT
+from service.task_contract import CANARY_SUCCEED, PROCESS_DOCUMENT
 from service.topology import DOCUMENT_QUEUE, EXCHANGE
 
 SMALL_BYTES = 2000
@@ -59,7 +59,7 @@ def direct(document_id: str) -> tuple[float, float]:
     assert _store is not None
     assert _settings is not None
     started = time.time()
-    process_document(_store, document_id, _settings)
+    index_document(_store, document_id, _settings)
     return started, time.time()
 
 

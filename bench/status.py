@@ -18,7 +18,7 @@ from bench.harness import BenchError, Process, Session, alternate, free_port, ht
 from bench.load import Load, client_cpu, http_load, latency
 from bench.report import Comparison, median
 from service.store import task_runs
-from service.tasks import PROCESS_DOCUMENT
+from service.task_contract import PROCESS_DOCUMENT
 from service.topology import DOCUMENT_QUEUE
 
 TASKS = 100

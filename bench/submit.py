@@ -17,7 +17,7 @@ from bench.harness import BenchError, Session, alternate
 from bench.load import Load, client_cpu, drive, http_load, latency
 from bench.report import Comparison, median
 from service.broker.publisher import task_message
-from service.tasks import PROCESS_DOCUMENT
+from service.task_contract import PROCESS_DOCUMENT
 from service.topology import DOCUMENT_QUEUE, EXCHANGE
 
 DOCUMENT_BYTES = 2000

@@ -26,8 +26,7 @@ from service.errors import BrokerUnavailable, Conflict, DatabaseError, EmptyDocu
 from service.store import documents, idempotency, task_runs
 from service.store.database import AsyncStore
 from service.store.schema import utcnow
-from service.tasks import PROCESS_DOCUMENT
-from service.topology import DOCUMENT_QUEUE
+from service.task_contract import PROCESS_DOCUMENT, queue_for
 
 RELAY_PAUSE = 1.0
 """Seconds between two attempts to publish what is waiting while the broker is connected."""
@@ -106,7 +105,7 @@ def accept(connection: Connection, upload: Upload, document_id: str, task_id: st
         task_id,
         PROCESS_DOCUMENT,
         document_id=document_id,
-        queue=DOCUMENT_QUEUE,
+        queue=queue_for(PROCESS_DOCUMENT),
         correlation_id=upload.correlation_id,
     )
     return Receipt(
@@ -128,7 +127,7 @@ async def publish_document_task(
                 kwargs={"document_id": document_id},
                 correlation_id=correlation_id,
             ),
-            routing_key=DOCUMENT_QUEUE,
+            routing_key=queue_for(PROCESS_DOCUMENT),
         )
     except (BrokerUnavailable, Unroutable) as exc:
         logger.warning("document {} accepted but not queued yet: {}", document_id, exc)

@@ -29,8 +29,14 @@ from aio_pika.abc import AbstractIncomingMessage
 from service.broker.connection import connect
 from service.broker.publisher import task_message
 from service.settings import Settings
-from service.tasks import CANARY_CRASH, CANARY_FAIL, CANARY_FLAKY, CANARY_SUCCEED
-from service.topology import DOCUMENT_QUEUE, EXCHANGE
+from service.task_contract import (
+    CANARY_CRASH,
+    CANARY_FAIL,
+    CANARY_FLAKY,
+    CANARY_SUCCEED,
+    queue_for,
+)
+from service.topology import EXCHANGE
 
 TASK_ID_PREFIX = "selftest-"
 SETTLE_SECONDS = 20.0
@@ -148,7 +154,7 @@ async def _run_paths(
                 correlation_id=task_id,
             )
             started[task_id] = path
-            await exchange.publish(message, routing_key=DOCUMENT_QUEUE, mandatory=True)
+            await exchange.publish(message, routing_key=queue_for(path.task), mandatory=True)
             began[task_id] = time.monotonic()
         return list(
             await asyncio.gather(

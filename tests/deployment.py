@@ -20,7 +20,7 @@ from service.store import task_runs
 from service.store.database import Store
 from service.store.migrations import upgrade
 from service.store.task_runs import TaskRun
-from service.tasks import PROCESS_DOCUMENT
+from service.task_contract import PROCESS_DOCUMENT
 from service.worker.app import DocprocCelery, create_celery
 from tests.support import (
     Process,

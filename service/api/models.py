@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from service.store.search import SearchHit
-from service.store.task_runs import TaskState
+from service.store.task_runs import RetryRecord, TaskState
 
 TASK_ID = "3f0c9a4e-6a57-4c1e-9d1e-2c2b6f1f7a10"
 DOCUMENT_ID = "b1f4c2de-0d4a-4b8e-8f5e-5a9e3c7d2b11"
@@ -64,13 +64,6 @@ class TaskError(msgspec.Struct, kw_only=True):
     traceback: str | None = None
 
 
-class RetryEntry(msgspec.Struct, kw_only=True):
-    at: datetime
-    delay: float
-    error_type: str | None
-    message: str | None
-
-
 class Timings(msgspec.Struct, kw_only=True):
     created_at: datetime
     started_at: datetime | None
@@ -85,7 +78,7 @@ class TaskStatus(msgspec.Struct, kw_only=True):
     state: Annotated[TaskState, msgspec.Meta(examples=["PROCESSING"])]
     progress: Progress
     retries: int
-    retry_history: list[RetryEntry]
+    retry_history: list[RetryRecord]
     error: TaskError | None
     timings: Timings
     document_id: str | None
@@ -231,13 +224,6 @@ class GroupOut(msgspec.Struct, kw_only=True):
 class GroupList(msgspec.Struct, kw_only=True):
     items: list[GroupOut]
     next_cursor: None = None
-
-
-class Republished(msgspec.Struct, kw_only=True):
-    dead_letter_id: str
-    queue: str
-    task_id: str | None
-    republish_count: int
 
 
 FilterText = Annotated[str, msgspec.Meta(max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]

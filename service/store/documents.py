@@ -9,6 +9,7 @@ from datetime import datetime
 import msgspec
 from sqlalchemy import Connection, delete, func, insert, select, update
 
+from service.pipeline.models import Chunk
 from service.store.database import as_struct, upsert
 from service.store.schema import chunks, document_texts, documents, task_runs, utcnow
 
@@ -44,13 +45,6 @@ class Upload(msgspec.Struct, frozen=True, kw_only=True):
     processed: bool
 
 
-class ChunkRow(msgspec.Struct, frozen=True, kw_only=True):
-    position: int
-    start: int
-    end: int
-    text: str
-
-
 class Extraction(msgspec.Struct, frozen=True, kw_only=True):
     """The outcome of processing one document, stored in one transaction."""
 
@@ -59,7 +53,7 @@ class Extraction(msgspec.Struct, frozen=True, kw_only=True):
     encoding: str | None
     page_count: int | None
     text: str
-    chunks: Sequence[ChunkRow]
+    chunks: Sequence[Chunk]
 
 
 _METADATA = [column for column in documents.c if column.name != "content"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,48 +17,20 @@ from service.broker.declarer import declare_topology
 from service.errors import ConfigError, DatabaseError, DocprocError, abort
 from service.logs import current_component, say_from_signal_handler, setup_logging
 from service.settings import Settings
-from service.store.database import Store
+from service.task_contract import ROUTES
 from service.topology import (
-    DOCUMENT_QUEUE,
     EXCHANGE,
     MAINTENANCE_QUEUE,
     WORK_QUEUES,
     Topology,
     build_topology,
 )
-from service.worker import canary, documents, lifecycle, maintenance
+from service.worker import canary, document_task, lifecycle, maintenance
+from service.worker.base_task import DocprocTask
+from service.worker.docproc_celery import DocprocCelery
 from service.worker.store_watch import StoreWatch
-from service.worker.task import DocprocTask
 
-TASK_ROUTES = {
-    "docproc.document.*": {"queue": DOCUMENT_QUEUE},
-    "docproc.canary.*": {"queue": DOCUMENT_QUEUE},
-    "docproc.maintenance.*": {"queue": MAINTENANCE_QUEUE},
-}
-
-
-class DocprocCelery(Celery):
-    """A Celery app that knows its docproc Settings and the store of the current process."""
-
-    _docproc_settings: Settings | None = None
-    _store: Store | None = None
-    _store_pid: int | None = None
-    migrated = False
-
-    @property
-    def settings(self) -> Settings:
-        if self._docproc_settings is None:
-            _ = self.conf  # configuring reads the settings (see create_celery)
-        assert self._docproc_settings is not None
-        return self._docproc_settings
-
-    @property
-    def store(self) -> Store:
-        """This process's store: created on first use, again after a fork (pool processes)."""
-        if self._store is None or self._store_pid != os.getpid():
-            self._store = Store(self.settings.resolved_database_url)
-            self._store_pid = os.getpid()
-        return self._store
+TASK_ROUTES = {pattern: {"queue": queue} for pattern, queue in ROUTES.items()}
 
 
 def celery_queues(topology: Topology) -> list[kombu.Queue]:
@@ -156,7 +127,7 @@ def create_celery(settings: Settings | None = None) -> DocprocCelery:
     _connect_signals(app)
     app.steps["consumer"].add(StoreWatch)
     canary.register(app)
-    documents.register(app)
+    document_task.register(app)
     maintenance.register(app)
     return app
 

@@ -19,7 +19,7 @@ from kombu import Queue
 from loguru import logger
 
 from service.errors import ProcessingError, TransientProcessingError
-from service.tasks import (
+from service.task_contract import (
     CANARY_CRASH,
     CANARY_FAIL,
     CANARY_FLAKY,
@@ -28,6 +28,7 @@ from service.tasks import (
     CANARY_SUCCEED,
 )
 from service.topology import RETRY_QUEUE
+from service.worker.docproc_celery import app_of
 from service.worker.progress import ProgressTracker
 
 AnyTask = Task[Any, Any]
@@ -157,7 +158,7 @@ def register(app: Celery) -> None:
         bounded("count", count, 1, 100)
         bounded("seconds", seconds, 0, 10)
         names = [f"step {n}" for n in range(1, count + 1)]
-        tracker = ProgressTracker(self.app.store, str(self.request.id), names)  # type: ignore[attr-defined]
+        tracker = ProgressTracker(app_of(self).store, str(self.request.id), names)
         for name in names:
             tracker.begin(name)
             time.sleep(seconds)

@@ -17,7 +17,7 @@ from service.errors import DatabaseError, error_type_of
 from service.logs import CORRELATION_HEADER, correlation_id
 from service.store import outcomes
 from service.store.database import Store
-from service.worker.task import budget_retries
+from service.worker.base_task import budget_retries
 
 # Native delayed delivery prefixes the routing key with 28 binary digits.
 _DELAY_PREFIX = re.compile(r"^(?:[01]\.){28}")

@@ -16,15 +16,16 @@ from service.logs import CORRELATION_HEADER
 from service.store import dead_letters, documents, idempotency, task_runs
 from service.store.documents import Document
 from service.store.schema import utcnow
-from service.tasks import (
+from service.task_contract import (
     EXPIRE_TASK_RUNS,
     PROCESS_DOCUMENT,
     PUBLISH_UNPUBLISHED,
     PURGE_DEAD_LETTERS,
     RECONCILE,
     RECONCILE_MARKER,
+    queue_for,
 )
-from service.topology import DOCUMENT_QUEUE
+from service.worker.docproc_celery import app_of
 
 SWEEP_GRACE = timedelta(seconds=30)
 """How old an unconfirmed acceptance must be before the sweeper publishes it: longer than the
@@ -62,7 +63,7 @@ def _send_document_task(app: Celery, document: Document) -> None:
         PROCESS_DOCUMENT,
         kwargs={"document_id": document.id},
         task_id=document.task_id,
-        queue=DOCUMENT_QUEUE,
+        queue=queue_for(PROCESS_DOCUMENT),
         headers={CORRELATION_HEADER: document.correlation_id or document.task_id},
     )
 
@@ -74,9 +75,9 @@ def register(app: Celery) -> None:
     @app.task(name=EXPIRE_TASK_RUNS, **options)
     @_skipped_while_the_store_is_down
     def expire_task_runs(self: Task[Any, Any]) -> int:
-        settings = self.app.settings  # type: ignore[attr-defined]
+        settings = app_of(self).settings
         before = utcnow() - timedelta(seconds=settings.result_expires)
-        store = self.app.store  # type: ignore[attr-defined]
+        store = app_of(self).store
         expired: int = store.run(task_runs.expire, before)
         keys = store.run(idempotency.expire, utcnow() - idempotency.WINDOW)
         logger.info(
@@ -90,9 +91,9 @@ def register(app: Celery) -> None:
     @app.task(name=PURGE_DEAD_LETTERS, **options)
     @_skipped_while_the_store_is_down
     def purge_dead_letters(self: Task[Any, Any]) -> int:
-        settings = self.app.settings  # type: ignore[attr-defined]
+        settings = app_of(self).settings
         now = utcnow()
-        purged: int = self.app.store.run(  # type: ignore[attr-defined]
+        purged: int = app_of(self).store.run(
             dead_letters.purge,
             dead_before=now - timedelta(seconds=settings.dead_letter_retention),
             handled_before=now - timedelta(seconds=settings.handled_dead_letter_retention),
@@ -106,7 +107,9 @@ def register(app: Celery) -> None:
         far: queues are first in, first out, so when a worker takes the marker, each of those
         has been delivered (reconcile_marker)."""
         sent = utcnow().isoformat()
-        self.app.send_task(RECONCILE_MARKER, kwargs={"sent_at": sent}, queue=DOCUMENT_QUEUE)
+        self.app.send_task(
+            RECONCILE_MARKER, kwargs={"sent_at": sent}, queue=queue_for(RECONCILE_MARKER)
+        )
         return sent
 
     @app.task(name=RECONCILE_MARKER, bind=True, shared=False)
@@ -117,8 +120,8 @@ def register(app: Celery) -> None:
         queue, a foreign consumer) and is published again. Counted in /tasks/stats and /metrics.
         A false alarm (a delivery the worker has not started yet) costs a duplicate message,
         which the worker skips."""
-        settings = self.app.settings  # type: ignore[attr-defined]
-        store = self.app.store  # type: ignore[attr-defined]
+        settings = app_of(self).settings
+        store = app_of(self).store
         try:
             marker = datetime.fromisoformat(sent_at)
         except (TypeError, ValueError):
@@ -139,7 +142,7 @@ def register(app: Celery) -> None:
     def publish_unpublished(self: Task[Any, Any]) -> int:
         """Publish what the API accepted but could not get confirmed (broker down or blocked,
         API killed between commit and publish). The client never has to resubmit."""
-        store = self.app.store  # type: ignore[attr-defined]
+        store = app_of(self).store
         waiting = store.run(documents.unpublished, utcnow() - SWEEP_GRACE, SWEEP_BATCH)
         for document in waiting:
             _send_document_task(self.app, document)

@@ -8,7 +8,7 @@ from celery import Celery
 
 from service.broker.publisher import task_message
 from service.logs import CORRELATION_HEADER
-from service.tasks import PROCESS_DOCUMENT
+from service.task_contract import PROCESS_DOCUMENT
 from service.worker.app import create_celery
 from tests.api.conftest import take
 from tests.support import Vhost

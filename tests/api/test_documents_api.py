@@ -11,11 +11,12 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
 from service.api.app import create_app
+from service.pipeline import Chunk
 from service.settings import Settings
 from service.store import documents
 from service.store.database import Store
-from service.store.documents import ChunkRow, Extraction
-from service.tasks import PROCESS_DOCUMENT
+from service.store.documents import Extraction
+from service.task_contract import PROCESS_DOCUMENT
 from tests.api.conftest import Client, take
 
 pytestmark = pytest.mark.rabbitmq
@@ -167,7 +168,7 @@ async def test_text_and_search_once_a_document_is_processed(client: Client, stor
             encoding="utf-8",
             page_count=None,
             text=TEXT.decode(),
-            chunks=[ChunkRow(position=0, start=0, end=len(TEXT), text=TEXT.decode())],
+            chunks=[Chunk(position=0, start=0, end=len(TEXT), text=TEXT.decode())],
         ),
     )
 
@@ -293,7 +294,7 @@ async def test_identical_uploads_are_said_to_be_and_found_once(
                 encoding="utf-8",
                 page_count=None,
                 text=TEXT.decode(),
-                chunks=[ChunkRow(position=0, start=0, end=len(TEXT), text=TEXT.decode())],
+                chunks=[Chunk(position=0, start=0, end=len(TEXT), text=TEXT.decode())],
             ),
         )
 

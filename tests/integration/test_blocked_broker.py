@@ -18,7 +18,7 @@ from sqlalchemy import text
 from service.broker.publisher import PUBLISH_TIMEOUT
 from service.store import task_runs
 from service.store.database import Store
-from service.tasks import PUBLISH_UNPUBLISHED
+from service.task_contract import PUBLISH_UNPUBLISHED
 from service.worker.app import create_celery
 from tests.support import (
     Process,

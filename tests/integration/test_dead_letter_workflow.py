@@ -20,7 +20,7 @@ from service.deadletters.consumer import store_batch
 from service.deadletters.parsing import RawMessage
 from service.store import task_runs
 from service.store.task_runs import TaskRun
-from service.tasks import PROCESS_DOCUMENT
+from service.task_contract import PROCESS_DOCUMENT
 from tests import corpus
 from tests.deployment import Deployment, clear_index_failure, inject_index_failure
 from tests.support import eventually

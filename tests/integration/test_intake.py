@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from service.store import documents, task_runs
 from service.store.database import Store
-from service.tasks import RECONCILE
+from service.task_contract import RECONCILE
 from service.worker.app import create_celery
 from tests.store.test_documents_and_search import add_document
 from tests.support import (

@@ -19,7 +19,7 @@ from service.store import dead_letters, task_runs
 from service.store.database import Store
 from service.store.dead_letters import Filters
 from service.store.migrations import upgrade
-from service.tasks import EXPIRE_TASK_RUNS, PROCESS_DOCUMENT
+from service.task_contract import EXPIRE_TASK_RUNS, PROCESS_DOCUMENT
 from service.topology import DOCUMENT_QUEUE
 from service.worker.app import create_celery
 from tests.support import (

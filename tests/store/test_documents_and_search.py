@@ -6,10 +6,11 @@ import uuid
 import pytest
 
 from service.errors import DatabaseError, InvalidQuery
+from service.pipeline import Chunk
 from service.search_syntax import parse
 from service.store import documents, search
 from service.store.database import AsyncStore, Store
-from service.store.documents import ChunkRow, Extraction
+from service.store.documents import Extraction
 
 
 def add_document(store: Store, content: bytes = b"hello", filename: str = "a.txt") -> str:
@@ -32,7 +33,7 @@ def extraction(*paragraphs: str) -> Extraction:
     rows, start = [], 0
     for position, paragraph in enumerate(paragraphs):
         rows.append(
-            ChunkRow(position=position, start=start, end=start + len(paragraph), text=paragraph)
+            Chunk(position=position, start=start, end=start + len(paragraph), text=paragraph)
         )
         start += len(paragraph) + 2
     return Extraction(

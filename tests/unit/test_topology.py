@@ -107,7 +107,7 @@ def test_the_celery_configuration_dead_letters_instead_of_acking_failures() -> N
 
 
 def test_beat_runs_the_maintenance_tasks_on_the_celery_queue() -> None:
-    from service.tasks import (
+    from service.task_contract import (
         EXPIRE_TASK_RUNS,
         PUBLISH_UNPUBLISHED,
         PURGE_DEAD_LETTERS,

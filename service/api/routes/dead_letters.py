@@ -23,7 +23,6 @@ from service.api.models import (
     RedriveOut,
     RedrivePreview,
     RedriveRequest,
-    Republished,
 )
 from service.api.params import PathId, QueryText
 from service.api.responses import errors
@@ -31,6 +30,7 @@ from service.api.services import PublisherDep, RedrivesDep, StoreDep
 from service.api.tracebacks import relative_paths
 from service.deadletters import republish as republishing
 from service.deadletters.headers import plain
+from service.deadletters.republish import Republished
 from service.errors import BadRequest, Conflict, NotFound
 from service.store import dead_letters, redrives
 from service.store.dead_letters import DeadLetter, Filters, Group, Status
@@ -291,14 +291,8 @@ async def republish_one(
     force: FromQuery[bool] = False,
     target: QueryText = None,
 ) -> Republished:
-    done = await republishing.republish(
+    return await republishing.republish(
         store, publisher, dead_letter_id, force=force, target=target
-    )
-    return Republished(
-        dead_letter_id=done.dead_letter_id,
-        queue=done.queue,
-        task_id=done.task_id,
-        republish_count=done.republish_count,
     )
 
 

@@ -15,7 +15,6 @@ from service.api.models import (
     DeadLetterCounts,
     Progress,
     QueueStats,
-    RetryEntry,
     Stats,
     TaskError,
     TaskStatus,
@@ -31,7 +30,7 @@ from service.errors import BrokerUnavailable, Conflict, NotFound
 from service.intake import publish_document_task
 from service.store import dead_letters, task_runs
 from service.store.task_runs import TaskRun
-from service.tasks import PROCESS_DOCUMENT
+from service.task_contract import PROCESS_DOCUMENT
 
 RETRYABLE = frozenset({"FAILURE", "DEAD", "REVOKED"})
 
@@ -57,10 +56,7 @@ def status_of(run: TaskRun, *, with_traceback: bool = False) -> TaskStatus:
             percent=run.percent,
         ),
         retries=run.retries,
-        retry_history=[
-            RetryEntry(at=r.at, delay=r.delay, error_type=r.error_type, message=r.message)
-            for r in run.retry_history
-        ],
+        retry_history=run.retry_history,
         error=error,
         timings=Timings(
             created_at=run.created_at,

@@ -1,5 +1,6 @@
-"""Processing one stored document: load, extract, chunk, index. The worker's document task runs
-this; it knows nothing of Celery, so it can be called (and benchmarked) directly."""
+"""Indexing: one stored document made searchable — load, extract, chunk, index. The worker's
+document task runs this; it knows nothing of Celery, so it can be called (and benchmarked)
+directly. The pipeline (bytes in, text out) is service.pipeline."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from service.errors import DocumentNotFound, TooLarge
 from service.settings import Settings
 from service.store import documents
 from service.store.database import Store
-from service.store.documents import ChunkRow, Extraction
+from service.store.documents import Extraction
 
 STEPS = ("load", "extract", "chunk", "index")
 
@@ -22,7 +23,7 @@ def _nothing(step: str) -> None:
     """No progress to record."""
 
 
-def process_document(
+def index_document(
     store: Store,
     document_id: str,
     settings: Settings,
@@ -67,10 +68,7 @@ def process_document(
                 encoding=extracted.encoding,
                 page_count=extracted.page_count,
                 text=extracted.text,
-                chunks=[
-                    ChunkRow(position=c.position, start=c.start, end=c.end, text=c.text)
-                    for c in chunks
-                ],
+                chunks=chunks,
             ),
         )
     except documents.AlreadyProcessed:

@@ -1,4 +1,4 @@
-"""The document task: `service.processing` under Celery, each step recorded as progress."""
+"""The document task: `service.indexing` under Celery, each step recorded as progress."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 from celery import Celery, Task
 
 from service.errors import InvalidTaskArguments
-from service.processing import STEPS, process_document
-from service.tasks import PROCESS_DOCUMENT
+from service.indexing import STEPS, index_document
+from service.task_contract import PROCESS_DOCUMENT
+from service.worker.docproc_celery import app_of
 from service.worker.progress import ProgressTracker
 
 PROCESS = PROCESS_DOCUMENT
@@ -23,6 +24,6 @@ def register(app: Celery) -> None:
             raise InvalidTaskArguments(
                 f"document_id is {type(document_id).__name__} {document_id!r:.60}, not an id"
             )
-        store = self.app.store  # type: ignore[attr-defined]
+        store = app_of(self).store
         progress = ProgressTracker(store, str(self.request.id), STEPS)
-        return process_document(store, document_id, self.app.settings, progress.begin)  # type: ignore[attr-defined]
+        return index_document(store, document_id, app_of(self).settings, progress.begin)

@@ -31,13 +31,14 @@ from service.errors import (
 )
 from service.logs import CORRELATION_HEADER
 from service.store import outcomes, task_runs
-from service.tasks import (
+from service.task_contract import (
     ERROR_MESSAGE_HEADER,
     ERROR_TYPE_HEADER,
     PENDING_FAILURE_HEADER,
     STORE_WAITS_HEADER,
 )
 from service.topology import RETRY_QUEUE
+from service.worker.docproc_celery import app_of
 from service.worker.retry_policy import backoff_delay
 
 _NOT_CARRIED = (
@@ -103,9 +104,9 @@ class DocprocTask(Task):  # type: ignore[type-arg]
         """Record a permanent failure before the message is rejected; when the store cannot take
         it, wait for the store instead (the failure travels in the retry's headers)."""
         try:
-            self.app.store.run(  # type: ignore[attr-defined]
+            app_of(self).store.run(
                 outcomes.task_failed,
-                self.request.id,
+                str(self.request.id),
                 self.name,
                 state="FAILURE",
                 error_type=error_type_of(exc),
@@ -142,7 +143,7 @@ class DocprocTask(Task):  # type: ignore[type-arg]
         return waits if isinstance(waits, int) and waits >= 0 else 0
 
     def wait_for_store(self, exc: Exception, *, pending: bool = False) -> Retry:
-        settings = self.app.settings  # type: ignore[attr-defined]
+        settings = app_of(self).settings
         waits = self._store_waits() + 1
         delay = backoff_delay(
             waits, settings.retry_delay, min(settings.retry_backoff_max, STORE_WAIT_MAX)
@@ -161,15 +162,15 @@ class DocprocTask(Task):  # type: ignore[type-arg]
         )
 
     def retry_later(self, exc: DocprocError) -> Retry:
-        settings = self.app.settings  # type: ignore[attr-defined]
+        settings = app_of(self).settings
         waits = self._store_waits()
         attempt = budget_retries(self.request) + 1
         delay = backoff_delay(attempt, settings.retry_delay, settings.retry_backoff_max)
         if attempt <= settings.max_retries:
             try:
-                self.app.store.run(  # type: ignore[attr-defined]
+                app_of(self).store.run(
                     task_runs.record_retry,
-                    self.request.id,
+                    str(self.request.id),
                     retries=attempt,
                     delay=delay,
                     error_type=error_type_of(exc),

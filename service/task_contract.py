@@ -1,7 +1,10 @@
-"""Task names: the contract between whoever publishes a task (API, beat, CLI) and the worker.
+"""The task contract between whoever publishes a task (API, beat, selftest, a stock Celery client)
+and the worker: the task names, the queue each goes to, and the headers docproc adds.
 
 Publishers import these instead of the Celery app, which only the worker loads.
 """
+
+from service.topology import DOCUMENT_QUEUE, MAINTENANCE_QUEUE
 
 PROCESS_DOCUMENT = "docproc.document.process"
 EXPIRE_TASK_RUNS = "docproc.maintenance.expire_task_runs"
@@ -18,7 +21,22 @@ CANARY_CRASH = "docproc.canary.crash"
 CANARY_SLEEP = "docproc.canary.sleep"
 CANARY_STEPS = "docproc.canary.steps"
 
-# Headers a retried task carries (worker.task), read from its dead letter (deadletters.parsing).
+ROUTES: dict[str, str] = {
+    "docproc.document.*": DOCUMENT_QUEUE,
+    "docproc.canary.*": DOCUMENT_QUEUE,
+    "docproc.maintenance.*": MAINTENANCE_QUEUE,
+}
+"""Which queue each task goes to, by name pattern: the worker's Celery routes are these."""
+
+
+def queue_for(task: str) -> str:
+    """The queue `task` is published to (see ROUTES)."""
+    family = task.rsplit(".", 1)[0] + ".*"
+    return ROUTES.get(family, MAINTENANCE_QUEUE)
+
+
+# Headers a retried task carries (worker.base_task), read from its dead letter
+# (deadletters.parsing).
 STORE_WAITS_HEADER = "x-docproc-store-waits"
 """How many of a task's retries were waits for the store (they do not count against the budget)."""
 ERROR_TYPE_HEADER = "x-docproc-error-type"
