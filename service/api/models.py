@@ -1,4 +1,4 @@
-"""Request and response models of the HTTP API (DESIGN.md, "HTTP API"), kept apart from the store's
+"""Request and response models of the HTTP API (README.md, "Using it"), kept apart from the store's
 rows. Inputs are closed: unknown fields are an error."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Re-publishing a dead letter: the same message, a fresh delivery on its original queue.
 
-Headers are cleaned as RabbitMQ and Celery need (DESIGN.md, "Facts about the platform"): death
+Headers are cleaned as RabbitMQ and Celery need (docs/architecture.md, "Platform facts"): death
 headers stripped (RabbitMQ < 4 reads them, and its cycle detection drops messages that seem to
 loop), the retry budget reset, a Celery `expires` in the past dropped; lineage is added. The
 message goes through the default exchange to the queue named by x-death[0], so it lands exactly
