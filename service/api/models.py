@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from service.store.dead_letters import Group
 from service.store.search import SearchHit
 from service.store.task_runs import RetryRecord, TaskState
 
@@ -208,21 +209,8 @@ class DeadLetterPage(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
-class GroupOut(msgspec.Struct, kw_only=True):
-    group: str
-    task: str | None
-    error_type: str | None
-    reason: str
-    queue: str
-    count: int
-    first_seen: datetime
-    last_seen: datetime
-    example_id: str
-    example_message: str | None
-
-
 class GroupList(msgspec.Struct, kw_only=True):
-    items: list[GroupOut]
+    items: list[Group]
     next_cursor: None = None
 
 
@@ -261,7 +249,7 @@ class RedrivePreview(msgspec.Struct, kw_only=True):
     """What a redrive with these filters would re-publish (a dry run): nothing was published."""
 
     matched: int
-    groups: list[GroupOut]
+    groups: list[Group]
     queues: list[Count]
 
 

@@ -18,7 +18,7 @@ from service.topology import build_topology, export_definitions
 
 @click.group()
 def topology() -> None:
-    """The broker topology: exchanges, queues, dead-lettering (docs/architecture.md, "Broker topology").
+    """The broker topology: exchanges, queues, dead-lettering (docs/architecture.md).
 
     \b
     Examples:

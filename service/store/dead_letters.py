@@ -6,7 +6,7 @@ import base64
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from sqlalchemy import Connection, Select, and_, delete, func, insert, or_, select, update
@@ -91,8 +91,10 @@ class Filters(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 class Group(msgspec.Struct, frozen=True, kw_only=True):
-    fingerprint: str
-    task_name: str | None
+    """Letters that failed for one cause (service.grouping); the API answers with these."""
+
+    group: Annotated[str, msgspec.Meta(description="the cause's fingerprint")]
+    task: str | None
     error_type: str | None
     reason: str
     queue: str
@@ -314,8 +316,8 @@ def groups(connection: Connection, filters: Filters) -> list[Group]:
         ).scalar_one_or_none()
         result.append(
             Group(
-                fingerprint=row.fingerprint,
-                task_name=row.task_name,
+                group=row.fingerprint,
+                task=row.task_name,
                 error_type=row.error_type,
                 reason=row.reason,
                 queue=row.queue,

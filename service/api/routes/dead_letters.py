@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Response, delete, get, post
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
@@ -18,7 +19,6 @@ from service.api.models import (
     DeadLetterSummary,
     Discarded,
     GroupList,
-    GroupOut,
     RedriveList,
     RedriveOut,
     RedrivePreview,
@@ -33,7 +33,7 @@ from service.deadletters.headers import plain
 from service.deadletters.republish import Republished
 from service.errors import BadRequest, Conflict, NotFound
 from service.store import dead_letters, redrives
-from service.store.dead_letters import DeadLetter, Filters, Group, Status
+from service.store.dead_letters import DeadLetter, Filters, Status
 from service.store.redrives import Redrive
 
 TAGS = ["dead letters"]
@@ -105,21 +105,6 @@ def detail_of(letter: DeadLetter) -> DeadLetterDetail:
     )
 
 
-def group_of(group: Group) -> GroupOut:
-    return GroupOut(
-        group=group.fingerprint,
-        task=group.task_name,
-        error_type=group.error_type,
-        reason=group.reason,
-        queue=group.queue,
-        count=group.count,
-        first_seen=group.first_seen,
-        last_seen=group.last_seen,
-        example_id=group.example_id,
-        example_message=group.example_message,
-    )
-
-
 def reason_filter(value: str | None) -> str | None:
     if value is not None and value not in dead_letters.REASONS:
         raise BadRequest(
@@ -127,6 +112,35 @@ def reason_filter(value: str | None) -> str | None:
             f"{', '.join(dead_letters.REASONS)}"
         )
     return value
+
+
+async def filters_from_query(
+    *,
+    queue: QueryText = None,
+    reason: QueryText = None,
+    task: QueryText = None,
+    error_type: QueryText = None,
+    group: QueryText = None,
+    task_id: QueryText = None,
+    since: FromQuery[datetime | None] = None,
+    until: FromQuery[datetime | None] = None,
+    status: FromQuery[Status] = "active",
+) -> Filters:
+    """The list filters of the dead-letter endpoints, from the query string, checked."""
+    return Filters(
+        queue=queue,
+        reason=reason_filter(reason),
+        task=task,
+        error_type=error_type,
+        group=group,
+        task_id=task_id,
+        since=moment("since", since),
+        until=moment("until", until),
+        status=status,
+    )
+
+
+FILTERS = {"filters": Provide(filters_from_query)}
 
 
 def redrive_of(job: Redrive) -> RedriveOut:
@@ -147,39 +161,22 @@ def redrive_of(job: Redrive) -> RedriveOut:
 
 @get(
     "/dead-letters",
+    dependencies=FILTERS,
     responses=errors(400, 503),
     tags=TAGS,
     summary="Dead letters, newest first",
-    description="Filters combine with AND; `status` is `active` (neither re-published nor "
-    "discarded, the default), `republished`, `discarded` or `all`. Pass `next_cursor` back as "
-    "`cursor` for the next page.",
+    description="Filters combine with AND; `status` is `active` (neither re-published, "
+    "discarded nor superseded: the default), `republished`, `discarded`, `superseded` (its task "
+    "succeeded since), `redrivable` (active or re-published) or `all`. Pass `next_cursor` back "
+    "as `cursor` for the next page.",
 )
 async def list_dead_letters(
     *,
     store: StoreDep,
-    queue: QueryText = None,
-    reason: QueryText = None,
-    task: QueryText = None,
-    error_type: QueryText = None,
-    group: QueryText = None,
-    since: FromQuery[datetime | None] = None,
-    until: FromQuery[datetime | None] = None,
-    status: FromQuery[Status] = "active",
-    task_id: QueryText = None,
+    filters: NamedDependency[Filters],
     cursor: QueryText = None,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
 ) -> DeadLetterPage:
-    filters = Filters(
-        queue=queue,
-        reason=reason_filter(reason),
-        task=task,
-        error_type=error_type,
-        group=group,
-        since=moment("since", since),
-        until=moment("until", until),
-        status=status,
-        task_id=task_id,
-    )
     if cursor is not None and dead_letters.read_cursor(cursor) is None:
         raise BadRequest(f"cursor {cursor[:80]!r} is not a next_cursor this API gave out")
     found = await store.run(dead_letters.page, filters, limit=limit, cursor=cursor)
@@ -190,6 +187,7 @@ async def list_dead_letters(
 
 @get(
     "/dead-letters/groups",
+    dependencies=FILTERS,
     responses=errors(400, 503),
     tags=TAGS,
     summary="Failures grouped by task, error type and fingerprint",
@@ -198,29 +196,9 @@ async def list_dead_letters(
     'with `POST /dead-letters/redrive {"group": ...}`, discard it with '
     "`DELETE /dead-letters/groups/{group}`.",
 )
-async def list_groups(
-    *,
-    store: StoreDep,
-    queue: QueryText = None,
-    reason: QueryText = None,
-    task: QueryText = None,
-    error_type: QueryText = None,
-    since: FromQuery[datetime | None] = None,
-    until: FromQuery[datetime | None] = None,
-    status: FromQuery[Status] = "active",
-) -> GroupList:
-    filters = Filters(
-        queue=queue,
-        reason=reason_filter(reason),
-        task=task,
-        error_type=error_type,
-        group=None,
-        since=moment("since", since),
-        until=moment("until", until),
-        status=status,
-    )
+async def list_groups(*, store: StoreDep, filters: NamedDependency[Filters]) -> GroupList:
     found = await store.run(dead_letters.groups, filters)
-    return GroupList(items=[group_of(g) for g in found])
+    return GroupList(items=found)
 
 
 @delete(
@@ -358,7 +336,7 @@ async def start_redrive(
         queues = await store.run(dead_letters.by_queue, filters)
         preview = RedrivePreview(
             matched=sum(group.count for group in found),
-            groups=[group_of(group) for group in found],
+            groups=found,
             queues=[Count(name=name, count=count) for name, count in sorted(queues.items())],
         )
         return Response(preview, status_code=200)
