@@ -8,23 +8,18 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aio_pika
 import httpx
 import pytest
-import pytest_asyncio
 
 from tests import corpus
+from tests.e2e.conftest import Running, alive, descendants, docproc
 from tests.support import (
     ROOT,
     Process,
-    RabbitMQ,
     Vhost,
-    create_vhost,
-    delete_vhost,
     docproc_command,
     eventually,
     free_port,
@@ -32,63 +27,6 @@ from tests.support import (
 )
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
-
-
-def descendants(pid: int) -> set[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    children = {int(p) for p in found.stdout.split()}
-    return children.union(*(descendants(child) for child in children)) if children else set()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-@dataclass
-class Running:
-    up: Process
-    env: dict[str, str]
-    api: str
-    directory: Path
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def running(rabbitmq: RabbitMQ, tmp_path: Path) -> AsyncIterator[Running]:
-    name = await create_vhost(rabbitmq)
-    port = free_port()
-    env = Vhost(rabbitmq, name).env(
-        DOCPROC_API_PORT=str(port), CELERY_RETRY_DELAY="1", CELERY_RETRY_BACKOFF_MAX="2"
-    )
-    env["PYTHONPATH"] = str(ROOT)
-    up = Process(docproc_command("up"), env, tmp_path / "up.log", cwd=tmp_path)
-
-    async def banner() -> bool | None:
-        if not up.alive():
-            raise AssertionError(f"docproc up exited:\n{up.tail()}")
-        return True if "docproc is up" in up.output() else None
-
-    try:
-        await eventually(banner, 90, "docproc up to be ready", interval=0.2)
-        yield Running(up, env, f"http://127.0.0.1:{port}", tmp_path)
-    finally:
-        up.stop(timeout=90)
-        await delete_vhost(rabbitmq, name)
-
-
-def docproc(running: Running, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        docproc_command(*args, "--api", running.api) if args[0] != "up" else docproc_command(*args),
-        env=running.env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=running.directory,
-        check=False,
-    )
 
 
 async def test_a_new_user_runs_it_submits_a_folder_searches_and_stops_it_cleanly(

@@ -1,0 +1,256 @@
+"""Hostile input against a real `docproc up`: each message, upload, query and client an attacker
+tried. Throughout: no process exits or restarts, /health keeps answering promptly, every dead
+message is stored, and what is accepted ends SUCCESS or DEAD with its reason."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import httpx
+import pytest
+import pytest_asyncio
+
+from service.store import outcomes, task_runs
+from service.store.database import Store
+from service.task_contract import CANARY_SUCCEED
+from tests.e2e.conftest import Running, descendants, docproc
+from tests.support import eventually
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
+
+HEALTH_BOUND = 1.0
+"""Seconds /health may take at worst while the attack goes on: a blocked event loop would show
+as seconds (the 100 ms it takes on an idle machine is a figure for bench/, not a test)."""
+
+
+class Watch:
+    """/health probed every 50 ms in the background; the slowest answer, and any failure."""
+
+    def __init__(self, api: str) -> None:
+        self.api = api
+        self.slowest = 0.0
+        self.failures: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _probe(self) -> None:
+        async with httpx.AsyncClient(base_url=self.api, timeout=10) as http:
+            while True:
+                started = time.monotonic()
+                try:
+                    response = await http.get("/health")
+                    if response.status_code != 200:
+                        self.failures.append(f"/health answered {response.status_code}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                self.slowest = max(self.slowest, time.monotonic() - started)
+                await asyncio.sleep(0.05)
+
+    def __enter__(self) -> Watch:
+        self._task = asyncio.create_task(self._probe())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def attacked(running: Running) -> AsyncIterator[tuple[Running, Watch]]:
+    family = descendants(running.up.popen.pid)
+    with Watch(running.api) as watch:
+        yield running, watch
+    assert not watch.failures, watch.failures[:5]
+    assert watch.slowest < HEALTH_BOUND, f"/health took {watch.slowest:.2f} s at worst"
+    assert "restarting it" not in running.up.output(), "no process died"
+    assert family <= descendants(running.up.popen.pid) | family, "the same processes"
+    assert running.up.alive()
+
+
+async def publish(
+    running: Running, exchange: str, routing_key: str, message: aio_pika.Message
+) -> None:
+    connection = await running.vhost.connect()
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        target = (
+            channel.default_exchange
+            if exchange == ""
+            else await channel.get_exchange(exchange, ensure=False)
+        )
+        await target.publish(message, routing_key=routing_key)
+
+
+async def letters(running: Running, **params: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=running.api) as http:
+        found: list[dict[str, Any]] = (
+            await http.get("/dead-letters", params={"status": "all", "limit": "500", **params})
+        ).json()["items"]
+    return found
+
+
+async def test_no_message_stops_the_worker_or_the_dlq_consumer(
+    attacked: tuple[Running, Watch],
+) -> None:
+    running, _ = attacked
+    marker = f"hostile-{time.time_ns()}"
+    # Killed Celery's main process: a task body without Celery's headers, on both queues.
+    for queue in ("document_processing", "celery"):
+        await publish(
+            running,
+            "docproc",
+            queue,
+            aio_pika.Message(
+                b'{"task": "docproc.canary.succeed"}',
+                content_type="application/json",
+                message_id=f"{marker}-{queue}",
+            ),
+        )
+    # Stopped the DLQ consumer for ever: death headers it could not read, a NUL.
+    died = datetime.now(UTC)
+    for n, death in enumerate(
+        [
+            {"count": "abc", "reason": "rejected", "queue": "document_processing", "time": died},
+            {"count": 1, "reason": "rejected", "routing-keys": "not-a-list", "time": died},
+            {"count": 1, "reason": "rejected\x00", "queue": "document\x00processing"},
+        ]
+    ):
+        await publish(
+            running,
+            "docproc.dlx",
+            "document_processing",
+            aio_pika.Message(
+                b"\x00\xff",
+                headers={"x-death": [death], "task": "t\x00n", "id": f"{marker}-{n}"},
+                message_id=f"{marker}-dlx-{n}",
+            ),
+        )
+
+    async def stored() -> list[dict[str, Any]] | None:
+        found = [
+            letter
+            for letter in await letters(running)
+            if str(letter.get("task_id") or "").startswith(marker)
+            or letter["error_type"] == "NotACeleryMessage"
+        ]
+        return found if len(found) >= 5 else None
+
+    found = await eventually(stored, 60, "every hostile message to be stored")
+    assert {letter["error_type"] for letter in found} >= {"NotACeleryMessage"}
+    async with httpx.AsyncClient(base_url=running.api) as http:
+        details = [(await http.get(f"/dead-letters/{letter['id']}")).json() for letter in found]
+    assert any(detail["problems"] for detail in details), "what could not be read is said"
+
+
+async def test_a_forged_letter_neither_republishes_elsewhere_nor_undoes_a_success(
+    attacked: tuple[Running, Watch],
+) -> None:
+    running, _ = attacked
+    store = Store(f"sqlite:///{running.directory / 'var' / 'docproc.db'}")
+    task_id = f"succeeded-{time.time_ns()}"
+    store.run(task_runs.record_pending, task_id, CANARY_SUCCEED)
+    store.run(outcomes.task_succeeded, task_id)
+    forged = aio_pika.Message(
+        b"[[], {}, {}]",
+        content_type="application/json",
+        headers={
+            "task": CANARY_SUCCEED,
+            "id": task_id,
+            "x-death": [{"count": 1, "reason": "rejected", "queue": "celery.pidbox"}],
+            "x-tag": {"$bytes": "!!!"},
+        },
+    )
+    await publish(running, "docproc.dlx", "celery.pidbox", forged)
+
+    async def stored() -> dict[str, Any] | None:
+        found = await letters(running, task_id=task_id)
+        return found[0] if found else None
+
+    letter = await eventually(stored, 30, "the forged letter to be stored")
+    async with httpx.AsyncClient(base_url=running.api) as http:
+        republish = await http.post(f"/dead-letters/{letter['id']}/republish")
+        status = (await http.get(f"/tasks/{task_id}/status")).json()
+    assert republish.status_code == 409
+    assert status["state"] == "SUCCESS", "a dead letter never undoes a success"
+    store.close()
+
+
+async def test_searches_that_cost_much_do_not_pin_the_api(
+    attacked: tuple[Running, Watch],
+) -> None:
+    running, watch = attacked
+    # The same word a hundred times once ran for minutes; here, many terms and prefixes too.
+    heavy = (" ".join(["the"] * 60) + " " + " OR ".join(f"w{n}*" for n in range(30)))[:500]
+    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
+        answers = await asyncio.gather(
+            *(http.get("/search", params={"q": heavy, "limit": "100"}) for _ in range(20))
+        )
+    assert {answer.status_code for answer in answers} <= {200, 503}
+    assert watch.slowest < HEALTH_BOUND
+
+
+async def test_clients_that_never_finish_their_headers_are_let_go(
+    attacked: tuple[Running, Watch],
+) -> None:
+    running, watch = attacked
+    port = int(running.api.rsplit(":", 1)[1])
+    slow = []
+    for _ in range(200):
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the end
+        slow.append(client)
+    try:
+
+        def closed_by_the_server(sock: socket.socket) -> bool:
+            sock.settimeout(0.01)
+            try:
+                return sock.recv(1) == b""
+            except TimeoutError:
+                return False
+            except OSError:
+                return True
+
+        async def let_go() -> bool | None:
+            return True if all(closed_by_the_server(s) for s in slow) else None
+
+        await eventually(let_go, 30, "the server to close connections that never finish")
+        assert watch.slowest < HEALTH_BOUND
+    finally:
+        for client in slow:
+            with contextlib.suppress(OSError):
+                client.close()
+
+
+async def test_escape_sequences_in_a_task_name_do_not_reach_the_terminal(
+    attacked: tuple[Running, Watch],
+) -> None:
+    running, _ = attacked
+    await publish(
+        running,
+        "docproc.dlx",
+        "document_processing",
+        aio_pika.Message(
+            b"[[], {}, {}]",
+            content_type="application/json",
+            headers={
+                "task": "evil\x1b]0;pwned\x07\x1b[31mred",
+                "id": f"esc-{time.time_ns()}",
+                "x-death": [{"count": 1, "reason": "rejected", "queue": "document_processing"}],
+            },
+        ),
+    )
+
+    async def stored() -> bool | None:
+        return True if await letters(running, reason="rejected") else None
+
+    await eventually(stored, 30, "the letter to be stored")
+    groups = await asyncio.to_thread(docproc, running, "dead-letters", "groups")
+    assert groups.returncode == 0, groups.stderr
+    assert "\x1b" not in groups.stdout
+    assert "\\x1b]0;pwned\\x07" in groups.stdout
