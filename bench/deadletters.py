@@ -25,7 +25,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from sqlalchemy import Connection, func, select
 
 from bench.harness import BenchError, Session, alternate, eventually
-from bench.load import drive, http_client
+from bench.load import drive
 from bench.report import Comparison, median
 from bench.submit import purge
 from service.broker.publisher import task_message
@@ -240,7 +240,7 @@ async def measure_redrive(run: Session) -> None:
                 "until": (day + timedelta(days=1)).isoformat(),
                 "rate": MAX_REDRIVE_RATE,
             }
-            async with http_client(url, 1) as client:
+            async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
                 response = await client.post("/dead-letters/redrive", json=request)
                 if response.status_code != 202:
                     raise BenchError(f"POST redrive: {response.status_code} {response.text}")

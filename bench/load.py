@@ -7,9 +7,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import httpx
-
 from bench.report import median, percentile
+from bench.wire import Client
 
 
 @dataclass(frozen=True)
@@ -73,19 +72,14 @@ async def drive(count: int, concurrency: int, call: Callable[[int], Awaitable[No
     return Load(count, time.perf_counter() - started, latencies, time.process_time() - cpu)
 
 
-def http_client(url: str, concurrency: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0)
-
-
 async def http_load(
     url: str,
     count: int,
     concurrency: int,
-    request: Callable[[httpx.AsyncClient, int], Awaitable[None]],
+    request: Callable[[Client, int], Awaitable[None]],
 ) -> Load:
     """`count` requests through a fresh client (uvicorn closes connections idle for 5 s, which
     a client kept across rounds would trip over), its connections opened before the clock runs."""
-    async with http_client(url, concurrency) as client:
+    async with Client(url, concurrency) as client:
         await drive(concurrency, concurrency, lambda index: request(client, index))
         return await drive(count, concurrency, lambda index: request(client, index))

@@ -11,12 +11,12 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 
-import httpx
 from sqlalchemy import Connection
 
 from bench.harness import BenchError, Process, Session, alternate, free_port, http_ready
 from bench.load import Load, client_cpu, http_load, latency
 from bench.report import Comparison, median
+from bench.wire import Client
 from service.store import task_runs
 from service.task_contract import PROCESS_DOCUMENT
 from service.topology import DOCUMENT_QUEUE
@@ -71,10 +71,10 @@ async def measure(run: Session) -> None:
     assert api_url is not None
     cpu: dict[str, list[float]] = {"docproc": [], "baseline": []}
 
-    async def read(client: httpx.AsyncClient, index: int) -> None:
-        response = await client.get(f"/tasks/{ids[index % TASKS]}/status")
-        if response.status_code != 200:
-            raise BenchError(f"GET status: {response.status_code} {response.text}")
+    async def read(client: Client, index: int) -> None:
+        answer = await client.get(f"/tasks/{ids[index % TASKS]}/status")
+        if answer.status != 200:
+            raise BenchError(f"GET status: {answer.status} {answer.body[:500]!r}")
 
     def reads(side: str, process: Process, url: str) -> Callable[[], Awaitable[Load]]:
         async def one_round() -> Load:
@@ -99,7 +99,7 @@ async def measure(run: Session) -> None:
         run.stop(minimal)
         run.stop(api)
     mine, raw = rounds["docproc"], rounds["baseline"]
-    shared = f"{options.concurrency} concurrent, one httpx client"
+    shared = f"{options.concurrency} concurrent, one client"
     run.report.compare(
         Comparison(
             measure="status",
@@ -131,7 +131,7 @@ async def measure(run: Session) -> None:
             docproc=[1e6 / us for us in cpu["docproc"]],
             baseline=[1e6 / us for us in cpu["baseline"]],
             details={
-                "client (httpx) CPU µs per request, against docproc / minimal": (
+                "client CPU µs per request, against docproc / minimal": (
                     f"{client_cpu(mine):.0f} / {client_cpu(raw):.0f}"
                 ),
                 "server CPU µs per request, docproc / minimal": f"{median(cpu['docproc']):.0f} / "

@@ -50,7 +50,7 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
         )
         background = [
             asyncio.create_task(runner.run(stop), name="redrive-runner"),
-            asyncio.create_task(intake.run(stop), name="intake-relay"),
+            asyncio.create_task(intake.run(stop), name="intake"),
         ]
         logger.info("API ready at {}", settings.api_url)
         try:

@@ -55,8 +55,9 @@ def openapi_config(settings: Settings) -> OpenAPIConfig:
     )
 
 
-def problem_for_missing_page(response: Response[Any]) -> Response[Any]:
-    """Litestar answers a missing /schema page in HTML: make it problem+json."""
+async def problem_for_missing_page(response: Response[Any]) -> Response[Any]:
+    """Litestar answers a missing /schema page in HTML: make it problem+json. (Async so that
+    Litestar calls it on the loop, not in a thread for every response.)"""
     if not isinstance(response, Response) or response.status_code != 404:
         return response  # files (Swagger UI's assets) and everything that is found
     media_type = getattr(response.media_type, "value", response.media_type)

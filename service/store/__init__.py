@@ -2,6 +2,6 @@
 
 SQLite (WAL) by default, PostgreSQL through DOCPROC_DATABASE_URL, the same behaviour on both. Every
 operation is written once, as a function of a synchronous SQLAlchemy connection; the worker calls
-them directly and async code calls them through `AsyncStore`, which runs them on an async driver
-(aiosqlite, psycopg) without blocking the event loop. Knows nothing of Celery or HTTP.
+them directly and async code calls them through `AsyncStore`, which runs them in its threads
+without blocking the event loop. Knows nothing of Celery or HTTP.
 """

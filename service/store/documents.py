@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from service.pipeline.models import Chunk
 from service.store.database import as_struct, upsert
@@ -59,6 +59,21 @@ class Extraction(msgspec.Struct, frozen=True, kw_only=True):
 _METADATA = [column for column in documents.c if column.name != "content"]
 
 
+_INSERT = insert(documents)
+_FIRST_WITH = (
+    select(documents.c.id)
+    .where(documents.c.sha256 == bindparam("sha256"))
+    .order_by(documents.c.created_at, documents.c.id)
+    .limit(1)
+)
+_MARK_PUBLISHED = (
+    update(documents)
+    .where(documents.c.id.in_(bindparam("ids", expanding=True)), documents.c.published_at.is_(None))
+    .values(published_at=bindparam("at"))
+)
+# Statements of the upload's path are built once: building one costs more than running it.
+
+
 def insert_document(
     connection: Connection,
     *,
@@ -72,38 +87,32 @@ def insert_document(
 ) -> None:
     now = utcnow()
     connection.execute(
-        insert(documents).values(
-            id=document_id,
-            filename=filename,
-            content_type=content_type,
-            size=len(content),
-            sha256=sha256,
-            content=content,
-            task_id=task_id,
-            correlation_id=correlation_id,
-            created_at=now,
-            updated_at=now,
-        )
+        _INSERT,
+        {
+            "id": document_id,
+            "filename": filename,
+            "content_type": content_type,
+            "size": len(content),
+            "sha256": sha256,
+            "content": content,
+            "task_id": task_id,
+            "correlation_id": correlation_id,
+            "created_at": now,
+            "updated_at": now,
+        },
     )
 
 
 def first_with(connection: Connection, sha256: str) -> str | None:
     """The earliest document with this content, if any."""
-    found = connection.execute(
-        select(documents.c.id)
-        .where(documents.c.sha256 == sha256)
-        .order_by(documents.c.created_at, documents.c.id)
-        .limit(1)
-    ).scalar_one_or_none()
+    found = connection.execute(_FIRST_WITH, {"sha256": sha256}).scalar_one_or_none()
     return None if found is None else str(found)
 
 
-def mark_published(connection: Connection, document_id: str) -> None:
-    connection.execute(
-        update(documents)
-        .where(documents.c.id == document_id, documents.c.published_at.is_(None))
-        .values(published_at=utcnow())
-    )
+def mark_published(connection: Connection, *document_ids: str) -> None:
+    """Their task messages are in the broker: beat's sweeper leaves them alone."""
+    if document_ids:
+        connection.execute(_MARK_PUBLISHED, {"ids": list(document_ids), "at": utcnow()})
 
 
 def unpublished(connection: Connection, accepted_before: datetime, limit: int) -> list[Document]:

@@ -1,4 +1,4 @@
-"""Engines for one database URL: a synchronous one (worker, migrations), an async one (API, DLQ)."""
+"""The engine for one database URL: SQLite (WAL, a busy timeout) or PostgreSQL (psycopg)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite writer waits for another process's write lock before giving up."""
 
 
-def _driver_url(url: str, *, asynchronous: bool) -> URL:
+def _driver_url(url: str) -> URL:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return parsed.set(drivername="sqlite+aiosqlite" if asynchronous else "sqlite+pysqlite")
+        return parsed.set(drivername="sqlite+pysqlite")
     if parsed.get_backend_name() in ("postgresql", "postgres"):
         return parsed.set(drivername="postgresql+psycopg")
     raise ValueError(f"unsupported database URL {url!r}")
@@ -51,31 +50,21 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def sync_engine(url: str) -> Engine:
+def sync_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """The engine; `pool_size` connections are kept open (as many as threads that use it)."""
     _prepare_sqlite_file(url)
-    driver_url = _driver_url(url, asynchronous=False)
+    driver_url = _driver_url(url)
     if driver_url.get_backend_name() == "sqlite":
         engine = create_engine(
             driver_url,
+            pool_size=pool_size,
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         )
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
     return create_engine(
-        driver_url, pool_pre_ping=True, pool_size=5, connect_args={"connect_timeout": 5}
+        driver_url, pool_pre_ping=True, pool_size=pool_size, connect_args={"connect_timeout": 5}
     )
 
 
-def async_engine(url: str) -> AsyncEngine:
-    _prepare_sqlite_file(url)
-    driver_url = _driver_url(url, asynchronous=True)
-    if driver_url.get_backend_name() == "sqlite":
-        engine = create_async_engine(driver_url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
-        return engine
-    return create_async_engine(
-        driver_url, pool_pre_ping=True, pool_size=10, connect_args={"connect_timeout": 5}
-    )
-
-
-__all__ = ["async_engine", "is_sqlite", "sqlite_path", "sync_engine"]
+__all__ = ["is_sqlite", "sqlite_path", "sync_engine"]

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import msgspec
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.util import await_only
 
 from service.errors import SearchError
 from service.search_syntax import Query, Term
@@ -125,19 +124,11 @@ def _install_deadline(connection: Connection, deadline: float, cancel: Cancel) -
     def progress() -> int:
         return 1 if cancel.event.is_set() or time.monotonic() > deadline else 0
 
-    driver = _sqlite_driver(connection)
-    if hasattr(driver, "_conn"):  # aiosqlite: the handler is set in its own thread
-        await_only(driver.set_progress_handler(progress, 10_000))
-    else:
-        driver.set_progress_handler(progress, 10_000)
+    _sqlite_driver(connection).set_progress_handler(progress, 10_000)
 
 
 def _remove_deadline(connection: Connection) -> None:
-    driver = _sqlite_driver(connection)
-    if hasattr(driver, "_conn"):
-        await_only(driver.set_progress_handler(None, 10_000))
-    else:
-        driver.set_progress_handler(None, 10_000)
+    _sqlite_driver(connection).set_progress_handler(None, 10_000)
 
 
 def search(

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
-from sqlalchemy import Connection, case, delete, func, select, update
+from sqlalchemy import Connection, bindparam, case, delete, func, insert, select, update
 
 from service.store.database import as_struct, dialect_insert, upsert
 from service.store.schema import task_runs, utcnow
@@ -104,6 +104,9 @@ def _first_values(
     } | fields
 
 
+_INSERT = insert(task_runs)
+
+
 def record_pending(
     connection: Connection,
     task_id: str,
@@ -112,8 +115,10 @@ def record_pending(
     document_id: str | None = None,
     queue: str | None = None,
     correlation_id: str | None = None,
+    new: bool = False,
 ) -> None:
-    """A task accepted and (about to be) published: a fresh run, whatever came before."""
+    """A task accepted and (about to be) published: a fresh run, whatever came before. A `new`
+    task's id was never used: its record is inserted, with no earlier run to start over."""
     now = utcnow()
     values = _first_values(
         task_id,
@@ -124,6 +129,9 @@ def record_pending(
         queue=queue,
         correlation_id=correlation_id,
     )
+    if new:
+        connection.execute(_INSERT, values)
+        return
     upsert(
         connection, task_runs, values, ["task_id"], _FRESH | {"state": "PENDING", "updated_at": now}
     )
@@ -292,8 +300,11 @@ def record_failure(
     upsert(connection, task_runs, values, ["task_id"], changes, where=NOT_SUCCEEDED)
 
 
+_GET = select(task_runs).where(task_runs.c.task_id == bindparam("task_id"))
+
+
 def get(connection: Connection, task_id: str) -> TaskRun | None:
-    row = connection.execute(select(task_runs).where(task_runs.c.task_id == task_id)).first()
+    row = connection.execute(_GET, {"task_id": task_id}).first()
     if row is None:
         return None
     return as_struct(row, TaskRun, strict=False)

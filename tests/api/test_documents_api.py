@@ -18,6 +18,7 @@ from service.store.database import Store
 from service.store.documents import Extraction
 from service.task_contract import PROCESS_DOCUMENT
 from tests.api.conftest import Client, take
+from tests.support import eventually
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -47,9 +48,15 @@ async def test_an_upload_is_accepted_durably_and_its_task_published_as_celery_wo
     assert msgspec.json.decode(message.body)[1] == {"document_id": accepted["document_id"]}
     stored = store.run(documents.get, accepted["document_id"])
     assert stored is not None
-    assert stored.published_at is not None
     assert stored.sha256
     assert stored.size == len(TEXT)
+
+    async def marked_published() -> bool | None:
+        # Marks are written in batches, just after the confirm (service.intake).
+        document = store.run(documents.get, accepted["document_id"])
+        return True if document is not None and document.published_at is not None else None
+
+    await eventually(marked_published, 10, "the document to be marked published")
 
     status = await client.get(f"/tasks/{accepted['task_id']}/status")
     assert status.json()["state"] == "PENDING"

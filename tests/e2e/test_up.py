@@ -100,9 +100,14 @@ async def a_selftest_cut_short_cleans_up_after_itself(running: Running) -> None:
     assert "selftest interrupted; its canaries were cleaned up" in output
 
     async def crash_canary_gave_up() -> bool | None:
-        return True if "its selftest is gone, not crashing" in running.up.output() else None
+        return (
+            True if "no selftest listens (report_to), not crashing" in running.up.output() else None
+        )
 
-    await eventually(crash_canary_gave_up, 60, "the crash canary to stop crashing")
+    try:
+        await eventually(crash_canary_gave_up, 60, "the crash canary to stop crashing")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{running.up.tail(80)}") from None
     assert await active_dead_letters(running) == [], "no canary dead letter is left"
 
 

@@ -51,7 +51,7 @@ async def test_five_successive_delayed_retries_each_travel_through_the_broker_an
 async def test_retries_are_spent_then_the_task_is_dead_lettered(
     worker: Process, client: DocprocCelery, reports: Reports, dead_letters: DeadLetterQueue
 ) -> None:
-    result = client.send_task(canary.FLAKY, kwargs={"failures": 99, "report_to": reports.name})
+    result = client.send_task(canary.FLAKY, kwargs={"failures": 10, "report_to": reports.name})
 
     dead = await dead_letters.for_task(result.id, timeout=60)
 

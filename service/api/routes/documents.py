@@ -20,7 +20,7 @@ from service.api.params import PathId
 from service.api.responses import errors
 from service.api.services import IntakeDep, StoreDep
 from service.errors import BadRequest, DocprocError, NotFound, TooLarge
-from service.intake import Upload, inspect
+from service.intake import Upload, inspect_upload
 from service.search_syntax import parse
 from service.settings import Settings
 from service.store import documents, search, task_runs
@@ -99,7 +99,7 @@ def upload_handler(settings: Settings) -> Any:
                 f"the file's content type must be printable and at most {MAX_CONTENT_TYPE} "
                 "characters"
             )
-        sha256 = await asyncio.to_thread(inspect, content, filename)
+        sha256 = await inspect_upload(content, filename)
         receipt = await intake.submit(
             Upload(
                 filename=filename,

@@ -23,11 +23,10 @@ from service.api.models import (
 )
 from service.api.params import PathId
 from service.api.responses import errors
-from service.api.services import ManagementDep, PublisherDep, StoreDep
+from service.api.services import IntakeDep, ManagementDep, PublisherDep, StoreDep
 from service.api.tracebacks import relative_paths
 from service.deadletters.republish import republish
 from service.errors import BrokerUnavailable, Conflict, NotFound
-from service.intake import publish_document_task
 from service.store import dead_letters, task_runs
 from service.store.task_runs import TaskRun
 from service.task_contract import PROCESS_DOCUMENT
@@ -121,8 +120,10 @@ def _retry_plan(connection: Connection, task_id: str) -> tuple[TaskRun, str | No
 async def retry_task(
     request: Request[Any, Any, Any],
     task_id: PathId,
+    *,
     store: StoreDep,
     publisher: PublisherDep,
+    intake: IntakeDep,
     force: FromQuery[bool] = False,
 ) -> Response[TaskStatus]:
     run, dead_letter_id = await store.run(_retry_plan, task_id)
@@ -136,9 +137,7 @@ async def retry_task(
             document_id=run.document_id,
             correlation_id=correlation_id_of(request.scope),
         )
-        if not await publish_document_task(
-            publisher, store, run.document_id, task_id, correlation_id_of(request.scope)
-        ):
+        if not await intake.publish(run.document_id, task_id, correlation_id_of(request.scope)):
             raise BrokerUnavailable("RabbitMQ did not confirm the task; it stays PENDING")
     else:
         raise Conflict(f"no dead letter holds the message of task {task_id}; nothing to re-run")
