@@ -38,12 +38,14 @@ def finished_runs(connection: Connection, count: int) -> list[str]:
         )
         task_runs.record_started(
             connection,
-            task_id,
-            PROCESS_DOCUMENT,
-            retries=0,
-            queue=DOCUMENT_QUEUE,
-            worker="worker-1@bench",
-            correlation_id=task_id,
+            task_runs.Start(
+                task_id=task_id,
+                task_name=PROCESS_DOCUMENT,
+                retries=0,
+                queue=DOCUMENT_QUEUE,
+                worker="worker-1@bench",
+                correlation_id=task_id,
+            ),
         )
         task_runs.record_progress(connection, task_id, step="index", steps_done=3, steps_total=4)
         task_runs.record_success(connection, task_id)

@@ -8,13 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
+from sqlalchemy import Connection
 
 from service import pipeline
 from service.errors import DocumentNotFound, TooLarge
 from service.settings import Settings
 from service.store import documents
 from service.store.database import Store
-from service.store.documents import Extraction
+from service.store.documents import Extraction, Upload
 
 STEPS = ("load", "extract", "chunk", "index")
 
@@ -23,25 +24,51 @@ def _nothing(step: str) -> None:
     """No progress to record."""
 
 
+Record = Callable[[Connection], None]
+"""A write of the caller's, made in the same transaction as a step's own (a task's start with
+the load, its success with the stored text)."""
+
+
+def _load(connection: Connection, document_id: str, started: Record | None) -> Upload | None:
+    if started is not None:
+        started(connection)
+    return documents.get_upload(connection, document_id)
+
+
+def _store(
+    connection: Connection, document_id: str, extraction: Extraction, succeeded: Record | None
+) -> None:
+    documents.store_extraction(connection, document_id, extraction)
+    if succeeded is not None:
+        succeeded(connection)
+
+
 def index_document(
     store: Store,
     document_id: str,
     settings: Settings,
     begin: Callable[[str], None] = _nothing,
+    *,
+    started: Record | None = None,
+    succeeded: Record | None = None,
 ) -> dict[str, Any]:
-    """Make one document searchable; `begin(step)` is told as each step starts.
+    """Make one document searchable; `begin(step)` is told as each step starts. `started` is
+    written with the load, `succeeded` with the outcome (or alone, when the document had been
+    processed already).
 
     Raises the pipeline's permanent errors (unsupported, corrupt, too large, empty, not found)
     and the store's transient ones; a document already processed is left as it is.
     """
     begin("load")
-    upload = store.run(documents.get_upload, document_id)
+    upload = store.run(_load, document_id, started)
     if upload is None:
         raise DocumentNotFound(f"no document {document_id} in the store")
     if upload.processed:
         # A second delivery of a task whose outcome is committed (a publish whose confirm
         # was lost, then swept): at-least-once delivery, processed once.
         logger.info("document {} is already processed; duplicate delivery skipped", document_id)
+        if succeeded is not None:
+            store.run(succeeded)
         return {"document_id": document_id, "skipped": "already processed"}
     if len(upload.content) > settings.max_upload_bytes:
         raise TooLarge(
@@ -58,20 +85,19 @@ def index_document(
     )
 
     begin("index")
+    extraction = Extraction(
+        detected_type=extracted.detected_type,
+        title=extracted.title,
+        encoding=extracted.encoding,
+        page_count=extracted.page_count,
+        text=extracted.text,
+        chunks=chunks,
+    )
     try:
-        store.run(
-            documents.store_extraction,
-            document_id,
-            Extraction(
-                detected_type=extracted.detected_type,
-                title=extracted.title,
-                encoding=extracted.encoding,
-                page_count=extracted.page_count,
-                text=extracted.text,
-                chunks=chunks,
-            ),
-        )
+        store.run(_store, document_id, extraction, succeeded)
     except documents.AlreadyProcessed:
         logger.info("document {} was processed meanwhile; duplicate delivery skipped", document_id)
+        if succeeded is not None:
+            store.run(succeeded)
         return {"document_id": document_id, "skipped": "already processed"}
     return {"document_id": document_id, "chunks": len(chunks)}

@@ -22,31 +22,13 @@ from sqlalchemy import Connection
 
 from service.store import dead_letters, documents, task_runs
 from service.store.dead_letters import NewDeadLetter
+from service.store.task_runs import Start
 
 
-def task_started(
-    connection: Connection,
-    task_id: str,
-    task_name: str,
-    *,
-    retries: int,
-    queue: str | None,
-    worker: str | None,
-    correlation_id: str | None,
-    document_id: str | None = None,
-) -> None:
-    if document_id is not None:
-        documents.mark_published(connection, document_id)
-    task_runs.record_started(
-        connection,
-        task_id,
-        task_name,
-        retries=retries,
-        queue=queue,
-        worker=worker,
-        correlation_id=correlation_id,
-        document_id=document_id,
-    )
+def task_started(connection: Connection, start: Start) -> None:
+    if start.document_id is not None:
+        documents.mark_published(connection, start.document_id)
+    task_runs.record_started(connection, start)
 
 
 def task_succeeded(connection: Connection, task_id: str) -> None:

@@ -71,6 +71,21 @@ class TaskRun(msgspec.Struct, frozen=True, kw_only=True):
         return max(0.0, (end - self.started_at).total_seconds())
 
 
+class Start(msgspec.Struct, frozen=True, kw_only=True):
+    """A task's start, as the worker knows it. A task that names its steps starts PROCESSING at
+    the first of them (one write instead of two)."""
+
+    task_id: str
+    task_name: str
+    retries: int
+    queue: str | None
+    worker: str | None
+    correlation_id: str | None
+    document_id: str | None = None
+    first_step: str | None = None
+    steps_total: int = 0
+
+
 _FRESH: dict[str, Any] = {
     "step": None,
     "steps_done": 0,
@@ -173,32 +188,25 @@ def requeue(
     )
 
 
-def record_started(
-    connection: Connection,
-    task_id: str,
-    task_name: str,
-    *,
-    retries: int,
-    queue: str | None,
-    worker: str | None,
-    correlation_id: str | None,
-    document_id: str | None = None,
-) -> None:
+def record_started(connection: Connection, start: Start) -> None:
     now = utcnow()
     fields: dict[str, Any] = {
-        "retries": retries,
-        "queue": queue,
-        "worker": worker,
-        "correlation_id": correlation_id,
+        "retries": start.retries,
+        "queue": start.queue,
+        "worker": start.worker,
+        "correlation_id": start.correlation_id,
         "started_at": now,
     }
-    if document_id is not None:
-        fields["document_id"] = document_id
-    values = _first_values(task_id, task_name, "STARTED", now, **fields)
+    if start.document_id is not None:
+        fields["document_id"] = start.document_id
+    state: TaskState = "STARTED" if start.first_step is None else "PROCESSING"
+    values = _first_values(start.task_id, start.task_name, state, now, **fields)
+    values |= {"step": start.first_step, "steps_total": start.steps_total}
     changes = fields | {
-        "state": "STARTED",
-        "step": None,
+        "state": state,
+        "step": start.first_step,
         "steps_done": 0,
+        "steps_total": start.steps_total,
         "percent": 0.0,
         "next_retry_at": None,
         "finished_at": None,

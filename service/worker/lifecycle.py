@@ -7,7 +7,7 @@ happens to the message is the broker's business, and the store catches up at the
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery, signals
@@ -17,6 +17,7 @@ from service.errors import DatabaseError, error_type_of
 from service.logs import CORRELATION_HEADER, correlation_id
 from service.store import outcomes
 from service.store.database import Store
+from service.store.task_runs import Start
 from service.worker.base_task import budget_retries
 
 # Native delayed delivery prefixes the routing key with 28 binary digits.
@@ -30,6 +31,28 @@ def queue_of(delivery_info: dict[str, Any] | None) -> str | None:
 
 def correlation_of(request: Any, task_id: str) -> str:
     return str(request.get(CORRELATION_HEADER) or request.root_id or task_id)
+
+
+def start_of(task: Any, task_id: str, document_id: object, steps: Sequence[str] = ()) -> Start:
+    """The start of the task's current run, from its request."""
+    request = task.request
+    return Start(
+        task_id=task_id,
+        task_name=task.name,
+        retries=budget_retries(request),
+        queue=queue_of(request.delivery_info),
+        worker=request.hostname,
+        correlation_id=correlation_of(request, task_id),
+        document_id=document_id if isinstance(document_id, str) else None,
+        first_step=steps[0] if steps else None,
+        steps_total=len(steps),
+    )
+
+
+def records_own_run(task: Any) -> bool:
+    """A task that writes its start and success in its own transactions (the document task):
+    the signals below leave those two to it."""
+    return bool(getattr(task, "records_own_run", False))
 
 
 def connect(app: Celery, store: Callable[[], Store]) -> None:
@@ -47,26 +70,15 @@ def connect(app: Celery, store: Callable[[], Store]) -> None:
     def on_prerun(task: Any, task_id: str, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
         if not mine(task):
             return
-        request = task.request
-        cid = correlation_of(request, task_id)
-        correlation_id.set(cid)
-        document_id = (kwargs or {}).get("document_id")
-        write(
-            outcomes.task_started,
-            task_id,
-            task.name,
-            retries=budget_retries(request),
-            queue=queue_of(request.delivery_info),
-            worker=request.hostname,
-            correlation_id=cid,
-            document_id=document_id if isinstance(document_id, str) else None,
-        )
+        correlation_id.set(correlation_of(task.request, task_id))
+        if not records_own_run(task):
+            write(outcomes.task_started, start_of(task, task_id, (kwargs or {}).get("document_id")))
 
     def on_postrun(**_: Any) -> None:
         correlation_id.set(None)
 
     def on_success(sender: Any, **_: Any) -> None:
-        if mine(sender):
+        if mine(sender) and not records_own_run(sender):
             write(outcomes.task_succeeded, sender.request.id)
 
     def on_failure(

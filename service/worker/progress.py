@@ -15,20 +15,27 @@ from service.store.database import Store
 class ProgressTracker:
     """Names a task's steps up front, and records them as they begin: step, done/total, percent.
 
-    The first step is always recorded (the run is PROCESSING); later ones only when at least
-    `min_interval` seconds passed since the last write, so that a document done in milliseconds
-    does not pay a transaction per step, while a slow one shows its progress as it goes.
+    The first step is always recorded (the run is PROCESSING) — here, or with the run's start
+    when `first_recorded`; later ones only when at least `min_interval` seconds passed since the
+    last write, so that a document done in milliseconds does not pay a transaction per step,
+    while a slow one shows its progress as it goes.
     """
 
     def __init__(
-        self, store: Store, task_id: str, steps: Sequence[str], min_interval: float = 0.25
+        self,
+        store: Store,
+        task_id: str,
+        steps: Sequence[str],
+        min_interval: float = 0.25,
+        *,
+        first_recorded: bool = False,
     ) -> None:
         self._store = store
         self._task_id = task_id
         self.steps = tuple(steps)
         self.done = 0
         self.min_interval = min_interval
-        self._written: float | None = None
+        self._written: float | None = time.monotonic() if first_recorded else None
 
     def begin(self, step: str) -> None:
         """Note that `step` begins; every step before it is done."""

@@ -71,12 +71,14 @@ def bury(store: Store, *messages: RawMessage, error: tuple[str, str] | None = No
             task_id = str(message.headers["id"])
             store.run(
                 task_runs.record_started,
-                task_id,
-                "docproc.document.process",
-                retries=3,
-                queue="document_processing",
-                worker="w",
-                correlation_id="c",
+                task_runs.Start(
+                    task_id=task_id,
+                    task_name="docproc.document.process",
+                    retries=3,
+                    queue="document_processing",
+                    worker="w",
+                    correlation_id="c",
+                ),
             )
             store.run(
                 task_runs.record_failure,

@@ -77,13 +77,15 @@ async def test_status_shows_progress_retries_error_and_timings(
 ) -> None:
     store.run(
         task_runs.record_started,
-        "t-9",
-        "docproc.document.process",
-        retries=1,
-        queue="retry_queue",
-        worker="w@h",
-        correlation_id="c-9",
-        document_id="d-9",
+        task_runs.Start(
+            task_id="t-9",
+            task_name="docproc.document.process",
+            retries=1,
+            queue="retry_queue",
+            worker="w@h",
+            correlation_id="c-9",
+            document_id="d-9",
+        ),
     )
     store.run(
         task_runs.record_retry,

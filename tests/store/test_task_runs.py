@@ -9,13 +9,15 @@ from service.store.database import Store
 def started(store: Store, task_id: str = "t-1", retries: int = 0) -> None:
     store.run(
         task_runs.record_started,
-        task_id,
-        "docproc.document.process",
-        retries=retries,
-        queue="document_processing",
-        worker="w@host",
-        correlation_id="c-1",
-        document_id="d-1",
+        task_runs.Start(
+            task_id=task_id,
+            task_name="docproc.document.process",
+            retries=retries,
+            queue="document_processing",
+            worker="w@host",
+            correlation_id="c-1",
+            document_id="d-1",
+        ),
     )
 
 
