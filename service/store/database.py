@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgspec
-from sqlalchemy import Connection, Engine, Row, Table
+from sqlalchemy import Connection, Engine, Executable, Row, Table
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import (
@@ -149,6 +149,26 @@ class AsyncStore:
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         self._store.close()
+
+
+class PerDialect:
+    """A statement built once per dialect and reused: building a SQLAlchemy statement costs
+    more CPU than running it, and an upsert is written differently for SQLite and PostgreSQL.
+    `build` gets the dialect's INSERT (one that knows ON CONFLICT); values come as parameters
+    at execution."""
+
+    def __init__(self, build: Callable[[Callable[[Table], Any]], Executable]) -> None:
+        self._build = build
+        self._built: dict[str, Executable] = {}
+
+    def __call__(self, connection: Connection) -> Executable:
+        name = connection.dialect.name
+        built = self._built.get(name)
+        if built is None:
+            built = self._built[name] = self._build(
+                sqlite_insert if name == "sqlite" else postgresql_insert
+            )
+        return built
 
 
 def dialect_insert(connection: Connection, table: Table) -> Any:

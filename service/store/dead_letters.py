@@ -9,7 +9,18 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from sqlalchemy import Connection, Select, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from service.grouping import fingerprint
 from service.store.database import as_struct
@@ -183,14 +194,16 @@ def insert_many(
     return [row["id"] for row in rows]
 
 
+_SUPERSEDE = (
+    update(dead_letters)
+    .where(dead_letters.c.task_id == bindparam("p_task_id"), dead_letters.c.superseded_at.is_(None))
+    .values(superseded_at=bindparam("p_at"), updated_at=bindparam("p_at"))
+)
+
+
 def supersede(connection: Connection, task_id: str) -> None:
     """The task succeeded after all: its letters are history, not failures."""
-    now = utcnow()
-    connection.execute(
-        update(dead_letters)
-        .where(dead_letters.c.task_id == task_id, dead_letters.c.superseded_at.is_(None))
-        .values(superseded_at=now, updated_at=now)
-    )
+    connection.execute(_SUPERSEDE, {"p_task_id": task_id, "p_at": utcnow()})
 
 
 def fill_failure(

@@ -10,7 +10,7 @@ import msgspec
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from service.pipeline.models import Chunk
-from service.store.database import as_struct, upsert
+from service.store.database import PerDialect, as_struct
 from service.store.schema import chunks, document_texts, documents, task_runs, utcnow
 
 
@@ -167,12 +167,13 @@ def get(connection: Connection, document_id: str) -> Document | None:
     return None if row is None else as_struct(row, Document)
 
 
+_UPLOAD = select(
+    documents.c.id, documents.c.filename, documents.c.content, documents.c.processed_at
+).where(documents.c.id == bindparam("p_id"))
+
+
 def get_upload(connection: Connection, document_id: str) -> Upload | None:
-    row = connection.execute(
-        select(
-            documents.c.id, documents.c.filename, documents.c.content, documents.c.processed_at
-        ).where(documents.c.id == document_id)
-    ).first()
+    row = connection.execute(_UPLOAD, {"p_id": document_id}).first()
     if row is None:
         return None
     return Upload(
@@ -194,37 +195,59 @@ class AlreadyProcessed(Exception):
     """Another delivery of the same task committed the document's outcome first."""
 
 
+_CLAIM = (
+    update(documents)
+    .where(documents.c.id == bindparam("p_id"), documents.c.processed_at.is_(None))
+    .values(
+        {
+            name: bindparam(name)
+            for name in (
+                "detected_type",
+                "title",
+                "encoding",
+                "page_count",
+                "char_count",
+                "chunk_count",
+                "processed_at",
+                "updated_at",
+            )
+        }
+    )
+)
+_DROP_CHUNKS = delete(chunks).where(chunks.c.document_id == bindparam("p_id"))
+_INSERT_CHUNKS = insert(chunks)
+_TEXT = PerDialect(
+    lambda insert_for: (statement := insert_for(document_texts)).on_conflict_do_update(
+        index_elements=["document_id"], set_={"text": statement.excluded.text}
+    )
+)
+
+
 def store_extraction(connection: Connection, document_id: str, extraction: Extraction) -> None:
     """Record what was found and the document's text and chunks, atomically — once: when two
     deliveries of one task race, the second raises AlreadyProcessed and changes nothing."""
     now = utcnow()
     claimed = connection.execute(
-        update(documents)
-        .where(documents.c.id == document_id, documents.c.processed_at.is_(None))
-        .values(
-            detected_type=extraction.detected_type,
-            title=extraction.title,
-            encoding=extraction.encoding,
-            page_count=extraction.page_count,
-            char_count=len(extraction.text),
-            chunk_count=len(extraction.chunks),
-            processed_at=now,
-            updated_at=now,
-        )
+        _CLAIM,
+        {
+            "p_id": document_id,
+            "detected_type": extraction.detected_type,
+            "title": extraction.title,
+            "encoding": extraction.encoding,
+            "page_count": extraction.page_count,
+            "char_count": len(extraction.text),
+            "chunk_count": len(extraction.chunks),
+            "processed_at": now,
+            "updated_at": now,
+        },
     ).rowcount
     if not claimed:
         raise AlreadyProcessed(document_id)
-    connection.execute(delete(chunks).where(chunks.c.document_id == document_id))
-    upsert(
-        connection,
-        document_texts,
-        {"document_id": document_id, "text": extraction.text},
-        ["document_id"],
-        {"text": extraction.text},
-    )
+    connection.execute(_DROP_CHUNKS, {"p_id": document_id})
+    connection.execute(_TEXT(connection), {"document_id": document_id, "text": extraction.text})
     if extraction.chunks:
         connection.execute(
-            insert(chunks),
+            _INSERT_CHUNKS,
             [
                 {
                     "document_id": document_id,

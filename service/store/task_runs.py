@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
-from sqlalchemy import Connection, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Executable,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
-from service.store.database import as_struct, dialect_insert, upsert
+from service.store.database import PerDialect, as_struct, dialect_insert, upsert
 from service.store.schema import task_runs, utcnow
 
 TaskState = Literal[
@@ -188,31 +199,61 @@ def requeue(
     )
 
 
+def _build_started(insert_for: Callable[[Table], Any]) -> Executable:
+    statement = insert_for(task_runs)
+    changed = {name: statement.excluded[name] for name in _RESTARTED}
+    changed["document_id"] = func.coalesce(statement.excluded.document_id, task_runs.c.document_id)
+    built: Executable = statement.on_conflict_do_update(
+        index_elements=["task_id"], set_=changed, where=NOT_SUCCEEDED
+    )
+    return built
+
+
+_RESTARTED = (
+    "retries",
+    "queue",
+    "worker",
+    "correlation_id",
+    "started_at",
+    "state",
+    "step",
+    "steps_done",
+    "steps_total",
+    "percent",
+    "next_retry_at",
+    "finished_at",
+    "updated_at",
+)
+"""What a start overwrites in a run that exists (its document id only when the start knows it)."""
+_STARTED = PerDialect(_build_started)
+
+
 def record_started(connection: Connection, start: Start) -> None:
     now = utcnow()
-    fields: dict[str, Any] = {
-        "retries": start.retries,
-        "queue": start.queue,
-        "worker": start.worker,
-        "correlation_id": start.correlation_id,
-        "started_at": now,
-    }
-    if start.document_id is not None:
-        fields["document_id"] = start.document_id
     state: TaskState = "STARTED" if start.first_step is None else "PROCESSING"
-    values = _first_values(start.task_id, start.task_name, state, now, **fields)
-    values |= {"step": start.first_step, "steps_total": start.steps_total}
-    changes = fields | {
-        "state": state,
-        "step": start.first_step,
-        "steps_done": 0,
-        "steps_total": start.steps_total,
-        "percent": 0.0,
-        "next_retry_at": None,
-        "finished_at": None,
-        "updated_at": now,
-    }
-    upsert(connection, task_runs, values, ["task_id"], changes, where=NOT_SUCCEEDED)
+    connection.execute(
+        _STARTED(connection),
+        {
+            "task_id": start.task_id,
+            "task_name": start.task_name,
+            "document_id": start.document_id,
+            "state": state,
+            "step": start.first_step,
+            "steps_done": 0,
+            "steps_total": start.steps_total,
+            "percent": 0.0,
+            "retries": start.retries,
+            "retry_history": [],
+            "next_retry_at": None,
+            "queue": start.queue,
+            "worker": start.worker,
+            "correlation_id": start.correlation_id,
+            "created_at": now,
+            "started_at": now,
+            "updated_at": now,
+            "finished_at": None,
+        },
+    )
 
 
 def record_progress(
@@ -262,23 +303,25 @@ def record_retry(
     )
 
 
-def record_success(connection: Connection, task_id: str) -> None:
-    now = utcnow()
-    connection.execute(
-        update(task_runs)
-        .where(task_runs.c.task_id == task_id)
-        .values(
-            state="SUCCESS",
-            percent=100.0,
-            steps_done=task_runs.c.steps_total,
-            next_retry_at=None,
-            error_type=None,
-            error_message=None,
-            traceback=None,
-            finished_at=now,
-            updated_at=now,
-        )
+_SUCCESS = (
+    update(task_runs)
+    .where(task_runs.c.task_id == bindparam("p_task_id"))
+    .values(
+        state="SUCCESS",
+        percent=100.0,
+        steps_done=task_runs.c.steps_total,
+        next_retry_at=None,
+        error_type=None,
+        error_message=None,
+        traceback=None,
+        finished_at=bindparam("p_at"),
+        updated_at=bindparam("p_at"),
     )
+)
+
+
+def record_success(connection: Connection, task_id: str) -> None:
+    connection.execute(_SUCCESS, {"p_task_id": task_id, "p_at": utcnow()})
 
 
 def record_failure(
