@@ -7,7 +7,8 @@ first delivery to the last ack.
 
 Redrive: messages re-published per second by `POST /dead-letters/redrive` at the highest rate
 the API allows, progress read until it finishes, against raw confirmed publishing of the same
-bodies and headers to the same queue — one at a time as the runner publishes, and pipelined.
+bodies and headers to the same queue — one at a time, and pipelined (the mark: the runner keeps
+its confirms in flight together and writes each group's outcomes in one transaction).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from service.topology import DEAD_LETTER_QUEUE, DOCUMENT_QUEUE, EXCHANGE
 
 PREFETCH = 200
 """The DLQ consumer's prefetch (two batches of 100); the raw consumer gets the same."""
-MAX_REDRIVE_RATE = 1000.0
+MAX_REDRIVE_RATE = 10_000.0
 """The highest `rate` POST /dead-letters/redrive accepts (messages per second)."""
 EPOCH = datetime(2001, 1, 1, tzinfo=UTC)
 
@@ -287,8 +288,8 @@ async def measure_redrive(run: Session) -> None:
         store.close()
         run.stop(api)
     for name, figures, target in (
-        ("raw confirmed publish, one at a time (as the runner)", rounds["baseline"], 0.5),
-        (f"raw confirmed publish, {options.concurrency} in flight", rounds["pipelined"], None),
+        ("raw confirmed publish, one at a time", rounds["baseline"], None),
+        (f"raw confirmed publish, {options.concurrency} in flight", rounds["pipelined"], 0.5),
     ):
         run.report.compare(
             Comparison(

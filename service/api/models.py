@@ -18,7 +18,7 @@ DEAD_LETTER_ID = "9d2e1f30-7b6c-4a5d-8e9f-0a1b2c3d4e5f"
 
 Rate = Annotated[
     float,
-    msgspec.Meta(gt=0, le=1000, description="messages per second", examples=[100.0]),
+    msgspec.Meta(gt=0, le=10_000, description="messages per second", examples=[100.0]),
 ]
 
 

@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from loguru import logger
 from sqlalchemy import Connection
@@ -21,14 +21,23 @@ from service.deadletters.republish import check, mark_handled, publish, run_vers
 from service.errors import BrokerUnavailable, DatabaseError, DocprocError
 from service.store import dead_letters, redrives
 from service.store.database import AsyncStore
+from service.store.dead_letters import DeadLetter
 from service.store.redrives import Redrive
 from service.store.schema import utcnow
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=15)
 """A job whose owner has not recorded progress for this long is taken over."""
 IDLE_PAUSE = 0.5
-MAX_IN_FLIGHT = 32
+MAX_IN_FLIGHT = 64
 PENDING_BATCH = 256
+
+
+def _letters_and_runs(
+    connection: Connection, ids: list[str]
+) -> tuple[dict[str, DeadLetter], dict[str, datetime]]:
+    """The letters, and their runs as they are before re-publishing (`mark_handled`)."""
+    letters = dead_letters.get_many(connection, ids)
+    return letters, run_versions(connection, letters.values())
 
 
 class RedriveRunner:
@@ -108,8 +117,7 @@ class RedriveRunner:
     async def _group(self, job: Redrive, ids: list[str]) -> str | None:
         """Re-publish a few letters at once (their confirms in flight together), then record
         every outcome in one transaction: what is marked and what is counted never disagree."""
-        letters = await self.store.run(dead_letters.get_many, ids)
-        seen = await self.store.run(run_versions, letters.values())
+        letters, seen = await self.store.run(_letters_and_runs, ids)
         outcomes: dict[str, str | None] = {}
         broker_down: BrokerUnavailable | None = None
 
@@ -133,23 +141,17 @@ class RedriveRunner:
         await asyncio.gather(*(one(dead_letter_id) for dead_letter_id in ids))
 
         def record(connection: Connection) -> str | None:
-            state: str | None = "running"
-            # In task order, as every writer of many runs goes (store.task_runs.record_dead).
-            for dead_letter_id, error in sorted(
-                outcomes.items(), key=lambda item: str(getattr(letters.get(item[0]), "task_id", ""))
-            ):
-                if error is None:
-                    letter = letters[dead_letter_id]
-                    mark_handled(connection, letter, seen.get(letter.task_id or ""))
-                state = redrives.record_item(
-                    connection,
-                    redrive_id=job.id,
-                    owner=self.owner,
-                    dead_letter_id=dead_letter_id,
-                    state="published" if error is None else "failed",
-                    error=error,
-                )
-            return state
+            published = [letters[id_] for id_, error in outcomes.items() if error is None]
+            mark_handled(connection, published, seen)
+            return redrives.record_items(
+                connection,
+                redrive_id=job.id,
+                owner=self.owner,
+                outcomes=[
+                    redrives.Outcome(id_, "published" if error is None else "failed", error)
+                    for id_, error in outcomes.items()
+                ],
+            )
 
         state = await self.store.write(record) if outcomes else "running"
         if broker_down is not None:

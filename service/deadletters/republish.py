@@ -9,7 +9,7 @@ where it died whatever the bindings.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,15 +95,23 @@ def message_for(letter: DeadLetter) -> aio_pika.Message:
     )
 
 
-def mark_handled(connection: Connection, letter: DeadLetter, seen: datetime | None) -> None:
-    """The letter was re-published: count it, and its task is PENDING again — unless its run
+def mark_handled(
+    connection: Connection, letters: Sequence[DeadLetter], seen: dict[str, datetime]
+) -> None:
+    """The letters were re-published: count each, and its task is PENDING again — unless its run
     changed since `seen` (read before publishing): then the worker was quicker, and its story
     is the newer one."""
-    dead_letters.mark_republished(connection, letter.id)
-    if letter.task_id is not None:
-        task_runs.requeue(
-            connection, letter.task_id, letter.task_name or "?", queue=letter.queue, seen=seen
-        )
+    dead_letters.mark_republished(connection, *(letter.id for letter in letters))
+    task_runs.requeue(
+        connection,
+        *(
+            task_runs.Requeue(
+                letter.task_id, letter.task_name or "?", letter.queue, seen.get(letter.task_id)
+            )
+            for letter in letters
+            if letter.task_id is not None
+        ),
+    )
 
 
 def run_versions(connection: Connection, letters: Iterable[DeadLetter]) -> dict[str, datetime]:
@@ -179,7 +187,7 @@ async def republish(
     seen = await store.run(run_versions, [letter])
     queue = target or letter.queue
     await publish(publisher, letter, queue)
-    await store.write(mark_handled, letter, seen.get(letter.task_id or ""))
+    await store.write(mark_handled, [letter], seen)
     return Republished(
         dead_letter_id=letter.id,
         queue=queue,

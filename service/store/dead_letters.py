@@ -344,15 +344,24 @@ def groups(connection: Connection, filters: Filters) -> list[Group]:
     return result
 
 
-def mark_republished(connection: Connection, dead_letter_id: str) -> None:
-    now = utcnow()
-    connection.execute(
-        update(dead_letters)
-        .where(dead_letters.c.id == dead_letter_id)
-        .values(
-            republish_count=dead_letters.c.republish_count + 1, republished_at=now, updated_at=now
-        )
+_REPUBLISHED = (
+    update(dead_letters)
+    .where(dead_letters.c.id == bindparam("p_id"))
+    .values(
+        republish_count=dead_letters.c.republish_count + 1,
+        republished_at=bindparam("p_at"),
+        updated_at=bindparam("p_at"),
     )
+)
+
+
+def mark_republished(connection: Connection, *dead_letter_ids: str) -> None:
+    """Each was re-published once more (in id order: concurrent writers lock rows alike)."""
+    if dead_letter_ids:
+        now = utcnow()
+        connection.execute(
+            _REPUBLISHED, [{"p_id": id_, "p_at": now} for id_ in sorted(dead_letter_ids)]
+        )
 
 
 def discard(connection: Connection, dead_letter_id: str) -> bool:

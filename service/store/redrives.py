@@ -8,11 +8,12 @@ stopped beating is taken over where it stood.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
-from sqlalchemy import Connection, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, case, func, insert, or_, select, update
 
 from service.store import dead_letters
 from service.store.database import as_struct
@@ -124,41 +125,57 @@ def pending(connection: Connection, redrive_id: str, limit: int) -> list[str]:
     return [str(row) for row in rows]
 
 
-def record_item(
-    connection: Connection,
-    *,
-    redrive_id: str,
-    owner: str,
-    dead_letter_id: str,
-    state: ItemState,
-    error: str | None = None,
+_ITEM = (
+    update(redrive_items)
+    .where(
+        redrive_items.c.redrive_id == bindparam("p_redrive_id"),
+        redrive_items.c.dead_letter_id == bindparam("p_dead_letter_id"),
+    )
+    .values(state=bindparam("p_state"), error=bindparam("p_error"))
+)
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """What became of one item: published, or failed and why."""
+
+    dead_letter_id: str
+    state: ItemState
+    error: str | None = None
+
+
+def record_items(
+    connection: Connection, *, redrive_id: str, owner: str, outcomes: Sequence[Outcome]
 ) -> RedriveState | None:
-    """Record one item's outcome and beat the heartbeat; returns the job's state (None if the job
-    was taken over by another owner, who must be left alone)."""
+    """Record what became of items this runner re-published — they happened, whoever owns the
+    job now — and beat the heartbeat. Returns the job's state, or None when another runner took
+    the job over (this one must stop and leave it alone)."""
     now = utcnow()
-    connection.execute(
-        update(redrive_items)
-        .where(
-            redrive_items.c.redrive_id == redrive_id,
-            redrive_items.c.dead_letter_id == dead_letter_id,
+    if outcomes:
+        connection.execute(
+            _ITEM,
+            [
+                {
+                    "p_redrive_id": redrive_id,
+                    "p_dead_letter_id": outcome.dead_letter_id,
+                    "p_state": outcome.state,
+                    "p_error": outcome.error,
+                }
+                for outcome in sorted(outcomes, key=lambda outcome: outcome.dead_letter_id)
+            ],
         )
-        .values(state=state, error=error)
-    )
-    counter = redrives.c.published if state == "published" else redrives.c.failed
-    values: dict[str, Any] = {counter.name: counter + 1, "heartbeat_at": now, "updated_at": now}
-    if error is not None:
-        values["last_error"] = error
-    result = connection.execute(
-        update(redrives)
-        .where(redrives.c.id == redrive_id, redrives.c.owner == owner)
-        .values(**values)
-    )
-    if not result.rowcount:
-        return None
-    state_now: RedriveState = connection.execute(
-        select(redrives.c.state).where(redrives.c.id == redrive_id)
-    ).scalar_one()
-    return state_now
+    c = redrives.c
+    errors = [outcome.error for outcome in outcomes if outcome.error is not None]
+    values: dict[str, Any] = {
+        "published": c.published + sum(outcome.state == "published" for outcome in outcomes),
+        "failed": c.failed + sum(outcome.state == "failed" for outcome in outcomes),
+        "heartbeat_at": case((c.owner == owner, now), else_=c.heartbeat_at),
+        "updated_at": now,
+    }
+    if errors:
+        values["last_error"] = errors[-1]
+    connection.execute(update(redrives).where(c.id == redrive_id).values(**values))
+    row = connection.execute(select(c.state, c.owner).where(c.id == redrive_id)).one()
+    return row.state if row.owner == owner else None
 
 
 def finish(connection: Connection, redrive_id: str) -> None:

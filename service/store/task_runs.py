@@ -172,31 +172,49 @@ def versions(connection: Connection, task_ids: set[str]) -> dict[str, datetime]:
     return {str(row.task_id): row.updated_at for row in rows}
 
 
-def requeue(
-    connection: Connection,
-    task_id: str,
-    task_name: str,
-    *,
-    queue: str | None,
-    seen: datetime | None,
-) -> None:
-    """A run whose message was published again: PENDING, a fresh attempt — unless the worker
-    wrote the run since `seen` (read before publishing), for then it already has a newer story
-    (the message was quick) and PENDING would be a step back."""
-    now = utcnow()
-    if seen is None:
-        values = _first_values(task_id, task_name, "PENDING", now, queue=queue)
-        connection.execute(
-            dialect_insert(connection, task_runs)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["task_id"])
-        )
-        return
-    connection.execute(
-        update(task_runs)
-        .where(task_runs.c.task_id == task_id, task_runs.c.updated_at == seen)
-        .values(**_FRESH, state="PENDING", queue=queue, updated_at=now)
+class Requeue(msgspec.Struct, frozen=True):
+    """A run whose message was published again, as it was (`seen`) before publishing."""
+
+    task_id: str
+    task_name: str
+    queue: str | None
+    seen: datetime | None
+
+
+_REQUEUE = (
+    update(task_runs)
+    .where(
+        task_runs.c.task_id == bindparam("p_task_id"),
+        task_runs.c.updated_at == bindparam("p_seen"),
     )
+    .values(**_FRESH, state="PENDING", queue=bindparam("p_queue"), updated_at=bindparam("p_at"))
+)
+_REQUEUE_UNKNOWN = PerDialect(
+    lambda insert_for: insert_for(task_runs).on_conflict_do_nothing(index_elements=["task_id"])
+)
+
+
+def requeue(connection: Connection, *runs: Requeue) -> None:
+    """Runs whose messages were published again: PENDING, a fresh attempt — unless the worker
+    wrote the run since `seen` (read before publishing), for then it already has a newer story
+    (the message was quick) and PENDING would be a step back. In task order, as every writer of
+    many runs goes."""
+    now = utcnow()
+    ordered = sorted(runs, key=lambda run: run.task_id)
+    unknown = [
+        _first_values(run.task_id, run.task_name, "PENDING", now, queue=run.queue)
+        for run in ordered
+        if run.seen is None
+    ]
+    known = [
+        {"p_task_id": run.task_id, "p_seen": run.seen, "p_queue": run.queue, "p_at": now}
+        for run in ordered
+        if run.seen is not None
+    ]
+    if unknown:
+        connection.execute(_REQUEUE_UNKNOWN(connection), unknown)
+    if known:
+        connection.execute(_REQUEUE, known)
 
 
 def _build_started(insert_for: Callable[[Table], Any]) -> Executable:
