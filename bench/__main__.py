@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from loguru import logger
 
 from bench import deadletters, extraction, memory, process, status, submit
@@ -27,6 +28,22 @@ BROKER_MEASURES: dict[str, Callable[[Session], Awaitable[None]]] = {
 }
 ORDER = ("extraction", "submit", "process", "status", "deadletters", "redrive", "memory")
 DEFAULTS = Options()
+QUICK: dict[str, object] = {
+    "rounds": 2,
+    "submit_documents": 200,
+    "process_documents": 80,
+    "heavy_documents": 8,
+    "dead_letters": 600,
+    "redrive_letters": 200,
+    "status_reads": 600,
+    "html_mb": 1.0,
+    "pdf_mb": 0.2,
+    "memory_dead_letters": 10_000,
+}
+"""What `--quick` measures (where no option says otherwise): every measure, smaller."""
+QUICK_LENIENCY = 0.5
+"""`--quick` fails a ratio below half its mark: wide for a noisy machine and small samples,
+tight enough for a real regression (a lost batch, a round trip more per item)."""
 
 
 async def run_measures(names: list[str], options: Options, report: Report) -> None:
@@ -102,18 +119,44 @@ async def run_measures(names: list[str], options: Options, report: Report) -> No
 )
 @click.option("--keep-logs", is_flag=True, help="keep the processes' logs and the store")
 @click.option(
+    "--check",
+    is_flag=True,
+    help="exit 1 when a figure misses its mark (the target column)",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="every measure, smaller (about a minute); with --check implied, failing only below "
+    "half a mark",
+)
+@click.option(
     "--profile",
     type=click.Path(file_okay=False),
     help="record each process with py-spy into this directory and print its top frames",
 )
-def main(measures: tuple[str, ...], json_path: Path | None, **values: object) -> None:
+def main(
+    measures: tuple[str, ...],
+    json_path: Path | None,
+    check: bool,
+    quick: bool,
+    **values: object,
+) -> None:
     """Benchmarks of docproc, each a ratio against a raw baseline run beside it.
 
     \b
     Examples:
       python -m bench --json /tmp/bench.json
+      python -m bench --check                 # exit 1 below a mark
+      python -m bench --quick                 # CI: small, fails below half a mark
       python -m bench submit --concurrency 64
     """
+    if quick:
+        context = click.get_current_context()
+        values |= {
+            name: value
+            for name, value in QUICK.items()
+            if context.get_parameter_source(name) is ParameterSource.DEFAULT
+        }
     options = Options(**values)  # type: ignore[arg-type]  # click checked each option's type
     names = [name for name in ORDER if name in measures] if measures else list(ORDER)
     logger.remove()
@@ -128,10 +171,18 @@ def main(measures: tuple[str, ...], json_path: Path | None, **values: object) ->
         raise click.Abort from None
     finally:
         report.seconds = time.perf_counter() - started
+    if quick:
+        report.notes.append(f"--quick: a figure fails below {QUICK_LENIENCY:g} of its mark")
     click.echo(report.table())
     if json_path is not None:
         json_path.write_bytes(report.to_json())
         click.echo(f"figures written to {json_path}")
+    if check or quick:
+        missed = report.shortfalls(QUICK_LENIENCY if quick else 1.0)
+        if missed:
+            click.echo("\nbelow the mark:\n" + "\n".join(f"  {line}" for line in missed), err=True)
+            sys.exit(1)
+        click.echo("every figure meets its mark")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ class Options:
     status_reads: int = 1200
     html_mb: float = 3.0
     pdf_mb: float = 0.4
-    memory_dead_letters: int = 15_000
+    memory_dead_letters: int = 100_000
     keep_logs: bool = False
     profile: str | None = None
 

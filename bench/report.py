@@ -62,6 +62,12 @@ class Reading:
     value: float
     unit: str
     note: str = ""
+    ceiling: float | None = None
+    """The most this figure may be (a mark, as a ratio's target is)."""
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.ceiling is None else self.value <= self.ceiling
 
 
 def machine() -> dict[str, Any]:
@@ -97,8 +103,34 @@ class Report:
         self.comparisons.append(comparison)
         return comparison
 
-    def read(self, measure: str, figure: str, value: float, unit: str, note: str = "") -> None:
-        self.readings.append(Reading(measure, figure, value, unit, note))
+    def read(
+        self,
+        measure: str,
+        figure: str,
+        value: float,
+        unit: str,
+        note: str = "",
+        *,
+        ceiling: float | None = None,
+    ) -> None:
+        self.readings.append(Reading(measure, figure, value, unit, note, ceiling))
+
+    def shortfalls(self, leniency: float = 1.0) -> list[str]:
+        """Every figure that misses its mark, the mark loosened by `leniency` (0.5: a ratio may
+        fall to half its target, a reading rise to twice its ceiling). A figure that could not
+        be measured (NaN) misses too."""
+        ratios = [
+            f"{c.measure}: {c.figure} against {c.baseline_name}: ratio {c.ratio:.2f}, below "
+            f"{c.target * leniency:.2f}"
+            for c in self.comparisons
+            if c.target is not None and not c.ratio >= c.target * leniency
+        ]
+        readings = [
+            f"{r.measure}: {r.figure}: {r.value:.2f} {r.unit}, above {r.ceiling / leniency:.2f}"
+            for r in self.readings
+            if r.ceiling is not None and not r.value <= r.ceiling / leniency
+        ]
+        return ratios + readings
 
     def peak(self, process: str, kb: int) -> None:
         """A docproc process's peak RSS, the highest seen when one name ran more than once."""
@@ -135,8 +167,11 @@ class Report:
             lines += ["", f"{'measure':<12} {'reading':<56} {'value':>10}"]
             for r in self.readings:
                 note = f"  ({r.note})" if r.note else ""
+                mark = ""
+                if r.ceiling is not None:
+                    mark = f"  ≤{_number(r.ceiling)} {'ok' if r.met else 'MISSED'}"
                 lines.append(
-                    f"{r.measure:<12} {r.figure:<56} {_number(r.value):>10} {r.unit}{note}"
+                    f"{r.measure:<12} {r.figure:<56} {_number(r.value):>10} {r.unit}{mark}{note}"
                 )
         lines += ["", *(f"note: {note}" for note in self.notes)]
         if self.profiles:
@@ -160,7 +195,7 @@ class Report:
                 }
                 for c in self.comparisons
             ],
-            "readings": [asdict(r) for r in self.readings],
+            "readings": [asdict(r) | {"met": r.met} for r in self.readings],
             "notes": self.notes,
             "profiles": self.profiles,
         }

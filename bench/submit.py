@@ -89,7 +89,7 @@ async def measure(run: Session) -> None:
             baseline_name=f"aio-pika confirmed publish, {options.concurrency} concurrent",
             docproc=[load.rate for load in mine],
             baseline=[load.rate for load in raw],
-            target=0.5,
+            target=0.3,
             details={
                 "docproc p50 / p99 ms": latency(mine),
                 "baseline p50 / p99 ms": latency(raw),
@@ -97,6 +97,23 @@ async def measure(run: Session) -> None:
                 "client CPU µs per document, HTTP / aio-pika": f"{client_cpu(mine):.0f} / "
                 f"{client_cpu(raw):.0f}",
                 "documents": f"{options.submit_documents} x {DOCUMENT_BYTES} B text per round",
+            },
+        )
+    )
+    # The rate above is shared with the client; CPU per document is the server's own. The
+    # baseline's is what publishing alone costs the process that does it (aio-pika, confirms).
+    run.report.compare(
+        Comparison(
+            measure="submit",
+            figure="documents per server CPU second",
+            unit="/s",
+            baseline_name="the aio-pika publisher's CPU per confirmed publish",
+            docproc=[1e6 / us for us in cpu],
+            baseline=[1e6 / load.client_us for load in raw],
+            target=0.25,
+            details={
+                "CPU µs per document, API / publisher": f"{median(cpu):.0f} / "
+                f"{client_cpu(raw):.0f}",
             },
         )
     )
