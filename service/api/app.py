@@ -11,7 +11,7 @@ from litestar.di import Provide
 from litestar.plugins.prometheus import PrometheusConfig
 from loguru import logger
 
-from service.api import docs
+from service.api import console, docs
 from service.api.correlation import correlation_middleware
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.routes import dead_letters, documents, operations, tasks
@@ -67,19 +67,20 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
     prometheus = PrometheusConfig(app_name="docproc", prefix="docproc", group_path=True)
     # Everything but liveness, readiness, metrics and the OpenAPI document takes a key, when
     # keys are set (service.api.security).
+    api = [
+        documents.upload_handler(settings),
+        documents.document,
+        documents.document_text,
+        documents.search_documents,
+        tasks.task_status,
+        tasks.task_detail,
+        tasks.retry_task,
+        tasks.stats,
+        *dead_letters.ROUTES,
+    ]
     keyed = Router(
         path="/",
-        route_handlers=[
-            documents.upload_handler(settings),
-            documents.document,
-            documents.document_text,
-            documents.search_documents,
-            tasks.task_status,
-            tasks.task_detail,
-            tasks.retry_task,
-            tasks.stats,
-            *dead_letters.ROUTES,
-        ],
+        route_handlers=api,
         guards=[require_api_key],
         security=REQUIRED,
     )
@@ -92,6 +93,7 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
             operations.ready,
             operations.metrics,
             docs.assets,
+            *console.routers(api),
         ],
         dependencies={name: Provide(provider) for name, provider in PROVIDERS.items()},
         exception_handlers=EXCEPTION_HANDLERS,
@@ -99,6 +101,7 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
         middleware=[correlation_middleware, slow_body_middleware, prometheus.middleware],
         lifespan=[lifespan],
         openapi_config=docs.openapi_config(settings),
+        template_config=console.template_config(),
         logging_config=None,  # logging is ours (service.logs), set up by the entry point
         debug=False,
     )

@@ -40,8 +40,13 @@ async def require_api_key(
             detail="this endpoint needs an API key: Authorization: Bearer <key>",
             headers={"WWW-Authenticate": 'Bearer realm="docproc"'},
         )
+    if not valid_key(given, keys):
+        raise PermissionDeniedException(detail="the API key is not valid")
+
+
+def valid_key(given: str, keys: tuple[str, ...]) -> bool:
+    """Whether `given` is one of `keys`, compared in constant time."""
     matched = False
     for key in keys:  # no early exit: the time taken says nothing about which key matched
         matched |= hmac.compare_digest(given.encode(), key.encode())
-    if not matched:
-        raise PermissionDeniedException(detail="the API key is not valid")
+    return matched
