@@ -29,7 +29,8 @@ KEY = "console-e2e-key"
 WIDTHS = ((390, 844), (1280, 900))
 
 
-def screenshots_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where the screenshots go: DOCPROC_CONSOLE_SCREENSHOTS (docs/console for the README's),
     else a temporary directory."""
     chosen = os.environ.get("DOCPROC_CONSOLE_SCREENSHOTS")
@@ -37,6 +38,19 @@ def screenshots_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Path(chosen).mkdir(parents=True, exist_ok=True)
         return Path(chosen)
     return tmp_path_factory.mktemp("screenshots")
+
+
+async def screenshot(tab: Tab, directory: Path, name: str) -> None:
+    """The page at each width, whole, after checking nothing is wider than the window."""
+    page = tab.page
+    for width, height in WIDTHS:
+        await page.set_viewport_size({"width": width, "height": height})
+        await page.wait_for_load_state("networkidle")
+        overflow = await page.evaluate(
+            "() => document.documentElement.scrollWidth - window.innerWidth"
+        )
+        assert overflow <= 0, f"{name} is wider than {width} px by {overflow} px"
+        await page.screenshot(path=str(directory / f"{name}-{width}.png"), full_page=True)
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")

@@ -243,17 +243,19 @@ async def group_page(
 ) -> Template:
     if cursor is not None and dead_letters.read_cursor(cursor) is None:
         raise BadRequest(f"cursor {cursor[:80]!r} is not a next_cursor this console gave out")
+    # The group as the groups list shows it (its active letters); once all are handled, in all.
     everything = Filters(group=group, status="all")
-    summaries = await store.run(dead_letters.groups, everything)
+    active = await store.run(dead_letters.groups, Filters(group=group))
+    summaries = active or await store.run(dead_letters.groups, everything)
     if not summaries:
         raise NotFound(f"no dead letters in group {group}: it was purged, or never existed")
-    active = await store.run(dead_letters.groups, Filters(group=group))
     found = await store.run(dead_letters.page, everything, limit=PAGE_SIZE, cursor=cursor)
     return render(
         request,
         "group.html",
         group=summaries[0],
         active=active[0].count if active else 0,
+        handled=not active,
         items=[summary_of(letter) for letter in found.items],
         next_cursor=found.next_cursor,
         cursor=cursor,
