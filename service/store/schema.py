@@ -138,6 +138,8 @@ task_runs = Table(
     Column("percent", Float, nullable=False, default=0.0),
     Column("retries", Integer, nullable=False, default=0),
     Column("retry_history", JSON, nullable=False, default=list),
+    # The steps of a run that recorded them (the document task, at success): [StepTime, ...].
+    Column("step_times", JSON),
     Column("next_retry_at", Timestamp()),
     Column("error_type", String(255)),
     Column("error_message", Text),

@@ -40,5 +40,8 @@ def register(app: Celery) -> None:
             started=functools.partial(
                 outcomes.task_started, start=start_of(self, task_id, document_id, STEPS)
             ),
-            succeeded=functools.partial(outcomes.task_succeeded, task_id=task_id),
+            # Called with the store's transaction once the text is stored: every step is known.
+            succeeded=lambda connection: outcomes.task_succeeded(
+                connection, task_id, progress.step_times()
+            ),
         )

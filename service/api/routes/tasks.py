@@ -55,6 +55,7 @@ def status_of(run: TaskRun, *, with_traceback: bool = False) -> TaskStatus:
             steps_done=run.steps_done,
             steps_total=run.steps_total,
             percent=run.percent,
+            step_times=run.step_times,
         ),
         retries=run.retries,
         retry_history=run.retry_history,
