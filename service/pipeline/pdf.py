@@ -8,17 +8,25 @@ from pypdf import PageObject, PasswordType, PdfReader
 from pypdf.errors import LimitReachedError
 
 from service.errors import CorruptFile, EmptyDocument, TooLarge, UnsupportedType
+from service.pipeline.limits import CpuBudget
 from service.pipeline.models import RawDocument
 
 
-def read_pdf(data: bytes, *, max_pages: int | None = None) -> RawDocument:
-    """Each page's text, pages split by a blank line; raises TooLarge past `max_pages`."""
+def read_pdf(data: bytes, budget: CpuBudget) -> RawDocument:
+    """Each page's text, pages split by a blank line; TooLarge past the budget's limits on pages,
+    characters (counted page by page) and CPU time."""
+    limits = budget.limits
     reader, page_count = _open(data)
     if page_count == 0:
         raise CorruptFile("not a valid PDF: it has no pages")
-    if max_pages is not None and page_count > max_pages:
-        raise TooLarge(f"the PDF has {page_count} pages; the limit is {max_pages}")
-    pages = [_page_text(page, number) for number, page in enumerate(reader.pages, start=1)]
+    limits.check("max_pages", page_count, "the PDF has {count:,} pages")
+    pages: list[str] = []
+    chars = 0
+    for number, page in enumerate(reader.pages, start=1):
+        budget.check(f"at page {number} of {page_count}")
+        pages.append(_page_text(page, number))
+        chars += len(pages[-1])
+        limits.check("max_chars", chars, f"the PDF's first {number} pages hold {{count:,}} characters")
     text = "\n\n".join(pages)
     if text.isspace() or not text:
         raise EmptyDocument("the PDF has no text layer (a scan needs OCR, which docproc lacks)")
@@ -31,7 +39,7 @@ def _open(data: bytes) -> tuple[PdfReader, int]:
         if reader.is_encrypted:
             _unlock(reader)
         return reader, len(reader.pages)
-    except UnsupportedType:
+    except (UnsupportedType, MemoryError):
         raise
     except LimitReachedError as exc:
         raise _beyond_limit(exc) from exc
@@ -52,6 +60,8 @@ def _unlock(reader: PdfReader) -> None:
 def _page_text(page: PageObject, number: int) -> str:
     try:
         return page.extract_text()
+    except MemoryError:
+        raise
     except LimitReachedError as exc:
         raise _beyond_limit(exc) from exc
     except Exception as exc:
