@@ -65,9 +65,7 @@ def _row_texts(table: Table, budget: CpuBudget) -> Iterator[str]:
 
 def _cell_text(cell: _Cell, budget: CpuBudget) -> str:
     """A cell's paragraphs and nested tables, on one line so that its row stays on one."""
-    return " ".join(
-        " ".join(block.split()) for block in _blocks(cell.iter_inner_content(), budget)
-    )
+    return " ".join(" ".join(block.split()) for block in _blocks(cell.iter_inner_content(), budget))
 
 
 def _first_heading(paragraphs: list[Paragraph]) -> str | None:
