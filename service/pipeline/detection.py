@@ -126,8 +126,9 @@ def _zip_type(data: bytes, filename: str | None, limits: Limits) -> DocumentType
         )
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            members_info = archive.infolist()
-            names = [member.filename for member in members_info]
+            listed = archive.infolist()
+            _check_declared_sizes(listed)
+            names = [member.filename for member in listed]
             content_types = b""
             if _CONTENT_TYPES in names:
                 with archive.open(_CONTENT_TYPES) as part:
@@ -137,7 +138,11 @@ def _zip_type(data: bytes, filename: str | None, limits: Limits) -> DocumentType
             return "docx"  # reading it will say what is broken
         raise UnsupportedType(f"a damaged or unknown ZIP archive; {_READABLE}") from exc
     if _WORD_DOCUMENT in content_types or (not content_types and "word/document.xml" in names):
-        _check_inflated_size(members_info, limits)
+        limits.check(
+            "max_inflated_bytes",
+            sum(member.file_size for member in listed),
+            "the DOCX's parts inflate to {count:,} bytes",
+        )
         return "docx"
     for prefix, kind in _OTHER_PACKAGES:
         if any(name.startswith(prefix) for name in names):
@@ -145,24 +150,20 @@ def _zip_type(data: bytes, filename: str | None, limits: Limits) -> DocumentType
     raise UnsupportedType(f"a ZIP archive is not a document; {_READABLE}")
 
 
-def _check_inflated_size(members: list[zipfile.ZipInfo], limits: Limits) -> None:
-    """Refuse a package by the sizes its directory declares, before inflating any of it.
+def _check_declared_sizes(members: list[zipfile.ZipInfo]) -> None:
+    """Refuse a member by the size its directory entry declares, before inflating any of it.
 
     The declarations bind: zipfile stops each member at its declared size (and fails its CRC
-    check when more was there), so what python-docx inflates later is bounded by these sums.
+    check when more was there), so what python-docx inflates later is bounded by their sum,
+    which the caller checks against the limit.
     """
     for member in members:
         if member.file_size > _DEFLATE_MAX_RATIO * max(member.compress_size, 1) + 65536:
             raise TooLarge(
-                f"the DOCX member {member.filename[:100]!r} declares {member.file_size:,} bytes "
+                f"the ZIP member {member.filename[:100]!r} declares {member.file_size:,} bytes "
                 f"from {member.compress_size:,} compressed, more than compression can reach "
                 "(a ZIP bomb)"
             )
-    limits.check(
-        "max_inflated_bytes",
-        sum(member.file_size for member in members),
-        "the DOCX's parts inflate to {count:,} bytes",
-    )
 
 
 def _text_type(text: str, suffix: str) -> DocumentType:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
+import zipfile
+import zlib
 from collections.abc import Iterator
 
 import docx
@@ -15,6 +18,9 @@ from service.pipeline.models import RawDocument
 
 _CELL_SEPARATOR = " | "
 _TITLE_SEARCH_DEPTH = 20
+_LOCAL_HEADER = struct.Struct("<4s5HIIIHH")
+_INFLATE_STEP = 4096
+"""Compressed bytes inflated at a time when checking a member: at most 4 MB come out of them."""
 
 
 def read_docx(data: bytes, budget: CpuBudget) -> RawDocument:
@@ -23,6 +29,7 @@ def read_docx(data: bytes, budget: CpuBudget) -> RawDocument:
     The package's inflated size was checked by detection; characters and CPU time are checked
     block by block (and row by row), so a small file of many paragraphs stops at the limit.
     """
+    _check_inflation(data)
     try:
         document = docx.Document(io.BytesIO(data))
         blocks: list[str] = []
@@ -40,6 +47,45 @@ def read_docx(data: bytes, budget: CpuBudget) -> RawDocument:
     except Exception as exc:
         raise CorruptFile(f"not a valid Word document: {exc}") from exc
     return RawDocument(text="\n\n".join(blocks), title=title)
+
+
+def _check_inflation(data: bytes) -> None:
+    """CorruptFile when a part inflates to more than its declared size, found a few kilobytes at
+    a time. zipfile cuts what it returns at the declared size, but python-docx reads each part
+    whole, and zipfile inflates all of it before cutting: a part declaring 1 KiB could still
+    take a gigabyte on the way."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+        for member in members:
+            _check_member(data, member)
+    except (zipfile.BadZipFile, struct.error, zlib.error, ValueError) as exc:
+        raise CorruptFile(f"not a valid Word document: {exc}") from exc
+
+
+def _check_member(data: bytes, member: zipfile.ZipInfo) -> None:
+    header = _LOCAL_HEADER.unpack_from(data, member.header_offset)
+    start = member.header_offset + _LOCAL_HEADER.size + header[-2] + header[-1]
+    compressed = memoryview(data)[start : start + member.compress_size]
+    if member.compress_type == zipfile.ZIP_STORED:
+        produced = len(compressed)
+    elif member.compress_type == zipfile.ZIP_DEFLATED:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        produced = 0
+        for offset in range(0, len(compressed), _INFLATE_STEP):
+            produced += len(inflater.decompress(compressed[offset : offset + _INFLATE_STEP]))
+            if produced > member.file_size:
+                break
+    else:
+        raise CorruptFile(
+            f"the part {member.filename[:100]!r} is compressed with method "
+            f"{member.compress_type}; Word writes only stored and deflated parts"
+        )
+    if produced > member.file_size:
+        raise CorruptFile(
+            f"the part {member.filename[:100]!r} inflates to more than the {member.file_size:,} "
+            "bytes it declares"
+        )
 
 
 def _blocks(content: Iterator[Paragraph | Table], budget: CpuBudget) -> Iterator[str]:

@@ -6,9 +6,10 @@ import io
 
 from pypdf import PageObject, PasswordType, PdfReader
 from pypdf.errors import LimitReachedError
+from pypdf.generic import DictionaryObject
 
 from service.errors import CorruptFile, EmptyDocument, TooLarge, UnsupportedType
-from service.pipeline.limits import CpuBudget
+from service.pipeline.limits import CpuBudget, Limits
 from service.pipeline.models import RawDocument
 
 
@@ -16,7 +17,7 @@ def read_pdf(data: bytes, budget: CpuBudget) -> RawDocument:
     """Each page's text, pages split by a blank line; TooLarge past the budget's limits on pages,
     characters (counted page by page) and CPU time."""
     limits = budget.limits
-    reader, page_count = _open(data)
+    reader, page_count = _open(data, limits)
     if page_count == 0:
         raise CorruptFile("not a valid PDF: it has no pages")
     limits.check("max_pages", page_count, "the PDF has {count:,} pages")
@@ -33,13 +34,19 @@ def read_pdf(data: bytes, budget: CpuBudget) -> RawDocument:
     return RawDocument(text=text, title=_title(reader), page_count=page_count)
 
 
-def _open(data: bytes) -> tuple[PdfReader, int]:
+def _open(data: bytes, limits: Limits) -> tuple[PdfReader, int]:
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             _unlock(reader)
+        # pypdf parses every page object to count them, about a millisecond each: the count the
+        # page tree declares refuses a PDF of 100,000 pages in a second rather than a minute.
+        tree = reader.root_object["/Pages"].get_object()
+        declared = tree.get("/Count") if isinstance(tree, DictionaryObject) else None
+        if isinstance(declared, int):
+            limits.check("max_pages", declared, "the PDF declares {count:,} pages")
         return reader, len(reader.pages)
-    except (UnsupportedType, MemoryError):
+    except (UnsupportedType, TooLarge, MemoryError):
         raise
     except LimitReachedError as exc:
         raise _beyond_limit(exc) from exc
