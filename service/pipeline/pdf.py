@@ -27,7 +27,8 @@ def read_pdf(data: bytes, budget: CpuBudget) -> RawDocument:
         budget.check(f"at page {number} of {page_count}")
         pages.append(_page_text(page, number))
         chars += len(pages[-1])
-        limits.check("max_chars", chars, f"its first {number} pages hold {{count:,}} characters")
+        found = f"the PDF's first {number} pages hold {{count:,}} characters"
+        limits.check("max_chars", chars, found)
     text = "\n\n".join(pages)
     if text.isspace() or not text:
         raise EmptyDocument("the PDF has no text layer (a scan needs OCR, which docproc lacks)")

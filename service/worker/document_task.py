@@ -52,7 +52,16 @@ def register(app: Celery) -> None:
             raise limit from exc
 
 
-def time_limit_in(exc: BaseException, soft_time_limit: float) -> SoftTimeLimitExceeded | None:
+class SoftTimeLimit(SoftTimeLimitExceeded):
+    """Celery's soft time limit, with a message that says which setting it is."""
+
+    error_type = "SoftTimeLimitExceeded"
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "the soft time limit"
+
+
+def time_limit_in(exc: BaseException, soft_time_limit: float) -> SoftTimeLimit | None:
     """The soft time limit, said in words, when it is what ended the work.
 
     The pipeline turns whatever a reader raises into CorruptFile, and Celery raises the soft
@@ -65,6 +74,6 @@ def time_limit_in(exc: BaseException, soft_time_limit: float) -> SoftTimeLimitEx
         cause = cause.__cause__ or cause.__context__
     if not isinstance(cause, SoftTimeLimitExceeded):
         return None
-    return SoftTimeLimitExceeded(
+    return SoftTimeLimit(
         f"processing took longer than CELERY_SOFT_TIME_LIMIT={soft_time_limit:g} s"
     )
