@@ -81,7 +81,7 @@ def test_a_byte_order_mark_over_bytes_that_do_not_follow_it_is_corrupt() -> None
         ("日本語の文書です。カタカナとひらがな。", "iso2022_jp"),
         ("半角ｶﾀｶﾅの混じる文書。", "iso2022_jp_ext"),
         ("한국어 문서입니다. 잘 읽히나요?", "iso2022_kr"),
-        ("中文文档，简体字。", "hz"),
+        ("中文文档，简体字。", "hz"),  # noqa: RUF001 -- the fullwidth comma is Chinese punctuation
         ("Grüße, 日本語 and a smile ☺ in UTF-7.", "utf-7"),
     ],
 )
