@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from tests.support import (
@@ -46,12 +47,23 @@ class Running:
     vhost: Vhost
 
 
+@pytest.fixture
+def up_env() -> dict[str, str]:
+    """Settings of the `docproc up` under test beyond the defaults; a module overrides it."""
+    return {}
+
+
 @pytest_asyncio.fixture(loop_scope="session")
-async def running(rabbitmq: RabbitMQ, tmp_path: Path) -> AsyncIterator[Running]:
+async def running(
+    rabbitmq: RabbitMQ, tmp_path: Path, up_env: dict[str, str]
+) -> AsyncIterator[Running]:
     name = await create_vhost(rabbitmq)
     port = free_port()
     env = Vhost(rabbitmq, name).env(
-        DOCPROC_API_PORT=str(port), CELERY_RETRY_DELAY="1", CELERY_RETRY_BACKOFF_MAX="2"
+        DOCPROC_API_PORT=str(port),
+        CELERY_RETRY_DELAY="1",
+        CELERY_RETRY_BACKOFF_MAX="2",
+        **up_env,
     )
     env["PYTHONPATH"] = str(ROOT)
     up = Process(docproc_command("up"), env, tmp_path / "up.log", cwd=tmp_path)
