@@ -381,3 +381,30 @@ async def test_hostile_documents_end_dead_naming_the_limit_in_bounded_memory(
     # The worst of it, for the record of the run (the fixture asserts the bound).
     command, peak = watch.largest()
     print(f"largest process: {command} at {peak // 1024} MB")
+
+
+@pytest.mark.parametrize("up_env", [{"CELERY_MAX_MEMORY_PER_CHILD": "1"}])
+async def test_a_pool_process_past_its_memory_limit_is_replaced_after_its_task(
+    running: Running,
+) -> None:
+    worker = next(
+        pid for pid in running.up.children() if "serve worker" in (peak_memory(pid) or ("",))[0]
+    )
+    pool = descendants(worker)
+    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
+        accepted = await http.post("/documents", files={"file": ("note.txt", b"A short note.")})
+        task_id = accepted.json()["task_id"]
+
+        async def succeeded() -> bool | None:
+            status = (await http.get(f"/tasks/{task_id}/status")).json()
+            return True if status["state"] == "SUCCESS" else None
+
+        await eventually(succeeded, 60, "the document to be processed")
+
+    async def replaced() -> set[int] | None:
+        # billiard's child says so only to a logger of its own; its pid says it too.
+        now = await asyncio.to_thread(descendants, worker)
+        return now if pool - now and len(now) == len(pool) else None
+
+    await eventually(replaced, 30, "the pool process that ran it to be replaced by another")
+    assert "restarting it" not in running.up.output(), "the worker itself did not die"
