@@ -104,9 +104,10 @@ def lying_document(inflated: int = 64 << 20) -> bytes:
     return zip_of(members)
 
 
-def paragraphs_docx(paragraphs: int) -> bytes:
-    """A valid DOCX of `paragraphs` identical paragraphs of 37 characters: 100,000 of them make a
-    file of 60 KB, 8 MB inflated, 4 million characters."""
+def paragraphs_docx(paragraphs: int, body: str = "") -> bytes:
+    """A valid DOCX of `paragraphs` identical paragraphs of 37 characters, after `body` (raw
+    WordprocessingML): 100,000 of them make a file of 60 KB, 8 MB inflated, 4 million
+    characters."""
     document = docx.Document()
     buffer = io.BytesIO()
     document.save(buffer)
@@ -117,7 +118,8 @@ def paragraphs_docx(paragraphs: int) -> bytes:
         for member in source.infolist():
             data = source.read(member)
             if member.filename == "word/document.xml":
-                data = data.replace(b"<w:body>", b"<w:body>" + paragraph * paragraphs, 1)
+                content = body.encode() + paragraph * paragraphs
+                data = data.replace(b"<w:body>", b"<w:body>" + content, 1)
             archive.writestr(member.filename, data)
     return out.getvalue()
 

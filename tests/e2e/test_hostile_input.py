@@ -408,3 +408,25 @@ async def test_a_pool_process_past_its_memory_limit_is_replaced_after_its_task(
 
     await eventually(replaced, 30, "the pool process that ran it to be replaced by another")
     assert "restarting it" not in running.up.output(), "the worker itself did not die"
+
+
+@pytest.mark.parametrize("up_env", [{"CELERY_SOFT_TIME_LIMIT": "1", "CELERY_TIME_LIMIT": "5"}])
+async def test_a_pdf_that_outlasts_the_soft_time_limit_dies_of_it_not_as_corrupt(
+    running: Running,
+) -> None:
+    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
+        pdf = hostile_files.pdf_of_pages(4000)  # pypdf takes seconds to read its page tree
+        accepted = await http.post("/documents", files={"file": ("slow.pdf", pdf)})
+        task_id = accepted.json()["task_id"]
+
+        async def dead() -> dict[str, Any] | None:
+            status: dict[str, Any] = (await http.get(f"/tasks/{task_id}/status")).json()
+            return status if status["state"] in {"SUCCESS", "DEAD"} else None
+
+        status = await eventually(dead, 60, "the PDF to be dead-lettered")
+    assert status["state"] == "DEAD"
+    # Caught inside pypdf, it is named; a hard limit (pypdf swallowing the soft one) is a time
+    # limit too. Never CorruptFile.
+    assert status["error"]["type"] in {"SoftTimeLimitExceeded", "TimeLimitExceeded"}, status
+    if status["error"]["type"] == "SoftTimeLimitExceeded":
+        assert "CELERY_SOFT_TIME_LIMIT=1 s" in status["error"]["message"]

@@ -260,3 +260,26 @@ def test_the_depth_bound_is_exact(depth: int) -> None:
             read_html(markup)
     else:
         assert read_html(markup).text.count("x") == depth
+
+
+def test_a_raw_html_block_in_markdown_is_held_to_the_same_depth() -> None:
+    source = "# Notes\n\nSome text.\n\n" + "<div>\n" * 40_000
+
+    started = time.process_time()
+    with pytest.raises(TooLarge, match="nests elements 40,000 deep"):
+        extract(source.encode(), "notes.md")
+
+    assert time.process_time() - started < 2
+
+
+def test_docx_tables_nested_beyond_what_libxml2_parses_are_refused_at_once() -> None:
+    # libxml2 stops at 256 levels of XML (python-docx does not ask for XML_PARSE_HUGE), which
+    # bounds both nested tables and the recursion reading their cells.
+    level = "<w:tbl><w:tr><w:tc><w:p><w:r><w:t>x</w:t></w:r></w:p>"
+    nested = hostile_files.paragraphs_docx(0, body=level * 5000)
+
+    started = time.process_time()
+    with pytest.raises(CorruptFile, match="Excessive depth"):
+        extract(nested, "nested.docx")
+
+    assert time.process_time() - started < 1
