@@ -82,6 +82,7 @@ documents = Table(
     Column("reconciled_count", Integer, nullable=False, default=0, server_default="0"),
     Column("reconciled_at", Timestamp()),
     Index("ix_documents_unpublished", "published_at", "created_at"),
+    Index("ix_documents_created_at", "created_at", "id"),
 )
 
 idempotency_keys = Table(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import AsyncIterator
@@ -47,6 +48,35 @@ class Running:
     vhost: Vhost
 
 
+@contextlib.asynccontextmanager
+async def docproc_up(
+    rabbitmq: RabbitMQ, directory: Path, **overrides: str
+) -> AsyncIterator[Running]:
+    """`docproc up` in `directory` on a fresh vhost, ready; stopped and the vhost deleted after."""
+    name = await create_vhost(rabbitmq)
+    port = free_port()
+    env = Vhost(rabbitmq, name).env(
+        DOCPROC_API_PORT=str(port),
+        CELERY_RETRY_DELAY="1",
+        CELERY_RETRY_BACKOFF_MAX="2",
+        **overrides,
+    )
+    env["PYTHONPATH"] = str(ROOT)
+    up = Process(docproc_command("up"), env, directory / "up.log", cwd=directory)
+
+    async def banner() -> bool | None:
+        if not up.alive():
+            raise AssertionError(f"docproc up exited:\n{up.tail()}")
+        return True if "docproc is up" in up.output() else None
+
+    try:
+        await eventually(banner, 90, "docproc up to be ready", interval=0.2)
+        yield Running(up, env, f"http://127.0.0.1:{port}", directory, Vhost(rabbitmq, name))
+    finally:
+        up.stop(timeout=90)
+        await delete_vhost(rabbitmq, name)
+
+
 @pytest.fixture
 def up_env() -> dict[str, str]:
     """Settings of the `docproc up` under test beyond the defaults; a module overrides it."""
@@ -57,28 +87,8 @@ def up_env() -> dict[str, str]:
 async def running(
     rabbitmq: RabbitMQ, tmp_path: Path, up_env: dict[str, str]
 ) -> AsyncIterator[Running]:
-    name = await create_vhost(rabbitmq)
-    port = free_port()
-    env = Vhost(rabbitmq, name).env(
-        DOCPROC_API_PORT=str(port),
-        CELERY_RETRY_DELAY="1",
-        CELERY_RETRY_BACKOFF_MAX="2",
-        **up_env,
-    )
-    env["PYTHONPATH"] = str(ROOT)
-    up = Process(docproc_command("up"), env, tmp_path / "up.log", cwd=tmp_path)
-
-    async def banner() -> bool | None:
-        if not up.alive():
-            raise AssertionError(f"docproc up exited:\n{up.tail()}")
-        return True if "docproc is up" in up.output() else None
-
-    try:
-        await eventually(banner, 90, "docproc up to be ready", interval=0.2)
-        yield Running(up, env, f"http://127.0.0.1:{port}", tmp_path, Vhost(rabbitmq, name))
-    finally:
-        up.stop(timeout=90)
-        await delete_vhost(rabbitmq, name)
+    async with docproc_up(rabbitmq, tmp_path, **up_env) as started:
+        yield started
 
 
 def docproc(running: Running, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

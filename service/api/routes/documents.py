@@ -136,7 +136,7 @@ def upload_handler(settings: Settings) -> Any:
     return upload
 
 
-def _document_with_state(connection: Connection, document_id: str) -> DocumentOut | None:
+def document_with_state(connection: Connection, document_id: str) -> DocumentOut | None:
     document = documents.get(connection, document_id)
     if document is None:
         return None
@@ -168,7 +168,7 @@ def _document_with_state(connection: Connection, document_id: str) -> DocumentOu
     summary="A document's metadata and state",
 )
 async def document(document_id: PathId, store: StoreDep) -> DocumentOut:
-    found = await store.run(_document_with_state, document_id)
+    found = await store.run(document_with_state, document_id)
     if found is None:
         raise NotFound(f"no document {document_id}")
     return found
