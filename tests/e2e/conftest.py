@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from tests.support import (
@@ -76,9 +77,17 @@ async def docproc_up(
         await delete_vhost(rabbitmq, name)
 
 
+@pytest.fixture
+def up_env() -> dict[str, str]:
+    """Settings of the `docproc up` under test beyond the defaults; a module overrides it."""
+    return {}
+
+
 @pytest_asyncio.fixture(loop_scope="session")
-async def running(rabbitmq: RabbitMQ, tmp_path: Path) -> AsyncIterator[Running]:
-    async with docproc_up(rabbitmq, tmp_path) as started:
+async def running(
+    rabbitmq: RabbitMQ, tmp_path: Path, up_env: dict[str, str]
+) -> AsyncIterator[Running]:
+    async with docproc_up(rabbitmq, tmp_path, **up_env) as started:
         yield started
 
 

@@ -20,6 +20,7 @@ from service.api.params import PathId
 from service.api.responses import errors
 from service.api.services import IntakeDep, StoreDep
 from service.errors import BadRequest, DocprocError, NotFound, TooLarge
+from service.indexing import pipeline_limits
 from service.intake import Upload, inspect_upload
 from service.search_syntax import parse
 from service.settings import Settings
@@ -61,6 +62,7 @@ def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
 
 def upload_handler(settings: Settings) -> Any:
     """POST /documents, with the body limit taken from the settings."""
+    limits = pipeline_limits(settings)
 
     @post(
         "/documents",
@@ -99,7 +101,7 @@ def upload_handler(settings: Settings) -> Any:
                 f"the file's content type must be printable and at most {MAX_CONTENT_TYPE} "
                 "characters"
             )
-        sha256 = await inspect_upload(content, filename)
+        sha256 = await inspect_upload(content, filename, limits)
         receipt = await intake.submit(
             Upload(
                 filename=filename,
