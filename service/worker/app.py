@@ -25,7 +25,7 @@ from service.topology import (
     Topology,
     build_topology,
 )
-from service.worker import canary, document_task, lifecycle, maintenance
+from service.worker import canary, document_task, lifecycle, maintenance, metrics
 from service.worker.base_task import DocprocTask
 from service.worker.docproc_celery import DocprocCelery
 from service.worker.store_watch import StoreWatch
@@ -155,7 +155,11 @@ def _connect_signals(app: DocprocCelery) -> None:
         except DatabaseError as exc:
             # No crash loop: the worker starts paused and takes work once the store answers.
             logger.warning("the store is unavailable at start: {}", exc)
+        stop_metrics = metrics.serve(app.settings)  # before the pool forks
+        if stop_metrics is not None:
+            signals.worker_shutdown.connect(lambda **_: stop_metrics(), weak=False)
 
     signals.setup_logging.connect(on_setup_logging, weak=False)
     signals.worker_init.connect(on_worker_init, weak=False)
+    metrics.connect(app)
     lifecycle.connect(app, lambda: app.store)

@@ -10,6 +10,7 @@ from loguru import logger
 from service.errors import DatabaseError
 from service.store import task_runs
 from service.store.database import Store
+from service.worker import metrics
 
 
 class ProgressTracker:
@@ -40,6 +41,7 @@ class ProgressTracker:
     def begin(self, step: str) -> None:
         """Note that `step` begins; every step before it is done."""
         self.done = self.steps.index(step)
+        metrics.step_begins(self._task_id, step)
         now = time.monotonic()
         if self._written is not None and now - self._written < self.min_interval:
             return

@@ -44,6 +44,7 @@ def test_every_variable_is_read() -> None:
         "DOCPROC_DEAD_LETTER_RETENTION": "7d",
         "DOCPROC_HANDLED_DEAD_LETTER_RETENTION": "1d",
         "DOCPROC_API_WORKERS": "3",
+        "DOCPROC_WORKER_METRICS_PORT": "0",
         "DOCPROC_RESTART_DELAY": "0.5s",
         "DOCPROC_RECONCILE_AFTER": "15m",
         "DOCPROC_CHUNK_SIZE": "500",
@@ -73,6 +74,7 @@ def test_every_variable_is_read() -> None:
     assert settings.max_retries == 0
     assert settings.restart_delay == 0.5
     assert settings.reconcile_after == 900
+    assert settings.worker_metrics_port == 0
     assert settings.resolved_database_url == "postgresql://docproc@db/docproc"
 
 
