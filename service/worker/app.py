@@ -70,6 +70,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": list(serialization.ACCEPTED),
         "result_accept_content": list(serialization.ACCEPTED),
         "event_serializer": "json",
+        # Task events for Flower (and `celery events`): received, started, succeeded, failed,
+        # retried; and `task-sent` for what Celery clients publish (beat, a stock client).
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
         "task_acks_late": True,
         "task_acks_on_failure": False,
         "task_acks_on_timeout": False,
