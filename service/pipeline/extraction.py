@@ -12,6 +12,7 @@ from service.pipeline.markdown import read_markdown
 from service.pipeline.models import DocumentType, Extracted, RawDocument
 from service.pipeline.normalisation import normalise, single_line
 from service.pipeline.pdf import read_pdf
+from service.pipeline.steps import step
 
 
 def _read_plain_text(text: str) -> RawDocument:
@@ -37,16 +38,19 @@ def extract(
     Raises UnsupportedType, CorruptFile, TooLarge (beyond `max_chars` characters of text or
     `max_pages` PDF pages) or EmptyDocument.
     """
-    identified = identify(data, filename)
+    with step("detect"):
+        identified = identify(data, filename)
     decoded = identified.decoded
-    if decoded is not None:
-        raw = _TEXT_READERS[identified.detected_type](decoded.text)
-    elif identified.detected_type == "pdf":
-        raw = read_pdf(data, max_pages=max_pages)
-    else:
-        raw = read_docx(data)
+    with step("read"):
+        if decoded is not None:
+            raw = _TEXT_READERS[identified.detected_type](decoded.text)
+        elif identified.detected_type == "pdf":
+            raw = read_pdf(data, max_pages=max_pages)
+        else:
+            raw = read_docx(data)
     # PDF lines are laid out by the writer, which breaks words with hyphens at line ends.
-    text = normalise(raw.text, join_hyphenated=identified.detected_type == "pdf")
+    with step("normalise"):
+        text = normalise(raw.text, join_hyphenated=identified.detected_type == "pdf")
     if max_chars is not None and len(text) > max_chars:
         raise TooLarge(
             f"the document has {len(text):,} characters of text; the limit is {max_chars:,}"

@@ -25,7 +25,7 @@ from service.topology import (
     Topology,
     build_topology,
 )
-from service.worker import canary, document_task, lifecycle, maintenance, metrics
+from service.worker import canary, document_task, lifecycle, maintenance, metrics, tracing
 from service.worker.base_task import DocprocTask
 from service.worker.docproc_celery import DocprocCelery
 from service.worker.store_watch import StoreWatch
@@ -166,4 +166,5 @@ def _connect_signals(app: DocprocCelery) -> None:
     signals.setup_logging.connect(on_setup_logging, weak=False)
     signals.worker_init.connect(on_worker_init, weak=False)
     metrics.connect(app)
+    tracing.connect(app)
     lifecycle.connect(app, lambda: app.store)

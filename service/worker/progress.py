@@ -10,7 +10,7 @@ from loguru import logger
 from service.errors import DatabaseError
 from service.store import task_runs
 from service.store.database import Store
-from service.worker import metrics
+from service.worker import metrics, tracing
 
 
 class ProgressTracker:
@@ -42,6 +42,7 @@ class ProgressTracker:
         """Note that `step` begins; every step before it is done."""
         self.done = self.steps.index(step)
         metrics.step_begins(self._task_id, step)
+        tracing.step_begins(step)
         now = time.monotonic()
         if self._written is not None and now - self._written < self.min_interval:
             return
