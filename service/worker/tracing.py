@@ -46,6 +46,13 @@ def _end_steps(depth: int = 0) -> None:
         _open.pop().end()
 
 
+def _failed(span: Any, exc: BaseException) -> None:
+    from opentelemetry import trace
+
+    span.record_exception(exc)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+
+
 def step_begins(step: str) -> None:
     """A step of the document task begins: the one before it ends."""
     global _run  # noqa: PLW0603 -- one task at a time in a pool process
@@ -69,8 +76,7 @@ def _pipeline_step(name: str) -> Iterator[Any]:
     try:
         yield span
     except BaseException as exc:
-        span.record_exception(exc)
-        span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+        _failed(span, exc)
         raise
     finally:
         _end_steps(depth)
@@ -87,10 +93,13 @@ def connect(app: Celery) -> None:
         CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
         steps.watch(_pipeline_step)
 
-    def on_postrun(task: Any = None, **_: Any) -> None:
+    def on_postrun(task: Any = None, retval: Any = None, state: str = "", **_: Any) -> None:
         # Connected before Celery's instrumentation: the steps end before the run does.
-        if getattr(task, "app", None) is app:
-            _end_steps()
+        if getattr(task, "app", None) is not app or not _open:
+            return
+        if state != "SUCCESS" and isinstance(retval, BaseException):
+            _failed(_open[-1], getattr(retval, "exc", None) or retval)  # a Retry: its cause
+        _end_steps()
 
     def on_process_shutdown(**_: Any) -> None:
         telemetry.flush()

@@ -4,6 +4,7 @@ consumer — on a vhost and SQLite store of its own, for the observability tests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,15 +65,13 @@ class Stack:
         return await eventually(probe, timeout, f"task {task_id} to be {'/'.join(states)}")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(
-    rabbitmq: RabbitMQ, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Stack]:
-    logs = Path(tmp_path_factory.mktemp("stack"))
+@contextlib.asynccontextmanager
+async def running_stack(rabbitmq: RabbitMQ, logs: Path, **env: str) -> AsyncIterator[Stack]:
+    """API, worker and DLQ consumer on a fresh vhost and SQLite store, `env` in each."""
     database_url = f"sqlite:///{logs / 'docproc.db'}"
     upgrade(database_url)
     name = await create_vhost(rabbitmq)
-    vhost = Vhost(rabbitmq, name, {"DOCPROC_DATABASE_URL": database_url})
+    vhost = Vhost(rabbitmq, name, {"DOCPROC_DATABASE_URL": database_url, **env})
     declared = await asyncio.to_thread(run_docproc, "topology", "declare", env=vhost.env())
     assert declared.returncode == 0, declared.stderr
     port = free_port()
@@ -95,3 +94,11 @@ async def stack(
         for process in reversed(started):
             process.stop()
         await delete_vhost(rabbitmq, name)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def stack(
+    rabbitmq: RabbitMQ, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    async with running_stack(rabbitmq, Path(tmp_path_factory.mktemp("stack"))) as running:
+        yield running
