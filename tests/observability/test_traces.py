@@ -5,20 +5,24 @@ exporting OTLP/HTTP to a receiver this test runs (tests/observability/otlp.py)."
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
+from celery import Celery
 
 from service import telemetry
+from service.api.app import create_app
+from service.settings import Settings
 from service.store.database import Store
-from service.task_contract import PROCESS_DOCUMENT
+from service.task_contract import CANARY_SUCCEED, PROCESS_DOCUMENT
 from tests.deployment import clear_index_failure, inject_index_failure
 from tests.observability.conftest import Stack, running_stack
 from tests.observability.otlp import Receiver, Span, Trace
-from tests.support import RabbitMQ, eventually
+from tests.support import RabbitMQ, RecordingPublisher, eventually
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
 
@@ -59,6 +63,36 @@ async def trace_of(receiver: Receiver, task_id: str, *names: str, timeout: float
     return await eventually(probe, timeout, f"the trace of task {task_id} with {names}")
 
 
+async def test_a_stock_celery_clients_traceparent_is_the_runs_parent(
+    traced: Stack, receiver: Receiver
+) -> None:
+    trace_id, span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    client = Celery(broker=traced.vhost.url)
+    try:
+        sent = client.send_task(
+            CANARY_SUCCEED,
+            exchange="docproc",
+            routing_key="document_processing",
+            declare=[],
+            headers={"traceparent": f"00-{trace_id}-{span_id}-01"},
+        )
+    finally:
+        client.close()
+
+    async def run() -> Span | None:
+        return next(
+            (s for s in receiver.snapshot() if s.attributes.get("messaging.message.id") == sent.id),
+            None,
+        )
+
+    span = await eventually(run, 30, "the canary's run span")
+    assert (span.name, span.trace_id, span.parent_id) == (
+        f"run/{CANARY_SUCCEED}",
+        trace_id,
+        span_id,
+    )
+
+
 def test_nothing_is_set_up_without_the_otel_variables() -> None:
     assert not telemetry.enabled({})
     assert not telemetry.enabled(
@@ -68,6 +102,9 @@ def test_nothing_is_set_up_without_the_otel_variables() -> None:
     assert telemetry.enabled({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://x/v1/traces"})
     assert not telemetry.setup("test", {})
     assert not telemetry.active()
+    # The API then has no tracing plugin, so no tracing middleware.
+    app = create_app(Settings(), publisher=RecordingPublisher())
+    assert not [plugin for plugin in app.plugins if "OpenTelemetry" in type(plugin).__name__]
 
 
 async def test_one_trace_follows_a_document_from_the_request_to_its_index(
