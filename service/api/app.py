@@ -12,7 +12,7 @@ from litestar.di import Provide
 from loguru import logger
 
 from service import telemetry
-from service.api import docs
+from service.api import console, docs
 from service.api.correlation import correlation_middleware
 from service.api.http_metrics import http_metrics_middleware
 from service.api.problems import EXCEPTION_HANDLERS
@@ -68,19 +68,20 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
 
     # Everything but liveness, readiness, metrics and the OpenAPI document takes a key, when
     # keys are set (service.api.security).
+    api = [
+        documents.upload_handler(settings),
+        documents.document,
+        documents.document_text,
+        documents.search_documents,
+        tasks.task_status,
+        tasks.task_detail,
+        tasks.retry_task,
+        tasks.stats,
+        *dead_letters.ROUTES,
+    ]
     keyed = Router(
         path="/",
-        route_handlers=[
-            documents.upload_handler(settings),
-            documents.document,
-            documents.document_text,
-            documents.search_documents,
-            tasks.task_status,
-            tasks.task_detail,
-            tasks.retry_task,
-            tasks.stats,
-            *dead_letters.ROUTES,
-        ],
+        route_handlers=api,
         middleware=(
             [api_key_middleware(settings.api_keys, public_reads=settings.public_reads)]
             if settings.api_keys
@@ -99,6 +100,7 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
             operations.ready,
             operations.metrics,
             docs.assets,
+            *console.routers(api),
         ],
         dependencies={name: Provide(provider) for name, provider in PROVIDERS.items()},
         exception_handlers=EXCEPTION_HANDLERS,
@@ -106,6 +108,7 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
         middleware=[correlation_middleware, slow_body_middleware, http_metrics_middleware],
         lifespan=[lifespan],
         openapi_config=docs.openapi_config(settings),
+        template_config=console.template_config(),
         logging_config=None,  # logging is ours (service.logs), set up by the entry point
         debug=False,
     )

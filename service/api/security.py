@@ -56,8 +56,14 @@ def _check(authorization: bytes, keys: tuple[bytes, ...]) -> None:
             detail="this endpoint needs an API key: Authorization: Bearer <key>",
             headers={"WWW-Authenticate": 'Bearer realm="docproc"'},
         )
+    if not valid_key(given, keys):
+        raise PermissionDeniedException(detail="the API key is not valid")
+
+
+def valid_key(given: str | bytes, keys: tuple[str, ...] | tuple[bytes, ...]) -> bool:
+    """Whether `given` is one of `keys`, compared in constant time (bytes or str alike)."""
+    given = given.encode() if isinstance(given, str) else given
     matched = False
     for key in keys:  # no early exit: the time taken says nothing about which key matched
-        matched |= hmac.compare_digest(given, key)
-    if not matched:
-        raise PermissionDeniedException(detail="the API key is not valid")
+        matched |= hmac.compare_digest(given, key.encode() if isinstance(key, str) else key)
+    return matched

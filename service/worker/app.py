@@ -86,6 +86,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": maintenance.SCHEDULE,
         "beat_schedule_filename": str(Path(settings.data_dir) / "celerybeat-schedule"),
         "worker_concurrency": settings.concurrency,
+        # A pool process whose peak resident memory passed this (KiB) is replaced after its
+        # task: memory a large document made it take is not kept for ever.
+        "worker_max_memory_per_child": settings.max_memory_per_child or None,
         "worker_consumer": "service.worker.consumer:DeadLetteringConsumer",
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
