@@ -52,6 +52,17 @@ def setup(component: str, environ: Mapping[str, str] = os.environ) -> bool:
     global _active  # noqa: PLW0603 -- one tracer provider per process
     if _active or not enabled(environ):
         return _active
+    try:
+        import opentelemetry.sdk  # noqa: F401
+    except ImportError:
+        from loguru import logger
+
+        logger.warning(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set, but OpenTelemetry's SDK is not installed: no "
+            "traces are exported. Install docproc's otel extra (uv run --extra otel …, or pip "
+            "install 'docproc[otel]')"
+        )
+        return False
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor
