@@ -110,4 +110,9 @@ def index_document(
         if succeeded is not None:
             store.run(succeeded)
         return {"document_id": document_id, "skipped": "already processed"}
-    return {"document_id": document_id, "chunks": len(chunks)}
+    return {
+        "document_id": document_id,
+        "chunks": len(chunks),
+        "document_type": extracted.detected_type,
+        "bytes": len(upload.content),
+    }

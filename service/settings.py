@@ -48,6 +48,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     dead_letter_retention: PositiveFloat = 14 * 24 * 3600.0
     handled_dead_letter_retention: PositiveFloat = 3 * 24 * 3600.0
     api_workers: PositiveInt = 1
+    worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9808
     restart_delay: PositiveFloat = 1.0
     reconcile_after: PositiveFloat = 600.0
     chunk_size: Annotated[int, msgspec.Meta(ge=100)] = 1000
@@ -179,6 +180,7 @@ ENVIRONMENT: dict[str, str] = {
     "dead_letter_retention": "DOCPROC_DEAD_LETTER_RETENTION",
     "handled_dead_letter_retention": "DOCPROC_HANDLED_DEAD_LETTER_RETENTION",
     "api_workers": "DOCPROC_API_WORKERS",
+    "worker_metrics_port": "DOCPROC_WORKER_METRICS_PORT",
     "restart_delay": "DOCPROC_RESTART_DELAY",
     "reconcile_after": "DOCPROC_RECONCILE_AFTER",
     "chunk_size": "DOCPROC_CHUNK_SIZE",

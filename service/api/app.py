@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from litestar import Litestar, Router
 from litestar.di import Provide
 from loguru import logger
 
+from service import telemetry
 from service.api import console, docs
 from service.api.correlation import correlation_middleware
 from service.api.http_metrics import http_metrics_middleware
@@ -90,6 +92,8 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
     if settings.api_keys and settings.public_reads:
         logger.warning("DOCPROC_PUBLIC_READS=true: reads need no API key, only writes do")
     return Litestar(
+        # Traces (service.telemetry) only when exported: otherwise no middleware at all.
+        plugins=_tracing_plugins() if telemetry.active() else [],
         route_handlers=[
             keyed,
             operations.health,
@@ -110,10 +114,17 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
     )
 
 
+def _tracing_plugins() -> list[Any]:
+    from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+    return [OpenTelemetryPlugin(OpenTelemetryConfig())]
+
+
 def create_app_from_environment() -> Litestar:
     """The factory `docproc serve api` hands to uvicorn (its worker processes call it)."""
     from service.settings import load_settings
 
     settings = load_settings()
     setup_logging(settings.log_level, component="api", log_format=settings.log_format)
+    telemetry.setup("api")
     return create_app(settings)

@@ -14,6 +14,7 @@ from service.errors import CorruptFile, EmptyDocument, TooLarge, UnsupportedType
 from service.pipeline.decoding import Decoded, decode
 from service.pipeline.limits import NO_LIMITS, Limits
 from service.pipeline.models import DocumentType
+from service.pipeline.steps import step
 
 _READABLE = "docproc reads PDF, DOCX, HTML, Markdown and plain text"
 
@@ -108,7 +109,8 @@ def identify(data: bytes, filename: str | None = None, limits: Limits = NO_LIMIT
             raise UnsupportedType(f"{kind} is not a document; {_READABLE}")
     suffix = _suffix(filename)
     try:
-        decoded = decode(data)
+        with step("decode"):
+            decoded = decode(data)
     except UnsupportedType as exc:
         if suffix in _CLAIMED_BY_NAME:
             raise CorruptFile(f"named {suffix} but not a valid {_CLAIMED_BY_NAME[suffix]}") from exc

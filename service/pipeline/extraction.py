@@ -13,6 +13,7 @@ from service.pipeline.markdown import read_markdown
 from service.pipeline.models import DocumentType, Extracted, RawDocument
 from service.pipeline.normalisation import normalise, single_line
 from service.pipeline.pdf import read_pdf
+from service.pipeline.steps import step
 
 
 def _read_plain_text(text: str) -> RawDocument:
@@ -41,17 +42,20 @@ def extract(data: bytes, filename: str | None = None, limits: Limits = NO_LIMITS
 
 def _extract(data: bytes, filename: str | None, limits: Limits) -> Extracted:
     budget = CpuBudget(limits)
-    identified = identify(data, filename, limits)
+    with step("detect"):
+        identified = identify(data, filename, limits)
     decoded = identified.decoded
-    if decoded is not None:
-        raw = _TEXT_READERS[identified.detected_type](decoded.text)
-    elif identified.detected_type == "pdf":
-        raw = read_pdf(data, budget)
-    else:
-        raw = read_docx(data, budget)
+    with step("read"):
+        if decoded is not None:
+            raw = _TEXT_READERS[identified.detected_type](decoded.text)
+        elif identified.detected_type == "pdf":
+            raw = read_pdf(data, budget)
+        else:
+            raw = read_docx(data, budget)
     budget.check("after reading its format")
     # PDF lines are laid out by the writer, which breaks words with hyphens at line ends.
-    text = normalise(raw.text, join_hyphenated=identified.detected_type == "pdf")
+    with step("normalise"):
+        text = normalise(raw.text, join_hyphenated=identified.detected_type == "pdf")
     limits.check("max_chars", len(text), "the document has {count:,} characters of text")
     return Extracted(
         detected_type=identified.detected_type,

@@ -494,3 +494,11 @@ def failures(connection: Connection, task_ids: set[str]) -> dict[str, dict[str, 
         }
         for row in rows
     }
+
+
+def oldest_pending(connection: Connection) -> datetime | None:
+    """When the longest-waiting PENDING run was accepted (published or not), if any."""
+    oldest: datetime | None = connection.execute(
+        select(func.min(task_runs.c.updated_at)).where(task_runs.c.state == "PENDING")
+    ).scalar()
+    return oldest

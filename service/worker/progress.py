@@ -11,6 +11,7 @@ from loguru import logger
 from service.errors import DatabaseError
 from service.store import task_runs
 from service.store.database import Store
+from service.worker import metrics, tracing
 
 
 class ProgressTracker:
@@ -56,6 +57,8 @@ class ProgressTracker:
     def begin(self, step: str) -> None:
         """Note that `step` begins; every step before it is done."""
         self.done = self.steps.index(step)
+        metrics.step_begins(self._task_id, step)
+        tracing.step_begins(step)
         now = time.monotonic()
         self._began.append((step, now))
         if self._written is not None and now - self._written < self.min_interval:

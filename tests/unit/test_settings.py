@@ -49,6 +49,7 @@ def test_every_variable_is_read() -> None:
         "DOCPROC_DEAD_LETTER_RETENTION": "7d",
         "DOCPROC_HANDLED_DEAD_LETTER_RETENTION": "1d",
         "DOCPROC_API_WORKERS": "3",
+        "DOCPROC_WORKER_METRICS_PORT": "0",
         "DOCPROC_RESTART_DELAY": "0.5s",
         "DOCPROC_RECONCILE_AFTER": "15m",
         "DOCPROC_CHUNK_SIZE": "500",
@@ -79,6 +80,7 @@ def test_every_variable_is_read() -> None:
     assert settings.max_retries == 0
     assert settings.restart_delay == 0.5
     assert settings.reconcile_after == 900
+    assert settings.worker_metrics_port == 0
     assert (settings.max_inflated_bytes, settings.max_chars) == (4096, 100_000)
     assert (settings.max_pages, settings.max_chunks) == (50, 200)
     assert settings.max_cpu_seconds == 120
