@@ -56,6 +56,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     log_level: LogLevel = "INFO"
     log_format: Literal["auto", "json", "human"] = "auto"
     concurrency: PositiveInt = 2
+    task_events: bool = True
     max_memory_per_child: NonNegativeInt = 512 * 1024  # KiB, as Celery counts it; 0: never
     max_retries: NonNegativeInt = 3
     retry_delay: PositiveFloat = 60.0
@@ -188,6 +189,7 @@ ENVIRONMENT: dict[str, str] = {
     "log_level": "CELERY_LOG_LEVEL",
     "log_format": "DOCPROC_LOG_FORMAT",
     "concurrency": "CELERY_CONCURRENCY",
+    "task_events": "CELERY_TASK_EVENTS",
     "max_memory_per_child": "CELERY_MAX_MEMORY_PER_CHILD",
     "max_retries": "CELERY_MAX_RETRIES",
     "retry_delay": "CELERY_RETRY_DELAY",

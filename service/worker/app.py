@@ -72,7 +72,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "event_serializer": "json",
         # Task events for Flower (and `celery events`): received, started, succeeded, failed,
         # retried; and `task-sent` for what Celery clients publish (beat, a stock client).
-        "worker_send_task_events": True,
+        "worker_send_task_events": settings.task_events,
         "task_send_sent_event": True,
         "task_acks_late": True,
         "task_acks_on_failure": False,

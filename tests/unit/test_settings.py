@@ -57,6 +57,7 @@ def test_every_variable_is_read() -> None:
         "CELERY_LOG_LEVEL": "debug",
         "DOCPROC_LOG_FORMAT": "Human",
         "CELERY_CONCURRENCY": "4",
+        "CELERY_TASK_EVENTS": "false",
         "CELERY_MAX_MEMORY_PER_CHILD": "0",
         "CELERY_MAX_RETRIES": "0",
         "CELERY_RETRY_DELAY": "2.5",
@@ -72,6 +73,7 @@ def test_every_variable_is_read() -> None:
     assert settings.queue_type == "classic"
     assert settings.api_keys == ("k1", "k2")
     assert settings.public_reads is True
+    assert settings.task_events is False
     assert settings.dead_letter_retention == 7 * 86400
     assert settings.log_level == "DEBUG"
     assert settings.log_format == "human"
