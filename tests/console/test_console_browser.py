@@ -99,7 +99,9 @@ async def test_an_upload_through_the_page_reaches_success_and_search_finds_it(
     await accepted.click()
     await expect(page.locator("#document-state")).to_have_text("SUCCESS", timeout=SLOW)
     await expect(page.get_by_label("extracted text", exact=True)).to_contain_text("westerly gale")
-    await expect(page.locator(".timeline li")).to_have_count(3)  # accepted, started, finished
+    # accepted, started, its four steps (load, extract, chunk, index) and finished
+    await expect(page.locator(".timeline li")).to_have_count(7)
+    await expect(page.locator(".timeline li").nth(3)).to_contain_text("extract")
 
     await signed_in.go("/ui/search")
     await page.get_by_label("Words to find").fill("lighthouse gale")
