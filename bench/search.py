@@ -107,13 +107,13 @@ class Corpus:
             if min(self.rank[words[at]], self.rank[words[at + 1]]) > 50:
                 return words[at], words[at + 1]
 
-    def _prefix(self) -> tuple[str, str]:
+    def _prefix(self) -> str:
         """The first four letters of a word ranked 100-5,000 that none of the 100 commonest
-        starts with, and that word."""
+        starts with."""
         while True:
-            word = self._word(100, 5_000)
-            if not any(common.startswith(word[:4]) for common in self.ranked[:100]):
-                return word[:4], word
+            stem = self._word(100, 5_000)[:4]
+            if not any(common.startswith(stem) for common in self.ranked[:100]):
+                return stem
 
     def query(self, kind: str) -> tuple[str, str]:
         """A query of this kind, and the text of a chunk that matches it best."""
@@ -129,8 +129,10 @@ class Corpus:
         if kind == "or":  # each in 0.5-5% of chunks
             first, second = self._word(200, 2_000), self._word(200, 2_000)
             return f"{first} OR {second}", " ".join([first, second] * (REPEAT // 2))
-        stem, word = self._prefix()
-        return stem + "*", " ".join([word] * REPEAT)
+        # Every word with the prefix: ts_rank adds up distinct matching words (bm25 counts all).
+        stem = self._prefix()
+        words = [word for word in self.ranked if word.startswith(stem)]
+        return stem + "*", " ".join(words * (REPEAT // 3))
 
 
 @dataclass
