@@ -199,6 +199,13 @@ def fill(connection: Connection, corpus: Corpus, count: int) -> None:
     connection.execute(insert(chunks), chunk_rows)
 
 
+def clear(connection: Connection) -> int:
+    """Chunks that earlier measures of the run left are removed (index entries with them): the
+    sizes are this measure's."""
+    removed: int = connection.execute(delete(chunks)).rowcount
+    return removed
+
+
 def plant(connection: Connection, planted: Planted) -> None:
     """The planted document again, as the newest (the old one, its chunks and their index
     entries deleted by the schema's own cascade and triggers)."""
@@ -291,6 +298,7 @@ async def measure(run: Session) -> None:
     found: list[Size] = []
     stored = 0
     try:
+        removed = await asyncio.to_thread(store.run, clear)
         for size in sizes:
             started = time.perf_counter()
             while stored < size:
@@ -308,6 +316,8 @@ async def measure(run: Session) -> None:
         run.stop(api)
         store.close()
     _report(run, found, backends is not None)
+    if removed:
+        run.report.notes.append(f"search: first removed the {removed:,} chunks of earlier measures")
 
 
 async def ranked_below_first(url: str, planted: Planted) -> list[str]:
