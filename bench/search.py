@@ -34,7 +34,7 @@ from sqlalchemy import Connection, delete, insert, text
 from sqlalchemy.engine import make_url
 
 from bench.harness import BenchError, Process, Session, cpu_seconds
-from bench.load import Load, http_load
+from bench.load import Load, drive
 from bench.report import median, percentile
 from bench.wire import Client
 from service.api.routes.documents import MAX_CONCURRENT_SEARCHES
@@ -355,18 +355,24 @@ async def _search(
         elif answer.status != 200:
             raise BenchError(f"GET {paths[index % len(paths)]}: {answer.status} {answer.body!r}")
 
-    await http_load(url, WARM_UP, concurrency, ask)
-    at.by_kind = {kind: [] for kind in KINDS}
+    async def load(count: int) -> Load:
+        # One drive on fresh connections: between two drives, connections that finished first
+        # would wait idle on the slowest search (up to its 5 s deadline) and uvicorn closes
+        # keep-alive connections idle for 5 s.
+        async with Client(url, concurrency) as client:
+            return await drive(count, concurrency, lambda index: ask(client, index))
+
+    await load(WARM_UP)
+    at.by_kind, at.stopped = {kind: [] for kind in KINDS}, 0
     for _ in range(run.options.rounds):
         api_before = api.cpu()
         database_before = backends.read() if backends else {}
-        load = await http_load(url, run.options.search_queries, concurrency, ask)
-        requests = load.count + concurrency  # http_load's untimed first requests ran too
-        at.api_us.append((api.cpu() - api_before) / requests * 1e6)
+        done = await load(run.options.search_queries)
+        at.api_us.append((api.cpu() - api_before) / done.count * 1e6)
         if backends is not None:
             spent = backends.spent(database_before, backends.read())
-            at.database_us.append(spent / requests * 1e6)
-        at.loads.append(load)
+            at.database_us.append(spent / done.count * 1e6)
+        at.loads.append(done)
 
 
 def _ms(values: list[float], fraction: float) -> str:
