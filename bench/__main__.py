@@ -14,19 +14,31 @@ import click
 from click.core import ParameterSource
 from loguru import logger
 
-from bench import deadletters, extraction, memory, process, status, submit
+from bench import bulk, deadletters, extraction, memory, process, search, status, submit
 from bench.harness import LOG_LEVEL, BenchError, Options, Session, session
 from bench.report import Report
 
 BROKER_MEASURES: dict[str, Callable[[Session], Awaitable[None]]] = {
     "submit": submit.measure,
     "process": process.measure,
+    "bulk": bulk.measure,
     "status": status.measure,
+    "search": search.measure,
     "deadletters": deadletters.measure,
     "redrive": deadletters.measure_redrive,
     "memory": memory.measure,
 }
-ORDER = ("extraction", "submit", "process", "status", "deadletters", "redrive", "memory")
+ORDER = (
+    "extraction",
+    "submit",
+    "process",
+    "bulk",  # after submit and process: their rates are its mark
+    "status",
+    "search",
+    "deadletters",
+    "redrive",
+    "memory",
+)
 DEFAULTS = Options()
 QUICK: dict[str, object] = {
     "rounds": 2,
@@ -39,6 +51,9 @@ QUICK: dict[str, object] = {
     "html_mb": 1.0,
     "pdf_mb": 0.2,
     "memory_dead_letters": 10_000,
+    "search_chunks": (2_000, 20_000),
+    "search_queries": 100,
+    "bulk_files": 500,
 }
 """What `--quick` measures (where no option says otherwise): every measure, smaller."""
 BELOW_THE_MARK = 3
@@ -46,6 +61,19 @@ BELOW_THE_MARK = 3
 QUICK_LENIENCY = 0.5
 """`--quick` fails a ratio below half its mark: wide for a noisy machine and small samples,
 tight enough for a real regression (a lost batch, a round trip more per item)."""
+
+
+def sizes(_context: click.Context, _parameter: click.Parameter, value: str) -> tuple[int, ...]:
+    """Comma-separated positive counts: `10000,100000`."""
+    try:
+        counts = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(
+            f"{value!r} is not a list of positive counts, such as 10000,100000"
+        )
+    return counts
 
 
 async def run_measures(names: list[str], options: Options, report: Report) -> None:
@@ -118,6 +146,25 @@ async def run_measures(names: list[str], options: Options, report: Report) -> No
     default=DEFAULTS.memory_dead_letters,
     show_default=True,
     help="dead letters the memory measure feeds the DLQ consumer",
+)
+@click.option(
+    "--search-chunks",
+    callback=sizes,
+    default=",".join(str(size) for size in DEFAULTS.search_chunks),
+    show_default=True,
+    help="sizes of the store the search measure fills, in chunks, comma-separated",
+)
+@click.option(
+    "--search-queries",
+    default=DEFAULTS.search_queries,
+    show_default=True,
+    help="searches a round, at each size",
+)
+@click.option(
+    "--bulk-files",
+    default=DEFAULTS.bulk_files,
+    show_default=True,
+    help="small files the bulk measure gives `docproc submit --wait`",
 )
 @click.option("--keep-logs", is_flag=True, help="keep the processes' logs and the store")
 @click.option(

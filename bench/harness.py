@@ -61,6 +61,9 @@ class Options:
     html_mb: float = 3.0
     pdf_mb: float = 0.4
     memory_dead_letters: int = 100_000
+    search_chunks: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    search_queries: int = 200
+    bulk_files: int = 10_000
     keep_logs: bool = False
     profile: str | None = None
 

@@ -53,15 +53,18 @@ SNIPPET_END = "]"
 DEADLINE = 5.0
 """Seconds a search may take before it is stopped."""
 
+# ORDER BY rank (FTS5's own column, bm25 by default), not ORDER BY bm25(chunks_fts): FTS5 then
+# hands rows over best first, so the joins and the snippet are made for the `limit` rows kept
+# only; sorted by SQLite instead, every match was joined and given a snippet before the sort.
 _SQLITE = """
     SELECT c.document_id, d.filename, d.title, c.position, d.sha256,
-           -bm25(chunks_fts) AS score,
+           -chunks_fts.rank AS score,
            snippet(chunks_fts, 0, :start, :end, '…', 16) AS snippet
     FROM chunks_fts
     JOIN chunks c ON c.id = chunks_fts.rowid
     JOIN documents d ON d.id = c.document_id
     WHERE chunks_fts MATCH :query
-    ORDER BY bm25(chunks_fts)
+    ORDER BY chunks_fts.rank
     LIMIT :limit
 """
 
