@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -57,18 +58,19 @@ async def namespace(faults_machine: None) -> AsyncIterator[Namespace]:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def cluster(
-    namespace: Namespace, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Cluster]:
-    """infra/rabbitmq/cluster.sh's three nodes, listening on the veth too; reset at the end."""
-    directory = tmp_path_factory.mktemp("cluster") / "nodes"
-    cluster = Cluster(directory, listen=(HOST_ADDRESS,))
+async def cluster(namespace: Namespace) -> AsyncIterator[Cluster]:
+    """infra/rabbitmq/cluster.sh's three nodes, listening on the veth too; reset at the end.
+    Their directory is one the rabbitmq user can reach (pytest's are the runner's alone)."""
+    parent = Path(tempfile.mkdtemp(prefix="docproc-faults-"))
+    os.chmod(parent, 0o755)
+    cluster = Cluster(parent / "nodes", listen=(HOST_ADDRESS,))
     try:
         await cluster.start()
         await cluster.create_client_user()
         yield cluster
     finally:
         await cluster.reset()
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
