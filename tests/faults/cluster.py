@@ -160,11 +160,13 @@ class Cluster:
         return [
             Consumer(
                 queue=item["queue"]["name"],
-                peer_host=item["channel_details"]["peer_host"],
-                peer_port=int(item["channel_details"]["peer_port"]),
-                node=item["channel_details"].get("node", ""),
+                peer_host=channel["peer_host"],
+                peer_port=int(channel["peer_port"]),
+                node=channel.get("node", ""),
             )
             for item in await self.json(f"/api/consumers/{quote(vhost, safe='')}")
+            # A channel the answering node knows nothing of yet comes as an empty list.
+            if isinstance(channel := item.get("channel_details"), dict) and channel
         ]
 
     async def messages(self, vhost: str) -> dict[str, int]:

@@ -3,6 +3,7 @@ session, and per scenario a vhost, a database and a whole docproc deployment of 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -16,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from tests.faults.cluster import Cluster
-from tests.faults.deployment import Deployment, Scenario
+from tests.faults.deployment import Deployment
 from tests.faults.ledger import Database
 from tests.faults.network import HOST_ADDRESS, Namespace, Relay
 from tests.faults.report import DOCUMENTS, OUTAGE, PARTITION, REPORT, TABLE
@@ -85,29 +86,38 @@ async def relay(namespace: Namespace, postgres_url: str) -> AsyncIterator[Relay]
         await link.stop()
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def scenario(
-    cluster: Cluster, relay: Relay, postgres_url: str, tmp_path: Path
-) -> AsyncIterator[Scenario]:
-    """Makes the scenario's deployment — `inside=True` puts worker-2 in the namespace — and
-    takes it all down afterwards: processes, vhost, database."""
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def running(
+    cluster: Cluster,
+    relay: Relay,
+    postgres_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Deployment]:
+    """The run's docproc — worker-2 in the namespace — on a vhost and a database of its own
+    (made for the run, removed after it); the scenarios take turns on it."""
     admin = urlsplit(postgres_url)._replace(path="/postgres").geturl()
     async with AsyncExitStack() as stack:
+        vhost = f"faults-{uuid.uuid4().hex[:10]}"
+        await cluster.create_vhost(vhost)
+        stack.push_async_callback(cluster.delete_vhost, vhost)
+        database = Database(admin)
+        database.create()
+        stack.callback(database.drop)
+        logs = tmp_path_factory.mktemp("deployment")
+        deployment = Deployment(cluster, database, vhost, logs, relay_port=relay.port)
+        declared = await asyncio.to_thread(
+            run_docproc, "topology", "declare", env=deployment.api.env
+        )
+        assert declared.returncode == 0, declared.stderr
+        stack.push_async_callback(deployment.stop)
+        await deployment.start()
+        yield deployment
 
-        async def make(name: str, *, inside: bool = False, **env: str) -> Deployment:
-            vhost = f"faults-{name}-{uuid.uuid4().hex[:6]}"
-            await cluster.create_vhost(vhost)
-            stack.push_async_callback(cluster.delete_vhost, vhost)
-            database = Database(admin)
-            database.create()
-            stack.callback(database.drop)
-            deployment = Deployment(
-                cluster, database, vhost, tmp_path, env=env, inside=inside, relay_port=relay.port
-            )
-            declared = run_docproc("topology", "declare", env=deployment.api.env)
-            assert declared.returncode == 0, declared.stderr
-            stack.push_async_callback(deployment.stop)
-            await deployment.start()
-            return deployment
 
-        yield make
+@pytest_asyncio.fixture(loop_scope="session")
+async def deployment(running: Deployment) -> Deployment:
+    """The run's docproc, whole again before a scenario: every node up, every process at work
+    (whatever an earlier scenario left behind)."""
+    await running.cluster.start()
+    await running.revive()
+    return running

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -112,9 +113,7 @@ class Deployment:
         vhost: str,
         workdir: Path,
         *,
-        env: Mapping[str, str],
-        inside: bool = False,
-        relay_port: int | None = None,
+        relay_port: int,
     ) -> None:
         self.cluster = cluster
         self.database = database
@@ -130,28 +129,30 @@ class Deployment:
             "DOCPROC_DATA_DIR": str(workdir),
             "DOCPROC_API_PORT": str(self.port),
             "DOCPROC_LOG_FORMAT": "json",
+            # A quick look for lost messages: beat's reconciliation is part of what is tested.
+            "DOCPROC_RECONCILE_AFTER": "60",
             "CELERY_LOG_LEVEL": "INFO",
             "CELERY_CONCURRENCY": "2",
             "PYTHONUNBUFFERED": "1",
         }
-        base |= env
         serve = [sys.executable, "-m", "service", "serve"]
         self.api = Member("api", [*serve, "api"], base, workdir)
         self.workers = [
             Member("worker-1", [*serve, "worker"], base, workdir),
             Member("worker-2", [*serve, "worker"], base, workdir),
         ]
-        self.inside = self.workers[1] if inside else None
-        if self.inside is not None:
-            # Across the veth: RabbitMQ as the suite's client user, PostgreSQL through the relay.
-            assert relay_port is not None
-            self.inside.args = Namespace.command(self.inside.args)
-            self.inside.env |= {
-                "DOCPROC_BROKER_URL": cluster.broker_url(vhost, HOST_ADDRESS, CLIENT),
-                "DOCPROC_DATABASE_URL": database.url.replace(
-                    "@127.0.0.1:5432", f"@{HOST_ADDRESS}:{relay_port}"
-                ),
-            }
+        # worker-2 is in the network namespace: RabbitMQ across the veth as the suite's client
+        # user, PostgreSQL through the relay.
+        self.inside = self.workers[1]
+        self.inside.args = Namespace.command(self.inside.args)
+        store = urlsplit(database.url)
+        user = f"{store.username}@" if store.username else ""
+        self.inside.env |= {
+            "DOCPROC_BROKER_URL": cluster.broker_url(vhost, HOST_ADDRESS, CLIENT),
+            "DOCPROC_DATABASE_URL": store._replace(
+                netloc=f"{user}{HOST_ADDRESS}:{relay_port}"
+            ).geturl(),
+        }
         self.dlq = Member("dlq", [*serve, "dlq"], base, workdir)
         self.beat = Member("beat", [*serve, "beat"], base, workdir)
 
@@ -174,6 +175,15 @@ class Deployment:
         for member in self.members:
             if not member.alive():
                 raise AssertionError(f"{member.name} exited:\n{member.tail()}")
+
+    async def revive(self) -> None:
+        """Start whatever is not running, and wait until every process is at work."""
+        for member in self.members:
+            if not member.alive():
+                member.start()
+        await asyncio.gather(
+            *(self.ready(member, 90) for member in self.members if member is not self.beat)
+        )
 
     async def stop(self) -> None:
         await asyncio.gather(*(asyncio.to_thread(member.stop) for member in self.members))
@@ -262,7 +272,3 @@ class Deployment:
                 return True
             await asyncio.sleep(0.05)
         return False
-
-
-Scenario = Callable[..., Awaitable[Deployment]]
-"""The `scenario` fixture: `await scenario(name, inside=False, **env)` → a started deployment."""

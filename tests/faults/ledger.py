@@ -137,10 +137,11 @@ LEFT JOIN document_texts x ON x.document_id = d.id
 """
 
 
-def outcome(database: Database, submissions: list[Submission]) -> Outcome:
-    """Count what the store holds for `submissions` (each a file of its own name)."""
+def outcome(database: Database, scenario: str, submissions: list[Submission]) -> Outcome:
+    """Count what the store holds for a scenario's `submissions` (each a file of its own name,
+    `<scenario>-…`)."""
     by_name: dict[str, list[tuple[Any, ...]]] = {}
-    for row in database.rows(DOCUMENTS):
+    for row in database.rows(DOCUMENTS + " WHERE d.filename LIKE %s", f"{scenario}-%"):
         by_name.setdefault(row[0], []).append(row)
     problems: list[str] = []
     accepted = success = dead = not_final = duplicated = wrong = 0
