@@ -77,6 +77,14 @@ class Cluster:
     async def start(self) -> None:
         await self.script("start")
 
+    async def whole(self) -> bool:
+        """Whether every node runs (the management API's word: no rabbitmqctl to boot)."""
+        try:
+            nodes = await self.json("/api/nodes?columns=name,running")
+        except httpx.HTTPError:
+            return False
+        return sum(bool(node.get("running")) for node in nodes) == len(LETTERS)
+
     async def stop(self) -> None:
         await self.script("stop")
 

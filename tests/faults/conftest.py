@@ -118,6 +118,7 @@ async def running(
 async def deployment(running: Deployment) -> Deployment:
     """The run's docproc, whole again before a scenario: every node up, every process at work
     (whatever an earlier scenario left behind)."""
-    await running.cluster.start()
+    if not await running.cluster.whole():
+        await running.cluster.start()
     await running.revive()
     return running

@@ -1,8 +1,9 @@
 """The suite's sizes and its table. Sizes come from the environment, so that CI runs the suite
 reduced and `tox -e faults` at full size: DOCPROC_FAULTS_DOCUMENTS (documents per scenario),
 DOCPROC_FAULTS_PARTITION (seconds the worker in the namespace stays cut off),
-DOCPROC_FAULTS_OUTAGE (seconds the store stays blocked), DOCPROC_FAULTS_REPORT (a file the table
-is written to, as Markdown)."""
+DOCPROC_FAULTS_OUTAGE (seconds the store stays blocked), DOCPROC_FAULTS_KILLS (worker kills in
+the SIGKILL loop, at most 4), DOCPROC_FAULTS_REPORT (a file the table is written to, as
+Markdown)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tests.faults.ledger import Outcome
 DOCUMENTS = int(os.environ.get("DOCPROC_FAULTS_DOCUMENTS", "32"))
 PARTITION = float(os.environ.get("DOCPROC_FAULTS_PARTITION", "10"))
 OUTAGE = float(os.environ.get("DOCPROC_FAULTS_OUTAGE", "15"))
+KILLS = int(os.environ.get("DOCPROC_FAULTS_KILLS", "2"))
 REPORT = os.environ.get("DOCPROC_FAULTS_REPORT")
 PROCESSES = ("api", "worker-1", "worker-2", "dlq", "beat")
 

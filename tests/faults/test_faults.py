@@ -26,7 +26,7 @@ from tests.faults.deployment import Deployment
 from tests.faults.ledger import Outcome
 from tests.faults.load import Load, corpus
 from tests.faults.network import Namespace
-from tests.faults.report import DOCUMENTS, OUTAGE, PARTITION, record
+from tests.faults.report import DOCUMENTS, KILLS, OUTAGE, PARTITION, record
 from tests.support import eventually
 
 pytestmark = [
@@ -37,7 +37,7 @@ pytestmark = [
     pytest.mark.timeout(600 + DOCUMENTS * 2 + PARTITION + OUTAGE),
 ]
 
-WINDOW = max(10.0, DOCUMENTS / 10)
+WINDOW = max(8.0, DOCUMENTS / 10)
 """Seconds over which a scenario's documents are sent: the fault strikes while they arrive."""
 SETTLE = 240.0
 """Seconds after the fault's end by which every document must be final."""
@@ -88,13 +88,14 @@ def start_load(deployment: Deployment, name: str, **options: Any) -> Load:
 
 async def test_worker_sigkill_loop(deployment: Deployment) -> None:
     """Workers killed with their pools, each while it holds a task, in turn, and started again
-    at once (as `docproc up` or systemd would); four kills, so that no message can reach the
-    delivery limit (5) however the kills fall."""
+    at once (as `docproc up` or systemd would); KILLS kills, at most four, so that no message
+    can reach the delivery limit (5) however the kills fall."""
+    assert 1 <= KILLS <= 4, f"DOCPROC_FAULTS_KILLS={KILLS}: 1 to 4"
     began = time.monotonic()
-    load = start_load(deployment, "worker-kill", window=WINDOW * 3)
+    load = start_load(deployment, "worker-kill", window=WINDOW * (1 + KILLS))
     await load.reached(DOCUMENTS // 8)
     restarts: list[asyncio.Task[dict[str, float | None]]] = []
-    for round_ in range(4):
+    for round_ in range(KILLS):
         victim = deployment.workers[round_ % 2]
         if round_ >= 2:
             await restarts[round_ - 2]  # the victim works again before it is killed again
@@ -106,7 +107,7 @@ async def test_worker_sigkill_loop(deployment: Deployment) -> None:
     for found in await asyncio.gather(*restarts):
         slowest(recovery, found)
     outcome = await settle(deployment, "worker-kill", load)
-    assert_clean("worker SIGKILL x4 (mid-task)", outcome, load, recovery, began)
+    assert_clean(f"worker SIGKILL x{KILLS} (mid-task)", outcome, load, recovery, began)
 
 
 async def node_stop(deployment: Deployment, name: str, choose: str) -> None:
