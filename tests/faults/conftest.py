@@ -66,6 +66,7 @@ async def cluster(namespace: Namespace) -> AsyncIterator[Cluster]:
     os.chmod(parent, 0o755)
     cluster = Cluster(parent / "nodes", listen=(HOST_ADDRESS,))
     try:
+        await cluster.stop()  # nodes an earlier run cut short left behind
         await cluster.start()
         await cluster.create_client_user()
         yield cluster
@@ -101,8 +102,8 @@ async def running(
         await cluster.create_vhost(vhost)
         stack.push_async_callback(cluster.delete_vhost, vhost)
         database = Database(admin)
-        database.create()
-        stack.callback(database.drop)
+        await asyncio.to_thread(database.create)
+        stack.push_async_callback(asyncio.to_thread, database.drop)
         logs = tmp_path_factory.mktemp("deployment")
         deployment = Deployment(cluster, database, vhost, logs, relay_port=relay.port)
         declared = await asyncio.to_thread(
@@ -110,7 +111,7 @@ async def running(
         )
         assert declared.returncode == 0, declared.stderr
         stack.push_async_callback(deployment.stop)
-        await deployment.start()
+        await deployment.revive()
         yield deployment
 
 

@@ -160,37 +160,20 @@ class Deployment:
     def members(self) -> list[Member]:
         return [self.api, *self.workers, self.dlq, self.beat]
 
-    async def start(self) -> None:
-        """Start every process at once; return once each one is at work."""
-        for member in self.members:
-            member.start()
-        since = datetime.now(UTC)
-        await asyncio.gather(
-            *(self.ready(member, 90) for member in self.members if member is not self.beat)
-        )
-        self.check()
-        self._beat_since = since
-
-    def check(self) -> None:
-        for member in self.members:
-            if not member.alive():
-                raise AssertionError(f"{member.name} exited:\n{member.tail()}")
-
     async def revive(self) -> None:
-        """Start whatever is not running, and wait until every process is at work."""
+        """Start whatever is not running (at first, everything, at once), and wait until every
+        process is at work (beat: running; its first task is 15 s away)."""
         for member in self.members:
             if not member.alive():
                 member.start()
         await asyncio.gather(
             *(self.ready(member, 90) for member in self.members if member is not self.beat)
         )
+        if not self.beat.alive():
+            raise AssertionError(f"beat exited:\n{self.beat.tail()}")
 
     async def stop(self) -> None:
         await asyncio.gather(*(asyncio.to_thread(member.stop) for member in self.members))
-
-    async def restart(self, member: Member) -> None:
-        member.kill()
-        member.start()
 
     # -- at work? ---------------------------------------------------------------------------
 
