@@ -184,11 +184,16 @@ class Cluster:
         return {queue["name"]: int(queue.get("messages") or 0) for queue in queues}
 
 
-def local_ports_by_pid() -> Mapping[int, int]:
-    """Local port → pid of every established TCP connection of this network namespace to one of
-    the cluster's AMQP ports (`ss`): which process a consumer's connection belongs to."""
+def local_ports_by_pid(namespace: list[str] | None = None) -> Mapping[int, int]:
+    """Local port → pid of every established TCP connection to one of the cluster's AMQP ports
+    (`ss`, in this network namespace or, with `namespace` — a command prefix such as
+    `ip netns exec NAME` — in that one): which process a consumer's connection belongs to, and
+    whether that process still holds it."""
     done = subprocess.run(
-        ["ss", "-tnpH", "state", "established"], capture_output=True, text=True, check=False
+        [*(namespace or []), "ss", "-tnpH", "state", "established"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     found: dict[int, int] = {}
     amqp = {str(port) for port in AMQP_PORTS.values()}

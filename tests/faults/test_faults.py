@@ -34,12 +34,12 @@ pytestmark = [
     pytest.mark.rabbitmq,
     pytest.mark.postgres,
     pytest.mark.worker,
-    pytest.mark.timeout(600 + DOCUMENTS * 2 + PARTITION + OUTAGE),
+    pytest.mark.timeout(900 + DOCUMENTS * 2 + PARTITION + OUTAGE),
 ]
 
 WINDOW = max(8.0, DOCUMENTS / 10)
 """Seconds over which a scenario's documents are sent: the fault strikes while they arrive."""
-SETTLE = 240.0
+SETTLE = 600.0
 """Seconds after the fault's end by which every document must be final."""
 
 
