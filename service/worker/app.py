@@ -84,6 +84,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_concurrency": settings.concurrency,
         "worker_consumer": "service.worker.consumer:DeadLetteringConsumer",
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # No remote control (docproc uses none): its queue is exclusive to the connection, and a
+        # worker cut off from RabbitMQ long enough for its connection to be dropped reconnects
+        # before RabbitMQ has removed the old one's queue — RESOURCE_LOCKED, which Celery calls
+        # unrecoverable: the worker exited (tests/faults, network partition).
+        "worker_enable_remote_control": False,
         "worker_hijack_root_logger": False,
         # Our log sink writes to stdout; redirecting stdout into logging would loop.
         "worker_redirect_stdouts": False,

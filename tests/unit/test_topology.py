@@ -106,6 +106,12 @@ def test_the_celery_configuration_dead_letters_instead_of_acking_failures() -> N
     assert config["accept_content"] == ["msgspec", "json"]
 
 
+def test_the_worker_declares_no_exclusive_queue_that_could_outlive_a_partition() -> None:
+    # Remote control's pidbox queue is exclusive: after a partition, re-declaring it while
+    # RabbitMQ still holds the old connection stopped the worker (tests/faults).
+    assert celery_config(Settings())["worker_enable_remote_control"] is False
+
+
 def test_beat_runs_the_maintenance_tasks_on_the_celery_queue() -> None:
     from service.task_contract import (
         EXPIRE_TASK_RUNS,
