@@ -184,24 +184,25 @@ class Cluster:
         return {queue["name"]: int(queue.get("messages") or 0) for queue in queues}
 
 
-def local_ports_by_pid(namespace: list[str] | None = None) -> Mapping[int, int]:
-    """Local port → pid of every established TCP connection to one of the cluster's AMQP ports
+def local_ports_by_pid(namespace: list[str] | None = None) -> Mapping[int, set[int]]:
+    """Local port → pids of every established TCP connection to one of the cluster's AMQP ports
     (`ss`, in this network namespace or, with `namespace` — a command prefix such as
     `ip netns exec NAME` — in that one): which process a consumer's connection belongs to, and
-    whether that process still holds it."""
+    whether that process still holds it. Several pids: a pool process forked after the
+    connection was made holds it too."""
     done = subprocess.run(
         [*(namespace or []), "ss", "-tnpH", "state", "established"],
         capture_output=True,
         text=True,
         check=False,
     )
-    found: dict[int, int] = {}
+    found: dict[int, set[int]] = {}
     amqp = {str(port) for port in AMQP_PORTS.values()}
     for line in done.stdout.splitlines():
         fields = line.split()
         if len(fields) < 5 or fields[3].rsplit(":", 1)[-1] not in amqp:
             continue
-        pid = re.search(r"pid=(\d+)", line)
-        if pid:
-            found[int(fields[2].rsplit(":", 1)[-1])] = int(pid.group(1))
+        pids = {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
+        if pids:
+            found[int(fields[2].rsplit(":", 1)[-1])] = pids
     return found

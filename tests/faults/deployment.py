@@ -205,21 +205,19 @@ class Deployment:
     async def consumes(self, member: Member, queue: str) -> bool:
         if not member.alive():
             return False
-
         try:
             consumers = [c for c in await self.cluster.consumers(self.vhost) if c.queue == queue]
         except httpx.HTTPError:
             return False
-
         # RabbitMQ lists a partitioned worker's consumer until it notices the connection is gone,
         # well after the worker dropped it: only a connection the process still holds counts.
         inside = member is self.inside
-        if inside:
-            consumers = [c for c in consumers if c.peer_host == INSIDE_ADDRESS]
-        owners = await asyncio.to_thread(
-            local_ports_by_pid, Namespace.command([]) if inside else None
+        host = INSIDE_ADDRESS if inside else "127.0.0.1"
+        where = Namespace.command([]) if inside else None
+        owners = await asyncio.to_thread(local_ports_by_pid, where)
+        return any(
+            c.peer_host == host and member.pid in owners.get(c.peer_port, ()) for c in consumers
         )
-        return any(owners.get(c.peer_port) == member.pid for c in consumers)
 
     async def ready(self, member: Member, timeout: float) -> None:
         probe = self.probe(member)
