@@ -11,7 +11,7 @@ from sqlalchemy import Connection
 
 from service.broker.management import Management
 from service.errors import BrokerUnavailable
-from service.store import dead_letters, documents, task_runs
+from service.store import dead_letters, documents, redrives, task_runs
 from service.store.schema import utcnow
 from service.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
 
@@ -42,6 +42,22 @@ def from_store(connection: Connection) -> StoreFigures:
         finished_last_minute=task_runs.finished_since(connection, now - timedelta(minutes=1)),
         finished_last_hour=task_runs.finished_since(connection, now - timedelta(hours=1)),
         reconciled=documents.reconciled(connection),
+    )
+
+
+class AlertFigures(msgspec.Struct, frozen=True, kw_only=True):
+    """What /metrics adds for alerts: how long the oldest accepted document has waited to
+    start, and redrive items by outcome."""
+
+    oldest_pending_seconds: float
+    redrive_items: dict[str, int]
+
+
+def for_alerts(connection: Connection) -> AlertFigures:
+    oldest = task_runs.oldest_pending(connection)
+    waited = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+    return AlertFigures(
+        oldest_pending_seconds=max(0.0, waited), redrive_items=redrives.item_counts(connection)
     )
 
 

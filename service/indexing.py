@@ -12,12 +12,21 @@ from sqlalchemy import Connection
 
 from service import pipeline
 from service.errors import DocumentNotFound, TooLarge
-from service.settings import Settings
+from service.settings import ENVIRONMENT, Settings
 from service.store import documents
 from service.store.database import Store
 from service.store.documents import Extraction, Upload
 
 STEPS = ("load", "extract", "chunk", "index")
+_LIMITS = ("max_inflated_bytes", "max_chars", "max_pages", "max_chunks", "max_cpu_seconds")
+
+
+def pipeline_limits(settings: Settings) -> pipeline.Limits:
+    """The pipeline's limits as configured, each named by its environment variable."""
+    return pipeline.Limits(
+        **{name: getattr(settings, name) for name in _LIMITS},
+        names={name: ENVIRONMENT[name] for name in _LIMITS},
+    )
 
 
 def _nothing(step: str) -> None:
@@ -76,12 +85,13 @@ def index_document(
             f"{settings.max_upload_bytes}"
         )
 
+    limits = pipeline_limits(settings)
     begin("extract")
-    extracted = pipeline.extract(upload.content, upload.filename)
+    extracted = pipeline.extract(upload.content, upload.filename, limits)
 
     begin("chunk")
     chunks = pipeline.chunk_text(
-        extracted.text, size=settings.chunk_size, overlap=settings.chunk_overlap
+        extracted.text, size=settings.chunk_size, overlap=settings.chunk_overlap, limits=limits
     )
 
     begin("index")
@@ -100,4 +110,9 @@ def index_document(
         if succeeded is not None:
             store.run(succeeded)
         return {"document_id": document_id, "skipped": "already processed"}
-    return {"document_id": document_id, "chunks": len(chunks)}
+    return {
+        "document_id": document_id,
+        "chunks": len(chunks),
+        "document_type": extracted.detected_type,
+        "bytes": len(upload.content),
+    }

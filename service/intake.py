@@ -64,19 +64,20 @@ INLINE_INSPECT_BYTES = 64 * 1024
 hand-over); larger ones in a thread."""
 
 
-def inspect(content: bytes, filename: str) -> str:
-    """Refuse what the pipeline could never read (415), and hash the rest."""
+def inspect(content: bytes, filename: str, limits: pipeline.Limits) -> str:
+    """Refuse what the pipeline could never read (415) or would refuse as too large (413: a ZIP
+    bomb, a DOCX beyond the limit on its inflated size), and hash the rest."""
     if not content:
         raise EmptyDocument("the uploaded file is empty")
-    pipeline.detect_type(content, filename)
+    pipeline.detect_type(content, filename, limits)
     return hashlib.sha256(content).hexdigest()
 
 
-async def inspect_upload(content: bytes, filename: str) -> str:
+async def inspect_upload(content: bytes, filename: str, limits: pipeline.Limits) -> str:
     """`inspect`, off the event loop when the file is large enough for it to matter."""
     if len(content) <= INLINE_INSPECT_BYTES:
-        return inspect(content, filename)
-    return await asyncio.to_thread(inspect, content, filename)
+        return inspect(content, filename, limits)
+    return await asyncio.to_thread(inspect, content, filename, limits)
 
 
 def accept(connection: Connection, upload: Upload, document_id: str, task_id: str) -> Receipt:

@@ -40,9 +40,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     api_keys: tuple[str, ...] = ()
     public_reads: bool = False
     max_upload_bytes: PositiveInt = 50 * 1024 * 1024
+    max_inflated_bytes: PositiveInt = 128 * 1024 * 1024
+    max_chars: PositiveInt = 10_000_000
+    max_pages: PositiveInt = 5_000
+    max_chunks: PositiveInt = 25_000
+    max_cpu_seconds: PositiveFloat = 600.0
     dead_letter_retention: PositiveFloat = 14 * 24 * 3600.0
     handled_dead_letter_retention: PositiveFloat = 3 * 24 * 3600.0
     api_workers: PositiveInt = 1
+    worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9808
     restart_delay: PositiveFloat = 1.0
     reconcile_after: PositiveFloat = 600.0
     chunk_size: Annotated[int, msgspec.Meta(ge=100)] = 1000
@@ -50,6 +56,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     log_level: LogLevel = "INFO"
     log_format: Literal["auto", "json", "human"] = "auto"
     concurrency: PositiveInt = 2
+    task_events: bool = True
+    max_memory_per_child: NonNegativeInt = 512 * 1024  # KiB, as Celery counts it; 0: never
     max_retries: NonNegativeInt = 3
     retry_delay: PositiveFloat = 60.0
     retry_backoff_max: PositiveFloat = 3600.0
@@ -165,9 +173,15 @@ ENVIRONMENT: dict[str, str] = {
     "api_keys": "DOCPROC_API_KEYS",
     "public_reads": "DOCPROC_PUBLIC_READS",
     "max_upload_bytes": "DOCPROC_MAX_UPLOAD_BYTES",
+    "max_inflated_bytes": "DOCPROC_MAX_INFLATED_BYTES",
+    "max_chars": "DOCPROC_MAX_CHARS",
+    "max_pages": "DOCPROC_MAX_PAGES",
+    "max_chunks": "DOCPROC_MAX_CHUNKS",
+    "max_cpu_seconds": "DOCPROC_MAX_CPU_SECONDS",
     "dead_letter_retention": "DOCPROC_DEAD_LETTER_RETENTION",
     "handled_dead_letter_retention": "DOCPROC_HANDLED_DEAD_LETTER_RETENTION",
     "api_workers": "DOCPROC_API_WORKERS",
+    "worker_metrics_port": "DOCPROC_WORKER_METRICS_PORT",
     "restart_delay": "DOCPROC_RESTART_DELAY",
     "reconcile_after": "DOCPROC_RECONCILE_AFTER",
     "chunk_size": "DOCPROC_CHUNK_SIZE",
@@ -175,6 +189,8 @@ ENVIRONMENT: dict[str, str] = {
     "log_level": "CELERY_LOG_LEVEL",
     "log_format": "DOCPROC_LOG_FORMAT",
     "concurrency": "CELERY_CONCURRENCY",
+    "task_events": "CELERY_TASK_EVENTS",
+    "max_memory_per_child": "CELERY_MAX_MEMORY_PER_CHILD",
     "max_retries": "CELERY_MAX_RETRIES",
     "retry_delay": "CELERY_RETRY_DELAY",
     "retry_backoff_max": "CELERY_RETRY_BACKOFF_MAX",

@@ -204,7 +204,8 @@ async def start_worker(vhost: Vhost, log: Path, **env: str) -> Process:
         return True if all(counts.values()) else None
 
     try:
-        await eventually(consuming, 30, "the worker to consume its queues", interval=0.25)
+        # A worker consumes in ~3 s on an idle machine; the deadline is for a loaded one.
+        await eventually(consuming, 90, "the worker to consume its queues", interval=0.25)
     except AssertionError as exc:
         worker.stop()
         raise AssertionError(f"{exc}\n{worker.tail()}") from None

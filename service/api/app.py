@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from litestar import Litestar, Router
 from litestar.di import Provide
-from litestar.plugins.prometheus import PrometheusConfig
 from loguru import logger
 
-from service.api import docs
+from service import telemetry
+from service.api import console, docs
 from service.api.correlation import correlation_middleware
+from service.api.http_metrics import http_metrics_middleware
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.routes import dead_letters, documents, operations, tasks
-from service.api.security import REQUIRED, require_api_key
+from service.api.security import REQUIRED, api_key_middleware
 from service.api.server import slow_body_middleware
 from service.api.services import PROVIDERS, Services
 from service.broker.management import Management
@@ -64,44 +66,58 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
             await management.aclose()
             await store.close()
 
-    prometheus = PrometheusConfig(app_name="docproc", prefix="docproc", group_path=True)
     # Everything but liveness, readiness, metrics and the OpenAPI document takes a key, when
     # keys are set (service.api.security).
+    api = [
+        documents.upload_handler(settings),
+        documents.document,
+        documents.document_text,
+        documents.search_documents,
+        tasks.task_status,
+        tasks.task_detail,
+        tasks.retry_task,
+        tasks.stats,
+        *dead_letters.ROUTES,
+    ]
     keyed = Router(
         path="/",
-        route_handlers=[
-            documents.upload_handler(settings),
-            documents.document,
-            documents.document_text,
-            documents.search_documents,
-            tasks.task_status,
-            tasks.task_detail,
-            tasks.retry_task,
-            tasks.stats,
-            *dead_letters.ROUTES,
-        ],
-        guards=[require_api_key],
+        route_handlers=api,
+        middleware=(
+            [api_key_middleware(settings.api_keys, public_reads=settings.public_reads)]
+            if settings.api_keys
+            else []
+        ),
         security=REQUIRED,
     )
     if settings.api_keys and settings.public_reads:
         logger.warning("DOCPROC_PUBLIC_READS=true: reads need no API key, only writes do")
     return Litestar(
+        # Traces (service.telemetry) only when exported: otherwise no middleware at all.
+        plugins=_tracing_plugins() if telemetry.active() else [],
         route_handlers=[
             keyed,
             operations.health,
             operations.ready,
             operations.metrics,
             docs.assets,
+            *console.routers(api),
         ],
         dependencies={name: Provide(provider) for name, provider in PROVIDERS.items()},
         exception_handlers=EXCEPTION_HANDLERS,
         after_request=docs.problem_for_missing_page,
-        middleware=[correlation_middleware, slow_body_middleware, prometheus.middleware],
+        middleware=[correlation_middleware, slow_body_middleware, http_metrics_middleware],
         lifespan=[lifespan],
         openapi_config=docs.openapi_config(settings),
+        template_config=console.template_config(),
         logging_config=None,  # logging is ours (service.logs), set up by the entry point
         debug=False,
     )
+
+
+def _tracing_plugins() -> list[Any]:
+    from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+    return [OpenTelemetryPlugin(OpenTelemetryConfig())]
 
 
 def create_app_from_environment() -> Litestar:
@@ -110,4 +126,5 @@ def create_app_from_environment() -> Litestar:
 
     settings = load_settings()
     setup_logging(settings.log_level, component="api", log_format=settings.log_format)
+    telemetry.setup("api")
     return create_app(settings)

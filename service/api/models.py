@@ -10,7 +10,7 @@ import msgspec
 
 from service.store.dead_letters import Group
 from service.store.search import SearchHit
-from service.store.task_runs import RetryRecord, TaskState
+from service.store.task_runs import RetryRecord, StepTime, TaskState
 
 TASK_ID = "3f0c9a4e-6a57-4c1e-9d1e-2c2b6f1f7a10"
 DOCUMENT_ID = "b1f4c2de-0d4a-4b8e-8f5e-5a9e3c7d2b11"
@@ -57,6 +57,12 @@ class Progress(msgspec.Struct, kw_only=True):
     steps_done: int
     steps_total: int
     percent: Annotated[float, msgspec.Meta(examples=[50.0])]
+    step_times: Annotated[
+        list[StepTime] | None,
+        msgspec.Meta(
+            description="each step of a finished document task: when it began and its seconds"
+        ),
+    ] = None
 
 
 class TaskError(msgspec.Struct, kw_only=True):

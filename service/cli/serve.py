@@ -61,10 +61,12 @@ def dlq(fault: str | None) -> None:
     One consumer is active at a time (a lease in the store); another started beside it stands
     by and takes over when the first stops.
     """
+    from service import telemetry
     from service.deadletters.consumer import serve as serve_dlq
 
     settings = load_settings()
     setup_logging(settings.log_level, component="dlq", log_format=settings.log_format)
+    telemetry.setup("dlq")
     prepare(settings)
     asyncio.run(serve_dlq(settings, fault=fault))
 
@@ -106,10 +108,15 @@ def api() -> None:
 def beat() -> None:
     """Celery beat: task-run expiry, dead-letter retention, and the sweeper of unpublished
     documents, sent to the `celery` queue."""
+    from service import telemetry
     from service.worker.app import create_celery
 
     settings = load_settings()
     setup_logging(settings.log_level, component="beat", log_format=settings.log_format)
+    if telemetry.setup("beat"):
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
     prepare(settings)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     app = create_celery(settings)

@@ -45,6 +45,7 @@ from aio_pika.abc import (
 from loguru import logger
 from sqlalchemy import Connection
 
+from service import telemetry
 from service.broker.connection import BROKER_ERRORS, connect_until, until
 from service.deadletters.parsing import RawMessage, message_key, read
 from service.errors import DatabaseError, DocprocError, StoreUnavailable
@@ -405,6 +406,7 @@ class DeadLetterConsumer:
         """Commit the batch with its ledger rows, ack it, make sure the ack was processed, then
         drop the rows; on a store failure, hand the batch back and say so."""
         raws = [raw_message(message) for message in batch]
+        started_ns = time.time_ns()
         self._inject("before-commit")
         try:
             try:
@@ -437,6 +439,14 @@ class DeadLetterConsumer:
         for raw, (record_id, created) in zip(raws, results, strict=True):
             with correlated(_correlation(raw)):
                 logger.bind(dead_letter_id=record_id, created=created).debug("dead letter stored")
+        telemetry.message_spans(
+            "dead letter stored",
+            started_ns,
+            [
+                (raw.headers, {"docproc.dead_letter_id": record_id, "docproc.created": created})
+                for raw, (record_id, created) in zip(raws, results, strict=True)
+            ],
+        )
         logger.info("stored {} dead letters", len(batch))
         self.stored += len(batch)
         self._pause = 0.5

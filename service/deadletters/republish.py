@@ -17,6 +17,7 @@ import aio_pika
 import msgspec
 from sqlalchemy import Connection
 
+from service import telemetry
 from service.broker.publisher import TaskPublisher
 from service.deadletters.headers import from_json
 from service.deadletters.parsing import REPUBLISH_COUNT_HEADER, REPUBLISHED_FROM_HEADER
@@ -155,7 +156,9 @@ def _cautions(letter: DeadLetter) -> list[str]:
 
 async def publish(publisher: TaskPublisher, letter: DeadLetter, queue: str | None = None) -> None:
     """To the queue it died in (or `queue`), through the default exchange, confirmed."""
-    await publisher.publish(message_for(letter), routing_key=queue or letter.queue, exchange="")
+    # The operator's request's trace, linked to the trace the letter's message carried.
+    with telemetry.linked_span(lambda: from_json(letter.headers), "dead letter re-published"):
+        await publisher.publish(message_for(letter), routing_key=queue or letter.queue, exchange="")
 
 
 async def republish(

@@ -7,6 +7,7 @@
 from service.pipeline.chunking import chunk_text
 from service.pipeline.detection import detect_type
 from service.pipeline.extraction import extract
+from service.pipeline.limits import Limits
 from service.pipeline.models import Chunk, DocumentType, Extracted
 from service.pipeline.normalisation import normalise
 
@@ -14,6 +15,7 @@ __all__ = [
     "Chunk",
     "DocumentType",
     "Extracted",
+    "Limits",
     "chunk_text",
     "detect_type",
     "extract",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from service.pipeline.limits import NO_LIMITS, Limits
 from service.pipeline.models import Chunk
 
 # The whitespace after a sentence: after ".", "!", "?" or "…" and any closing quotes or brackets;
@@ -32,8 +33,11 @@ class _Span(NamedTuple):
     closes_paragraph: bool
 
 
-def chunk_text(text: str, *, size: int = 1000, overlap: int = 150) -> list[Chunk]:
-    """Chunks of at most `size` characters; consecutive ones share up to `overlap` characters."""
+def chunk_text(
+    text: str, *, size: int = 1000, overlap: int = 150, limits: Limits = NO_LIMITS
+) -> list[Chunk]:
+    """Chunks of at most `size` characters; consecutive ones share up to `overlap` characters.
+    TooLarge once there would be more than `limits.max_chunks`."""
     if size < 1:
         raise ValueError(f"chunk size must be at least 1, not {size}")
     if not 0 <= overlap < size:
@@ -44,7 +48,10 @@ def chunk_text(text: str, *, size: int = 1000, overlap: int = 150) -> list[Chunk
     chunks: list[Chunk] = []
     first = 0
     start = spans[0].start if spans else 0
+    most = limits.max_chunks
     while first < len(spans):
+        if most is not None and len(chunks) >= most:
+            raise limits.exceeded("max_chunks", "the text makes too many chunks")
         last = _last_sentence(spans, first, start, size)
         end = spans[last].end
         chunks.append(Chunk(position=len(chunks), start=start, end=end, text=text[start:end]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import re
 
 import msgspec
@@ -25,6 +26,17 @@ _BINARY_CHARACTERS = re.compile(f"[{re.escape(_BINARY_BYTES.decode('latin-1'))}]
 _SAMPLE_SIZE = 8192
 _MAX_BINARY_SHARE = 0.02
 
+# Seven-bit encodings: their bytes are all ASCII, so UTF-8 would "decode" them into escape codes
+# and base64 (RFC 1468 ISO-2022-JP, RFC 1557 ISO-2022-KR, RFC 1922 ISO-2022-CN, RFC 1843 HZ,
+# RFC 2152 UTF-7). Each is recognised by its shifts, and taken only when the whole text decodes.
+_ISO_2022_JP = re.compile(rb"\x1b(?:\$[@B]|\$\((?:[CDOPQ])|\([BIJ]|\$A|\.[AF])")
+_ISO_2022_JP_CODECS = ("iso2022_jp", "iso2022_jp_ext", "iso2022_jp_2", "iso2022_jp_2004",
+                       "iso2022_jp_3")  # fmt: skip
+_ISO_2022_KR = b"\x1b$)C"
+_ISO_2022_CN = re.compile(rb"\x1b\$(?:\)[AEG]|\*H|\+[I-M])")
+_UTF7_SHIFT = re.compile(rb"\+([A-Za-z0-9/+]+)")
+_HZ_SHIFT = re.compile(rb"~\{(.*?)~\}", re.DOTALL)
+
 _DECLARED_CHARSET = re.compile(
     rb"""<meta[^>]*?charset\s*=\s*["']?\s*([\w.:-]+)|<\?xml[^>]*?encoding\s*=\s*["']([\w.:-]+)""",
     re.IGNORECASE,
@@ -46,6 +58,10 @@ def decode(data: bytes) -> Decoded:
     utf16 = _bomless_utf16(data)
     if utf16 is not None:
         return utf16
+    if data.isascii():
+        seven_bit = _seven_bit(data)
+        if seven_bit is not None:
+            return seven_bit
     if _looks_binary(data[:_SAMPLE_SIZE]):
         raise UnsupportedType("binary data, not a text document")
     # Valid UTF-8 wins even over a <meta> that says otherwise: mislabelled pages are far more
@@ -90,6 +106,45 @@ def _bomless_utf16(data: bytes) -> Decoded | None:
     # Arrays of 16-bit numbers have the same NUL pattern; their "text" is mostly controls.
     if len(_BINARY_CHARACTERS.findall(text, 0, half)) > _MAX_BINARY_SHARE * half:
         return None
+    return Decoded(text=text, encoding=encoding)
+
+
+def _seven_bit(data: bytes) -> Decoded | None:
+    """ASCII bytes in ISO-2022-JP or -KR, HZ or UTF-7; UnsupportedType for ISO-2022-CN, which
+    Python cannot decode; None for plain ASCII."""
+    if b"\x1b" in data:
+        if _ISO_2022_KR in data:
+            return _decode_strictly(data, "iso2022_kr")
+        if _ISO_2022_CN.search(data):
+            raise UnsupportedType("ISO-2022-CN text cannot be decoded; convert it to UTF-8")
+        if _ISO_2022_JP.search(data):
+            for encoding in _ISO_2022_JP_CODECS:
+                with contextlib.suppress(UnicodeDecodeError):
+                    return Decoded(text=data.decode(encoding), encoding=encoding)
+            raise CorruptFile("shifts into ISO-2022-JP but is not valid ISO-2022-JP text")
+    if b"~{" in data:
+        hz = _shifted(data, "hz", _HZ_SHIFT)
+        if hz is not None:
+            return hz
+    if b"+" in data:
+        return _shifted(data, "utf-7", _UTF7_SHIFT)
+    return None
+
+
+def _shifted(data: bytes, encoding: str, shift: re.Pattern[bytes]) -> Decoded | None:
+    """Text in `encoding` when all of it decodes and every shifted run holds letters beyond ASCII
+    (an encoder shifts for nothing else): "C++" or "a+b" stay plain ASCII."""
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError:
+        return None
+    for run in shift.finditer(data):
+        try:
+            shifted = run[0].decode(encoding)
+        except UnicodeDecodeError:
+            return None
+        if shifted.isascii() or not shifted.isprintable():
+            return None
     return Decoded(text=text, encoding=encoding)
 
 

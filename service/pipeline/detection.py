@@ -10,9 +10,11 @@ from pathlib import PurePath
 
 import msgspec
 
-from service.errors import CorruptFile, EmptyDocument, UnsupportedType
+from service.errors import CorruptFile, EmptyDocument, TooLarge, UnsupportedType
 from service.pipeline.decoding import Decoded, decode
+from service.pipeline.limits import NO_LIMITS, Limits
 from service.pipeline.models import DocumentType
+from service.pipeline.steps import step
 
 _READABLE = "docproc reads PDF, DOCX, HTML, Markdown and plain text"
 
@@ -33,7 +35,17 @@ _SIGNATURES = (
     (b"{\\rtf", "an RTF document"),
 )
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
+_CENTRAL_DIRECTORY_ENTRY = b"PK\x01\x02"
+_MAX_MEMBERS = 10_000
+"""Members of a ZIP package read at most. Word writes a few dozen plus one per image; zipfile
+costs about 8 µs and 600 bytes for each entry of the central directory, so 600,000 empty members
+in a 50 MB upload would cost seconds and hundreds of megabytes before anything is inflated."""
 _CONTENT_TYPES = "[Content_Types].xml"
+_CONTENT_TYPES_PREFIX = 64 * 1024
+"""Bytes of `[Content_Types].xml` inflated at most: the main part's type is declared within the
+first few hundred; the rest of the prefix allows for long lists of overrides."""
+_DEFLATE_MAX_RATIO = 1032
+"""The most deflate can compress (a run of one byte); a member declaring more lies or is a bomb."""
 _WORD_DOCUMENT = b"wordprocessingml.document.main+xml"
 _OTHER_PACKAGES = (
     ("word/", "a Word file that is not a .docx document (a template or macro-enabled file)"),
@@ -72,25 +84,33 @@ class Identified(msgspec.Struct, frozen=True, kw_only=True):
     decoded: Decoded | None = None
 
 
-def detect_type(data: bytes, filename: str | None = None) -> DocumentType:
-    """The document's type, from its content first; raises UnsupportedType for other binaries."""
-    return identify(data, filename).detected_type
+def detect_type(
+    data: bytes, filename: str | None = None, limits: Limits = NO_LIMITS
+) -> DocumentType:
+    """The document's type, from its content first; raises UnsupportedType for other binaries,
+    TooLarge for a DOCX beyond `limits.max_inflated_bytes` or a ZIP bomb."""
+    return identify(data, filename, limits).detected_type
 
 
-def identify(data: bytes, filename: str | None = None) -> Identified:
-    """Detect the type, decoding text documents on the way so that extraction decodes once."""
+def identify(data: bytes, filename: str | None = None, limits: Limits = NO_LIMITS) -> Identified:
+    """Detect the type, decoding text documents on the way so that extraction decodes once.
+
+    A ZIP package is judged from its central directory and a bounded prefix of one member: nothing
+    is inflated whole, and a DOCX declaring more than `limits.max_inflated_bytes` is TooLarge.
+    """
     if not data:
         raise EmptyDocument("the document is empty (0 bytes)")
     if b"%PDF-" in data[:1024]:
         return Identified(detected_type="pdf")
     if data.startswith(_ZIP_SIGNATURES):
-        return Identified(detected_type=_zip_type(data, filename))
+        return Identified(detected_type=_zip_type(data, filename, limits))
     for signature, kind in _SIGNATURES:
         if data.startswith(signature):
             raise UnsupportedType(f"{kind} is not a document; {_READABLE}")
     suffix = _suffix(filename)
     try:
-        decoded = decode(data)
+        with step("decode"):
+            decoded = decode(data)
     except UnsupportedType as exc:
         if suffix in _CLAIMED_BY_NAME:
             raise CorruptFile(f"named {suffix} but not a valid {_CLAIMED_BY_NAME[suffix]}") from exc
@@ -98,22 +118,54 @@ def identify(data: bytes, filename: str | None = None) -> Identified:
     return Identified(detected_type=_text_type(decoded.text, suffix), decoded=decoded)
 
 
-def _zip_type(data: bytes, filename: str | None) -> DocumentType:
+def _zip_type(data: bytes, filename: str | None, limits: Limits) -> DocumentType:
     """DOCX for a Word package, or a broken archive that claims to be one; otherwise unsupported."""
+    # A count of central directory signatures: at least the entries zipfile would parse.
+    members = data.count(_CENTRAL_DIRECTORY_ENTRY)
+    if members > _MAX_MEMBERS:
+        raise TooLarge(
+            f"a ZIP package of {members:,} members; docproc reads at most {_MAX_MEMBERS:,}"
+        )
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            names = archive.namelist()
-            content_types = archive.read(_CONTENT_TYPES) if _CONTENT_TYPES in names else b""
+            listed = archive.infolist()
+            _check_declared_sizes(listed)
+            names = [member.filename for member in listed]
+            content_types = b""
+            if _CONTENT_TYPES in names:
+                with archive.open(_CONTENT_TYPES) as part:
+                    content_types = part.read(_CONTENT_TYPES_PREFIX)
     except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError, zlib.error) as exc:
         if _suffix(filename) == ".docx" or b"word/" in data[:65536]:
             return "docx"  # reading it will say what is broken
         raise UnsupportedType(f"a damaged or unknown ZIP archive; {_READABLE}") from exc
     if _WORD_DOCUMENT in content_types or (not content_types and "word/document.xml" in names):
+        limits.check(
+            "max_inflated_bytes",
+            sum(member.file_size for member in listed),
+            "the DOCX's parts inflate to {count:,} bytes",
+        )
         return "docx"
     for prefix, kind in _OTHER_PACKAGES:
         if any(name.startswith(prefix) for name in names):
             raise UnsupportedType(f"{kind} is not supported; {_READABLE}")
     raise UnsupportedType(f"a ZIP archive is not a document; {_READABLE}")
+
+
+def _check_declared_sizes(members: list[zipfile.ZipInfo]) -> None:
+    """Refuse a member by the size its directory entry declares, before inflating any of it.
+
+    The declarations bind: zipfile stops each member at its declared size (and fails its CRC
+    check when more was there), so what python-docx inflates later is bounded by their sum,
+    which the caller checks against the limit.
+    """
+    for member in members:
+        if member.file_size > _DEFLATE_MAX_RATIO * max(member.compress_size, 1) + 65536:
+            raise TooLarge(
+                f"the ZIP member {member.filename[:100]!r} declares {member.file_size:,} bytes "
+                f"from {member.compress_size:,} compressed, more than compression can reach "
+                "(a ZIP bomb)"
+            )
 
 
 def _text_type(text: str, suffix: str) -> DocumentType:

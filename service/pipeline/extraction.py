@@ -8,10 +8,12 @@ from service.errors import TooLarge
 from service.pipeline.detection import identify
 from service.pipeline.docx import read_docx
 from service.pipeline.html import read_html
+from service.pipeline.limits import NO_LIMITS, CpuBudget, Limits
 from service.pipeline.markdown import read_markdown
 from service.pipeline.models import DocumentType, Extracted, RawDocument
 from service.pipeline.normalisation import normalise, single_line
 from service.pipeline.pdf import read_pdf
+from service.pipeline.steps import step
 
 
 def _read_plain_text(text: str) -> RawDocument:
@@ -25,32 +27,36 @@ _TEXT_READERS: dict[DocumentType, Callable[[str], RawDocument]] = {
 }
 
 
-def extract(
-    data: bytes,
-    filename: str | None = None,
-    *,
-    max_chars: int | None = None,
-    max_pages: int | None = None,
-) -> Extracted:
+def extract(data: bytes, filename: str | None = None, limits: Limits = NO_LIMITS) -> Extracted:
     """The document's normalised text, title, page count and encoding.
 
-    Raises UnsupportedType, CorruptFile, TooLarge (beyond `max_chars` characters of text or
-    `max_pages` PDF pages) or EmptyDocument.
+    Raises UnsupportedType, CorruptFile, EmptyDocument, or TooLarge past one of `limits`, the
+    failure naming it (running out of memory is TooLarge too: the document's fault, not the
+    file's).
     """
-    identified = identify(data, filename)
+    try:
+        return _extract(data, filename, limits)
+    except MemoryError as exc:
+        raise TooLarge("reading the document ran out of memory") from exc
+
+
+def _extract(data: bytes, filename: str | None, limits: Limits) -> Extracted:
+    budget = CpuBudget(limits)
+    with step("detect"):
+        identified = identify(data, filename, limits)
     decoded = identified.decoded
-    if decoded is not None:
-        raw = _TEXT_READERS[identified.detected_type](decoded.text)
-    elif identified.detected_type == "pdf":
-        raw = read_pdf(data, max_pages=max_pages)
-    else:
-        raw = read_docx(data)
+    with step("read"):
+        if decoded is not None:
+            raw = _TEXT_READERS[identified.detected_type](decoded.text)
+        elif identified.detected_type == "pdf":
+            raw = read_pdf(data, budget)
+        else:
+            raw = read_docx(data, budget)
+    budget.check("after reading its format")
     # PDF lines are laid out by the writer, which breaks words with hyphens at line ends.
-    text = normalise(raw.text, join_hyphenated=identified.detected_type == "pdf")
-    if max_chars is not None and len(text) > max_chars:
-        raise TooLarge(
-            f"the document has {len(text):,} characters of text; the limit is {max_chars:,}"
-        )
+    with step("normalise"):
+        text = normalise(raw.text, join_hyphenated=identified.detected_type == "pdf")
+    limits.check("max_chars", len(text), "the document has {count:,} characters of text")
     return Extracted(
         detected_type=identified.detected_type,
         text=text,

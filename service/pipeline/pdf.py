@@ -6,32 +6,48 @@ import io
 
 from pypdf import PageObject, PasswordType, PdfReader
 from pypdf.errors import LimitReachedError
+from pypdf.generic import DictionaryObject
 
 from service.errors import CorruptFile, EmptyDocument, TooLarge, UnsupportedType
+from service.pipeline.limits import CpuBudget, Limits
 from service.pipeline.models import RawDocument
 
 
-def read_pdf(data: bytes, *, max_pages: int | None = None) -> RawDocument:
-    """Each page's text, pages split by a blank line; raises TooLarge past `max_pages`."""
-    reader, page_count = _open(data)
+def read_pdf(data: bytes, budget: CpuBudget) -> RawDocument:
+    """Each page's text, pages split by a blank line; TooLarge past the budget's limits on pages,
+    characters (counted page by page) and CPU time."""
+    limits = budget.limits
+    reader, page_count = _open(data, limits)
     if page_count == 0:
         raise CorruptFile("not a valid PDF: it has no pages")
-    if max_pages is not None and page_count > max_pages:
-        raise TooLarge(f"the PDF has {page_count} pages; the limit is {max_pages}")
-    pages = [_page_text(page, number) for number, page in enumerate(reader.pages, start=1)]
+    limits.check("max_pages", page_count, "the PDF has {count:,} pages")
+    pages: list[str] = []
+    chars = 0
+    for number, page in enumerate(reader.pages, start=1):
+        budget.check(f"at page {number} of {page_count}")
+        pages.append(_page_text(page, number))
+        chars += len(pages[-1])
+        found = f"the PDF's first {number} pages hold {{count:,}} characters"
+        limits.check("max_chars", chars, found)
     text = "\n\n".join(pages)
     if text.isspace() or not text:
         raise EmptyDocument("the PDF has no text layer (a scan needs OCR, which docproc lacks)")
     return RawDocument(text=text, title=_title(reader), page_count=page_count)
 
 
-def _open(data: bytes) -> tuple[PdfReader, int]:
+def _open(data: bytes, limits: Limits) -> tuple[PdfReader, int]:
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             _unlock(reader)
+        # pypdf parses every page object to count them, about a millisecond each: the count the
+        # page tree declares refuses a PDF of 100,000 pages in a second rather than a minute.
+        tree = reader.root_object["/Pages"].get_object()
+        declared = tree.get("/Count") if isinstance(tree, DictionaryObject) else None
+        if isinstance(declared, int):
+            limits.check("max_pages", declared, "the PDF declares {count:,} pages")
         return reader, len(reader.pages)
-    except UnsupportedType:
+    except (UnsupportedType, TooLarge, MemoryError):
         raise
     except LimitReachedError as exc:
         raise _beyond_limit(exc) from exc
@@ -52,6 +68,8 @@ def _unlock(reader: PdfReader) -> None:
 def _page_text(page: PageObject, number: int) -> str:
     try:
         return page.extract_text()
+    except MemoryError:
+        raise
     except LimitReachedError as exc:
         raise _beyond_limit(exc) from exc
     except Exception as exc:

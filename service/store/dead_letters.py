@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -23,6 +22,7 @@ from sqlalchemy import (
 )
 
 from service.grouping import fingerprint
+from service.store import cursors
 from service.store.database import as_struct
 from service.store.schema import dead_letters, utcnow
 
@@ -266,17 +266,10 @@ def get_many(connection: Connection, ids: Sequence[str]) -> dict[str, DeadLetter
 
 
 def _cursor(letter: DeadLetter) -> str:
-    return base64.urlsafe_b64encode(f"{letter.dead_at.isoformat()}|{letter.id}".encode()).decode()
+    return cursors.encode(letter.dead_at, letter.id)
 
 
-def read_cursor(cursor: str) -> tuple[datetime, str] | None:
-    """Where a page ends, from its `next_cursor`; None for text this API did not give out."""
-    try:
-        dead_at, record_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        moment = datetime.fromisoformat(dead_at)
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), record_id
-    except (ValueError, UnicodeDecodeError, OverflowError):
-        return None
+read_cursor = cursors.decode
 
 
 def page(
@@ -284,15 +277,8 @@ def page(
 ) -> Page:
     """Newest first, `limit` at a time; `next_cursor` continues where this page ends."""
     statement = _where(select(*_SUMMARY), filters)
-    after = None if cursor is None else read_cursor(cursor)
-    if cursor is not None and after is None:
-        raise ValueError(f"not a cursor this API gave out: {cursor!r}")
-    if after is not None:
-        dead_at, record_id = after
-        c = dead_letters.c
-        statement = statement.where(
-            or_(c.dead_at < dead_at, and_(c.dead_at == dead_at, c.id < record_id))
-        )
+    if cursor is not None:
+        statement = statement.where(cursors.before(_c.dead_at, _c.id, cursor))
     statement = statement.order_by(dead_letters.c.dead_at.desc(), dead_letters.c.id.desc())
     rows = connection.execute(statement.limit(limit + 1)).all()
     items = [as_struct(row, DeadLetter) for row in rows[:limit]]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Select, bindparam, delete, func, insert, select, update
 
 from service.pipeline.models import Chunk
+from service.store import cursors
 from service.store.database import PerDialect, as_struct
 from service.store.schema import chunks, document_texts, documents, task_runs, utcnow
 
@@ -266,3 +268,55 @@ def chunk_count(connection: Connection, document_id: str) -> int:
         select(func.count()).select_from(chunks).where(chunks.c.document_id == document_id)
     ).scalar_one()
     return counted
+
+
+class Listed(msgspec.Struct, frozen=True, kw_only=True):
+    """A document as a list shows it: what it is, and where its task stands."""
+
+    id: str
+    filename: str
+    detected_type: str | None
+    size: int
+    created_at: datetime
+    processed_at: datetime | None
+    task_id: str
+    state: str | None
+    step: str | None
+    percent: float | None
+
+
+class Listing(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[Listed]
+    next_cursor: str | None
+
+
+_LISTED: Select[Any] = select(
+    documents.c.id,
+    documents.c.filename,
+    documents.c.detected_type,
+    documents.c.size,
+    documents.c.created_at,
+    documents.c.processed_at,
+    documents.c.task_id,
+    task_runs.c.state,
+    task_runs.c.step,
+    task_runs.c.percent,
+).select_from(documents.outerjoin(task_runs, task_runs.c.task_id == documents.c.task_id))
+
+
+def page(
+    connection: Connection, *, state: str | None, limit: int, cursor: str | None = None
+) -> Listing:
+    """Newest first (ix_documents_created_at), `limit` at a time, of one task state or all."""
+    statement = _LISTED
+    if state is not None:
+        statement = statement.where(task_runs.c.state == state)
+    if cursor is not None:
+        statement = statement.where(cursors.before(documents.c.created_at, documents.c.id, cursor))
+    statement = statement.order_by(documents.c.created_at.desc(), documents.c.id.desc())
+    rows = connection.execute(statement.limit(limit + 1)).all()
+    items = [as_struct(row, Listed) for row in rows[:limit]]
+    last = items[-1] if len(rows) > limit else None
+    return Listing(
+        items=items, next_cursor=cursors.encode(last.created_at, last.id) if last else None
+    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+import sqlalchemy
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL, make_url
 
 BUSY_TIMEOUT_MS = 10_000
@@ -54,15 +55,16 @@ def sync_engine(url: str, *, pool_size: int = 5) -> Engine:
     """The engine; `pool_size` connections are kept open (as many as threads that use it)."""
     _prepare_sqlite_file(url)
     driver_url = _driver_url(url)
+    # sqlalchemy.create_engine looked up at each call: tracing (service.telemetry) wraps it.
     if driver_url.get_backend_name() == "sqlite":
-        engine = create_engine(
+        engine = sqlalchemy.create_engine(
             driver_url,
             pool_size=pool_size,
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         )
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
-    return create_engine(
+    return sqlalchemy.create_engine(
         driver_url, pool_pre_ping=True, pool_size=pool_size, connect_args={"connect_timeout": 5}
     )
 

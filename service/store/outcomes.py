@@ -31,9 +31,11 @@ def task_started(connection: Connection, start: Start) -> None:
     task_runs.record_started(connection, start)
 
 
-def task_succeeded(connection: Connection, task_id: str) -> None:
+def task_succeeded(
+    connection: Connection, task_id: str, step_times: Sequence[task_runs.StepTime] | None = None
+) -> None:
     dead_letters.supersede(connection, task_id)
-    task_runs.record_success(connection, task_id)
+    task_runs.record_success(connection, task_id, step_times)
 
 
 def task_failed(

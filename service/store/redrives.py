@@ -207,3 +207,14 @@ def stopped(connection: Connection, redrive_id: str) -> None:
         .where(redrives.c.id == redrive_id, redrives.c.state == "cancelling")
         .values(state="cancelled", finished_at=now, updated_at=now)
     )
+
+
+def item_counts(connection: Connection) -> dict[str, int]:
+    """Dead letters re-published and failed, over every redrive job kept."""
+    published, failed = connection.execute(
+        select(
+            func.coalesce(func.sum(redrives.c.published), 0),
+            func.coalesce(func.sum(redrives.c.failed), 0),
+        )
+    ).one()
+    return {"published": int(published), "failed": int(failed)}

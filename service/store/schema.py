@@ -82,6 +82,7 @@ documents = Table(
     Column("reconciled_count", Integer, nullable=False, default=0, server_default="0"),
     Column("reconciled_at", Timestamp()),
     Index("ix_documents_unpublished", "published_at", "created_at"),
+    Index("ix_documents_created_at", "created_at", "id"),
 )
 
 idempotency_keys = Table(
@@ -137,6 +138,8 @@ task_runs = Table(
     Column("percent", Float, nullable=False, default=0.0),
     Column("retries", Integer, nullable=False, default=0),
     Column("retry_history", JSON, nullable=False, default=list),
+    # The steps of a run that recorded them (the document task, at success): [StepTime, ...].
+    Column("step_times", JSON),
     Column("next_retry_at", Timestamp()),
     Column("error_type", String(255)),
     Column("error_message", Text),

@@ -50,6 +50,14 @@ class RetryRecord(msgspec.Struct, frozen=True, kw_only=True):
     message: str | None
 
 
+class StepTime(msgspec.Struct, frozen=True, kw_only=True):
+    """One step of a run: when it began and how long it took."""
+
+    step: str
+    started_at: datetime
+    seconds: float
+
+
 class TaskRun(msgspec.Struct, frozen=True, kw_only=True):
     task_id: str
     task_name: str
@@ -72,6 +80,7 @@ class TaskRun(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime | None
     updated_at: datetime
     finished_at: datetime | None
+    step_times: list[StepTime] | None = None
 
     @property
     def elapsed(self) -> float | None:
@@ -334,12 +343,17 @@ _SUCCESS = (
         traceback=None,
         finished_at=bindparam("p_at"),
         updated_at=bindparam("p_at"),
+        step_times=bindparam("p_step_times", type_=task_runs.c.step_times.type),
     )
 )
 
 
-def record_success(connection: Connection, task_id: str) -> None:
-    connection.execute(_SUCCESS, {"p_task_id": task_id, "p_at": utcnow()})
+def record_success(
+    connection: Connection, task_id: str, step_times: Sequence[StepTime] | None = None
+) -> None:
+    """SUCCESS, with the run's steps and their durations when the task recorded them."""
+    times = msgspec.to_builtins(step_times) if step_times else None
+    connection.execute(_SUCCESS, {"p_task_id": task_id, "p_at": utcnow(), "p_step_times": times})
 
 
 def record_failure(
@@ -480,3 +494,11 @@ def failures(connection: Connection, task_ids: set[str]) -> dict[str, dict[str, 
         }
         for row in rows
     }
+
+
+def oldest_pending(connection: Connection) -> datetime | None:
+    """When the longest-waiting PENDING run was accepted (published or not), if any."""
+    oldest: datetime | None = connection.execute(
+        select(func.min(task_runs.c.updated_at)).where(task_runs.c.state == "PENDING")
+    ).scalar()
+    return oldest

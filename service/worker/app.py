@@ -25,7 +25,7 @@ from service.topology import (
     Topology,
     build_topology,
 )
-from service.worker import canary, document_task, lifecycle, maintenance
+from service.worker import canary, document_task, lifecycle, maintenance, metrics, tracing
 from service.worker.base_task import DocprocTask
 from service.worker.docproc_celery import DocprocCelery
 from service.worker.store_watch import StoreWatch
@@ -70,6 +70,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": list(serialization.ACCEPTED),
         "result_accept_content": list(serialization.ACCEPTED),
         "event_serializer": "json",
+        # Task events for Flower (and `celery events`): received, started, succeeded, failed,
+        # retried; and `task-sent` for what Celery clients publish (beat, a stock client).
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": True,
         "task_acks_late": True,
         "task_acks_on_failure": False,
         "task_acks_on_timeout": False,
@@ -82,6 +86,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": maintenance.SCHEDULE,
         "beat_schedule_filename": str(Path(settings.data_dir) / "celerybeat-schedule"),
         "worker_concurrency": settings.concurrency,
+        # A pool process whose peak resident memory passed this (KiB) is replaced after its
+        # task: memory a large document made it take is not kept for ever.
+        "worker_max_memory_per_child": settings.max_memory_per_child or None,
         "worker_consumer": "service.worker.consumer:DeadLetteringConsumer",
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # No remote control (docproc uses none): its queue is exclusive to the connection, and a
@@ -160,7 +167,12 @@ def _connect_signals(app: DocprocCelery) -> None:
         except DatabaseError as exc:
             # No crash loop: the worker starts paused and takes work once the store answers.
             logger.warning("the store is unavailable at start: {}", exc)
+        stop_metrics = metrics.serve(app.settings)  # before the pool forks
+        if stop_metrics is not None:
+            signals.worker_shutdown.connect(lambda **_: stop_metrics(), weak=False)
 
     signals.setup_logging.connect(on_setup_logging, weak=False)
     signals.worker_init.connect(on_worker_init, weak=False)
+    metrics.connect(app)
+    tracing.connect(app)
     lifecycle.connect(app, lambda: app.store)

@@ -9,8 +9,9 @@ import functools
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
 
-from service.errors import InvalidTaskArguments
+from service.errors import InvalidTaskArguments, ProcessingError
 from service.indexing import STEPS, index_document
 from service.store import outcomes
 from service.task_contract import PROCESS_DOCUMENT
@@ -31,14 +32,51 @@ def register(app: Celery) -> None:
                 f"document_id is {type(document_id).__name__} {document_id!r:.60}, not an id"
             )
         store, task_id = app_of(self).store, str(self.request.id)
+        settings = app_of(self).settings
         progress = ProgressTracker(store, task_id, STEPS, first_recorded=True)
-        return index_document(
-            store,
-            document_id,
-            app_of(self).settings,
-            progress.begin,
-            started=functools.partial(
-                outcomes.task_started, start=start_of(self, task_id, document_id, STEPS)
-            ),
-            succeeded=functools.partial(outcomes.task_succeeded, task_id=task_id),
-        )
+        try:
+            return index_document(
+                store,
+                document_id,
+                settings,
+                progress.begin,
+                started=functools.partial(
+                    outcomes.task_started, start=start_of(self, task_id, document_id, STEPS)
+                ),
+                # Called with the store's transaction once the text is stored: every step is known.
+                succeeded=lambda connection: outcomes.task_succeeded(
+                    connection, task_id, progress.step_times()
+                ),
+            )
+        except (SoftTimeLimitExceeded, ProcessingError) as exc:
+            limit = time_limit_in(exc, settings.soft_time_limit)
+            if limit is None:
+                raise
+            raise limit from exc
+
+
+class SoftTimeLimit(SoftTimeLimitExceeded):
+    """Celery's soft time limit, with a message that says which setting it is."""
+
+    error_type = "SoftTimeLimitExceeded"
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "the soft time limit"
+
+
+def time_limit_in(exc: BaseException, soft_time_limit: float) -> SoftTimeLimit | None:
+    """The soft time limit, said in words, when it is what ended the work.
+
+    The pipeline turns whatever a reader raises into CorruptFile, and Celery raises the soft
+    limit wherever the task happens to be — inside pypdf, say — so it is sought in the causes.
+    """
+    cause: BaseException | None = exc
+    for _ in range(100):  # a chain can be made to loop
+        if cause is None or isinstance(cause, SoftTimeLimitExceeded):
+            break
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, SoftTimeLimitExceeded):
+        return None
+    return SoftTimeLimit(
+        f"processing took longer than CELERY_SOFT_TIME_LIMIT={soft_time_limit:g} s"
+    )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from loguru import logger
 
 from service.errors import DatabaseError
 from service.store import task_runs
 from service.store.database import Store
+from service.worker import metrics, tracing
 
 
 class ProgressTracker:
@@ -36,11 +38,29 @@ class ProgressTracker:
         self.done = 0
         self.min_interval = min_interval
         self._written: float | None = time.monotonic() if first_recorded else None
+        self._began: list[tuple[str, float]] = []
+        self._origin = (datetime.now(UTC), time.monotonic())
+
+    def step_times(self) -> list[task_runs.StepTime]:
+        """Each step begun so far, when it began and how long it took (the last one: until now)."""
+        wall, origin = self._origin
+        ends = [at for _, at in self._began[1:]] + [time.monotonic()]
+        return [
+            task_runs.StepTime(
+                step=step,
+                started_at=wall + timedelta(seconds=at - origin),
+                seconds=round(end - at, 6),
+            )
+            for (step, at), end in zip(self._began, ends, strict=True)
+        ]
 
     def begin(self, step: str) -> None:
         """Note that `step` begins; every step before it is done."""
         self.done = self.steps.index(step)
+        metrics.step_begins(self._task_id, step)
+        tracing.step_begins(step)
         now = time.monotonic()
+        self._began.append((step, now))
         if self._written is not None and now - self._written < self.min_interval:
             return
         self._written = now

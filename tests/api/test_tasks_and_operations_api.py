@@ -105,6 +105,7 @@ async def test_status_shows_progress_retries_error_and_timings(
         "steps_done": 3,
         "steps_total": 4,
         "percent": 75.0,
+        "step_times": None,  # written with its success
     }
     assert status["retries"] == 2
     assert status["retry_history"][0]["delay"] == 4.0

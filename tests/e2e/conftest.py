@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from tests.support import (
@@ -46,15 +48,21 @@ class Running:
     vhost: Vhost
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def running(rabbitmq: RabbitMQ, tmp_path: Path) -> AsyncIterator[Running]:
+@contextlib.asynccontextmanager
+async def docproc_up(
+    rabbitmq: RabbitMQ, directory: Path, **overrides: str
+) -> AsyncIterator[Running]:
+    """`docproc up` in `directory` on a fresh vhost, ready; stopped and the vhost deleted after."""
     name = await create_vhost(rabbitmq)
     port = free_port()
     env = Vhost(rabbitmq, name).env(
-        DOCPROC_API_PORT=str(port), CELERY_RETRY_DELAY="1", CELERY_RETRY_BACKOFF_MAX="2"
+        DOCPROC_API_PORT=str(port),
+        CELERY_RETRY_DELAY="1",
+        CELERY_RETRY_BACKOFF_MAX="2",
+        **overrides,
     )
     env["PYTHONPATH"] = str(ROOT)
-    up = Process(docproc_command("up"), env, tmp_path / "up.log", cwd=tmp_path)
+    up = Process(docproc_command("up"), env, directory / "up.log", cwd=directory)
 
     async def banner() -> bool | None:
         if not up.alive():
@@ -63,10 +71,24 @@ async def running(rabbitmq: RabbitMQ, tmp_path: Path) -> AsyncIterator[Running]:
 
     try:
         await eventually(banner, 90, "docproc up to be ready", interval=0.2)
-        yield Running(up, env, f"http://127.0.0.1:{port}", tmp_path, Vhost(rabbitmq, name))
+        yield Running(up, env, f"http://127.0.0.1:{port}", directory, Vhost(rabbitmq, name))
     finally:
         up.stop(timeout=90)
         await delete_vhost(rabbitmq, name)
+
+
+@pytest.fixture
+def up_env() -> dict[str, str]:
+    """Settings of the `docproc up` under test beyond the defaults; a module overrides it."""
+    return {}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def running(
+    rabbitmq: RabbitMQ, tmp_path: Path, up_env: dict[str, str]
+) -> AsyncIterator[Running]:
+    async with docproc_up(rabbitmq, tmp_path, **up_env) as started:
+        yield started
 
 
 def docproc(running: Running, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

@@ -123,15 +123,17 @@ async def test_a_worker_killed_under_up_is_restarted_and_every_document_ends(
     )
 
     async def worker_pid() -> int | None:
+        # Up's own child: the worker's pool processes carry the same command line, and after
+        # PIDs wrap around, the lowest PID need not be the main process.
         found = await asyncio.to_thread(
             subprocess.run,
-            ["pgrep", "-f", "service serve worker"],
+            ["pgrep", "-P", str(running.up.popen.pid), "-f", "service serve worker"],
             capture_output=True,
             text=True,
             check=False,
         )
-        mine = [int(p) for p in found.stdout.split() if int(p) in descendants(running.up.popen.pid)]
-        return mine[0] if mine else None
+        mine = [int(p) for p in found.stdout.split()]
+        return mine[0] if len(mine) == 1 else None
 
     async def busy() -> bool | None:
         return True if "docproc.document.process" in running.up.output() else None
@@ -149,7 +151,12 @@ async def test_a_worker_killed_under_up_is_restarted_and_every_document_ends(
 
 def test_up_without_a_broker_says_how_to_start_one_and_exits(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "DOCPROC_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{port}//"}
+    env = {
+        **os.environ,
+        "DOCPROC_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{port}//",
+        # Its own API port: the check that the port is free comes first, and 8000 may be taken.
+        "DOCPROC_API_PORT": str(free_port()),
+    }
     env = {k: v for k, v in env.items() if not k.startswith("CELERY_")}
     started = time.monotonic()
 

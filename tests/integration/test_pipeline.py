@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -209,8 +210,23 @@ async def test_through_the_api_a_document_goes_pending_processing_success_and_is
 
         await eventually(success, 60, "the upload to be processed", interval=0.02)
         hits = (await client.get("/search", params={"q": big.present[0]})).json()["items"]
+        detail = (await client.get(f"/tasks/{task_id}")).json()
 
     assert states[0] == "PENDING"
     assert "PROCESSING" in states
     assert states[-1] == "SUCCESS"
     assert response.json()["document_id"] in {hit["document_id"] for hit in hits}
+    steps = detail["progress"]["step_times"]
+    assert [step["step"] for step in steps] == ["load", "extract", "chunk", "index"]
+    assert [step["started_at"] for step in steps] == sorted(step["started_at"] for step in steps)
+    # The load's transaction records STARTED: the extract step begins after it, the last step
+    # before SUCCESS.
+    timings = detail["timings"]
+    assert steps[0]["started_at"] <= timings["started_at"] <= steps[1]["started_at"]
+    assert steps[-1]["started_at"] <= timings["finished_at"]
+    first, finished = (
+        datetime.fromisoformat(steps[0]["started_at"]),
+        datetime.fromisoformat(timings["finished_at"]),
+    )
+    assert sum(step["seconds"] for step in steps) <= (finished - first).total_seconds() + 0.01
+    assert steps[1]["seconds"] > 0, "extracting 40 pages takes time"

@@ -8,7 +8,7 @@ import pytest
 from service.errors import DatabaseError, InvalidQuery
 from service.pipeline import Chunk
 from service.search_syntax import parse
-from service.store import documents, search
+from service.store import documents, search, task_runs
 from service.store.database import AsyncStore, Store
 from service.store.documents import Extraction
 
@@ -183,3 +183,22 @@ def test_an_unreachable_store_raises_a_database_error(tmp_path: object) -> None:
     store = Store("postgresql://nobody@127.0.0.1:1/nothing")
     with pytest.raises(DatabaseError, match="the store is unavailable"):
         store.run(documents.get, "x")
+
+
+def test_documents_are_listed_newest_first_a_page_at_a_time_and_by_state(store: Store) -> None:
+    added = [add_document(store, f"text {n}".encode(), f"{n}.txt") for n in range(5)]
+    for document_id in added[:2]:
+        document = store.run(documents.get, document_id)
+        assert document is not None
+        store.run(task_runs.record_pending, document.task_id, "t", document_id=document_id)
+
+    first = store.run(documents.page, state=None, limit=3)
+    rest = store.run(documents.page, state=None, limit=3, cursor=first.next_cursor)
+    pending = store.run(documents.page, state="PENDING", limit=10)
+
+    assert [item.id for item in first.items + rest.items] == added[::-1]
+    assert rest.next_cursor is None
+    assert [item.filename for item in pending.items] == ["1.txt", "0.txt"]
+    assert {item.state for item in rest.items} == {"PENDING"}
+    with pytest.raises(ValueError, match="not a cursor"):
+        store.run(documents.page, state=None, limit=3, cursor="not-ours")

@@ -61,8 +61,10 @@ def test_the_four_docproc_services_run_one_image_built_from_this_repository() ->
     assert {name: services[name]["command"] for name in DOCPROC_SERVICES} == {
         name: ["serve", name] for name in DOCPROC_SERVICES
     }
-    others = set(services) - set(DOCPROC_SERVICES)
-    assert others == {"rabbitmq", "postgres"}
+    # Flower (profile `observe`) runs the same image, with Celery's command line.
+    assert services["flower"]["image"] in images
+    others = set(services) - set(DOCPROC_SERVICES) - {"flower"}
+    assert others == {"rabbitmq", "postgres", "prometheus", "grafana"}
     assert all("build" not in services[name] for name in others)
 
 

@@ -41,9 +41,15 @@ def test_every_variable_is_read() -> None:
         "DOCPROC_API_KEYS": "k1, k2,",
         "DOCPROC_PUBLIC_READS": "true",
         "DOCPROC_MAX_UPLOAD_BYTES": "1024",
+        "DOCPROC_MAX_INFLATED_BYTES": "4096",
+        "DOCPROC_MAX_CHARS": "100000",
+        "DOCPROC_MAX_PAGES": "50",
+        "DOCPROC_MAX_CHUNKS": "200",
+        "DOCPROC_MAX_CPU_SECONDS": "2m",
         "DOCPROC_DEAD_LETTER_RETENTION": "7d",
         "DOCPROC_HANDLED_DEAD_LETTER_RETENTION": "1d",
         "DOCPROC_API_WORKERS": "3",
+        "DOCPROC_WORKER_METRICS_PORT": "0",
         "DOCPROC_RESTART_DELAY": "0.5s",
         "DOCPROC_RECONCILE_AFTER": "15m",
         "DOCPROC_CHUNK_SIZE": "500",
@@ -51,6 +57,8 @@ def test_every_variable_is_read() -> None:
         "CELERY_LOG_LEVEL": "debug",
         "DOCPROC_LOG_FORMAT": "Human",
         "CELERY_CONCURRENCY": "4",
+        "CELERY_TASK_EVENTS": "false",
+        "CELERY_MAX_MEMORY_PER_CHILD": "0",
         "CELERY_MAX_RETRIES": "0",
         "CELERY_RETRY_DELAY": "2.5",
         "CELERY_RETRY_BACKOFF_MAX": "10m",
@@ -65,6 +73,7 @@ def test_every_variable_is_read() -> None:
     assert settings.queue_type == "classic"
     assert settings.api_keys == ("k1", "k2")
     assert settings.public_reads is True
+    assert settings.task_events is False
     assert settings.dead_letter_retention == 7 * 86400
     assert settings.log_level == "DEBUG"
     assert settings.log_format == "human"
@@ -73,6 +82,11 @@ def test_every_variable_is_read() -> None:
     assert settings.max_retries == 0
     assert settings.restart_delay == 0.5
     assert settings.reconcile_after == 900
+    assert settings.worker_metrics_port == 0
+    assert (settings.max_inflated_bytes, settings.max_chars) == (4096, 100_000)
+    assert (settings.max_pages, settings.max_chunks) == (50, 200)
+    assert settings.max_cpu_seconds == 120
+    assert settings.max_memory_per_child == 0
     assert settings.resolved_database_url == "postgresql://docproc@db/docproc"
 
 
@@ -91,6 +105,10 @@ def test_every_variable_is_read() -> None:
         ("CELERY_RETRY_DELAY", "0", "expected a number > 0"),
         ("DOCPROC_DEAD_LETTER_RETENTION", "xd", "such as 90s, 30m, 12h, 14d"),
         ("CELERY_LOG_LEVEL", "loud", "expected one of TRACE, DEBUG"),
+        ("DOCPROC_MAX_PAGES", "0", "expected an integer >= 1"),
+        ("DOCPROC_MAX_INFLATED_BYTES", "lots", "expected an integer"),
+        ("DOCPROC_MAX_CPU_SECONDS", "-5", "expected a number > 0"),
+        ("CELERY_MAX_MEMORY_PER_CHILD", "-1", "expected an integer >= 0"),
     ],
 )
 def test_a_bad_value_names_the_variable_the_value_and_what_is_allowed(

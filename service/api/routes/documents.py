@@ -20,6 +20,7 @@ from service.api.params import PathId
 from service.api.responses import errors
 from service.api.services import IntakeDep, StoreDep
 from service.errors import BadRequest, DocprocError, NotFound, TooLarge
+from service.indexing import pipeline_limits
 from service.intake import Upload, inspect_upload
 from service.search_syntax import parse
 from service.settings import Settings
@@ -61,6 +62,7 @@ def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
 
 def upload_handler(settings: Settings) -> Any:
     """POST /documents, with the body limit taken from the settings."""
+    limits = pipeline_limits(settings)
 
     @post(
         "/documents",
@@ -99,7 +101,7 @@ def upload_handler(settings: Settings) -> Any:
                 f"the file's content type must be printable and at most {MAX_CONTENT_TYPE} "
                 "characters"
             )
-        sha256 = await inspect_upload(content, filename)
+        sha256 = await inspect_upload(content, filename, limits)
         receipt = await intake.submit(
             Upload(
                 filename=filename,
@@ -134,7 +136,7 @@ def upload_handler(settings: Settings) -> Any:
     return upload
 
 
-def _document_with_state(connection: Connection, document_id: str) -> DocumentOut | None:
+def document_with_state(connection: Connection, document_id: str) -> DocumentOut | None:
     document = documents.get(connection, document_id)
     if document is None:
         return None
@@ -166,7 +168,7 @@ def _document_with_state(connection: Connection, document_id: str) -> DocumentOu
     summary="A document's metadata and state",
 )
 async def document(document_id: PathId, store: StoreDep) -> DocumentOut:
-    found = await store.run(_document_with_state, document_id)
+    found = await store.run(document_with_state, document_id)
     if found is None:
         raise NotFound(f"no document {document_id}")
     return found

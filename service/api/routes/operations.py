@@ -60,6 +60,7 @@ class DomainCollector(Collector):
         self.dead: list[tuple[str, str, int]] = []
         self.reconciled = 0
         self.store_up = True
+        self.alerts: figures.AlertFigures | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         tasks = GaugeMetricFamily("docproc_tasks", "Task runs per state", labels=["state"])
@@ -87,6 +88,28 @@ class DomainCollector(Collector):
         store_up = GaugeMetricFamily("docproc_store_up", "Whether the store answered the scrape")
         store_up.add_metric([], 1 if self.store_up else 0)
         yield from (tasks, depth, consumers, dead, reconciled, store_up)
+        if self.alerts is not None:
+            yield from _alert_metrics(self.alerts)
+
+
+def _alert_metrics(found: figures.AlertFigures) -> Iterator[GaugeMetricFamily]:
+    yield GaugeMetricFamily(
+        "docproc_oldest_pending_task_seconds",
+        "How long the longest-waiting accepted document has waited to start (0: none waits)",
+        value=found.oldest_pending_seconds,
+    )
+    items = GaugeMetricFamily(
+        "docproc_redrive_items",
+        "Dead letters of redrive jobs re-published or failed, over the jobs kept",
+        labels=["state"],
+    )
+    for state, count in found.redrive_items.items():
+        items.add_metric([state], count)
+    yield items
+
+
+def _scrape(connection: Connection) -> tuple[figures.StoreFigures, figures.AlertFigures]:
+    return figures.from_store(connection), figures.for_alerts(connection)
 
 
 DOMAIN = DomainCollector()
@@ -102,7 +125,7 @@ REGISTRY.register(DOMAIN)
 )
 async def metrics(store: StoreDep, management: ManagementDep) -> Response[bytes]:
     try:
-        found = await store.run(figures.from_store)
+        found, DOMAIN.alerts = await store.run(_scrape)
         DOMAIN.tasks, DOMAIN.dead, DOMAIN.reconciled = (
             found.states,
             found.dead_letters,
@@ -110,7 +133,7 @@ async def metrics(store: StoreDep, management: ManagementDep) -> Response[bytes]
         )
         DOMAIN.store_up = True
     except DatabaseError:
-        DOMAIN.tasks, DOMAIN.dead, DOMAIN.store_up = {}, [], False
+        DOMAIN.tasks, DOMAIN.dead, DOMAIN.store_up, DOMAIN.alerts = {}, [], False, None
     queues, _ = await figures.of_queues(management)
     DOMAIN.queues = [(q.name, q.messages, q.consumers) for q in queues]
     return Response(generate_latest(REGISTRY))

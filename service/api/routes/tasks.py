@@ -25,9 +25,11 @@ from service.api.params import PathId
 from service.api.responses import errors
 from service.api.services import IntakeDep, ManagementDep, PublisherDep, StoreDep
 from service.api.tracebacks import relative_paths
+from service.broker.management import Management
 from service.deadletters.republish import republish
 from service.errors import BrokerUnavailable, Conflict, NotFound
 from service.store import dead_letters, task_runs
+from service.store.database import AsyncStore
 from service.store.task_runs import TaskRun
 from service.task_contract import PROCESS_DOCUMENT
 
@@ -53,6 +55,7 @@ def status_of(run: TaskRun, *, with_traceback: bool = False) -> TaskStatus:
             steps_done=run.steps_done,
             steps_total=run.steps_total,
             percent=run.percent,
+            step_times=run.step_times,
         ),
         retries=run.retries,
         retry_history=run.retry_history,
@@ -162,6 +165,11 @@ def _throughput(finished: dict[str, int]) -> Throughput:
     summary="Counts per state, queue depths and consumers, dead letters, recent throughput",
 )
 async def stats(store: StoreDep, management: ManagementDep) -> Stats:
+    return await current_stats(store, management)
+
+
+async def current_stats(store: AsyncStore, management: Management) -> Stats:
+    """The figures of /tasks/stats (and of the console's overview)."""
     found = await store.run(figures.from_store)
     queues, warnings = await figures.of_queues(management)
     by_reason: dict[str, int] = {}

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import pytest
 
-from service.errors import CorruptFile
+from service.errors import CorruptFile, UnsupportedType
 from service.pipeline import extract
 from tests.corpus import Sample, cp1252_text_sample, utf16_text_sample
 
@@ -73,3 +73,55 @@ def test_a_page_declared_latin1_is_read_as_cp1252_like_browsers_do(label: str) -
 def test_a_byte_order_mark_over_bytes_that_do_not_follow_it_is_corrupt() -> None:
     with pytest.raises(CorruptFile, match="utf-16"):
         extract(codecs.BOM_UTF16_LE + b"\x00\xd8\x41")
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        ("日本語の文書です。カタカナとひらがな。", "iso2022_jp"),
+        ("半角ｶﾀｶﾅの混じる文書。", "iso2022_jp_ext"),
+        ("한국어 문서입니다. 잘 읽히나요?", "iso2022_kr"),
+        ("中文文档，简体字。", "hz"),  # noqa: RUF001 -- the fullwidth comma is Chinese punctuation
+        ("Grüße, 日本語 and a smile ☺ in UTF-7.", "utf-7"),
+    ],
+)
+def test_seven_bit_encodings_are_decoded_not_stored_as_escape_codes(
+    text: str, encoding: str
+) -> None:
+    data = text.encode(encoding)
+    assert data.isascii(), "all of them are valid UTF-8 too"
+
+    extracted = extract(data, "note.txt")
+
+    assert (extracted.text, extracted.encoding) == (text, encoding)
+
+
+def test_an_iso_2022_jp_web_page_is_read_as_such() -> None:
+    page = '<html><head><meta charset="iso-2022-jp"><title>題名</title></head><body><p>本文</p>'
+
+    extracted = extract(page.encode("iso2022_jp"), "page.html")
+
+    assert (extracted.title, extracted.text) == ("題名", "本文")
+
+
+def test_iso_2022_cn_is_refused_by_name() -> None:
+    data = b"\x1b$)A\x0e=;;;\x0f text"
+
+    with pytest.raises(UnsupportedType, match="ISO-2022-CN"):
+        extract(data, "note.txt")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "C++ and 1+1=2, call +49 30 123456, a+b-c, foo+bar@example.com",
+        "+ADw-script+AD4- is ASCII in UTF-7 clothing",  # shifted runs of plain ASCII
+        "\x1b[31mred\x1b[0m: a log with colours",
+        "~{ braces ~} in a shell script",
+    ],
+)
+def test_ascii_that_merely_looks_shifted_stays_as_it_is(text: str) -> None:
+    extracted = extract(text.encode(), "note.txt")
+
+    assert extracted.encoding == "utf-8"
+    assert extracted.text == text.replace("\x1b", "")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import docx
 import pytest
 
-from service.errors import CorruptFile, EmptyDocument, ProcessingError, TooLarge, UnsupportedType
+from service.errors import CorruptFile, EmptyDocument, ProcessingError, UnsupportedType
 from service.pipeline import extract
 from tests.corpus import (
     BUILDERS,
@@ -110,11 +110,6 @@ def test_pdf_pages_come_in_order_with_the_hyphenated_word_joined() -> None:
     assert extracted.text.count("\n\n") == 3  # one blank line between pages
 
 
-def test_pdf_beyond_the_page_limit_is_too_large() -> None:
-    with pytest.raises(TooLarge, match="4 pages; the limit is 3"):
-        extract(pdf_sample(pages=4).data, max_pages=3)
-
-
 def test_a_corrupt_pdf_says_so_in_plain_words() -> None:
     with pytest.raises(CorruptFile, match="not a valid PDF") as caught:
         extract(b"%PDF-1.7\n" + b"garbage " * 100)
@@ -167,14 +162,6 @@ def test_markdown_tables_keep_rows_on_lines() -> None:
     table = b"| Name | Price |\n| ---- | ----- |\n| Tea | 3 |\n| Cake | 5 |\n"
 
     assert extract(table, "prices.md").text == "Name | Price\nTea | 3\nCake | 5"
-
-
-def test_text_beyond_the_character_limit_is_too_large() -> None:
-    data = ("word " * 300).encode()
-
-    assert len(extract(data, max_chars=1500).text) == 1499
-    with pytest.raises(TooLarge, match="1,499 characters of text; the limit is 1,000"):
-        extract(data, max_chars=1000)
 
 
 @pytest.mark.parametrize("data", [b" \n\t \r\n", b"\x00\x00 \x00"], ids=["spaces", "nuls"])
