@@ -30,6 +30,10 @@
 #                            plugins, data (mnesia) and logs are in <dir>/a/
 #   DOCPROC_CLUSTER_NODES    3     how many nodes (1 to 9)
 #   DOCPROC_CLUSTER_TIMEOUT  60    seconds each wait (boot, cluster, management API, stop) may take
+#   DOCPROC_CLUSTER_LISTEN   (none)  more IPv4 addresses of this machine, space-separated, where each
+#                            node's AMQP port listens too (say a veth's, for a client in another
+#                            network namespace: tests/faults); guest still connects from
+#                            loopback only, so such a client needs a user of its own
 #
 # consumer_timeout and disk_free_limit come from infra/rabbitmq/rabbitmq.conf. Debian: run as root.
 # The nodes then run as the rabbitmq user and share its Erlang cookie, so a plain
@@ -44,6 +48,7 @@ management_port="${DOCPROC_CLUSTER_MANAGEMENT_PORT:-15701}"
 prometheus_port="${DOCPROC_CLUSTER_PROMETHEUS_PORT:-15791}"
 dist_port="${DOCPROC_CLUSTER_DIST_PORT:-25701}"
 timeout="${DOCPROC_CLUSTER_TIMEOUT:-60}"
+read -r -a listen <<<"${DOCPROC_CLUSTER_LISTEN:-}"
 letters=(a b c d e f g h i)
 marker=".docproc-cluster"   # reset deletes only a directory that this script made
 pids=()                     # the nodes this run started
@@ -58,6 +63,9 @@ for n in "$amqp_port" "$management_port" "$prometheus_port" "$dist_port" "$timeo
 done
 command -v rabbitmq-server >/dev/null 2>&1 ||
   die "rabbitmq-server is not installed: apt-get install rabbitmq-server (or brew install rabbitmq)"
+for a in "${listen[@]}"; do
+  [[ "$a" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "DOCPROC_CLUSTER_LISTEN: $a is not an IPv4 address"
+done
 [[ "$base" = /* ]] || base="$PWD/$base"
 
 # Debian's /usr/sbin/rabbitmq* wrapper runs the real scripts as the rabbitmq user when called by
@@ -105,6 +113,7 @@ prepare() {  # the base directory and node $1's files, rewritten at every start
     echo "# Written by infra/rabbitmq/cluster.sh at each start of $(name "$1")."
     echo "cluster_name = docproc-cluster"
     echo "listeners.tcp.local = 127.0.0.1:$((amqp_port + $1))"
+    for k in "${!listen[@]}"; do echo "listeners.tcp.extra$k = ${listen[$k]}:$((amqp_port + $1))"; done
     echo "management.tcp.ip = 127.0.0.1"
     echo "management.tcp.port = $((management_port + $1))"
     echo "prometheus.tcp.ip = 127.0.0.1"

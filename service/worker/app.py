@@ -91,6 +91,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_max_memory_per_child": settings.max_memory_per_child or None,
         "worker_consumer": "service.worker.consumer:DeadLetteringConsumer",
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Remote control (Flower's worker pages use it) on a queue that is not exclusive: a
+        # worker cut off long enough for RabbitMQ to drop its connection reconnects before
+        # RabbitMQ has removed the old connection's exclusive queue — RESOURCE_LOCKED, which
+        # Celery calls unrecoverable: the worker exited (tests/faults, network partition).
+        "control_queue_exclusive": False,
         "worker_hijack_root_logger": False,
         # Our log sink writes to stdout; redirecting stdout into logging would loop.
         "worker_redirect_stdouts": False,

@@ -13,7 +13,7 @@ from service.topology import (
     build_topology,
     export_definitions,
 )
-from service.worker.app import celery_config, celery_queues
+from service.worker.app import celery_config, celery_queues, create_celery
 from tests.support import ROOT
 
 
@@ -104,6 +104,16 @@ def test_the_celery_configuration_dead_letters_instead_of_acking_failures() -> N
     assert "pickle" not in config["accept_content"]
     assert config["task_serializer"] == "msgspec"
     assert config["accept_content"] == ["msgspec", "json"]
+
+
+def test_the_worker_declares_no_exclusive_queue_that_could_outlive_a_partition() -> None:
+    # Remote control's queue, named after the worker, was exclusive: after a partition,
+    # re-declaring it while RabbitMQ still held the old connection stopped the worker
+    # (tests/faults). Event queues have a fresh name each time.
+    config = celery_config(Settings())
+    assert config["control_queue_exclusive"] is False
+    app = create_celery(Settings())
+    assert app.control.mailbox.get_queue("worker-1@host").exclusive is False
 
 
 def test_beat_runs_the_maintenance_tasks_on_the_celery_queue() -> None:
