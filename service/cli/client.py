@@ -51,16 +51,20 @@ class Api:
     def __exit__(self, *_: object) -> None:
         self.http.close()
 
+    def unreachable(self, exc: httpx.TransportError) -> NoReturn:
+        """The one-line exit for an API that does not answer."""
+        abort(
+            BrokerUnavailable(
+                f"the docproc API at {self.url} does not answer ({exc.__class__.__name__}); "
+                "start it with `docproc up`, or pass --api"
+            )
+        )
+
     def request(self, method: str, path: str, *, ok: Sequence[int] = (), **kwargs: Any) -> Any:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            abort(
-                BrokerUnavailable(
-                    f"the docproc API at {self.url} does not answer ({exc.__class__.__name__}); "
-                    "start it with `docproc up`, or pass --api"
-                )
-            )
+            self.unreachable(exc)
         if response.status_code >= 400 and response.status_code not in ok:
             self.fail(response)
         if response.status_code == 204 or not response.content:

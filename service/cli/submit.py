@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import re
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import click
+import httpx
 
 from service.cli.client import Api, api_option, printable, table
 
 FINAL = frozenset({"SUCCESS", "DEAD", "REVOKED"})
+IN_FLIGHT = 8
+"""Uploads (and status reads) in flight at once: one at a time, the command, not the API, set
+the pace of a large folder; more than a few only queue up in the API."""
 
 
 def _natural(path: Path) -> list[object]:
@@ -68,34 +76,37 @@ def submit(
     files = expand(paths)
     if not files:
         raise click.UsageError("nothing to upload: no PATH names a file")
-    rows: list[list[object]] = []
     accepted: dict[str, list[object]] = {}
-    with Api(api_url, api_key) as api:
-        with click.progressbar(length=len(files), label="uploading", file=sys.stderr) as bar:
-            for path in files:
-                bar.update(1)
-                content = path.read_bytes()
-                response = api.http.post(
-                    "/documents",
-                    files={"file": (path.name, content)},
-                    headers={"Idempotency-Key": idempotency_key(path, content)},
-                )
-                if response.status_code == 202:
-                    body = response.json()
-                    row: list[object] = [
-                        str(path),
-                        body["status"],
-                        body["document_id"],
-                        body["task_id"],
-                        "",
-                    ]
-                    accepted[body["task_id"]] = row
-                else:
-                    detail = response.json().get("detail", "") if response.content else ""
-                    row = [str(path), f"REFUSED {response.status_code}", "", "", detail]
-                rows.append(row)
-        if wait and accepted:
-            _follow(api, accepted, timeout)
+    with Api(api_url, api_key) as api, _pool() as pool:
+
+        def upload(path: Path) -> list[object]:
+            content = path.read_bytes()
+            response = api.http.post(
+                "/documents",
+                files={"file": (path.name, content)},
+                headers={"Idempotency-Key": idempotency_key(path, content)},
+            )
+            if response.status_code == 202:
+                body = response.json()
+                return [str(path), body["status"], body["document_id"], body["task_id"], ""]
+            detail = response.json().get("detail", "") if response.content else ""
+            return [str(path), f"REFUSED {response.status_code}", "", "", detail]
+
+        rows: list[list[object]] = []
+        try:
+            with click.progressbar(length=len(files), label="uploading", file=sys.stderr) as bar:
+                for row in pool.map(upload, files):  # in the files' order, IN_FLIGHT at a time
+                    bar.update(1)
+                    rows.append(row)
+                    if row[3]:
+                        accepted[str(row[3])] = row
+            if wait and accepted:
+                _follow(api, pool, accepted, timeout)
+        # Raised in a thread, said once, here.
+        except httpx.TransportError as exc:
+            api.unreachable(exc)
+        except _Refused as refused:
+            api.fail(refused.response)
     click.echo(table(rows, ["file", "state", "document", "task", "detail"]))
     failed = [
         row for row in rows if row[1] != "SUCCESS" and (wait or str(row[1]).startswith("REFUSED"))
@@ -104,13 +115,40 @@ def submit(
         raise SystemExit(1)
 
 
-def _follow(api: Api, accepted: dict[str, list[object]], timeout: float) -> None:
+class _Refused(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+@contextlib.contextmanager
+def _pool() -> Iterator[ThreadPoolExecutor]:
+    """Threads for requests in flight; what is not begun is dropped when the command stops (a
+    refusal to go on, Ctrl-C), not sent after it."""
+    pool = ThreadPoolExecutor(IN_FLIGHT)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _follow(
+    api: Api, pool: ThreadPoolExecutor, accepted: dict[str, list[object]], timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     waiting = set(accepted)
+
+    def read(task_id: str) -> tuple[str, Any]:
+        response = api.http.get(f"/tasks/{task_id}/status")
+        if response.status_code == 404:
+            return task_id, None
+        if response.status_code >= 400:
+            raise _Refused(response)
+        return task_id, response.json()
+
     with click.progressbar(length=len(waiting), label="processing", file=sys.stderr) as bar:
         while waiting and time.monotonic() < deadline:
-            for task_id in sorted(waiting):
-                status = api.get(f"/tasks/{task_id}/status", ok=(404,))
+            for task_id, status in pool.map(read, sorted(waiting)):
                 if status is None:
                     continue
                 row = accepted[task_id]
