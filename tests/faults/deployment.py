@@ -259,10 +259,8 @@ class Deployment:
         return {member.name: seconds for member, seconds in zip(chosen, found, strict=True)}
 
     async def busy(self, member: Member, timeout: float = 20) -> bool:
-        """Until `member` (a worker) holds a task in progress; False if none by `timeout`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if await asyncio.to_thread(ledger.started_by, self.database, member.hostname):
-                return True
-            await asyncio.sleep(0.05)
-        return False
+        """Until `member` (a worker) holds a task in progress; False if none by `timeout`.
+        One connection, polled every few milliseconds: a small document takes tens of them."""
+        return await asyncio.to_thread(
+            ledger.wait_for_work, self.database, member.hostname, timeout
+        )

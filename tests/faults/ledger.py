@@ -5,6 +5,7 @@ back) with the product's own writes. The counts come from those tables, never fr
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -199,15 +200,20 @@ def letters_of(database: Database, task_id: str) -> int:
     return int(database.value("SELECT count(*) FROM dead_letters WHERE task_id = %s", task_id))
 
 
-def started_by(database: Database, worker: str) -> int:
-    """Task runs a worker holds in progress right now."""
-    return int(
-        database.value(
-            "SELECT count(*) FROM task_runs WHERE worker = %s "
-            "AND state IN ('STARTED', 'PROCESSING')",
-            worker,
-        )
-    )
+def wait_for_work(database: Database, worker: str, timeout: float) -> bool:
+    """Whether `worker` holds a task run in progress at some moment within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(database.url, autocommit=True, connect_timeout=5) as connection:
+        while time.monotonic() < deadline:
+            found = connection.execute(
+                "SELECT 1 FROM task_runs WHERE worker = %s "
+                "AND state IN ('STARTED', 'PROCESSING') LIMIT 1",
+                (worker,),
+            ).fetchone()
+            if found is not None:
+                return True
+            time.sleep(0.005)
+    return False
 
 
 def maintenance_since(database: Database, task_name: str, since: datetime) -> bool:

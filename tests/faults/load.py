@@ -70,11 +70,12 @@ def _bad(number: int, rng: random.Random) -> tuple[str, bytes, str]:
 def corpus(
     scenario: str, count: int, *, heavy: int = 0, bad_every: int = BAD_EVERY, seed: int = 11
 ) -> list[Submission]:
-    """`count` submissions for `scenario`, one in `bad_every` a bad file; the first `heavy`
-    good text files are large."""
+    """`count` submissions for `scenario`, one in `bad_every` a bad file; `heavy` of the good
+    text files, spread over the load, are large."""
     rng = random.Random(f"{scenario}-{seed}")
     made: list[Submission] = []
     heavy_left = heavy
+    spacing = max(1, count // len(KINDS) // max(1, heavy))
     for number in range(count):
         token = f"fault{scenario.replace('-', '')}{number:04d}mark"
         key = f"faults-{scenario}-{number}-{seed}"
@@ -85,7 +86,7 @@ def corpus(
             )
             continue
         kind = KINDS[number % len(KINDS)]
-        is_heavy = heavy_left > 0 and kind == "txt"
+        is_heavy = heavy_left > 0 and kind == "txt" and (number // len(KINDS)) % spacing == 0
         heavy_left -= is_heavy
         data = _good(kind, token, rng, is_heavy)
         made.append(Submission(f"{scenario}-{number:04d}.{kind}", data, key, token, True))

@@ -92,7 +92,7 @@ async def test_worker_sigkill_loop(deployment: Deployment) -> None:
     can reach the delivery limit (5) however the kills fall."""
     assert 1 <= KILLS <= 4, f"DOCPROC_FAULTS_KILLS={KILLS}: 1 to 4"
     began = time.monotonic()
-    load = start_load(deployment, "worker-kill", window=WINDOW * (1 + KILLS))
+    load = start_load(deployment, "worker-kill", window=WINDOW * (1 + KILLS), heavy=3 * KILLS)
     await load.reached(DOCUMENTS // 8)
     restarts: list[asyncio.Task[dict[str, float | None]]] = []
     for round_ in range(KILLS):
