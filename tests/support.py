@@ -15,15 +15,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
+import psycopg
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from service.broker.declarer import consumer_counts
 from service.broker.management import Management
 from service.settings import Settings
+from service.store.migrations import upgrade
 from service.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -487,3 +489,35 @@ class RecordingPublisher:
 
     async def close(self) -> None:
         return None
+
+
+class ScratchDatabase:
+    """A PostgreSQL database of a test's own, next to `admin`'s: created and migrated, made
+    unreachable (the store outage: no new connection, every open one cut) and back, dropped."""
+
+    def __init__(self, admin: str, prefix: str) -> None:
+        self.admin = admin
+        self.name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        self.url = urlunsplit(urlsplit(admin)._replace(path=f"/{self.name}"))
+
+    def create(self) -> None:
+        with psycopg.connect(self.admin, autocommit=True, connect_timeout=5) as connection:
+            connection.execute(f'CREATE DATABASE "{self.name}"')
+        upgrade(self.url)
+
+    def drop(self) -> None:
+        self.unblock()
+        with psycopg.connect(self.admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+    def block(self) -> None:
+        with psycopg.connect(self.admin, autocommit=True) as connection:
+            connection.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
+            connection.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (self.name,),
+            )
+
+    def unblock(self) -> None:
+        with psycopg.connect(self.admin, autocommit=True) as connection:
+            connection.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')

@@ -6,17 +6,15 @@ back) with the product's own writes. The counts come from those tables, never fr
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from service.store.migrations import upgrade
 from tests.faults.load import Submission
+from tests.support import ScratchDatabase
 
 HISTORY = """
 CREATE TABLE faults_text_writes (
@@ -55,38 +53,16 @@ CREATE TRIGGER faults_task_moved AFTER INSERT OR UPDATE ON task_runs
 FINAL = ("SUCCESS", "DEAD")
 
 
-class Database:
+class Database(ScratchDatabase):
     """One scenario's database: created, migrated and given the history triggers; dropped."""
 
     def __init__(self, admin: str) -> None:
-        self.admin = admin
-        self.name = f"faults_{uuid.uuid4().hex[:10]}"
-        self.url = urlunsplit(urlsplit(admin)._replace(path=f"/{self.name}"))
+        super().__init__(admin, "faults")
 
     def create(self) -> None:
-        with psycopg.connect(self.admin, autocommit=True, connect_timeout=5) as connection:
-            connection.execute(f'CREATE DATABASE "{self.name}"')
-        upgrade(self.url)
+        super().create()
         with psycopg.connect(self.url, autocommit=True) as connection:
             connection.execute(HISTORY)
-
-    def drop(self) -> None:
-        self.unblock()
-        with psycopg.connect(self.admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-
-    def block(self) -> None:
-        """The store outage: no new connection, and every open one cut."""
-        with psycopg.connect(self.admin, autocommit=True) as connection:
-            connection.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
-            connection.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (self.name,),
-            )
-
-    def unblock(self) -> None:
-        with psycopg.connect(self.admin, autocommit=True) as connection:
-            connection.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
 
     def rows(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as connection:

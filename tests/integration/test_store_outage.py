@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 import pytest_asyncio
 
@@ -18,12 +17,12 @@ from service.settings import Settings
 from service.store import dead_letters, task_runs
 from service.store.database import Store
 from service.store.dead_letters import Filters
-from service.store.migrations import upgrade
 from service.task_contract import EXPIRE_TASK_RUNS, PROCESS_DOCUMENT
 from service.topology import DOCUMENT_QUEUE
 from service.worker.app import create_celery
 from tests.support import (
     RabbitMQ,
+    ScratchDatabase,
     Vhost,
     create_vhost,
     delete_vhost,
@@ -38,42 +37,18 @@ pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.worker]
 ENV = {"CELERY_MAX_RETRIES": "1", "CELERY_RETRY_DELAY": "1", "CELERY_RETRY_BACKOFF_MAX": "2"}
 
 
-class Database:
-    def __init__(self, admin: str, name: str, url: str) -> None:
-        self.admin, self.name, self.url = admin, name, url
-
-    def block(self) -> None:
-        with psycopg.connect(self.admin, autocommit=True) as connection:
-            connection.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
-            connection.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (self.name,),
-            )
-
-    def unblock(self) -> None:
-        with psycopg.connect(self.admin, autocommit=True) as connection:
-            connection.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
-
-
 @pytest.fixture
-def database(postgres_url: str) -> Iterator[Database]:
-    admin = postgres_url.rsplit("/", 1)[0] + "/postgres"
-    name = f"docproc_outage_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    database = Database(admin, name, url)
+def database(postgres_url: str) -> Iterator[ScratchDatabase]:
+    database = ScratchDatabase(postgres_url.rsplit("/", 1)[0] + "/postgres", "docproc_outage")
+    database.create()
     try:
         yield database
     finally:
-        database.unblock()
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        database.drop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def vhost(rabbitmq: RabbitMQ, database: Database) -> AsyncIterator[Vhost]:
+async def vhost(rabbitmq: RabbitMQ, database: ScratchDatabase) -> AsyncIterator[Vhost]:
     name = await create_vhost(rabbitmq)
     vhost = Vhost(rabbitmq, name, {"DOCPROC_DATABASE_URL": database.url, **ENV})
     declared = await asyncio.to_thread(run_docproc, "topology", "declare", env=vhost.env())
@@ -102,7 +77,7 @@ def accept_documents(store: Store, count: int) -> list[tuple[str, str]]:
 
 
 async def test_a_store_outage_pauses_the_worker_spends_no_retries_and_loses_nothing(
-    vhost: Vhost, database: Database, tmp_path: Path
+    vhost: Vhost, database: ScratchDatabase, tmp_path: Path
 ) -> None:
     worker = await start_worker(vhost, tmp_path / "worker.log", **ENV)
     dlq = await start_dlq(vhost, tmp_path / "dlq.log")
@@ -148,7 +123,9 @@ async def test_a_store_outage_pauses_the_worker_spends_no_retries_and_loses_noth
         dlq.stop()
 
 
-def test_maintenance_that_meets_an_outage_skips_instead_of_failing(database: Database) -> None:
+def test_maintenance_that_meets_an_outage_skips_instead_of_failing(
+    database: ScratchDatabase,
+) -> None:
     app = create_celery(Settings(database_url=database.url))
     database.block()
 
