@@ -26,6 +26,11 @@ _TEXT_READERS: dict[DocumentType, Callable[[str], RawDocument]] = {
     "html": read_html,
 }
 
+_BINARY_READERS: dict[DocumentType, Callable[[bytes, CpuBudget], RawDocument]] = {
+    "pdf": read_pdf,
+    "docx": read_docx,
+}
+
 
 def extract(data: bytes, filename: str | None = None, limits: Limits = NO_LIMITS) -> Extracted:
     """The document's normalised text, title, page count and encoding.
@@ -48,10 +53,8 @@ def _extract(data: bytes, filename: str | None, limits: Limits) -> Extracted:
     with step("read"):
         if decoded is not None:
             raw = _TEXT_READERS[identified.detected_type](decoded.text)
-        elif identified.detected_type == "pdf":
-            raw = read_pdf(data, budget)
         else:
-            raw = read_docx(data, budget)
+            raw = _BINARY_READERS[identified.detected_type](data, budget)
     budget.check("after reading its format")
     # PDF lines are laid out by the writer, which breaks words with hyphens at line ends.
     with step("normalise"):
@@ -63,4 +66,7 @@ def _extract(data: bytes, filename: str | None, limits: Limits) -> Extracted:
         title=single_line(raw.title),
         page_count=raw.page_count,
         encoding=decoded.encoding if decoded is not None else None,
+        author=single_line(raw.author),
+        created=raw.created,
+        modified=raw.modified,
     )

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 import msgspec
 
-DocumentType = Literal["text", "markdown", "html", "pdf", "docx"]
+DocumentType = Literal[
+    "text",
+    "markdown",
+    "html",
+    "pdf",
+    "docx",
+    "image",
+    "xlsx",
+    "ods",
+    "pptx",
+    "odp",
+    "odt",
+    "rtf",
+    "eml",
+]
 
 
 class Extracted(msgspec.Struct, frozen=True, kw_only=True):
@@ -17,6 +32,11 @@ class Extracted(msgspec.Struct, frozen=True, kw_only=True):
     title: str | None
     page_count: int | None
     encoding: str | None
+    author: str | None = None
+    created: datetime | None = None
+    modified: datetime | None = None
+    language: str | None = None
+    """ISO 639-1 code of the text's language, when it could be told."""
 
 
 class Chunk(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,3 +54,6 @@ class RawDocument(msgspec.Struct, frozen=True, kw_only=True):
     text: str
     title: str | None = None
     page_count: int | None = None
+    author: str | None = None
+    created: datetime | None = None
+    modified: datetime | None = None
