@@ -12,6 +12,8 @@ from service.pipeline.limits import NO_LIMITS, CpuBudget, Limits
 from service.pipeline.markdown import read_markdown
 from service.pipeline.models import DocumentType, Extracted, RawDocument
 from service.pipeline.normalisation import normalise, single_line
+from service.pipeline.office.presentation import read_pptx
+from service.pipeline.office.spreadsheet import read_xlsx
 from service.pipeline.pdf import read_pdf
 from service.pipeline.steps import step
 
@@ -29,6 +31,8 @@ _TEXT_READERS: dict[DocumentType, Callable[[str], RawDocument]] = {
 _BINARY_READERS: dict[DocumentType, Callable[[bytes, CpuBudget], RawDocument]] = {
     "pdf": read_pdf,
     "docx": read_docx,
+    "xlsx": read_xlsx,
+    "pptx": read_pptx,
 }
 
 

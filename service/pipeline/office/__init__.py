@@ -1,0 +1,5 @@
+"""Office packages (ZIP files of XML parts): spreadsheets, presentations and OpenDocument files.
+
+DOCX, the first of them, lives in `service.pipeline.docx`; what every package shares — the check
+that no part inflates past what it declares, safe XML parsing, core properties — is `package`.
+"""

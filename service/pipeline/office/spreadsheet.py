@@ -1,0 +1,190 @@
+"""XLSX: each sheet's name, then its rows, one a line, the cells that hold something separated as
+in a DOCX table; the workbook's title, author and times from its core properties.
+
+Read with lxml, streaming, not openpyxl: openpyxl's read-only worksheets pad each row with empty
+cells up to the dimension the sheet declares and yield an empty row for each row number skipped,
+so a sheet declaring A1:XFD1048576, or one cell at XFD1048576, makes it walk 17 billion cells.
+Here only cells present in the file are visited, one at a time, and nothing read is kept.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import zipfile
+from collections.abc import Iterator
+
+from lxml import etree
+
+from service.errors import CorruptFile, TooLarge
+from service.pipeline.blocks import Blocks
+from service.pipeline.limits import CpuBudget
+from service.pipeline.models import RawDocument
+from service.pipeline.office.package import (
+    check_inflation,
+    core_properties,
+    elements,
+    open_package,
+    parse_part,
+    release,
+)
+
+CELL_SEPARATOR = " | "
+_WHAT = "Excel workbook"
+_WORKSHEET = "/worksheet"
+_SHARED_STRINGS = "/sharedStrings"
+_OFFICE_DOCUMENT = "/officeDocument"
+_BOOLEANS = {"0": "FALSE", "1": "TRUE"}
+_CELLS_BETWEEN_CHECKS = 4096
+
+
+def read_xlsx(data: bytes, budget: CpuBudget) -> RawDocument:
+    """Sheets in the workbook's order, each a heading (its name) and its rows; TooLarge past
+    `max_pages` sheets, `max_chars` characters (counted cell by cell, shared strings included)
+    or the CPU budget (checked row by row)."""
+    check_inflation(data, _WHAT)
+    with open_package(data, _WHAT) as archive:
+        try:
+            sheets, shared_path = _workbook(archive)
+            budget.limits.check("max_pages", len(sheets), "the workbook has {count:,} sheets")
+            shared = _shared_strings(archive, shared_path, budget) if shared_path else []
+            blocks = Blocks(budget, "the workbook")
+            for name, path in sheets:
+                blocks.add(name, f"at sheet {name[:40]!r}")
+                for row in _rows(archive, path, shared, blocks):
+                    blocks.add(row, f"in sheet {name[:40]!r}", line=True)
+            return core_properties(archive, blocks.text(), len(sheets))
+        except (TooLarge, MemoryError, CorruptFile):
+            raise
+        except Exception as exc:
+            raise CorruptFile(f"not a valid {_WHAT}: {exc}") from exc
+
+
+def _workbook(archive: zipfile.ZipFile) -> tuple[list[tuple[str, str]], str | None]:
+    """(name, part) of each worksheet in order, and the shared strings' part."""
+    workbook_path = next(
+        (target for kind, target in _relationships(archive, "") if kind.endswith(_OFFICE_DOCUMENT)),
+        "xl/workbook.xml",
+    )
+    workbook = parse_part(archive, workbook_path, limit=16 << 20)
+    if workbook is None:
+        raise CorruptFile(f"not a valid {_WHAT}: it has no workbook part")
+    targets = dict(_relationship_ids(archive, workbook_path))
+    shared = next(
+        (target for kind, target in targets.values() if kind.endswith(_SHARED_STRINGS)), None
+    )
+    sheets = []
+    for sheet in workbook.iter("{*}sheet"):
+        rid = next((v for k, v in sheet.attrib.items() if str(k).endswith("}id")), None)
+        kind, target = targets.get(str(rid or ""), ("", ""))
+        if kind.endswith(_WORKSHEET):  # not a chart sheet, nor a dangling reference
+            sheets.append((sheet.get("name") or "", target))
+    return sheets, shared
+
+
+def _relationships(archive: zipfile.ZipFile, source: str) -> Iterator[tuple[str, str]]:
+    """(type, target part) of each internal relationship of the part `source` ("": the package)."""
+    for _, (kind, target) in _relationship_ids(archive, source):
+        yield kind, target
+
+
+def _relationship_ids(
+    archive: zipfile.ZipFile, source: str
+) -> Iterator[tuple[str, tuple[str, str]]]:
+    folder, name = posixpath.split(source)
+    rels = parse_part(archive, posixpath.join(folder, "_rels", f"{name}.rels"))
+    if rels is None:
+        return
+    for relationship in rels.iter("{*}Relationship"):
+        target = relationship.get("Target") or ""
+        if relationship.get("TargetMode") == "External":
+            continue
+        # Targets are relative to the source's folder, or absolute from the package's root.
+        path = target.lstrip("/") if target.startswith("/") else posixpath.join(folder, target)
+        yield (
+            relationship.get("Id") or "",
+            (relationship.get("Type") or "", posixpath.normpath(path)),
+        )
+
+
+def _shared_strings(archive: zipfile.ZipFile, path: str, budget: CpuBudget) -> list[str]:
+    """The workbook's table of strings, streamed; its characters count against `max_chars`
+    (every one of them could be in a cell)."""
+    strings: list[str] = []
+    chars = 0
+    with archive.open(path) as part:
+        for event, element in elements(part):
+            if event == "end" and etree.QName(element).localname == "si":
+                strings.append(_string_item(element))
+                chars += len(strings[-1])
+                release(element)
+                if len(strings) % _CELLS_BETWEEN_CHECKS == 0:
+                    budget.check("in the shared strings")
+                    budget.limits.check(
+                        "max_chars",
+                        chars,
+                        "the workbook's shared strings hold more than {count:,} characters",
+                    )
+    budget.limits.check(
+        "max_chars", chars, "the workbook's shared strings hold more than {count:,} characters"
+    )
+    return strings
+
+
+def _string_item(element: etree._Element) -> str:
+    """A string's text: its runs' <t>, not the phonetic guides (<rPh>) of East Asian text."""
+    return "".join(
+        t.text or "" for t in element.iter("{*}t") if etree.QName(t.getparent()).localname != "rPh"
+    )
+
+
+def _rows(archive: zipfile.ZipFile, path: str, shared: list[str], blocks: Blocks) -> Iterator[str]:
+    """Each row that holds something, as one line; cells are visited as the file lists them."""
+    cells: list[str] = []
+    pending = 0
+    visited = 0
+    with archive.open(path) as part:
+        for event, element in elements(part):
+            if event != "end":
+                continue
+            name = etree.QName(element).localname
+            if name == "c":
+                value = _cell_value(element, shared)
+                release(element)
+                visited += 1
+                if visited % _CELLS_BETWEEN_CHECKS == 0:
+                    blocks.budget.check("in a row")
+                if value:
+                    cells.append(value)
+                    pending += len(value) + len(CELL_SEPARATOR)
+                    blocks.check(pending)
+            elif name == "row":
+                release(element)
+                if cells:
+                    yield CELL_SEPARATOR.join(cells)
+                cells, pending = [], 0
+            elif name != "sheetData" and _is_top_level(element):
+                release(element)  # columns, merged ranges, views: done with
+
+
+def _is_top_level(element: etree._Element) -> bool:
+    parent = element.getparent()
+    return parent is not None and parent.getparent() is None
+
+
+def _cell_value(cell: etree._Element, shared: list[str]) -> str:
+    kind = cell.get("t", "n")
+    if kind == "inlineStr":
+        inline = cell.find("{*}is")
+        return _string_item(inline) if inline is not None else ""
+    value = cell.findtext("{*}v") or ""
+    if kind == "s" and value:
+        try:
+            return shared[int(value)]
+        except (ValueError, IndexError) as exc:
+            raise CorruptFile(
+                f"not a valid {_WHAT}: cell {cell.get('r', '?')[:20]} names shared string "
+                f"{value[:20]!r} of {len(shared):,}"
+            ) from exc
+    if kind == "b":
+        return _BOOLEANS.get(value, value)
+    return value.strip()
