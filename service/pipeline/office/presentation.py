@@ -55,13 +55,11 @@ def _texts(shapes: Iterable[BaseShape]) -> Iterator[str]:
         if isinstance(shape, GroupShape):
             yield from _texts(shape.shapes)
         elif isinstance(shape, GraphicFrame) and shape.has_table:
+            # A merged cell is listed once for each column it spans, the others "spanned".
             rows = (
-                # A merged cell is listed once for each column it spans, the others "spanned".
-                CELL_SEPARATOR.join(
-                    " ".join(cell.text.split()) for cell in row.cells if not cell.is_spanned
-                )
+                [" ".join(cell.text.split()) for cell in row.cells if not cell.is_spanned]
                 for row in shape.table.rows
             )
-            yield "\n".join(rows)
+            yield "\n".join(CELL_SEPARATOR.join(cells) for cells in rows if any(cells))
         elif shape.has_text_frame and shape.text_frame.text.strip():  # type: ignore[attr-defined]
             yield shape.text_frame.text  # type: ignore[attr-defined]
