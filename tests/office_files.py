@@ -130,8 +130,9 @@ def _with_footnotes(package: bytes, note: str) -> bytes:
     return out.getvalue()
 
 
-def odf(kind: str, body: str, meta: str = "") -> bytes:
-    """An OpenDocument package of `kind` (odt, ods, odp) whose body holds `body` (raw XML)."""
+def odf(kind: str, body: str, meta: str = "", manifest: str = "", mimetype: str = "") -> bytes:
+    """An OpenDocument package of `kind` (odt, ods, odp) whose body holds `body` (raw XML), its
+    meta.xml `meta` and its manifest `manifest` besides its one entry; `mimetype` says another."""
     element = _ODF_BODIES[kind]
     content = (
         f'<?xml version="1.0" encoding="UTF-8"?><office:document-content {ODF_NAMESPACES}>'
@@ -142,17 +143,17 @@ def odf(kind: str, body: str, meta: str = "") -> bytes:
         f'<?xml version="1.0" encoding="UTF-8"?><office:document-meta {ODF_NAMESPACES}>'
         f"<office:meta>{meta}</office:meta></office:document-meta>"
     )
-    manifest = (
+    manifest_xml = (
         '<?xml version="1.0" encoding="UTF-8"?><manifest:manifest xmlns:manifest="urn:oasis:'
         'names:tc:opendocument:xmlns:manifest:1.0"><manifest:file-entry manifest:full-path="/" '
-        f'manifest:media-type="{ODF_MIMETYPES[kind]}"/></manifest:manifest>'
+        f'manifest:media-type="{ODF_MIMETYPES[kind]}"/>{manifest}</manifest:manifest>'
     )
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as archive:
-        archive.writestr("mimetype", ODF_MIMETYPES[kind], zipfile.ZIP_STORED)
+        archive.writestr("mimetype", mimetype or ODF_MIMETYPES[kind], zipfile.ZIP_STORED)
         archive.writestr("content.xml", content, zipfile.ZIP_DEFLATED)
         archive.writestr("meta.xml", meta_xml, zipfile.ZIP_DEFLATED)
-        archive.writestr("META-INF/manifest.xml", manifest, zipfile.ZIP_DEFLATED)
+        archive.writestr("META-INF/manifest.xml", manifest_xml, zipfile.ZIP_DEFLATED)
     return out.getvalue()
 
 
@@ -301,3 +302,34 @@ def extreme_cells_xlsx() -> bytes:
     buffer = io.BytesIO()
     book.save(buffer)  # openpyxl declares the dimension A1:XFD1048576
     return buffer.getvalue()
+
+
+def with_part(package: bytes, name: str, data: bytes) -> bytes:
+    """`package` (a ZIP) with its part `name` holding `data` instead."""
+    source = zipfile.ZipFile(io.BytesIO(package))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member in source.infolist():
+            archive.writestr(member, data if member.filename == name else source.read(member))
+    return out.getvalue()
+
+
+def xlsx_with_sheet(sheet_data: bytes) -> bytes:
+    """An XLSX whose first sheet holds `sheet_data` (a <sheetData> element)."""
+    sheet = (
+        b'<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="http://schemas.openxmlformats'
+        b'.org/spreadsheetml/2006/main">' + sheet_data + b"</worksheet>"
+    )
+    return with_part(xlsx(), "xl/worksheets/sheet1.xml", sheet)
+
+
+def lying_package(package: bytes, part: str, inflated: int = 256 << 20) -> bytes:
+    """`package` with `part` declaring 1 KiB and holding `inflated` bytes of spaces."""
+    source = zipfile.ZipFile(io.BytesIO(package))
+    members = [
+        (part, deflated_spaces(inflated), 1024, zlib.crc32(b" " * 1024))
+        if member.filename == part
+        else _true_member(member.filename, source.read(member))
+        for member in source.infolist()
+    ]
+    return zip_of(members)

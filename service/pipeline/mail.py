@@ -3,10 +3,11 @@ HTML through the HTML reader — and the names of its attachments, parsed by the
 email package (policy.default: it decodes encoded words, and takes malformed headers as defects
 rather than errors). The subject is the title, the sender the author, the date the creation time.
 
-Attachments are named, never decoded: a 40 MB base64 attachment costs its string, not its
-bytes. The parser recurses into each multipart and attached message, and checks each line
-against the boundary of every part it is in, so the containers a message may declare are
-bounded before it is parsed.
+Attachments are named, never decoded, nor even parsed: the email package holds each line of a
+part as a string of its own, then joins them, so a 40 MB base64 attachment cost 330 MB; their
+bodies are cut out before parsing. The parser recurses into each multipart and attached
+message, and checks each line against the boundary of every part it is in, so the containers a
+message may declare are bounded before it is parsed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ MAX_CONTAINERS = 256
 MAX_DEPTH = 32
 """Parts nested at most, forwarded messages included."""
 _CONTAINER = re.compile(rb"content-type:\s*(?:multipart|message)/", re.IGNORECASE)
+_PART_HEADER = re.compile(
+    rb"(?:\A|^--[^\r\n]*\r?\n)(?:[^\r\n]+\r?\n)*?\r?\n",  # the message's or a part's header
+    re.MULTILINE,
+)
+_BASE64 = re.compile(rb"content-transfer-encoding:\s*base64", re.IGNORECASE)
+_TEXT_BODY = re.compile(rb"content-type:\s*text/", re.IGNORECASE)
+_ATTACHED = re.compile(rb"content-disposition:\s*attachment|\b(?:file)?name\*?=", re.IGNORECASE)
 _SHOWN_HEADERS = ("From", "To", "Cc", "Subject", "Date")
 
 
@@ -41,7 +49,7 @@ def read_eml(data: bytes, budget: CpuBudget) -> RawDocument:
             f"reads at most {MAX_CONTAINERS}"
         )
     try:
-        message = email.message_from_bytes(data, policy=policy.default)
+        message = email.message_from_bytes(_without_attached_bodies(data), policy=policy.default)
         return _read(message, budget)
     except (TooLarge, MemoryError):
         raise
@@ -49,6 +57,27 @@ def read_eml(data: bytes, budget: CpuBudget) -> RawDocument:
         raise TooLarge("the message nests parts too deep to read") from exc
     except Exception as exc:
         raise CorruptFile(f"not a valid e-mail message: {exc}") from exc
+
+
+def _without_attached_bodies(data: bytes) -> bytes:
+    """The message with the body of each base64 part cut out, unless it may be the message's
+    body (text, not attached). A body ends at the next line that begins with "--", a boundary:
+    base64 has no "-". A regular expression over the body's lines would cost its own stack
+    several times the body's size."""
+    pieces = []
+    position = 0
+    for header in _PART_HEADER.finditer(data):
+        block = header.group()
+        if header.start() < position or not _BASE64.search(block):
+            continue
+        if _ATTACHED.search(block) or not _TEXT_BODY.search(block):
+            pieces.append(data[position : header.end()])
+            end = data.find(b"\n--", header.end())
+            position = len(data) if end < 0 else end
+    if not pieces:
+        return data
+    pieces.append(data[position:])
+    return b"".join(pieces)
 
 
 def _read(message: EmailMessage, budget: CpuBudget) -> RawDocument:

@@ -78,16 +78,18 @@ def open_package(data: bytes, what: str) -> zipfile.ZipFile:
 
 
 def elements(
-    source: IO[bytes], tags: tuple[str, ...] | None = None
+    source: IO[bytes], tags: tuple[str, ...] | None = None, *, starts: bool = True
 ) -> Iterator[tuple[str, etree._Element]]:
-    """(event, element) for the start and end of each element, parsed as it streams in.
+    """(event, element) for the start (unless `starts` is False) and end of each element of
+    `tags` (by default all), parsed as it streams in. Fewer events cost less: each is a call
+    into Python, the better part of reading a cell.
 
     No entity is expanded, no DTD loaded, nothing fetched, and libxml2's own bounds on depth and
     text size stay on (no `huge_tree`). The caller clears what it has read (`release`).
     """
     parsed: Iterator[tuple[str, etree._Element]] = etree.iterparse(
         source,
-        events=("start", "end"),
+        events=("start", "end") if starts else ("end",),
         tag=tags,
         resolve_entities=False,
         load_dtd=False,

@@ -35,6 +35,8 @@ _SHARED_STRINGS = "/sharedStrings"
 _OFFICE_DOCUMENT = "/officeDocument"
 _BOOLEANS = {"0": "FALSE", "1": "TRUE"}
 _CELLS_BETWEEN_CHECKS = 4096
+_CELL_AND_ROW = ("{*}c", "{*}row")
+_ROW = "}row"
 
 
 def read_xlsx(data: bytes, budget: CpuBudget) -> RawDocument:
@@ -143,32 +145,23 @@ def _rows(archive: zipfile.ZipFile, path: str, shared: list[str], blocks: Blocks
     pending = 0
     visited = 0
     with archive.open(path) as part:
-        for event, element in elements(part):
-            if event != "end":
-                continue
-            name = etree.QName(element).localname
-            if name == "c":
-                value = _cell_value(element, shared)
-                release(element)
-                visited += 1
-                if visited % _CELLS_BETWEEN_CHECKS == 0:
-                    blocks.budget.check("in a row")
-                if value:
-                    cells.append(value)
-                    pending += len(value) + len(CELL_SEPARATOR)
-                    blocks.check(pending)
-            elif name == "row":
+        # Only the ends of cells and rows reach Python; releasing them frees what they hold.
+        for _, element in elements(part, _CELL_AND_ROW, starts=False):
+            if element.tag.endswith(_ROW):
                 release(element)
                 if cells:
                     yield CELL_SEPARATOR.join(cells)
                 cells, pending = [], 0
-            elif name != "sheetData" and _is_top_level(element):
-                release(element)  # columns, merged ranges, views: done with
-
-
-def _is_top_level(element: etree._Element) -> bool:
-    parent = element.getparent()
-    return parent is not None and parent.getparent() is None
+                continue
+            value = _cell_value(element, shared)
+            release(element)
+            visited += 1
+            if visited % _CELLS_BETWEEN_CHECKS == 0:
+                blocks.budget.check("in a row")
+            if value:
+                cells.append(value)
+                pending += len(value) + len(CELL_SEPARATOR)
+                blocks.check(pending)
 
 
 def _cell_value(cell: etree._Element, shared: list[str]) -> str:
