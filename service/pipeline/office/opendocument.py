@@ -38,6 +38,8 @@ _SLIDE = f"{_DRAW}page"
 _SPACE = f"{_TEXT}s"
 _LEFT_OUT = frozenset({f"{_TEXT}note-citation", f"{_OFFICE}annotation"})
 """A note's number (its body is read as paragraphs of its own) and comments."""
+_HIDDEN = frozenset({f"{_TEXT}tracked-changes"})
+"""Text that is not the document's: what tracked changes deleted."""
 _BREAKS = {f"{_TEXT}tab": "\t", f"{_TEXT}line-break": "\n"}
 _MAX_COLUMNS = 16_384
 """Cells of a row written out at most: the widest sheet LibreOffice (and Excel) make."""
@@ -98,6 +100,7 @@ class _Content:
         self.limits = blocks.budget.limits
         self.pages = 0
         self.open_paragraphs = 0
+        self.hidden = 0
         self.inner: list[str] = []
         """Paragraphs inside an open one (a note's, a text box's), put after it."""
         self.cells: list[list[str]] = []
@@ -113,6 +116,8 @@ class _Content:
 
     def handle(self, event: str, element: etree._Element) -> None:
         tag = element.tag
+        if tag in _HIDDEN:
+            self.hidden += 1 if event == "start" else -1
         if event == "start":
             if tag in _PARAGRAPHS:
                 self.open_paragraphs += 1
@@ -144,8 +149,10 @@ class _Content:
 
     def _paragraph(self, element: etree._Element) -> None:
         self.open_paragraphs -= 1
-        text = _text(element)
+        text = _text(element) if not self.hidden else ""
         release(element)
+        if self.hidden:
+            return
         if self.open_paragraphs:
             self.inner.append(text)
             return

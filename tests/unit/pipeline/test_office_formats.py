@@ -106,6 +106,16 @@ def test_odt_paragraphs_notes_and_tables_with_meta() -> None:
     assert (extracted.created, extracted.modified) == (ODF_CREATED, ODF_MODIFIED)
 
 
+def test_odt_text_deleted_by_tracked_changes_is_left_out() -> None:
+    body = (
+        "<text:tracked-changes><text:changed-region text:id='c1'><text:deletion>"
+        "<text:p>struck out</text:p></text:deletion></text:changed-region></text:tracked-changes>"
+        "<text:p>kept<text:change text:change-id='c1'/></text:p>"
+    )
+
+    assert extract(office_files.odf("odt", body)).text == "kept"
+
+
 def test_ods_repeats_cells_that_hold_something_and_never_the_empty_rest() -> None:
     extracted = extract(office_files.ods("quince"), "orchard.ods")
 
