@@ -19,6 +19,7 @@ from service.errors import CorruptFile, TooLarge
 from service.pipeline.blocks import Blocks
 from service.pipeline.limits import CpuBudget
 from service.pipeline.models import RawDocument
+from service.pipeline.office.number_formats import date_styles, serial_date
 from service.pipeline.office.package import (
     check_inflation,
     core_properties,
@@ -31,8 +32,9 @@ from service.pipeline.office.package import (
 CELL_SEPARATOR = " | "
 _WHAT = "Excel workbook"
 _WORKSHEET = "/worksheet"
-_SHARED_STRINGS = "/sharedStrings"
-_OFFICE_DOCUMENT = "/officeDocument"
+_MAIN = "/officeDocument"
+_WORKBOOK_BYTES = 16 << 20
+"""Bytes of the workbook and styles parts parsed at most: sheet names, and cell formats."""
 _BOOLEANS = {"0": "FALSE", "1": "TRUE"}
 _CELLS_BETWEEN_CHECKS = 4096
 _CELL_AND_ROW = ("{*}c", "{*}row")
@@ -46,13 +48,14 @@ def read_xlsx(data: bytes, budget: CpuBudget) -> RawDocument:
     check_inflation(data, _WHAT)
     with open_package(data, _WHAT) as archive:
         try:
-            sheets, shared_path = _workbook(archive)
+            book = _Workbook(archive)
+            sheets = book.sheets
             budget.limits.check("max_pages", len(sheets), "the workbook has {count:,} sheets")
-            shared = _shared_strings(archive, shared_path, budget) if shared_path else []
+            book.read_shared_strings(archive, budget)
             blocks = Blocks(budget, "the workbook")
             for name, path in sheets:
                 blocks.add(name, f"at sheet {name[:40]!r}")
-                for row in _rows(archive, path, shared, blocks):
+                for row in _rows(archive, path, book, blocks):
                     blocks.add(row, f"in sheet {name[:40]!r}", line=True)
             return core_properties(archive, blocks.text(), len(sheets))
         except (TooLarge, MemoryError, CorruptFile):
@@ -61,26 +64,38 @@ def read_xlsx(data: bytes, budget: CpuBudget) -> RawDocument:
             raise CorruptFile(f"not a valid {_WHAT}: {exc}") from exc
 
 
-def _workbook(archive: zipfile.ZipFile) -> tuple[list[tuple[str, str]], str | None]:
-    """(name, part) of each worksheet in order, and the shared strings' part."""
-    workbook_path = next(
-        (target for kind, target in _relationships(archive, "") if kind.endswith(_OFFICE_DOCUMENT)),
-        "xl/workbook.xml",
-    )
-    workbook = parse_part(archive, workbook_path, limit=16 << 20)
-    if workbook is None:
-        raise CorruptFile(f"not a valid {_WHAT}: it has no workbook part")
-    targets = dict(_relationship_ids(archive, workbook_path))
-    shared = next(
-        (target for kind, target in targets.values() if kind.endswith(_SHARED_STRINGS)), None
-    )
-    sheets = []
-    for sheet in workbook.iter("{*}sheet"):
-        rid = next((v for k, v in sheet.attrib.items() if str(k).endswith("}id")), None)
-        kind, target = targets.get(str(rid or ""), ("", ""))
-        if kind.endswith(_WORKSHEET):  # not a chart sheet, nor a dangling reference
-            sheets.append((sheet.get("name") or "", target))
-    return sheets, shared
+class _Workbook:
+    """What reading a cell needs: shared strings, which styles are dates, the date system."""
+
+    def __init__(self, archive: zipfile.ZipFile) -> None:
+        path = next(
+            (target for kind, target in _relationships(archive, "") if kind.endswith(_MAIN)),
+            "xl/workbook.xml",
+        )
+        workbook = parse_part(archive, path, limit=_WORKBOOK_BYTES)
+        if workbook is None:
+            raise CorruptFile(f"not a valid {_WHAT}: it has no workbook part")
+        targets = dict(_relationship_ids(archive, path))
+        parts = {kind.rsplit("/", 1)[-1]: target for kind, target in targets.values()}
+        self.sheets: list[tuple[str, str]] = []
+        """(name, part) of each worksheet, in the workbook's order."""
+        for sheet in workbook.iter("{*}sheet"):
+            rid = next((v for k, v in sheet.attrib.items() if str(k).endswith("}id")), None)
+            kind, target = targets.get(str(rid or ""), ("", ""))
+            if kind.endswith(_WORKSHEET):  # not a chart sheet, nor a dangling reference
+                self.sheets.append((sheet.get("name") or "", target))
+        properties = workbook.find("{*}workbookPr")
+        self.date1904 = properties is not None and properties.get("date1904") in {"1", "true"}
+        styles = parts.get("styles")
+        self.dates = date_styles(
+            parse_part(archive, styles, limit=_WORKBOOK_BYTES) if styles else None
+        )
+        self.shared_path = parts.get("sharedStrings")
+        self.shared: list[str] = []
+
+    def read_shared_strings(self, archive: zipfile.ZipFile, budget: CpuBudget) -> None:
+        if self.shared_path:
+            self.shared = _shared_strings(archive, self.shared_path, budget)
 
 
 def _relationships(archive: zipfile.ZipFile, source: str) -> Iterator[tuple[str, str]]:
@@ -139,7 +154,7 @@ def _string_item(element: etree._Element) -> str:
     )
 
 
-def _rows(archive: zipfile.ZipFile, path: str, shared: list[str], blocks: Blocks) -> Iterator[str]:
+def _rows(archive: zipfile.ZipFile, path: str, book: _Workbook, blocks: Blocks) -> Iterator[str]:
     """Each row that holds something, as one line; cells are visited as the file lists them."""
     cells: list[str] = []
     pending = 0
@@ -153,7 +168,7 @@ def _rows(archive: zipfile.ZipFile, path: str, shared: list[str], blocks: Blocks
                     yield CELL_SEPARATOR.join(cells)
                 cells, pending = [], 0
                 continue
-            value = _cell_value(element, shared)
+            value = _cell_value(element, book)
             release(element)
             visited += 1
             if visited % _CELLS_BETWEEN_CHECKS == 0:
@@ -164,8 +179,9 @@ def _rows(archive: zipfile.ZipFile, path: str, shared: list[str], blocks: Blocks
                 blocks.check(pending)
 
 
-def _cell_value(cell: etree._Element, shared: list[str]) -> str:
+def _cell_value(cell: etree._Element, book: _Workbook) -> str:
     kind = cell.get("t", "n")
+    shared = book.shared
     if kind == "inlineStr":
         inline = cell.find("{*}is")
         return _string_item(inline) if inline is not None else ""
@@ -180,4 +196,7 @@ def _cell_value(cell: etree._Element, shared: list[str]) -> str:
             ) from exc
     if kind == "b":
         return _BOOLEANS.get(value, value)
+    style = cell.get("s")
+    if kind == "n" and value and style and style.isdigit() and int(style) in book.dates:
+        return serial_date(value, book.date1904)
     return value.strip()

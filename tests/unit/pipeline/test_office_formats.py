@@ -9,9 +9,10 @@ import re
 import zipfile
 import zlib
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from email.message import EmailMessage
 
+import openpyxl
 import pytest
 
 from service.errors import CorruptFile, ProcessingError, UnsupportedType
@@ -39,6 +40,22 @@ def test_xlsx_rows_are_lines_under_their_sheet_names_with_the_workbook_propertie
         WHEN,
     )
     assert extracted.page_count == 2, "one page per sheet"
+
+
+def test_xlsx_dates_and_times_are_shown_as_dates_by_their_number_format() -> None:
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append([date(2024, 1, 2), datetime(2024, 1, 2, 10, 30), time(9, 15), 45293, 2.5, 7])
+    sheet["D1"].number_format = 'dd"."mm"."yyyy'  # a custom date format
+    sheet["E1"].number_format = '0.0 "days"'  # letters of a date, but quoted
+    sheet["F1"].number_format = "[Red]#,##0"
+    buffer = io.BytesIO()
+    book.save(buffer)
+
+    row = extract(buffer.getvalue()).text.splitlines()[1]
+
+    assert row == "2024-01-02 | 2024-01-02 10:30:00 | 09:15:00 | 2024-01-02 | 2.5 | 7"
 
 
 def test_pptx_slides_come_in_order_each_with_its_notes_and_tables() -> None:
