@@ -99,6 +99,7 @@ _SAMPLE_CHARS = 65536
 _MAIL_HEADER_BYTES = 65536
 """Bytes in which a message's header block must end: a long Received chain takes a few KB."""
 _MAIL_FIELD = re.compile(r"([!-9;-~]{1,76}):")
+_MAIL_START = re.compile(rb"(?:From [^\r\n]*\r?\n)?[!-9;-~]{1,76}:")
 _MAIL_FIELDS = frozenset({
     "from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version", "received",
     "return-path", "reply-to", "sender", "delivered-to", "in-reply-to", "references",
@@ -256,6 +257,8 @@ def _is_mail(data: bytes, suffix: str) -> bool:
     begins "Title: ..." or Markdown with front matter is not mail. Named .eml, one mail field
     is enough.
     """
+    if _MAIL_START.match(data) is None:
+        return False  # most text: its first line is no header field
     head = data[:_MAIL_HEADER_BYTES].decode("latin-1")
     lines = head.splitlines()
     if lines and lines[0].startswith("From "):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import cast
 
 import docx
+import msgspec
 from docx.document import Document
 from docx.opc.constants import RELATIONSHIP_TYPE as RT
 from docx.oxml import parse_xml
@@ -22,7 +23,7 @@ from service.errors import CorruptFile, TooLarge
 from service.pipeline.blocks import Blocks
 from service.pipeline.limits import CpuBudget
 from service.pipeline.models import RawDocument
-from service.pipeline.office.package import check_inflation, core_properties, open_package
+from service.pipeline.office.package import check_inflation, open_package, with_core_properties
 
 _CELL_SEPARATOR = " | "
 _TITLE_SEARCH_DEPTH = 20
@@ -58,19 +59,13 @@ def read_docx(data: bytes, budget: CpuBudget) -> RawDocument:
         for block in _headers_and_footers(document, budget):
             blocks.add(block, "in the headers and footers")
         with open_package(data, "Word document") as archive:
-            properties = core_properties(archive, blocks.text(), None)
-        title = properties.title or _first_heading(document.paragraphs)
+            raw = with_core_properties(archive, blocks.text(), None)
+        title = raw.title or _first_heading(document.paragraphs)
     except (TooLarge, MemoryError):
         raise
     except Exception as exc:
         raise CorruptFile(f"not a valid Word document: {exc}") from exc
-    return RawDocument(
-        text=properties.text,
-        title=title,
-        author=properties.author,
-        created=properties.created,
-        modified=properties.modified,
-    )
+    return msgspec.structs.replace(raw, title=title)
 
 
 def _notes(document: Document) -> Iterator[str]:

@@ -132,7 +132,9 @@ def parse_part(
         raise CorruptFile(f"the part {name!r} is not well-formed XML: {exc}") from exc
 
 
-def core_properties(archive: zipfile.ZipFile, text: str, page_count: int | None) -> RawDocument:
+def with_core_properties(
+    archive: zipfile.ZipFile, text: str, page_count: int | None
+) -> RawDocument:
     """`text` with the title, author and times of an OOXML package's docProps/core.xml."""
     core = parse_part(archive, _CORE)
     if core is None:

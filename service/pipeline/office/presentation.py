@@ -16,7 +16,7 @@ from service.errors import CorruptFile, TooLarge
 from service.pipeline.blocks import Blocks
 from service.pipeline.limits import CpuBudget
 from service.pipeline.models import RawDocument
-from service.pipeline.office.package import check_inflation, core_properties, open_package
+from service.pipeline.office.package import check_inflation, open_package, with_core_properties
 from service.pipeline.office.spreadsheet import CELL_SEPARATOR
 
 _WHAT = "PowerPoint presentation"
@@ -42,7 +42,7 @@ def read_pptx(data: bytes, budget: CpuBudget) -> RawDocument:
                 if notes is not None and notes.text.strip():
                     blocks.add(notes.text, where)
         with open_package(data, _WHAT) as archive:
-            return core_properties(archive, blocks.text(), len(slides))
+            return with_core_properties(archive, blocks.text(), len(slides))
     except (TooLarge, MemoryError):
         raise
     except Exception as exc:

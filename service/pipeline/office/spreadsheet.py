@@ -22,11 +22,11 @@ from service.pipeline.models import RawDocument
 from service.pipeline.office.number_formats import date_styles, serial_date
 from service.pipeline.office.package import (
     check_inflation,
-    core_properties,
     elements,
     open_package,
     parse_part,
     release,
+    with_core_properties,
 )
 
 CELL_SEPARATOR = " | "
@@ -57,7 +57,7 @@ def read_xlsx(data: bytes, budget: CpuBudget) -> RawDocument:
                 blocks.add(name, f"at sheet {name[:40]!r}")
                 for row in _rows(archive, path, book, blocks):
                     blocks.add(row, f"in sheet {name[:40]!r}", line=True)
-            return core_properties(archive, blocks.text(), len(sheets))
+            return with_core_properties(archive, blocks.text(), len(sheets))
         except (TooLarge, MemoryError, CorruptFile):
             raise
         except Exception as exc:
