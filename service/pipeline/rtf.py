@@ -47,7 +47,10 @@ _WORDS = {
     b"bullet": "\u2022", b"lquote": "\u2018", b"rquote": "\u2019", b"ldblquote": "\u201c",
     b"rdblquote": "\u201d", b"emspace": " ", b"enspace": " ",
 }  # fmt: skip
-_SYMBOLS = {b"~": "\u00a0", b"_": "\u2011", b"-": "", b"\\": "\\", b"{": "{", b"}": "}"}
+_SYMBOLS = {
+    b"~": "\u00a0", b"_": "\u2011", b"-": "", b"\\": "\\", b"{": "{", b"}": "}",
+    b"\n": "\n", b"\r": "\n",  # a backslash ending a line is a \par
+}  # fmt: skip
 
 
 class _Group:

@@ -37,7 +37,8 @@ _SHEET = f"{_TABLE}table"
 _SLIDE = f"{_DRAW}page"
 _SPACE = f"{_TEXT}s"
 _LEFT_OUT = frozenset({f"{_TEXT}note-citation", f"{_OFFICE}annotation"})
-"""A note's number (its body is read as paragraphs of its own) and comments."""
+"""A note's number, a comment's author and date: the paragraphs of notes and comments are read
+as paragraphs of their own, after the one they are anchored in."""
 _HIDDEN = frozenset({f"{_TEXT}tracked-changes"})
 """Text that is not the document's: what tracked changes deleted."""
 _BREAKS = {f"{_TEXT}tab": "\t", f"{_TEXT}line-break": "\n"}
