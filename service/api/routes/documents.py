@@ -36,6 +36,11 @@ class UploadForm:
     file: list[UploadFile]
 
 
+# Litestar resolves the form's type hints on every upload: as the text this module's annotations
+# are, that is a compile() and an eval() per request; as the type itself, a dictionary lookup.
+UploadForm.__annotations__["file"] = list[UploadFile]
+
+
 IDEMPOTENCY_KEY = "Idempotency-Key"
 MAX_FILENAME = 1024
 MAX_CONTENT_TYPE = 255
