@@ -8,9 +8,11 @@ from typing import Any
 import msgspec
 import pytest
 
+from service import indexing
 from service.errors import DatabaseError, InvalidQuery
 from service.pipeline import Chunk
 from service.search_syntax import parse
+from service.settings import Settings
 from service.store import documents, search, task_runs
 from service.store.database import AsyncStore, Store
 from service.store.documents import Extraction
@@ -289,3 +291,27 @@ def test_search_filters_by_type_language_and_date_alone_and_together(store: Stor
     assert _filtered(store, "lighthouse", language="fr") == set()
     assert _filtered(store, "lighthouse", since=datetime.now(UTC) + timedelta(days=1)) == set()
     assert _filtered(store, "nothing-here", detected_type="pdf") == set()
+
+
+def test_indexing_stores_what_the_pipeline_read_of_the_document(store: Store) -> None:
+    page = (
+        "<html><head><title>Der Leuchtturm</title><meta name='author' content='Anna Müller'>"
+        "<meta name='dcterms.created' content='2019-05-01T10:30:00+02:00'>"
+        "<meta name='dcterms.modified' content='2024-02-29'></head><body><p>"
+        + "Der Leuchtturmwärter stieg jeden Abend die schmale Treppe hinauf, um die Lampe "
+        "anzuzünden. Die Schiffe an der felsigen Küste verließen sich auf sein Licht."
+        + "</p></body></html>"
+    ).encode()
+    document_id = add_document(store, page, "leuchtturm.html")
+
+    indexing.index_document(store, document_id, Settings())
+    document = store.run(documents.get, document_id)
+
+    assert document is not None
+    assert (document.detected_type, document.title) == ("html", "Der Leuchtturm")
+    assert (document.author, document.language) == ("Anna Müller", "de")
+    assert document.authored_at == datetime(2019, 5, 1, 8, 30, tzinfo=UTC)
+    assert document.modified_at == datetime(2024, 2, 29, tzinfo=UTC)
+    assert _filtered(store, "Leuchtturmwärter", language="de", detected_type="html") == {
+        document_id
+    }
