@@ -11,9 +11,10 @@ import unicodedata
 
 import pycld2
 
-SAMPLE_CHARS = 4096
-"""Characters looked at, half from the start and half from the middle of a longer text: enough
-for a reliable answer, and a bounded cost however long the document is."""
+SAMPLE_CHARS = 2048
+"""Characters looked at, half from the start and half from the middle of a longer text: some 300
+words, enough for a reliable answer, at a cost (about 50 us) that stays the same however long the
+document is — small documents are a hot path."""
 
 # CLD2's codes that ISO 639-1 spells otherwise; codes of three letters or more (Cebuano, a bare
 # script such as "xx-Latn") have no ISO 639-1 form and give None.
