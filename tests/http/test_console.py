@@ -233,3 +233,14 @@ async def test_a_document_page_shows_its_own_metadata(client: Client, store: Sto
     assert "<dt>author</dt><dd>Ann Lee</dd>" in page
     assert "2019-05-01 08:30:00 UTC" in page
     assert "<dt>language</dt><dd>en</dd>" in page
+
+
+async def test_the_search_page_keeps_its_filters_for_the_script(client: Client) -> None:
+    page = await client.get(
+        "/ui/search",
+        params={"q": "lighthouse", "type": "pdf", "language": "de", "since": "2024-01-01"},
+    )
+
+    assert page.status_code == 200
+    assert '<option value="pdf" selected>' in page.text
+    assert 'data-type="pdf" data-language="de" data-since="2024-01-01"' in page.text
