@@ -47,11 +47,22 @@ def normalise(text: str, *, join_hyphenated: bool = False) -> str:
     return text
 
 
+MAX_LINE = 1000
+"""Characters kept of a title or an author: a document's metadata is whatever its writer put
+there, and a megabyte of "title" would be carried in every search hit and list."""
+
+
 def single_line(text: str | None) -> str | None:
-    """A title-like string on one normalised line, or None when nothing is left of it."""
+    """A title-like string on one normalised line of at most MAX_LINE characters (cut at a word
+    when one ends in the last tenth, marked with "…"), or None when nothing is left of it."""
     if text is None:
         return None
-    return " ".join(unicodedata.normalize("NFC", _INVISIBLE.sub("", text)).split()) or None
+    # Cut before normalising too, so that a huge value costs no more than a long one.
+    line = " ".join(unicodedata.normalize("NFC", _INVISIBLE.sub("", text[: 4 * MAX_LINE])).split())
+    if len(line) > MAX_LINE:
+        cut = line.rfind(" ", MAX_LINE - MAX_LINE // 10, MAX_LINE)
+        line = line[: cut if cut > 0 else MAX_LINE - 1].rstrip() + "…"
+    return line or None
 
 
 def _clean(text: str) -> str:
