@@ -21,6 +21,9 @@ _READABLE = (
     "ODP), RTF, e-mail (EML), HTML, Markdown and plain text"
 )
 
+_OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_ENCRYPTED_PACKAGE = "EncryptedPackage".encode("utf-16-le")
+"""The stream of an encrypted OOXML file, named in its container's directory."""
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "a PNG image"),
     (b"\xff\xd8\xff", "a JPEG image"),
@@ -34,10 +37,7 @@ _SIGNATURES = (
     (b"Rar!\x1a\x07", "a RAR archive"),
     (b"\xfd7zXZ\x00", "an xz archive"),
     (b"\x7fELF", "an executable"),
-    (
-        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
-        "a legacy Office file (.doc, .xls or .ppt; save it as .docx, .xlsx or .pptx)",
-    ),
+    (_OLE, "a legacy Office file (.doc, .xls or .ppt; save it as .docx, .xlsx or .pptx)"),
 )
 _RTF = b"{\\rtf"
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
@@ -152,6 +152,11 @@ def identify(data: bytes, filename: str | None = None, limits: Limits = NO_LIMIT
         return Identified(detected_type="pdf")
     if data.startswith(_ZIP_SIGNATURES):
         return Identified(detected_type=_zip_type(data, filename, limits))
+    if data.startswith(_OLE) and _ENCRYPTED_PACKAGE in data:
+        raise UnsupportedType(
+            "a password-protected Office file (Office encrypts a .docx, .xlsx or .pptx into a "
+            "legacy container); upload it without the password"
+        )
     for signature, kind in _SIGNATURES:
         if data.startswith(signature):
             raise UnsupportedType(f"{kind} is not a document; {_READABLE}")

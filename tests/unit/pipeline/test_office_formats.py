@@ -251,6 +251,14 @@ def test_legacy_office_files_stay_refused_saying_what_to_do() -> None:
         detect_type(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(512), "budget.xls")
 
 
+def test_a_password_protected_office_file_is_not_called_legacy() -> None:
+    container = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(1000)
+    encrypted = container + "EncryptedPackage".encode("utf-16-le") + bytes(100)
+
+    with pytest.raises(UnsupportedType, match="password-protected Office file"):
+        detect_type(encrypted, "budget.xlsx")
+
+
 def test_an_opendocument_drawing_is_refused_by_its_mimetype() -> None:
     drawing = office_files.odf(
         "odt", "<text:p>x</text:p>", mimetype="application/vnd.oasis.opendocument.graphics"
