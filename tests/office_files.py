@@ -333,3 +333,36 @@ def lying_package(package: bytes, part: str, inflated: int = 256 << 20) -> bytes
         for member in source.infolist()
     ]
     return zip_of(members)
+
+
+def pptx_of_paragraphs(paragraphs: int) -> bytes:
+    """A PPTX whose first slide's title holds `paragraphs` paragraphs of 26 characters: 200,000
+    make 12 MB of XML and 5.4 million characters in a package of 100 KB."""
+    deck = pptx_file()
+    slide = zipfile.ZipFile(io.BytesIO(deck)).read("ppt/slides/slide1.xml")
+    paragraph = b"<a:p><a:r><a:t>lorem ipsum dolor sit amet</a:t></a:r></a:p>"
+    end = slide.index(b"</p:txBody>")
+    return with_part(
+        deck, "ppt/slides/slide1.xml", slide[:end] + paragraph * paragraphs + slide[end:]
+    )
+
+
+def pptx_with_shapes() -> bytes:
+    """A slide with a group of two text boxes, a table with a merged cell, a slide number; notes
+    whose page also shows the slide's number."""
+    deck = pptx.Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[6])
+    group = slide.shapes.add_group_shape()
+    group.shapes.add_textbox(0, 0, 100, 100).text_frame.text = "grouped one"
+    group.shapes.add_textbox(0, 200, 100, 100).text_frame.text = "grouped two\nsecond line"
+    table = slide.shapes.add_table(2, 3, Inches(1), Inches(2), Inches(4), Inches(1)).table
+    table.cell(0, 0).merge(table.cell(0, 1))
+    table.cell(0, 0).text = "merged"
+    table.cell(0, 2).text = "right"
+    table.cell(1, 0).text = "a"
+    table.cell(1, 1).text = "b"
+    table.cell(1, 2).text = "c"
+    slide.notes_slide.notes_text_frame.text = "the notes"  # type: ignore[union-attr]
+    buffer = io.BytesIO()
+    deck.save(buffer)
+    return buffer.getvalue()

@@ -63,6 +63,11 @@ def office_dead() -> dict[str, tuple[bytes, str, str]]:
             "TooLarge",
             "more than DOCPROC_MAX_CHARS=500,000",
         ),
+        "long.pptx": (
+            office_files.pptx_of_paragraphs(200_000),  # 100 KB, 12 MB of XML, 5.4 M characters
+            "TooLarge",
+            "more than DOCPROC_MAX_CHARS=500,000",
+        ),
         "lying.pptx": (
             office_files.lying_package(
                 office_files.pptx_file(), "ppt/slides/slide1.xml", 512 << 20

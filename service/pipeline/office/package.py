@@ -7,6 +7,7 @@ deflate can reach; what is left to check is a part that inflates past what it de
 from __future__ import annotations
 
 import io
+import posixpath
 import struct
 import zipfile
 import zlib
@@ -130,6 +131,31 @@ def parse_part(
         return etree.fromstring(content, parser)
     except etree.XMLSyntaxError as exc:
         raise CorruptFile(f"the part {name!r} is not well-formed XML: {exc}") from exc
+
+
+def relationships(archive: zipfile.ZipFile, source: str) -> Iterator[tuple[str, str]]:
+    """(type, target part) of each internal relationship of the part `source` ("": the package)."""
+    for _, (kind, target) in relationship_ids(archive, source):
+        yield kind, target
+
+
+def relationship_ids(
+    archive: zipfile.ZipFile, source: str
+) -> Iterator[tuple[str, tuple[str, str]]]:
+    folder, name = posixpath.split(source)
+    rels = parse_part(archive, posixpath.join(folder, "_rels", f"{name}.rels"))
+    if rels is None:
+        return
+    for relationship in rels.iter("{*}Relationship"):
+        target = relationship.get("Target") or ""
+        if relationship.get("TargetMode") == "External":
+            continue
+        # Targets are relative to the source's folder, or absolute from the package's root.
+        path = target.lstrip("/") if target.startswith("/") else posixpath.join(folder, target)
+        yield (
+            relationship.get("Id") or "",
+            (relationship.get("Type") or "", posixpath.normpath(path)),
+        )
 
 
 def with_core_properties(

@@ -9,7 +9,6 @@ Here only cells present in the file are visited, one at a time, and nothing read
 
 from __future__ import annotations
 
-import posixpath
 import zipfile
 from collections.abc import Iterator
 
@@ -25,6 +24,8 @@ from service.pipeline.office.package import (
     elements,
     open_package,
     parse_part,
+    relationship_ids,
+    relationships,
     release,
     with_core_properties,
 )
@@ -69,13 +70,13 @@ class _Workbook:
 
     def __init__(self, archive: zipfile.ZipFile) -> None:
         path = next(
-            (target for kind, target in _relationships(archive, "") if kind.endswith(_MAIN)),
+            (target for kind, target in relationships(archive, "") if kind.endswith(_MAIN)),
             "xl/workbook.xml",
         )
         workbook = parse_part(archive, path, limit=_WORKBOOK_BYTES)
         if workbook is None:
             raise CorruptFile(f"not a valid {_WHAT}: it has no workbook part")
-        targets = dict(_relationship_ids(archive, path))
+        targets = dict(relationship_ids(archive, path))
         parts = {kind.rsplit("/", 1)[-1]: target for kind, target in targets.values()}
         self.sheets: list[tuple[str, str]] = []
         """(name, part) of each worksheet, in the workbook's order."""
@@ -96,31 +97,6 @@ class _Workbook:
     def read_shared_strings(self, archive: zipfile.ZipFile, budget: CpuBudget) -> None:
         if self.shared_path:
             self.shared = _shared_strings(archive, self.shared_path, budget)
-
-
-def _relationships(archive: zipfile.ZipFile, source: str) -> Iterator[tuple[str, str]]:
-    """(type, target part) of each internal relationship of the part `source` ("": the package)."""
-    for _, (kind, target) in _relationship_ids(archive, source):
-        yield kind, target
-
-
-def _relationship_ids(
-    archive: zipfile.ZipFile, source: str
-) -> Iterator[tuple[str, tuple[str, str]]]:
-    folder, name = posixpath.split(source)
-    rels = parse_part(archive, posixpath.join(folder, "_rels", f"{name}.rels"))
-    if rels is None:
-        return
-    for relationship in rels.iter("{*}Relationship"):
-        target = relationship.get("Target") or ""
-        if relationship.get("TargetMode") == "External":
-            continue
-        # Targets are relative to the source's folder, or absolute from the package's root.
-        path = target.lstrip("/") if target.startswith("/") else posixpath.join(folder, target)
-        yield (
-            relationship.get("Id") or "",
-            (relationship.get("Type") or "", posixpath.normpath(path)),
-        )
 
 
 def _shared_strings(archive: zipfile.ZipFile, path: str, budget: CpuBudget) -> list[str]:

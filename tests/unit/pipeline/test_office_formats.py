@@ -74,6 +74,14 @@ def test_pptx_slides_come_in_order_each_with_its_notes_and_tables() -> None:
     assert extracted.page_count == 2
 
 
+def test_pptx_groups_merged_cells_and_notes_without_the_slide_number() -> None:
+    extracted = extract(office_files.pptx_with_shapes())
+
+    assert extracted.text == (
+        "grouped one\n\ngrouped two\nsecond line\n\nmerged | right\na | b | c\n\nthe notes"
+    )
+
+
 def test_docx_yields_text_boxes_once_footnotes_headers_footers_and_its_properties() -> None:
     extracted = extract(office_files.docx_with_everything(), "minutes.docx")
 
