@@ -1,4 +1,5 @@
-"""What every office package shares: its ZIP checked part by part, safe XML, its properties.
+"""What every office package shares: its ZIP checked part by part, safe XML, relationships
+between parts, core properties.
 
 Detection has refused a package whose parts declare more than `max_inflated_bytes` or more than
 deflate can reach; what is left to check is a part that inflates past what it declares.
