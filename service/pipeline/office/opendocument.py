@@ -20,7 +20,14 @@ from service.errors import CorruptFile, TooLarge, UnsupportedType
 from service.pipeline.blocks import Blocks
 from service.pipeline.limits import CpuBudget
 from service.pipeline.models import DocumentType, RawDocument
-from service.pipeline.office.package import elements, open_package, parse_part, release, timestamp
+from service.pipeline.office.package import (
+    check_inflation,
+    elements,
+    open_package,
+    parse_part,
+    release,
+    timestamp,
+)
 from service.pipeline.office.spreadsheet import CELL_SEPARATOR
 
 _TEXT = "{urn:oasis:names:tc:opendocument:xmlns:text:1.0}"
@@ -69,8 +76,10 @@ def read_odp(data: bytes, budget: CpuBudget) -> RawDocument:
 
 def _read(data: bytes, budget: CpuBudget, kind: DocumentType) -> RawDocument:
     """content.xml streamed through zipfile, which inflates a buffer at a time and stops at each
-    part's declared size: what detection checked against `max_inflated_bytes` binds."""
+    part's declared size: what detection checked against `max_inflated_bytes` binds. A part that
+    holds more than it declares is still said to be corrupt, as in every package."""
     what = _NAMES[kind]
+    check_inflation(data, what)
     with open_package(data, what) as archive:
         try:
             _refuse_encrypted(archive, what)

@@ -63,6 +63,7 @@ def test_a_part_inflating_past_what_it_declares_is_corrupt_and_never_inflated_wh
     spent, error = measure(lambda: extract(lying, None, LIMITS))
 
     assert isinstance(error, CorruptFile), error
+    assert "inflates to more than the 1,024 bytes it declares" in str(error)
     assert spent.peak_bytes < 16 << 20, f"{spent.peak_bytes:,} bytes"
 
 
