@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from email.message import EmailMessage
 
+import docx
 import openpyxl
 import pytest
 
@@ -94,6 +95,24 @@ def test_docx_yields_text_boxes_once_footnotes_headers_footers_and_its_propertie
         WHEN,
         WHEN,
     )
+
+
+def test_docx_headers_shared_by_sections_appear_once_and_unlinked_ones_too() -> None:
+    document = docx.Document()
+    document.add_paragraph("First part.")
+    document.sections[0].header.paragraphs[0].text = "Shared running head"
+    document.add_section()
+    document.add_paragraph("Second part.")
+    third = document.add_section()
+    third.header.is_linked_to_previous = False
+    third.header.paragraphs[0].text = "Appendix head"
+    buffer = io.BytesIO()
+    document.save(buffer)
+
+    text = extract(buffer.getvalue()).text
+
+    assert text.count("Shared running head") == 1
+    assert text.endswith("Shared running head\n\nAppendix head")
 
 
 def test_a_docx_without_core_properties_has_no_made_up_ones() -> None:
