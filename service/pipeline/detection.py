@@ -242,7 +242,7 @@ def _check_declared_sizes(members: list[zipfile.ZipInfo]) -> None:
     """Refuse a member by the size its directory entry declares, before inflating any of it.
 
     The declarations bind: zipfile stops each member at its declared size (and fails its CRC
-    check when more was there), so what python-docx inflates later is bounded by their sum,
+    check when more was there), so what a reader inflates later is bounded by their sum,
     which the caller checks against the limit.
     """
     for member in members:
