@@ -2,7 +2,6 @@
 each part streamed with lxml and released as it is read.
 
 DOCX, the first of them, lives in `service.pipeline.docx`, streamed the same way; what every
-package shares — the check
-that no part inflates past what it declares, safe XML parsing, relationships, core properties —
-is `package`.
+package shares — the check that no part inflates past what it declares, safe XML parsing,
+relationships, core properties — is `package`.
 """

@@ -15,6 +15,7 @@ from email.message import EmailMessage
 import docx
 import openpyxl
 import pytest
+from docx.oxml import parse_xml
 
 from service.errors import CorruptFile, ProcessingError, UnsupportedType
 from service.pipeline import detect_type, extract
@@ -113,6 +114,42 @@ def test_docx_headers_shared_by_sections_appear_once_and_unlinked_ones_too() -> 
 
     assert text.count("Shared running head") == 1
     assert text.endswith("Shared running head\n\nAppendix head")
+
+
+def test_docx_reads_inserted_text_fields_and_content_controls_not_deleted_text() -> None:
+    w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+    document = docx.Document()
+    document.add_paragraph("Opening.")
+    contents = f"<w:sdt {w}><w:sdtContent><w:p><w:r><w:t>Contents entry</w:t></w:r></w:p>"
+    document.element.body.insert(1, parse_xml(contents + "</w:sdtContent></w:sdt>"))
+    paragraph = document.add_paragraph("kept ")._p
+    for inline in (
+        f'<w:ins {w} w:id="1" w:author="a"><w:r><w:t>inserted </w:t></w:r></w:ins>',
+        f'<w:del {w} w:id="2" w:author="a"><w:r><w:delText>deleted </w:delText></w:r></w:del>',
+        f'<w:moveFrom {w} w:id="3" w:author="a"><w:r><w:t>moved away </w:t></w:r></w:moveFrom>',
+        f'<w:fldSimple {w} w:instr="AUTHOR"><w:r><w:t>Ada </w:t></w:r></w:fldSimple>',
+        f"<w:sdt {w}><w:sdtContent><w:r><w:t>control</w:t></w:r></w:sdtContent></w:sdt>",
+    ):
+        paragraph.append(parse_xml(inline))
+    buffer = io.BytesIO()
+    document.save(buffer)
+
+    text = extract(buffer.getvalue()).text
+
+    assert text == "Opening.\n\nContents entry\n\nkept inserted Ada control"
+
+
+def test_docx_cells_merged_down_repeat_the_top_cell_and_across_appear_once() -> None:
+    document = docx.Document()
+    table = document.add_table(rows=3, cols=3)
+    table.cell(0, 0).merge(table.cell(2, 0)).text = "tall"
+    table.cell(0, 1).merge(table.cell(0, 2)).text = "wide"
+    table.cell(1, 1).text = "b"
+    table.cell(2, 2).text = "c"
+    buffer = io.BytesIO()
+    document.save(buffer)
+
+    assert extract(buffer.getvalue()).text == "tall | wide\ntall | b |\ntall | | c"
 
 
 def test_a_docx_without_core_properties_has_no_made_up_ones() -> None:
