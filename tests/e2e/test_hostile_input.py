@@ -68,6 +68,11 @@ def office_dead() -> dict[str, tuple[bytes, str, str]]:
             "TooLarge",
             "more than DOCPROC_MAX_CHARS=500,000",
         ),
+        "long.docx": (
+            hostile_files.paragraphs_docx(200_000),  # 100 KB, 14 MB of XML, 7.4 M characters
+            "TooLarge",
+            "more than DOCPROC_MAX_CHARS=500,000",
+        ),
         "lying.pptx": (
             office_files.lying_package(
                 office_files.pptx_file(), "ppt/slides/slide1.xml", 512 << 20
