@@ -165,6 +165,18 @@ def test_a_docx_body_of_millions_of_characters_stops_at_the_limit_as_it_is_read(
     assert time.process_time() - started < 2
 
 
+def test_a_docx_paragraph_of_nothing_but_markup_is_held_to_the_cpu_budget() -> None:
+    bookmarks = '<w:bookmarkStart w:id="0" w:name="b"/>' * 500_000  # 19 MB, no character
+    data = hostile_files.paragraphs_docx(0, body=f"<w:p>{bookmarks}</w:p>")
+    limits = pipeline_limits(Settings.from_env({"DOCPROC_MAX_CPU_SECONDS": "0.1"}))
+
+    started = time.process_time()
+    with pytest.raises(TooLarge, match=r"CPU time \(in the body\), .*DOCPROC_MAX_CPU_SECONDS=0.1"):
+        extract(data, "marked.docx", limits)
+
+    assert time.process_time() - started < 0.5
+
+
 def test_sheets_and_slides_count_against_the_page_limit() -> None:
     limits = Limits(max_pages=1, names={"max_pages": "DOCPROC_MAX_PAGES"})
 
