@@ -273,8 +273,8 @@ def test_a_raw_html_block_in_markdown_is_held_to_the_same_depth() -> None:
 
 
 def test_docx_tables_nested_beyond_what_libxml2_parses_are_refused_at_once() -> None:
-    # libxml2 stops at 256 levels of XML (python-docx does not ask for XML_PARSE_HUGE), which
-    # bounds both nested tables and the recursion reading their cells.
+    # libxml2 stops at 256 levels of XML (the reader does not ask for XML_PARSE_HUGE), which
+    # bounds nested tables and what the reader keeps for each one open.
     level = "<w:tbl><w:tr><w:tc><w:p><w:r><w:t>x</w:t></w:r></w:p>"
     nested = hostile_files.paragraphs_docx(0, body=level * 5000)
 
