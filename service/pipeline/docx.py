@@ -24,7 +24,7 @@ from collections.abc import Callable
 import msgspec
 from lxml import etree
 
-from service.errors import CorruptFile, TooLarge
+from service.errors import CorruptFile, TooLarge, UnsupportedType
 from service.pipeline.blocks import Blocks
 from service.pipeline.limits import CpuBudget
 from service.pipeline.models import RawDocument
@@ -42,6 +42,8 @@ from service.pipeline.office.spreadsheet import CELL_SEPARATOR
 _WHAT = "Word document"
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 _RELATIONSHIP_ID = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
+_STRICT = "{http://purl.oclc.org/ooxml/wordprocessingml/main}"
+_DOCUMENT = f"{_W}document"
 _BODY = f"{_W}body"
 _P = f"{_W}p"
 _PARAGRAPH_PROPERTIES = f"{_W}pPr"
@@ -86,7 +88,7 @@ def read_docx(data: bytes, budget: CpuBudget) -> RawDocument:
             parts = dict(relationship_ids(archive, main))
             blocks = Blocks(budget, "the Word document")
             body = _Story(blocks, "in the body", body=True)
-            _stream(archive, main, body)
+            _stream(archive, main, body, root=_DOCUMENT)
             for kind, target in parts.values():
                 if kind.endswith(("/footnotes", "/endnotes")):
                     _stream(archive, target, _Story(blocks, "in the notes", notes=True))
@@ -94,17 +96,33 @@ def read_docx(data: bytes, budget: CpuBudget) -> RawDocument:
             raw = with_core_properties(archive, blocks.text(), None)
             styles = next((t for k, t in parts.values() if k.endswith("/styles")), None)
             title = raw.title or _first_heading(archive, styles, body.first_paragraphs)
-        except (TooLarge, MemoryError, CorruptFile):
+        except (TooLarge, MemoryError, CorruptFile, UnsupportedType):
             raise
         except Exception as exc:
             raise CorruptFile(f"not a valid {_WHAT}: {exc}") from exc
     return msgspec.structs.replace(raw, title=title)
 
 
-def _stream(archive: zipfile.ZipFile, path: str, story: _Story) -> None:
+def _stream(archive: zipfile.ZipFile, path: str, story: _Story, root: str | None = None) -> None:
+    """The part `path` read into `story`; its root element must be `root` when one is named."""
     with archive.open(path) as part:
-        for event, element in elements(part):
+        parsed = elements(part)
+        for event, element in parsed:
+            if root is not None and element.tag != root:
+                _refuse_root(str(element.tag))
             story.handle(event, element)
+            break
+        for event, element in parsed:
+            story.handle(event, element)
+
+
+def _refuse_root(tag: str) -> None:
+    if tag.startswith(_STRICT):
+        raise UnsupportedType(
+            f"the {_WHAT} is in Strict Open XML, which docproc does not read; save it as a "
+            "Word Document (.docx)"
+        )
+    raise CorruptFile(f"not a valid {_WHAT}: its main part is a {tag[:100]!r}, not a document")
 
 
 def _read_headers_and_footers(

@@ -152,6 +152,23 @@ def test_docx_cells_merged_down_repeat_the_top_cell_and_across_appear_once() -> 
     assert extract(buffer.getvalue()).text == "tall | wide\ntall | b |\ntall | | c"
 
 
+def test_a_strict_open_xml_docx_is_refused_saying_how_to_save_it() -> None:
+    source = zipfile.ZipFile(io.BytesIO(docx_sample().data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for member in source.infolist():
+            data = source.read(member)
+            if member.filename == "word/document.xml":
+                data = data.replace(
+                    b"http://schemas.openxmlformats.org/wordprocessingml/2006/main",
+                    b"http://purl.oclc.org/ooxml/wordprocessingml/main",
+                )
+            archive.writestr(member.filename, data)
+
+    with pytest.raises(UnsupportedType, match=r"Strict Open XML.*save it as a Word Document"):
+        extract(out.getvalue(), "strict.docx")
+
+
 def test_a_docx_without_core_properties_has_no_made_up_ones() -> None:
     # python-docx makes up a title ("Word Document") and times for a package without them.
     source = docx_sample().data
