@@ -226,9 +226,9 @@ def cp1252_text_sample() -> Sample:
 
 
 def unsupported_binary_sample() -> Sample:
-    """A PNG signature followed by binary noise, named as if it were text."""
+    """A GIF signature followed by binary noise, named as if it were text."""
     noise = random.Random(2).randbytes(512)
-    return Sample(data=b"\x89PNG\r\n\x1a\n" + noise, filename="picture.txt", error=UnsupportedType)
+    return Sample(data=b"GIF89a" + noise, filename="picture.txt", error=UnsupportedType)
 
 
 def all_samples() -> dict[str, Sample]:

@@ -8,10 +8,12 @@ from service.errors import TooLarge
 from service.pipeline.detection import identify
 from service.pipeline.docx import read_docx
 from service.pipeline.html import read_html
+from service.pipeline.images import read_image
 from service.pipeline.limits import NO_LIMITS, CpuBudget, Limits
 from service.pipeline.markdown import read_markdown
 from service.pipeline.models import DocumentType, Extracted, RawDocument
 from service.pipeline.normalisation import normalise, single_line
+from service.pipeline.ocr import OCR_AUTO, Ocr
 from service.pipeline.pdf import read_pdf
 from service.pipeline.steps import step
 
@@ -27,25 +29,33 @@ _TEXT_READERS: dict[DocumentType, Callable[[str], RawDocument]] = {
 }
 
 _BINARY_READERS: dict[DocumentType, Callable[[bytes, CpuBudget], RawDocument]] = {
-    "pdf": read_pdf,
     "docx": read_docx,
 }
 
+_OCR_READERS: dict[DocumentType, Callable[[bytes, CpuBudget, Ocr], RawDocument]] = {
+    "pdf": read_pdf,
+    "image": read_image,
+}
+"""Readers of pictures of text as well: they take the OCR settings."""
 
-def extract(data: bytes, filename: str | None = None, limits: Limits = NO_LIMITS) -> Extracted:
-    """The document's normalised text, title, page count and encoding.
+
+def extract(
+    data: bytes, filename: str | None = None, limits: Limits = NO_LIMITS, ocr: Ocr = OCR_AUTO
+) -> Extracted:
+    """The document's normalised text, title, page count and encoding; pages without a text
+    layer and images read by OCR as `ocr` says.
 
     Raises UnsupportedType, CorruptFile, EmptyDocument, or TooLarge past one of `limits`, the
     failure naming it (running out of memory is TooLarge too: the document's fault, not the
     file's).
     """
     try:
-        return _extract(data, filename, limits)
+        return _extract(data, filename, limits, ocr)
     except MemoryError as exc:
         raise TooLarge("reading the document ran out of memory") from exc
 
 
-def _extract(data: bytes, filename: str | None, limits: Limits) -> Extracted:
+def _extract(data: bytes, filename: str | None, limits: Limits, ocr: Ocr) -> Extracted:
     budget = CpuBudget(limits)
     with step("detect"):
         identified = identify(data, filename, limits)
@@ -53,6 +63,8 @@ def _extract(data: bytes, filename: str | None, limits: Limits) -> Extracted:
     with step("read"):
         if decoded is not None:
             raw = _TEXT_READERS[identified.detected_type](decoded.text)
+        elif identified.detected_type in _OCR_READERS:
+            raw = _OCR_READERS[identified.detected_type](data, budget, ocr)
         else:
             raw = _BINARY_READERS[identified.detected_type](data, budget)
     budget.check("after reading its format")
