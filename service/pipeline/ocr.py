@@ -63,13 +63,16 @@ def tessdata_dir(ocr: Ocr) -> Path:
         directory = Path(place)
         if all((directory / f"{language}.traineddata").is_file() for language in languages):
             return directory
-    found = [p for p in places if Path(p).is_dir()]
-    where = ", ".join(found) if found else "nowhere: Tesseract is not installed"
-    debian = " ".join(f"tesseract-ocr-{language}" for language in languages)
     tessdata, mode = ocr.names.get("tessdata", "tessdata"), ocr.names.get("mode", "mode")
+    found = [place for place in places if Path(place).is_dir()]
+    if ocr.tessdata:
+        where = f"not in {ocr.tessdata} ({tessdata})"
+    else:
+        where = f"not in {', '.join(found)}" if found else "nowhere: Tesseract is not installed"
+    debian = " ".join(f"tesseract-ocr-{language}" for language in languages)
     raise OcrUnavailable(
         f"OCR needs Tesseract's language data for {ocr.setting('languages')} and found it "
-        f"{'not in ' + where if found else where} (install tesseract-ocr {debian}, set "
+        f"{where} (install tesseract-ocr {debian}, set "
         f"{tessdata} to its directory, or {mode}=off)"
     )
 

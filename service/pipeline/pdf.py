@@ -4,6 +4,7 @@ pypdf reads what PDFium cannot open (service.pipeline.pdf_fallback)."""
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -116,6 +117,8 @@ def _ocr_page(page: pdfium.PdfPage, limits: Limits, ocr: Ocr) -> str:
         return ""
     bound = min(OCR_MAX_PIXELS, limits.max_pixels or OCR_MAX_PIXELS)
     scale = min(OCR_DPI / _POINTS_PER_INCH, (bound / (width * height)) ** 0.5)
+    while math.ceil(width * scale) * math.ceil(height * scale) > bound:
+        scale *= 0.999  # PDFium rounds the bitmap's sides up
     bitmap = page.render(scale=scale, grayscale=True)
     try:
         return recognise(bitmap.to_pil(), ocr)  # the image shares the bitmap's buffer
