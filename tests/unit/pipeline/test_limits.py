@@ -7,10 +7,10 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
-import pytest
-from celery.exceptions import SoftTimeLimitExceeded
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from pypdf import PageObject
 
 from service.errors import CorruptFile, TooLarge

@@ -160,7 +160,11 @@ def test_an_image_beyond_the_pixel_limit_is_refused_before_it_is_decoded(
     out = io.BytesIO()
     Image.new("L", (2000, 1000), "white").save(out, image_format)
     decoded: list[object] = []
-    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image))
+
+    def load(image: object) -> None:
+        decoded.append(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
     _, options = configured(DOCPROC_MAX_PIXELS="1000000")
 
     with pytest.raises(
