@@ -7,6 +7,7 @@ the limit before anything is decoded, frame by frame.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Iterator
 
@@ -18,6 +19,8 @@ from service.pipeline.models import RawDocument
 from service.pipeline.ocr import OCR_MAX_PIXELS, Ocr, recognise
 from service.pipeline.pages import Pages
 
+_POSSIBLE_BOMB = re.compile(r"\((\d+) pixels\)")
+"""The pixels Pillow's DecompressionBombError says the image declares."""
 FORMATS = ("PNG", "JPEG", "TIFF", "WEBP", "BMP")
 """What Pillow may open: no other decoder of its is reachable from an upload."""
 
@@ -44,7 +47,10 @@ def read_image(data: bytes, budget: CpuBudget, ocr: Ocr) -> RawDocument:
     except (TooLarge, OcrUnavailable, MemoryError):
         raise
     except Image.DecompressionBombError as exc:
-        raise limits.exceeded("max_pixels", f"the image is a decompression bomb ({exc})") from exc
+        # Pillow's own bound, twice its MAX_IMAGE_PIXELS, met as it opens the image.
+        declared = _POSSIBLE_BOMB.search(str(exc))
+        found = f"the image declares {int(declared[1]):,} pixels" if declared else str(exc)
+        raise limits.exceeded("max_pixels", found) from exc
     except Exception as exc:
         # Pillow says a damaged image with OSError, SyntaxError, ValueError, struct.error...
         raise CorruptFile(f"not a valid image (damaged or truncated): {exc}") from exc
