@@ -95,6 +95,7 @@ def _page_text(
         finally:
             textpage.close()
         if ocr.mode == "force" or (ocr.mode == "auto" and _is_scan(page, text)):
+            _check_images(page, limits, index + 1)
             return _ocr_page(page, limits, ocr), True
         return text, False
     finally:
@@ -107,6 +108,17 @@ def _is_scan(page: pdfium.PdfPage, text: str) -> bool:
         return False
     images = page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=3)
     return next(images, None) is not None
+
+
+def _check_images(page: pdfium.PdfPage, limits: Limits, number: int) -> None:
+    """Refuse a page whose images declare more pixels than the limit: rendering decodes them."""
+    for image in page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=3):
+        try:
+            width, height = image.get_px_size()
+        except pdfium.PdfiumError:
+            continue  # an image PDFium cannot size, it will not draw either
+        found = f"an image on page {number} of the PDF is {width:,} by {height:,} pixels"
+        limits.check("max_pixels", width * height, found)
 
 
 def _ocr_page(page: pdfium.PdfPage, limits: Limits, ocr: Ocr) -> str:

@@ -219,6 +219,25 @@ def test_a_huge_scanned_page_is_rendered_within_the_pixel_limit(
     assert image.width > 1400  # as large as the limit allows
 
 
+def test_a_scan_whose_image_is_beyond_the_pixel_limit_is_refused_before_rendering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen = no_ocr(monkeypatch)
+    pdf = FPDF()
+    pdf.add_page()
+    picture = io.BytesIO()
+    Image.new("L", (2000, 1000), "white").save(picture, "PNG")
+    pdf.image(picture, x=10, y=10, w=190)
+    _, options = configured(DOCPROC_MAX_PIXELS="1000000")
+
+    with pytest.raises(
+        TooLarge,
+        match=r"an image on page 1 of the PDF is 2,000 by 1,000 pixels, more than DOCPROC_MAX_PIX",
+    ):
+        extract(bytes(pdf.output()), **options)
+    assert not seen
+
+
 @pytest.mark.parametrize("kind", ["image", "scan"])
 def test_a_soft_time_limit_during_ocr_is_reported_as_the_time_limit(
     monkeypatch: pytest.MonkeyPatch, kind: str
