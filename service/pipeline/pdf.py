@@ -21,6 +21,8 @@ from service.pipeline.pdf_fallback import read_pdf_with_pypdf
 USABLE_TEXT = 16
 """Non-blank characters a page's text layer needs to be used as it is: fewer, on a page that
 holds an image, is a scan (perhaps with a page number or a stamp in text) and is read by OCR."""
+_USABLE = re.compile(rf"(?:\s*\S){{{USABLE_TEXT}}}")
+"""Matches as soon as USABLE_TEXT non-blank characters are seen: no page is scanned whole."""
 OCR_DPI = 300
 """Resolution a page is rendered at for OCR, where Tesseract reads best."""
 _POINTS_PER_INCH = 72
@@ -88,10 +90,12 @@ def _page_text(
     try:
         textpage = page.get_textpage()
         try:
-            # PDFium joins a word the line broke at a hyphen, marking the join with U+FFFE:
-            # given back as the line break, normalisation joins it (or keeps the hyphen of
-            # a compound) as it does pypdf's text.
-            text: str = textpage.get_text_range().replace("\ufffe", "-\n")
+            # PDFium ends lines with CRLF (LF keeps normalisation on its fast path), and joins
+            # a word the line broke at a hyphen, marking the join with U+FFFE: given back as
+            # the line break, normalisation joins it (or keeps the hyphen of a compound) as it
+            # does pypdf's text.
+            raw: str = textpage.get_text_range()
+            text = raw.replace("\r\n", "\n").replace("\ufffe", "-\n")
         finally:
             textpage.close()
         if ocr.mode == "force" or (ocr.mode == "auto" and _is_scan(page, text)):
@@ -104,7 +108,7 @@ def _page_text(
 
 def _is_scan(page: pdfium.PdfPage, text: str) -> bool:
     """Little or no text, and an image to read it from."""
-    if len(text) - sum(1 for c in text if c.isspace()) >= USABLE_TEXT:
+    if _USABLE.match(text):
         return False
     images = page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=3)
     return next(images, None) is not None
