@@ -120,6 +120,10 @@ def index_document(
         page_count=extracted.page_count,
         text=extracted.text,
         chunks=chunks,
+        author=extracted.author,
+        authored_at=extracted.created,
+        modified_at=extracted.modified,
+        language=extracted.language,
     )
     try:
         store.run(_store, document_id, extraction, succeeded)

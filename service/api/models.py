@@ -102,6 +102,24 @@ class DocumentOut(msgspec.Struct, kw_only=True):
     size: int
     sha256: str
     title: str | None
+    author: Annotated[
+        str | None, msgspec.Meta(description="as the document names it", examples=["Ann Lee"])
+    ]
+    authored_at: Annotated[
+        datetime | None,
+        msgspec.Meta(description="when the document says it was created (not `created_at`)"),
+    ]
+    modified_at: Annotated[
+        datetime | None, msgspec.Meta(description="when the document says it was last modified")
+    ]
+    language: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="ISO 639-1 code of the text's language; null when the text is too short "
+            "or its language unclear",
+            examples=["en"],
+        ),
+    ]
     encoding: str | None
     page_count: int | None
     char_count: int | None
@@ -109,7 +127,7 @@ class DocumentOut(msgspec.Struct, kw_only=True):
     task_id: str
     state: TaskState | None
     correlation_id: str | None
-    created_at: datetime
+    created_at: Annotated[datetime, msgspec.Meta(description="when docproc accepted it")]
     processed_at: datetime | None
 
 

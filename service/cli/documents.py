@@ -51,17 +51,36 @@ def text(document_id: str, api_url: str, api_key: str | None) -> None:
 @click.command()
 @click.argument("query", nargs=-1, required=True)
 @click.option("--limit", default=10, show_default=True, help="Hits to show (at most 100).")
+@click.option("--type", "document_type", help="Only documents of this type (pdf, html, docx…).")
+@click.option("--language", help="Only documents in this language (ISO 639-1: en, de…).")
+@click.option(
+    "--since",
+    help="Only documents dated at or after this ISO 8601 date or time (their own modification, "
+    "else creation, else acceptance time).",
+)
 @api_option
-def search(query: tuple[str, ...], limit: int, api_url: str, api_key: str | None) -> None:
+def search(
+    query: tuple[str, ...],
+    *,
+    limit: int,
+    document_type: str | None,
+    language: str | None,
+    since: str | None,
+    api_url: str,
+    api_key: str | None,
+) -> None:
     """Full-text search: words, "a phrase", OR, -excluded, prefix*.
 
     \b
     Examples:
       docproc search lighthouse keeper
       docproc search '"lighthouse keeper"' -storm --limit 5
+      docproc search invoice --type pdf --language de --since 2024-01-01
     """
+    filters = {"type": document_type, "language": language, "since": since}
+    params = {"q": " ".join(query), "limit": limit} | {k: v for k, v in filters.items() if v}
     with Api(api_url, api_key) as api:
-        found = api.get("/search", params={"q": " ".join(query), "limit": limit})
+        found = api.get("/search", params=params)
     rows = [
         [hit["document_id"], hit["filename"], f"{hit['score']:.3f}", hit["snippet"]]
         for hit in found["items"]

@@ -9,6 +9,7 @@ from service.pipeline.detection import identify
 from service.pipeline.docx import read_docx
 from service.pipeline.html import read_html
 from service.pipeline.images import read_image
+from service.pipeline.language import detect_language
 from service.pipeline.limits import NO_LIMITS, CpuBudget, Limits
 from service.pipeline.markdown import read_markdown
 from service.pipeline.models import DocumentType, Extracted, RawDocument
@@ -72,6 +73,8 @@ def _extract(data: bytes, filename: str | None, limits: Limits, ocr: Ocr) -> Ext
     with step("normalise"):
         text = normalise(raw.text, join_hyphenated=identified.detected_type == "pdf")
     limits.check("max_chars", len(text), "the document has {count:,} characters of text")
+    with step("language"):
+        language = detect_language(text)
     return Extracted(
         detected_type=identified.detected_type,
         text=text,
@@ -81,4 +84,5 @@ def _extract(data: bytes, filename: str | None, limits: Limits, ocr: Ocr) -> Ext
         author=single_line(raw.author),
         created=raw.created,
         modified=raw.modified,
+        language=language,
     )

@@ -1,4 +1,4 @@
-"""HTML: the visible text of the body, and the page's <title>.
+"""HTML: the visible text of the body, the page's <title>, and its author and dates from <meta>.
 
 One parse with selectolax's lexbor backend and one text walk in C. Line breaks for block elements
 are put into the markup before parsing, by one regular-expression pass: lexbor's text walk knows
@@ -9,8 +9,10 @@ cost a call per element.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
 
-from selectolax.lexbor import LexborHTMLParser
+from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from service.errors import TooLarge
 from service.pipeline.models import RawDocument
@@ -28,8 +30,25 @@ _HIDDEN_TAGS = ["script", "style", "noscript", "title"]
 
 def _before_tags(names: tuple[str, ...], flags: re.RegexFlag) -> re.Pattern[str]:
     """The position just before each opening or closing tag of one of `names`."""
-    alternatives = "|".join(sorted(names, key=len, reverse=True))
-    return re.compile(rf"<(?=/?(?:{alternatives})[\s/>])", flags)
+    return re.compile(rf"<(?=/?{_prefix_tree(names)}[\s/>])", flags)
+
+
+def _prefix_tree(names: Iterable[str]) -> str:
+    """An alternation of `names` with common prefixes shared ("d(?:d|i(?:alog|v)|l|t)"): the
+    regex engine then tries a few letters at each "<" instead of every name, which halves the
+    cost of the pass over a page."""
+    tails: dict[str, list[str]] = {}
+    complete = False
+    for name in names:
+        if name:
+            tails.setdefault(name[0], []).append(name[1:])
+        else:
+            complete = True
+    if not tails:
+        return ""
+    branches = [re.escape(first) + _prefix_tree(rest) for first, rest in sorted(tails.items())]
+    tree = branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
+    return f"(?:{tree})?" if complete else tree
 
 
 # IGNORECASE makes these passes about three times slower, so it is kept for pages whose first
@@ -63,6 +82,11 @@ _RAW_TEXT = frozenset({"script", "style", "textarea", "title", "xmp", "noembed",
 _FOREIGN = frozenset({"svg", "math"})
 _SELECT = re.compile(r"<(/?)select(?=[\s/>])", re.IGNORECASE)
 
+# The <meta> names (or Open Graph properties) that common writers use, earlier ones preferred.
+_AUTHOR = ("author", "dcterms.creator", "dc.creator")
+_CREATED = ("dcterms.created", "dc.date.created", "article:published_time", "dcterms.date", "date")
+_MODIFIED = ("dcterms.modified", "dc.date.modified", "article:modified_time", "og:updated_time")
+
 
 def read_html(markup: str) -> RawDocument:
     """The body's text, block elements on lines of their own, and the <title>."""
@@ -83,9 +107,42 @@ def read_html(markup: str) -> RawDocument:
     page = LexborHTMLParser(markup, scripting=True)
     title_node = page.css_first("head > title")  # not an <svg>'s <title>
     title = title_node.text() if title_node is not None else None
+    meta = _meta(page.head)
     page.strip_tags(_HIDDEN_TAGS)
     body = page.body
-    return RawDocument(text=body.text() if body is not None else "", title=title)
+    return RawDocument(
+        text=body.text() if body is not None else "",
+        title=title,
+        author=_first(meta, _AUTHOR),
+        created=_moment(_first(meta, _CREATED)),
+        modified=_moment(_first(meta, _MODIFIED)),
+    )
+
+
+def _meta(head: LexborNode | None) -> dict[str, str]:
+    """The head's <meta name|property=… content=…>, by lower-cased name, the first of each."""
+    found: dict[str, str] = {}
+    for node in head.css("meta[content]") if head is not None else ():
+        name = node.attributes.get("name") or node.attributes.get("property")
+        content = node.attributes.get("content")
+        if name and content:
+            found.setdefault(name.strip().lower(), content)
+    return found
+
+
+def _first(meta: dict[str, str], names: tuple[str, ...]) -> str | None:
+    return next((meta[name] for name in names if name in meta), None)
+
+
+def _moment(value: str | None) -> datetime | None:
+    """An ISO 8601 date or date and time (UTC when it names no zone); None when it is not one."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # not ISO 8601, or out of range once in UTC
+        return None
 
 
 def nesting_depth(markup: str) -> int:

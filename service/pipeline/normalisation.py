@@ -19,6 +19,7 @@ _SPACE = re.compile("[\t\xa0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 # Control characters, plus the invisible soft hyphen, zero-width space, word joiner and stray
 # byte-order marks. Joiners (U+200C, U+200D) stay: Persian and emoji sequences need them.
 _INVISIBLE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\xad\u200b\u2060\ufeff]")
+_SPACES = re.compile("  +")
 _HYPHENATED = re.compile(r"(?<=[^\W\d_])[-\u2010]\n(?=([^\W\d_]))")
 
 
@@ -35,8 +36,8 @@ def normalise(text: str, *, join_hyphenated: bool = False) -> str:
     if not all(map(str.isprintable, lines)):
         lines = _clean(text).split("\n")
     text = "\n".join(map(str.strip, lines))
-    while "  " in text:
-        text = text.replace("  ", " ")
+    if "  " in text:
+        text = _SPACES.sub(" ", text)  # one pass; `while "  " in text: replace` took three
     # Lines are stripped, so empty paragraphs are runs of blank lines: one split drops them all.
     text = "\n\n".join(filter(None, map(str.strip, text.split("\n\n"))))
     # The regex tries every position: looked for only where a line ends with a hyphen.
@@ -47,11 +48,22 @@ def normalise(text: str, *, join_hyphenated: bool = False) -> str:
     return text
 
 
+MAX_LINE = 1000
+"""Characters kept of a title or an author: a document's metadata is whatever its writer put
+there, and a megabyte of "title" would be carried in every search hit and list."""
+
+
 def single_line(text: str | None) -> str | None:
-    """A title-like string on one normalised line, or None when nothing is left of it."""
+    """A title-like string on one normalised line of at most MAX_LINE characters (cut at a word
+    when one ends in the last tenth, marked with "…"), or None when nothing is left of it."""
     if text is None:
         return None
-    return " ".join(unicodedata.normalize("NFC", _INVISIBLE.sub("", text)).split()) or None
+    # Cut before normalising too, so that a huge value costs no more than a long one.
+    line = " ".join(unicodedata.normalize("NFC", _INVISIBLE.sub("", text[: 4 * MAX_LINE])).split())
+    if len(line) > MAX_LINE:
+        cut = line.rfind(" ", MAX_LINE - MAX_LINE // 10, MAX_LINE)
+        line = line[: cut if cut > 0 else MAX_LINE - 1].rstrip() + "…"
+    return line or None
 
 
 def _clean(text: str) -> str:

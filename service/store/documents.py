@@ -26,6 +26,10 @@ class Document(msgspec.Struct, frozen=True, kw_only=True):
     size: int
     sha256: str
     title: str | None
+    author: str | None
+    authored_at: datetime | None
+    modified_at: datetime | None
+    language: str | None
     encoding: str | None
     page_count: int | None
     char_count: int | None
@@ -56,6 +60,10 @@ class Extraction(msgspec.Struct, frozen=True, kw_only=True):
     page_count: int | None
     text: str
     chunks: Sequence[Chunk]
+    author: str | None = None
+    authored_at: datetime | None = None
+    modified_at: datetime | None = None
+    language: str | None = None
 
 
 _METADATA = [column for column in documents.c if column.name != "content"]
@@ -206,6 +214,10 @@ _CLAIM = (
             for name in (
                 "detected_type",
                 "title",
+                "author",
+                "authored_at",
+                "modified_at",
+                "language",
                 "encoding",
                 "page_count",
                 "char_count",
@@ -235,6 +247,10 @@ def store_extraction(connection: Connection, document_id: str, extraction: Extra
             "p_id": document_id,
             "detected_type": extraction.detected_type,
             "title": extraction.title,
+            "author": extraction.author,
+            "authored_at": extraction.authored_at,
+            "modified_at": extraction.modified_at,
+            "language": extraction.language,
             "encoding": extraction.encoding,
             "page_count": extraction.page_count,
             "char_count": len(extraction.text),

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -67,6 +68,11 @@ documents = Table(
     Column("sha256", String(64), nullable=False, index=True),
     Column("content", LargeBinary, nullable=False),
     Column("title", Text),
+    # The document's own metadata, as its format gave it: not when docproc received it.
+    Column("author", Text),
+    Column("authored_at", Timestamp()),
+    Column("modified_at", Timestamp()),
+    Column("language", String(16)),  # ISO 639-1
     Column("encoding", String(64)),
     Column("page_count", Integer),
     Column("char_count", Integer),
@@ -83,7 +89,17 @@ documents = Table(
     Column("reconciled_at", Timestamp()),
     Index("ix_documents_unpublished", "published_at", "created_at"),
     Index("ix_documents_created_at", "created_at", "id"),
+    # The search filters: type, language, and `since` on the document's own date (DATED_AT).
+    Index("ix_documents_detected_type", "detected_type"),
+    Index("ix_documents_language", "language"),
 )
+
+DATED_AT = func.coalesce(
+    documents.c.modified_at, documents.c.authored_at, documents.c.created_at, type_=Timestamp()
+)
+"""A document's date for `since`: its own last modification, else its own creation, else when
+docproc accepted it."""
+Index("ix_documents_dated_at", DATED_AT)
 
 idempotency_keys = Table(
     "idempotency_keys",

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.errors import SearchError
 from service.search_syntax import Query, Term
 from service.store.database import as_struct
+from service.store.schema import Timestamp
 
 
 class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,6 +37,35 @@ class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
         list[str],
         msgspec.Meta(description="other documents with the same content, whose hit this is too"),
     ] = msgspec.field(default_factory=list)
+
+
+class Filters(msgspec.Struct, frozen=True, kw_only=True):
+    """What a search is narrowed to besides its words; None leaves a filter out."""
+
+    detected_type: str | None = None
+    language: str | None = None
+    since: datetime | None = None
+    """Documents dated at or after this: their own modification time, else their own creation
+    time, else when docproc accepted them (schema.DATED_AT, which ix_documents_dated_at holds)."""
+
+
+NO_FILTERS = Filters()
+
+# Each filter as SQL over the documents' alias `d`; the date is schema.DATED_AT, spelled as its
+# index is, so that both engines can use the index. Only what is set is added: an unfiltered
+# search runs the statement it always ran.
+_FILTERS = {
+    "detected_type": "d.detected_type = :detected_type",
+    "language": "d.language = :language",
+    "since": "coalesce(d.modified_at, d.authored_at, d.created_at) >= :since",
+}
+
+
+def _where(filters: Filters) -> tuple[str, dict[str, Any]]:
+    """The filters' SQL, each after an AND, and their parameters."""
+    given = {name: getattr(filters, name) for name in _FILTERS}
+    given = {name: value for name, value in given.items() if value is not None}
+    return "".join(f"\n      AND {_FILTERS[name]}" for name in given), given
 
 
 class Cancel:
@@ -63,7 +94,7 @@ _SQLITE = """
     FROM chunks_fts
     JOIN chunks c ON c.id = chunks_fts.rowid
     JOIN documents d ON d.id = c.document_id
-    WHERE chunks_fts MATCH :query
+    WHERE chunks_fts MATCH :query{filters}
     ORDER BY chunks_fts.rank
     LIMIT :limit
 """
@@ -77,7 +108,7 @@ _POSTGRES = """
     FROM chunks c
     JOIN documents d ON d.id = c.document_id
     CROSS JOIN (SELECT {tsquery} AS q) AS query
-    WHERE c.search_vector @@ query.q
+    WHERE c.search_vector @@ query.q{filters}
     ORDER BY score DESC, c.document_id, c.position
     LIMIT :limit
 """
@@ -139,24 +170,28 @@ def search(
     query: Query,
     limit: int = 10,
     *,
+    filters: Filters = NO_FILTERS,
     cancel: Cancel | None = None,
     deadline: float = DEADLINE,
 ) -> list[SearchHit]:
     """Chunks that match `query`, best first, each with a highlighted snippet."""
     cancel = cancel or Cancel()
-    params: dict[str, Any] = {"limit": limit, "start": SNIPPET_START, "end": SNIPPET_END}
+    where, params = _where(filters)
+    params |= {"limit": limit, "start": SNIPPET_START, "end": SNIPPET_END}
     sqlite = connection.dialect.name == "sqlite"
     try:
         if sqlite:
-            statement = text(_SQLITE)
+            statement = text(_SQLITE.format(filters=where))
             params["query"] = fts5(query)
             _install_deadline(connection, time.monotonic() + deadline, cancel)
         else:
             expression, words = tsquery(query)
-            statement = text(_POSTGRES.format(tsquery=expression))
+            statement = text(_POSTGRES.format(tsquery=expression, filters=where))
             params |= words
             connection.execute(text(f"SET LOCAL statement_timeout = {int(deadline * 1000)}"))
             cancel.backend_pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        if filters.since is not None:
+            statement = statement.bindparams(bindparam("since", type_=Timestamp()))
         try:
             rows = connection.execute(statement, params).all()
         finally:

@@ -109,6 +109,14 @@ async def test_an_upload_through_the_page_reaches_success_and_search_finds_it(
     hit = page.locator(".hits li").filter(has_text="harbour-log.txt")
     await expect(hit).to_be_visible()
     await expect(hit.locator("mark").first).to_have_text(re.compile("lighthouse|gale", re.I))
+    # Narrowed by the document's type and language, then by a type it is not.
+    await page.get_by_label("type").select_option("text")
+    await page.get_by_label("language").fill("en")
+    await page.get_by_role("button", name="Search").click()
+    await expect(page.locator(".hits li").filter(has_text="harbour-log.txt")).to_be_visible()
+    await page.get_by_label("type").select_option("pdf")
+    await page.get_by_role("button", name="Search").click()
+    await expect(page.locator("#results")).to_contain_text("Nothing matches")
 
 
 async def test_a_corrupt_pdf_dies_into_its_group_which_is_redriven_cancelled_and_discarded(

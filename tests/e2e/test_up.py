@@ -49,7 +49,15 @@ async def test_a_new_user_runs_it_submits_a_folder_searches_and_stops_it_cleanly
     assert submitted.stdout.count("SUCCESS") == len(samples)
     async with httpx.AsyncClient(base_url=running.api) as api:
         hits = (await api.get("/search", params={"q": samples["report.pdf"].present[0]})).json()
-    assert hits["items"], "the submitted PDF is found"
+        assert hits["items"], "the submitted PDF is found"
+        found = (await api.get(f"/documents/{hits['items'][0]['document_id']}")).json()
+    assert (found["detected_type"], found["language"]) == ("pdf", "en")
+    only_html = await asyncio.to_thread(
+        docproc, running, "search", "paragraph", "--type", "html", "--language", "en"
+    )
+    assert only_html.returncode == 0, only_html.stdout + only_html.stderr
+    assert "page.html" in only_html.stdout
+    assert "table.docx" not in only_html.stdout, "the DOCX says paragraph too"
 
     selftest = await asyncio.to_thread(docproc, running, "selftest", "--crash")
     assert selftest.returncode == 0, selftest.stdout + selftest.stderr

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import httpx
 from litestar.testing import AsyncTestClient
 
 from service.api.app import create_app
+from service.pipeline import Chunk
 from service.settings import Settings
+from service.store import documents
 from service.store.database import Store
+from service.store.documents import Extraction
 from tests.api.test_dead_letters_api import bury, dead_message
 from tests.http.conftest import Client
 from tests.support import RecordingPublisher
@@ -203,3 +207,40 @@ async def test_without_keys_the_console_is_open_and_login_goes_straight_in(clien
     assert "Sign out" not in overview.text
     assert login.status_code == 303
     assert login.headers["location"] == "/ui/documents"
+
+
+async def test_a_document_page_shows_its_own_metadata(client: Client, store: Store) -> None:
+    accepted = (await upload(client)).json()
+    content = "The lighthouse keeper watched the storm."
+    store.run(
+        documents.store_extraction,
+        accepted["document_id"],
+        Extraction(
+            detected_type="text",
+            title=None,
+            encoding="utf-8",
+            page_count=None,
+            text=content,
+            chunks=[Chunk(position=0, start=0, end=len(content), text=content)],
+            author="Ann Lee",
+            authored_at=datetime(2019, 5, 1, 8, 30, tzinfo=UTC),
+            language="en",
+        ),
+    )
+
+    page = (await client.get(f"/ui/documents/{accepted['document_id']}")).text
+
+    assert "<dt>author</dt><dd>Ann Lee</dd>" in page
+    assert "2019-05-01 08:30:00 UTC" in page
+    assert "<dt>language</dt><dd>en</dd>" in page
+
+
+async def test_the_search_page_keeps_its_filters_for_the_script(client: Client) -> None:
+    page = await client.get(
+        "/ui/search",
+        params={"q": "lighthouse", "type": "pdf", "language": "de", "since": "2024-01-01"},
+    )
+
+    assert page.status_code == 200
+    assert '<option value="pdf" selected>' in page.text
+    assert 'data-type="pdf" data-language="de" data-since="2024-01-01"' in page.text

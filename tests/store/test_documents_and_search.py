@@ -2,12 +2,17 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import msgspec
 import pytest
 
+from service import indexing
 from service.errors import DatabaseError, InvalidQuery
 from service.pipeline import Chunk
 from service.search_syntax import parse
+from service.settings import Settings
 from service.store import documents, search, task_runs
 from service.store.database import AsyncStore, Store
 from service.store.documents import Extraction
@@ -158,8 +163,6 @@ def test_deleting_nothing_and_storing_nothing_is_fine(store: Store) -> None:
 
 
 def test_unpublished_documents_are_found_until_marked(store: Store) -> None:
-    from datetime import UTC, datetime, timedelta
-
     document_id = add_document(store)
     later = datetime.now(UTC) + timedelta(seconds=1)
 
@@ -202,3 +205,113 @@ def test_documents_are_listed_newest_first_a_page_at_a_time_and_by_state(store: 
     assert {item.state for item in rest.items} == {"PENDING"}
     with pytest.raises(ValueError, match="not a cursor"):
         store.run(documents.page, state=None, limit=3, cursor="not-ours")
+
+
+def test_a_documents_own_metadata_round_trips(store: Store) -> None:
+    document_id = add_document(store)
+    authored = datetime(2019, 5, 1, 8, 30, tzinfo=UTC)
+    modified = datetime(2024, 2, 29, 23, 59, 59, 500_000, tzinfo=UTC)
+
+    store.run(
+        documents.store_extraction,
+        document_id,
+        msgspec.structs.replace(
+            extraction("Ein Leuchtturm."),
+            author="Anna Müller",
+            authored_at=authored,
+            modified_at=modified,
+            language="de",
+        ),
+    )
+    document = store.run(documents.get, document_id)
+
+    assert document is not None
+    assert (document.author, document.language) == ("Anna Müller", "de")
+    assert (document.authored_at, document.modified_at) == (authored, modified)
+    unknown = store.run(documents.get, add_document(store, b"other"))
+    assert unknown is not None
+    assert (unknown.author, unknown.authored_at, unknown.modified_at, unknown.language) == (
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def _filtered(store: Store, query: str, **filters: Any) -> set[str]:
+    hits = store.run(search.search, parse(query), filters=search.Filters(**filters))
+    return {hit.document_id for hit in hits}
+
+
+def test_search_filters_by_type_language_and_date_alone_and_together(store: Store) -> None:
+    def add(kind: str, language: str | None, **dates: datetime) -> str:
+        document_id = add_document(store, uuid.uuid4().bytes)
+        store.run(
+            documents.store_extraction,
+            document_id,
+            msgspec.structs.replace(
+                extraction("the lighthouse keeper"),
+                detected_type=kind,
+                language=language,
+                **dates,
+            ),
+        )
+        return document_id
+
+    old_pdf = add("pdf", "en", modified_at=datetime(2001, 1, 1, tzinfo=UTC))
+    # Created recently but modified long ago: the modification decides.
+    revised = add(
+        "html",
+        "de",
+        authored_at=datetime(2030, 1, 1, tzinfo=UTC),
+        modified_at=datetime(2005, 1, 1, tzinfo=UTC),
+    )
+    authored = add("pdf", "de", authored_at=datetime(2020, 6, 1, tzinfo=UTC))
+    undated = add("text", None)  # dated by its acceptance: now
+
+    assert _filtered(store, "lighthouse") == {old_pdf, revised, authored, undated}
+    assert _filtered(store, "lighthouse", detected_type="pdf") == {old_pdf, authored}
+    assert _filtered(store, "lighthouse", language="de") == {revised, authored}
+    assert _filtered(store, "lighthouse", since=datetime(2010, 1, 1, tzinfo=UTC)) == {
+        authored,
+        undated,
+    }
+    assert _filtered(store, "lighthouse", since=datetime(2020, 6, 1, tzinfo=UTC)) == {
+        authored,
+        undated,
+    }
+    assert _filtered(
+        store,
+        "lighthouse",
+        detected_type="pdf",
+        language="de",
+        since=datetime(2001, 1, 2, tzinfo=UTC),
+    ) == {authored}
+    assert _filtered(store, "lighthouse", detected_type="docx") == set()
+    assert _filtered(store, "lighthouse", language="fr") == set()
+    assert _filtered(store, "lighthouse", since=datetime.now(UTC) + timedelta(days=1)) == set()
+    assert _filtered(store, "nothing-here", detected_type="pdf") == set()
+
+
+def test_indexing_stores_what_the_pipeline_read_of_the_document(store: Store) -> None:
+    page = (
+        "<html><head><title>Der Leuchtturm</title><meta name='author' content='Anna Müller'>"
+        "<meta name='dcterms.created' content='2019-05-01T10:30:00+02:00'>"
+        "<meta name='dcterms.modified' content='2024-02-29'></head><body><p>"
+        + "Der Leuchtturmwärter stieg jeden Abend die schmale Treppe hinauf, um die Lampe "
+        "anzuzünden. Die Schiffe an der felsigen Küste verließen sich auf sein Licht."
+        + "</p></body></html>"
+    ).encode()
+    document_id = add_document(store, page, "leuchtturm.html")
+
+    indexing.index_document(store, document_id, Settings())
+    document = store.run(documents.get, document_id)
+
+    assert document is not None
+    assert (document.detected_type, document.title) == ("html", "Der Leuchtturm")
+    assert (document.author, document.language) == ("Anna Müller", "de")
+    assert document.authored_at == datetime(2019, 5, 1, 8, 30, tzinfo=UTC)
+    assert document.modified_at == datetime(2024, 2, 29, tzinfo=UTC)
+    assert _filtered(store, "Leuchtturmwärter", language="de", detected_type="html") == {
+        document_id
+    }

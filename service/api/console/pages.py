@@ -16,7 +16,7 @@ from litestar.params import Body, QueryParameter
 from litestar.response import Redirect, Template
 
 from service.api.console import session
-from service.api.params import PathId, QueryText
+from service.api.params import MAX_LENGTH, PRINTABLE, PathId, QueryText
 from service.api.problems import on_docproc_error, on_http_exception, on_unexpected
 from service.api.routes.dead_letters import (
     BODY_PREVIEW,
@@ -25,7 +25,7 @@ from service.api.routes.dead_letters import (
     redrive_of,
     summary_of,
 )
-from service.api.routes.documents import document_with_state
+from service.api.routes.documents import DOCUMENT_TYPES, document_with_state
 from service.api.routes.tasks import current_stats, status_of
 from service.api.security import valid_key
 from service.api.services import ManagementDep, StoreDep
@@ -189,9 +189,19 @@ async def document_page(
 
 
 @get("/search", name="console:search")
-async def search_page(request: Request[Any, Any, Any], q: QueryText = None) -> Template:
-    """The form; the page's script asks the API's /search and shows the hits."""
-    return render(request, "search.html", q=q or "")
+async def search_page(
+    request: Request[Any, Any, Any],
+    q: QueryText = None,
+    document_type: Annotated[
+        str | None, QueryParameter(name="type", max_length=MAX_LENGTH, pattern=PRINTABLE)
+    ] = None,
+    language: QueryText = None,
+    since: QueryText = None,
+) -> Template:
+    """The form; the page's script asks the API's /search (which checks the filters) and shows
+    the hits."""
+    filters = {"type": document_type or "", "language": language or "", "since": since or ""}
+    return render(request, "search.html", q=q or "", filters=filters, types=DOCUMENT_TYPES)
 
 
 @get("/dead-letters", name="console:dead-letters", dependencies=FILTERS)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from dataclasses import dataclass
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, get_args
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import Example
 from litestar.params import MultipartBody, QueryParameter
 from loguru import logger
@@ -16,12 +19,13 @@ from sqlalchemy import Connection
 
 from service.api.correlation import correlation_id_of
 from service.api.models import Accepted, DocumentOut, DocumentText, SearchResults
-from service.api.params import PathId
+from service.api.params import MAX_LENGTH, PathId
 from service.api.responses import errors
 from service.api.services import IntakeDep, StoreDep
 from service.errors import BadRequest, DocprocError, NotFound, TooLarge
 from service.indexing import pipeline_limits
 from service.intake import Upload, inspect_upload
+from service.pipeline import DocumentType
 from service.search_syntax import parse
 from service.settings import Settings
 from service.store import documents, search, task_runs
@@ -34,6 +38,11 @@ MULTIPART_OVERHEAD = 64 * 1024
 class UploadForm:
     # A list, so that two files are a clear 400 here rather than a type error in Litestar.
     file: list[UploadFile]
+
+
+# Litestar resolves the form's type hints on every upload: as the text this module's annotations
+# are, that is a compile() and an eval() per request; as the type itself, a dictionary lookup.
+UploadForm.__annotations__["file"] = list[UploadFile]
 
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
@@ -149,6 +158,10 @@ def document_with_state(connection: Connection, document_id: str) -> DocumentOut
         size=document.size,
         sha256=document.sha256,
         title=document.title,
+        author=document.author,
+        authored_at=document.authored_at,
+        modified_at=document.modified_at,
+        language=document.language,
         encoding=document.encoding,
         page_count=document.page_count,
         char_count=document.char_count,
@@ -201,19 +214,91 @@ async def _disconnected(request: Request[Any, Any, Any]) -> None:
         pass
 
 
+DOCUMENT_TYPES: tuple[str, ...] = get_args(DocumentType)
+_ISO_639_1 = re.compile(r"[a-z]{2}")
+
+
+async def search_filters(
+    *,
+    document_type: Annotated[
+        str | None,
+        QueryParameter(
+            name="type",
+            max_length=MAX_LENGTH,
+            description="only documents of this detected type: " + ", ".join(DOCUMENT_TYPES),
+            examples=[Example(value="pdf")],
+        ),
+    ] = None,
+    language: Annotated[
+        str | None,
+        QueryParameter(
+            max_length=MAX_LENGTH,
+            description="only documents whose text is in this language (ISO 639-1)",
+            examples=[Example(value="en")],
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        QueryParameter(
+            max_length=MAX_LENGTH,
+            description="only documents dated at or after this ISO 8601 date or date and time "
+            "(UTC when it names no zone): their own modification time, else their own creation "
+            "time, else when docproc accepted them",
+            examples=[Example(value="2024-05-01"), Example(value="2024-05-01T12:00:00Z")],
+        ),
+    ] = None,
+) -> search.Filters:
+    """The search filters from the query string, each bad value a 400 that says what is allowed."""
+    if document_type is not None and document_type not in DOCUMENT_TYPES:
+        raise BadRequest(
+            f"type={document_type[:40]!r} is not a document type; one of "
+            f"{', '.join(DOCUMENT_TYPES)}"
+        )
+    if language is not None:
+        language = language.lower()
+        if not _ISO_639_1.fullmatch(language):
+            raise BadRequest(
+                f"language={language[:40]!r} is not an ISO 639-1 code (two letters: en, de, ja)"
+            )
+    return search.Filters(
+        detected_type=document_type, language=language, since=_moment("since", since)
+    )
+
+
+def _moment(name: str, value: str | None) -> datetime | None:
+    """An ISO 8601 date (midnight UTC) or date and time (UTC when it names no zone)."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except ValueError:
+        raise BadRequest(
+            f"{name}={value[:40]!r} is not an ISO 8601 date or date and time; write it as "
+            "2024-05-01, 2024-05-01T12:00:00Z or 2024-05-01T14:00:00+02:00"
+        ) from None
+    except OverflowError:
+        raise BadRequest(f"{name}={value[:40]!r} is out of range once in UTC") from None
+
+
 @get(
     "/search",
     responses=errors(400, 503),
     tags=["search"],
     summary="Full-text search",
+    dependencies={"filters": Provide(search_filters)},
     description="Chunks that match `q`, best first (bm25 on SQLite, ts_rank on PostgreSQL), "
     "each with a snippet where matches are [bracketed]. Syntax: words (all of them), "
     '`"a phrase"`, `storm OR gale`, `-excluded`, `prefix*`; at most 16 terms. A search is '
-    "stopped after 5 s, or as soon as its client goes away.",
+    "stopped after 5 s, or as soon as its client goes away. Filters, combined with AND: "
+    "`type` (the detected type), `language` (ISO 639-1, as `GET /documents/{id}` shows it) and "
+    "`since`, which keeps documents dated at or after it: a document's date is its own "
+    "`modified_at`, else its own `authored_at`, else when docproc accepted it (`created_at`).",
 )
 async def search_documents(
     request: Request[Any, Any, Any],
     store: StoreDep,
+    filters: NamedDependency[search.Filters],
     q: Annotated[
         str,
         QueryParameter(min_length=1, max_length=500, examples=[Example(value="lighthouse keeper")]),
@@ -223,7 +308,9 @@ async def search_documents(
     query = parse(q)
     cancel = search.Cancel()
     async with _searches:
-        searching = asyncio.ensure_future(store.run(search.search, query, limit * 3, cancel=cancel))
+        searching = asyncio.ensure_future(
+            store.run(search.search, query, limit * 3, filters=filters, cancel=cancel)
+        )
         leaving = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait({searching, leaving}, return_when=asyncio.FIRST_COMPLETED)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import docx
 import pytest
@@ -173,3 +174,27 @@ def test_text_that_is_only_whitespace_or_controls_is_empty(data: bytes) -> None:
 def test_whitespace_only_text_is_an_empty_document() -> None:
     with pytest.raises(EmptyDocument, match="no text"):
         extract(b"   \n\n  \t\n", "blank.txt")
+
+
+def test_html_meta_gives_author_and_dates() -> None:
+    page = b"""<html><head><title>Notes</title>
+    <META NAME="Author" content=" Ann  Lee ">
+    <meta property="article:published_time" content="2024-03-01T10:00:00+01:00">
+    <meta name="dcterms.modified" content="2024-04-02">
+    </head><body><p>Body text.</p></body></html>"""
+
+    extracted = extract(page, "notes.html")
+
+    assert extracted.author == "Ann Lee"
+    assert extracted.created == datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+    assert extracted.modified == datetime(2024, 4, 2, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("value", ["yesterday", "2024-13-01", "0001-01-01T00:00:00+01:00", ""])
+def test_an_html_date_that_is_not_iso_8601_is_left_out(value: str) -> None:
+    page = f'<html><head><meta name="date" content="{value}"></head><body>Text.</body></html>'
+
+    extracted = extract(page.encode(), "page.html")
+
+    assert extracted.created is None
+    assert extracted.author is None

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from service.errors import EmptyDocument
 from service.pipeline import normalise
+from service.pipeline.normalisation import MAX_LINE, single_line
 
 
 @pytest.mark.parametrize(
@@ -72,3 +73,14 @@ def test_normalising_twice_changes_nothing(raw: str) -> None:
     assert "\n\n\n" not in once
     assert "  " not in once
     assert all(line == line.strip() for line in once.split("\n"))
+
+
+def test_a_title_or_author_is_one_line_of_bounded_length() -> None:
+    assert single_line("  Annual\n report\u200b 2026 ") == "Annual report 2026"
+    assert single_line(" \n\t") is None
+    words = single_line("lighthouse " * 1_000_000)  # a megabyte of "title"
+    assert words is not None
+    assert len(words) <= MAX_LINE
+    assert words.endswith("lighthouse…")
+    unbroken = single_line("x" * 5000)
+    assert unbroken == "x" * (MAX_LINE - 1) + "…"

@@ -222,7 +222,11 @@ async function search() {
   if (!results || !results.dataset.search) return;
   results.textContent = "Searching…";
   try {
-    const found = await api("GET", "/search?limit=20&q=" + encodeURIComponent(results.dataset.search));
+    const params = new URLSearchParams({ limit: "20", q: results.dataset.search });
+    for (const name of ["type", "language", "since"]) {
+      if (results.dataset[name]) params.set(name, results.dataset[name]);
+    }
+    const found = await api("GET", "/search?" + params);
     results.textContent = "";
     if (!found.items.length) {
       const empty = document.createElement("p");
