@@ -7,7 +7,7 @@ import glob
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -113,6 +113,7 @@ def _engine(ocr: Ocr) -> PyTessBaseAPI:
         engine = _engines.loaded.get(key)
         if engine is None:
             try:
+                # Imported here: libtesseract is loaded only by the processes that run OCR.
                 import tesserocr
 
                 engine = tesserocr.PyTessBaseAPI(path=directory, lang=ocr.languages)
@@ -131,8 +132,10 @@ def recognise(image: Image, ocr: Ocr) -> str:
     grey = fit(image.convert("L") if image.mode != "L" else image, OCR_MAX_PIXELS)
     width, height = grey.size
     with _engines.lock:
-        # Raw bytes rather than SetImage, which encodes the image as a BMP first.
-        engine.SetImageBytes(grey.tobytes(), width, height, 1, width)  # type: ignore[arg-type]  # the stub says str; it takes the bytes
+        # Raw bytes rather than SetImage, which encodes the image as a BMP first. (The stub
+        # says str; the bytes are what it takes.)
+        pixels: Any = grey.tobytes()
+        engine.SetImageBytes(pixels, width, height, 1, width)
         text: str = engine.GetUTF8Text()
         engine.Clear()
     return text
