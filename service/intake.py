@@ -66,7 +66,7 @@ hand-over); larger ones in a thread."""
 
 def inspect(content: bytes, filename: str, limits: pipeline.Limits) -> str:
     """Refuse what the pipeline could never read (415) or would refuse as too large (413: a ZIP
-    bomb, a DOCX beyond the limit on its inflated size), and hash the rest."""
+    bomb, an office package beyond the limit on its inflated size), and hash the rest."""
     if not content:
         raise EmptyDocument("the uploaded file is empty")
     pipeline.detect_type(content, filename, limits)

@@ -17,9 +17,13 @@ from service.pipeline.models import DocumentType
 from service.pipeline.steps import step
 
 _READABLE = (
-    "docproc reads PDF, DOCX, HTML, Markdown, plain text and images (PNG, JPEG, TIFF, WebP, BMP)"
+    "docproc reads PDF, Word (DOCX), Excel (XLSX), PowerPoint (PPTX), OpenDocument (ODT, ODS, "
+    "ODP), RTF, e-mail (EML), HTML, Markdown, plain text and images (PNG, JPEG, TIFF, WebP, BMP)"
 )
 
+_OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_ENCRYPTED_PACKAGE = "EncryptedPackage".encode("utf-16-le")
+"""The stream of an encrypted OOXML file, named in its container's directory."""
 _IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")
 _BMP_INFO_HEADER_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
 """The sizes of the header after a BMP's file header, one per version of the format: "BM" alone
@@ -33,9 +37,9 @@ _SIGNATURES = (
     (b"Rar!\x1a\x07", "a RAR archive"),
     (b"\xfd7zXZ\x00", "an xz archive"),
     (b"\x7fELF", "an executable"),
-    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "a legacy Office file (.doc, .xls or .ppt)"),
-    (b"{\\rtf", "an RTF document"),
+    (_OLE, "a legacy Office file (.doc, .xls or .ppt; save it as .docx, .xlsx or .pptx)"),
 )
+_RTF = b"{\\rtf"
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 _CENTRAL_DIRECTORY_ENTRY = b"PK\x01\x02"
 _MAX_MEMBERS = 10_000
@@ -48,17 +52,59 @@ _CONTENT_TYPES_PREFIX = 64 * 1024
 first few hundred; the rest of the prefix allows for long lists of overrides."""
 _DEFLATE_MAX_RATIO = 1032
 """The most deflate can compress (a run of one byte); a member declaring more lies or is a bomb."""
-_WORD_DOCUMENT = b"wordprocessingml.document.main+xml"
+_MAIN_PARTS: tuple[tuple[bytes, DocumentType], ...] = (
+    (b"wordprocessingml.document.main+xml", "docx"),
+    (b"spreadsheetml.sheet.main+xml", "xlsx"),
+    (b"presentationml.presentation.main+xml", "pptx"),
+)
+"""The main part's content type in `[Content_Types].xml`, for each OOXML type read."""
 _OTHER_PACKAGES = (
     ("word/", "a Word file that is not a .docx document (a template or macro-enabled file)"),
-    ("xl/", "an Excel workbook"),
-    ("ppt/", "a PowerPoint presentation"),
+    ("xl/", "an Excel file that is not a .xlsx workbook (a template or macro-enabled file)"),
+    (
+        "ppt/",
+        "a PowerPoint file that is not a .pptx presentation (a show, template or macro file)",
+    ),
 )
+_ODF_MIMETYPE = "mimetype"
+_ODF_TYPES: dict[bytes, DocumentType] = {
+    b"application/vnd.oasis.opendocument.text": "odt",
+    b"application/vnd.oasis.opendocument.spreadsheet": "ods",
+    b"application/vnd.oasis.opendocument.presentation": "odp",
+}
+"""An OpenDocument package's type, from its `mimetype` member (written first, stored)."""
+_PACKAGE_NAMES: dict[DocumentType, str] = {
+    "docx": "DOCX",
+    "xlsx": "XLSX",
+    "pptx": "PPTX",
+    "odt": "ODT",
+    "ods": "ODS",
+    "odp": "ODP",
+}
+_PACKAGE_SUFFIXES: dict[str, DocumentType] = {
+    f".{name.lower()}": kind for kind, name in _PACKAGE_NAMES.items()
+}
+_PACKAGE_HINTS: tuple[tuple[bytes, DocumentType], ...] = (
+    (b"word/", "docx"),
+    (b"xl/", "xlsx"),
+    (b"ppt/", "pptx"),
+    *((b"mimetype" + mimetype, kind) for mimetype, kind in _ODF_TYPES.items()),
+)
+"""What the first bytes of a damaged package show of its type."""
 
 _CLAIMED_BY_NAME = {".pdf": "PDF", ".docx": "Word document"}
 _MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".mdown", ".mkd"})
 _HTML_SUFFIXES = frozenset({".html", ".htm", ".xhtml"})
 _SAMPLE_CHARS = 65536
+_MAIL_HEADER_BYTES = 65536
+"""Bytes in which a message's header block must end: a long Received chain takes a few KB."""
+_MAIL_FIELD = re.compile(r"([!-9;-~]{1,76}):")
+_MAIL_START = re.compile(rb"(?:From [^\r\n]*\r?\n)?[!-9;-~]{1,76}:")
+_MAIL_FIELDS = frozenset({
+    "from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version", "received",
+    "return-path", "reply-to", "sender", "delivered-to", "in-reply-to", "references",
+    "content-type", "content-transfer-encoding", "dkim-signature", "x-mailer", "user-agent",
+})  # fmt: skip
 
 _HTML_DOCUMENT = re.compile(r"<!doctype\s+html|<html[\s>]|<head[\s>]|<body[\s>]", re.IGNORECASE)
 _HTML_TAG = re.compile(
@@ -108,10 +154,19 @@ def identify(data: bytes, filename: str | None = None, limits: Limits = NO_LIMIT
         return Identified(detected_type=_zip_type(data, filename, limits))
     if _is_image(data):
         return Identified(detected_type="image")
+    if data.startswith(_OLE) and _ENCRYPTED_PACKAGE in data:
+        raise UnsupportedType(
+            "a password-protected Office file (Office encrypts a .docx, .xlsx or .pptx into a "
+            "legacy container); upload it without the password"
+        )
     for signature, kind in _SIGNATURES:
         if data.startswith(signature):
             raise UnsupportedType(f"{kind} is not a document; {_READABLE}")
+    if data[:1024].lstrip().startswith(_RTF):
+        return Identified(detected_type="rtf")
     suffix = _suffix(filename)
+    if _is_mail(data, suffix):
+        return Identified(detected_type="eml")
     try:
         with step("decode"):
             decoded = decode(data)
@@ -136,7 +191,8 @@ def _is_image(data: bytes) -> bool:
 
 
 def _zip_type(data: bytes, filename: str | None, limits: Limits) -> DocumentType:
-    """DOCX for a Word package, or a broken archive that claims to be one; otherwise unsupported."""
+    """An office package's type (OOXML by its main part, OpenDocument by its `mimetype`), or a
+    broken archive's that claims to be one; otherwise unsupported."""
     # A count of central directory signatures: at least the entries zipfile would parse.
     members = data.count(_CENTRAL_DIRECTORY_ENTRY)
     if members > _MAX_MEMBERS:
@@ -148,25 +204,53 @@ def _zip_type(data: bytes, filename: str | None, limits: Limits) -> DocumentType
             listed = archive.infolist()
             _check_declared_sizes(listed)
             names = [member.filename for member in listed]
-            content_types = b""
+            content_types = mimetype = b""
             if _CONTENT_TYPES in names:
                 with archive.open(_CONTENT_TYPES) as part:
                     content_types = part.read(_CONTENT_TYPES_PREFIX)
+            if _ODF_MIMETYPE in names:
+                with archive.open(_ODF_MIMETYPE) as part:
+                    mimetype = part.read(256).strip()
     except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError, zlib.error) as exc:
-        if _suffix(filename) == ".docx" or b"word/" in data[:65536]:
-            return "docx"  # reading it will say what is broken
+        claimed = _damaged_package_type(data, filename)
+        if claimed is not None:
+            return claimed  # reading it will say what is broken
         raise UnsupportedType(f"a damaged or unknown ZIP archive; {_READABLE}") from exc
-    if _WORD_DOCUMENT in content_types or (not content_types and "word/document.xml" in names):
-        limits.check(
-            "max_inflated_bytes",
-            sum(member.file_size for member in listed),
-            "the DOCX's parts inflate to {count:,} bytes",
-        )
+    detected = _package_type(content_types, mimetype, names)
+    if detected is None:
+        for prefix, kind in _OTHER_PACKAGES:
+            if any(name.startswith(prefix) for name in names):
+                raise UnsupportedType(f"{kind} is not supported; {_READABLE}")
+        if mimetype.startswith(b"application/vnd.oasis.opendocument."):
+            shown = mimetype[:100].decode("ascii", "replace")
+            raise UnsupportedType(
+                f"an OpenDocument file of type {shown} is not supported; {_READABLE}"
+            )
+        raise UnsupportedType(f"a ZIP archive is not a document; {_READABLE}")
+    limits.check(
+        "max_inflated_bytes",
+        sum(member.file_size for member in listed),
+        f"the {_PACKAGE_NAMES[detected]}'s parts inflate to {{count:,}} bytes",
+    )
+    return detected
+
+
+def _package_type(content_types: bytes, mimetype: bytes, names: list[str]) -> DocumentType | None:
+    for main_part, kind in _MAIN_PARTS:
+        if main_part in content_types:
+            return kind
+    if not content_types and "word/document.xml" in names:
         return "docx"
-    for prefix, kind in _OTHER_PACKAGES:
-        if any(name.startswith(prefix) for name in names):
-            raise UnsupportedType(f"{kind} is not supported; {_READABLE}")
-    raise UnsupportedType(f"a ZIP archive is not a document; {_READABLE}")
+    return _ODF_TYPES.get(mimetype)
+
+
+def _damaged_package_type(data: bytes, filename: str | None) -> DocumentType | None:
+    """The type a ZIP that cannot be opened claims, by its name or its first bytes."""
+    claimed = _PACKAGE_SUFFIXES.get(_suffix(filename))
+    if claimed is not None:
+        return claimed
+    head = data[:65536]
+    return next((kind for hint, kind in _PACKAGE_HINTS if hint in head), None)
 
 
 def _check_declared_sizes(members: list[zipfile.ZipInfo]) -> None:
@@ -183,6 +267,38 @@ def _check_declared_sizes(members: list[zipfile.ZipInfo]) -> None:
                 f"from {member.compress_size:,} compressed, more than compression can reach "
                 "(a ZIP bomb)"
             )
+
+
+def _is_mail(data: bytes, suffix: str) -> bool:
+    """Whether the document opens with a block of RFC 5322 header fields that a message has.
+
+    Every line up to the first blank one must be a field or a field's continuation, and among
+    the fields must be From and two more that mail carries (To, Subject, Date...): a note that
+    begins "Title: ..." or Markdown with front matter is not mail. Named .eml, one mail field
+    is enough.
+    """
+    if _MAIL_START.match(data) is None:
+        return False  # most text: its first line is no header field
+    head = data[:_MAIL_HEADER_BYTES].decode("latin-1")
+    lines = head.splitlines()
+    if lines and lines[0].startswith("From "):
+        lines = lines[1:]  # an mbox separator, which some clients keep when saving one message
+    names: set[str] = set()
+    ended = len(data) <= _MAIL_HEADER_BYTES
+    for line in lines:
+        if not line:
+            ended = True
+            break
+        if line[0] in " \t" and names:
+            continue
+        field = _MAIL_FIELD.match(line)
+        if field is None:
+            return False
+        names.add(field.group(1).lower())
+    mail = names & _MAIL_FIELDS
+    if not ended or not mail:
+        return False
+    return suffix == ".eml" or ("from" in mail and len(mail) >= 3)
 
 
 def _text_type(text: str, suffix: str) -> DocumentType:

@@ -11,11 +11,16 @@ from service.pipeline.html import read_html
 from service.pipeline.images import read_image
 from service.pipeline.language import detect_language
 from service.pipeline.limits import NO_LIMITS, CpuBudget, Limits
+from service.pipeline.mail import read_eml
 from service.pipeline.markdown import read_markdown
 from service.pipeline.models import DocumentType, Extracted, RawDocument
 from service.pipeline.normalisation import normalise, single_line
 from service.pipeline.ocr import OCR_AUTO, Ocr
+from service.pipeline.office.opendocument import read_odp, read_ods, read_odt
+from service.pipeline.office.presentation import read_pptx
+from service.pipeline.office.spreadsheet import read_xlsx
 from service.pipeline.pdf import read_pdf
+from service.pipeline.rtf import read_rtf
 from service.pipeline.steps import step
 
 
@@ -31,6 +36,13 @@ _TEXT_READERS: dict[DocumentType, Callable[[str], RawDocument]] = {
 
 _BINARY_READERS: dict[DocumentType, Callable[[bytes, CpuBudget], RawDocument]] = {
     "docx": read_docx,
+    "xlsx": read_xlsx,
+    "pptx": read_pptx,
+    "odt": read_odt,
+    "ods": read_ods,
+    "odp": read_odp,
+    "rtf": read_rtf,
+    "eml": read_eml,
 }
 
 _OCR_READERS: dict[DocumentType, Callable[[bytes, CpuBudget, Ocr], RawDocument]] = {

@@ -32,7 +32,10 @@ def detect_language(text: str) -> str | None:
     except (pycld2.error, UnicodeEncodeError):
         # Rare (a noncharacter or a lone surrogate), so the slow filter is only paid here.
         kept = "".join(c for c in sample if c in "\n\t" or unicodedata.category(c) not in _REFUSED)
-        reliable, _, details = pycld2.detect(kept, isPlainText=True)
+        try:
+            reliable, _, details = pycld2.detect(kept, isPlainText=True)
+        except (pycld2.error, UnicodeEncodeError):
+            return None  # the language is a nicety: a text CLD2 cannot take is still indexed
     code = str(details[0][1])
     code = _ISO_639_1.get(code, code)
     return code if reliable and len(code) == 2 and code != "un" else None

@@ -18,7 +18,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """Bounds on a document's inflated size, text, pages, pixels, chunks and CPU time."""
 
     max_inflated_bytes: int | None = None
-    """Declared uncompressed size of a DOCX's parts, all together."""
+    """Declared uncompressed size of an office package's parts (DOCX, XLSX, PPTX, ODF), all
+    together."""
     max_chars: int | None = None
     max_pages: int | None = None
     """Pages of a PDF, frames of a multi-page image."""

@@ -14,7 +14,7 @@ import aio_pika
 import httpx
 import pytest
 
-from tests import corpus
+from tests import corpus, office_files
 from tests.e2e.conftest import Running, alive, descendants, docproc
 from tests.support import (
     ROOT,
@@ -42,15 +42,30 @@ async def test_a_new_user_runs_it_submits_a_folder_searches_and_stops_it_cleanly
     }
     for filename, sample in samples.items():
         (folder / filename).write_bytes(sample.data)
+    # One of each office and mail format, and a word only it holds.
+    office = {
+        "stock.xlsx": (office_files.xlsx("gooseberry"), "gooseberry"),
+        "deck.pptx": (office_files.pptx_file("semaphore"), "semaphore"),
+        "shore.odt": (office_files.odt("foxglove"), "foxglove"),
+        "orchard.ods": (office_files.ods("damson"), "damson"),
+        "talk.odp": (office_files.odp("kittiwake"), "kittiwake"),
+        "notes.rtf": (office_files.rtf("astrolabe"), "astrolabe"),
+        "report.eml": (office_files.eml("guillemot"), "guillemot"),
+    }
+    for filename, (data, _) in office.items():
+        (folder / filename).write_bytes(data)
 
     submitted = await asyncio.to_thread(docproc, running, "submit", str(folder), "--wait")
 
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    assert submitted.stdout.count("SUCCESS") == len(samples)
+    assert submitted.stdout.count("SUCCESS") == len(samples) + len(office)
     async with httpx.AsyncClient(base_url=running.api) as api:
         hits = (await api.get("/search", params={"q": samples["report.pdf"].present[0]})).json()
         assert hits["items"], "the submitted PDF is found"
         found = (await api.get(f"/documents/{hits['items'][0]['document_id']}")).json()
+        for filename, (_, word) in office.items():
+            office_hits = (await api.get("/search", params={"q": word})).json()["items"]
+            assert [hit["filename"] for hit in office_hits] == [filename], (word, office_hits)
     assert (found["detected_type"], found["language"]) == ("pdf", "en")
     only_html = await asyncio.to_thread(
         docproc, running, "search", "paragraph", "--type", "html", "--language", "en"
