@@ -50,6 +50,7 @@ QUICK: dict[str, object] = {
     "status_reads": 600,
     "html_mb": 1.0,
     "pdf_mb": 0.2,
+    "ocr_pages": 2,
     "memory_dead_letters": 10_000,
     "search_chunks": (2_000, 20_000),
     "search_queries": 100,
@@ -141,6 +142,12 @@ async def run_measures(names: list[str], options: Options, report: Report) -> No
 @click.option("--status-reads", default=DEFAULTS.status_reads, show_default=True)
 @click.option("--html-mb", default=DEFAULTS.html_mb, show_default=True)
 @click.option("--pdf-mb", default=DEFAULTS.pdf_mb, show_default=True)
+@click.option(
+    "--ocr-pages",
+    default=DEFAULTS.ocr_pages,
+    show_default=True,
+    help="pages of scans the extraction measure reads by OCR, a round",
+)
 @click.option(
     "--memory-dead-letters",
     default=DEFAULTS.memory_dead_letters,

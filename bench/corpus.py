@@ -1,13 +1,18 @@
-"""Generated documents for the bench: prose, HTML pages and PDFs of a chosen size, reproducible.
+"""Generated documents for the bench: prose, HTML pages, PDFs of a chosen size and scans (text
+drawn into images, PDFs of such images), reproducible.
 
 Generated rather than shipped, so sizes are options; seeded, so two runs read the same bytes.
 """
 
 from __future__ import annotations
 
+import io
 import random
+import textwrap
+from collections.abc import Sequence
 
 from fpdf import FPDF
+from PIL import Image, ImageDraw, ImageFont
 
 _WORDS = (
     "amber", "lighthouse", "keeper", "harbour", "meadow", "crimson", "river", "ledger",
@@ -91,3 +96,40 @@ def pdf_document(pages: int, seed: int = 0) -> bytes:
             pdf.multi_cell(0, 5, paragraph(rng))
             pdf.ln(3)
     return bytes(pdf.output())
+
+
+def text_image(lines: Sequence[str], *, size: int = 40, width: int = 1700) -> Image.Image:
+    """`lines` drawn black on white in a `size`-pixel font, as a scanner at 200 dpi sees a
+    printed page of them (a line of ~60 characters fits `width`)."""
+    font = ImageFont.load_default(size=size)
+    step = round(size * 1.6)
+    image = Image.new("L", (width, max(1, len(lines)) * step + 2 * size), "white")
+    draw = ImageDraw.Draw(image)
+    for number, line in enumerate(lines):
+        draw.text((size, size + number * step), line, fill="black", font=font)
+    return image
+
+
+def image_file(lines: Sequence[str], image_format: str) -> bytes:
+    """`text_image(lines)` saved as PNG, JPEG, TIFF, WEBP or BMP."""
+    out = io.BytesIO()
+    text_image(lines).save(out, image_format)
+    return out.getvalue()
+
+
+def scanned_pdf(pages: Sequence[Sequence[str]]) -> bytes:
+    """A PDF of one image a page, each the text of its lines, with no text layer (a scan)."""
+    pdf = FPDF()
+    for lines in pages:
+        pdf.add_page()
+        picture = io.BytesIO()
+        text_image(lines).save(picture, "PNG")
+        pdf.image(picture, x=10, y=10, w=190)
+    return bytes(pdf.output())
+
+
+def scan_lines(lines: int, seed: int = 0) -> list[str]:
+    """`lines` lines of prose of at most 60 characters, for a page of a scan."""
+    rng = random.Random(seed)
+    text = " ".join(sentence(rng) for _ in range(lines))
+    return textwrap.wrap(text, 60)[:lines]

@@ -1,8 +1,12 @@
-"""Extraction: MB/s of `service.pipeline.extract` against the library it wraps, called bare.
+"""Extraction: MB/s of `service.pipeline.extract` against the library it wraps, called bare;
+OCR's pages/s against Tesseract called bare.
 
-PDF: pypdf's PdfReader and `extract_text` on every page. HTML: selectolax's LexborHTMLParser and
-`text()` on the bytes. Both sides read the same generated corpus in this process; MB are of input
-bytes. The HTML extractor's time is also split into its stages, to say what limits it.
+PDF: PDFium's (pypdfium2) text of every page; pypdf's `extract_text`, docproc's fallback, is
+measured beside it for the record. HTML: selectolax's LexborHTMLParser and `text()` on the
+bytes. OCR: scans (PNG pages, and PDFs of one image a page) against tesserocr given the same
+pages (decoded, or rendered by PDFium at the same scale), its model loaded once as docproc's is.
+Both sides read the same generated corpus in this process; MB are of input bytes. The HTML
+extractor's time is also split into its stages, to say what limits it.
 """
 
 from __future__ import annotations
@@ -11,15 +15,20 @@ import io
 import time
 from collections.abc import Callable
 
+import pypdfium2 as pdfium
+import tesserocr
+from PIL import Image
 from pypdf import PdfReader
 from selectolax.lexbor import LexborHTMLParser
 
-from bench.corpus import html_document, pdf_document
+from bench.corpus import html_document, image_file, pdf_document, scan_lines, scanned_pdf
 from bench.harness import Options
 from bench.report import Comparison, Report, median
 from service.pipeline import extract, normalise
 from service.pipeline.detection import identify
 from service.pipeline.html import _BLOCK, _CELL, read_html
+from service.pipeline.ocr import OCR_AUTO, tessdata_dir
+from service.pipeline.pdf import OCR_DPI
 
 Corpus = list[tuple[str, bytes]]
 HTML_PAGE_BYTES = 200_000
@@ -40,6 +49,16 @@ def pdf_corpus(megabytes: float) -> Corpus:
 
 
 def bare_pdf(_: str, data: bytes) -> None:
+    document = pdfium.PdfDocument(data)
+    for page in document:
+        textpage = page.get_textpage()
+        textpage.get_text_range()
+        textpage.close()
+        page.close()
+    document.close()
+
+
+def bare_pypdf(_: str, data: bytes) -> None:
     reader = PdfReader(io.BytesIO(data))
     for page in reader.pages:
         page.extract_text()
@@ -77,7 +96,7 @@ def interleaved(corpus: Corpus, readers: dict[str, Reader], rounds: int) -> dict
 
 async def measure(options: Options, report: Report) -> None:
     corpora: dict[str, tuple[Corpus, Reader, str]] = {
-        "pdf": (pdf_corpus(options.pdf_mb), bare_pdf, "pypdf PdfReader + page.extract_text()"),
+        "pdf": (pdf_corpus(options.pdf_mb), bare_pdf, "PDFium (pypdfium2) text of every page"),
         "html": (html_corpus(options.html_mb), bare_html, "LexborHTMLParser(bytes).text()"),
     }
     # HTML's mark is lower: docproc does more than the bare parse (block-aware line breaks,
@@ -101,6 +120,85 @@ async def measure(options: Options, report: Report) -> None:
             )
         )
     split_html(corpora["html"][0], options.rounds, report)
+    pdf_readers(corpora["pdf"][0], options.rounds, report)
+    measure_ocr(options, report)
+
+
+def pdf_readers(corpus: Corpus, rounds: int, report: Report) -> None:
+    """PDFium against pypdf, both bare, on the same PDFs: why docproc moved to PDFium."""
+    result = interleaved(corpus, {"pypdf": bare_pypdf, "pdfium": bare_pdf}, rounds)
+    size = sum(len(data) for _, data in corpus)
+    report.compare(
+        Comparison(
+            measure="extraction",
+            figure="pdf: PDFium / pypdf, both bare",
+            unit="MB/s",
+            baseline_name="pypdf PdfReader + page.extract_text()",
+            docproc=result["pdfium"],
+            baseline=result["pypdf"],
+            details={"corpus": f"{len(corpus)} files, {size / 1e6:.1f} MB"},
+        )
+    )
+
+
+class BareTesseract:
+    """Tesseract through tesserocr with nothing around it: one model, loaded once."""
+
+    def __init__(self) -> None:
+        self.api = tesserocr.PyTessBaseAPI(path=str(tessdata_dir(OCR_AUTO)), lang="eng")
+
+    def read(self, image: Image.Image) -> str:
+        self.api.SetImage(image)
+        text: str = self.api.GetUTF8Text()
+        return text
+
+    def image(self, _: str, data: bytes) -> None:
+        self.read(Image.open(io.BytesIO(data)))
+
+    def scan(self, _: str, data: bytes) -> None:
+        document = pdfium.PdfDocument(data)
+        for page in document:
+            bitmap = page.render(scale=OCR_DPI / 72, grayscale=True)
+            self.read(bitmap.to_pil())
+            bitmap.close()
+            page.close()
+        document.close()
+
+
+def measure_ocr(options: Options, report: Report) -> None:
+    """Pages a second of docproc's OCR against bare Tesseract on the same pages: PNG pages, and
+    scanned PDFs of two pages."""
+    pages = [scan_lines(30, seed=n) for n in range(2 * max(1, options.ocr_pages // 2))]
+    bare = BareTesseract()
+    corpora: dict[str, tuple[Corpus, Reader, str]] = {
+        "image": (
+            [(f"page-{n}.png", image_file(lines, "PNG")) for n, lines in enumerate(pages)],
+            bare.image,
+            "tesserocr, model loaded once",
+        ),
+        "scanned pdf": (
+            [(f"scan-{n}.pdf", scanned_pdf(pages[n : n + 2])) for n in range(0, len(pages), 2)],
+            bare.scan,
+            "tesserocr, model loaded once, pages rendered by PDFium",
+        ),
+    }
+    for kind, (corpus, baseline, baseline_name) in corpora.items():
+        readers = {"baseline": baseline, "docproc": docproc_extract}
+        interleaved(corpus[:1], readers, 1)  # untimed: both models loaded
+        rates = interleaved(corpus, readers, options.rounds)
+        size = sum(len(data) for _, data in corpus) / 1e6
+        report.compare(
+            Comparison(
+                measure="extraction",
+                figure=f"ocr, {kind}",
+                unit="pages/s",
+                baseline_name=baseline_name,
+                docproc=[rate * len(pages) / size for rate in rates["docproc"]],
+                baseline=[rate * len(pages) / size for rate in rates["baseline"]],
+                target=0.9,
+                details={"pages": f"{len(pages)} pages of 30 lines, 200 dpi, read in turns"},
+            )
+        )
 
 
 DETECT = "detect + decode bytes"

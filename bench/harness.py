@@ -60,6 +60,7 @@ class Options:
     status_reads: int = 1200
     html_mb: float = 3.0
     pdf_mb: float = 0.4
+    ocr_pages: int = 6
     memory_dead_letters: int = 100_000
     search_chunks: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     search_queries: int = 200

@@ -80,6 +80,11 @@ class EmptyDocument(ProcessingError):
     """The document holds no text."""
 
 
+class OcrUnavailable(ProcessingError):
+    """A document needs OCR and Tesseract or its language data is missing here: the message
+    says what to install (the document can be re-published once it is)."""
+
+
 class InvalidTaskArguments(ProcessingError):
     """A task message whose arguments are not what the task takes."""
 

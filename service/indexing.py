@@ -18,7 +18,14 @@ from service.store.database import Store
 from service.store.documents import Extraction, Upload
 
 STEPS = ("load", "extract", "chunk", "index")
-_LIMITS = ("max_inflated_bytes", "max_chars", "max_pages", "max_chunks", "max_cpu_seconds")
+_LIMITS = (
+    "max_inflated_bytes",
+    "max_chars",
+    "max_pages",
+    "max_pixels",
+    "max_chunks",
+    "max_cpu_seconds",
+)
 
 
 def pipeline_limits(settings: Settings) -> pipeline.Limits:
@@ -26,6 +33,17 @@ def pipeline_limits(settings: Settings) -> pipeline.Limits:
     return pipeline.Limits(
         **{name: getattr(settings, name) for name in _LIMITS},
         names={name: ENVIRONMENT[name] for name in _LIMITS},
+    )
+
+
+def pipeline_ocr(settings: Settings) -> pipeline.Ocr:
+    """OCR as configured, each setting named by its environment variable."""
+    fields = {"mode": "ocr", "languages": "ocr_languages", "tessdata": "tessdata"}
+    return pipeline.Ocr(
+        mode=settings.ocr,
+        languages=settings.ocr_languages,
+        tessdata=settings.tessdata,
+        names={name: ENVIRONMENT[field] for name, field in fields.items()},
     )
 
 
@@ -87,7 +105,7 @@ def index_document(
 
     limits = pipeline_limits(settings)
     begin("extract")
-    extracted = pipeline.extract(upload.content, upload.filename, limits)
+    extracted = pipeline.extract(upload.content, upload.filename, limits, pipeline_ocr(settings))
 
     begin("chunk")
     chunks = pipeline.chunk_text(

@@ -24,6 +24,8 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+OcrLanguages = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*$")]
+"""Tesseract's language codes joined by `+`: eng, eng+deu."""
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -45,6 +47,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     max_pages: PositiveInt = 5_000
     max_chunks: PositiveInt = 25_000
     max_cpu_seconds: PositiveFloat = 600.0
+    max_pixels: PositiveInt = 40_000_000
+    ocr: Literal["auto", "off", "force"] = "auto"
+    ocr_languages: OcrLanguages = "eng"
+    tessdata: str = ""
     dead_letter_retention: PositiveFloat = 14 * 24 * 3600.0
     handled_dead_letter_retention: PositiveFloat = 3 * 24 * 3600.0
     api_workers: PositiveInt = 1
@@ -178,6 +184,10 @@ ENVIRONMENT: dict[str, str] = {
     "max_pages": "DOCPROC_MAX_PAGES",
     "max_chunks": "DOCPROC_MAX_CHUNKS",
     "max_cpu_seconds": "DOCPROC_MAX_CPU_SECONDS",
+    "max_pixels": "DOCPROC_MAX_PIXELS",
+    "ocr": "DOCPROC_OCR",
+    "ocr_languages": "DOCPROC_OCR_LANGUAGES",
+    "tessdata": "TESSDATA_PREFIX",  # Tesseract's own variable
     "dead_letter_retention": "DOCPROC_DEAD_LETTER_RETENTION",
     "handled_dead_letter_retention": "DOCPROC_HANDLED_DEAD_LETTER_RETENTION",
     "api_workers": "DOCPROC_API_WORKERS",

@@ -17,6 +17,7 @@ import msgspec
 from fpdf import FPDF
 from fpdf.enums import EncryptionMethod
 
+from bench.corpus import scan_lines, scanned_pdf
 from service.errors import CorruptFile, ProcessingError, UnsupportedType
 from service.pipeline import DocumentType
 
@@ -50,6 +51,23 @@ def pdf_sample(pages: int = 3) -> Sample:
         present=(*phrases, "The document continues"),
         absent=("docu-", "docu ment"),
         title="Corpus PDF",
+        page_count=pages,
+    )
+
+
+SCAN_PHRASE = "lighthouse keepers count amber lanterns"
+
+
+def scanned_pdf_sample(pages: int = 3) -> Sample:
+    """A scan: a PDF of `pages` pages of 30 lines of prose, each page one image and no text
+    layer, a known phrase first. OCR reads a page in about a second: slow enough to watch."""
+    texts = [scan_lines(30, seed=page) for page in range(pages)]
+    texts[0][0] = SCAN_PHRASE.capitalize()
+    return Sample(
+        data=scanned_pdf(texts),
+        filename="scan.pdf",
+        detected_type="pdf",
+        present=(SCAN_PHRASE,),
         page_count=pages,
     )
 
@@ -226,9 +244,9 @@ def cp1252_text_sample() -> Sample:
 
 
 def unsupported_binary_sample() -> Sample:
-    """A PNG signature followed by binary noise, named as if it were text."""
+    """A GIF signature followed by binary noise, named as if it were text."""
     noise = random.Random(2).randbytes(512)
-    return Sample(data=b"\x89PNG\r\n\x1a\n" + noise, filename="picture.txt", error=UnsupportedType)
+    return Sample(data=b"GIF89a" + noise, filename="picture.txt", error=UnsupportedType)
 
 
 def all_samples() -> dict[str, Sample]:

@@ -164,3 +164,46 @@ def pdf_of_pages(pages: int) -> bytes:
 def nested_html(depth: int, tag: str = "div") -> bytes:
     """`depth` nested elements, each with a word: lexbor's parse is quadratic in the depth."""
     return (f"<html><body>{f'<{tag}>x' * depth}{f'</{tag}>' * depth}</body></html>").encode()
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A grey PNG whose header declares `width` by `height` pixels, with a few KB of data: its
+    first rows of zeros (100,000 by 100,000 would decode to 10 GB)."""
+    rows = zlib.compress((b"\0" * (1 + width)) * 16, 9)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", rows)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def tiff_of_pages(pages: int, width: int = 1, height: int = 1) -> bytes:
+    """A little-endian TIFF of `pages` grey pages of `width` by `height`, every one pointing at
+    the same pixel data (100,000 pages make 10 MB)."""
+    entries = (
+        (256, 4, width),  # ImageWidth, LONG
+        (257, 4, height),  # ImageLength
+        (258, 3, 8),  # BitsPerSample, SHORT
+        (259, 3, 1),  # Compression: none
+        (262, 3, 1),  # PhotometricInterpretation: black is zero
+        (273, 4, 8),  # StripOffsets: the byte after the header
+        (278, 4, height),  # RowsPerStrip
+        (279, 4, width * height),  # StripByteCounts (the data need not all be there)
+    )
+    directory_size = 2 + 12 * len(entries) + 4
+    first = 16
+    out = io.BytesIO()
+    out.write(b"II*\x00" + struct.pack("<I", first) + b"\xff" * 8)
+    for page in range(pages):
+        following = first + (page + 1) * directory_size if page + 1 < pages else 0
+        out.write(struct.pack("<H", len(entries)))
+        for tag, kind, value in entries:
+            out.write(struct.pack("<HHII", tag, kind, 1, value))
+        out.write(struct.pack("<I", following))
+    return out.getvalue()

@@ -64,6 +64,7 @@ def up() -> None:
     supervisor.check_port(settings)
     prepare(settings)
     supervisor.warn_about_the_broker(settings)
+    supervisor.warn_about_ocr(settings)
     raise SystemExit(supervisor.run(settings))
 
 

@@ -10,12 +10,14 @@ from service.pipeline.extraction import extract
 from service.pipeline.limits import Limits
 from service.pipeline.models import Chunk, DocumentType, Extracted
 from service.pipeline.normalisation import normalise
+from service.pipeline.ocr import Ocr
 
 __all__ = [
     "Chunk",
     "DocumentType",
     "Extracted",
     "Limits",
+    "Ocr",
     "chunk_text",
     "detect_type",
     "extract",

@@ -18,20 +18,20 @@ from service.pipeline.steps import step
 
 _READABLE = (
     "docproc reads PDF, Word (DOCX), Excel (XLSX), PowerPoint (PPTX), OpenDocument (ODT, ODS, "
-    "ODP), RTF, e-mail (EML), HTML, Markdown and plain text"
+    "ODP), RTF, e-mail (EML), HTML, Markdown, plain text and images (PNG, JPEG, TIFF, WebP, BMP)"
 )
 
 _OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _ENCRYPTED_PACKAGE = "EncryptedPackage".encode("utf-16-le")
 """The stream of an encrypted OOXML file, named in its container's directory."""
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")
+_BMP_INFO_HEADER_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
+"""The sizes of the header after a BMP's file header, one per version of the format: "BM" alone
+begins too much text to tell an image."""
 _SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
-    (b"\xff\xd8\xff", "a JPEG image"),
     (b"GIF87a", "a GIF image"),
     (b"GIF89a", "a GIF image"),
-    (b"II*\x00", "a TIFF image"),
-    (b"MM\x00*", "a TIFF image"),
-    (b"RIFF", "a RIFF media file (image, audio or video)"),
+    (b"RIFF", "a RIFF media file (audio or video)"),
     (b"\x1f\x8b", "a gzip archive"),
     (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
     (b"Rar!\x1a\x07", "a RAR archive"),
@@ -152,6 +152,8 @@ def identify(data: bytes, filename: str | None = None, limits: Limits = NO_LIMIT
         return Identified(detected_type="pdf")
     if data.startswith(_ZIP_SIGNATURES):
         return Identified(detected_type=_zip_type(data, filename, limits))
+    if _is_image(data):
+        return Identified(detected_type="image")
     if data.startswith(_OLE) and _ENCRYPTED_PACKAGE in data:
         raise UnsupportedType(
             "a password-protected Office file (Office encrypts a .docx, .xlsx or .pptx into a "
@@ -173,6 +175,19 @@ def identify(data: bytes, filename: str | None = None, limits: Limits = NO_LIMIT
             raise CorruptFile(f"named {suffix} but not a valid {_CLAIMED_BY_NAME[suffix]}") from exc
         raise
     return Identified(detected_type=_text_type(decoded.text, suffix), decoded=decoded)
+
+
+def _is_image(data: bytes) -> bool:
+    """PNG, JPEG, TIFF, WebP or BMP, by its signature (a BMP's also by its header's size)."""
+    if data.startswith(_IMAGE_SIGNATURES):
+        return True
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return True
+    return (
+        data.startswith(b"BM")
+        and data[6:10] == b"\0\0\0\0"  # the reserved fields
+        and int.from_bytes(data[14:18], "little") in _BMP_INFO_HEADER_SIZES
+    )
 
 
 def _zip_type(data: bytes, filename: str | None, limits: Limits) -> DocumentType:

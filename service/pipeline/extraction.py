@@ -8,12 +8,14 @@ from service.errors import TooLarge
 from service.pipeline.detection import identify
 from service.pipeline.docx import read_docx
 from service.pipeline.html import read_html
+from service.pipeline.images import read_image
 from service.pipeline.language import detect_language
 from service.pipeline.limits import NO_LIMITS, CpuBudget, Limits
 from service.pipeline.mail import read_eml
 from service.pipeline.markdown import read_markdown
 from service.pipeline.models import DocumentType, Extracted, RawDocument
 from service.pipeline.normalisation import normalise, single_line
+from service.pipeline.ocr import OCR_AUTO, Ocr
 from service.pipeline.office.opendocument import read_odp, read_ods, read_odt
 from service.pipeline.office.presentation import read_pptx
 from service.pipeline.office.spreadsheet import read_xlsx
@@ -33,7 +35,6 @@ _TEXT_READERS: dict[DocumentType, Callable[[str], RawDocument]] = {
 }
 
 _BINARY_READERS: dict[DocumentType, Callable[[bytes, CpuBudget], RawDocument]] = {
-    "pdf": read_pdf,
     "docx": read_docx,
     "xlsx": read_xlsx,
     "pptx": read_pptx,
@@ -44,21 +45,30 @@ _BINARY_READERS: dict[DocumentType, Callable[[bytes, CpuBudget], RawDocument]] =
     "eml": read_eml,
 }
 
+_OCR_READERS: dict[DocumentType, Callable[[bytes, CpuBudget, Ocr], RawDocument]] = {
+    "pdf": read_pdf,
+    "image": read_image,
+}
+"""Readers of pictures of text as well: they take the OCR settings."""
 
-def extract(data: bytes, filename: str | None = None, limits: Limits = NO_LIMITS) -> Extracted:
-    """The document's normalised text, title, page count and encoding.
+
+def extract(
+    data: bytes, filename: str | None = None, limits: Limits = NO_LIMITS, ocr: Ocr = OCR_AUTO
+) -> Extracted:
+    """The document's normalised text, title, page count and encoding; pages without a text
+    layer and images read by OCR as `ocr` says.
 
     Raises UnsupportedType, CorruptFile, EmptyDocument, or TooLarge past one of `limits`, the
     failure naming it (running out of memory is TooLarge too: the document's fault, not the
     file's).
     """
     try:
-        return _extract(data, filename, limits)
+        return _extract(data, filename, limits, ocr)
     except MemoryError as exc:
         raise TooLarge("reading the document ran out of memory") from exc
 
 
-def _extract(data: bytes, filename: str | None, limits: Limits) -> Extracted:
+def _extract(data: bytes, filename: str | None, limits: Limits, ocr: Ocr) -> Extracted:
     budget = CpuBudget(limits)
     with step("detect"):
         identified = identify(data, filename, limits)
@@ -66,6 +76,8 @@ def _extract(data: bytes, filename: str | None, limits: Limits) -> Extracted:
     with step("read"):
         if decoded is not None:
             raw = _TEXT_READERS[identified.detected_type](decoded.text)
+        elif identified.detected_type in _OCR_READERS:
+            raw = _OCR_READERS[identified.detected_type](data, budget, ocr)
         else:
             raw = _BINARY_READERS[identified.detected_type](data, budget)
     budget.check("after reading its format")

@@ -15,13 +15,17 @@ from service.errors import TooLarge
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
-    """Bounds on a document's inflated size, text, pages, chunks and CPU time."""
+    """Bounds on a document's inflated size, text, pages, pixels, chunks and CPU time."""
 
     max_inflated_bytes: int | None = None
     """Declared uncompressed size of an office package's parts (DOCX, XLSX, PPTX, ODF), all
     together."""
     max_chars: int | None = None
     max_pages: int | None = None
+    """Pages of a PDF, frames of a multi-page image."""
+    max_pixels: int | None = None
+    """Pixels of an image, checked from its header before it is decoded; a PDF page rendered for
+    OCR is scaled to stay within it."""
     max_chunks: int | None = None
     max_cpu_seconds: float | None = None
     """CPU time of the process spent on one document, checked between pages, blocks and steps."""

@@ -40,7 +40,8 @@ def normalise(text: str, *, join_hyphenated: bool = False) -> str:
         text = _SPACES.sub(" ", text)  # one pass; `while "  " in text: replace` took three
     # Lines are stripped, so empty paragraphs are runs of blank lines: one split drops them all.
     text = "\n\n".join(filter(None, map(str.strip, text.split("\n\n"))))
-    if join_hyphenated and "\n" in text:
+    # The regex tries every position: looked for only where a line ends with a hyphen.
+    if join_hyphenated and ("-\n" in text or "\u2010\n" in text):
         text = _HYPHENATED.sub(_join_hyphenated_word, text)
     if not text:
         raise EmptyDocument("the document contains no text")

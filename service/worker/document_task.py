@@ -13,6 +13,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from service.errors import InvalidTaskArguments, ProcessingError
 from service.indexing import STEPS, index_document
+from service.pipeline import steps
 from service.store import outcomes
 from service.task_contract import PROCESS_DOCUMENT
 from service.worker.docproc_celery import app_of
@@ -34,25 +35,27 @@ def register(app: Celery) -> None:
         store, task_id = app_of(self).store, str(self.request.id)
         settings = app_of(self).settings
         progress = ProgressTracker(store, task_id, STEPS, first_recorded=True)
-        try:
-            return index_document(
-                store,
-                document_id,
-                settings,
-                progress.begin,
-                started=functools.partial(
-                    outcomes.task_started, start=start_of(self, task_id, document_id, STEPS)
-                ),
-                # Called with the store's transaction once the text is stored: every step is known.
-                succeeded=lambda connection: outcomes.task_succeeded(
-                    connection, task_id, progress.step_times()
-                ),
-            )
-        except (SoftTimeLimitExceeded, ProcessingError) as exc:
-            limit = time_limit_in(exc, settings.soft_time_limit)
-            if limit is None:
-                raise
-            raise limit from exc
+        # Pages as the pipeline reads them, in the progress of its extract step.
+        with steps.pages_watched(progress.page):
+            try:
+                return index_document(
+                    store,
+                    document_id,
+                    settings,
+                    progress.begin,
+                    started=functools.partial(
+                        outcomes.task_started, start=start_of(self, task_id, document_id, STEPS)
+                    ),
+                    # With the store's transaction once the text is stored: every step is known.
+                    succeeded=lambda connection: outcomes.task_succeeded(
+                        connection, task_id, progress.step_times()
+                    ),
+                )
+            except (SoftTimeLimitExceeded, ProcessingError) as exc:
+                limit = time_limit_in(exc, settings.soft_time_limit)
+                if limit is None:
+                    raise
+                raise limit from exc
 
 
 class SoftTimeLimit(SoftTimeLimitExceeded):

@@ -54,16 +54,19 @@ class ProgressTracker:
             for (step, at), end in zip(self._began, ends, strict=True)
         ]
 
-    def begin(self, step: str) -> None:
-        """Note that `step` begins; every step before it is done."""
-        self.done = self.steps.index(step)
-        metrics.step_begins(self._task_id, step)
-        tracing.step_begins(step)
+    def page(self, number: int, total: int | None) -> None:
+        """Note that the step under way reads page `number` (of `total`), as `extract: page 3 of
+        12`, written at most every `min_interval` seconds like the steps."""
         now = time.monotonic()
-        self._began.append((step, now))
-        if self._written is not None and now - self._written < self.min_interval:
+        if not self._began or (
+            self._written is not None and now - self._written < self.min_interval
+        ):
             return
         self._written = now
+        step = self._began[-1][0]
+        self._record(f"{step}: page {number:,}" + (f" of {total:,}" if total else ""))
+
+    def _record(self, step: str) -> None:
         try:
             self._store.run(
                 task_runs.record_progress,
@@ -75,3 +78,15 @@ class ProgressTracker:
         except DatabaseError as exc:
             # Progress is for watching; the work itself must not fail for it.
             logger.warning("cannot record progress of step {}: {}", step, exc)
+
+    def begin(self, step: str) -> None:
+        """Note that `step` begins; every step before it is done."""
+        self.done = self.steps.index(step)
+        metrics.step_begins(self._task_id, step)
+        tracing.step_begins(step)
+        now = time.monotonic()
+        self._began.append((step, now))
+        if self._written is not None and now - self._written < self.min_interval:
+            return
+        self._written = now
+        self._record(step)

@@ -23,7 +23,7 @@ import pytest_asyncio
 from service.store import outcomes, task_runs
 from service.store.database import Store
 from service.task_contract import CANARY_SUCCEED
-from tests import hostile_files, office_files
+from tests import corpus, hostile_files, office_files
 from tests.e2e.conftest import Running, descendants, docproc
 from tests.support import eventually
 
@@ -462,7 +462,7 @@ async def test_a_pdf_that_outlasts_the_soft_time_limit_dies_of_it_not_as_corrupt
     running: Running,
 ) -> None:
     async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
-        pdf = hostile_files.pdf_of_pages(4000)  # pypdf takes seconds to read its page tree
+        pdf = corpus.scanned_pdf_sample(pages=8).data  # OCR takes about a second a page
         accepted = await http.post("/documents", files={"file": ("slow.pdf", pdf)})
         task_id = accepted.json()["task_id"]
 
@@ -472,7 +472,7 @@ async def test_a_pdf_that_outlasts_the_soft_time_limit_dies_of_it_not_as_corrupt
 
         status = await eventually(dead, 60, "the PDF to be dead-lettered")
     assert status["state"] == "DEAD"
-    # Caught inside pypdf, it is named; a hard limit (pypdf swallowing the soft one) is a time
+    # Raised during OCR, it is named; a hard limit (a reader swallowing the soft one) is a time
     # limit too. Never CorruptFile.
     assert status["error"]["type"] in {"SoftTimeLimitExceeded", "TimeLimitExceeded"}, status
     if status["error"]["type"] == "SoftTimeLimitExceeded":

@@ -218,9 +218,7 @@ async def test_three_hundred_failures_from_three_causes_form_three_groups(
             )
         )
         task_ids.append(deployment.submit(corpus.corrupt_pdf_sample().data, f"broken-{n}.pdf")[1])
-        task_ids.append(
-            deployment.submit(b"\x89PNG\r\n\x1a\n" + uuid.uuid4().bytes * 8, f"image-{n}.png")[1]
-        )
+        task_ids.append(deployment.submit(b"GIF89a" + uuid.uuid4().bytes * 8, f"image-{n}.gif")[1])
 
     async def all_dead() -> bool | None:
         runs: list[TaskRun | None] = [deployment.store.run(task_runs.get, t) for t in task_ids]

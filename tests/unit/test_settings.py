@@ -46,6 +46,10 @@ def test_every_variable_is_read() -> None:
         "DOCPROC_MAX_PAGES": "50",
         "DOCPROC_MAX_CHUNKS": "200",
         "DOCPROC_MAX_CPU_SECONDS": "2m",
+        "DOCPROC_MAX_PIXELS": "1000000",
+        "DOCPROC_OCR": "Force",
+        "DOCPROC_OCR_LANGUAGES": "eng+deu",
+        "TESSDATA_PREFIX": "/opt/tessdata",
         "DOCPROC_DEAD_LETTER_RETENTION": "7d",
         "DOCPROC_HANDLED_DEAD_LETTER_RETENTION": "1d",
         "DOCPROC_API_WORKERS": "3",
@@ -78,6 +82,7 @@ def test_every_variable_is_read() -> None:
     assert settings.log_level == "DEBUG"
     assert settings.log_format == "human"
     assert settings.retry_backoff_max == 600
+    assert (settings.ocr, settings.ocr_languages) == ("force", "eng+deu")
     assert settings.result_expires == 3600
     assert settings.max_retries == 0
     assert settings.restart_delay == 0.5
@@ -103,6 +108,8 @@ def test_every_variable_is_read() -> None:
         ("DOCPROC_DATABASE_URL", "mysql://db/x", "expected sqlite:///path.db or postgresql://"),
         ("DOCPROC_DATABASE_URL", "sqlite://", "a SQLite URL is sqlite:///"),
         ("CELERY_RETRY_DELAY", "0", "expected a number > 0"),
+        ("DOCPROC_OCR", "sometimes", "expected one of auto, off, force"),
+        ("DOCPROC_OCR_LANGUAGES", "eng;rm -rf", "expected str matching"),
         ("DOCPROC_DEAD_LETTER_RETENTION", "xd", "such as 90s, 30m, 12h, 14d"),
         ("CELERY_LOG_LEVEL", "loud", "expected one of TRACE, DEBUG"),
         ("DOCPROC_MAX_PAGES", "0", "expected an integer >= 1"),

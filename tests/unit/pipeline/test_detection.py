@@ -76,15 +76,15 @@ def test_an_html_fragment_is_html_by_its_tags_or_its_name() -> None:
 @pytest.mark.parametrize(
     ("data", "named"),
     [
-        (unsupported_binary_sample().data, "PNG image"),
-        (b"\xff\xd8\xff\xe0" + bytes(64), "JPEG image"),
+        (unsupported_binary_sample().data, "GIF image"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(64), "RIFF media file"),
         (b"\x1f\x8b\x08\x00" + bytes(64), "gzip archive"),
         (b"\x7fELF\x02\x01\x01" + bytes(64), "executable"),
         (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64), "legacy Office"),
         (plain_zip_sample().data, "ZIP archive"),
         (_zip({"[Content_Types].xml": "<Types/>", "xl/workbook.xml": "<x/>"}), "Excel"),
     ],
-    ids=["png", "jpeg", "gzip", "elf", "ole2", "zip", "xlsx"],
+    ids=["gif", "wav", "gzip", "elf", "ole2", "zip", "xlsx"],
 )
 def test_binaries_we_cannot_read_are_unsupported_and_named(data: bytes, named: str) -> None:
     with pytest.raises(UnsupportedType, match=named):

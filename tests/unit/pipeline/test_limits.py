@@ -7,6 +7,8 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
+import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from pypdf import PageObject
@@ -173,27 +175,43 @@ def test_the_cpu_budget_ends_the_work_between_pages_naming_its_limit() -> None:
         extract(docx_sample().data, "summary.docx", limits)
 
 
-def test_running_out_of_memory_in_a_reader_is_too_large_not_corrupt(
-    monkeypatch: pytest.MonkeyPatch,
+def page_text_raises(
+    monkeypatch: pytest.MonkeyPatch, reader: str, exception: type[BaseException]
 ) -> None:
-    def exhausted(*_: object, **__: object) -> str:
-        raise MemoryError
+    """Make reading a page's text raise `exception`, in PDFium or in its fallback, pypdf."""
 
-    monkeypatch.setattr(PageObject, "extract_text", exhausted)
+    def raising(*_: object, **__: object) -> str:
+        raise exception
+
+    if reader == "pypdf":
+
+        def unopened(*_: object, **__: object) -> None:
+            raise pdfium.PdfiumError("Failed to load document", err_code=pdfium_c.FPDF_ERR_FORMAT)
+
+        monkeypatch.setattr(pdfium, "PdfDocument", unopened)
+        monkeypatch.setattr(PageObject, "extract_text", raising)
+    else:
+        monkeypatch.setattr(pdfium.PdfTextPage, "get_text_range", raising)
+
+
+@pytest.mark.parametrize("reader", ["pdfium", "pypdf"])
+def test_running_out_of_memory_in_a_reader_is_too_large_not_corrupt(
+    monkeypatch: pytest.MonkeyPatch, reader: str
+) -> None:
+    page_text_raises(monkeypatch, reader, MemoryError)
 
     with pytest.raises(TooLarge, match="ran out of memory"):
         extract(pdf_sample().data, "report.pdf")
 
 
-def test_a_soft_time_limit_inside_pypdf_is_reported_as_the_time_limit(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("reader", ["pdfium", "pypdf"])
+def test_a_soft_time_limit_inside_a_pdf_reader_is_reported_as_the_time_limit(
+    monkeypatch: pytest.MonkeyPatch, reader: str
 ) -> None:
-    def interrupted(*_: object, **__: object) -> str:
-        raise SoftTimeLimitExceeded  # as Celery's signal handler raises it, wherever the task is
+    # As Celery's signal handler raises it, wherever the task is.
+    page_text_raises(monkeypatch, reader, SoftTimeLimitExceeded)
 
-    monkeypatch.setattr(PageObject, "extract_text", interrupted)
-
-    with pytest.raises(CorruptFile) as raised:
+    with pytest.raises((CorruptFile, SoftTimeLimitExceeded)) as raised:
         extract(pdf_sample().data, "report.pdf")
     limit = time_limit_in(raised.value, 1800)
 
