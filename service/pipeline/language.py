@@ -11,10 +11,11 @@ import unicodedata
 
 import pycld2
 
-SAMPLE_CHARS = 2048
-"""Characters looked at, half from the start and half from the middle of a longer text: some 300
-words, enough for a reliable answer, at a cost (about 50 us) that stays the same however long the
-document is — small documents are a hot path."""
+SAMPLE_CHARS = 1024
+"""Characters looked at, half from the start and half from the middle of a longer text: some 150
+words, which CLD2 (made for snippets of web pages) tells reliably, at a cost (about 30 µs) that
+stays the same however long the document is. 2,048 cost a PDF of eight pages 2 % of its
+extraction next to bare PDFium; small documents are a hot path too."""
 
 # CLD2's codes that ISO 639-1 spells otherwise; codes of three letters or more (Cebuano, a bare
 # script such as "xx-Latn") have no ISO 639-1 form and give None.
