@@ -10,7 +10,7 @@ from typing import Any
 from loguru import logger
 from sqlalchemy import Connection
 
-from service import pipeline
+from service import pipeline, tessdata
 from service.errors import DocumentNotFound, TooLarge
 from service.settings import ENVIRONMENT, Settings
 from service.store import documents
@@ -33,17 +33,6 @@ def pipeline_limits(settings: Settings) -> pipeline.Limits:
     return pipeline.Limits(
         **{name: getattr(settings, name) for name in _LIMITS},
         names={name: ENVIRONMENT[name] for name in _LIMITS},
-    )
-
-
-def pipeline_ocr(settings: Settings) -> pipeline.Ocr:
-    """OCR as configured, each setting named by its environment variable."""
-    fields = {"mode": "ocr", "languages": "ocr_languages", "tessdata": "tessdata"}
-    return pipeline.Ocr(
-        mode=settings.ocr,
-        languages=settings.ocr_languages,
-        tessdata=settings.tessdata,
-        names={name: ENVIRONMENT[field] for name, field in fields.items()},
     )
 
 
@@ -105,7 +94,9 @@ def index_document(
 
     limits = pipeline_limits(settings)
     begin("extract")
-    extracted = pipeline.extract(upload.content, upload.filename, limits, pipeline_ocr(settings))
+    extracted = pipeline.extract(
+        upload.content, upload.filename, limits, tessdata.configured(settings)
+    )
 
     begin("chunk")
     chunks = pipeline.chunk_text(

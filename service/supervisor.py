@@ -26,9 +26,8 @@ from service.broker import consumer_timeout
 from service.broker.declarer import consumer_counts
 from service.broker.management import Management
 from service.errors import ConfigError, DocprocError, abort
-from service.indexing import pipeline_ocr
-from service.pipeline import ocr
 from service.settings import Settings
+from service.tessdata import configured, problem
 from service.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
 
 START_ORDER = ("dlq", "worker", "beat", "api")
@@ -249,7 +248,7 @@ def warn_about_the_broker(settings: Settings) -> None:
 def warn_about_ocr(settings: Settings) -> None:
     """Say at start when OCR is configured but Tesseract or its language data is missing here:
     the worker would fail every scan and image (OcrUnavailable, naming what to install)."""
-    reason = ocr.problem(pipeline_ocr(settings))
+    reason = problem(configured(settings))
     if reason is not None:
         _say(f"docproc up: warning: {reason}; until then scans and images end DEAD")
 

@@ -17,8 +17,9 @@ from fpdf import FPDF
 from PIL import Image, ImageFile
 
 from bench.corpus import image_file, scanned_pdf, text_image
+from service import tessdata
 from service.errors import EmptyDocument, OcrUnavailable, TooLarge
-from service.indexing import pipeline_limits, pipeline_ocr
+from service.indexing import pipeline_limits
 from service.pipeline import detect_type, extract, ocr, steps
 from service.pipeline.pdf import pdf_date
 from service.settings import Settings
@@ -33,7 +34,7 @@ SECOND = ["The copper kettle sings at midnight"]
 def configured(**env: str) -> tuple[Settings, dict[str, Any]]:
     """The settings from `env`, and extract()'s limits and OCR options as the worker passes them."""
     settings = Settings.from_env(env)
-    return settings, {"limits": pipeline_limits(settings), "ocr": pipeline_ocr(settings)}
+    return settings, {"limits": pipeline_limits(settings), "ocr": tessdata.configured(settings)}
 
 
 def words(text: str) -> set[str]:
@@ -148,8 +149,8 @@ def test_missing_language_data_fails_the_document_saying_what_to_install(
     assert f"not in {tmp_path} (TESSDATA_PREFIX)" in message
     assert "install tesseract-ocr tesseract-ocr-eng tesseract-ocr-deu" in message
     assert "DOCPROC_OCR=off" in message
-    assert ocr.problem(pipeline_ocr(settings)) == message
-    assert ocr.problem(pipeline_ocr(Settings.from_env({}))) is None  # installed here
+    assert ocr.problem(tessdata.configured(settings)) == message
+    assert ocr.problem(tessdata.configured(Settings.from_env({}))) is None  # installed here
 
 
 @pytest.mark.parametrize("image_format", ["PNG", "JPEG", "TIFF", "WEBP", "BMP"])
