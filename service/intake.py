@@ -1,10 +1,12 @@
 """Intake: accept a document durably, then get its task to the broker — never lost, never twice.
 
 The accept transaction is the promise: once the document and its PENDING run are committed the
-client gets 202, whatever happens next. Publishing follows, with a confirm; when it cannot be had
-(broker down, blocked, or the message returned), the document waits in `Intake`'s list and goes
-out as soon as the publisher is connected again — within a second or two of the broker's return —
-and beat's sweeper catches what a process that died never published. A client's Idempotency-Key
+client gets 202, whatever happens next. Uploads that arrive together are committed together
+(`GroupCommit`); each still gets its 202 only once the transaction holding it is committed.
+Publishing follows, with a confirm; when it cannot be had (broker down, blocked, or the message
+returned), the document waits in `Intake`'s list and goes out as soon as the publisher is
+connected again — within a second or two of the broker's return — and beat's sweeper catches
+what a process that died never published. A client's Idempotency-Key
 makes a retried upload the same upload.
 
 Confirmed documents are marked published in batches (one UPDATE for all confirmed meanwhile):
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import uuid
+from collections.abc import Sequence
 
 import msgspec
 from loguru import logger
@@ -30,6 +33,7 @@ from service.broker.publisher import TaskPublisher, task_message
 from service.errors import BrokerUnavailable, Conflict, DatabaseError, EmptyDocument, Unroutable
 from service.store import documents, idempotency, task_runs
 from service.store.database import AsyncStore
+from service.store.group_commit import GroupCommit
 from service.store.schema import utcnow
 from service.task_contract import PROCESS_DOCUMENT, queue_for
 
@@ -80,6 +84,14 @@ async def inspect_upload(content: bytes, filename: str, limits: pipeline.Limits)
     return await asyncio.to_thread(inspect, content, filename, limits)
 
 
+class Accepting(msgspec.Struct, frozen=True):
+    """An upload, and the ids it is accepted under."""
+
+    upload: Upload
+    document_id: str
+    task_id: str
+
+
 def accept(connection: Connection, upload: Upload, document_id: str, task_id: str) -> Receipt:
     """The document, its PENDING run and its idempotency key, in one transaction. A key already
     used for the same bytes within the window names that upload instead (nothing is stored);
@@ -107,29 +119,53 @@ def accept(connection: Connection, upload: Upload, document_id: str, task_id: st
                 queued=document is not None and document.published_at is not None,
                 replayed=True,
             )
-    same_content = documents.first_with(connection, upload.sha256)
-    documents.insert_document(
+    [receipt] = accept_all(connection, [Accepting(upload, document_id, task_id)])
+    return receipt
+
+
+def accept_all(connection: Connection, batch: Sequence[Accepting]) -> list[Receipt]:
+    """Uploads without an Idempotency-Key (their keys are claimed by `accept`): the documents and
+    their PENDING runs, one statement each for the whole batch. A document names the earliest
+    with the same bytes — stored before, or earlier in the batch."""
+    earliest: dict[str, str | None] = {}
+    receipts = []
+    for accepting in batch:
+        sha256 = accepting.upload.sha256
+        if sha256 not in earliest:
+            earliest[sha256] = documents.first_with(connection, sha256)
+        same_content = earliest[sha256]
+        if same_content is None:
+            earliest[sha256] = accepting.document_id  # for later copies in this batch
+        receipts.append(
+            Receipt(
+                document_id=accepting.document_id,
+                task_id=accepting.task_id,
+                queued=False,
+                duplicate_of=same_content,
+            )
+        )
+    documents.insert_documents(
         connection,
-        document_id=document_id,
-        filename=upload.filename,
-        content_type=upload.content_type,
-        content=upload.content,
-        sha256=upload.sha256,
-        task_id=task_id,
-        correlation_id=upload.correlation_id,
+        [
+            documents.NewDocument(
+                id=accepting.document_id,
+                filename=accepting.upload.filename,
+                content_type=accepting.upload.content_type,
+                content=accepting.upload.content,
+                sha256=accepting.upload.sha256,
+                task_id=accepting.task_id,
+                correlation_id=accepting.upload.correlation_id,
+            )
+            for accepting in batch
+        ],
     )
-    task_runs.record_pending(
+    task_runs.record_pending_new(
         connection,
-        task_id,
         PROCESS_DOCUMENT,
-        document_id=document_id,
+        [(a.task_id, a.document_id, a.upload.correlation_id) for a in batch],
         queue=queue_for(PROCESS_DOCUMENT),
-        correlation_id=upload.correlation_id,
-        new=True,
     )
-    return Receipt(
-        document_id=document_id, task_id=task_id, queued=False, duplicate_of=same_content
-    )
+    return receipts
 
 
 class Intake:
@@ -144,10 +180,17 @@ class Intake:
         self.confirmed: list[str] = []
         """Documents queued, not yet marked published."""
         self._confirmed_wake = asyncio.Event()
+        self._accepting = GroupCommit(store, accept_all)
+        """Uploads without an Idempotency-Key, accepted in groups under load."""
 
     async def submit(self, upload: Upload) -> Receipt:
         document_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
-        receipt = await self.store.write(accept, upload, document_id, task_id)
+        if upload.idempotency_key is None:
+            receipt = await self._accepting(
+                Accepting(upload, document_id, task_id), len(upload.content)
+            )
+        else:
+            receipt = await self.store.write(accept, upload, document_id, task_id)
         if receipt.replayed:
             return receipt
         queued = await self.publish(document_id, task_id, upload.correlation_id)

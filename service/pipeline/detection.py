@@ -124,6 +124,18 @@ _MARKDOWN_WEAK = {
     "code": re.compile(r"`[^`\n]+`"),
 }
 
+# What each pattern cannot match without, one of: "" for lists, whose ". " is in every sentence.
+_MARKDOWN_NEEDS = {
+    "heading": ("#",),
+    "fence": ("```", "~~~"),
+    "link": ("](",),
+    "table": ("---",),
+    "emphasis": ("**", "__"),
+    "list": ("",),
+    "quote": (">",),
+    "code": ("`",),
+}
+
 
 class Identified(msgspec.Struct, frozen=True, kw_only=True):
     """A document's type and, for the text types, its decoded text."""
@@ -314,10 +326,27 @@ def _text_type(text: str, suffix: str) -> DocumentType:
 
 
 def _markdown_score(sample: str) -> int:
-    """Two points for each kind of unmistakable Markdown syntax, one for each ambiguous kind."""
-    strong = sum(1 for pattern in _MARKDOWN_STRONG.values() if pattern.search(sample))
-    weak = sum(1 for pattern in _MARKDOWN_WEAK.values() if pattern.search(sample))
+    """Two points for each kind of unmistakable Markdown syntax, one for each ambiguous kind.
+
+    A pattern is tried only when the characters it cannot match without are in the sample: a
+    `str` search runs at C speed, a regex tries every position (~10 µs a pattern on 2 kB), and
+    plain text, the common case, has none of them.
+    """
+    strong = sum(
+        1
+        for name, pattern in _MARKDOWN_STRONG.items()
+        if _has_any(sample, _MARKDOWN_NEEDS[name]) and pattern.search(sample)
+    )
+    weak = sum(
+        1
+        for name, pattern in _MARKDOWN_WEAK.items()
+        if _has_any(sample, _MARKDOWN_NEEDS[name]) and pattern.search(sample)
+    )
     return 2 * strong + weak
+
+
+def _has_any(text: str, needles: tuple[str, ...]) -> bool:
+    return any(needle in text for needle in needles)
 
 
 def _suffix(filename: str | None) -> str:

@@ -84,6 +84,41 @@ _MARK_PUBLISHED = (
 # Statements of the upload's path are built once: building one costs more than running it.
 
 
+class NewDocument(msgspec.Struct, frozen=True, kw_only=True):
+    """A document as it is accepted."""
+
+    id: str
+    filename: str
+    content_type: str | None
+    content: bytes
+    sha256: str
+    task_id: str
+    correlation_id: str | None
+
+
+def insert_documents(connection: Connection, new: Sequence[NewDocument]) -> None:
+    """Accepted documents, in one statement however many (their times in the order given)."""
+    rows = []
+    for document in new:
+        now = utcnow()
+        rows.append(
+            {
+                "id": document.id,
+                "filename": document.filename,
+                "content_type": document.content_type,
+                "size": len(document.content),
+                "sha256": document.sha256,
+                "content": document.content,
+                "task_id": document.task_id,
+                "correlation_id": document.correlation_id,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    if rows:
+        connection.execute(_INSERT, rows)
+
+
 def insert_document(
     connection: Connection,
     *,
@@ -95,21 +130,19 @@ def insert_document(
     task_id: str,
     correlation_id: str | None,
 ) -> None:
-    now = utcnow()
-    connection.execute(
-        _INSERT,
-        {
-            "id": document_id,
-            "filename": filename,
-            "content_type": content_type,
-            "size": len(content),
-            "sha256": sha256,
-            "content": content,
-            "task_id": task_id,
-            "correlation_id": correlation_id,
-            "created_at": now,
-            "updated_at": now,
-        },
+    insert_documents(
+        connection,
+        [
+            NewDocument(
+                id=document_id,
+                filename=filename,
+                content_type=content_type,
+                content=content,
+                sha256=sha256,
+                task_id=task_id,
+                correlation_id=correlation_id,
+            )
+        ],
     )
 
 

@@ -65,7 +65,7 @@ documents = Table(
     Column("content_type", String(255)),
     Column("detected_type", String(32)),
     Column("size", BigInteger, nullable=False),
-    Column("sha256", String(64), nullable=False, index=True),
+    Column("sha256", String(64), nullable=False),
     Column("content", LargeBinary, nullable=False),
     Column("title", Text),
     # The document's own metadata, as its format gave it: not when docproc received it.
@@ -89,6 +89,8 @@ documents = Table(
     Column("reconciled_at", Timestamp()),
     Index("ix_documents_unpublished", "published_at", "created_at"),
     Index("ix_documents_created_at", "created_at", "id"),
+    # The earliest copy of the same bytes (an upload's `duplicate_of`) in one seek.
+    Index("ix_documents_sha256", "sha256", "created_at", "id"),
     # The search filters: type, language, and `since` on the document's own date (DATED_AT).
     Index("ix_documents_detected_type", "detected_type"),
     Index("ix_documents_language", "language"),

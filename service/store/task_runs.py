@@ -154,6 +154,11 @@ def record_pending(
 ) -> None:
     """A task accepted and (about to be) published: a fresh run, whatever came before. A `new`
     task's id was never used: its record is inserted, with no earlier run to start over."""
+    if new:
+        record_pending_new(
+            connection, task_name, [(task_id, document_id, correlation_id)], queue=queue
+        )
+        return
     now = utcnow()
     values = _first_values(
         task_id,
@@ -164,12 +169,35 @@ def record_pending(
         queue=queue,
         correlation_id=correlation_id,
     )
-    if new:
-        connection.execute(_INSERT, values)
-        return
     upsert(
         connection, task_runs, values, ["task_id"], _FRESH | {"state": "PENDING", "updated_at": now}
     )
+
+
+def record_pending_new(
+    connection: Connection,
+    task_name: str,
+    runs: Sequence[tuple[str, str | None, str | None]],
+    *,
+    queue: str | None = None,
+) -> None:
+    """`record_pending` of many `new` tasks in one statement: (task id, document id,
+    correlation id) each."""
+    now = utcnow()
+    rows = [
+        _first_values(
+            task_id,
+            task_name,
+            "PENDING",
+            now,
+            document_id=document_id,
+            queue=queue,
+            correlation_id=correlation_id,
+        )
+        for task_id, document_id, correlation_id in runs
+    ]
+    if rows:
+        connection.execute(_INSERT, rows)
 
 
 def versions(connection: Connection, task_ids: set[str]) -> dict[str, datetime]:

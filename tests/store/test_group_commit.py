@@ -1,0 +1,166 @@
+"""Group commit on the real stores: uploads that arrive while a transaction runs are accepted
+together in the next one; each caller is answered with its own outcome, once committed."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Sequence
+
+import pytest
+from sqlalchemy import Connection
+
+from service.errors import StoreUnavailable
+from service.intake import Accepting, Receipt, Upload, accept_all
+from service.store import documents, task_runs
+from service.store.database import AsyncStore, Store
+from service.store.group_commit import GroupCommit
+
+DEADLINE = 10.0
+
+
+def upload(content: bytes, name: str = "a.txt") -> Upload:
+    return Upload(
+        filename=name,
+        content_type="text/plain",
+        content=content,
+        sha256=hashlib.sha256(content).hexdigest(),
+        correlation_id=f"c-{name}",
+    )
+
+
+class Gate:
+    """An operation's first call waits in the writer thread until the test opens the gate, so
+    that what is submitted meanwhile has to wait for the next transaction."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.open = threading.Event()
+        self.batches: list[int] = []
+
+    def hold(self, size: int) -> None:
+        self.batches.append(size)
+        if len(self.batches) == 1:
+            self.entered.set()
+            assert self.open.wait(DEADLINE), "the test never opened the gate"
+
+
+async def test_uploads_arriving_during_a_commit_are_accepted_together_each_with_its_receipt(
+    async_store: AsyncStore, store: Store
+) -> None:
+    gate = Gate()
+
+    def gated_accept(connection: Connection, batch: Sequence[Accepting]) -> list[Receipt]:
+        gate.hold(len(batch))
+        return list(accept_all(connection, batch))
+
+    group: GroupCommit[Accepting, Receipt] = GroupCommit(async_store, gated_accept)
+    first = asyncio.create_task(group(Accepting(upload(b"first", "0.txt"), "d-0", "t-0")))
+    assert await asyncio.to_thread(gate.entered.wait, DEADLINE)
+    # Five more while the first transaction is open; two of them the same bytes as each other.
+    contents = [b"one", b"two", b"same", b"same", b"first"]
+    rest = [
+        asyncio.create_task(group(Accepting(upload(content, f"{n}.txt"), f"d-{n}", f"t-{n}")))
+        for n, content in enumerate(contents, start=1)
+    ]
+    await asyncio.sleep(0)  # let them queue (no timing: the gate holds the first transaction)
+    assert not any(task.done() for task in [first, *rest]), "answered before the commit"
+    gate.open.set()
+    receipts = await asyncio.gather(first, *rest)
+
+    assert gate.batches == [1, 5]
+    assert [r.document_id for r in receipts] == [f"d-{n}" for n in range(6)]
+    # The earliest copy of the same bytes: stored before, or earlier in the same batch.
+    assert [r.duplicate_of for r in receipts] == [None, None, None, None, "d-3", "d-0"]
+    for n in range(6):
+        assert store.run(documents.get, f"d-{n}") is not None
+        run = store.run(task_runs.get, f"t-{n}")
+        assert run is not None
+        assert (run.state, run.document_id) == ("PENDING", f"d-{n}")
+    # A later upload of the same bytes names the first of them, by the index's order too.
+    assert store.run(documents.first_with, documents_sha(store, "d-3")) == "d-3"
+
+
+def documents_sha(store: Store, document_id: str) -> str:
+    document = store.run(documents.get, document_id)
+    assert document is not None
+    return document.sha256
+
+
+async def test_an_item_that_fails_fails_alone_and_the_rest_of_its_batch_is_committed(
+    async_store: AsyncStore,
+) -> None:
+    gate = Gate()
+    committed: list[str] = []
+
+    def operation(connection: Connection, batch: Sequence[str]) -> list[str]:
+        gate.hold(len(batch))
+        if "bad" in batch:
+            raise ValueError("a bug this input triggers")
+        committed.extend(batch)
+        return [item.upper() for item in batch]
+
+    group: GroupCommit[str, str] = GroupCommit(async_store, operation)
+    first = asyncio.create_task(group("first"))
+    assert await asyncio.to_thread(gate.entered.wait, DEADLINE)
+    rest = [asyncio.create_task(group(item)) for item in ("a", "bad", "b")]
+    await asyncio.sleep(0)
+    gate.open.set()
+    outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
+
+    assert [outcomes[0], outcomes[1], outcomes[3]] == ["FIRST", "A", "B"]
+    assert isinstance(outcomes[2], ValueError)
+    assert committed == ["first", "a", "b"]
+    # The batch of three, then each of its items alone.
+    assert gate.batches == [1, 3, 1, 1, 1]
+
+
+async def test_an_unreachable_store_fails_the_whole_batch_at_once(async_store: AsyncStore) -> None:
+    gate = Gate()
+
+    def operation(connection: Connection, batch: Sequence[str]) -> list[str]:
+        gate.hold(len(batch))
+        if len(gate.batches) > 1:
+            raise StoreUnavailable("the store is unavailable: connection refused")
+        return list(batch)
+
+    group: GroupCommit[str, str] = GroupCommit(async_store, operation)
+    first = asyncio.create_task(group("first"))
+    assert await asyncio.to_thread(gate.entered.wait, DEADLINE)
+    rest = [asyncio.create_task(group(item)) for item in ("a", "b", "c")]
+    await asyncio.sleep(0)
+    gate.open.set()
+    outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
+
+    assert outcomes[0] == "first"
+    assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes[1:])
+    assert gate.batches == [1, 3]  # not tried again item by item
+
+
+async def test_a_caller_that_stops_waiting_leaves_its_neighbours_answered(
+    async_store: AsyncStore,
+) -> None:
+    gate = Gate()
+
+    def operation(connection: Connection, batch: Sequence[str]) -> list[str]:
+        gate.hold(len(batch))
+        return list(batch)
+
+    group: GroupCommit[str, str] = GroupCommit(async_store, operation)
+    first = asyncio.create_task(group("first"))
+    assert await asyncio.to_thread(gate.entered.wait, DEADLINE)
+    left = asyncio.create_task(group("left"))
+    stays = asyncio.create_task(group("stays"))
+    await asyncio.sleep(0)
+    first.cancel()  # the caller whose context runs the batch goes away mid-transaction
+    left.cancel()
+    gate.open.set()
+
+    assert await asyncio.wait_for(stays, DEADLINE) == "stays"
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert gate.batches == [
+        1,
+        2,
+    ]  # "left" was written with "stays": its caller only stopped waiting
