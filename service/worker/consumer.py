@@ -6,6 +6,10 @@
 - A message that cannot be decoded is rejected the same way; Celery would ack it ("so it doesn't
   enter a loop"), which loses it. Unknown tasks and disallowed content are rejected by Celery.
 - Anything else that goes wrong while a message becomes a request rejects that message only.
+- Task events (Flower's) are sent without publisher confirms. The app's confirms are for the
+  worker's own task publishes (a retry is confirmed before its original is acked); applied to
+  events, the main process waited for the broker's confirm of three events a task, between
+  handing out tasks and acking them, and the pool processes idled.
 Log lines name the message (task, id, content type, size), never its body.
 """
 
@@ -79,3 +83,15 @@ class DeadLetteringConsumer(Consumer):
                 return None
 
         return on_task_received
+
+    def connection_for_write(self, url: str | None = None, heartbeat: float | None = None) -> Any:
+        """The connection of the event dispatcher, the only one Celery's consumer asks for here.
+
+        An event is a monitoring record, sent best-effort like Celery's own (it is dropped when
+        the connection is down); a lost one misleads Flower for a moment, never loses work.
+        """
+        return self.ensure_connected(
+            self.app.connection_for_write(
+                url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}
+            )
+        )
