@@ -93,49 +93,34 @@ class Accepting(msgspec.Struct, frozen=True):
 
 
 def accept(connection: Connection, upload: Upload, document_id: str, task_id: str) -> Receipt:
-    """The document, its PENDING run and its idempotency key, in one transaction. A key already
-    used for the same bytes within the window names that upload instead (nothing is stored);
-    used for other bytes, it is a Conflict."""
-    if upload.idempotency_key is not None:
-        earlier = idempotency.claim(
-            connection,
-            upload.idempotency_key,
-            sha256=upload.sha256,
-            document_id=document_id,
-            task_id=task_id,
-            expired_before=utcnow() - idempotency.WINDOW,
-        )
-        if earlier is not None:
-            if earlier.sha256 != upload.sha256:
-                raise Conflict(
-                    f"Idempotency-Key {upload.idempotency_key!r} was used at "
-                    f"{earlier.created_at.isoformat()} for other content (document "
-                    f"{earlier.document_id}); use a new key for a different file"
-                )
-            document = documents.get(connection, earlier.document_id)
-            return Receipt(
-                document_id=earlier.document_id,
-                task_id=earlier.task_id,
-                queued=document is not None and document.published_at is not None,
-                replayed=True,
-            )
+    """`accept_all` of one upload."""
     [receipt] = accept_all(connection, [Accepting(upload, document_id, task_id)])
     return receipt
 
 
 def accept_all(connection: Connection, batch: Sequence[Accepting]) -> list[Receipt]:
-    """Uploads without an Idempotency-Key (their keys are claimed by `accept`): the documents and
-    their PENDING runs, one statement each for the whole batch. A document names the earliest
-    with the same bytes — stored before, or earlier in the batch."""
+    """The documents, their PENDING runs and their idempotency keys, in one transaction (one
+    statement a table for the whole batch).
+
+    An Idempotency-Key already used for the same bytes within the window names that upload
+    instead (nothing is stored for it); used for other bytes, it is a Conflict. A document
+    names the earliest with the same bytes — stored before, or earlier in the batch.
+    """
     earliest: dict[str, str | None] = {}
     receipts = []
+    new: list[Accepting] = []
     for accepting in batch:
-        sha256 = accepting.upload.sha256
-        if sha256 not in earliest:
-            earliest[sha256] = documents.first_with(connection, sha256)
-        same_content = earliest[sha256]
+        upload = accepting.upload
+        if upload.idempotency_key is not None:
+            replayed = _claim(connection, accepting)
+            if replayed is not None:
+                receipts.append(replayed)
+                continue
+        if upload.sha256 not in earliest:
+            earliest[upload.sha256] = documents.first_with(connection, upload.sha256)
+        same_content = earliest[upload.sha256]
         if same_content is None:
-            earliest[sha256] = accepting.document_id  # for later copies in this batch
+            earliest[upload.sha256] = accepting.document_id  # for later copies in this batch
         receipts.append(
             Receipt(
                 document_id=accepting.document_id,
@@ -144,6 +129,7 @@ def accept_all(connection: Connection, batch: Sequence[Accepting]) -> list[Recei
                 duplicate_of=same_content,
             )
         )
+        new.append(accepting)
     documents.insert_documents(
         connection,
         [
@@ -156,16 +142,45 @@ def accept_all(connection: Connection, batch: Sequence[Accepting]) -> list[Recei
                 task_id=accepting.task_id,
                 correlation_id=accepting.upload.correlation_id,
             )
-            for accepting in batch
+            for accepting in new
         ],
     )
     task_runs.record_pending_new(
         connection,
         PROCESS_DOCUMENT,
-        [(a.task_id, a.document_id, a.upload.correlation_id) for a in batch],
+        [(a.task_id, a.document_id, a.upload.correlation_id) for a in new],
         queue=queue_for(PROCESS_DOCUMENT),
     )
     return receipts
+
+
+def _claim(connection: Connection, accepting: Accepting) -> Receipt | None:
+    """Claim the upload's key for it; the earlier upload's receipt if the key is taken."""
+    upload = accepting.upload
+    assert upload.idempotency_key is not None
+    earlier = idempotency.claim(
+        connection,
+        upload.idempotency_key,
+        sha256=upload.sha256,
+        document_id=accepting.document_id,
+        task_id=accepting.task_id,
+        expired_before=utcnow() - idempotency.WINDOW,
+    )
+    if earlier is None:
+        return None
+    if earlier.sha256 != upload.sha256:
+        raise Conflict(
+            f"Idempotency-Key {upload.idempotency_key!r} was used at "
+            f"{earlier.created_at.isoformat()} for other content (document "
+            f"{earlier.document_id}); use a new key for a different file"
+        )
+    document = documents.get(connection, earlier.document_id)
+    return Receipt(
+        document_id=earlier.document_id,
+        task_id=earlier.task_id,
+        queued=document is not None and document.published_at is not None,
+        replayed=True,
+    )
 
 
 class Intake:
@@ -181,16 +196,13 @@ class Intake:
         """Documents queued, not yet marked published."""
         self._confirmed_wake = asyncio.Event()
         self._accepting = GroupCommit(store, accept_all)
-        """Uploads without an Idempotency-Key, accepted in groups under load."""
+        """Uploads, accepted in groups under load."""
 
     async def submit(self, upload: Upload) -> Receipt:
         document_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
-        if upload.idempotency_key is None:
-            receipt = await self._accepting(
-                Accepting(upload, document_id, task_id), len(upload.content)
-            )
-        else:
-            receipt = await self.store.write(accept, upload, document_id, task_id)
+        receipt = await self._accepting(
+            Accepting(upload, document_id, task_id), len(upload.content)
+        )
         if receipt.replayed:
             return receipt
         queued = await self.publish(document_id, task_id, upload.correlation_id)

@@ -74,6 +74,7 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
         documents.document_text,
         documents.search_documents,
         tasks.task_status,
+        tasks.task_statuses,
         tasks.task_detail,
         tasks.retry_task,
         tasks.stats,

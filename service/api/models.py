@@ -94,6 +94,13 @@ class TaskStatus(msgspec.Struct, kw_only=True):
     correlation_id: str | None
 
 
+class TaskStatuses(msgspec.Struct, kw_only=True):
+    """Many tasks' statuses at once, in the order asked; `unknown`: ids with no record."""
+
+    statuses: list[TaskStatus]
+    unknown: list[str]
+
+
 class DocumentOut(msgspec.Struct, kw_only=True):
     id: Annotated[str, msgspec.Meta(examples=[DOCUMENT_ID])]
     filename: Annotated[str, msgspec.Meta(examples=["report.pdf"])]

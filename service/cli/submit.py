@@ -132,31 +132,37 @@ def _pool() -> Iterator[ThreadPoolExecutor]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+STATUSES_A_READ = 100
+"""Task ids in one `GET /tasks/statuses` (the API's bound)."""
+
+
 def _follow(
     api: Api, pool: ThreadPoolExecutor, accepted: dict[str, list[object]], timeout: float
 ) -> None:
+    """Read the statuses of what is not final, a hundred a request, until all are final."""
     deadline = time.monotonic() + timeout
     waiting = set(accepted)
 
-    def read(task_id: str) -> tuple[str, Any]:
-        response = api.http.get(f"/tasks/{task_id}/status")
-        if response.status_code == 404:
-            return task_id, None
+    def read(task_ids: list[str]) -> list[Any]:
+        response = api.http.get("/tasks/statuses", params=[("id", each) for each in task_ids])
         if response.status_code >= 400:
             raise _Refused(response)
-        return task_id, response.json()
+        return list(response.json()["statuses"])
 
     with click.progressbar(length=len(waiting), label="processing", file=sys.stderr) as bar:
         while waiting and time.monotonic() < deadline:
-            for task_id, status in pool.map(read, sorted(waiting)):
-                if status is None:
-                    continue
-                row = accepted[task_id]
-                row[1] = status["state"]
-                if status["error"]:
-                    row[4] = f"{status['error']['type']}: {status['error']['message']}"
-                if status["state"] in FINAL:
-                    waiting.discard(task_id)
-                    bar.update(1)
+            ordered = [task_id for task_id in accepted if task_id in waiting]  # as sent
+            parts = [
+                ordered[n : n + STATUSES_A_READ] for n in range(0, len(ordered), STATUSES_A_READ)
+            ]
+            for statuses in pool.map(read, parts):
+                for status in statuses:
+                    row = accepted[status["task_id"]]
+                    row[1] = status["state"]
+                    if status["error"]:
+                        row[4] = f"{status['error']['type']}: {status['error']['message']}"
+                    if status["state"] in FINAL:
+                        waiting.discard(status["task_id"])
+                        bar.update(1)
             if waiting:
                 time.sleep(0.5)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, Table, bindparam, delete, select
 
-from service.store.database import as_struct, dialect_insert
+from service.store.database import PerDialect, as_struct
 from service.store.schema import idempotency_keys, utcnow
 
 WINDOW = timedelta(hours=24)
@@ -22,6 +24,24 @@ class KeyUse(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
 
 
+def _build_claim(insert_for: Callable[[Table], Any]) -> Any:
+    statement = insert_for(idempotency_keys)
+    return statement.on_conflict_do_update(
+        index_elements=["key"],
+        set_={
+            "sha256": statement.excluded.sha256,
+            "document_id": statement.excluded.document_id,
+            "task_id": statement.excluded.task_id,
+            "created_at": statement.excluded.created_at,
+        },
+        where=idempotency_keys.c.created_at < bindparam("expired_before"),
+    ).returning(idempotency_keys.c.key)
+
+
+_CLAIM = PerDialect(_build_claim)
+_USE = select(idempotency_keys).where(idempotency_keys.c.key == bindparam("key"))
+
+
 def claim(
     connection: Connection,
     key: str,
@@ -33,25 +53,20 @@ def claim(
 ) -> KeyUse | None:
     """Take `key` for this upload: None when it was free (or its last use expired), else the
     upload it already names (committed by another request, perhaps a moment ago)."""
-    statement = dialect_insert(connection, idempotency_keys).values(
-        key=key, sha256=sha256, document_id=document_id, task_id=task_id, created_at=utcnow()
-    )
     taken = connection.execute(
-        statement.on_conflict_do_update(
-            index_elements=["key"],
-            set_={
-                "sha256": statement.excluded.sha256,
-                "document_id": statement.excluded.document_id,
-                "task_id": statement.excluded.task_id,
-                "created_at": statement.excluded.created_at,
-            },
-            where=idempotency_keys.c.created_at < expired_before,
-        ).returning(idempotency_keys.c.key)
+        _CLAIM(connection),
+        {
+            "key": key,
+            "sha256": sha256,
+            "document_id": document_id,
+            "task_id": task_id,
+            "created_at": utcnow(),
+            "expired_before": expired_before,
+        },
     ).first()
     if taken is not None:
         return None
-    row = connection.execute(select(idempotency_keys).where(idempotency_keys.c.key == key)).one()
-    return as_struct(row, KeyUse)
+    return as_struct(connection.execute(_USE, {"key": key}).one(), KeyUse)
 
 
 def expire(connection: Connection, before: datetime) -> int:

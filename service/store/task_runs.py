@@ -421,6 +421,17 @@ def get(connection: Connection, task_id: str) -> TaskRun | None:
     return as_struct(row, TaskRun, strict=False)
 
 
+_GET_MANY = select(task_runs).where(task_runs.c.task_id.in_(bindparam("task_ids", expanding=True)))
+
+
+def get_many(connection: Connection, task_ids: Sequence[str]) -> list[TaskRun]:
+    """The runs of those of `task_ids` that are known, in no particular order."""
+    if not task_ids:
+        return []
+    rows = connection.execute(_GET_MANY, {"task_ids": list(task_ids)})
+    return [as_struct(row, TaskRun, strict=False) for row in rows]
+
+
 def count_by_state(connection: Connection) -> dict[str, int]:
     rows = connection.execute(
         select(task_runs.c.state, func.count()).group_by(task_runs.c.state)

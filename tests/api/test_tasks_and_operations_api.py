@@ -26,6 +26,38 @@ async def test_a_task_that_is_not_finished_cannot_be_retried(client: Client) -> 
     assert (unknown.status_code, unknown_status.status_code) == (404, 404)
 
 
+async def test_many_statuses_are_read_at_once_in_the_order_asked(client: Client) -> None:
+    first, second = [(await upload(client, f"n-{n}.txt".encode())).json() for n in range(2)]
+    ids = [second["task_id"], "no-such-task", first["task_id"], second["task_id"]]
+
+    response = await client.get("/tasks/statuses", params=[("id", each) for each in ids])
+
+    assert response.status_code == 200
+    body = response.json()
+    assert [s["task_id"] for s in body["statuses"]] == [second["task_id"], first["task_id"]]
+    assert {s["state"] for s in body["statuses"]} == {"PENDING"}
+    assert body["statuses"][0]["document_id"] == second["document_id"]
+    assert body["unknown"] == ["no-such-task"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        [],  # no id
+        [("id", f"t-{n}") for n in range(101)],  # more than a read takes
+        [("id", "bad\x00id")],
+    ],
+    ids=["none", "too-many", "control-character"],
+)
+async def test_a_statuses_read_outside_its_bounds_is_a_clear_400(
+    client: Client, query: list[tuple[str, str]]
+) -> None:
+    response = await client.get("/tasks/statuses", params=query)
+
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
 async def test_retrying_a_dead_task_republishes_its_dead_letter(
     client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
 ) -> None:

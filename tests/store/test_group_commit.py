@@ -8,10 +8,11 @@ import hashlib
 import threading
 from collections.abc import Sequence
 
+import msgspec
 import pytest
 from sqlalchemy import Connection
 
-from service.errors import StoreUnavailable
+from service.errors import Conflict, StoreUnavailable
 from service.intake import Accepting, Receipt, Upload, accept_all
 from service.store import documents, task_runs
 from service.store.database import AsyncStore, Store
@@ -164,3 +165,44 @@ async def test_a_caller_that_stops_waiting_leaves_its_neighbours_answered(
         1,
         2,
     ]  # "left" was written with "stays": its caller only stopped waiting
+
+
+def keyed(content: bytes, key: str, name: str) -> Upload:
+    return msgspec.structs.replace(upload(content, name), idempotency_key=key)
+
+
+async def test_keyed_uploads_in_one_batch_replay_and_conflict_as_they_would_alone(
+    async_store: AsyncStore, store: Store
+) -> None:
+    gate = Gate()
+
+    def gated_accept(connection: Connection, batch: Sequence[Accepting]) -> list[Receipt]:
+        gate.hold(len(batch))
+        return accept_all(connection, batch)
+
+    group: GroupCommit[Accepting, Receipt] = GroupCommit(async_store, gated_accept)
+    first = asyncio.create_task(group(Accepting(keyed(b"x", "k-used", "0"), "d-0", "t-0")))
+    assert await asyncio.to_thread(gate.entered.wait, DEADLINE)
+    items = [
+        Accepting(keyed(b"y", "k-new", "1"), "d-1", "t-1"),
+        Accepting(keyed(b"y", "k-new", "2"), "d-2", "t-2"),  # a retry within the same batch
+        Accepting(keyed(b"other", "k-used", "3"), "d-3", "t-3"),  # the key, other bytes
+        Accepting(upload(b"z", "4"), "d-4", "t-4"),
+    ]
+    rest = [asyncio.create_task(group(item)) for item in items]
+    await asyncio.sleep(0)
+    gate.open.set()
+    outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
+
+    assert isinstance(outcomes[3], Conflict)
+    receipts = [outcome for outcome in outcomes if isinstance(outcome, Receipt)]
+    assert [(r.document_id, r.replayed) for r in receipts] == [
+        ("d-0", False),
+        ("d-1", False),
+        ("d-1", True),
+        ("d-4", False),
+    ]
+    assert gate.batches == [1, 4, 1, 1, 1, 1]  # the conflict sent the batch item by item
+    assert store.run(documents.get, "d-2") is None
+    assert store.run(documents.get, "d-3") is None
+    assert store.run(documents.get, "d-4") is not None

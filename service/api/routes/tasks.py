@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.params import FromQuery
+from litestar.params import FromQuery, QueryParameter
 from sqlalchemy import Connection
 
 from service import figures
@@ -18,16 +18,17 @@ from service.api.models import (
     Stats,
     TaskError,
     TaskStatus,
+    TaskStatuses,
     Throughput,
     Timings,
 )
-from service.api.params import PathId
+from service.api.params import MAX_LENGTH, PathId
 from service.api.responses import errors
 from service.api.services import IntakeDep, ManagementDep, PublisherDep, StoreDep
 from service.api.tracebacks import relative_paths
 from service.broker.management import Management
 from service.deadletters.republish import republish
-from service.errors import BrokerUnavailable, Conflict, NotFound
+from service.errors import BadRequest, BrokerUnavailable, Conflict, NotFound
 from service.store import dead_letters, task_runs
 from service.store.database import AsyncStore
 from service.store.task_runs import TaskRun
@@ -82,6 +83,37 @@ def status_of(run: TaskRun, *, with_traceback: bool = False) -> TaskStatus:
 )
 async def task_status(task_id: PathId, store: StoreDep) -> TaskStatus:
     return status_of(await store.run(_run, task_id))
+
+
+MAX_STATUSES = 100
+"""Task ids one `GET /tasks/statuses` reads (their query string stays under ~4 kB)."""
+
+
+@get(
+    "/tasks/statuses",
+    responses=errors(400, 503),
+    tags=["tasks"],
+    summary="Many tasks' statuses in one read",
+    description=f"Up to {MAX_STATUSES} task ids, each as an `id` parameter "
+    "(`/tasks/statuses?id=…&id=…`): their statuses in the order asked, and the ids with no "
+    "record (unknown, or expired) in `unknown`. One read instead of one a task, for clients "
+    "that follow many uploads (`docproc submit --wait`).",
+)
+async def task_statuses(
+    store: StoreDep,
+    ids: Annotated[
+        list[str],
+        QueryParameter(name="id", min_items=1, max_items=MAX_STATUSES),
+    ],
+) -> TaskStatuses:
+    for task_id in ids:
+        if not 0 < len(task_id) <= MAX_LENGTH or not task_id.isprintable():
+            raise BadRequest(f"a task id is 1 to {MAX_LENGTH} printable characters")
+    runs = {run.task_id: run for run in await store.run(task_runs.get_many, ids)}
+    return TaskStatuses(
+        statuses=[status_of(runs[task_id]) for task_id in dict.fromkeys(ids) if task_id in runs],
+        unknown=[task_id for task_id in dict.fromkeys(ids) if task_id not in runs],
+    )
 
 
 @get(
