@@ -101,69 +101,48 @@ class RedriveRunner:
                 await self.store.write(redrives.finish, job.id)
                 logger.bind(redrive_id=job.id).info("redrive {} finished", job.id)
                 return
-            # A group's outcomes are written while the next group is published: the two overlap,
-            # and the job's state (cancelled, taken over) is known one group later. Every group
-            # is recorded before the next batch of pending items is read, so none is read twice.
-            recording: asyncio.Task[str | None] | None = None
-            state: str | None = "running"
             for first in range(0, len(batch), in_flight):
                 group = batch[first : first + in_flight]
                 delay = next_at - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 next_at = max(next_at + interval * len(group), time.monotonic() - interval)
-                try:
-                    published = await self._publish(group)
-                except Exception:
-                    if recording is not None:  # what was published is recorded all the same
-                        await asyncio.gather(recording, return_exceptions=True)
-                    raise
-                if recording is not None:
-                    state = await recording
-                recording = asyncio.ensure_future(self._record(job, published))
+                state = await self._group(job, group)
+                if state == "cancelling":
+                    await self.store.write(redrives.stopped, job.id)
                 if state != "running" or stop.is_set():
-                    break
-            assert recording is not None
-            last = await recording
-            state = state if state != "running" else last
-            if state == "cancelling":
-                await self.store.write(redrives.stopped, job.id)
-            if state != "running" or stop.is_set():
-                logger.bind(redrive_id=job.id).info("redrive {} stops: {}", job.id, state)
-                return
+                    logger.bind(redrive_id=job.id).info("redrive {} stops: {}", job.id, state)
+                    return
 
-    async def _publish(self, ids: list[str]) -> _Published:
-        """Re-publish a few letters at once, their confirms in flight together."""
+    async def _group(self, job: Redrive, ids: list[str]) -> str | None:
+        """Re-publish a few letters at once (their confirms in flight together), then record
+        every outcome in one transaction: what is marked and what is counted never disagree."""
         letters, seen = await self.store.run(_letters_and_runs, ids)
-        published = _Published(letters, seen)
+        outcomes: dict[str, str | None] = {}
+        broker_down: BrokerUnavailable | None = None
 
         async def one(dead_letter_id: str) -> None:
+            nonlocal broker_down
             try:
                 letter = check(letters.get(dead_letter_id), dead_letter_id)
                 await publish(self.publisher, letter)
             except BrokerUnavailable as exc:
-                published.broker_down = exc  # not the letter's fault: it stays pending
+                broker_down = exc  # not the letter's fault: it stays pending
             except DocprocError as exc:
-                published.outcomes[dead_letter_id] = str(exc)
+                outcomes[dead_letter_id] = str(exc)
             except Exception as exc:  # a letter that cannot become a message (forged headers)
                 logger.bind(dead_letter_id=dead_letter_id).warning(
                     "dead letter {} cannot be re-published: {!r}", dead_letter_id, exc
                 )
-                published.outcomes[dead_letter_id] = f"cannot be re-published: {exc!r}"
+                outcomes[dead_letter_id] = f"cannot be re-published: {exc!r}"
             else:
-                published.outcomes[dead_letter_id] = None
+                outcomes[dead_letter_id] = None
 
         await asyncio.gather(*(one(dead_letter_id) for dead_letter_id in ids))
-        return published
-
-    async def _record(self, job: Redrive, published: _Published) -> str | None:
-        """Every outcome of a group in one transaction: what is marked and what is counted never
-        disagree. The job's state after it, None when another runner took the job over."""
-        outcomes = published.outcomes
 
         def record(connection: Connection) -> str | None:
-            letters = [published.letters[id_] for id_, error in outcomes.items() if error is None]
-            mark_handled(connection, letters, published.seen)
+            published = [letters[id_] for id_, error in outcomes.items() if error is None]
+            mark_handled(connection, published, seen)
             return redrives.record_items(
                 connection,
                 redrive_id=job.id,
@@ -175,18 +154,7 @@ class RedriveRunner:
             )
 
         state = await self.store.write(record) if outcomes else "running"
-        if published.broker_down is not None:
-            logger.warning("redrive {} waits for RabbitMQ: {}", job.id, published.broker_down)
+        if broker_down is not None:
+            logger.warning("redrive {} waits for RabbitMQ: {}", job.id, broker_down)
             await asyncio.sleep(1.0)
         return state
-
-
-class _Published:
-    """What became of a group's letters, to be recorded."""
-
-    def __init__(self, letters: dict[str, DeadLetter], seen: dict[str, datetime]) -> None:
-        self.letters = letters
-        self.seen = seen
-        self.outcomes: dict[str, str | None] = {}
-        """Each letter tried: None once confirmed, else why it failed."""
-        self.broker_down: BrokerUnavailable | None = None
