@@ -26,7 +26,7 @@ from bench.harness import Options
 from bench.report import Comparison, Report, median
 from service.pipeline import extract, normalise
 from service.pipeline.detection import identify
-from service.pipeline.html import _BLOCK, _CELL, read_html
+from service.pipeline.html import break_lines, read_html
 from service.pipeline.ocr import OCR_AUTO, tessdata_dir
 from service.pipeline.pdf import OCR_DPI
 
@@ -202,8 +202,8 @@ def measure_ocr(options: Options, report: Report) -> None:
 
 
 DETECT = "detect + decode bytes"
-PASSES = "  block/cell line-break passes (re.sub)"
-READ = "read_html (passes, parse, strip, text)"
+PASSES = "  block/cell line-break pass (re.split)"
+READ = "read_html (line breaks, parse, strip, text)"
 BARE = "  bare parse + text() of the same str"
 NORMALISE = "normalise"
 
@@ -212,7 +212,7 @@ def _stages(name: str, data: bytes, markup: str, text: str) -> dict[str, Callabl
     return {
         DETECT: lambda: identify(data, name),
         READ: lambda: read_html(markup),
-        PASSES: lambda: _CELL.sub("\t<", _BLOCK.sub("\n<", markup)),
+        PASSES: lambda: break_lines(markup),
         BARE: lambda: LexborHTMLParser(markup).text(),
         NORMALISE: lambda: normalise(text),
     }

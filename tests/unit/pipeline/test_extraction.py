@@ -80,6 +80,19 @@ def test_html_blocks_break_lines_while_inline_elements_keep_words_whole() -> Non
     assert extract(page, "page.html").text == "Water is H2O.\n\nShouted\n\nCell\nbelow"
 
 
+def test_table_cells_are_kept_apart_on_their_row() -> None:
+    page = b"<table><TR><TD>Name<td class=v>Ada</td></tr><tr><th>Born</th><th>1815</table>"
+
+    assert extract(page, "page.html").text == "Name Ada\n\nBorn 1815"
+
+
+def test_a_stray_end_tag_of_a_cell_still_parts_the_words_around_it() -> None:
+    # Cut from a table (a mail's signature, say): the parser drops the tag, not the break.
+    page = b"<div>Total:</td>42</div>"
+
+    assert extract(page, "page.html").text == "Total: 42"
+
+
 def test_a_title_out_of_place_in_the_body_stays_out_of_the_text() -> None:
     page = b"<head><title>Real</title></head><body><title>Stray</title><p>Body text</p></body>"
 

@@ -26,10 +26,12 @@ from service.pipeline.normalisation import MAX_LINE, single_line
         ("family: \U0001f468\u200d\U0001f469", "family: \U0001f468\u200d\U0001f469"),
         ("line\u2028separator\u2029paragraph", "line\nseparator\n\nparagraph"),
         ("page\fbreak", "page\nbreak"),
+        ("caf\xe9\x85soft\xadhyphen\x9f end", "café\nsofthyphen end"),
+        ("cafe\u0301\xa0au\xa0lait", "café au lait"),
     ],
     ids=["nfc", "controls", "tabs", "crlf", "spaces", "strip-lines", "blank-lines",
          "blank-lines-with-spaces", "strip-result", "unicode-spaces", "invisibles", "zwj-kept",
-         "unicode-breaks", "form-feed"],
+         "unicode-breaks", "form-feed", "latin-1-controls", "nfc-after-no-break-spaces"],
 )  # fmt: skip
 def test_normalisation_rules(raw: str, expected: str) -> None:
     assert normalise(raw) == expected
