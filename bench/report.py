@@ -117,12 +117,16 @@ class Report:
         self.readings.append(Reading(measure, figure, value, unit, note, ceiling))
 
     def shortfalls(
-        self, leniency: float = 1.0, known: Collection[tuple[str, str]] = ()
+        self, leniency: float = 1.0, known: Collection[tuple[str, str, str]] = ()
     ) -> tuple[list[str], list[str]]:
         """Every figure that misses its mark, the mark loosened by `leniency` (0.5: a ratio may
         fall to half its target, a reading rise to twice its ceiling): those not in `known`
-        (measure, figure), then those in it. A figure that could not be measured (NaN) misses
-        too."""
+        (measure, figure, how its baseline's name begins), then those in it. A figure that
+        could not be measured (NaN) misses too."""
+
+        def is_known(measure: str, figure: str, baseline: str) -> bool:
+            return any((measure, figure) == (m, f) and baseline.startswith(b) for m, f, b in known)
+
         failing: list[str] = []
         expected: list[str] = []
         for c in self.comparisons:
@@ -131,14 +135,16 @@ class Report:
                     f"{c.measure}: {c.figure} against {c.baseline_name}: ratio {c.ratio:.2f}, "
                     f"below {c.target * leniency:.2f}"
                 )
-                (expected if (c.measure, c.figure) in known else failing).append(line)
+                (expected if is_known(c.measure, c.figure, c.baseline_name) else failing).append(
+                    line
+                )
         for r in self.readings:
             if r.ceiling is not None and not r.value <= r.ceiling / leniency:
                 line = (
                     f"{r.measure}: {r.figure}: {r.value:.2f} {r.unit}, "
                     f"above {r.ceiling / leniency:.2f}"
                 )
-                (expected if (r.measure, r.figure) in known else failing).append(line)
+                (expected if is_known(r.measure, r.figure, "") else failing).append(line)
         return failing, expected
 
     def peak(self, process: str, kb: int) -> None:
