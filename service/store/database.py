@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgspec
-from sqlalchemy import Connection, Engine, Executable, Row, Table
+from sqlalchemy import JSON, Connection, Engine, Executable, Row, Table
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import (
@@ -169,6 +169,91 @@ class PerDialect:
                 sqlite_insert if name == "sqlite" else postgresql_insert
             )
         return built
+
+
+_Prepared = tuple[str, list[tuple[int, Any, Any]], tuple[str, ...] | None]
+"""A bulk statement for one dialect: its SQL, how each parameter is made, the parameters' names
+(None when they are positional)."""
+
+
+class Bulk:
+    """A statement run for many rows at once, each row a tuple of `columns`' values: compiled once
+    per dialect and handed to the driver's executemany with each value converted as its column's
+    type converts it, JSON encoded by msgspec.
+
+    For the writes of hundreds of rows a transaction (the DLQ consumer's batches), where
+    SQLAlchemy's executemany costs more than the database: it builds a dict of every parameter of
+    every row, looks each one's conversion up again, and encodes JSON with the json module.
+    Every value JSON gets is one msgspec encodes (msgspec's documents are json's, whitespace
+    apart). `build` is PerDialect's; a bound value of the statement that is not a column of the
+    rows (a constant in its ON CONFLICT clause) is converted once."""
+
+    def __init__(
+        self, build: Callable[[Callable[[Table], Any]], Executable], columns: Sequence[str]
+    ) -> None:
+        self._statement = PerDialect(build)
+        self.columns = tuple(columns)
+        self._prepared: dict[
+            str, tuple[str, list[tuple[int, Any, Any]], tuple[str, ...] | None]
+        ] = {}
+
+    def execute(self, connection: Connection, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        sql, plan, names = self._prepared.get(connection.dialect.name) or self._prepare(connection)
+        # Each parameter: the row's value at `index` through `convert` (if any), or a constant.
+        converted = [
+            [
+                constant if index < 0 else row[index] if convert is None else convert(row[index])
+                for index, convert, constant in plan
+            ]
+            for row in rows
+        ]
+        if names is None:  # positional (SQLite)
+            connection.exec_driver_sql(sql, [tuple(values) for values in converted])
+        else:  # named (psycopg)
+            params = [dict(zip(names, values, strict=True)) for values in converted]
+            connection.exec_driver_sql(sql, params)
+
+    def _prepare(self, connection: Connection) -> _Prepared:
+        dialect = connection.dialect
+        statement: Any = self._statement(connection)
+        compiled = statement.compile(dialect=dialect, column_keys=list(self.columns))
+        if compiled.positional:
+            order = list(compiled.positiontup or ())
+        else:
+            order = list(dict.fromkeys(compiled.bind_names.values()))
+        binds = {name: bind for bind, name in compiled.bind_names.items()}
+        unset = [
+            column.key for column in compiled.insert_prefetch if column.key not in self.columns
+        ]
+        if unset or compiled.post_compile_params:
+            raise ValueError(f"a bulk statement needs every value of its rows given: {unset}")
+        plan: list[tuple[int, Any, Any]] = []
+        for name in order:
+            bind = binds[name]
+            if isinstance(bind.type, JSON):
+                convert: Any = _json_or_null if bind.type.none_as_null else _json_text
+            else:
+                convert = bind.type._cached_bind_processor(dialect)
+            if name in self.columns:
+                plan.append((self.columns.index(name), convert, None))
+            elif bind.required:
+                raise ValueError(f"a bulk statement's parameter {name} has no value")
+            else:
+                value = bind.effective_value
+                plan.append((-1, None, value if convert is None else convert(value)))
+        prepared = (compiled.string, plan, None if compiled.positional else tuple(order))
+        self._prepared[dialect.name] = prepared
+        return prepared
+
+
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _json_or_null(value: Any) -> str | None:
+    return None if value is None else msgspec.json.encode(value).decode()
 
 
 def dialect_insert(connection: Connection, table: Table) -> Any:
