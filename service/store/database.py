@@ -171,49 +171,42 @@ class PerDialect:
         return built
 
 
-_Prepared = tuple[str, list[tuple[int, Any, Any]], tuple[str, ...] | None]
-"""A bulk statement for one dialect: its SQL, how each parameter is made, the parameters' names
-(None when they are positional)."""
-
-
 class Bulk:
     """A statement run for many rows at once, each row a tuple of `columns`' values: compiled once
-    per dialect and handed to the driver's executemany with each value converted as its column's
-    type converts it, JSON encoded by msgspec.
+    per dialect and handed to the driver's executemany, each value converted as its column's type
+    converts it, JSON encoded by msgspec.
 
     For the writes of hundreds of rows a transaction (the DLQ consumer's batches), where
     SQLAlchemy's executemany costs more than the database: it builds a dict of every parameter of
-    every row, looks each one's conversion up again, and encodes JSON with the json module.
-    Every value JSON gets is one msgspec encodes (msgspec's documents are json's, whitespace
-    apart). `build` is PerDialect's; a bound value of the statement that is not a column of the
-    rows (a constant in its ON CONFLICT clause) is converted once."""
+    every row, looks each one's conversion up again, converts the same timestamp anew for every
+    row, and encodes JSON with the json module. Here values are converted a column at a time, a
+    value the same object as the row before's is not converted again, and a value JSON gets is
+    one msgspec encodes (the documents json writes, whitespace apart). `build` is PerDialect's; a
+    bound value of the statement that is not a column of the rows (a constant in its ON CONFLICT
+    clause) is converted once."""
 
     def __init__(
         self, build: Callable[[Callable[[Table], Any]], Executable], columns: Sequence[str]
     ) -> None:
         self._statement = PerDialect(build)
         self.columns = tuple(columns)
-        self._prepared: dict[
-            str, tuple[str, list[tuple[int, Any, Any]], tuple[str, ...] | None]
-        ] = {}
+        self._prepared: dict[str, _Prepared] = {}
 
     def execute(self, connection: Connection, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return
         sql, plan, names = self._prepared.get(connection.dialect.name) or self._prepare(connection)
-        # Each parameter: the row's value at `index` through `convert` (if any), or a constant.
-        converted = [
-            [
-                constant if index < 0 else row[index] if convert is None else convert(row[index])
-                for index, convert, constant in plan
-            ]
-            for row in rows
+        given = list(zip(*rows, strict=True))
+        parameters = [
+            _converted(given[index], convert) if index >= 0 else [constant] * len(rows)
+            for index, convert, constant in plan
         ]
         if names is None:  # positional (SQLite)
-            connection.exec_driver_sql(sql, [tuple(values) for values in converted])
+            connection.exec_driver_sql(sql, list(zip(*parameters, strict=True)))
         else:  # named (psycopg)
-            params = [dict(zip(names, values, strict=True)) for values in converted]
-            connection.exec_driver_sql(sql, params)
+            connection.exec_driver_sql(
+                sql, [dict(zip(names, row, strict=True)) for row in zip(*parameters, strict=True)]
+            )
 
     def _prepare(self, connection: Connection) -> _Prepared:
         dialect = connection.dialect
@@ -224,9 +217,7 @@ class Bulk:
         else:
             order = list(dict.fromkeys(compiled.bind_names.values()))
         binds = {name: bind for bind, name in compiled.bind_names.items()}
-        unset = [
-            column.key for column in compiled.insert_prefetch if column.key not in self.columns
-        ]
+        unset = [c.key for c in compiled.insert_prefetch if c.key not in self.columns]
         if unset or compiled.post_compile_params:
             raise ValueError(f"a bulk statement needs every value of its rows given: {unset}")
         plan: list[tuple[int, Any, Any]] = []
@@ -246,6 +237,23 @@ class Bulk:
         prepared = (compiled.string, plan, None if compiled.positional else tuple(order))
         self._prepared[dialect.name] = prepared
         return prepared
+
+
+_Prepared = tuple[str, list[tuple[int, Any, Any]], tuple[str, ...] | None]
+"""A bulk statement for one dialect: its SQL; for each parameter, the column it takes (-1 for a
+constant), the conversion and the constant; the parameters' names (None when positional)."""
+
+
+def _converted(values: Sequence[Any], convert: Callable[[Any], Any] | None) -> Sequence[Any]:
+    if convert is None:
+        return values
+    converted = []
+    last: Any = _converted
+    for value in values:
+        if value is not last:
+            last, result = value, convert(value)
+        converted.append(result)
+    return converted
 
 
 def _json_text(value: Any) -> str:
