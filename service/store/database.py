@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -25,6 +26,7 @@ from sqlalchemy.exc import (
     InterfaceError,
     OperationalError,
     SQLAlchemyError,
+    StatementError,
 )
 
 from service.errors import DatabaseError, StoreRejected, StoreUnavailable
@@ -197,10 +199,14 @@ class Bulk:
             return
         sql, plan, names = self._prepared.get(connection.dialect.name) or self._prepare(connection)
         given = list(zip(*rows, strict=True))
-        parameters = [
-            _converted(given[index], convert) if index >= 0 else [constant] * len(rows)
-            for index, convert, constant in plan
-        ]
+        try:
+            parameters = [
+                _converted(given[index], convert) if index >= 0 else [constant] * len(rows)
+                for index, convert, constant in plan
+            ]
+        except Exception as exc:
+            # As SQLAlchemy reports a value its type cannot convert: a statement that failed.
+            raise StatementError(f"({type(exc).__name__}) {exc}", sql, None, exc) from exc
         if names is None:  # positional (SQLite)
             connection.exec_driver_sql(sql, list(zip(*parameters, strict=True)))
         else:  # named (psycopg)
@@ -257,11 +263,16 @@ def _converted(values: Sequence[Any], convert: Callable[[Any], Any] | None) -> S
 
 
 def _json_text(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
+    try:
+        return msgspec.json.encode(value).decode()
+    except (TypeError, ValueError, msgspec.EncodeError):
+        # What msgspec refuses (a lone surrogate) goes as SQLAlchemy would send it: the store
+        # takes it or refuses it as before.
+        return json.dumps(value)
 
 
 def _json_or_null(value: Any) -> str | None:
-    return None if value is None else msgspec.json.encode(value).decode()
+    return None if value is None else _json_text(value)
 
 
 def dialect_insert(connection: Connection, table: Table) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, insert, select, text
 
+from service.errors import DatabaseError
 from service.store.database import Bulk, Store
 from service.store.schema import dead_letters, task_runs
 from service.store.task_runs import NOT_SUCCEEDED
@@ -122,3 +123,32 @@ def test_a_bulk_statement_refuses_rows_that_leave_a_defaulted_column_out(store: 
     bulk = Bulk(lambda insert: insert(task_runs), ["task_id", "task_name", "state"])
     with pytest.raises(ValueError, match="steps_done"):
         store.run(lambda c: bulk.execute(c, [("t", "t", "PENDING")]))
+
+
+def test_json_that_msgspec_refuses_goes_as_sqlalchemy_sends_it(store: Store) -> None:
+    """A lone surrogate: msgspec cannot encode it, json escapes it; the store takes or refuses
+    the row as it did through SQLAlchemy's own insert."""
+    bulk = Bulk(lambda insert: insert(dead_letters), list(letter_row("x")))
+    odd = {"headers": {"k": "\ud800"}, "routing_keys": ["\udfff"]}
+
+    def outcome(write: Any) -> Any:
+        try:
+            store.run(write)
+        except DatabaseError as exc:
+            return type(exc)
+        return store.run(
+            lambda c: c.execute(select(dead_letters.c.headers, dead_letters.c.routing_keys)).one()
+        )
+
+    ours = outcome(lambda c: bulk.execute(c, [tuple(letter_row("b", **odd).values())]))
+    store.run(lambda c: c.execute(dead_letters.delete()))
+    theirs = outcome(lambda c: c.execute(insert(dead_letters), [letter_row("c", **odd)]))
+    assert ours == theirs
+
+
+def test_a_value_its_column_cannot_convert_fails_the_statement(store: Store) -> None:
+    bulk = Bulk(lambda insert: insert(dead_letters), list(letter_row("x")))
+    naive = letter_row("n", dead_at=datetime(2026, 12, 3))  # Timestamp refuses naive times
+
+    with pytest.raises(DatabaseError, match="naive datetime"):
+        store.run(lambda c: bulk.execute(c, [tuple(naive.values())]))
