@@ -19,12 +19,28 @@ JsonValue = Any
 _TAGS = ("$datetime", "$bytes", "$decimal", "$table")
 
 
+_AS_IS = frozenset({str, int, float, bool, type(None)})
+"""Types JSON holds as they are: most header values, passed over without a call (the DLQ consumer
+converts every header of every letter, twice per letter before this)."""
+
+
 def to_json(value: Any) -> JsonValue:
-    if isinstance(value, dict):
-        table = {str(k): to_json(v) for k, v in value.items()}
+    kind = type(value)
+    if kind in _AS_IS:
+        return value
+    if kind is dict or isinstance(value, dict):
+        table = {
+            k if type(k) is str else str(k): v if type(v) in _AS_IS else to_json(v)
+            for k, v in value.items()
+        }
         return {"$table": table} if len(table) == 1 and next(iter(table)) in _TAGS else table
     if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
+        return [v if type(v) in _AS_IS else to_json(v) for v in value]
+    return _tagged(value)
+
+
+def _tagged(value: Any) -> JsonValue:
+    """A value JSON has no word for, tagged; anything else as it is."""
     if isinstance(value, datetime):
         aware = value if value.tzinfo else value.replace(tzinfo=UTC)
         return {"$datetime": aware.isoformat()}

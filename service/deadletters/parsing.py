@@ -35,13 +35,31 @@ class RawMessage(msgspec.Struct, frozen=True, kw_only=True):
     redelivered: bool = False
 
 
-def message_key(raw: RawMessage) -> str:
-    stable = {k: v for k, v in raw.headers.items() if k not in _VOLATILE_HEADERS}
+def message_key(raw: RawMessage, converted: tuple[Any, Any] | None = None) -> str:
+    """The message's key: its body, stable headers and properties hashed. `converted` is the
+    headers and properties as `to_json` made them, when the caller has them already (`read`)."""
     try:
-        canonical = msgspec.json.encode([to_json(stable), to_json(raw.properties)], order="sorted")
+        if converted is None or not _VOLATILE_HEADERS.isdisjoint(raw.headers):
+            converted = (to_json(_stable(raw.headers)), to_json(raw.properties))
+        canonical = msgspec.json.encode(list(converted), order="sorted")
     except (TypeError, ValueError, msgspec.EncodeError):
-        canonical = repr(sorted(stable.items(), key=str)).encode("utf-8", "replace")
+        canonical = repr(sorted(_stable(raw.headers).items(), key=str)).encode("utf-8", "replace")
     return hashlib.sha256(raw.body + b"\x00" + canonical).hexdigest()
+
+
+def _stable(headers: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in headers.items() if k not in _VOLATILE_HEADERS}
+
+
+_UNCONVERTIBLE = object()
+
+
+def _converted(value: Any) -> Any:
+    """`to_json(value)`, or `_UNCONVERTIBLE` (the reader says why when it meets it)."""
+    try:
+        return to_json(value)
+    except (TypeError, ValueError):
+        return _UNCONVERTIBLE
 
 
 class _Reader:
@@ -94,10 +112,12 @@ class _Reader:
         self.note(f"{name} {value!r:.60} is not a time")
         return None
 
-    def json(self, name: str, value: Any) -> Any:
-        """A header table or argument as JSON the store takes (text without NUL)."""
+    def json(self, name: str, value: Any, converted: Any = _UNCONVERTIBLE) -> Any:
+        """A header table or argument as JSON the store takes (text without NUL); `converted` is
+        `to_json(value)` when the caller made it."""
         try:
-            converted = to_json(value)
+            if converted is _UNCONVERTIBLE:
+                converted = to_json(value)
             encoded = msgspec.json.encode(converted)
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
             self.note(f"{name} could not be read as JSON ({exc}); stored as its text")
@@ -143,6 +163,13 @@ def read(raw: RawMessage) -> NewDeadLetter:
     reader = _Reader()
     headers = raw.headers if isinstance(raw.headers, dict) else {}
     properties = raw.properties if isinstance(raw.properties, dict) else {}
+    # Converted once, for the key and for the record: the headers are most of a letter's work.
+    tables = (_converted(headers), _converted(properties))
+    whole = (
+        headers is raw.headers
+        and properties is raw.properties
+        and all(t is not _UNCONVERTIBLE for t in tables)
+    )
     deaths = reader.deaths(headers)
     death = deaths[0] if deaths else {}
     times = [t for t in (reader.time("x-death time", d.get("time")) for d in deaths) if t]
@@ -156,12 +183,12 @@ def read(raw: RawMessage) -> NewDeadLetter:
         error_type = "NotACeleryMessage" if "task" not in headers else "MalformedTaskMessage"
         error_message = wrong
     return NewDeadLetter(
-        message_key=message_key(raw),
+        message_key=message_key(raw, tables if whole else None),
         body=raw.body,
         content_type=content_type,
         content_encoding=reader.text("content_encoding", properties.get("content_encoding"), 255),
-        headers=reader.json("headers", headers),
-        properties=reader.json("properties", properties),
+        headers=reader.json("headers", headers, tables[0]),
+        properties=reader.json("properties", properties, tables[1]),
         reason=reader.text("x-death reason", death.get("reason"), 32) or "unknown",
         queue=reader.text("x-death queue", death.get("queue") or raw.routing_key, 255) or "unknown",
         exchange=reader.text("x-death exchange", death.get("exchange"), 255),

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgspec
-from sqlalchemy import Connection, Engine, Executable, Row, Table
+from sqlalchemy import JSON, Connection, Engine, Executable, Row, Table
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import (
@@ -25,6 +26,7 @@ from sqlalchemy.exc import (
     InterfaceError,
     OperationalError,
     SQLAlchemyError,
+    StatementError,
 )
 
 from service.errors import DatabaseError, StoreRejected, StoreUnavailable
@@ -169,6 +171,108 @@ class PerDialect:
                 sqlite_insert if name == "sqlite" else postgresql_insert
             )
         return built
+
+
+class Bulk:
+    """A statement run for many rows at once, each row a tuple of `columns`' values: compiled once
+    per dialect and handed to the driver's executemany, each value converted as its column's type
+    converts it, JSON encoded by msgspec.
+
+    For the writes of hundreds of rows a transaction (the DLQ consumer's batches), where
+    SQLAlchemy's executemany costs more than the database: it builds a dict of every parameter of
+    every row, looks each one's conversion up again, converts the same timestamp anew for every
+    row, and encodes JSON with the json module. Here values are converted a column at a time, a
+    value the same object as the row before's is not converted again, and a value JSON gets is
+    one msgspec encodes (the documents json writes, whitespace apart). `build` is PerDialect's; a
+    bound value of the statement that is not a column of the rows (a constant in its ON CONFLICT
+    clause) is converted once."""
+
+    def __init__(
+        self, build: Callable[[Callable[[Table], Any]], Executable], columns: Sequence[str]
+    ) -> None:
+        self._statement = PerDialect(build)
+        self.columns = tuple(columns)
+        self._prepared: dict[str, _Prepared] = {}
+
+    def execute(self, connection: Connection, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        sql, plan, names = self._prepared.get(connection.dialect.name) or self._prepare(connection)
+        given = list(zip(*rows, strict=True))
+        try:
+            parameters = [
+                _converted(given[index], convert) if index >= 0 else [constant] * len(rows)
+                for index, convert, constant in plan
+            ]
+        except Exception as exc:
+            # As SQLAlchemy reports a value its type cannot convert: a statement that failed.
+            raise StatementError(f"({type(exc).__name__}) {exc}", sql, None, exc) from exc
+        if names is None:  # positional (SQLite)
+            connection.exec_driver_sql(sql, list(zip(*parameters, strict=True)))
+        else:  # named (psycopg)
+            connection.exec_driver_sql(
+                sql, [dict(zip(names, row, strict=True)) for row in zip(*parameters, strict=True)]
+            )
+
+    def _prepare(self, connection: Connection) -> _Prepared:
+        dialect = connection.dialect
+        statement: Any = self._statement(connection)
+        compiled = statement.compile(dialect=dialect, column_keys=list(self.columns))
+        if compiled.positional:
+            order = list(compiled.positiontup or ())
+        else:
+            order = list(dict.fromkeys(compiled.bind_names.values()))
+        binds = {name: bind for bind, name in compiled.bind_names.items()}
+        unset = [c.key for c in compiled.insert_prefetch if c.key not in self.columns]
+        if unset or compiled.post_compile_params:
+            raise ValueError(f"a bulk statement needs every value of its rows given: {unset}")
+        plan: list[tuple[int, Any, Any]] = []
+        for name in order:
+            bind = binds[name]
+            if isinstance(bind.type, JSON):
+                convert: Any = _json_or_null if bind.type.none_as_null else _json_text
+            else:
+                convert = bind.type._cached_bind_processor(dialect)
+            if name in self.columns:
+                plan.append((self.columns.index(name), convert, None))
+            elif bind.required:
+                raise ValueError(f"a bulk statement's parameter {name} has no value")
+            else:
+                value = bind.effective_value
+                plan.append((-1, None, value if convert is None else convert(value)))
+        prepared = (compiled.string, plan, None if compiled.positional else tuple(order))
+        self._prepared[dialect.name] = prepared
+        return prepared
+
+
+_Prepared = tuple[str, list[tuple[int, Any, Any]], tuple[str, ...] | None]
+"""A bulk statement for one dialect: its SQL; for each parameter, the column it takes (-1 for a
+constant), the conversion and the constant; the parameters' names (None when positional)."""
+
+
+def _converted(values: Sequence[Any], convert: Callable[[Any], Any] | None) -> Sequence[Any]:
+    if convert is None:
+        return values
+    converted = []
+    last: Any = _converted
+    for value in values:
+        if value is not last:
+            last, result = value, convert(value)
+        converted.append(result)
+    return converted
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return msgspec.json.encode(value).decode()
+    except (TypeError, ValueError, msgspec.EncodeError):
+        # What msgspec refuses (a lone surrogate) goes as SQLAlchemy would send it: the store
+        # takes it or refuses it as before.
+        return json.dumps(value)
+
+
+def _json_or_null(value: Any) -> str | None:
+    return None if value is None else _json_text(value)
 
 
 def dialect_insert(connection: Connection, table: Table) -> Any:

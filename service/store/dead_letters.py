@@ -15,7 +15,6 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
-    insert,
     or_,
     select,
     update,
@@ -23,7 +22,7 @@ from sqlalchemy import (
 
 from service.grouping import fingerprint
 from service.store import cursors
-from service.store.database import as_struct
+from service.store.database import Bulk, as_struct
 from service.store.schema import dead_letters, utcnow
 
 Status = Literal["active", "republished", "discarded", "superseded", "all", "redrivable"]
@@ -157,6 +156,11 @@ def _where(statement: Select[Any], filters: Filters) -> Select[Any]:
     return statement.where(and_(*conditions)) if conditions else statement
 
 
+_RECORD = ("id", "fingerprint", "republish_count", "superseded_at", "stored_at", "updated_at")
+_INSERT = Bulk(lambda insert: insert(dead_letters), [*NewDeadLetter.__struct_fields__, *_RECORD])
+"""A letter's fields as they come (`msgspec.structs.astuple`), then what storing adds."""
+
+
 def insert_many(
     connection: Connection,
     letters: Sequence[NewDeadLetter],
@@ -168,30 +172,38 @@ def insert_many(
     recorded for its task (`failures`) over the one its headers carry; a letter of a task that
     succeeded since (`superseded`) is history, not a failure."""
     now = utcnow()
-    rows: list[dict[str, Any]] = []
-    for letter in letters:
-        values = msgspec.to_builtins(letter, builtin_types=(bytes, datetime))
+    ids: list[str] = []
+    rows: list[tuple[Any, ...]] = []
+    # A batch's letters mostly share a cause: each cause is fingerprinted once.
+    fingerprints: dict[tuple[str | None, ...], str] = {}
+    for given in letters:
+        letter = given
         if letter.task_id in failures:
-            values |= failures[letter.task_id]
-        values["fingerprint"] = fingerprint(
+            letter = msgspec.structs.replace(letter, **failures[letter.task_id])
+        cause = (
             letter.task_name,
-            values["error_type"] or letter.reason,
-            values["error_message"],
-            values["traceback"],
+            letter.error_type or letter.reason,
+            letter.error_message,
+            letter.traceback,
         )
+        group = fingerprints.get(cause)
+        if group is None:
+            group = fingerprints[cause] = fingerprint(*cause)
+        record_id = str(uuid.uuid4())
+        ids.append(record_id)
         rows.append(
-            values
-            | {
-                "id": str(uuid.uuid4()),
-                "republish_count": 0,
-                "stored_at": now,
-                "updated_at": now,
-                "superseded_at": now if letter.task_id in superseded else None,
-            }
+            (
+                *msgspec.structs.astuple(letter),
+                record_id,
+                group,
+                0,
+                now if letter.task_id in superseded else None,
+                now,
+                now,
+            )
         )
-    if rows:
-        connection.execute(insert(dead_letters), rows)
-    return [row["id"] for row in rows]
+    _INSERT.execute(connection, rows)
+    return ids
 
 
 _SUPERSEDE = (

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, select
 
+from service.store.database import Bulk
 from service.store.schema import dead_letter_ledger as ledger
 
 
@@ -49,13 +50,12 @@ def take(connection: Connection, keys: Sequence[str]) -> list[str | None]:
     return matched
 
 
+_RECORD = Bulk(lambda insert: insert(ledger), ["session", "dead_letter_id", "message_key"])
+
+
 def record(connection: Connection, session: str, rows: Sequence[tuple[str, str]]) -> None:
     """Rows (record id, message key) for a batch committed but not acked yet."""
-    if rows:
-        connection.execute(
-            insert(ledger),
-            [{"session": session, "dead_letter_id": r, "message_key": k} for r, k in rows],
-        )
+    _RECORD.execute(connection, [(session, record_id, key) for record_id, key in rows])
 
 
 def clear(connection: Connection, session: str | None = None) -> int:

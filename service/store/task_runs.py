@@ -20,7 +20,7 @@ from sqlalchemy import (
     update,
 )
 
-from service.store.database import PerDialect, as_struct, dialect_insert, upsert
+from service.store.database import Bulk, PerDialect, as_struct, upsert
 from service.store.schema import task_runs, utcnow
 
 TaskState = Literal[
@@ -461,14 +461,9 @@ def expire(connection: Connection, finished_before: datetime) -> int:
     return int(result.rowcount or 0)
 
 
-def record_dead(connection: Connection, runs: Sequence[tuple[str, str, str, str]]) -> None:
-    """Mark runs DEAD — (task id, task name, reason, why) each — keeping any failure the worker
-    recorded, creating the runs of tasks never seen, leaving SUCCESS alone (one statement)."""
-    if not runs:
-        return
-    now = utcnow()
-    statement = dialect_insert(connection, task_runs)
-    statement = statement.on_conflict_do_update(
+def _build_dead(insert_for: Callable[[Table], Any]) -> Executable:
+    statement = insert_for(task_runs)
+    built: Executable = statement.on_conflict_do_update(
         index_elements=["task_id"],
         set_={
             "state": statement.excluded.state,
@@ -483,18 +478,27 @@ def record_dead(connection: Connection, runs: Sequence[tuple[str, str, str, str]
         },
         where=NOT_SUCCEEDED,
     )
-    connection.execute(
-        statement,
+    return built
+
+
+_DEAD = Bulk(
+    _build_dead,
+    [
+        *("task_id", "task_name", "state", "steps_done", "steps_total", "percent", "retries"),
+        *("retry_history", "created_at", "updated_at", "finished_at", "error_type"),
+        "error_message",
+    ],
+)
+
+
+def record_dead(connection: Connection, runs: Sequence[tuple[str, str, str, str]]) -> None:
+    """Mark runs DEAD — (task id, task name, reason, why) each — keeping any failure the worker
+    recorded, creating the runs of tasks never seen, leaving SUCCESS alone (one statement)."""
+    now = utcnow()
+    _DEAD.execute(
+        connection,
         [
-            _first_values(
-                task_id,
-                task_name,
-                "DEAD",
-                now,
-                finished_at=now,
-                error_type=reason,
-                error_message=why,
-            )
+            (task_id, task_name, "DEAD", 0, 0, 0.0, 0, [], now, now, now, reason, why)
             # One row per task (a statement may not update a row twice), in one order for
             # every writer of many runs: concurrent ones cannot deadlock.
             for task_id, (task_name, reason, why) in sorted(
