@@ -14,7 +14,6 @@ its confirms in flight together and writes each group's outcomes in one transact
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -31,7 +30,9 @@ from bench.report import Comparison, median
 from bench.submit import purge
 from service.broker.publisher import task_message
 from service.deadletters.parsing import RawMessage, read
+from service.errors import DatabaseError
 from service.store import outcomes
+from service.store.database import Store
 from service.store.schema import dead_letters as table
 from service.task_contract import PROCESS_DOCUMENT
 from service.topology import DEAD_LETTER_QUEUE, DOCUMENT_QUEUE, EXCHANGE
@@ -122,12 +123,38 @@ async def ack_only(channel: AbstractChannel, count: int) -> float:
     return (count - 1) / (times[-1] - times[0])
 
 
-_batches = itertools.count(1)
+def _latest_death(connection: Connection) -> datetime | None:
+    latest: datetime | None = connection.scalar(select(func.max(table.c.dead_at)))
+    return latest
 
 
-def next_batch() -> int:
-    """A batch number no other round of this process used: its dead letters get their own day."""
-    return next(_batches)
+class _Batches:
+    """Batch numbers, each a day of its own for its dead letters: from the day after the latest
+    a letter in the store died on — a reused PostgreSQL database keeps an earlier run's letters,
+    whose days a count from 1 would take again — then one more each time."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+
+    def next(self, store: Store) -> int:
+        if self.last is None:
+            try:
+                latest = store.run(
+                    lambda connection: connection.scalar(select(func.max(table.c.dead_at)))
+                )
+            except DatabaseError:  # not migrated yet: an empty store
+                latest = None
+            self.last = 0 if latest is None else max(0, (latest - EPOCH).days)
+        self.last += 1
+        return self.last
+
+
+_batches = _Batches()
+
+
+def next_batch(store: Store) -> int:
+    """A batch number no other round used: its dead letters get their own day."""
+    return _batches.next(store)
 
 
 async def measure(run: Session) -> None:
@@ -140,7 +167,7 @@ async def measure(run: Session) -> None:
         publisher = await connection.channel(publisher_confirms=True)
 
         async def baseline() -> float:
-            await load_dead_letters(publisher, next_batch(), count)
+            await load_dead_letters(publisher, next_batch(store), count)
             consumer = await connection.channel()
             try:
                 return await ack_only(consumer, count)
@@ -148,7 +175,7 @@ async def measure(run: Session) -> None:
                 await consumer.close()
 
         async def docproc() -> float:
-            batch = next_batch()
+            batch = next_batch(store)
             await load_dead_letters(publisher, batch, count)
             dlq, _ = await run.start_docproc("dlq")
             before = dlq.cpu()
@@ -233,7 +260,7 @@ async def measure_redrive(run: Session) -> None:
         channel = await connection.channel(publisher_confirms=True)
 
         async def redrive() -> float:
-            batch = next_batch()
+            batch = next_batch(store)
             await asyncio.to_thread(store.run, load_store, batch, count)
             day = batch_day(batch)
             request = {
@@ -261,7 +288,7 @@ async def measure_redrive(run: Session) -> None:
             return count / (ended - started).total_seconds()
 
         async def publish_all(concurrency: int) -> float:
-            batch = next_batch()
+            batch = next_batch(store)
             messages = await asyncio.to_thread(store.run, load_store, batch, count)
 
             async def publish(index: int) -> None:

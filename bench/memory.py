@@ -24,8 +24,8 @@ GROWTH_CEILING = 1.0
 
 async def measure(run: Session) -> None:
     total = max(run.options.memory_dead_letters, 2 * STEP)
-    batch = next_batch()
     store = run.store()
+    batch = next_batch(store)
     dlq, _ = await run.start_docproc("dlq")
     samples: list[tuple[int, float]] = []
     connection = await aio_pika.connect(run.broker_url)
