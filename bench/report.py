@@ -122,7 +122,7 @@ class Report:
         """Every figure that misses its mark, the mark loosened by `leniency` (0.5: a ratio may
         fall to half its target, a reading rise to twice its ceiling): those not in `known`
         (measure, figure, how its baseline's name begins), then those in it. A figure that
-        could not be measured (NaN) misses too."""
+        could not be measured (NaN) misses too, known or not."""
 
         def is_known(measure: str, figure: str, baseline: str) -> bool:
             return any((measure, figure) == (m, f) and baseline.startswith(b) for m, f, b in known)
