@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import random
-import time
 from itertools import pairwise
 
 import pytest
@@ -9,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.pipeline import Chunk, chunk_text
+from tests.support import cpu_since, cpu_start
 
 WORDS = ["amber", "brisk", "crimson", "delta", "ember", "fjord", "granite", "harbour", "indigo"]
 
@@ -159,12 +159,12 @@ SHAPES = {
 
 
 def _cpu_seconds(text: str) -> float:
-    """The best of three runs, in this process's CPU time: other processes' load hardly moves it."""
+    """The best of three runs, in this thread's CPU time: other processes' load hardly moves it."""
     timings = []
     for _ in range(3):
-        started = time.process_time()
+        started = cpu_start()
         chunk_text(text)
-        timings.append(time.process_time() - started)
+        timings.append(cpu_since(started))
     return min(timings)
 
 
