@@ -140,6 +140,7 @@ async def test_connected_node_stop(deployment: Deployment) -> None:
     await node_stop(deployment, "connected-stop", "connected")
 
 
+@pytest.mark.full_faults  # ~3.5 min even reduced (stopping and starting three nodes in turn)
 async def test_whole_cluster_restart(deployment: Deployment) -> None:
     """Every node stops mid-load (uploads go on: stored, queued later), then all start again."""
     began = time.monotonic()
