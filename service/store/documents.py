@@ -121,33 +121,6 @@ def insert_documents(connection: Connection, new: Sequence[NewDocument]) -> None
         connection.execute(_INSERT, rows)
 
 
-def insert_document(
-    connection: Connection,
-    *,
-    document_id: str,
-    filename: str,
-    content_type: str | None,
-    content: bytes,
-    sha256: str,
-    task_id: str,
-    correlation_id: str | None,
-) -> None:
-    insert_documents(
-        connection,
-        [
-            NewDocument(
-                id=document_id,
-                filename=filename,
-                content_type=content_type,
-                content=content,
-                sha256=sha256,
-                task_id=task_id,
-                correlation_id=correlation_id,
-            )
-        ],
-    )
-
-
 def first_with(connection: Connection, sha256: str) -> str | None:
     """The earliest document with this content, if any."""
     found = connection.execute(_FIRST_WITH, {"sha256": sha256}).scalar_one_or_none()

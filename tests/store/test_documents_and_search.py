@@ -20,9 +20,8 @@ from service.store.documents import Extraction
 
 def add_document(store: Store, content: bytes = b"hello", filename: str = "a.txt") -> str:
     document_id = str(uuid.uuid4())
-    store.run(
-        documents.insert_document,
-        document_id=document_id,
+    new = documents.NewDocument(
+        id=document_id,
         filename=filename,
         content_type="text/plain",
         content=content,
@@ -30,6 +29,7 @@ def add_document(store: Store, content: bytes = b"hello", filename: str = "a.txt
         task_id=str(uuid.uuid4()),
         correlation_id="c-1",
     )
+    store.run(documents.insert_documents, [new])
     return document_id
 
 
