@@ -51,6 +51,7 @@ QUICK: dict[str, object] = {
     "html_mb": 1.0,
     "pdf_mb": 0.2,
     "ocr_pages": 2,
+    "ocr_lines": 12,  # OCR was two thirds of the extraction measure's 20 s at 30 lines a page
     "memory_dead_letters": 25_000,  # at 10,000 the growth per 10k read 0.2 to 1.85 MiB
     "search_chunks": (2_000, 20_000),
     "search_queries": 100,
@@ -101,13 +102,23 @@ async def run_measures(names: list[str], options: Options, report: Report) -> No
     main = asyncio.current_task()
     assert main is not None
     loop.add_signal_handler(signal.SIGTERM, main.cancel)  # clean up as on Ctrl-C
+    took: dict[str, float] = {}
     if "extraction" in names:
+        started = time.monotonic()
         await extraction.measure(options, report)
+        took["extraction"] = time.monotonic() - started
     broker = [name for name in names if name in BROKER_MEASURES]
     if broker:
+        started = time.monotonic()
         async with session(options, report) as run:
+            took["setting up"] = time.monotonic() - started
             for name in broker:
+                started = time.monotonic()
                 await BROKER_MEASURES[name](run)
+                took[name] = time.monotonic() - started
+        report.notes.append(
+            "seconds per measure: " + ", ".join(f"{name} {s:.0f}" for name, s in took.items())
+        )
         report.notes.append(
             f"every docproc process logs at {LOG_LEVEL}: the cost of log lines is not measured"
         )
@@ -166,6 +177,12 @@ async def run_measures(names: list[str], options: Options, report: Report) -> No
     default=DEFAULTS.ocr_pages,
     show_default=True,
     help="pages of scans the extraction measure reads by OCR, a round",
+)
+@click.option(
+    "--ocr-lines",
+    default=DEFAULTS.ocr_lines,
+    show_default=True,
+    help="lines of text on each of those pages",
 )
 @click.option(
     "--memory-dead-letters",

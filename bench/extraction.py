@@ -168,7 +168,9 @@ class BareTesseract:
 def measure_ocr(options: Options, report: Report) -> None:
     """Pages a second of docproc's OCR against bare Tesseract on the same pages: PNG pages, and
     scanned PDFs of two pages."""
-    pages = [scan_lines(30, seed=n) for n in range(2 * max(1, options.ocr_pages // 2))]
+    pages = [
+        scan_lines(options.ocr_lines, seed=n) for n in range(2 * max(1, options.ocr_pages // 2))
+    ]
     bare = BareTesseract()
     corpora: dict[str, tuple[Corpus, Reader, str]] = {
         "image": (
@@ -196,7 +198,10 @@ def measure_ocr(options: Options, report: Report) -> None:
                 docproc=[rate * len(pages) / size for rate in rates["docproc"]],
                 baseline=[rate * len(pages) / size for rate in rates["baseline"]],
                 target=0.9,
-                details={"pages": f"{len(pages)} pages of 30 lines, 200 dpi, read in turns"},
+                details={
+                    "pages": f"{len(pages)} pages of {options.ocr_lines} lines, 200 dpi, "
+                    "read in turns"
+                },
             )
         )
 

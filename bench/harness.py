@@ -61,6 +61,7 @@ class Options:
     html_mb: float = 3.0
     pdf_mb: float = 0.4
     ocr_pages: int = 6
+    ocr_lines: int = 30
     memory_dead_letters: int = 100_000
     search_chunks: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     search_queries: int = 200

@@ -75,8 +75,9 @@ def pipeline_ms(data: bytes, filename: str, size: int, overlap: int) -> float:
 
 
 def heavy_document(target_ms: float, size: int, overlap: int) -> tuple[bytes, float, int]:
-    """A PDF with enough pages that the pipeline takes at least `target_ms` (with a margin)."""
-    pages = 4
+    """A PDF with enough pages that the pipeline takes at least `target_ms` (with a margin).
+    The first guess has pages enough to time reliably: building PDFs is most of the cost."""
+    pages = 32
     while True:
         data = pdf_document(pages, seed=7)
         ms = pipeline_ms(data, "heavy.pdf", size, overlap)

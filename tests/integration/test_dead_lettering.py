@@ -75,10 +75,13 @@ async def test_a_worker_process_that_dies_mid_task_ends_at_the_delivery_limit(
     dead = await dead_letters.for_task(result.id, timeout=60)
 
     death = first_death(dead)
-    assert death["reason"] == "delivery_limit"
-    assert death["queue"] == DOCUMENT_QUEUE
+    events = await reports.events(result.id)
     # The default delivery limit is 5: the first delivery and five redeliveries, each one crashed.
-    assert await reports.events(result.id) == ["crashing"] * 6
+    # A failure shows what the worker saw: once (CI, a loaded machine) this was `rejected`.
+    assert (death["reason"], events) == ("delivery_limit", ["crashing"] * 6), (
+        f"{death}\n{worker.tail(80)}"
+    )
+    assert death["queue"] == DOCUMENT_QUEUE
     assert worker.alive(), "the worker survives its pool processes dying"
 
 
