@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -30,7 +29,7 @@ from sqlalchemy.exc import (
 )
 
 from service.errors import DatabaseError, StoreRejected, StoreUnavailable
-from service.store.engine import is_sqlite, sync_engine
+from service.store.engine import is_sqlite, json_text, sync_engine
 from service.store.migrations import upgrade
 
 P = ParamSpec("P")
@@ -230,7 +229,7 @@ class Bulk:
         for name in order:
             bind = binds[name]
             if isinstance(bind.type, JSON):
-                convert: Any = _json_or_null if bind.type.none_as_null else _json_text
+                convert: Any = _json_or_null if bind.type.none_as_null else json_text
             else:
                 convert = bind.type._cached_bind_processor(dialect)
             if name in self.columns:
@@ -262,17 +261,8 @@ def _converted(values: Sequence[Any], convert: Callable[[Any], Any] | None) -> S
     return converted
 
 
-def _json_text(value: Any) -> str:
-    try:
-        return msgspec.json.encode(value).decode()
-    except (TypeError, ValueError, msgspec.EncodeError):
-        # What msgspec refuses (a lone surrogate) goes as SQLAlchemy would send it: the store
-        # takes it or refuses it as before.
-        return json.dumps(value)
-
-
 def _json_or_null(value: Any) -> str | None:
-    return None if value is None else _json_text(value)
+    return None if value is None else json_text(value)
 
 
 def dialect_insert(connection: Connection, table: Table) -> Any:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import sqlalchemy
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL, make_url
@@ -51,6 +53,29 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_DECODER = msgspec.json.Decoder()
+
+
+def json_text(value: Any) -> str:
+    """A JSON column's text: by msgspec (several times quicker than the json module)."""
+    try:
+        return msgspec.json.encode(value).decode()
+    except (TypeError, ValueError, msgspec.EncodeError):
+        # What msgspec refuses (a lone surrogate) goes as SQLAlchemy would send it: the store
+        # takes it or refuses it as before.
+        return json.dumps(value)
+
+
+def json_value(text: str | bytes) -> Any:
+    """A JSON column's value: by msgspec, or by the json module for what msgspec refuses and
+    the json module reads (a number beyond a double, PostgreSQL's `numeric`; `NaN` in a SQLite
+    row written before)."""
+    try:
+        return _DECODER.decode(text)
+    except msgspec.DecodeError:
+        return json.loads(text)
+
+
 def sync_engine(url: str, *, pool_size: int = 5) -> Engine:
     """The engine; `pool_size` connections are kept open (as many as threads that use it)."""
     _prepare_sqlite_file(url)
@@ -61,12 +86,19 @@ def sync_engine(url: str, *, pool_size: int = 5) -> Engine:
             driver_url,
             pool_size=pool_size,
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            json_serializer=json_text,
+            json_deserializer=json_value,
         )
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
     return sqlalchemy.create_engine(
-        driver_url, pool_pre_ping=True, pool_size=pool_size, connect_args={"connect_timeout": 5}
+        driver_url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        connect_args={"connect_timeout": 5},
+        json_serializer=json_text,
+        json_deserializer=json_value,
     )
 
 
-__all__ = ["is_sqlite", "sqlite_path", "sync_engine"]
+__all__ = ["is_sqlite", "json_text", "json_value", "sqlite_path", "sync_engine"]
