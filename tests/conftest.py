@@ -5,6 +5,7 @@ engine answers; with none, tests fail under CI=true and skip elsewhere, saying w
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
@@ -25,6 +26,15 @@ from tests.support import (
     missing,
     port_open,
 )
+
+
+def pytest_configure() -> None:
+    """Run in the background by a script (`.ci/run &`, no job control), this process starts with
+    SIGINT ignored, and every command a test starts would inherit that: `docproc selftest` would
+    then run through a Ctrl-C that a test sends it, as no terminal user's would. Catching SIGINT
+    here gives the children its default again (exec resets caught signals, not ignored ones)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_report_header() -> str:
