@@ -117,11 +117,11 @@ async def run_measures(names: list[str], options: Options, report: Report) -> No
                 await BROKER_MEASURES[name](run)
                 took[name] = time.monotonic() - started
         report.notes.append(
-            "seconds per measure: " + ", ".join(f"{name} {s:.0f}" for name, s in took.items())
-        )
-        report.notes.append(
             f"every docproc process logs at {LOG_LEVEL}: the cost of log lines is not measured"
         )
+    report.notes.append(
+        "seconds per measure: " + ", ".join(f"{name} {s:.0f}" for name, s in took.items())
+    )
     if report.comparisons:
         report.notes.append(
             f"{options.rounds} rounds, the sides' order alternating; figures are medians, "
