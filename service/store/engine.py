@@ -76,8 +76,12 @@ def json_value(text: str | bytes) -> Any:
         return json.loads(text)
 
 
-def sync_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """The engine; `pool_size` connections are kept open (as many as threads that use it)."""
+def sync_engine(url: str, *, pool_size: int = 5, autocommit: bool = False) -> Engine:
+    """The engine; `pool_size` connections are kept open (as many as threads that use it).
+
+    `autocommit` (PostgreSQL): connections in autocommit, not pinged when taken from the pool —
+    for reads only, which can be made again on a new connection when one is found dead.
+    """
     _prepare_sqlite_file(url)
     driver_url = _driver_url(url)
     # sqlalchemy.create_engine looked up at each call: tracing (service.telemetry) wraps it.
@@ -91,6 +95,15 @@ def sync_engine(url: str, *, pool_size: int = 5) -> Engine:
         )
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
+    if autocommit:
+        return sqlalchemy.create_engine(
+            driver_url,
+            isolation_level="AUTOCOMMIT",
+            pool_size=pool_size,
+            connect_args={"connect_timeout": 5},
+            json_serializer=json_text,
+            json_deserializer=json_value,
+        )
     return sqlalchemy.create_engine(
         driver_url,
         pool_pre_ping=True,

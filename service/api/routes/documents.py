@@ -181,7 +181,7 @@ def document_with_state(connection: Connection, document_id: str) -> DocumentOut
     summary="A document's metadata and state",
 )
 async def document(document_id: PathId, store: StoreDep) -> DocumentOut:
-    found = await store.run(document_with_state, document_id)
+    found = await store.read(document_with_state, document_id)
     if found is None:
         raise NotFound(f"no document {document_id}")
     return found

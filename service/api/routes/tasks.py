@@ -82,7 +82,7 @@ def status_of(run: TaskRun, *, with_traceback: bool = False) -> TaskStatus:
     summary="Where a task is: state, progress, retries, error, timings",
 )
 async def task_status(task_id: PathId, store: StoreDep) -> TaskStatus:
-    return status_of(await store.run(_run, task_id))
+    return status_of(await store.read(_run, task_id))
 
 
 MAX_STATUSES = 100
@@ -109,7 +109,7 @@ async def task_statuses(
     for task_id in ids:
         if not 0 < len(task_id) <= MAX_LENGTH or not task_id.isprintable():
             raise BadRequest(f"a task id is 1 to {MAX_LENGTH} printable characters")
-    runs = {run.task_id: run for run in await store.run(task_runs.get_many, ids)}
+    runs = {run.task_id: run for run in await store.read(task_runs.get_many, ids)}
     return TaskStatuses(
         statuses=[status_of(runs[task_id]) for task_id in dict.fromkeys(ids) if task_id in runs],
         unknown=[task_id for task_id in dict.fromkeys(ids) if task_id not in runs],
@@ -123,7 +123,7 @@ async def task_statuses(
     summary="A task in full: its status, and the traceback of its failure",
 )
 async def task_detail(task_id: PathId, store: StoreDep) -> TaskStatus:
-    return status_of(await store.run(_run, task_id), with_traceback=True)
+    return status_of(await store.read(_run, task_id), with_traceback=True)
 
 
 def _run(connection: Connection, task_id: str) -> TaskRun:

@@ -1,0 +1,74 @@
+"""`Store.read`: the API's plain reads — on PostgreSQL in autocommit, without the pool's ping."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Connection, text
+
+from service.errors import StoreUnavailable
+from service.store import task_runs
+from service.store.database import AsyncStore, Store
+from service.task_contract import PROCESS_DOCUMENT
+from service.topology import DOCUMENT_QUEUE
+
+
+def _backend_pid(connection: Connection) -> int:
+    return int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def _in_transaction(connection: Connection) -> bool:
+    # A transaction block opened by BEGIN shows as "idle in transaction" between statements;
+    # pg_current_xact_id_if_assigned() is of no help to a read. now() is the transaction's start,
+    # statement_timestamp() this statement's: a second statement tells them apart.
+    first = connection.execute(text("SELECT now()")).scalar_one()
+    connection.execute(text("SELECT pg_sleep(0.01)"))
+    second = connection.execute(text("SELECT now()")).scalar_one()
+    return bool(first == second)
+
+
+async def test_a_read_sees_what_was_written(async_store: AsyncStore) -> None:
+    await async_store.write(task_runs.record_pending, "t-1", PROCESS_DOCUMENT, queue=DOCUMENT_QUEUE)
+    run = await async_store.read(task_runs.get, "t-1")
+    assert run is not None
+    assert run.state == "PENDING"
+    assert await async_store.read(task_runs.get, "t-unknown") is None
+    assert [r.task_id for r in await async_store.read(task_runs.get_many, ["t-1", "t-2"])] == [
+        "t-1"
+    ]
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_read_opens_no_transaction_and_run_does(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    try:
+        assert not store.read(_in_transaction)
+        assert store.run(_in_transaction)
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_pooled_connection_that_died_is_replaced_and_the_read_made_again(
+    postgres_url: str,
+) -> None:
+    """What the pool's ping did for `run`: a PostgreSQL restart kills every pooled connection."""
+    store, other = Store(postgres_url, pool_size=2), Store(postgres_url)
+    try:
+        pid = store.read(_backend_pid)  # pooled now
+        assert other.run(
+            lambda c: c.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+        )
+        assert store.read(_backend_pid) != pid
+    finally:
+        store.close()
+        other.close()
+
+
+@pytest.mark.postgres
+def test_a_read_with_postgresql_gone_says_unavailable(postgres_url: str) -> None:
+    store = Store(postgres_url.replace(":5432/", ":1/"))
+    try:
+        with pytest.raises(StoreUnavailable, match="the store is unavailable"):
+            store.read(_backend_pid)
+    finally:
+        store.close()
