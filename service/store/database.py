@@ -135,6 +135,8 @@ class Store:
 
 READERS = 4
 """Threads (and connections) an AsyncStore reads on at once."""
+LONG_READERS = 4
+"""Threads (and connections) an AsyncStore runs long reads (searches) on at once."""
 
 
 class AsyncStore:
@@ -145,17 +147,20 @@ class AsyncStore:
     through one writer thread, in turn, instead of fighting over the database's lock inside SQLite,
     whose busy handler sleeps in growing steps (that is what made concurrent uploads slow); reads
     run beside it (WAL). PostgreSQL takes concurrent writers as they come, on the same threads
-    as the reads.
+    as the reads. `long_read` for a read that may take seconds (a search), on threads of its own.
 
     An awaiting task that is cancelled stops waiting, not the operation: its transaction commits
     or rolls back whole in its thread, as it would have.
     """
 
-    def __init__(self, url: str, *, readers: int = READERS) -> None:
+    def __init__(
+        self, url: str, *, readers: int = READERS, long_readers: int = LONG_READERS
+    ) -> None:
         self.url = url
         sqlite = is_sqlite(url)
-        self._store = Store(url, pool_size=readers + 1)
+        self._store = Store(url, pool_size=readers + long_readers + 1)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="store-read")
+        self._long_readers = ThreadPoolExecutor(long_readers, thread_name_prefix="store-long-read")
         self._writer = (
             ThreadPoolExecutor(1, thread_name_prefix="store-write") if sqlite else self._readers
         )
@@ -173,6 +178,13 @@ class AsyncStore:
         call = functools.partial(self._store.read, operation, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._readers, call)
 
+    async def long_read(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """`run` on threads of its own, for a read that may take seconds (a search): however
+        many are under way, the other operations (a status read, the commit of an upload) never
+        wait for a thread behind them. Beyond `long_readers` at once, long reads queue."""
+        call = functools.partial(self._store.run, operation, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._long_readers, call)
+
     async def write(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         call = functools.partial(self._store.run, operation, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._writer, call)
@@ -184,6 +196,7 @@ class AsyncStore:
     def _shutdown(self) -> None:
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
+        self._long_readers.shutdown(wait=True)
         self._store.close()
 
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import aio_pika
+import httpx
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
 from service.api.app import create_app
+from service.api.routes.documents import MAX_CONCURRENT_SEARCHES
 from service.pipeline import Chunk
 from service.settings import Settings
-from service.store import documents
+from service.store import documents, search
 from service.store.database import Store
 from service.store.documents import Extraction
 from service.task_contract import PROCESS_DOCUMENT
@@ -314,3 +319,47 @@ async def test_identical_uploads_are_said_to_be_and_found_once(
         first["document_id"],
         second["document_id"],
     }
+
+
+async def test_searches_at_their_limit_hold_up_no_upload_and_no_status_read(
+    settings_for: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Searches as slow as their deadline allows, as many as run at once and one waiting: an
+    upload is still accepted and a status read still answered meanwhile. (httpx's ASGI
+    transport: Litestar's test client serves one request at a time.)"""
+    app = create_app(settings_for())
+    async with (
+        app.lifespan(),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
+    ):
+        await _searches_hold_up_nothing(client, monkeypatch)
+
+
+async def _searches_hold_up_nothing(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    began, release = threading.Semaphore(0), threading.Event()
+
+    def slow_search(*_: Any, **__: Any) -> list[search.SearchHit]:
+        began.release()
+        release.wait(60)
+        return []
+
+    monkeypatch.setattr(search, "search", slow_search)
+    searching = [
+        asyncio.ensure_future(client.get("/search", params={"q": "lighthouse"}))
+        for _ in range(MAX_CONCURRENT_SEARCHES + 1)
+    ]
+    try:
+        for _ in range(MAX_CONCURRENT_SEARCHES):
+            assert await asyncio.to_thread(began.acquire, True, 10)
+        accepted = await asyncio.wait_for(
+            client.post("/documents", files={"file": ("note.txt", TEXT, "text/plain")}), 10
+        )
+        assert accepted.status_code == 202, accepted.text
+        status = await asyncio.wait_for(client.get(accepted.headers["Location"]), 10)
+        assert status.status_code == 200, status.text
+        assert not any(request.done() for request in searching)
+    finally:
+        release.set()
+    assert [(await request).status_code for request in searching] == [200] * len(searching)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 from sqlalchemy import Connection, text
 
 from service.errors import StoreUnavailable
 from service.store import task_runs
-from service.store.database import AsyncStore, Store
+from service.store.database import LONG_READERS, AsyncStore, Store
 from service.task_contract import PROCESS_DOCUMENT
 from service.topology import DOCUMENT_QUEUE
 
@@ -72,3 +75,31 @@ def test_a_read_with_postgresql_gone_says_unavailable(postgres_url: str) -> None
             store.read(_backend_pid)
     finally:
         store.close()
+
+
+async def test_searches_under_way_hold_up_no_other_operation(async_store: AsyncStore) -> None:
+    """However many long reads run (a search may take its whole 5 s), a write, a read and a
+    plain operation each find a thread of their own."""
+    began, release = threading.Semaphore(0), threading.Event()
+
+    def long(_: Connection) -> str:
+        began.release()
+        release.wait(60)
+        return "done"
+
+    longs = [asyncio.ensure_future(async_store.long_read(long)) for _ in range(LONG_READERS + 2)]
+    try:
+        for _ in range(LONG_READERS):
+            assert await asyncio.to_thread(began.acquire, True, 10)
+        await asyncio.wait_for(
+            async_store.write(
+                task_runs.record_pending, "t-1", PROCESS_DOCUMENT, queue=DOCUMENT_QUEUE
+            ),
+            10,
+        )
+        assert await asyncio.wait_for(async_store.read(task_runs.get, "t-1"), 10) is not None
+        assert await asyncio.wait_for(async_store.run(task_runs.get, "t-1"), 10) is not None
+        assert not any(task.done() for task in longs)
+    finally:
+        release.set()
+    assert await asyncio.gather(*longs) == ["done"] * (LONG_READERS + 2)

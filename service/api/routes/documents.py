@@ -29,6 +29,7 @@ from service.pipeline import DocumentType
 from service.search_syntax import parse
 from service.settings import Settings
 from service.store import documents, search, task_runs
+from service.store.database import LONG_READERS
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Room for the multipart framing around the file when the body size is checked while it streams."""
@@ -203,8 +204,9 @@ async def document_text(document_id: PathId, store: StoreDep) -> DocumentText:
     return DocumentText(document_id=document_id, text=text)
 
 
-MAX_CONCURRENT_SEARCHES = 4
-"""Searches one API process runs at once; more wait their turn (store connections stay free)."""
+MAX_CONCURRENT_SEARCHES = LONG_READERS
+"""Searches one API process runs at once, each on a thread of the store's long reads; more wait
+their turn. No other request waits for them: they have no thread of theirs to take."""
 _searches = asyncio.Semaphore(MAX_CONCURRENT_SEARCHES)
 
 
@@ -309,7 +311,7 @@ async def search_documents(
     cancel = search.Cancel()
     async with _searches:
         searching = asyncio.ensure_future(
-            store.run(search.search, query, limit * 3, filters=filters, cancel=cancel)
+            store.long_read(search.search, query, limit * 3, filters=filters, cancel=cancel)
         )
         leaving = asyncio.ensure_future(_disconnected(request))
         try:
