@@ -137,6 +137,12 @@ READERS = 4
 """Threads (and connections) an AsyncStore reads on at once."""
 LONG_READERS = 4
 """Threads (and connections) an AsyncStore runs long reads (searches) on at once."""
+READ_BATCHES = 2
+"""Batches of `AsyncStore.read` under way at once; reads arriving meanwhile wait for the next."""
+READ_BATCH = 32
+"""Reads a batch holds at most: the last of them waits for the others (~0.2 ms each)."""
+
+_Read = tuple[Callable[[], Any], "asyncio.Future[Any]"]
 
 
 class AsyncStore:
@@ -164,6 +170,8 @@ class AsyncStore:
         self._writer = (
             ThreadPoolExecutor(1, thread_name_prefix="store-write") if sqlite else self._readers
         )
+        self._pending: list[_Read] = []
+        self._batches = 0
 
     @property
     def engine(self) -> Engine:
@@ -174,9 +182,60 @@ class AsyncStore:
         return await asyncio.get_running_loop().run_in_executor(self._readers, call)
 
     async def read(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """`run` for an operation that only reads (`Store.read`: one round trip on PostgreSQL)."""
-        call = functools.partial(self._store.read, operation, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._readers, call)
+        """`run` for a short operation that only reads (`Store.read`: one round trip on
+        PostgreSQL), such as a status read.
+
+        Reads that arrive while `READ_BATCHES` batches are under way go together into the next:
+        one hop to a reader thread and one back for all of them. A hop (waking a thread, then
+        the event loop) costs about as much CPU as the read itself on a small machine (~100 µs
+        each on two virtual cores): at 32 concurrent status reads the API's CPU per read fell by
+        about a third. A read alone still goes at once.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append(
+            (functools.partial(self._store.read, operation, *args, **kwargs), future)
+        )
+        if self._batches < READ_BATCHES:
+            self._next_batch(loop)
+        return await future
+
+    def _next_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._pending = self._pending[:READ_BATCH], self._pending[READ_BATCH:]
+        try:
+            self._readers.submit(self._read_batch, loop, batch)
+        except RuntimeError:  # closed
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StoreUnavailable("the store is closed"))
+            return
+        self._batches += 1
+
+    def _read_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Read]) -> None:
+        """On a reader thread: each read of the batch, then one call back to the loop."""
+        outcomes: list[tuple[asyncio.Future[Any], Any, Exception | None]] = []
+        for call, future in batch:
+            try:
+                outcomes.append((future, call(), None))
+            except Exception as exc:  # each read's error goes to its own caller
+                outcomes.append((future, None, exc))
+        loop.call_soon_threadsafe(self._batch_read, loop, outcomes)
+
+    def _batch_read(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        outcomes: list[tuple[asyncio.Future[Any], Any, Exception | None]],
+    ) -> None:
+        self._batches -= 1
+        for future, value, error in outcomes:
+            if future.done():  # its caller stopped waiting
+                continue
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+        if self._pending and self._batches < READ_BATCHES:
+            self._next_batch(loop)
 
     async def long_read(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`run` on threads of its own, for a read that may take seconds (a search): however

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, text
 
 from service.errors import StoreUnavailable
 from service.store import task_runs
-from service.store.database import LONG_READERS, AsyncStore, Store
+from service.store.database import LONG_READERS, READ_BATCHES, AsyncStore, Store
 from service.task_contract import PROCESS_DOCUMENT
 from service.topology import DOCUMENT_QUEUE
 
@@ -103,3 +104,54 @@ async def test_searches_under_way_hold_up_no_other_operation(async_store: AsyncS
     finally:
         release.set()
     assert await asyncio.gather(*longs) == ["done"] * (LONG_READERS + 2)
+
+
+async def test_reads_that_arrive_while_batches_run_go_together_each_to_its_caller(
+    async_store: AsyncStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One hop to a reader thread for many reads; each caller gets its own answer or error, and
+    one that stopped waiting leaves the others theirs."""
+    hops: list[int] = []
+    submit = async_store._readers.submit
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        hops.append(len(args[-1]) if len(args) == 3 else 0)  # (function, loop, batch)
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(async_store._readers, "submit", counted)
+    began, release = threading.Semaphore(0), threading.Event()
+
+    def held(_: Connection) -> str:
+        began.release()
+        release.wait(60)
+        return "held"
+
+    def echo(_: Connection, value: int) -> int:
+        if value == 13:
+            raise ValueError("thirteen")
+        return value
+
+    first = [asyncio.ensure_future(async_store.read(held)) for _ in range(READ_BATCHES)]
+    for _ in range(READ_BATCHES):
+        assert await asyncio.to_thread(began.acquire, True, 10)
+    waiting = {value: asyncio.ensure_future(async_store.read(echo, value)) for value in range(20)}
+    gone = asyncio.ensure_future(async_store.read(echo, 99))
+    await asyncio.sleep(0)  # the reads are queued (no hop can take them: both batches are held)
+    gone.cancel()
+    release.set()
+    assert await asyncio.gather(*first) == ["held"] * READ_BATCHES
+    for value, read in waiting.items():
+        if value == 13:
+            with pytest.raises(ValueError, match="thirteen"):
+                await read
+        else:
+            assert await read == value
+    assert gone.cancelled()
+    assert hops == [1] * READ_BATCHES + [21]
+
+
+async def test_a_read_after_the_store_closed_says_so(database_url: str) -> None:
+    store = AsyncStore(database_url)
+    await store.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.read(task_runs.get, "t-1")
