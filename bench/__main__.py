@@ -69,8 +69,8 @@ KNOWN_SHORTFALLS = {
     ("submit", "documents accepted", ""): "the API's own work per upload (HTTP, multipart, "
     "Litestar, the accept transaction) against a bare publish",
     ("submit", "documents per server CPU second", ""): "the same, by CPU",
-    ("process", "small documents", ""): "the broker's cycle per message (ack, settle in the "
-    "quorum queue, deliver) with one message prefetched per process",
+    ("process", "small documents", ""): "the worker's cycle between two tasks of a pool "
+    "process (dispatch, result, ack, next delivery) with one message prefetched per process",
     ("bulk", "files through `docproc submit --wait`", ""): "the CLI, the API and the worker "
     "share two cores",
     ("status", "requests per server CPU second", ""): "a status read through Litestar's "
