@@ -143,6 +143,7 @@ READ_BATCH = 32
 """Reads a batch holds at most: the last of them waits for the others (~0.2 ms each)."""
 
 _Read = tuple[Callable[[], Any], "asyncio.Future[Any]"]
+_Outcome = tuple["asyncio.Future[Any]", Any, Exception | None]
 
 
 class AsyncStore:
@@ -213,19 +214,16 @@ class AsyncStore:
 
     def _read_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Read]) -> None:
         """On a reader thread: each read of the batch, then one call back to the loop."""
-        outcomes: list[tuple[asyncio.Future[Any], Any, Exception | None]] = []
+        outcomes: list[_Outcome] = []
         for call, future in batch:
             try:
                 outcomes.append((future, call(), None))
             except Exception as exc:  # each read's error goes to its own caller
                 outcomes.append((future, None, exc))
-        loop.call_soon_threadsafe(self._batch_read, loop, outcomes)
+        loop.call_soon_threadsafe(self._deliver, loop, outcomes)
 
-    def _batch_read(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        outcomes: list[tuple[asyncio.Future[Any], Any, Exception | None]],
-    ) -> None:
+    def _deliver(self, loop: asyncio.AbstractEventLoop, outcomes: list[_Outcome]) -> None:
+        """On the loop: each read's outcome to its caller, and the next batch on its way."""
         self._batches -= 1
         for future, value, error in outcomes:
             if future.done():  # its caller stopped waiting

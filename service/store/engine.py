@@ -95,18 +95,12 @@ def sync_engine(url: str, *, pool_size: int = 5, autocommit: bool = False) -> En
         )
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
-    if autocommit:
-        return sqlalchemy.create_engine(
-            driver_url,
-            isolation_level="AUTOCOMMIT",
-            pool_size=pool_size,
-            connect_args={"connect_timeout": 5},
-            json_serializer=json_text,
-            json_deserializer=json_value,
-        )
+    # Not pinged in autocommit; otherwise the server's own isolation level, as it is set.
+    reads: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     return sqlalchemy.create_engine(
         driver_url,
-        pool_pre_ping=True,
+        pool_pre_ping=not autocommit,
+        **reads,
         pool_size=pool_size,
         connect_args={"connect_timeout": 5},
         json_serializer=json_text,

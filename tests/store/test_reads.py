@@ -21,9 +21,8 @@ def _backend_pid(connection: Connection) -> int:
 
 
 def _in_transaction(connection: Connection) -> bool:
-    # A transaction block opened by BEGIN shows as "idle in transaction" between statements;
-    # pg_current_xact_id_if_assigned() is of no help to a read. now() is the transaction's start,
-    # statement_timestamp() this statement's: a second statement tells them apart.
+    # now() is the start of the transaction: two statements in one block see the same now(),
+    # in autocommit each is its own transaction and sees its own.
     first = connection.execute(text("SELECT now()")).scalar_one()
     connection.execute(text("SELECT pg_sleep(0.01)"))
     second = connection.execute(text("SELECT now()")).scalar_one()
