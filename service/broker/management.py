@@ -21,6 +21,9 @@ class QueueInfo(msgspec.Struct, kw_only=True):
     messages: int = 0
     messages_ready: int = 0
     messages_unacknowledged: int = 0
+    messages_dlx: int = 0
+    """A quorum queue's messages dead-lettered (at least once) but not yet confirmed by their
+    dead-letter queue: still held here, out of `messages`."""
     consumers: int = 0
 
 

@@ -123,7 +123,11 @@ async def kill_messages(vhost: Vhost) -> dict[str, int]:
         async def all_dead() -> bool | None:
             async with vhost.management() as management:
                 queues = {q.name: q for q in await management.queues()}
-            work = [queues[n].messages for n in (DOCUMENT_QUEUE, RETRY_QUEUE, MAINTENANCE_QUEUE)]
+            # messages_dlx: dead, but held by their source queue until the DLQ confirms them.
+            work = [
+                queues[n].messages + queues[n].messages_dlx
+                for n in (DOCUMENT_QUEUE, RETRY_QUEUE, MAINTENANCE_QUEUE)
+            ]
             return True if handled["rejected"] >= 2 * PER_ORIGIN and sum(work) == 0 else None
 
         await eventually(all_dead, 60, "every message to die", interval=0.5)
@@ -159,11 +163,23 @@ EXPECTED = Counter(
 )
 
 
-async def wait_for_records(url: str, count: int, timeout: float = 60) -> None:
+async def wait_for_records(vhost: Vhost, url: str, count: int, timeout: float = 60) -> None:
     async def enough() -> bool | None:
         return True if await asyncio.to_thread(record_count, url) >= count else None
 
-    await eventually(enough, timeout, f"{count} dead-letter records", interval=0.25)
+    try:
+        await eventually(enough, timeout, f"{count} dead-letter records", interval=0.25)
+    except AssertionError as short:
+        # Where the rest is: still in the DLQ, or held by a source queue (messages_dlx).
+        async with vhost.management() as management:
+            queues = [
+                f"{q.name} {q.messages_ready}/{q.messages_unacknowledged}/{q.messages_dlx}"
+                for q in await management.queues()
+                if q.messages or q.messages_dlx
+            ]
+        raise AssertionError(
+            f"{short}: {record_count(url)} stored; queues (ready/unacked/dead, held): {queues}"
+        ) from None
 
 
 async def test_a_thousand_dead_messages_of_mixed_origin_become_exactly_a_thousand_records(
@@ -173,7 +189,7 @@ async def test_a_thousand_dead_messages_of_mixed_origin_become_exactly_a_thousan
     consumer = await start_dlq(dlq_vhost, tmp_path / "dlq.log", DOCPROC_DATABASE_URL=url)
     try:
         await kill_messages(dlq_vhost)
-        await wait_for_records(url, 4 * PER_ORIGIN)
+        await wait_for_records(dlq_vhost, url, 4 * PER_ORIGIN)
         async with dlq_vhost.management() as management:
             dlq = await management.queue("docproc.dead_letter")
         assert dlq is not None
@@ -210,7 +226,7 @@ async def test_a_consumer_killed_mid_batch_and_restarted_still_stores_each_messa
 
     restarted = await start_dlq(dlq_vhost, tmp_path / "dlq-2.log", DOCPROC_DATABASE_URL=url)
     try:
-        await wait_for_records(url, 4 * PER_ORIGIN)
+        await wait_for_records(dlq_vhost, url, 4 * PER_ORIGIN)
         async with dlq_vhost.management() as management:
 
             async def drained() -> bool | None:
@@ -258,7 +274,7 @@ async def test_while_the_store_is_down_nothing_is_lost_and_it_resumes_on_its_own
 
         with psycopg.connect(admin, autocommit=True) as connection:
             connection.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        await wait_for_records(url, 4 * PER_ORIGIN, timeout=90)
+        await wait_for_records(dlq_vhost, url, 4 * PER_ORIGIN, timeout=90)
         assert consumer.stop() == 0, consumer.tail()
 
         assert record_count(url) == 4 * PER_ORIGIN
@@ -283,7 +299,7 @@ async def test_a_broker_restart_is_survived_and_consuming_resumes_on_its_own(
         await asyncio.to_thread(rabbitmqctl, "await_startup")
 
         await kill_messages(dlq_vhost)
-        await wait_for_records(url, 4 * PER_ORIGIN, timeout=90)
+        await wait_for_records(dlq_vhost, url, 4 * PER_ORIGIN, timeout=90)
 
         assert consumer.alive(), "a broker restart is no reason to exit"
         assert "lost the broker" in consumer.output()
@@ -357,7 +373,7 @@ async def test_identical_messages_stay_as_many_records_wherever_the_consumer_is_
 
     consumer = await start_dlq(dlq_vhost, tmp_path / "dlq.log", DOCPROC_DATABASE_URL=url)
     try:
-        await wait_for_records(url, IDENTICAL)
+        await wait_for_records(dlq_vhost, url, IDENTICAL)
         await dead_letter_queue_drained(dlq_vhost)
     finally:
         assert consumer.stop() == 0, consumer.tail()
@@ -383,7 +399,7 @@ async def test_a_second_consumer_stands_by_and_takes_over_when_the_first_stops(
         await eventually(standing_by, 30, "the second consumer to stand by")
         assert first.stop() == 0, first.tail()
         await load_identical(dlq_vhost, 300)
-        await wait_for_records(url, 300)
+        await wait_for_records(dlq_vhost, url, 300)
         await dead_letter_queue_drained(dlq_vhost)
     finally:
         second.stop()
