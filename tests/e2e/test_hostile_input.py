@@ -24,8 +24,8 @@ from service.store import outcomes, task_runs
 from service.store.database import Store
 from service.task_contract import CANARY_SUCCEED
 from tests import corpus, hostile_files, office_files
-from tests.e2e.conftest import Running, descendants, docproc
-from tests.support import eventually
+from tests.e2e.conftest import Running, descendants, docproc, docproc_up
+from tests.support import RabbitMQ, eventually
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
 
@@ -86,12 +86,6 @@ def office_dead() -> dict[str, tuple[bytes, str, str]]:
             "inflates to more than the 1,024 bytes it declares",
         ),
     }
-
-
-@pytest.fixture
-def up_env() -> dict[str, str]:
-    """Small limits, so that each hostile document meets one."""
-    return LIMITS
 
 
 def peak_memory(pid: int) -> tuple[str, int] | None:
@@ -157,8 +151,20 @@ class Watch:
             task.cancel()
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def hostile_up(
+    rabbitmq: RabbitMQ, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Running]:
+    """One `docproc up` with small limits for every attack of the module: starting and stopping
+    it took 12-15 s a test. Each attack looks only at what it sent, and the next runs against
+    the same processes, which must have come through the one before whole."""
+    async with docproc_up(rabbitmq, tmp_path_factory.mktemp("hostile"), **LIMITS) as started:
+        yield started
+
+
 @pytest_asyncio.fixture(loop_scope="session")
-async def attacked(running: Running) -> AsyncIterator[tuple[Running, Watch]]:
+async def attacked(hostile_up: Running) -> AsyncIterator[tuple[Running, Watch]]:
+    running = hostile_up
     family = descendants(running.up.popen.pid)
     with Watch(running.api, running.up.popen.pid) as watch:
         yield running, watch
@@ -329,6 +335,7 @@ async def test_escape_sequences_in_a_task_name_do_not_reach_the_terminal(
     attacked: tuple[Running, Watch],
 ) -> None:
     running, _ = attacked
+    task_id = f"esc-{time.time_ns()}"
     await publish(
         running,
         "docproc.dlx",
@@ -338,14 +345,14 @@ async def test_escape_sequences_in_a_task_name_do_not_reach_the_terminal(
             content_type="application/json",
             headers={
                 "task": "evil\x1b]0;pwned\x07\x1b[31mred",
-                "id": f"esc-{time.time_ns()}",
+                "id": task_id,
                 "x-death": [{"count": 1, "reason": "rejected", "queue": "document_processing"}],
             },
         ),
     )
 
     async def stored() -> bool | None:
-        return True if await letters(running, reason="rejected") else None
+        return True if await letters(running, task_id=task_id) else None
 
     await eventually(stored, 30, "the letter to be stored")
     groups = await asyncio.to_thread(docproc, running, "dead-letters", "groups")
