@@ -52,8 +52,8 @@ QUICK: dict[str, object] = {
     "pdf_mb": 0.2,
     "ocr_pages": 2,
     "ocr_lines": 8,  # OCR was two thirds of the extraction measure's 20 s at 30 lines a page
-    # At 10,000 (growth taken over 5,000) the growth per 10k read 0.2 to 1.85 MiB; over 10,000
-    # it halves what one step of the allocator adds. 25,000 took 29 s of a 118 s run.
+    # At 10,000 (growth taken over 5,000) the growth per 10k read 0.2 to 1.85 MiB; taken over
+    # 10,000, one step of the allocator weighs half as much. 25,000 took 29 s of a 118 s run.
     "memory_dead_letters": 15_000,
     "search_chunks": (2_000, 20_000),
     "search_queries": 100,

@@ -22,7 +22,6 @@ from tests.support import (
     Vhost,
     broker_from_environment,
     create_vhost,
-    dead_letter_resend_after,
     delete_vhost,
     missing,
     port_open,
@@ -44,11 +43,6 @@ def pytest_report_header() -> str:
     return "docproc dependencies: " + ", ".join(f"{name} {version(name)}" for name in names)
 
 
-DEAD_LETTER_RESEND_MS = 10_000
-"""The session's quorum queues re-send a dead letter their dead-letter queue has not confirmed
-after 10 s instead of the broker's 180 (tests wait a minute at most)."""
-
-
 def _docker_answers() -> bool:
     try:
         import docker
@@ -63,7 +57,6 @@ def _docker_answers() -> bool:
 def rabbitmq() -> Iterator[RabbitMQ]:
     with ExitStack() as stack:
         broker = broker_from_environment()
-        local = broker is not None
         if broker is None and _docker_answers():
             from testcontainers.rabbitmq import RabbitMqContainer
 
@@ -93,8 +86,6 @@ def rabbitmq() -> Iterator[RabbitMQ]:
                 f"RabbitMQ's management API does not answer at {broker.management_url} ({exc}); "
                 "enable it: rabbitmq-plugins enable rabbitmq_management"
             )
-        if local:  # not a container's: rabbitmqctl would reach another node
-            stack.enter_context(dead_letter_resend_after(broker, DEAD_LETTER_RESEND_MS))
         yield broker
 
 

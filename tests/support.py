@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import os
@@ -13,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -394,37 +393,6 @@ def rabbitmqctl_on(rabbitmq: RabbitMQ) -> Callable[..., str]:
         return done.stdout.strip()
 
     return run
-
-
-DLX_CONFIRM_TIMEOUT = "dead_letter_worker_publisher_confirm_timeout"
-"""How long a quorum queue's at-least-once dead-letter worker waits for the dead-letter queue to
-confirm a message it forwarded before it sends it again, in ms: 180,000 by default (RabbitMQ
-3.10-4.x), read when the worker starts, i.e. when its source queue is declared."""
-
-
-@contextlib.contextmanager
-def dead_letter_resend_after(rabbitmq: RabbitMQ, milliseconds: int) -> Iterator[None]:
-    """Quorum queues declared meanwhile re-send a dead letter their dead-letter queue has not
-    confirmed after `milliseconds`; the node's own value is put back after. Seen in CI once:
-    one of 1,000 dead letters still held by its source queue a minute on, waiting out the
-    broker's three minutes. Only on a broker of this machine's (rabbitmqctl); elsewhere the
-    broker's default stays."""
-    import shutil
-
-    if shutil.which("rabbitmqctl") is None or rabbitmq.host not in ("127.0.0.1", "localhost"):
-        yield
-        return
-    run = rabbitmqctl_on(rabbitmq)
-    found = run("eval", f"application:get_env(rabbit, {DLX_CONFIRM_TIMEOUT}).")
-    run("eval", f"application:set_env(rabbit, {DLX_CONFIRM_TIMEOUT}, {milliseconds}).")
-    try:
-        yield
-    finally:
-        if found.startswith("{ok,"):
-            value = found.removeprefix("{ok,").removesuffix("}")
-            run("eval", f"application:set_env(rabbit, {DLX_CONFIRM_TIMEOUT}, {value}).")
-        else:  # "undefined": the node had none of its own
-            run("eval", f"application:unset_env(rabbit, {DLX_CONFIRM_TIMEOUT}).")
 
 
 class CuttableLink:

@@ -71,7 +71,7 @@ _UI_NAMES = {f"heading {level}": f"Heading {level}" for level in range(1, 10)}
 """Built-in style names as styles.xml writes them and as Word shows them."""
 _ELEMENTS_BETWEEN_CHECKS = 4096
 """Elements read between checks of the CPU budget, in a paragraph of thousands of runs or of
-bookmarks alike: 20-40 ms of reading bookmarks (5-9 us an element, by machine)."""
+bookmarks alike: 20-40 ms of reading bookmarks (5-9 µs an element, by machine)."""
 
 
 def read_docx(data: bytes, budget: CpuBudget) -> RawDocument:

@@ -39,6 +39,19 @@ def alive(pid: int) -> bool:
     return True
 
 
+def peak_memory(pid: int) -> tuple[str, int] | None:
+    """A process's command line and the most resident memory it has had (VmHWM, KiB)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return command.strip()[:120], int(line.split()[1])
+    return None
+
+
 @dataclass
 class Running:
     up: Process

@@ -12,7 +12,6 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -23,8 +22,8 @@ import pytest_asyncio
 from service.store import outcomes, task_runs
 from service.store.database import Store
 from service.task_contract import CANARY_SUCCEED
-from tests import corpus, hostile_files, office_files
-from tests.e2e.conftest import Running, descendants, docproc, docproc_up
+from tests import hostile_files, office_files
+from tests.e2e.conftest import Running, descendants, docproc, docproc_up, peak_memory
 from tests.support import RabbitMQ, eventually
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
@@ -88,19 +87,6 @@ def office_dead() -> dict[str, tuple[bytes, str, str]]:
     }
 
 
-def peak_memory(pid: int) -> tuple[str, int] | None:
-    """A process's command line and the most resident memory it has had (VmHWM, KiB)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return command.strip()[:120], int(line.split()[1])
-    return None
-
-
 class Watch:
     """/health probed every 50 ms in the background, the slowest answer and any failure; and
     the peak memory of every process of `docproc up`, looked at every 200 ms."""
@@ -155,9 +141,9 @@ class Watch:
 async def hostile_up(
     rabbitmq: RabbitMQ, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Running]:
-    """One `docproc up` with small limits for every attack of the module: starting and stopping
-    it took 12-15 s a test. Each attack looks only at what it sent, and the next runs against
-    the same processes, which must have come through the one before whole."""
+    """One `docproc up` with small limits for every attack of the module (starting and stopping
+    it took 12-15 s a test): each attack checks what it sent, on processes that have met every
+    attack before it. The memory bound is on each process's peak over the whole module."""
     async with docproc_up(rabbitmq, tmp_path_factory.mktemp("hostile"), **LIMITS) as started:
         yield started
 
@@ -165,7 +151,6 @@ async def hostile_up(
 @pytest_asyncio.fixture(loop_scope="session")
 async def attacked(hostile_up: Running) -> AsyncIterator[tuple[Running, Watch]]:
     running = hostile_up
-    family = descendants(running.up.popen.pid)
     with Watch(running.api, running.up.popen.pid) as watch:
         yield running, watch
     assert not watch.failures, watch.failures[:5]
@@ -173,7 +158,6 @@ async def attacked(hostile_up: Running) -> AsyncIterator[tuple[Running, Watch]]:
     command, peak = watch.largest()
     assert peak < MEMORY_BOUND, f"{command} grew to {peak // 1024} MB"
     assert "restarting it" not in running.up.output(), "no process died"
-    assert family <= descendants(running.up.popen.pid) | family, "the same processes"
     assert running.up.alive()
 
 
@@ -204,6 +188,7 @@ async def test_no_message_stops_the_worker_or_the_dlq_consumer(
 ) -> None:
     running, _ = attacked
     marker = f"hostile-{time.time_ns()}"
+    unreadable = len(await letters(running, error_type="NotACeleryMessage"))
     # Killed Celery's main process: a task body without Celery's headers, on both queues.
     for queue in ("document_processing", "celery"):
         await publish(
@@ -237,13 +222,10 @@ async def test_no_message_stops_the_worker_or_the_dlq_consumer(
         )
 
     async def stored() -> list[dict[str, Any]] | None:
-        found = [
-            letter
-            for letter in await letters(running)
-            if str(letter.get("task_id") or "").startswith(marker)
-            or letter["error_type"] == "NotACeleryMessage"
-        ]
-        return found if len(found) >= 5 else None
+        found = await letters(running)
+        ours = [item for item in found if str(item.get("task_id") or "").startswith(marker)]
+        unread = [item for item in found if item["error_type"] == "NotACeleryMessage"]
+        return ours + unread if len(ours) >= 3 and len(unread) >= unreadable + 2 else None
 
     found = await eventually(stored, 60, "every hostile message to be stored")
     assert {letter["error_type"] for letter in found} >= {"NotACeleryMessage"}
@@ -435,52 +417,3 @@ async def test_hostile_documents_end_dead_naming_the_limit_in_bounded_memory(
     # The worst of it, for the record of the run (the fixture asserts the bound).
     command, peak = watch.largest()
     print(f"largest process: {command} at {peak // 1024} MB")
-
-
-@pytest.mark.parametrize("up_env", [{"CELERY_MAX_MEMORY_PER_CHILD": "1"}])
-async def test_a_pool_process_past_its_memory_limit_is_replaced_after_its_task(
-    running: Running,
-) -> None:
-    worker = next(
-        pid for pid in running.up.children() if "serve worker" in (peak_memory(pid) or ("",))[0]
-    )
-    pool = descendants(worker)
-    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
-        accepted = await http.post("/documents", files={"file": ("note.txt", b"A short note.")})
-        task_id = accepted.json()["task_id"]
-
-        async def succeeded() -> bool | None:
-            status = (await http.get(f"/tasks/{task_id}/status")).json()
-            return True if status["state"] == "SUCCESS" else None
-
-        await eventually(succeeded, 60, "the document to be processed")
-
-    async def replaced() -> set[int] | None:
-        # billiard's child says so only to a logger of its own; its pid says it too.
-        now = await asyncio.to_thread(descendants, worker)
-        return now if pool - now and len(now) == len(pool) else None
-
-    await eventually(replaced, 30, "the pool process that ran it to be replaced by another")
-    assert "restarting it" not in running.up.output(), "the worker itself did not die"
-
-
-@pytest.mark.parametrize("up_env", [{"CELERY_SOFT_TIME_LIMIT": "1", "CELERY_TIME_LIMIT": "5"}])
-async def test_a_pdf_that_outlasts_the_soft_time_limit_dies_of_it_not_as_corrupt(
-    running: Running,
-) -> None:
-    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
-        pdf = corpus.scanned_pdf_sample(pages=8).data  # OCR takes about a second a page
-        accepted = await http.post("/documents", files={"file": ("slow.pdf", pdf)})
-        task_id = accepted.json()["task_id"]
-
-        async def dead() -> dict[str, Any] | None:
-            status: dict[str, Any] = (await http.get(f"/tasks/{task_id}/status")).json()
-            return status if status["state"] in {"SUCCESS", "DEAD"} else None
-
-        status = await eventually(dead, 60, "the PDF to be dead-lettered")
-    assert status["state"] == "DEAD"
-    # Raised during OCR, it is named; a hard limit (a reader swallowing the soft one) is a time
-    # limit too. Never CorruptFile.
-    assert status["error"]["type"] in {"SoftTimeLimitExceeded", "TimeLimitExceeded"}, status
-    if status["error"]["type"] == "SoftTimeLimitExceeded":
-        assert "CELERY_SOFT_TIME_LIMIT=1 s" in status["error"]["message"]

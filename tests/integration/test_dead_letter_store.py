@@ -178,7 +178,8 @@ async def wait_for_records(vhost: Vhost, url: str, count: int, timeout: float = 
                 if q.messages or q.messages_dlx
             ]
         raise AssertionError(
-            f"{short}: {record_count(url)} stored; queues (ready/unacked/dead, held): {queues}"
+            f"{short}: {record_count(url)} stored; queues (ready/unacked/held as messages_dlx): "
+            f"{queues}"
         ) from None
 
 
