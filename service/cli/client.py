@@ -13,6 +13,12 @@ import httpx
 from service.errors import BrokerUnavailable, DocprocError, abort
 
 API_KEY_VARIABLE = "DOCPROC_API_KEY"
+SERVER_KEEP_ALIVE = 5
+"""Seconds the API keeps an idle connection open (uvicorn's `timeout_keep_alive`)."""
+CLIENT_KEEP_ALIVE = 2
+"""Seconds this client keeps one: less than the server, or a request sent on a connection as the
+server closes it fails with "Server disconnected without sending a response" (httpx's default,
+5 s, is the server's: it happened in CI to a request after a 5 s wait)."""
 
 
 def default_api_url() -> str:
@@ -43,7 +49,12 @@ class Api:
     def __init__(self, url: str, key: str | None, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=timeout,
+            limits=httpx.Limits(keepalive_expiry=CLIENT_KEEP_ALIVE),
+        )
 
     def __enter__(self) -> Api:
         return self

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from loguru import logger
 
+from service.cli.client import SERVER_KEEP_ALIVE
 from service.logs import setup_logging
 from service.settings import Settings, load_settings
 from service.topology import WORK_QUEUES
@@ -100,7 +101,7 @@ def api() -> None:
         proxy_headers=False,
         timeout_graceful_shutdown=20,
         http=GuardedHttpToolsProtocol,  # closes connections that never send their headers
-        timeout_keep_alive=5,
+        timeout_keep_alive=SERVER_KEEP_ALIVE,
     )
 
 

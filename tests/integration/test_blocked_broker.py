@@ -16,6 +16,7 @@ import pytest_asyncio
 from sqlalchemy import text
 
 from service.broker.publisher import PUBLISH_TIMEOUT
+from service.cli.client import CLIENT_KEEP_ALIVE
 from service.store import task_runs
 from service.store.database import Store
 from service.task_contract import PUBLISH_UNPUBLISHED
@@ -93,7 +94,10 @@ async def test_a_blocked_broker_loses_nothing_and_processes_nothing_twice(
     store = Store(settings.resolved_database_url)
     accepted: list[str] = []
     try:
-        async with httpx.AsyncClient(base_url=api.url, timeout=60) as http:
+        # Idle connections dropped before the API's keep-alive ends (CLIENT_KEEP_ALIVE): a
+        # /health sent on one as the server closed it failed once, after a 5 s upload.
+        limits = httpx.Limits(keepalive_expiry=CLIENT_KEEP_ALIVE)
+        async with httpx.AsyncClient(base_url=api.url, timeout=60, limits=limits) as http:
             clear_alarm = request.getfixturevalue("memory_alarm")
 
             for n in range(DOCUMENTS):
