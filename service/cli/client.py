@@ -13,12 +13,11 @@ import httpx
 from service.errors import BrokerUnavailable, DocprocError, abort
 
 API_KEY_VARIABLE = "DOCPROC_API_KEY"
-SERVER_KEEP_ALIVE = 5
-"""Seconds the API keeps an idle connection open (uvicorn's `timeout_keep_alive`)."""
 CLIENT_KEEP_ALIVE = 2
-"""Seconds this client keeps one: less than the server, or a request sent on a connection as the
-server closes it fails with "Server disconnected without sending a response" (httpx's default,
-5 s, is the server's: it happened in CI to a request after a 5 s wait)."""
+"""Seconds this client keeps an idle connection: less than the API does
+(`service.cli.serve.SERVER_KEEP_ALIVE`), or a request sent on a connection as the server closes
+it fails with "Server disconnected without sending a response" (httpx's default, 5 s, is the
+server's: it happened in CI to a request after a 5 s wait)."""
 
 
 def default_api_url() -> str:

@@ -10,12 +10,14 @@ from pathlib import Path
 import click
 from loguru import logger
 
-from service.cli.client import SERVER_KEEP_ALIVE
 from service.logs import setup_logging
 from service.settings import Settings, load_settings
 from service.topology import WORK_QUEUES
 
 CELERY_LEVELS = {"TRACE": "DEBUG", "SUCCESS": "INFO"}
+SERVER_KEEP_ALIVE = 5
+"""Seconds the API keeps an idle connection open (uvicorn's `timeout_keep_alive`); the CLI's
+client keeps one for less (`service.cli.client.CLIENT_KEEP_ALIVE`)."""
 
 
 @click.group()

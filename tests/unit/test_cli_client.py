@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from service.cli.client import CLIENT_KEEP_ALIVE, SERVER_KEEP_ALIVE, Api
+from service.cli.client import CLIENT_KEEP_ALIVE, Api
+from service.cli.serve import SERVER_KEEP_ALIVE
 
 
 def test_the_client_drops_idle_connections_before_the_api_closes_them() -> None:
