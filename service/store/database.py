@@ -2,7 +2,8 @@
 
 An operation is a plain function whose first argument is a SQLAlchemy Connection; it runs in one
 transaction. AsyncStore runs the same function on the synchronous engine in a thread of its own
-pool, so each query is written once and the event loop never blocks on it. (The async drivers
+pool, so each query is written once and the event loop never waits on it (short reads on SQLite,
+which never wait for a lock, are made in the loop's thread: `AsyncStore.read`). (The async drivers
 were the other way: through aiosqlite and SQLAlchemy's greenlet bridge a statement cost ~1.4 ms of
 CPU against ~0.25 ms on the synchronous engine — measured by `python -m bench --profile`.)
 """
@@ -10,6 +11,7 @@ CPU against ~0.25 ms on the synchronous engine — measured by `python -m bench 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -146,9 +148,13 @@ _Read = tuple[Callable[[], Any], "asyncio.Future[Any]"]
 _Outcome = tuple["asyncio.Future[Any]", Any, Exception | None]
 
 
+class _Locked(Exception):
+    """SQLite answered "database is locked" to a read that does not wait."""
+
+
 class AsyncStore:
     """The store for code on an event loop: each operation runs on the synchronous engine in a
-    thread, and the loop awaits it.
+    thread, and the loop awaits it (but for `read` on SQLite: see there).
 
     `run` for reads, `write` for operations that write. On SQLite every write of the process goes
     through one writer thread, in turn, instead of fighting over the database's lock inside SQLite,
@@ -173,6 +179,11 @@ class AsyncStore:
         )
         self._pending: list[_Read] = []
         self._batches = 0
+        # SQLite: a connection for reads made in the loop's own thread, one that never waits
+        # for a lock (`read`). None is opened before the first read.
+        self._inline = sync_engine(url, pool_size=1, busy_timeout_ms=0) if sqlite else None
+        self._inline_connection: Connection | None = None
+        self._closed = False
 
     @property
     def engine(self) -> Engine:
@@ -191,7 +202,20 @@ class AsyncStore:
         the event loop) costs about as much CPU as the read itself on a small machine (~100 µs
         each on two virtual cores): at 32 concurrent status reads the API's CPU per read fell by
         13 to 29 % on SQLite (`python -m bench status`). A read alone still goes at once.
+
+        On SQLite the read is first made in the loop's own thread, on a connection that fails at
+        once instead of waiting for a lock: such a read is a few dozen microseconds of CPU,
+        which it holds the GIL for wherever it runs, while the hop to a thread and back, and
+        the GIL passed between that thread and the loop at each SQLite call, cost twice what
+        the read does. In WAL mode a read never waits for a writer; when SQLite does answer
+        "locked" (a connection in exclusive locking mode, WAL recovery after a crash), the read
+        goes to a reader thread, whose connection waits for the lock.
         """
+        if self._inline is not None and not self._closed:
+            try:
+                return self._read_inline(operation, *args, **kwargs)
+            except _Locked:
+                pass  # to a reader thread, which waits for the lock as every store call does
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append(
@@ -235,6 +259,26 @@ class AsyncStore:
         if self._pending and self._batches < READ_BATCHES:
             self._next_batch(loop)
 
+    def _read_inline(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """`operation` on the loop's own connection, kept open between reads (taking one from
+        a pool and giving it back cost half the read)."""
+        assert self._inline is not None
+        connection = self._inline_connection
+        try:
+            if connection is None:
+                connection = self._inline_connection = self._inline.connect()
+            with connection.begin():
+                return operation(connection, *args, **kwargs)
+        except SQLAlchemyError as exc:
+            if isinstance(exc, OperationalError) and "locked" in str(exc.orig):
+                raise _Locked from exc
+            # A connection that failed otherwise is not trusted again: the next read opens one.
+            if connection is not None:
+                self._inline_connection = None
+                with contextlib.suppress(SQLAlchemyError):
+                    connection.invalidate()
+            raise _unavailable(exc) from exc
+
     async def long_read(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`run` on threads of its own, for a read that may take seconds (a search): however
         many are under way, the other operations (a status read, the commit of an upload) never
@@ -248,6 +292,7 @@ class AsyncStore:
 
     async def close(self) -> None:
         """Wait for the operations in flight, then close the connections."""
+        self._closed = True
         await asyncio.to_thread(self._shutdown)
 
     def _shutdown(self) -> None:
@@ -255,6 +300,10 @@ class AsyncStore:
         self._readers.shutdown(wait=True)
         self._long_readers.shutdown(wait=True)
         self._store.close()
+        if self._inline_connection is not None:
+            self._inline_connection.close()
+        if self._inline is not None:
+            self._inline.dispose()
 
 
 class PerDialect:

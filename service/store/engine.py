@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +43,18 @@ def _prepare_sqlite_file(url: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers (API) run beside one writer (worker); NORMAL is durable in WAL mode except
-    # for the last transactions before a power loss, never corrupting.
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.execute("PRAGMA synchronous = NORMAL")
-    cursor.execute("PRAGMA foreign_keys = ON")
-    cursor.close()
+def _sqlite_setup(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets readers (API) run beside one writer (worker); NORMAL is durable in WAL mode
+        # except for the last transactions before a power loss, never corrupting.
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    return on_connect
 
 
 _DECODER = msgspec.json.Decoder()
@@ -76,11 +80,19 @@ def json_value(text: str | bytes) -> Any:
         return json.loads(text)
 
 
-def sync_engine(url: str, *, pool_size: int = 5, autocommit: bool = False) -> Engine:
+def sync_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    autocommit: bool = False,
+    busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+) -> Engine:
     """The engine; `pool_size` connections are kept open (as many as threads that use it).
 
     `autocommit` (PostgreSQL): connections in autocommit, not pinged when taken from the pool —
     for reads only, which can be made again on a new connection when one is found dead.
+    `busy_timeout_ms` (SQLite): how long a statement waits for a lock another connection holds;
+    0 makes it fail at once ("database is locked").
     """
     _prepare_sqlite_file(url)
     driver_url = _driver_url(url)
@@ -89,11 +101,11 @@ def sync_engine(url: str, *, pool_size: int = 5, autocommit: bool = False) -> En
         engine = sqlalchemy.create_engine(
             driver_url,
             pool_size=pool_size,
-            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
             json_serializer=json_text,
             json_deserializer=json_value,
         )
-        event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "connect", _sqlite_setup(busy_timeout_ms))
         return engine
     # Not pinged in autocommit; otherwise the server's own isolation level, as it is set.
     reads: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}

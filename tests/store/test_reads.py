@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,7 +111,9 @@ async def test_reads_that_arrive_while_batches_run_go_together_each_to_its_calle
     async_store: AsyncStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One hop to a reader thread for many reads; each caller gets its own answer or error, and
-    one that stopped waiting leaves the others theirs."""
+    one that stopped waiting leaves the others theirs. (On SQLite, the path of reads that found
+    the database locked: see the tests below.)"""
+    monkeypatch.setattr(async_store, "_inline", None)
     hops: list[int] = []
     submit = async_store._readers.submit
 
@@ -154,3 +158,55 @@ async def test_a_read_after_the_store_closed_says_so(database_url: str) -> None:
     await store.close()
     with pytest.raises(StoreUnavailable, match="closed"):
         await store.read(task_runs.get, "t-1")
+
+
+def _sqlite_store(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'docproc.db'}"
+    store = Store(url)
+    store.migrate()
+    store.run(task_runs.record_pending, "t-1", PROCESS_DOCUMENT, queue=DOCUMENT_QUEUE)
+    store.close()
+    return url
+
+
+async def test_on_sqlite_a_read_is_made_in_the_loops_own_thread(tmp_path: Path) -> None:
+    """No hop to a thread and back, which cost twice what a status read does."""
+    store = AsyncStore(_sqlite_store(tmp_path))
+    try:
+        seen = await store.read(lambda _: threading.get_ident())
+        assert seen == threading.get_ident()
+        run = await store.read(task_runs.get, "t-1")
+        assert run is not None
+        assert run.state == "PENDING"
+    finally:
+        await store.close()
+
+
+async def test_on_sqlite_a_read_that_finds_the_database_locked_waits_off_the_loop(
+    tmp_path: Path,
+) -> None:
+    """A connection in exclusive locking mode keeps every other one out, even in WAL mode: the
+    read goes to a reader thread, which waits for the lock, and the loop runs on meanwhile."""
+    url = _sqlite_store(tmp_path)
+    holder = sqlite3.connect(tmp_path / "docproc.db", isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("UPDATE task_runs SET retries = 7")
+    store = AsyncStore(url)
+    try:
+        read = asyncio.ensure_future(store.read(task_runs.get, "t-1"))
+        ticks = 0
+        while ticks < 20:  # the loop is free: the read waits in a thread
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not read.done()
+        holder.execute("COMMIT")
+        holder.close()
+        run = await asyncio.wait_for(read, 10)
+        assert run is not None
+        assert run.retries == 7  # what the holder committed, read once it let go
+        # Later reads are made in the loop's thread again.
+        assert await store.read(lambda _: threading.get_ident()) == threading.get_ident()
+    finally:
+        holder.close()
+        await store.close()
