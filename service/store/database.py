@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -144,8 +144,68 @@ READ_BATCHES = 2
 READ_BATCH = 32
 """Reads a batch holds at most: the last of them waits for the others (~0.2 ms each)."""
 
-_Read = tuple[Callable[[], Any], "asyncio.Future[Any]"]
-_Outcome = tuple["asyncio.Future[Any]", Any, Exception | None]
+LOOKUP_BATCH = 100
+"""Keys one call of a lookup operation is given at most (`AsyncStore.lookup`)."""
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+Lookup = Callable[[Connection, list[K]], Mapping[K, V]]
+"""Looks up many keys in one statement: the value of each key found, by key."""
+
+
+class _Read:
+    """A read waiting for its batch: run on a reader thread, its outcome delivered on the loop."""
+
+    __slots__ = ("call", "future")
+
+    def __init__(self, call: Callable[[], Any], future: asyncio.Future[Any]) -> None:
+        self.call = call
+        self.future = future
+
+    def run(self) -> Any:
+        return self.call()
+
+    def deliver(self, value: Any, error: Exception | None) -> None:
+        _settle(self.future, value, error)
+
+    def abandon(self, error: Exception) -> None:
+        _settle(self.future, None, error)
+
+
+class _Lookups:
+    """The lookups of one operation that wait for the same batch: one call for all their keys."""
+
+    __slots__ = ("operation", "store", "waiting")
+
+    def __init__(self, store: Store, operation: Lookup[Any, Any]) -> None:
+        self.store = store
+        self.operation = operation
+        self.waiting: list[tuple[Any, asyncio.Future[Any]]] = []
+
+    def run(self) -> Mapping[Any, Any]:
+        keys = list(dict.fromkeys(key for key, _ in self.waiting))
+        return self.store.read(self.operation, keys)
+
+    def deliver(self, found: Mapping[Any, Any] | None, error: Exception | None) -> None:
+        for key, future in self.waiting:
+            _settle(future, None if found is None else found.get(key), error)
+
+    def abandon(self, error: Exception) -> None:
+        for _, future in self.waiting:
+            _settle(future, None, error)
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: Exception | None) -> None:
+    if future.done():  # its caller stopped waiting
+        return
+    if error is None:
+        future.set_result(value)
+    else:
+        future.set_exception(error)
+
+
+_Entry = _Read | _Lookups
+_Outcome = tuple[_Entry, Any, Exception | None]
 
 
 class _Locked(Exception):
@@ -177,7 +237,8 @@ class AsyncStore:
         self._writer = (
             ThreadPoolExecutor(1, thread_name_prefix="store-write") if sqlite else self._readers
         )
-        self._pending: list[_Read] = []
+        self._pending: list[_Entry] = []
+        self._open_lookups: dict[Lookup[Any, Any], _Lookups] = {}  # in _pending, taking keys
         self._batches = 0
         # SQLite: a connection for reads made in the loop's own thread, one that never waits
         # for a lock (`read`). None is opened before the first read.
@@ -219,43 +280,65 @@ class AsyncStore:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append(
-            (functools.partial(self._store.read, operation, *args, **kwargs), future)
+            _Read(functools.partial(self._store.read, operation, *args, **kwargs), future)
         )
+        return await self._waiting_for(loop, future)
+
+    async def lookup(self, operation: Lookup[K, V], key: K) -> V | None:
+        """`key`'s value as `operation` finds it (None when it does not), for a read of one row
+        by key that many callers make at once (a task's status).
+
+        `read`, but the lookups of one operation that go to a reader thread in the same batch
+        are one call of it, given all their keys — one statement, not one each: on PostgreSQL
+        a status read alone costs ~200 µs of the API's CPU, sixteen together ~25 µs each.
+        """
+        if self._inline is not None and not self._closed:
+            try:
+                return self._read_inline(operation, [key]).get(key)
+            except _Locked:
+                pass  # to a reader thread, as in `read`
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[V | None] = loop.create_future()
+        group = self._open_lookups.get(operation)
+        if group is None or len(group.waiting) >= LOOKUP_BATCH:
+            group = self._open_lookups[operation] = _Lookups(self._store, operation)
+            self._pending.append(group)
+        group.waiting.append((key, future))
+        return await self._waiting_for(loop, future)
+
+    async def _waiting_for(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[R]) -> R:
         if self._batches < READ_BATCHES:
             self._next_batch(loop)
         return await future
 
     def _next_batch(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self._pending = self._pending[:READ_BATCH], self._pending[READ_BATCH:]
+        for entry in batch:  # no more keys join a group on its way
+            if isinstance(entry, _Lookups) and self._open_lookups.get(entry.operation) is entry:
+                del self._open_lookups[entry.operation]
         try:
             self._readers.submit(self._read_batch, loop, batch)
         except RuntimeError:  # closed
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(StoreUnavailable("the store is closed"))
+            for entry in batch:
+                entry.abandon(StoreUnavailable("the store is closed"))
             return
         self._batches += 1
 
-    def _read_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Read]) -> None:
+    def _read_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Entry]) -> None:
         """On a reader thread: each read of the batch, then one call back to the loop."""
         outcomes: list[_Outcome] = []
-        for call, future in batch:
+        for entry in batch:
             try:
-                outcomes.append((future, call(), None))
-            except Exception as exc:  # each read's error goes to its own caller
-                outcomes.append((future, None, exc))
+                outcomes.append((entry, entry.run(), None))
+            except Exception as exc:  # each read's error goes to its own callers
+                outcomes.append((entry, None, exc))
         loop.call_soon_threadsafe(self._deliver, loop, outcomes)
 
     def _deliver(self, loop: asyncio.AbstractEventLoop, outcomes: list[_Outcome]) -> None:
-        """On the loop: each read's outcome to its caller, and the next batch on its way."""
+        """On the loop: each read's outcome to its callers, and the next batch on its way."""
         self._batches -= 1
-        for future, value, error in outcomes:
-            if future.done():  # its caller stopped waiting
-                continue
-            if error is None:
-                future.set_result(value)
-            else:
-                future.set_exception(error)
+        for entry, value, error in outcomes:
+            entry.deliver(value, error)
         if self._pending and self._batches < READ_BATCHES:
             self._next_batch(loop)
 

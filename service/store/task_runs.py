@@ -432,6 +432,14 @@ def get_many(connection: Connection, task_ids: Sequence[str]) -> list[TaskRun]:
     return [as_struct(row, TaskRun, strict=False) for row in rows]
 
 
+def by_id(connection: Connection, task_ids: list[str]) -> dict[str, TaskRun]:
+    """The runs of those of `task_ids` that are known, by task id (`AsyncStore.lookup`)."""
+    if len(task_ids) == 1:  # `get`'s statement: an expanding IN costs ~20 µs more to run
+        run = get(connection, task_ids[0])
+        return {} if run is None else {run.task_id: run}
+    return {run.task_id: run for run in get_many(connection, task_ids)}
+
+
 def count_by_state(connection: Connection) -> dict[str, int]:
     rows = connection.execute(
         select(task_runs.c.state, func.count()).group_by(task_runs.c.state)

@@ -37,6 +37,10 @@ async def test_a_read_sees_what_was_written(async_store: AsyncStore) -> None:
     assert run is not None
     assert run.state == "PENDING"
     assert await async_store.read(task_runs.get, "t-unknown") is None
+    looked_up = await async_store.lookup(task_runs.by_id, "t-1")
+    assert looked_up is not None
+    assert looked_up.task_id == "t-1"
+    assert await async_store.lookup(task_runs.by_id, "t-unknown") is None
     assert [r.task_id for r in await async_store.read(task_runs.get_many, ["t-1", "t-2"])] == [
         "t-1"
     ]
@@ -151,6 +155,57 @@ async def test_reads_that_arrive_while_batches_run_go_together_each_to_its_calle
             assert await read == value
     assert gone.cancelled()
     assert hops == [1] * READ_BATCHES + [21]
+
+
+async def test_lookups_that_wait_for_the_same_batch_are_one_call_with_all_their_keys(
+    async_store: AsyncStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty status reads waiting together are one statement; each caller gets its own run (or
+    None), a key asked twice is looked up once, and a lookup whose caller stopped waiting leaves
+    the others theirs. A failing call fails each of its lookups, and nothing else."""
+    monkeypatch.setattr(async_store, "_inline", None)  # on SQLite, the path of a locked database
+    for n in range(20):
+        await async_store.write(
+            task_runs.record_pending, f"t-{n}", PROCESS_DOCUMENT, queue=DOCUMENT_QUEUE
+        )
+    calls: list[list[str]] = []
+
+    def recorded(connection: Connection, task_ids: list[str]) -> dict[str, task_runs.TaskRun]:
+        calls.append(task_ids)
+        return task_runs.by_id(connection, task_ids)
+
+    def failing(_: Connection, task_ids: list[str]) -> dict[str, int]:
+        raise ValueError(f"failed for {len(task_ids)}")
+
+    began, release = threading.Semaphore(0), threading.Event()
+
+    def held(_: Connection) -> str:
+        began.release()
+        release.wait(60)
+        return "held"
+
+    first = [asyncio.ensure_future(async_store.read(held)) for _ in range(READ_BATCHES)]
+    for _ in range(READ_BATCHES):
+        assert await asyncio.to_thread(began.acquire, True, 10)
+    keys = [f"t-{n}" for n in range(20)] + ["t-3", "t-unknown"]
+    looked_up = [asyncio.ensure_future(async_store.lookup(recorded, key)) for key in keys]
+    doomed = [asyncio.ensure_future(async_store.lookup(failing, key)) for key in ("a", "b")]
+    plain = asyncio.ensure_future(async_store.read(task_runs.get, "t-7"))
+    gone = asyncio.ensure_future(async_store.lookup(recorded, "t-8"))
+    await asyncio.sleep(0)  # all queued: both batches are held
+    gone.cancel()
+    release.set()
+    assert await asyncio.gather(*first) == ["held"] * READ_BATCHES
+    runs = await asyncio.gather(*looked_up)
+    assert [run.task_id if run else None for run in runs] == [*keys[:-1], None]
+    assert calls == [[*(f"t-{n}" for n in range(20)), "t-unknown"]]
+    for lookup in doomed:
+        with pytest.raises(ValueError, match="failed for 2"):
+            await lookup
+    run = await plain
+    assert run is not None
+    assert run.task_id == "t-7"
+    assert gone.cancelled()
 
 
 async def test_a_read_after_the_store_closed_says_so(database_url: str) -> None:

@@ -82,7 +82,7 @@ def status_of(run: TaskRun, *, with_traceback: bool = False) -> TaskStatus:
     summary="Where a task is: state, progress, retries, error, timings",
 )
 async def task_status(task_id: PathId, store: StoreDep) -> TaskStatus:
-    return status_of(await store.read(_run, task_id))
+    return status_of(await _looked_up(store, task_id))
 
 
 MAX_STATUSES = 100
@@ -123,11 +123,19 @@ async def task_statuses(
     summary="A task in full: its status, and the traceback of its failure",
 )
 async def task_detail(task_id: PathId, store: StoreDep) -> TaskStatus:
-    return status_of(await store.read(_run, task_id), with_traceback=True)
+    return status_of(await _looked_up(store, task_id), with_traceback=True)
+
+
+async def _looked_up(store: AsyncStore, task_id: str) -> TaskRun:
+    """The run of `task_id`, read together with other callers' (`AsyncStore.lookup`)."""
+    return _known(task_id, await store.lookup(task_runs.by_id, task_id))
 
 
 def _run(connection: Connection, task_id: str) -> TaskRun:
-    run = task_runs.get(connection, task_id)
+    return _known(task_id, task_runs.get(connection, task_id))
+
+
+def _known(task_id: str, run: TaskRun | None) -> TaskRun:
     if run is None:
         raise NotFound(f"no task {task_id} (unknown, or its record expired)")
     return run
