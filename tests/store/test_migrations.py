@@ -44,3 +44,22 @@ def test_the_expression_index_exists_on_both_stores(store: Store) -> None:
         names = set(connection.execute(text(listing)).scalars())
 
     assert "ix_documents_dated_at" in names
+
+
+@pytest.mark.postgres
+def test_on_postgresql_the_search_vector_stays_in_its_row(postgres_url: str) -> None:
+    """Ranking reads every match's tsvector: from the row, not from the TOAST table."""
+    store = Store(postgres_url)
+    try:
+        store.migrate()
+        with store.engine.connect() as connection:
+            storage = connection.execute(
+                text(
+                    "SELECT attstorage FROM pg_attribute "
+                    "WHERE attrelid = 'chunks'::regclass AND attname = 'search_vector'"
+                )
+            ).scalar_one()
+    finally:
+        store.close()
+
+    assert storage == "m"  # MAIN: compressed in the row, out of it only as a last resort
