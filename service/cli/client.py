@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -18,6 +19,10 @@ CLIENT_KEEP_ALIVE = 2
 (`service.cli.serve.SERVER_KEEP_ALIVE`), or a request sent on a connection as the server closes
 it fails with "Server disconnected without sending a response" (httpx's default, 5 s, is the
 server's: it happened in CI to a request after a 5 s wait)."""
+
+
+RETRY_PAUSES = (0.1, 0.5)
+"""Seconds before each new try of a request that may be sent twice (`Api.send`)."""
 
 
 def default_api_url() -> str:
@@ -70,9 +75,24 @@ class Api:
             )
         )
 
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """`method` on `path`; a request that may be sent twice — a read, or one with an
+        Idempotency-Key — is sent again when its connection fails before the answer came
+        (a reset, a close as the request went out): one such hiccup would otherwise end a
+        `docproc submit --wait` of thousands of files that had all been accepted. Timeouts are
+        not retried: a slow API is not helped by more requests."""
+        headers = kwargs.get("headers") or {}
+        again = method == "GET" or any(name.lower() == "idempotency-key" for name in headers)
+        for pause in RETRY_PAUSES if again else ():
+            try:
+                return self.http.request(method, path, **kwargs)
+            except (httpx.NetworkError, httpx.RemoteProtocolError):
+                time.sleep(pause)
+        return self.http.request(method, path, **kwargs)
+
     def request(self, method: str, path: str, *, ok: Sequence[int] = (), **kwargs: Any) -> Any:
         try:
-            response = self.http.request(method, path, **kwargs)
+            response = self.send(method, path, **kwargs)
         except httpx.TransportError as exc:
             self.unreachable(exc)
         if response.status_code >= 400 and response.status_code not in ok:

@@ -81,7 +81,8 @@ def submit(
 
         def upload(path: Path) -> list[object]:
             content = path.read_bytes()
-            response = api.http.post(
+            response = api.send(
+                "POST",
                 "/documents",
                 files={"file": (path.name, content)},
                 headers={"Idempotency-Key": idempotency_key(path, content)},
@@ -144,7 +145,7 @@ def _follow(
     waiting = set(accepted)
 
     def read(task_ids: list[str]) -> list[Any]:
-        response = api.http.get("/tasks/statuses", params=[("id", each) for each in task_ids])
+        response = api.send("GET", "/tasks/statuses", params=[("id", each) for each in task_ids])
         if response.status_code >= 400:
             raise _Refused(response)
         return list(response.json()["statuses"])
