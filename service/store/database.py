@@ -344,7 +344,7 @@ class AsyncStore:
 
     def _read_inline(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`operation` on the loop's own connection, kept open between reads (taking one from
-        a pool and giving it back cost half the read)."""
+        a pool and giving it back made a status read half as costly again: ~75 against ~50 µs)."""
         assert self._inline is not None
         connection = self._inline_connection
         try:
