@@ -7,10 +7,11 @@ from sqlalchemy import func, select, update
 
 from service.deadletters.consumer import store_batch
 from service.deadletters.parsing import RawMessage
-from service.store import dead_letters
+from service.store import dead_letters, redrives
 from service.store.database import Store
 from service.store.dead_letters import Filters
 from service.store.schema import dead_letters as table
+from service.store.schema import redrive_items
 
 
 def message(n: int, died: datetime, *, redelivered: bool = False) -> RawMessage:
@@ -96,3 +97,48 @@ def test_a_redrive_belongs_to_one_runner_until_its_heartbeat_stops(store: Store)
     assert theirs is None, "a live owner keeps its job"
     assert taken_over is not None
     assert taken_over.owner == "api-2", "a silent owner's job is taken over"
+
+
+def test_a_groups_outcomes_are_recorded_each_with_its_own_state_and_error(store: Store) -> None:
+    """Each item of a group keeps its own state and error, the job counts both kinds, and each
+    letter re-published is counted once more."""
+    now = datetime.now(UTC)
+    stored = store.run(store_batch, [message(n, now) for n in range(5)])
+    ids = [record_id for record_id, _ in stored]
+    job = store.run(redrives.create, Filters(), 100.0)
+    assert job.matched == 5
+    claimed = store.run(redrives.claim, "runner-1", now - timedelta(seconds=15))
+    assert claimed is not None
+    assert claimed.id == job.id
+    outcomes = [
+        redrives.Outcome(ids[0], "published"),
+        redrives.Outcome(ids[1], "failed", "dead letter was discarded"),
+        redrives.Outcome(ids[2], "published"),
+        redrives.Outcome(ids[3], "failed", "cannot be re-published: ValueError()"),
+    ]
+    state = store.run(redrives.record_items, redrive_id=job.id, owner="runner-1", outcomes=outcomes)
+    store.run(dead_letters.mark_republished, ids[0], ids[2])
+
+    items = store.run(
+        lambda c: {
+            row.dead_letter_id: (row.state, row.error)
+            for row in c.execute(
+                select(redrive_items).where(redrive_items.c.redrive_id == job.id)
+            )
+        }
+    )
+    assert items == {
+        ids[0]: ("published", None),
+        ids[1]: ("failed", "dead letter was discarded"),
+        ids[2]: ("published", None),
+        ids[3]: ("failed", "cannot be re-published: ValueError()"),
+        ids[4]: ("pending", None),
+    }
+    recorded = store.run(redrives.get, job.id)
+    assert recorded is not None
+    assert (recorded.published, recorded.failed) == (2, 2)
+    assert state == "running"
+    counts = store.run(
+        lambda c: dict(c.execute(select(table.c.id, table.c.republish_count)).all())
+    )
+    assert [counts[id_] for id_ in ids] == [1, 0, 1, 0, 0]
