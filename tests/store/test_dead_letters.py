@@ -122,9 +122,7 @@ def test_a_groups_outcomes_are_recorded_each_with_its_own_state_and_error(store:
     items = store.run(
         lambda c: {
             row.dead_letter_id: (row.state, row.error)
-            for row in c.execute(
-                select(redrive_items).where(redrive_items.c.redrive_id == job.id)
-            )
+            for row in c.execute(select(redrive_items).where(redrive_items.c.redrive_id == job.id))
         }
     )
     assert items == {
@@ -138,7 +136,5 @@ def test_a_groups_outcomes_are_recorded_each_with_its_own_state_and_error(store:
     assert recorded is not None
     assert (recorded.published, recorded.failed) == (2, 2)
     assert state == "running"
-    counts = store.run(
-        lambda c: dict(c.execute(select(table.c.id, table.c.republish_count)).all())
-    )
+    counts = store.run(lambda c: dict(c.execute(select(table.c.id, table.c.republish_count)).all()))
     assert [counts[id_] for id_ in ids] == [1, 0, 1, 0, 0]
