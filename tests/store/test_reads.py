@@ -16,6 +16,7 @@ from service.store import task_runs
 from service.store.database import LONG_READERS, READ_BATCHES, AsyncStore, Store
 from service.task_contract import PROCESS_DOCUMENT
 from service.topology import DOCUMENT_QUEUE
+from tests.support import eventually
 
 
 def _backend_pid(connection: Connection) -> int:
@@ -250,10 +251,12 @@ async def test_on_sqlite_a_read_that_finds_the_database_locked_waits_off_the_loo
     store = AsyncStore(url)
     try:
         read = asyncio.ensure_future(store.read(task_runs.get, "t-1"))
-        ticks = 0
-        while ticks < 20:  # the loop is free: the read waits in a thread
-            await asyncio.sleep(0.01)
-            ticks += 1
+
+        async def in_a_reader_thread() -> bool | None:
+            return True if store._batches == 1 else None
+
+        # Polled on the loop, which is free: the read waits for the lock in a reader thread.
+        await eventually(in_a_reader_thread, 10, "the read handed to a reader thread", 0.01)
         assert not read.done()
         holder.execute("COMMIT")
         holder.close()
