@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,6 +30,7 @@ from bench.submit import purge
 from service.broker.publisher import task_message
 from service.deadletters.parsing import RawMessage, read
 from service.errors import DatabaseError
+from service.ids import new_id
 from service.store import outcomes
 from service.store.database import Store
 from service.store.schema import dead_letters as table
@@ -50,10 +50,11 @@ def batch_day(batch: int) -> datetime:
 
 
 def dead_message(batch: int, index: int) -> aio_pika.Message:
-    """A document task as RabbitMQ dead-letters it after a worker rejected it."""
-    task_id = str(uuid.uuid4())
+    """A document task as RabbitMQ dead-letters it after a worker rejected it, with ids as
+    docproc's intake makes them."""
+    task_id = new_id()
     message = task_message(
-        PROCESS_DOCUMENT, task_id, kwargs={"document_id": str(uuid.uuid4())}, correlation_id=task_id
+        PROCESS_DOCUMENT, task_id, kwargs={"document_id": new_id()}, correlation_id=task_id
     )
     died = batch_day(batch) + timedelta(microseconds=index)
     headers: dict[str, Any] = dict(message.headers or {})

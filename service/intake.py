@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import uuid
 from collections.abc import Sequence
 
 import msgspec
@@ -31,6 +30,7 @@ from service import pipeline
 from service.broker.connection import until
 from service.broker.publisher import TaskPublisher, task_message
 from service.errors import BrokerUnavailable, Conflict, DatabaseError, EmptyDocument, Unroutable
+from service.ids import new_id
 from service.store import documents, idempotency, task_runs
 from service.store.database import AsyncStore
 from service.store.group_commit import GroupCommit
@@ -199,7 +199,7 @@ class Intake:
         """Uploads, accepted in groups under load."""
 
     async def submit(self, upload: Upload) -> Receipt:
-        document_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+        document_id, task_id = new_id(), new_id()
         receipt = await self._accepting(
             Accepting(upload, document_id, task_id), len(upload.content)
         )

@@ -18,7 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgspec
-from sqlalchemy import JSON, Connection, Engine, Executable, Row, Table
+from sqlalchemy import (
+    ARRAY,
+    JSON,
+    ColumnElement,
+    Connection,
+    Engine,
+    Executable,
+    Row,
+    Table,
+    any_,
+    bindparam,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import (
@@ -389,24 +400,66 @@ class AsyncStore:
             self._inline.dispose()
 
 
-class PerDialect:
-    """A statement built once per dialect and reused: building a SQLAlchemy statement costs
-    more CPU than running it, and an upsert is written differently for SQLite and PostgreSQL.
-    `build` gets the dialect's INSERT (one that knows ON CONFLICT); values come as parameters
-    at execution."""
+class _ForDialect:
+    """A statement built once per dialect, by `_make(dialect name)`, and reused: building a
+    SQLAlchemy statement costs more CPU than running it."""
 
-    def __init__(self, build: Callable[[Callable[[Table], Any]], Executable]) -> None:
-        self._build = build
+    def __init__(self) -> None:
         self._built: dict[str, Executable] = {}
+
+    def _make(self, dialect: str) -> Executable:
+        raise NotImplementedError
 
     def __call__(self, connection: Connection) -> Executable:
         name = connection.dialect.name
         built = self._built.get(name)
         if built is None:
-            built = self._built[name] = self._build(
-                sqlite_insert if name == "sqlite" else postgresql_insert
-            )
+            built = self._built[name] = self._make(name)
         return built
+
+
+class PerDialect(_ForDialect):
+    """A statement written differently for SQLite and PostgreSQL, an upsert: `build` gets the
+    dialect's INSERT (one that knows ON CONFLICT); values come as parameters at execution."""
+
+    def __init__(self, build: Callable[[Callable[[Table], Any]], Executable]) -> None:
+        super().__init__()
+        self._build = build
+
+    def _make(self, dialect: str) -> Executable:
+        return self._build(sqlite_insert if dialect == "sqlite" else postgresql_insert)
+
+
+OneOf = Callable[[ColumnElement[Any], str], ColumnElement[bool]]
+
+
+def _one_of(dialect: str) -> OneOf:
+    def one_of(column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
+        if dialect == "postgresql":
+            return column == any_(bindparam(name, type_=ARRAY(column.type)))
+        return column.in_(bindparam(name, expanding=True))
+
+    return one_of
+
+
+class Keyed(_ForDialect):
+    """A statement that finds rows by a list of keys, given at execution as one parameter.
+    `build` gets `one_of(column, name)`, the condition that `column` equals one of the list bound
+    as `name`.
+
+    On SQLite that is `IN (?, ?, …)`. On PostgreSQL it is `= ANY(:name)`, one array: an IN list
+    is a parameter per key, a statement text per length of list, and once psycopg has prepared
+    it, PostgreSQL's generic plan may scan the table comparing each row with each key — 100 ms
+    for 250 keys in 15,000 runs — where `= ANY` of an array is planned as an index lookup per
+    key whatever the list's length.
+    """
+
+    def __init__(self, build: Callable[[OneOf], Executable]) -> None:
+        super().__init__()
+        self._build = build
+
+    def _make(self, dialect: str) -> Executable:
+        return self._build(_one_of(dialect))
 
 
 class Bulk:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -21,8 +20,9 @@ from sqlalchemy import (
 )
 
 from service.grouping import fingerprint
+from service.ids import new_id
 from service.store import cursors
-from service.store.database import Bulk, as_struct
+from service.store.database import Bulk, Keyed, as_struct
 from service.store.schema import dead_letters, utcnow
 
 Status = Literal["active", "republished", "discarded", "superseded", "all", "redrivable"]
@@ -189,7 +189,7 @@ def insert_many(
         group = fingerprints.get(cause)
         if group is None:
             group = fingerprints[cause] = fingerprint(*cause)
-        record_id = str(uuid.uuid4())
+        record_id = new_id()
         ids.append(record_id)
         rows.append(
             (
@@ -272,9 +272,12 @@ def get(
 
 def get_many(connection: Connection, ids: Sequence[str]) -> dict[str, DeadLetter]:
     """Several dead letters, bodies included, by id (missing ones are simply absent)."""
-    rows = connection.execute(select(dead_letters).where(dead_letters.c.id.in_(list(ids)))).all()
+    rows = connection.execute(_GET_MANY(connection), {"ids": list(ids)}).all()
     letters = (as_struct(row, DeadLetter) for row in rows)
     return {letter.id: letter for letter in letters}
+
+
+_GET_MANY = Keyed(lambda one_of: select(dead_letters).where(one_of(dead_letters.c.id, "ids")))
 
 
 def _cursor(letter: DeadLetter) -> str:

@@ -15,8 +15,16 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection, delete, select
 
-from service.store.database import Bulk
+from service.store.database import Bulk, Keyed
 from service.store.schema import dead_letter_ledger as ledger
+
+_MATCHING = Keyed(
+    lambda one_of: (
+        select(ledger.c.session, ledger.c.dead_letter_id, ledger.c.message_key)
+        .where(one_of(ledger.c.message_key, "keys"))
+        .order_by(ledger.c.dead_letter_id)
+    )
+)
 
 
 def take(connection: Connection, keys: Sequence[str]) -> list[str | None]:
@@ -24,12 +32,7 @@ def take(connection: Connection, keys: Sequence[str]) -> list[str | None]:
     that key — its row taken so that it matches once — or None."""
     if not keys:
         return []
-    c = ledger.c
-    rows = connection.execute(
-        select(c.session, c.dead_letter_id, c.message_key)
-        .where(c.message_key.in_(set(keys)))
-        .order_by(c.dead_letter_id)
-    ).all()
+    rows = connection.execute(_MATCHING(connection), {"keys": list(set(keys))}).all()
     available: dict[str, list[tuple[str, str]]] = {}
     for row in rows:
         available.setdefault(row.message_key, []).append((row.session, row.dead_letter_id))
@@ -45,7 +48,7 @@ def take(connection: Connection, keys: Sequence[str]) -> list[str | None]:
             matched.append(None)
     for session, record_id in taken:
         connection.execute(
-            delete(ledger).where(c.session == session, c.dead_letter_id == record_id)
+            delete(ledger).where(ledger.c.session == session, ledger.c.dead_letter_id == record_id)
         )
     return matched
 

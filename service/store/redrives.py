@@ -7,7 +7,6 @@ stopped beating is taken over where it stood.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -15,6 +14,7 @@ from typing import Any, Literal
 import msgspec
 from sqlalchemy import Connection, bindparam, case, func, insert, or_, select, update
 
+from service.ids import new_id
 from service.store import dead_letters
 from service.store.database import as_struct
 from service.store.dead_letters import Filters
@@ -44,7 +44,7 @@ class Redrive(msgspec.Struct, frozen=True, kw_only=True):
 def create(connection: Connection, filters: Filters, rate: float) -> Redrive:
     ids = dead_letters.matching_ids(connection, filters)
     now = utcnow()
-    redrive_id = str(uuid.uuid4())
+    redrive_id = new_id()
     connection.execute(
         insert(redrives).values(
             id=redrive_id,

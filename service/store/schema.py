@@ -176,8 +176,9 @@ dead_letters = Table(
     "dead_letters",
     metadata,
     Column("id", String(36), primary_key=True),
-    # Identifies one message across redeliveries to the DLQ consumer (see deadletters.parsing).
-    Column("message_key", String(64), nullable=False, index=True),
+    # Identifies one message across redeliveries to the DLQ consumer (see deadletters.parsing);
+    # looked up only in the consumer's ledger, so not indexed here (migration 0009).
+    Column("message_key", String(64), nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("content_type", String(255)),
     Column("content_encoding", String(255)),

@@ -20,7 +20,7 @@ from sqlalchemy import (
     update,
 )
 
-from service.store.database import Bulk, PerDialect, as_struct, upsert
+from service.store.database import Bulk, Keyed, PerDialect, as_struct, upsert
 from service.store.schema import task_runs, utcnow
 
 TaskState = Literal[
@@ -204,9 +204,15 @@ def versions(connection: Connection, task_ids: set[str]) -> dict[str, datetime]:
     """When each run was last written: what `requeue` compares against."""
     if not task_ids:
         return {}
-    c = task_runs.c
-    rows = connection.execute(select(c.task_id, c.updated_at).where(c.task_id.in_(task_ids)))
+    rows = connection.execute(_VERSIONS(connection), {"task_ids": list(task_ids)})
     return {str(row.task_id): row.updated_at for row in rows}
+
+
+_VERSIONS = Keyed(
+    lambda one_of: select(task_runs.c.task_id, task_runs.c.updated_at).where(
+        one_of(task_runs.c.task_id, "task_ids")
+    )
+)
 
 
 class Requeue(msgspec.Struct, frozen=True):
@@ -421,14 +427,14 @@ def get(connection: Connection, task_id: str) -> TaskRun | None:
     return as_struct(row, TaskRun, strict=False)
 
 
-_GET_MANY = select(task_runs).where(task_runs.c.task_id.in_(bindparam("task_ids", expanding=True)))
+_GET_MANY = Keyed(lambda one_of: select(task_runs).where(one_of(task_runs.c.task_id, "task_ids")))
 
 
 def get_many(connection: Connection, task_ids: Sequence[str]) -> list[TaskRun]:
     """The runs of those of `task_ids` that are known, in no particular order."""
     if not task_ids:
         return []
-    rows = connection.execute(_GET_MANY, {"task_ids": list(task_ids)})
+    rows = connection.execute(_GET_MANY(connection), {"task_ids": list(task_ids)})
     return [as_struct(row, TaskRun, strict=False) for row in rows]
 
 
@@ -520,23 +526,22 @@ def succeeded(connection: Connection, task_ids: set[str]) -> set[str]:
     """Which of these tasks succeeded."""
     if not task_ids:
         return set()
-    c = task_runs.c
-    rows = connection.execute(
-        select(c.task_id).where(c.task_id.in_(task_ids), c.state == "SUCCESS")
-    ).scalars()
+    rows = connection.execute(_SUCCEEDED(connection), {"task_ids": list(task_ids)}).scalars()
     return {str(task_id) for task_id in rows}
+
+
+_SUCCEEDED = Keyed(
+    lambda one_of: select(task_runs.c.task_id).where(
+        one_of(task_runs.c.task_id, "task_ids"), task_runs.c.state == "SUCCESS"
+    )
+)
 
 
 def failures(connection: Connection, task_ids: set[str]) -> dict[str, dict[str, Any]]:
     """The failures the worker recorded for these tasks, where it recorded one."""
     if not task_ids:
         return {}
-    c = task_runs.c
-    rows = connection.execute(
-        select(c.task_id, c.error_type, c.error_message, c.traceback).where(
-            c.task_id.in_(task_ids), c.error_type.is_not(None)
-        )
-    ).all()
+    rows = connection.execute(_FAILURES(connection), {"task_ids": list(task_ids)}).all()
     return {
         row.task_id: {
             "error_type": row.error_type,
@@ -545,6 +550,13 @@ def failures(connection: Connection, task_ids: set[str]) -> dict[str, dict[str, 
         }
         for row in rows
     }
+
+
+_FAILURES = Keyed(
+    lambda one_of: select(
+        *(task_runs.c[name] for name in ("task_id", "error_type", "error_message", "traceback"))
+    ).where(one_of(task_runs.c.task_id, "task_ids"), task_runs.c.error_type.is_not(None))
+)
 
 
 def oldest_pending(connection: Connection) -> datetime | None:
