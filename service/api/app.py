@@ -11,7 +11,7 @@ from litestar import Litestar, Router
 from litestar.di import Provide
 from loguru import logger
 
-from service import telemetry
+from service import heap, telemetry
 from service.api import console, docs
 from service.api.correlation import correlation_middleware
 from service.api.http_metrics import http_metrics_middleware
@@ -128,4 +128,7 @@ def create_app_from_environment() -> Litestar:
     settings = load_settings()
     setup_logging(settings.log_level, component="api", log_format=settings.log_format)
     telemetry.setup("api")
-    return create_app(settings)
+    app = create_app(settings)
+    # After the lifespan has built the services: they, the app and its code leave the sweeps.
+    app.on_startup.append(heap.settle)
+    return app

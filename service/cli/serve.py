@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from loguru import logger
 
+from service import heap
 from service.logs import setup_logging
 from service.settings import Settings, load_settings
 from service.topology import WORK_QUEUES
@@ -34,11 +35,18 @@ def serve() -> None:
 @serve.command()
 def worker() -> None:
     """A Celery worker on document_processing, retry_queue and celery."""
+    from celery import signals
+
     from service.worker.app import create_celery
 
     settings = load_settings()
     setup_logging(settings.log_level, component="worker", log_format=settings.log_format)
     app = create_celery(settings)
+    # The code and the app leave the collector's sweeps: in this process before the pool
+    # forks, again once it consumes, and in each pool process once it is set up.
+    heap.settle()
+    signals.worker_ready.connect(lambda **_: heap.settle(), weak=False)
+    signals.worker_process_init.connect(lambda **_: heap.settle(), weak=False)
     process = app.Worker(
         hostname=f"worker-{os.getpid()}@{socket.gethostname()}",
         loglevel=CELERY_LEVELS.get(settings.log_level, settings.log_level),
@@ -71,6 +79,7 @@ def dlq(fault: str | None) -> None:
     setup_logging(settings.log_level, component="dlq", log_format=settings.log_format)
     telemetry.setup("dlq")
     prepare(settings)
+    heap.settle()
     asyncio.run(serve_dlq(settings, fault=fault))
 
 
