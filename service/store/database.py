@@ -26,6 +26,7 @@ from sqlalchemy import (
     Engine,
     Executable,
     Row,
+    String,
     Table,
     any_,
     bindparam,
@@ -436,14 +437,16 @@ OneOf = Callable[[ColumnElement[Any], str], ColumnElement[bool]]
 def _one_of(dialect: str) -> OneOf:
     def one_of(column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
         if dialect == "postgresql":
-            return column == any_(bindparam(name, type_=ARRAY(column.type)))
+            # VARCHAR[] without a length: a cast to the column's VARCHAR(255)[] would cut a
+            # longer key to 255 characters, and so find another key's row.
+            return column == any_(bindparam(name, type_=ARRAY(String())))
         return column.in_(bindparam(name, expanding=True))
 
     return one_of
 
 
 class Keyed(_ForDialect):
-    """A statement that finds rows by a list of keys, given at execution as one parameter.
+    """A statement that finds rows by a list of text keys, given at execution as one parameter.
     `build` gets `one_of(column, name)`, the condition that `column` equals one of the list bound
     as `name`.
 

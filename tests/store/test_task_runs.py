@@ -168,6 +168,18 @@ def test_runs_looked_up_by_many_ids_are_those_known(store: Store) -> None:
     assert set(store.run(task_runs.versions, asked)) == known
 
 
+def test_a_key_longer_than_the_column_finds_nothing_rather_than_its_first_characters(
+    store: Store,
+) -> None:
+    stored = "t" * 255
+    store.run(task_runs.record_dead, [(stored, "docproc.document.process", "rejected", "x")])
+    longer = stored + "-another"
+
+    assert store.run(task_runs.failures, {longer, "unknown"}) == {}
+    assert store.run(task_runs.get_many, [longer, "unknown"]) == []
+    assert set(store.run(task_runs.failures, {stored, "unknown"})) == {stored}
+
+
 @pytest.mark.postgres
 def test_on_postgresql_a_lookup_of_many_ids_never_scans_the_runs(postgres_url: str) -> None:
     """Once psycopg has prepared a statement (its fifth run), PostgreSQL may run it by a generic
