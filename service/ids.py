@@ -4,10 +4,13 @@ Documents, task runs and dead letters are found by id through B-tree indexes on 
 random id (version 4) lands on a random leaf page of each such index, so a transaction of many
 rows dirties a page per row and per index, and that page is written again at every commit — the
 cost grows with the table. An id that begins with the time lands on the index's newest pages,
-which a batch shares. The 74 bits after the time are random: an id is as hard to guess as
-before, and sorting by id is sorting by time only to the millisecond, which nothing relies on.
+which a batch shares. The 74 bits after the time are random: fewer than a version 4's 122, still
+beyond guessing, and the first 48 bits tell when the record was made (as its own timestamps do
+to whoever may read it). Ids made in the same millisecond are in random order among themselves:
+sorting by id is sorting by time only to the millisecond, which nothing relies on.
 
-Python 3.14 brings `uuid.uuid7`; until docproc runs on it, this is that function's layout.
+Python 3.14 brings `uuid.uuid7` (which also counts within a millisecond); until docproc runs on
+it, this is the layout RFC 9562 gives.
 """
 
 from __future__ import annotations

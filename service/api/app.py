@@ -129,6 +129,5 @@ def create_app_from_environment() -> Litestar:
     setup_logging(settings.log_level, component="api", log_format=settings.log_format)
     telemetry.setup("api")
     app = create_app(settings)
-    # After the lifespan has built the services: they, the app and its code leave the sweeps.
-    app.on_startup.append(heap.settle)
+    heap.settle()  # the code and the app leave the sweeps, before the lifespan connects
     return app

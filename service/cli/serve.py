@@ -42,10 +42,9 @@ def worker() -> None:
     settings = load_settings()
     setup_logging(settings.log_level, component="worker", log_format=settings.log_format)
     app = create_celery(settings)
-    # The code and the app leave the collector's sweeps: in this process before the pool
-    # forks, again once it consumes, and in each pool process once it is set up.
+    # The code and the app leave the collector's sweeps before any connection is made: in this
+    # process before the pool forks, and in each pool process once it is set up.
     heap.settle()
-    signals.worker_ready.connect(lambda **_: heap.settle(), weak=False)
     signals.worker_process_init.connect(lambda **_: heap.settle(), weak=False)
     process = app.Worker(
         hostname=f"worker-{os.getpid()}@{socket.gethostname()}",

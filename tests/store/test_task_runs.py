@@ -181,7 +181,9 @@ def test_a_key_longer_than_the_column_finds_nothing_rather_than_its_first_charac
 
 
 @pytest.mark.postgres
-def test_on_postgresql_a_lookup_of_many_ids_never_scans_the_runs(postgres_url: str) -> None:
+def test_on_postgresql_a_generic_plan_of_a_lookup_of_many_ids_never_scans_the_runs(
+    postgres_url: str,
+) -> None:
     """Once psycopg has prepared a statement (its fifth run), PostgreSQL may run it by a generic
     plan. Before autovacuum had analysed a table that grew fast (the runs of a burst of dead
     letters), an IN list of 250 parameters was then a scan of the table comparing every row with
