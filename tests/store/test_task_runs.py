@@ -217,6 +217,7 @@ def test_on_postgresql_a_generic_plan_of_a_lookup_of_many_ids_never_scans_the_ru
 
         table_scans, index_scans = store.run(scans)
     finally:
+        store.run(lambda connection: connection.execute(text("TRUNCATE task_runs")))
         store.close()
 
     assert table_scans == 0
