@@ -20,13 +20,22 @@ import statistics
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import aio_pika
 from sqlalchemy import Connection, func, select
 
 from bench.corpus import longer_pdf, pdf_document, text_document
-from bench.harness import BenchError, Session, alternate, eventually
+from bench.harness import (
+    BenchError,
+    Process,
+    Session,
+    alternate,
+    children,
+    cpu_seconds,
+    eventually,
+    local_broker_pids,
+)
 from bench.load import drive
 from bench.report import Comparison, median
 from service import pipeline
@@ -124,12 +133,44 @@ def finished(connection: Connection, prefix: str) -> tuple[list[tuple[float, flo
     return [(row.started_at.timestamp(), row.finished_at.timestamp()) for row in rows], failed
 
 
+class ChainCpu:
+    """The CPU each part of the chain spends while a batch goes through the worker: its main
+    process (consuming, dispatching to the pool, acking), its pool, the RabbitMQ node when it
+    runs on this machine, and this process (publishing the batch, polling the store for its
+    end). On two cores they all share the same CPU, so the rate follows their sum."""
+
+    def __init__(self, worker: Process) -> None:
+        self.worker = worker
+        self.broker = local_broker_pids()
+        self.before = self._read()
+
+    def _read(self) -> dict[str, dict[int, float]]:
+        parts = {
+            "worker main": {self.worker.pid: cpu_seconds(self.worker.pid)},
+            "worker pool": {child: cpu_seconds(child) for child in children(self.worker.pid)},
+            "bench (publishing, polling)": {0: time.process_time()},
+        }
+        if self.broker:
+            parts["RabbitMQ node"] = {pid: cpu_seconds(pid) for pid in self.broker}
+        return parts
+
+    def per_task(self, count: int) -> dict[str, float]:
+        """µs of CPU per task of each part since this was made."""
+        spent = {
+            part: sum(seconds - self.before[part].get(pid, 0.0) for pid, seconds in pids.items())
+            for part, pids in self._read().items()
+        }
+        return {part: seconds / count * 1e6 for part, seconds in spent.items()}
+
+
 @dataclass(frozen=True)
 class Batch:
-    """How a batch went: its work spans (start, end) and the processes that did it."""
+    """How a batch went: its work spans (start, end), the processes that did it, and through
+    the worker the CPU per task of each part of the chain."""
 
     spans: list[tuple[float, float]]
     processes: int
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -147,6 +188,18 @@ class Batch:
     def busy(self) -> float:
         """The share of the processes' time spent inside a task (or direct call)."""
         return sum(end - start for start, end in self.spans) / (self.seconds * self.processes)
+
+
+def chain_cpu(documents: list[Batch], noops: list[Batch]) -> str:
+    """'worker pool 2300 / 850, …, all 4530 / 2880': µs per task, document / no-op, medians."""
+    figures = [
+        f"{part} {median([b.cpu[part] for b in documents]):.0f} / "
+        f"{median([b.cpu[part] for b in noops]):.0f}"
+        for part in documents[0].cpu
+    ]
+    everything = [sum(b.cpu.values()) for b in documents], [sum(b.cpu.values()) for b in noops]
+    figures.append(f"all {median(everything[0]):.0f} / {median(everything[1]):.0f}")
+    return ", ".join(figures)
 
 
 def _split(worker: list[Batch], direct: list[Batch]) -> dict[str, float | str]:
@@ -188,6 +241,7 @@ async def measure(run: Session) -> None:
             accepted = await asyncio.to_thread(
                 store.run, accept_all, prefix, count, content or b"", name
             )
+            cpu = ChainCpu(worker)
 
             async def publish(index: int) -> None:
                 document_id, task_id = accepted[index]
@@ -205,7 +259,8 @@ async def measure(run: Session) -> None:
                     raise BenchError(f"{failed} {filename} tasks failed; see {worker.log}")
                 return Batch(spans, options.worker_concurrency) if len(spans) == count else None
 
-            return await eventually(done, 30 + count * 0.5, f"{count} {filename} tasks")
+            batch = await eventually(done, 30 + count * 0.5, f"{count} {filename} tasks")
+            return replace(batch, cpu=cpu.per_task(count))
 
         async def direct_calls(count: int, content: bytes, filename: str) -> Batch:
             prefix = f"bench-{uuid.uuid4().hex[:12]}-"
@@ -265,6 +320,7 @@ async def measure(run: Session) -> None:
                     f"{median([b.mean_ms for b in smalls['docproc']]):.1f} / "
                     f"{median([b.mean_ms for b in smalls['noop']]):.1f}"
                 ),
+                "CPU µs per task, document / no-op": chain_cpu(smalls["docproc"], smalls["noop"]),
             },
         )
     )

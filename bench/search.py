@@ -26,14 +26,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from urllib.parse import quote
 
 import msgspec
 from sqlalchemy import Connection, delete, insert, text
 from sqlalchemy.engine import make_url
 
-from bench.harness import BenchError, Process, Session, cpu_seconds
+from bench.harness import BenchError, Process, Session, command_name, cpu_seconds
 from bench.load import Load, drive
 from bench.report import median, percentile
 from bench.wire import Client
@@ -247,18 +246,11 @@ class BackendCpu:
     def read(self) -> dict[int, float]:
         pids = self.store.run(self._pids)
         # Only a local server's backends can be read (and a remote pid is not a backend).
-        return {pid: cpu_seconds(pid) for pid in pids if _comm(pid) == "postgres"}
+        return {pid: cpu_seconds(pid) for pid in pids if command_name(pid) == "postgres"}
 
     @staticmethod
     def spent(before: dict[int, float], after: dict[int, float]) -> float:
         return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 @dataclass

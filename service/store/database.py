@@ -582,7 +582,17 @@ def upsert(
 def as_struct(row: Row[Any], struct: type[S], *, strict: bool = True) -> S:
     """A row as a struct, field by column name; a field the select left out takes its default.
 
-    Converted from the row's mapping, not its attributes: msgspec 0.23 no longer falls back to a
-    field's default when attribute lookup on a `Row` misses (it raises TypeError).
+    Converted from a dict of the row's columns, not from its attributes: msgspec 0.23 no longer
+    falls back to a field's default when attribute lookup on a `Row` misses (it raises
+    TypeError). Nor from the row's mapping, which msgspec reads a field at a time through
+    Python's Mapping protocol: a dead letter's 34 columns took 20 µs that way, 6 µs as a dict.
     """
-    return msgspec.convert(row._mapping, struct, strict=strict)
+    columns = dict(zip(_plain(row._fields), row, strict=True))
+    return msgspec.convert(columns, struct, strict=strict)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Column names as plain `str`: SQLAlchemy's are a subclass (`quoted_name`), which msgspec
+    refuses as a dict key."""
+    return tuple(map(str, names))
