@@ -152,3 +152,35 @@ def test_a_value_its_column_cannot_convert_fails_the_statement(store: Store) -> 
 
     with pytest.raises(DatabaseError, match="naive datetime"):
         store.run(lambda c: bulk.execute(c, [tuple(naive.values())]))
+
+
+def test_a_value_longer_than_its_column_is_refused_as_a_row_at_a_time_was(store: Store) -> None:
+    """PostgreSQL refuses it (a bulk statement that cast its values to the column's type would
+    cut them to fit instead); SQLite keeps any length, either way."""
+    bulk = Bulk(lambda insert: insert(dead_letters), list(letter_row("x")))
+    long = {"message_key": "k" * 300}
+
+    def outcome(write: Any) -> Any:
+        try:
+            store.run(write)
+        except DatabaseError as exc:
+            return type(exc)
+        return store.run(lambda c: c.execute(select(dead_letters.c.message_key)).scalar_one())
+
+    ours = outcome(lambda c: bulk.execute(c, [tuple(letter_row("b", **long).values())]))
+    store.run(lambda c: c.execute(dead_letters.delete()))
+    theirs = outcome(lambda c: c.execute(insert(dead_letters), [letter_row("c", **long)]))
+    assert ours == theirs
+    if store.engine.dialect.name == "postgresql":
+        assert isinstance(ours, type), "PostgreSQL refuses it"
+        assert issubclass(ours, DatabaseError)
+
+
+def test_five_hundred_rows_of_one_statement_all_arrive(store: Store) -> None:
+    bulk = Bulk(lambda insert: insert(dead_letters), list(letter_row("x")))
+    rows = [letter_row(f"r-{n:04}", death_count=n, task_id=None) for n in range(500)]
+
+    store.run(lambda c: bulk.execute(c, [tuple(row.values()) for row in rows]))
+
+    read = store.run(lambda c: c.execute(select(dead_letters).order_by(dead_letters.c.id)).all())
+    assert [row._asdict() for row in read] == rows
