@@ -2,12 +2,15 @@
 
 Each API process runs one. Jobs live in the store: a runner claims a job nobody owns (or whose
 owner's heartbeat stopped), re-publishes its pending items one by one at the job's rate, and
-records each outcome; cancelling is a state change the runner sees at its next item.
+records each outcome, which beats the heartbeat; between two items of a slow job it beats it
+every BEAT. Cancelling is a state change the runner sees at its next item, or at its next beat
+while it waits for one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -27,6 +30,9 @@ from service.store.schema import utcnow
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=15)
 """A job whose owner has not recorded progress for this long is taken over."""
+BEAT = HEARTBEAT_TIMEOUT / 3
+"""How often a runner that waits for its next letter beats the job's heartbeat: a job at a
+letter a minute must not look abandoned between two letters."""
 IDLE_PAUSE = 0.5
 MAX_IN_FLIGHT = 64
 PENDING_BATCH = 256
@@ -103,16 +109,32 @@ class RedriveRunner:
                 return
             for first in range(0, len(batch), in_flight):
                 group = batch[first : first + in_flight]
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                next_at = max(next_at + interval * len(group), time.monotonic() - interval)
-                state = await self._group(job, group)
+                state = await self._wait(job, next_at, stop)
+                if state == "running" and not stop.is_set():
+                    next_at = max(next_at + interval * len(group), time.monotonic() - interval)
+                    state = await self._group(job, group)
                 if state == "cancelling":
                     await self.store.write(redrives.stopped, job.id)
                 if state != "running" or stop.is_set():
                     logger.bind(redrive_id=job.id).info("redrive {} stops: {}", job.id, state)
                     return
+
+    async def _wait(self, job: Redrive, until: float, stop: asyncio.Event) -> str | None:
+        """Wait until `until` (the next group's time at the job's rate), waking at once for
+        `stop`. A long wait beats the job's heartbeat every BEAT — another API process would
+        otherwise take a slow job over and publish its letters again — and so sees a cancel or a
+        takeover then, not only at the next letter. Returns the job's state."""
+        state: str | None = "running"
+        while state == "running" and not stop.is_set():
+            delay = until - time.monotonic()
+            if delay <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(delay, BEAT.total_seconds())):
+                    await stop.wait()
+            if not stop.is_set() and until > time.monotonic():
+                state = await self.store.write(redrives.beat, job.id, self.owner)
+        return state
 
     async def _group(self, job: Redrive, ids: list[str]) -> str | None:
         """Re-publish a few letters at once (their confirms in flight together), then record

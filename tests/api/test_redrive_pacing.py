@@ -1,0 +1,145 @@
+"""A slow redrive between two letters: its owner stays the owner (the heartbeat is beaten while
+it waits), a cancel is seen within a beat, and a stopping API does not wait for the next letter
+— against a real broker, with the beat and the takeover timeout shortened."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import aio_pika
+import pytest
+
+from service.broker.publisher import Publisher
+from service.deadletters import redrive
+from service.deadletters.redrive import RedriveRunner
+from service.settings import Settings
+from service.store import dead_letters, redrives
+from service.store.database import AsyncStore, Store
+from service.store.dead_letters import Filters
+from tests.api.conftest import Client
+from tests.api.test_dead_letters_api import bury, dead_message
+from tests.support import eventually
+
+pytestmark = pytest.mark.rabbitmq
+
+TASK = "docproc.maintenance.pacing"
+
+
+def letters(store: Store, count: int) -> list[str]:
+    return bury(store, *(dead_message(queue="celery", task=TASK) for _ in range(count)))
+
+
+async def test_a_slow_redrive_beats_while_it_waits_and_sees_a_cancel_within_a_beat(
+    client: Client, store: Store, channel: aio_pika.abc.AbstractChannel, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(redrive, "BEAT", timedelta(seconds=0.3))
+    letters(store, 3)
+    started = await client.post("/dead-letters/redrive", json={"task": TASK, "rate": 0.05})
+    location = started.headers["location"]
+    job_id = started.json()["id"]
+
+    async def first_out() -> redrives.Redrive | None:
+        job = store.run(redrives.get, job_id)
+        return job if job is not None and job.published == 1 else None
+
+    first = await eventually(first_out, 10, "the first letter (the next is 20 s later)")
+    first_beat = first.heartbeat_at
+    assert first_beat is not None
+
+    async def beaten() -> bool | None:
+        job = store.run(redrives.get, job_id)
+        beat = job.heartbeat_at if job is not None else None
+        return True if beat is not None and beat > first_beat else None
+
+    await eventually(beaten, 3, "the heartbeat to be beaten between two letters")
+    cancelled_at = time.monotonic()
+    await client.delete(location)
+
+    async def cancelled() -> dict[str, Any] | None:
+        job = (await client.get(location)).json()
+        return job if job["state"] == "cancelled" else None
+
+    final = await eventually(cancelled, 5, "the cancel to be seen between two letters")
+    assert time.monotonic() - cancelled_at < 5, "seen within a beat, not at the next letter"
+    assert final["published"] == 1
+    queue = await channel.declare_queue("celery", passive=True)
+    assert queue.declaration_result.message_count == 1
+
+
+async def test_a_stopping_runner_does_not_wait_for_the_next_letter(
+    settings_for: Callable[..., Settings], store: Store, channel: aio_pika.abc.AbstractChannel
+) -> None:
+    settings = settings_for()
+    letters(store, 2)
+    job = store.run(redrives.create, Filters(task=TASK), 0.02)  # a letter every 50 s
+    async_store, publisher = AsyncStore(settings.resolved_database_url), Publisher(settings)
+    await publisher.start()
+    stop = asyncio.Event()
+    running = asyncio.create_task(RedriveRunner(async_store, publisher, "runner-a").run(stop))
+    try:
+
+        async def first_out() -> bool | None:
+            found = store.run(redrives.get, job.id)
+            return True if found is not None and found.published == 1 else None
+
+        await eventually(first_out, 10, "the first letter")
+        stopping = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(running, 10)
+        assert time.monotonic() - stopping < 2, "the runner stopped without waiting 50 s"
+    finally:
+        stop.set()
+        await publisher.close()
+        await async_store.close()
+    left = store.run(redrives.get, job.id)
+    assert left is not None
+    assert left.state == "running", "left as it was, for a runner to take over"
+
+
+async def test_two_runners_never_both_publish_a_slow_job(
+    settings_for: Callable[..., Settings],
+    store: Store,
+    channel: aio_pika.abc.AbstractChannel,
+    monkeypatch: Any,
+) -> None:
+    # A letter every 2 s; a job left 1.2 s without a beat would be taken over.
+    monkeypatch.setattr(redrive, "HEARTBEAT_TIMEOUT", timedelta(seconds=1.2))
+    monkeypatch.setattr(redrive, "BEAT", timedelta(seconds=0.4))
+    settings = settings_for()
+    ids = letters(store, 3)
+    job = store.run(redrives.create, Filters(task=TASK), 0.5)
+    async_store, publisher = AsyncStore(settings.resolved_database_url), Publisher(settings)
+    await publisher.start()
+    stop = asyncio.Event()
+    runners = [
+        asyncio.create_task(RedriveRunner(async_store, publisher, owner).run(stop))
+        for owner in ("runner-a", "runner-b")
+    ]
+    owners: set[str] = set()
+    try:
+
+        async def finished() -> redrives.Redrive | None:
+            found = store.run(redrives.get, job.id)
+            assert found is not None
+            if found.owner is not None:
+                owners.add(found.owner)
+            return found if found.state == "finished" else None
+
+        final = await eventually(finished, 20, "the slow job to finish", interval=0.1)
+    finally:
+        stop.set()
+        await asyncio.gather(*runners)
+        await publisher.close()
+        await async_store.close()
+
+    assert final.published == 3
+    assert len(owners) == 1, f"the job changed hands while its owner waited: {owners}"
+    stored = [store.run(dead_letters.get, each) for each in ids]
+    counts = [letter.republish_count if letter is not None else None for letter in stored]
+    assert counts == [1, 1, 1], "no letter published twice"
+    queue = await channel.declare_queue("celery", passive=True)
+    assert queue.declaration_result.message_count == 3
