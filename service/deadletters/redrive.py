@@ -14,7 +14,6 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from loguru import logger
@@ -179,25 +178,10 @@ class RedriveRunner:
                 ],
             )
 
-        state = await self._record(record) if outcomes else "running"
+        # A refused write would pause the job with these letters pending: they would go out again.
+        patience = RECORD_PATIENCE.total_seconds()
+        state = await self.store.record(patience, record) if outcomes else "running"
         if broker_down is not None:
             logger.warning("redrive {} waits for RabbitMQ: {}", job.id, broker_down)
             await asyncio.sleep(1.0)
         return state
-
-    async def _record(self, record: Callable[[Connection], str | None]) -> str | None:
-        """Write the outcomes of letters that went out. A write the store refuses for a
-        transient reason is tried again for up to RECORD_PATIENCE: otherwise the job would pause
-        with those letters still pending, and publish them again when it resumed. Past that the
-        error goes up, and the job pauses as before."""
-        give_up = time.monotonic() + RECORD_PATIENCE.total_seconds()
-        pause = 0.1
-        while True:
-            try:
-                return await self.store.write(record)
-            except DatabaseError as exc:
-                if not exc.transient or time.monotonic() + pause > give_up:
-                    raise
-                logger.warning("redrive outcomes not recorded ({}); trying again", exc)
-                await asyncio.sleep(pause)
-                pause = min(2 * pause, 1.0)

@@ -27,6 +27,8 @@ from service.store.database import AsyncStore
 from service.store.dead_letters import DeadLetter
 from service.topology import WORK_QUEUES
 
+RECORD_PATIENCE = 5.0
+"""Seconds a re-publish keeps trying to mark the letter while the store refuses."""
 DEATH_HEADERS = frozenset(
     {
         "x-death",
@@ -190,7 +192,8 @@ async def republish(
     seen = await store.run(run_versions, [letter])
     queue = target or letter.queue
     await publish(publisher, letter, queue)
-    await store.write(mark_handled, [letter], seen)
+    # Unmarked, the letter would look untouched, and a retried request would publish it again.
+    await store.record(RECORD_PATIENCE, mark_handled, [letter], seen)
     return Republished(
         dead_letter_id=letter.id,
         queue=queue,

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import msgspec
+from loguru import logger
 from sqlalchemy import (
     ARRAY,
     JSON,
@@ -384,6 +386,24 @@ class AsyncStore:
     async def write(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         call = functools.partial(self._store.run, operation, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._writer, call)
+
+    async def record(
+        self, patience: float, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """`write` for what records an action already taken — a message that went out. A write
+        the store refuses for a transient reason is tried again, with growing pauses, for up to
+        `patience` seconds: left unrecorded, the action would look undone, and be done again."""
+        give_up = time.monotonic() + patience
+        pause = 0.1
+        while True:
+            try:
+                return await self.write(operation, *args, **kwargs)
+            except DatabaseError as exc:
+                if not exc.transient or time.monotonic() + pause > give_up:
+                    raise
+                logger.warning("the store refused a record ({}); trying again", exc)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 1.0)
 
     async def close(self) -> None:
         """Wait for the operations in flight, then close the connections."""

@@ -1,13 +1,16 @@
-"""A redrive whose outcomes the store refuses for a moment: the letters that went out are
-recorded once the store answers, and none goes out again — against a real broker."""
+"""Re-publishing while the store refuses to record it for a moment (a redrive's outcomes, a single
+letter's mark): what went out is recorded once the store answers, and nothing goes out twice —
+against a real broker."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import aio_pika
 import pytest
+from loguru import logger
 from sqlalchemy import text
 
 from service.store import dead_letters
@@ -69,3 +72,48 @@ async def test_outcomes_the_store_refuses_for_a_moment_are_recorded_and_nothing_
     assert await queued(channel, "celery") == 5
     stored = [store.run(dead_letters.get, each) for each in ids]
     assert [letter.republish_count if letter else None for letter in stored] == [1] * 5
+
+
+async def test_a_republish_the_store_refuses_to_mark_for_a_moment_is_marked_once_it_answers(
+    client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
+) -> None:
+    [record_id] = bury(store, dead_message(queue="celery", task=TASK))
+    store.run(
+        lambda c: c.execute(
+            text(
+                "CREATE TRIGGER refuse_marks BEFORE UPDATE ON dead_letters "
+                "BEGIN SELECT RAISE(ABORT, 'injected: the store is unavailable'); END"
+            )
+        )
+    )
+    # The test client runs the request to its end before this test's loop goes on, so the
+    # store answers again from a thread, once the API has been refused three times.
+    refusals: list[str] = []
+    refused = threading.Event()
+
+    def watch(message: Any) -> None:
+        if "the store refused a record" in message:
+            refusals.append(message)
+            if len(refusals) >= 3:
+                refused.set()
+
+    def answer_again() -> None:
+        refused.wait(10)
+        store.run(lambda c: c.execute(text("DROP TRIGGER IF EXISTS refuse_marks")))
+
+    sink = logger.add(watch, level="WARNING")
+    healer = threading.Thread(target=answer_again)
+    healer.start()
+    try:
+        response = await client.post(f"/dead-letters/{record_id}/republish")
+    finally:
+        refused.set()
+        healer.join()
+        logger.remove(sink)
+
+    assert response.status_code == 200, response.text
+    assert len(refusals) >= 3
+    letter = store.run(dead_letters.get, record_id)
+    assert letter is not None
+    assert letter.republish_count == 1
+    assert await queued(channel, "celery") == 1
