@@ -12,7 +12,7 @@ makes a retried upload the same upload.
 Confirmed documents are marked published in batches (one UPDATE for all confirmed meanwhile):
 the mark only keeps the sweeper from publishing a message twice, and the worker sets it too when
 the task starts, so a mark lost to a crash costs at most a duplicate message, which the worker
-skips (a document is processed once).
+skips (a document is processed once). A mark the store refuses is tried again for a few seconds.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ from service.task_contract import PROCESS_DOCUMENT, queue_for
 
 RELAY_PAUSE = 1.0
 """Seconds between two attempts to publish what is waiting while the broker is connected."""
+MARK_PATIENCE = 5.0
+"""Seconds a batch of marks is tried again while the store refuses it (then given up: the
+worker marks a document too as its task starts)."""
 
 
 class Upload(msgspec.Struct, frozen=True, kw_only=True):
@@ -245,7 +248,7 @@ class Intake:
             batch, self.confirmed = self.confirmed, []
             if batch:
                 try:
-                    await self.store.write(documents.mark_published, *batch)
+                    await self.store.record(MARK_PATIENCE, documents.mark_published, *batch)
                 except DatabaseError as exc:
                     logger.warning(
                         "{} documents queued; could not mark them so: {}", len(batch), exc

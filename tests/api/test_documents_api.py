@@ -12,6 +12,7 @@ import httpx
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
+from loguru import logger
 from sqlalchemy import text
 
 from service.api.app import create_app
@@ -263,6 +264,46 @@ async def test_once_the_document_is_durable_the_answer_is_202_even_if_the_store_
 
     assert response.status_code == 202, response.text
     assert response.json()["queued"] is True, "it was confirmed: queued tells the truth"
+    message = await take(channel, "document_processing")
+    assert message.headers["id"] == response.json()["task_id"]
+
+
+async def test_a_mark_the_store_refuses_for_a_moment_is_made_once_it_answers(
+    client: Client, channel: aio_pika.abc.AbstractChannel, store: Store
+) -> None:
+    store.run(
+        lambda c: c.execute(
+            text(
+                "CREATE TRIGGER refuse_published BEFORE UPDATE OF published_at ON documents "
+                "BEGIN SELECT RAISE(ABORT, 'injected: the store is unavailable'); END"
+            )
+        )
+    )
+    refusals: list[str] = []
+    sink = logger.add(
+        lambda line: refusals.append(line) if "the store refused a record" in line else None,
+        level="WARNING",
+    )
+    try:
+        response = await upload(client)
+        assert response.status_code == 202, response.text
+
+        async def refused_twice() -> bool | None:
+            return True if len(refusals) >= 2 else None
+
+        await eventually(refused_twice, 10, "the mark to be refused, and tried again")
+    finally:
+        store.run(lambda c: c.execute(text("DROP TRIGGER IF EXISTS refuse_published")))
+    document_id = response.json()["document_id"]
+
+    async def marked() -> bool | None:
+        document = store.run(documents.get, document_id)
+        return True if document is not None and document.published_at is not None else None
+
+    try:
+        await eventually(marked, 10, "the mark to be made once the store answers")
+    finally:
+        logger.remove(sink)
     message = await take(channel, "document_processing")
     assert message.headers["id"] == response.json()["task_id"]
 
