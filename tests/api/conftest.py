@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 import pytest_asyncio
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
 
 from service.api.app import create_app
 from service.settings import Settings
@@ -88,3 +90,30 @@ async def take(
 
 
 __all__ = ["AsyncStore", "Client", "take"]
+
+
+@contextlib.contextmanager
+def refused_updates(
+    store: Store, table: str, column: str | None = None
+) -> Iterator[Callable[[], None]]:
+    """The store refuses every UPDATE of `table` (of its `column`, when named), as a store that
+    fails for a moment would — a SQLite trigger — until the `lift` it yields is called, or the
+    block ends."""
+    name = f"refuse_{table}_{column or 'rows'}"
+    of = f" OF {column}" if column else ""
+    store.run(
+        lambda c: c.execute(
+            text(
+                f"CREATE TRIGGER {name} BEFORE UPDATE{of} ON {table} "
+                "BEGIN SELECT RAISE(ABORT, 'injected: the store is unavailable'); END"
+            )
+        )
+    )
+
+    def lift() -> None:
+        store.run(lambda c: c.execute(text(f"DROP TRIGGER IF EXISTS {name}")))
+
+    try:
+        yield lift
+    finally:
+        lift()

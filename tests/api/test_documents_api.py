@@ -23,7 +23,7 @@ from service.store import documents, search
 from service.store.database import Store
 from service.store.documents import Extraction
 from service.task_contract import PROCESS_DOCUMENT
-from tests.api.conftest import Client, take
+from tests.api.conftest import Client, refused_updates, take
 from tests.support import eventually
 
 pytestmark = pytest.mark.rabbitmq
@@ -249,18 +249,8 @@ async def test_once_the_document_is_durable_the_answer_is_202_even_if_the_store_
     client: Client, channel: aio_pika.abc.AbstractChannel, store: Store
 ) -> None:
     # Marking the message published fails (the store, just after the accept transaction).
-    store.run(
-        lambda c: c.execute(
-            text(
-                "CREATE TRIGGER refuse_published BEFORE UPDATE OF published_at ON documents "
-                "BEGIN SELECT RAISE(ABORT, 'injected: the store is unavailable'); END"
-            )
-        )
-    )
-    try:
+    with refused_updates(store, "documents", "published_at"):
         response = await upload(client)
-    finally:
-        store.run(lambda c: c.execute(text("DROP TRIGGER refuse_published")))
 
     assert response.status_code == 202, response.text
     assert response.json()["queued"] is True, "it was confirmed: queued tells the truth"
@@ -271,20 +261,12 @@ async def test_once_the_document_is_durable_the_answer_is_202_even_if_the_store_
 async def test_a_mark_the_store_refuses_for_a_moment_is_made_once_it_answers(
     client: Client, channel: aio_pika.abc.AbstractChannel, store: Store
 ) -> None:
-    store.run(
-        lambda c: c.execute(
-            text(
-                "CREATE TRIGGER refuse_published BEFORE UPDATE OF published_at ON documents "
-                "BEGIN SELECT RAISE(ABORT, 'injected: the store is unavailable'); END"
-            )
-        )
-    )
     refusals: list[str] = []
     sink = logger.add(
         lambda line: refusals.append(line) if "the store refused a record" in line else None,
         level="WARNING",
     )
-    try:
+    with refused_updates(store, "documents", "published_at"):
         response = await upload(client)
         assert response.status_code == 202, response.text
 
@@ -292,8 +274,6 @@ async def test_a_mark_the_store_refuses_for_a_moment_is_made_once_it_answers(
             return True if len(refusals) >= 2 else None
 
         await eventually(refused_twice, 10, "the mark to be refused, and tried again")
-    finally:
-        store.run(lambda c: c.execute(text("DROP TRIGGER IF EXISTS refuse_published")))
     document_id = response.json()["document_id"]
 
     async def marked() -> bool | None:

@@ -11,11 +11,10 @@ from typing import Any
 import aio_pika
 import pytest
 from loguru import logger
-from sqlalchemy import text
 
 from service.store import dead_letters
 from service.store.database import Store
-from tests.api.conftest import Client
+from tests.api.conftest import Client, refused_updates
 from tests.api.test_dead_letters_api import bury, dead_message
 from tests.support import eventually
 
@@ -38,15 +37,7 @@ async def test_outcomes_the_store_refuses_for_a_moment_are_recorded_and_nothing_
     client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
 ) -> None:
     ids = bury(store, *(dead_message(queue="celery", task=TASK) for _ in range(5)))
-    store.run(
-        lambda c: c.execute(
-            text(
-                "CREATE TRIGGER refuse_outcomes BEFORE UPDATE ON redrive_items "
-                "BEGIN SELECT RAISE(ABORT, 'injected: the store is unavailable'); END"
-            )
-        )
-    )
-    try:
+    with refused_updates(store, "redrive_items"):
         started = await client.post("/dead-letters/redrive", json={"task": TASK, "rate": 100})
         location = started.headers["location"]
 
@@ -60,8 +51,6 @@ async def test_outcomes_the_store_refuses_for_a_moment_are_recorded_and_nothing_
             assert await queued(channel, "celery") == 5, "a letter was published again"
             job = (await client.get(location)).json()
             assert job["published"] == 0, "nothing is recorded while the store refuses"
-    finally:
-        store.run(lambda c: c.execute(text("DROP TRIGGER IF EXISTS refuse_outcomes")))
 
     async def finished() -> dict[str, Any] | None:
         job = (await client.get(location)).json()
@@ -78,14 +67,6 @@ async def test_a_republish_the_store_refuses_to_mark_for_a_moment_is_marked_once
     client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
 ) -> None:
     [record_id] = bury(store, dead_message(queue="celery", task=TASK))
-    store.run(
-        lambda c: c.execute(
-            text(
-                "CREATE TRIGGER refuse_marks BEFORE UPDATE ON dead_letters "
-                "BEGIN SELECT RAISE(ABORT, 'injected: the store is unavailable'); END"
-            )
-        )
-    )
     # The test client runs the request to its end before this test's loop goes on, so the
     # store answers again from a thread, once the API has been refused three times.
     refusals: list[str] = []
@@ -97,18 +78,17 @@ async def test_a_republish_the_store_refuses_to_mark_for_a_moment_is_marked_once
             if len(refusals) >= 3:
                 refused.set()
 
-    def answer_again() -> None:
-        refused.wait(10)
-        store.run(lambda c: c.execute(text("DROP TRIGGER IF EXISTS refuse_marks")))
-
     sink = logger.add(watch, level="WARNING")
-    healer = threading.Thread(target=answer_again)
-    healer.start()
     try:
-        response = await client.post(f"/dead-letters/{record_id}/republish")
+        with refused_updates(store, "dead_letters") as lift:
+            healer = threading.Thread(target=lambda: (refused.wait(10), lift()))
+            healer.start()
+            try:
+                response = await client.post(f"/dead-letters/{record_id}/republish")
+            finally:
+                refused.set()
+                healer.join()
     finally:
-        refused.set()
-        healer.join()
         logger.remove(sink)
 
     assert response.status_code == 200, response.text
