@@ -27,7 +27,7 @@ from service.store.database import AsyncStore
 from service.store.dead_letters import DeadLetter
 from service.topology import WORK_QUEUES
 
-RECORD_PATIENCE = 5.0
+MARK_PATIENCE = 5.0
 """Seconds a re-publish keeps trying to mark the letter while the store refuses."""
 DEATH_HEADERS = frozenset(
     {
@@ -193,7 +193,7 @@ async def republish(
     queue = target or letter.queue
     await publish(publisher, letter, queue)
     # Unmarked, the letter would look untouched, and a retried request would publish it again.
-    await store.record(RECORD_PATIENCE, mark_handled, [letter], seen)
+    await store.record(MARK_PATIENCE, mark_handled, [letter], seen)
     return Republished(
         dead_letter_id=letter.id,
         queue=queue,
