@@ -33,9 +33,11 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=15)
 RECORD_PATIENCE = HEARTBEAT_TIMEOUT / 3
 """How long a runner keeps trying to record what it published while the store refuses: well
 inside the heartbeat's timeout, so no other runner can have taken the job over meanwhile."""
-BEAT = HEARTBEAT_TIMEOUT / 3
-"""How often a runner that waits for its next letter beats the job's heartbeat: a job at a
-letter a minute must not look abandoned between two letters."""
+BEAT = HEARTBEAT_TIMEOUT / 5
+"""How often a runner beats the job's heartbeat when nothing else does — while it waits for the
+next letter of a slow job, or for RabbitMQ to come back — so that the job never looks abandoned
+while its owner lives. A fifth of the timeout: a beat, then a group's publishes (PUBLISH_TIMEOUT)
+and its record (RECORD_PATIENCE) all fit within it."""
 IDLE_PAUSE = 0.5
 MAX_IN_FLIGHT = 64
 PENDING_BATCH = 256
@@ -57,6 +59,9 @@ class RedriveRunner:
         self.publisher = publisher
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.wake = asyncio.Event()
+        self._beaten = time.monotonic()
+        """When the job's heartbeat was last beaten (by a claim, a record or a beat), at the
+        latest."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until `stop`. A job that breaks the runner (a bug) is logged and
@@ -64,6 +69,7 @@ class RedriveRunner:
         over where it stood."""
         while not stop.is_set():
             try:
+                self._beaten = time.monotonic()
                 job = await self.store.write(
                     redrives.claim, self.owner, utcnow() - HEARTBEAT_TIMEOUT
                 )
@@ -124,19 +130,23 @@ class RedriveRunner:
 
     async def _wait(self, job: Redrive, until: float, stop: asyncio.Event) -> str | None:
         """Wait until `until` (the next group's time at the job's rate), waking at once for
-        `stop`. A long wait beats the job's heartbeat every BEAT — another API process would
-        otherwise take a slow job over and publish its letters again — and so sees a cancel or a
-        takeover then, not only at the next letter. Returns the job's state."""
+        `stop`, and beat the job's heartbeat whenever BEAT has passed since it was last beaten —
+        another API process would otherwise take a slow job over, or one waiting for RabbitMQ,
+        and publish its letters again. A beat reads the job's state, so a cancel or a takeover
+        is seen then, not only at the next letter. Returns the state."""
         state: str | None = "running"
         while state == "running" and not stop.is_set():
-            delay = until - time.monotonic()
-            if delay <= 0:
-                break
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(delay, BEAT.total_seconds())):
-                    await stop.wait()
-            if not stop.is_set() and until > time.monotonic():
+            now = time.monotonic()
+            beat_at = self._beaten + BEAT.total_seconds()
+            if now >= beat_at:
+                self._beaten = now
                 state = await self.store.write(redrives.beat, job.id, self.owner)
+            elif now >= until:
+                break
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(until, beat_at) - now):
+                        await stop.wait()
         return state
 
     async def _group(self, job: Redrive, ids: list[str]) -> str | None:
@@ -178,9 +188,13 @@ class RedriveRunner:
                 ],
             )
 
-        # A refused write would pause the job with these letters pending: they would go out again.
-        patience = RECORD_PATIENCE.total_seconds()
-        state = await self.store.record(patience, record) if outcomes else "running"
+        state: str | None = "running"
+        if outcomes:
+            # A refused write would pause the job with these letters pending: they would go out
+            # again.
+            began = time.monotonic()
+            state = await self.store.record(RECORD_PATIENCE.total_seconds(), record)
+            self._beaten = began
         if broker_down is not None:
             logger.warning("redrive {} waits for RabbitMQ: {}", job.id, broker_down)
             await asyncio.sleep(1.0)

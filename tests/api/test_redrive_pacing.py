@@ -29,6 +29,16 @@ pytestmark = pytest.mark.rabbitmq
 TASK = "docproc.maintenance.pacing"
 
 
+def two_runners(
+    store: AsyncStore, publisher: Publisher, stop: asyncio.Event
+) -> list[asyncio.Task[None]]:
+    """The redrive runners of two API processes (two owners) on one store, until `stop`."""
+    return [
+        asyncio.create_task(RedriveRunner(store, publisher, owner).run(stop))
+        for owner in ("runner-a", "runner-b")
+    ]
+
+
 def letters(store: Store, count: int) -> list[str]:
     return bury(store, *(dead_message(queue="celery", task=TASK) for _ in range(count)))
 
@@ -90,7 +100,7 @@ async def test_a_stopping_runner_does_not_wait_for_the_next_letter(
         stopping = time.monotonic()
         stop.set()
         await asyncio.wait_for(running, 10)
-        assert time.monotonic() - stopping < 2, "the runner stopped without waiting 50 s"
+        assert time.monotonic() - stopping < 5, "the runner stopped without waiting 50 s"
     finally:
         stop.set()
         await publisher.close()
@@ -106,19 +116,17 @@ async def test_two_runners_never_both_publish_a_slow_job(
     channel: aio_pika.abc.AbstractChannel,
     monkeypatch: Any,
 ) -> None:
-    # A letter every 2 s; a job left 1.2 s without a beat would be taken over.
-    monkeypatch.setattr(redrive, "HEARTBEAT_TIMEOUT", timedelta(seconds=1.2))
-    monkeypatch.setattr(redrive, "BEAT", timedelta(seconds=0.4))
+    # A letter every 4 s; a job left 3 s without a beat would be taken over (a beat every
+    # 0.5 s leaves room for a loaded machine's pauses).
+    monkeypatch.setattr(redrive, "HEARTBEAT_TIMEOUT", timedelta(seconds=3))
+    monkeypatch.setattr(redrive, "BEAT", timedelta(seconds=0.5))
     settings = settings_for()
     ids = letters(store, 3)
-    job = store.run(redrives.create, Filters(task=TASK), 0.5)
+    job = store.run(redrives.create, Filters(task=TASK), 0.25)
     async_store, publisher = AsyncStore(settings.resolved_database_url), Publisher(settings)
     await publisher.start()
     stop = asyncio.Event()
-    runners = [
-        asyncio.create_task(RedriveRunner(async_store, publisher, owner).run(stop))
-        for owner in ("runner-a", "runner-b")
-    ]
+    runners = two_runners(async_store, publisher, stop)
     owners: set[str] = set()
     try:
 
@@ -129,7 +137,7 @@ async def test_two_runners_never_both_publish_a_slow_job(
                 owners.add(found.owner)
             return found if found.state == "finished" else None
 
-        final = await eventually(finished, 20, "the slow job to finish", interval=0.1)
+        final = await eventually(finished, 30, "the slow job to finish", interval=0.1)
     finally:
         stop.set()
         await asyncio.gather(*runners)
@@ -143,3 +151,41 @@ async def test_two_runners_never_both_publish_a_slow_job(
     assert counts == [1, 1, 1], "no letter published twice"
     queue = await channel.declare_queue("celery", passive=True)
     assert queue.declaration_result.message_count == 3
+
+
+async def test_a_redrive_waiting_for_rabbitmq_keeps_its_owner(
+    settings_for: Callable[..., Settings], store: Store, monkeypatch: Any
+) -> None:
+    # Both runners' publisher never connects: RabbitMQ is away for them. A job left 3 s without
+    # a beat would be taken over, and once RabbitMQ was back both would publish it.
+    monkeypatch.setattr(redrive, "HEARTBEAT_TIMEOUT", timedelta(seconds=3))
+    monkeypatch.setattr(redrive, "BEAT", timedelta(seconds=0.5))
+    settings = settings_for()
+    letters(store, 2)
+    job = store.run(redrives.create, Filters(task=TASK), 100)
+    async_store, away = AsyncStore(settings.resolved_database_url), Publisher(settings)
+    stop = asyncio.Event()
+    runners = two_runners(async_store, away, stop)
+    owners: set[str] = set()
+    try:
+
+        async def claimed() -> str | None:
+            found = store.run(redrives.get, job.id)
+            return found.owner if found is not None else None
+
+        owners.add(await eventually(claimed, 10, "a runner to claim the job"))
+        watched_until = time.monotonic() + 2 * 3
+        while time.monotonic() < watched_until:
+            owner = await claimed()
+            assert owner is not None
+            owners.add(owner)
+            await asyncio.sleep(0.1)  # the runners work meanwhile: this loop only watches
+    finally:
+        stop.set()
+        await asyncio.gather(*runners)
+        await async_store.close()
+
+    assert len(owners) == 1, f"the job changed hands while its owner waited: {owners}"
+    left = store.run(redrives.get, job.id)
+    assert left is not None
+    assert (left.state, left.published) == ("running", 0)
