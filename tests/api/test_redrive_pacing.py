@@ -1,6 +1,6 @@
-"""A slow redrive between two letters: its owner stays the owner (the heartbeat is beaten while
-it waits), a cancel is seen within a beat, and a stopping API does not wait for the next letter
-— against a real broker, with the beat and the takeover timeout shortened."""
+"""A redrive waiting — for the next letter of a slow job, or for RabbitMQ — stays its owner's (the
+heartbeat is beaten while it waits), sees a cancel within a beat, and does not hold up a stopping
+API — against a real broker, with the beat and the takeover timeout shortened."""
 
 from __future__ import annotations
 
