@@ -139,9 +139,9 @@ class ChainCpu:
     runs on this machine, and this process (publishing the batch, polling the store for its
     end). On two cores they all share the same CPU, so the rate follows their sum."""
 
-    def __init__(self, worker: Process) -> None:
+    def __init__(self, worker: Process, broker: list[int]) -> None:
         self.worker = worker
-        self.broker = local_broker_pids()
+        self.broker = broker
         self.before = self._read()
 
     def _read(self) -> dict[str, dict[int, float]]:
@@ -224,6 +224,7 @@ async def measure(run: Session) -> None:
     store = run.store()
     concurrency = str(options.worker_concurrency)
     worker, _ = await run.start_docproc("worker", CELERY_CONCURRENCY=concurrency)
+    broker = local_broker_pids()  # read with each batch, found once
     pool = ProcessPoolExecutor(
         options.worker_concurrency,
         mp_context=multiprocessing.get_context("spawn"),
@@ -241,7 +242,7 @@ async def measure(run: Session) -> None:
             accepted = await asyncio.to_thread(
                 store.run, accept_all, prefix, count, content or b"", name
             )
-            cpu = ChainCpu(worker)
+            cpu = ChainCpu(worker, broker)
 
             async def publish(index: int) -> None:
                 document_id, task_id = accepted[index]

@@ -32,16 +32,13 @@ from service.broker.publisher import TaskPublisher, task_message
 from service.errors import BrokerUnavailable, Conflict, DatabaseError, EmptyDocument, Unroutable
 from service.ids import new_id
 from service.store import documents, idempotency, task_runs
-from service.store.database import AsyncStore
+from service.store.database import RECORD_PATIENCE, AsyncStore
 from service.store.group_commit import GroupCommit
 from service.store.schema import utcnow
 from service.task_contract import PROCESS_DOCUMENT, queue_for
 
 RELAY_PAUSE = 1.0
 """Seconds between two attempts to publish what is waiting while the broker is connected."""
-MARK_PATIENCE = 5.0
-"""Seconds a batch of marks is tried again while the store refuses it (then given up: the
-worker marks a document too as its task starts)."""
 
 
 class Upload(msgspec.Struct, frozen=True, kw_only=True):
@@ -248,7 +245,7 @@ class Intake:
             batch, self.confirmed = self.confirmed, []
             if batch:
                 try:
-                    await self.store.record(MARK_PATIENCE, documents.mark_published, *batch)
+                    await self.store.record(RECORD_PATIENCE, documents.mark_published, *batch)
                 except DatabaseError as exc:
                     logger.warning(
                         "{} documents queued; could not mark them so: {}", len(batch), exc

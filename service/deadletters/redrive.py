@@ -23,21 +23,20 @@ from service.broker.publisher import TaskPublisher
 from service.deadletters.republish import check, mark_handled, publish, run_versions
 from service.errors import BrokerUnavailable, DatabaseError, DocprocError
 from service.store import dead_letters, redrives
-from service.store.database import AsyncStore
+from service.store.database import RECORD_PATIENCE, AsyncStore
 from service.store.dead_letters import DeadLetter
 from service.store.redrives import Redrive
 from service.store.schema import utcnow
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=15)
 """A job whose owner has not recorded progress for this long is taken over."""
-RECORD_PATIENCE = HEARTBEAT_TIMEOUT / 3
-"""How long a runner keeps trying to record what it published while the store refuses: well
-inside the heartbeat's timeout, so no other runner can have taken the job over meanwhile."""
 BEAT = HEARTBEAT_TIMEOUT / 5
 """How often a runner beats the job's heartbeat when nothing else does — while it waits for the
 next letter of a slow job, or for RabbitMQ to come back — so that the job never looks abandoned
-while its owner lives. A fifth of the timeout: a beat, then a group's publishes (PUBLISH_TIMEOUT)
-and its record (RECORD_PATIENCE) all fit within it."""
+while its owner lives. A fifth of the timeout: a beat, then a group's publishes (PUBLISH_TIMEOUT,
+5 s) and its record, tried again while the store refuses it (RECORD_PATIENCE, 5 s), all fit within
+it, so no other runner takes the job over while the outcome of letters that went out is still
+on its way."""
 IDLE_PAUSE = 0.5
 MAX_IN_FLIGHT = 64
 PENDING_BATCH = 256
@@ -193,7 +192,7 @@ class RedriveRunner:
             # A refused write would pause the job with these letters pending: they would go out
             # again.
             began = time.monotonic()
-            state = await self.store.record(RECORD_PATIENCE.total_seconds(), record)
+            state = await self.store.record(RECORD_PATIENCE, record)
             self._beaten = began
         if broker_down is not None:
             logger.warning("redrive {} waits for RabbitMQ: {}", job.id, broker_down)

@@ -23,12 +23,10 @@ from service.deadletters.headers import from_json
 from service.deadletters.parsing import REPUBLISH_COUNT_HEADER, REPUBLISHED_FROM_HEADER
 from service.errors import Conflict, NotFound
 from service.store import dead_letters, task_runs
-from service.store.database import AsyncStore
+from service.store.database import RECORD_PATIENCE, AsyncStore
 from service.store.dead_letters import DeadLetter
 from service.topology import WORK_QUEUES
 
-MARK_PATIENCE = 5.0
-"""Seconds a re-publish keeps trying to mark the letter while the store refuses."""
 DEATH_HEADERS = frozenset(
     {
         "x-death",
@@ -193,7 +191,7 @@ async def republish(
     queue = target or letter.queue
     await publish(publisher, letter, queue)
     # Unmarked, the letter would look untouched, and a retried request would publish it again.
-    await store.record(MARK_PATIENCE, mark_handled, [letter], seen)
+    await store.record(RECORD_PATIENCE, mark_handled, [letter], seen)
     return Republished(
         dead_letter_id=letter.id,
         queue=queue,

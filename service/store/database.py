@@ -149,6 +149,9 @@ class Store:
             self._reads.dispose()
 
 
+RECORD_PATIENCE = 5.0
+"""Seconds `AsyncStore.record` is usually given: long enough for a blip of the store, short
+enough for a request or a shutdown to wait."""
 READERS = 4
 """Threads (and connections) an AsyncStore reads on at once."""
 LONG_READERS = 4

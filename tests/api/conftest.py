@@ -89,7 +89,15 @@ async def take(
     return message
 
 
-__all__ = ["AsyncStore", "Client", "take"]
+async def queued(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
+    """Messages ready in `queue` now."""
+    declared = await channel.declare_queue(queue, passive=True)
+    count = declared.declaration_result.message_count
+    assert count is not None
+    return count
+
+
+__all__ = ["AsyncStore", "Client", "queued", "take"]
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from service.settings import Settings
 from service.store import dead_letters, redrives
 from service.store.database import AsyncStore, Store
 from service.store.dead_letters import Filters
-from tests.api.conftest import Client
+from tests.api.conftest import Client, queued
 from tests.api.test_dead_letters_api import bury, dead_message
 from tests.support import eventually
 
@@ -66,18 +66,16 @@ async def test_a_slow_redrive_beats_while_it_waits_and_sees_a_cancel_within_a_be
         return True if beat is not None and beat > first_beat else None
 
     await eventually(beaten, 3, "the heartbeat to be beaten between two letters")
-    cancelled_at = time.monotonic()
     await client.delete(location)
 
     async def cancelled() -> dict[str, Any] | None:
         job = (await client.get(location)).json()
         return job if job["state"] == "cancelled" else None
 
+    # Within a beat or so, not at the next letter 20 s later.
     final = await eventually(cancelled, 5, "the cancel to be seen between two letters")
-    assert time.monotonic() - cancelled_at < 5, "seen within a beat, not at the next letter"
     assert final["published"] == 1
-    queue = await channel.declare_queue("celery", passive=True)
-    assert queue.declaration_result.message_count == 1
+    assert await queued(channel, "celery") == 1
 
 
 async def test_a_stopping_runner_does_not_wait_for_the_next_letter(
@@ -149,8 +147,7 @@ async def test_two_runners_never_both_publish_a_slow_job(
     stored = [store.run(dead_letters.get, each) for each in ids]
     counts = [letter.republish_count if letter is not None else None for letter in stored]
     assert counts == [1, 1, 1], "no letter published twice"
-    queue = await channel.declare_queue("celery", passive=True)
-    assert queue.declaration_result.message_count == 3
+    assert await queued(channel, "celery") == 3
 
 
 async def test_a_redrive_waiting_for_rabbitmq_keeps_its_owner(

@@ -14,7 +14,7 @@ from loguru import logger
 
 from service.store import dead_letters
 from service.store.database import Store
-from tests.api.conftest import Client, refused_updates
+from tests.api.conftest import Client, queued, refused_updates
 from tests.api.test_dead_letters_api import bury, dead_message
 from tests.support import eventually
 
@@ -24,13 +24,6 @@ TASK = "docproc.maintenance.blip"
 REFUSED_FOR = 1.5
 """Seconds the store refuses the outcomes: more than a runner that gave up at once takes to
 publish the letters again (its pause is 0.5 s), less than RECORD_PATIENCE."""
-
-
-async def queued(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
-    queue = await channel.declare_queue(name, passive=True)
-    count = queue.declaration_result.message_count
-    assert count is not None
-    return count
 
 
 async def test_outcomes_the_store_refuses_for_a_moment_are_recorded_and_nothing_goes_twice(
