@@ -106,7 +106,7 @@ def accept_all(connection: Connection, batch: Sequence[Accepting]) -> list[Recei
     instead (nothing is stored for it); used for other bytes, it is a Conflict. A document
     names the earliest with the same bytes — stored before, or earlier in the batch.
     """
-    earliest: dict[str, str | None] = {}
+    earliest = documents.earliest_with(connection, {a.upload.sha256 for a in batch})
     receipts = []
     new: list[Accepting] = []
     for accepting in batch:
@@ -116,9 +116,7 @@ def accept_all(connection: Connection, batch: Sequence[Accepting]) -> list[Recei
             if replayed is not None:
                 receipts.append(replayed)
                 continue
-        if upload.sha256 not in earliest:
-            earliest[upload.sha256] = documents.first_with(connection, upload.sha256)
-        same_content = earliest[upload.sha256]
+        same_content = earliest.get(upload.sha256)
         if same_content is None:
             earliest[upload.sha256] = accepting.document_id  # for later copies in this batch
         receipts.append(

@@ -3,12 +3,23 @@ searchable. A document is processed once: a redelivery, or a duplicate message, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, Select, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Select,
+    String,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from service.pipeline.models import Chunk
 from service.store import cursors
@@ -70,12 +81,6 @@ _METADATA = [column for column in documents.c if column.name != "content"]
 
 
 _INSERT = insert(documents)
-_FIRST_WITH = (
-    select(documents.c.id)
-    .where(documents.c.sha256 == bindparam("sha256"))
-    .order_by(documents.c.created_at, documents.c.id)
-    .limit(1)
-)
 # One row a parameter set, run as executemany: an expanding IN (...) is compiled again for each
 # length of the list, which cost more than the update.
 _MARK_PUBLISHED = (
@@ -121,10 +126,45 @@ def insert_documents(connection: Connection, new: Sequence[NewDocument]) -> None
         connection.execute(_INSERT, rows)
 
 
-def first_with(connection: Connection, sha256: str) -> str | None:
-    """The earliest document with this content, if any."""
-    found = connection.execute(_FIRST_WITH, {"sha256": sha256}).scalar_one_or_none()
-    return None if found is None else str(found)
+def earliest_with(connection: Connection, sha256s: Collection[str]) -> dict[str, str]:
+    """Content (its SHA-256) → the earliest document with it, for the contents stored: one
+    statement for a batch of uploads, where one a content was a round trip each on PostgreSQL
+    (~110 µs of the API's CPU an upload)."""
+    if not sha256s:
+        return {}
+    dialect = connection.dialect.name
+    statement = _EARLIEST.get(dialect)
+    if statement is None:
+        statement = _EARLIEST[dialect] = _earliest(dialect)
+    keys = list(sha256s)
+    given = keys if dialect == "postgresql" else msgspec.json.encode(keys).decode()
+    rows = connection.execute(statement, {"sha256s": given}).all()
+    return {str(sha256): str(found) for sha256, found in rows if found is not None}
+
+
+def _earliest(dialect: str) -> Select[Any]:
+    """For each content of a list bound as one parameter (an array on PostgreSQL, JSON text on
+    SQLite), the earliest document with it: a lookup per content on ix_documents_sha256, never
+    a read of every copy of a content."""
+    if dialect == "postgresql":
+        listed = (
+            func.unnest(bindparam("sha256s", type_=ARRAY(String())))
+            .table_valued("value")
+            .render_derived()
+        )
+    else:
+        listed = func.json_each(bindparam("sha256s")).table_valued("value")
+    earliest = (
+        select(documents.c.id)
+        .where(documents.c.sha256 == listed.c.value)
+        .order_by(documents.c.created_at, documents.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return select(listed.c.value, earliest)
+
+
+_EARLIEST: dict[str, Select[Any]] = {}
 
 
 def mark_published(connection: Connection, *document_ids: str) -> None:
