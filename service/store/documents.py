@@ -23,7 +23,7 @@ from sqlalchemy import (
 
 from service.pipeline.models import Chunk
 from service.store import cursors
-from service.store.database import PerDialect, as_struct
+from service.store.database import Keyed, PerDialect, as_struct
 from service.store.schema import chunks, document_texts, documents, task_runs, utcnow
 
 
@@ -81,12 +81,14 @@ _METADATA = [column for column in documents.c if column.name != "content"]
 
 
 _INSERT = insert(documents)
-# One row a parameter set, run as executemany: an expanding IN (...) is compiled again for each
-# length of the list, which cost more than the update.
-_MARK_PUBLISHED = (
-    update(documents)
-    .where(documents.c.id == bindparam("document_id"), documents.c.published_at.is_(None))
-    .values(published_at=bindparam("at"))
+# One statement, the ids one parameter (an array on PostgreSQL): as executemany, a row a
+# parameter set cost 30 µs of CPU a document on PostgreSQL and 10-12 on SQLite, against 13 and 3-5.
+_MARK_PUBLISHED = Keyed(
+    lambda one_of: (
+        update(documents)
+        .where(one_of(documents.c.id, "p_ids"), documents.c.published_at.is_(None))
+        .values(published_at=bindparam("p_at"))
+    )
 )
 # Statements of the upload's path are built once: building one costs more than running it.
 
@@ -169,10 +171,9 @@ _EARLIEST: dict[str, Select[Any]] = {}
 
 def mark_published(connection: Connection, *document_ids: str) -> None:
     """Their task messages are in the broker: beat's sweeper leaves them alone."""
-    now = utcnow()
     if document_ids:
         connection.execute(
-            _MARK_PUBLISHED, [{"document_id": each, "at": now} for each in document_ids]
+            _MARK_PUBLISHED(connection), {"p_ids": sorted(set(document_ids)), "p_at": utcnow()}
         )
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, bindparam, case, func, insert, or_, select, u
 
 from service.ids import new_id
 from service.store import dead_letters
-from service.store.database import as_struct
+from service.store.database import Keyed, as_struct
 from service.store.dead_letters import Filters
 from service.store.schema import redrive_items, redrives, utcnow
 
@@ -133,6 +133,19 @@ _ITEM = (
     )
     .values(state=bindparam("p_state"), error=bindparam("p_error"))
 )
+# Items published, the common outcome, in one statement with their ids one parameter (a row
+# a parameter set cost 30 µs of CPU an item on PostgreSQL); the failed, each with its error, as
+# _ITEM.
+_PUBLISHED = Keyed(
+    lambda one_of: (
+        update(redrive_items)
+        .where(
+            redrive_items.c.redrive_id == bindparam("p_redrive_id"),
+            one_of(redrive_items.c.dead_letter_id, "p_ids"),
+        )
+        .values(state="published", error=None)
+    )
+)
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -150,7 +163,12 @@ def record_items(
     job now — and beat the heartbeat. Returns the job's state, or None when another runner took
     the job over (this one must stop and leave it alone)."""
     now = utcnow()
-    if outcomes:
+    in_order = sorted(outcomes, key=lambda outcome: outcome.dead_letter_id)
+    published = [o.dead_letter_id for o in in_order if (o.state, o.error) == ("published", None)]
+    if published:
+        connection.execute(_PUBLISHED(connection), {"p_redrive_id": redrive_id, "p_ids": published})
+    others = [o for o in in_order if (o.state, o.error) != ("published", None)]
+    if others:
         connection.execute(
             _ITEM,
             [
@@ -160,7 +178,7 @@ def record_items(
                     "p_state": outcome.state,
                     "p_error": outcome.error,
                 }
-                for outcome in sorted(outcomes, key=lambda outcome: outcome.dead_letter_id)
+                for outcome in others
             ],
         )
     c = redrives.c
