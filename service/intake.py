@@ -100,21 +100,44 @@ def accept(connection: Connection, upload: Upload, document_id: str, task_id: st
 
 def accept_all(connection: Connection, batch: Sequence[Accepting]) -> list[Receipt]:
     """The documents, their PENDING runs and their idempotency keys, in one transaction (one
-    statement a table for the whole batch).
+    statement a table for the whole batch, and one for its duplicate check).
 
     An Idempotency-Key already used for the same bytes within the window names that upload
-    instead (nothing is stored for it); used for other bytes, it is a Conflict. A document
-    names the earliest with the same bytes — stored before, or earlier in the batch.
+    instead (nothing is stored for it); used for other bytes, it is a Conflict. A key twice in
+    the batch names its first upload, as it would have one a moment earlier. A document names
+    the earliest with the same bytes — stored before, or earlier in the batch.
     """
     earliest = documents.earliest_with(connection, {a.upload.sha256 for a in batch})
+    firsts: dict[str, Accepting] = {}
+    for accepting in batch:
+        if accepting.upload.idempotency_key is not None:
+            firsts.setdefault(accepting.upload.idempotency_key, accepting)
+    now = utcnow()
+    taken = idempotency.claim_all(
+        connection,
+        [
+            idempotency.Claim(key, first.upload.sha256, first.document_id, first.task_id)
+            for key, first in firsts.items()
+        ],
+        expired_before=now - idempotency.WINDOW,
+    )
     receipts = []
     new: list[Accepting] = []
     for accepting in batch:
         upload = accepting.upload
         if upload.idempotency_key is not None:
-            replayed = _claim(connection, accepting)
-            if replayed is not None:
-                receipts.append(replayed)
+            earlier = taken.get(upload.idempotency_key)
+            first = firsts[upload.idempotency_key]
+            if earlier is None and first is not accepting:
+                earlier = idempotency.KeyUse(
+                    key=upload.idempotency_key,
+                    sha256=first.upload.sha256,
+                    document_id=first.document_id,
+                    task_id=first.task_id,
+                    created_at=now,
+                )
+            if earlier is not None:
+                receipts.append(_replayed(connection, upload, earlier))
                 continue
         same_content = earliest.get(upload.sha256)
         if same_content is None:
@@ -152,20 +175,8 @@ def accept_all(connection: Connection, batch: Sequence[Accepting]) -> list[Recei
     return receipts
 
 
-def _claim(connection: Connection, accepting: Accepting) -> Receipt | None:
-    """Claim the upload's key for it; the earlier upload's receipt if the key is taken."""
-    upload = accepting.upload
-    assert upload.idempotency_key is not None
-    earlier = idempotency.claim(
-        connection,
-        upload.idempotency_key,
-        sha256=upload.sha256,
-        document_id=accepting.document_id,
-        task_id=accepting.task_id,
-        expired_before=utcnow() - idempotency.WINDOW,
-    )
-    if earlier is None:
-        return None
+def _replayed(connection: Connection, upload: Upload, earlier: idempotency.KeyUse) -> Receipt:
+    """The receipt of the earlier upload the key names; a Conflict when its bytes differ."""
     if earlier.sha256 != upload.sha256:
         raise Conflict(
             f"Idempotency-Key {upload.idempotency_key!r} was used at "

@@ -7,16 +7,18 @@ import asyncio
 import hashlib
 import threading
 from collections.abc import Sequence
+from datetime import timedelta
 
 import msgspec
 import pytest
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select, update
 
 from service.errors import Conflict, StoreUnavailable
 from service.intake import Accepting, Receipt, Upload, accept_all
-from service.store import documents, task_runs
+from service.store import documents, idempotency, task_runs
 from service.store.database import AsyncStore, Store
 from service.store.group_commit import GroupCommit
+from service.store.schema import idempotency_keys, utcnow
 
 DEADLINE = 10.0
 
@@ -207,3 +209,47 @@ async def test_keyed_uploads_in_one_batch_replay_and_conflict_as_they_would_alon
     assert store.run(documents.get, "d-2") is None
     assert store.run(documents.get, "d-3") is None
     assert store.run(documents.get, "d-4") is not None
+
+
+def test_a_batch_claims_free_and_expired_keys_and_replays_taken_ones(store: Store) -> None:
+    """One statement claims every key of a batch: a key another upload holds replays it, an
+    expired one is taken afresh, and a key twice in the batch names its first upload."""
+    store.run(
+        accept_all,
+        [
+            Accepting(keyed(b"a", "k-a", "a"), "d-a", "t-a"),
+            Accepting(keyed(b"b", "k-b", "b"), "d-b", "t-b"),
+        ],
+    )
+    store.run(
+        lambda connection: connection.execute(
+            update(idempotency_keys)
+            .where(idempotency_keys.c.key == "k-b")
+            .values(created_at=utcnow() - idempotency.WINDOW - timedelta(minutes=1))
+        )
+    )
+
+    receipts = store.run(
+        accept_all,
+        [
+            Accepting(keyed(b"a", "k-a", "a2"), "d-a2", "t-a2"),
+            Accepting(keyed(b"b2", "k-b", "b2"), "d-b2", "t-b2"),
+            Accepting(keyed(b"c", "k-c", "c"), "d-c", "t-c"),
+            Accepting(keyed(b"c", "k-c", "c2"), "d-c2", "t-c2"),
+        ],
+    )
+
+    assert [(r.document_id, r.replayed) for r in receipts] == [
+        ("d-a", True),
+        ("d-b2", False),
+        ("d-c", False),
+        ("d-c", True),
+    ]
+    names = store.run(
+        lambda connection: dict(
+            connection.execute(select(idempotency_keys.c.key, idempotency_keys.c.document_id)).all()
+        )
+    )
+    assert names == {"k-a": "d-a", "k-b": "d-b2", "k-c": "d-c"}
+    assert store.run(documents.get, "d-a2") is None
+    assert store.run(documents.get, "d-c2") is None
