@@ -14,7 +14,6 @@ from sqlalchemy import (
     Select,
     String,
     bindparam,
-    delete,
     func,
     insert,
     select,
@@ -280,7 +279,6 @@ _CLAIM = (
         }
     )
 )
-_DROP_CHUNKS = delete(chunks).where(chunks.c.document_id == bindparam("p_id"))
 _INSERT_CHUNKS = insert(chunks)
 _TEXT = PerDialect(
     lambda insert_for: (statement := insert_for(document_texts)).on_conflict_do_update(
@@ -313,7 +311,9 @@ def store_extraction(connection: Connection, document_id: str, extraction: Extra
     ).rowcount
     if not claimed:
         raise AlreadyProcessed(document_id)
-    connection.execute(_DROP_CHUNKS, {"p_id": document_id})
+    # No chunks to drop first: they are written only here, with the claim, and a document
+    # claimed once is never claimed again (a DELETE that found nothing was a round trip each
+    # document on PostgreSQL).
     connection.execute(_TEXT(connection), {"document_id": document_id, "text": extraction.text})
     if extraction.chunks:
         connection.execute(
