@@ -78,7 +78,7 @@ KNOWN_SHORTFALLS = {
     "share two cores",
     ("status", "requests per server CPU second", ""): "a status read through uvicorn, "
     "Litestar's routing, DI and response, and a SQLAlchemy read costs ~240 µs against 65",
-    ("redrive", "dead letters re-published", ""): "the API is CPU-bound: 370-430 µs a letter "
+    ("redrive", "dead letters re-published", ""): "the API is CPU-bound: 300-430 µs a letter "
     "(read, message, publish, outcome) against 100-170 for a bare confirmed publish",
 }
 """The figures under their whole mark today, for reasons README "Performance" gives: `--quick`
