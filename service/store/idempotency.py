@@ -56,11 +56,15 @@ _USES = Keyed(lambda one_of: select(idempotency_keys).where(one_of(idempotency_k
 def claim_all(
     connection: Connection, claims: Sequence[Claim], *, expired_before: datetime
 ) -> dict[str, KeyUse]:
-    """Take each key (each once) for its upload: returns the keys already taken — committed by
-    another upload within the window, perhaps a moment ago — with the upload each names; every
-    other key was free, or its last use expired, and is now its claim's. One statement claims
-    them all and one reads what the taken ones name: a statement a key was a round trip each on
-    PostgreSQL (184 → 106 µs of CPU a keyed upload, batches of 32)."""
+    """Take each key for its upload (the first claim that names it): returns the keys already
+    taken — committed by another upload within the window, perhaps a moment ago — with the
+    upload each names; every other key was free, or its last use expired, and is now its
+    claim's. One statement claims them all and one reads what the taken ones name: a statement
+    a key was a round trip each on PostgreSQL (184 → 106 µs of CPU a keyed upload, batches of
+    32)."""
+    # A key twice in one INSERT … ON CONFLICT DO UPDATE is an error on PostgreSQL: the first
+    # claim of each key is the one made.
+    claims = list({claim.key: claim for claim in reversed(claims)}.values())
     if not claims:
         return {}
     now = utcnow()

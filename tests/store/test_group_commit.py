@@ -253,3 +253,15 @@ def test_a_batch_claims_free_and_expired_keys_and_replays_taken_ones(store: Stor
     assert names == {"k-a": "d-a", "k-b": "d-b2", "k-c": "d-c"}
     assert store.run(documents.get, "d-a2") is None
     assert store.run(documents.get, "d-c2") is None
+
+
+def test_a_key_named_twice_in_one_claim_is_claimed_by_the_first(store: Store) -> None:
+    claims = [
+        idempotency.Claim("k-twice", "a" * 64, "d-1", "t-1"),
+        idempotency.Claim("k-twice", "b" * 64, "d-2", "t-2"),
+    ]
+    before = utcnow() - idempotency.WINDOW
+
+    assert store.run(idempotency.claim_all, claims, expired_before=before) == {}
+    taken = store.run(idempotency.claim_all, claims[1:], expired_before=before)
+    assert (taken["k-twice"].document_id, taken["k-twice"].sha256) == ("d-1", "a" * 64)
