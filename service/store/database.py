@@ -455,6 +455,13 @@ class PerDialect(_ForDialect[Callable[[Table], Any]]):
         return sqlite_insert if dialect == "sqlite" else postgresql_insert
 
 
+class ByDialectName(_ForDialect[str]):
+    """A statement written its own way for each dialect: `build` gets the dialect's name."""
+
+    def _argument(self, dialect: str) -> str:
+        return dialect
+
+
 OneOf = Callable[[ColumnElement[Any], str], ColumnElement[bool]]
 
 

@@ -163,11 +163,15 @@ def record_items(
     job now — and beat the heartbeat. Returns the job's state, or None when another runner took
     the job over (this one must stop and leave it alone)."""
     now = utcnow()
-    in_order = sorted(outcomes, key=lambda outcome: outcome.dead_letter_id)
-    published = [o.dead_letter_id for o in in_order if (o.state, o.error) == ("published", None)]
+    published: list[str] = []
+    others: list[Outcome] = []
+    for outcome in sorted(outcomes, key=lambda outcome: outcome.dead_letter_id):
+        if (outcome.state, outcome.error) == ("published", None):
+            published.append(outcome.dead_letter_id)
+        else:
+            others.append(outcome)
     if published:
         connection.execute(_PUBLISHED(connection), {"p_redrive_id": redrive_id, "p_ids": published})
-    others = [o for o in in_order if (o.state, o.error) != ("published", None)]
     if others:
         connection.execute(
             _ITEM,

@@ -152,13 +152,12 @@ def test_phrases_or_exclusion_and_prefixes_work_on_both_stores(store: Store) -> 
 
 
 def test_each_content_names_its_earliest_document_in_one_statement(store: Store) -> None:
-    first, later, other = (add_document(store, content) for content in (b"same", b"same", b"x"))
+    first, _later, other = (add_document(store, content) for content in (b"same", b"same", b"x"))
     same, lone = (hashlib.sha256(content).hexdigest() for content in (b"same", b"x"))
     absent = [hashlib.sha256(str(n).encode()).hexdigest() for n in range(300)]
 
     found = store.run(documents.earliest_with, [same, *absent, lone, same])
 
-    assert later != first
     assert found == {same: first, lone: other}
     assert store.run(documents.earliest_with, []) == {}
 
