@@ -4,18 +4,18 @@ directly. The pipeline (bytes in, text out) is service.pipeline."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from loguru import logger
-from sqlalchemy import Connection
 
 from service import pipeline, tessdata
 from service.errors import DocumentNotFound, TooLarge
 from service.settings import ENVIRONMENT, Settings
-from service.store import documents
+from service.store import outcomes
 from service.store.database import Store
-from service.store.documents import Extraction, Upload
+from service.store.documents import Extraction
+from service.store.task_runs import Start, StepTime
 
 STEPS = ("load", "extract", "chunk", "index")
 _LIMITS = (
@@ -40,23 +40,8 @@ def _nothing(step: str) -> None:
     """No progress to record."""
 
 
-Record = Callable[[Connection], None]
-"""A write of the caller's, made in the same transaction as a step's own (a task's start with
-the load, its success with the stored text)."""
-
-
-def _load(connection: Connection, document_id: str, started: Record | None) -> Upload | None:
-    if started is not None:
-        started(connection)
-    return documents.get_upload(connection, document_id)
-
-
-def _store(
-    connection: Connection, document_id: str, extraction: Extraction, succeeded: Record | None
-) -> None:
-    documents.store_extraction(connection, document_id, extraction)
-    if succeeded is not None:
-        succeeded(connection)
+def _no_times() -> list[StepTime]:
+    return []
 
 
 def index_document(
@@ -65,26 +50,27 @@ def index_document(
     settings: Settings,
     begin: Callable[[str], None] = _nothing,
     *,
-    started: Record | None = None,
-    succeeded: Record | None = None,
+    start: Start | None = None,
+    step_times: Callable[[], Sequence[StepTime]] = _no_times,
 ) -> dict[str, Any]:
-    """Make one document searchable; `begin(step)` is told as each step starts. `started` is
-    written with the load, `succeeded` with the outcome (or alone, when the document had been
-    processed already).
+    """Make one document searchable; `begin(step)` is told as each step starts. A task's run
+    (`start`) is recorded as started with the load and as succeeded, with `step_times()`, with
+    the outcome — or alone, when the document had been processed already: two writes, each one
+    statement on PostgreSQL (`Store.run_alone`).
 
     Raises the pipeline's permanent errors (unsupported, corrupt, too large, empty, not found)
     and the store's transient ones; a document already processed is left as it is.
     """
     begin("load")
-    upload = store.run(_load, document_id, started)
+    upload = store.run_alone(outcomes.document_loaded, document_id, start)
     if upload is None:
         raise DocumentNotFound(f"no document {document_id} in the store")
     if upload.processed:
         # A second delivery of a task whose outcome is committed (a publish whose confirm
         # was lost, then swept): at-least-once delivery, processed once.
         logger.info("document {} is already processed; duplicate delivery skipped", document_id)
-        if succeeded is not None:
-            store.run(succeeded)
+        if start is not None:
+            store.run(outcomes.task_succeeded, start.task_id, step_times())
         return {"document_id": document_id, "skipped": "already processed"}
     if len(upload.content) > settings.max_upload_bytes:
         raise TooLarge(
@@ -116,12 +102,12 @@ def index_document(
         modified_at=extracted.modified,
         language=extracted.language,
     )
-    try:
-        store.run(_store, document_id, extraction, succeeded)
-    except documents.AlreadyProcessed:
+    task_id = None if start is None else start.task_id
+    stored = store.run_alone(
+        outcomes.document_stored, document_id, extraction, task_id, step_times()
+    )
+    if not stored:
         logger.info("document {} was processed meanwhile; duplicate delivery skipped", document_id)
-        if succeeded is not None:
-            store.run(succeeded)
         return {"document_id": document_id, "skipped": "already processed"}
     return {
         "document_id": document_id,

@@ -206,16 +206,21 @@ def insert_many(
     return ids
 
 
-_SUPERSEDE = (
+SUPERSEDE = (
     update(dead_letters)
     .where(dead_letters.c.task_id == bindparam("p_task_id"), dead_letters.c.superseded_at.is_(None))
     .values(superseded_at=bindparam("p_at"), updated_at=bindparam("p_at"))
 )
 
 
+def supersede_values(task_id: str, now: datetime) -> dict[str, Any]:
+    """`SUPERSEDE`'s parameters."""
+    return {"p_task_id": task_id, "p_at": now}
+
+
 def supersede(connection: Connection, task_id: str) -> None:
     """The task succeeded after all: its letters are history, not failures."""
-    connection.execute(_SUPERSEDE, {"p_task_id": task_id, "p_at": utcnow()})
+    connection.execute(SUPERSEDE, supersede_values(task_id, utcnow()))
 
 
 def fill_failure(

@@ -11,14 +11,20 @@ import msgspec
 from sqlalchemy import (
     ARRAY,
     Connection,
+    Integer,
+    Row,
     Select,
     String,
+    Text,
     bindparam,
+    column,
     func,
     insert,
     select,
+    true,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
 from service.pipeline.models import Chunk
 from service.store import cursors
@@ -82,7 +88,7 @@ _METADATA = [column for column in documents.c if column.name != "content"]
 _INSERT = insert(documents)
 # One statement, the ids one parameter (an array on PostgreSQL): as executemany, a row a
 # parameter set cost 30 µs of CPU a document on PostgreSQL and 10-12 on SQLite, against 13 and 3-5.
-_MARK_PUBLISHED = Keyed(
+MARK_PUBLISHED = Keyed(
     lambda one_of: (
         update(documents)
         .where(one_of(documents.c.id, "p_ids"), documents.c.published_at.is_(None))
@@ -168,7 +174,7 @@ def mark_published(connection: Connection, *document_ids: str) -> None:
     """Their task messages are in the broker: beat's sweeper leaves them alone."""
     if document_ids:
         connection.execute(
-            _MARK_PUBLISHED(connection), {"p_ids": sorted(set(document_ids)), "p_at": utcnow()}
+            MARK_PUBLISHED(connection), {"p_ids": sorted(set(document_ids)), "p_at": utcnow()}
         )
 
 
@@ -224,13 +230,13 @@ def get(connection: Connection, document_id: str) -> Document | None:
     return None if row is None else as_struct(row, Document)
 
 
-_UPLOAD = select(
+UPLOAD = select(
     documents.c.id, documents.c.filename, documents.c.content, documents.c.processed_at
 ).where(documents.c.id == bindparam("p_id"))
+"""The document's upload, its id bound as `p_id`; read as `upload_of`."""
 
 
-def get_upload(connection: Connection, document_id: str) -> Upload | None:
-    row = connection.execute(_UPLOAD, {"p_id": document_id}).first()
+def upload_of(row: Row[*tuple[Any, ...]] | None) -> Upload | None:
     if row is None:
         return None
     return Upload(
@@ -239,6 +245,10 @@ def get_upload(connection: Connection, document_id: str) -> Upload | None:
         content=row.content,
         processed=row.processed_at is not None,
     )
+
+
+def get_upload(connection: Connection, document_id: str) -> Upload | None:
+    return upload_of(connection.execute(UPLOAD, {"p_id": document_id}).first())
 
 
 def get_text(connection: Connection, document_id: str) -> str | None:
@@ -252,28 +262,26 @@ class AlreadyProcessed(Exception):
     """Another delivery of the same task committed the document's outcome first."""
 
 
+_CLAIMED = (
+    "detected_type",
+    "title",
+    "author",
+    "authored_at",
+    "modified_at",
+    "language",
+    "encoding",
+    "page_count",
+    "char_count",
+    "chunk_count",
+    "processed_at",
+    "updated_at",
+)
+# Parameters are named `p_…` here and in every statement that can be part of another: SQLAlchemy
+# takes a parameter named as a column for a value to SET, in every UPDATE of the statement.
 _CLAIM = (
     update(documents)
     .where(documents.c.id == bindparam("p_id"), documents.c.processed_at.is_(None))
-    .values(
-        {
-            name: bindparam(name)
-            for name in (
-                "detected_type",
-                "title",
-                "author",
-                "authored_at",
-                "modified_at",
-                "language",
-                "encoding",
-                "page_count",
-                "char_count",
-                "chunk_count",
-                "processed_at",
-                "updated_at",
-            )
-        }
-    )
+    .values({name: bindparam(f"p_{name}") for name in _CLAIMED})
 )
 _INSERT_CHUNKS = insert(chunks)
 _TEXT = PerDialect(
@@ -283,28 +291,28 @@ _TEXT = PerDialect(
 )
 
 
+def _claim_values(document_id: str, extraction: Extraction, now: datetime) -> dict[str, Any]:
+    return {
+        "p_id": document_id,
+        "p_detected_type": extraction.detected_type,
+        "p_title": extraction.title,
+        "p_author": extraction.author,
+        "p_authored_at": extraction.authored_at,
+        "p_modified_at": extraction.modified_at,
+        "p_language": extraction.language,
+        "p_encoding": extraction.encoding,
+        "p_page_count": extraction.page_count,
+        "p_char_count": len(extraction.text),
+        "p_chunk_count": len(extraction.chunks),
+        "p_processed_at": now,
+        "p_updated_at": now,
+    }
+
+
 def store_extraction(connection: Connection, document_id: str, extraction: Extraction) -> None:
     """Record what was found and the document's text and chunks, atomically — once: when two
     deliveries of one task race, the second raises AlreadyProcessed and changes nothing."""
-    now = utcnow()
-    claimed = connection.execute(
-        _CLAIM,
-        {
-            "p_id": document_id,
-            "detected_type": extraction.detected_type,
-            "title": extraction.title,
-            "author": extraction.author,
-            "authored_at": extraction.authored_at,
-            "modified_at": extraction.modified_at,
-            "language": extraction.language,
-            "encoding": extraction.encoding,
-            "page_count": extraction.page_count,
-            "char_count": len(extraction.text),
-            "chunk_count": len(extraction.chunks),
-            "processed_at": now,
-            "updated_at": now,
-        },
-    ).rowcount
+    claimed = connection.execute(_CLAIM, _claim_values(document_id, extraction, utcnow())).rowcount
     if not claimed:
         raise AlreadyProcessed(document_id)
     # No chunks to drop first: they are written only here, with the claim, and a document
@@ -325,6 +333,58 @@ def store_extraction(connection: Connection, document_id: str, extraction: Extra
                 for chunk in extraction.chunks
             ],
         )
+
+
+def _stored() -> Select[int]:
+    """`store_extraction` as one statement, for PostgreSQL: the claim, then the text and the
+    chunks of the document it claimed (none when it claimed nothing), each a CTE; it answers
+    1 when it claimed the document, 0 when another delivery had."""
+    claimed = _CLAIM.returning(documents.c.id).cte("claimed")
+    text = postgresql_insert(document_texts).from_select(
+        ["document_id", "text"], select(claimed.c.id, bindparam("p_text", type_=Text))
+    )
+    text = text.on_conflict_do_update(
+        index_elements=["document_id"], set_={"text": text.excluded.text}
+    )
+    rows = (
+        func.unnest(
+            bindparam("p_positions", type_=ARRAY(Integer)),
+            bindparam("p_starts", type_=ARRAY(Integer)),
+            bindparam("p_ends", type_=ARRAY(Integer)),
+            bindparam("p_contents", type_=ARRAY(Text)),
+        )
+        .table_valued(
+            column("position", Integer),
+            column("start_offset", Integer),
+            column("end_offset", Integer),
+            column("content", Text),
+        )
+        .render_derived()
+    )
+    new_chunks = insert(chunks).from_select(
+        ["document_id", "position", "start_offset", "end_offset", "content"],
+        select(claimed.c.id, *rows.c).select_from(claimed).join(rows, true()),
+    )
+    return (
+        select(func.count())
+        .select_from(claimed)
+        .add_cte(text.cte("stored_text"), new_chunks.cte("stored_chunks"))
+    )
+
+
+STORED = _stored()
+"""`store_extraction` in one statement on PostgreSQL (`stored_values`): 1 when it claimed the
+document. A statement of which others are made (service.store.outcomes)."""
+
+
+def stored_values(document_id: str, extraction: Extraction, now: datetime) -> dict[str, Any]:
+    return _claim_values(document_id, extraction, now) | {
+        "p_text": extraction.text,
+        "p_positions": [chunk.position for chunk in extraction.chunks],
+        "p_starts": [chunk.start for chunk in extraction.chunks],
+        "p_ends": [chunk.end for chunk in extraction.chunks],
+        "p_contents": [chunk.text for chunk in extraction.chunks],
+    }
 
 
 def chunk_count(connection: Connection, document_id: str) -> int:

@@ -260,8 +260,35 @@ def requeue(connection: Connection, *runs: Requeue) -> None:
         connection.execute(_REQUEUE, known)
 
 
+_STARTED_VALUES = (
+    "task_id",
+    "task_name",
+    "document_id",
+    "state",
+    "step",
+    "steps_done",
+    "steps_total",
+    "percent",
+    "retries",
+    "retry_history",
+    "next_retry_at",
+    "queue",
+    "worker",
+    "correlation_id",
+    "created_at",
+    "started_at",
+    "updated_at",
+    "finished_at",
+)
+"""The columns a start writes, each bound as `p_` and its name: named, so that the statement can
+also be a CTE of another (which must name every value it inserts); `p_`, so that no parameter of
+the statement it is part of is taken by SQLAlchemy for a column of its own to SET."""
+
+
 def _build_started(insert_for: Callable[[Table], Any]) -> Executable:
-    statement = insert_for(task_runs)
+    statement = insert_for(task_runs).values(
+        {name: bindparam(f"p_{name}") for name in _STARTED_VALUES}
+    )
     changed = {name: statement.excluded[name] for name in _RESTARTED}
     changed["document_id"] = func.coalesce(statement.excluded.document_id, task_runs.c.document_id)
     built: Executable = statement.on_conflict_do_update(
@@ -286,35 +313,38 @@ _RESTARTED = (
     "updated_at",
 )
 """What a start overwrites in a run that exists (its document id only when the start knows it)."""
-_STARTED = PerDialect(_build_started)
+STARTED = PerDialect(_build_started)
+"""A run's start (`started_values`), written over a run that exists but has not succeeded."""
+
+
+def started_values(start: Start, now: datetime) -> dict[str, Any]:
+    """`STARTED`'s parameters."""
+    state: TaskState = "STARTED" if start.first_step is None else "PROCESSING"
+    values: tuple[Any, ...] = (
+        start.task_id,
+        start.task_name,
+        start.document_id,
+        state,
+        start.first_step,
+        0,
+        start.steps_total,
+        0.0,
+        start.retries,
+        [],
+        None,
+        start.queue,
+        start.worker,
+        start.correlation_id,
+        now,
+        now,
+        now,
+        None,
+    )
+    return {f"p_{name}": value for name, value in zip(_STARTED_VALUES, values, strict=True)}
 
 
 def record_started(connection: Connection, start: Start) -> None:
-    now = utcnow()
-    state: TaskState = "STARTED" if start.first_step is None else "PROCESSING"
-    connection.execute(
-        _STARTED(connection),
-        {
-            "task_id": start.task_id,
-            "task_name": start.task_name,
-            "document_id": start.document_id,
-            "state": state,
-            "step": start.first_step,
-            "steps_done": 0,
-            "steps_total": start.steps_total,
-            "percent": 0.0,
-            "retries": start.retries,
-            "retry_history": [],
-            "next_retry_at": None,
-            "queue": start.queue,
-            "worker": start.worker,
-            "correlation_id": start.correlation_id,
-            "created_at": now,
-            "started_at": now,
-            "updated_at": now,
-            "finished_at": None,
-        },
-    )
+    connection.execute(STARTED(connection), started_values(start, utcnow()))
 
 
 def record_progress(
@@ -364,7 +394,7 @@ def record_retry(
     )
 
 
-_SUCCESS = (
+SUCCESS = (
     update(task_runs)
     .where(task_runs.c.task_id == bindparam("p_task_id"))
     .values(
@@ -382,12 +412,19 @@ _SUCCESS = (
 )
 
 
+def success_values(
+    task_id: str, now: datetime, step_times: Sequence[StepTime] | None = None
+) -> dict[str, Any]:
+    """`SUCCESS`'s parameters."""
+    times = msgspec.to_builtins(step_times) if step_times else None
+    return {"p_task_id": task_id, "p_at": now, "p_step_times": times}
+
+
 def record_success(
     connection: Connection, task_id: str, step_times: Sequence[StepTime] | None = None
 ) -> None:
     """SUCCESS, with the run's steps and their durations when the task recorded them."""
-    times = msgspec.to_builtins(step_times) if step_times else None
-    connection.execute(_SUCCESS, {"p_task_id": task_id, "p_at": utcnow(), "p_step_times": times})
+    connection.execute(SUCCESS, success_values(task_id, utcnow(), step_times))
 
 
 def record_failure(

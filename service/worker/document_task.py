@@ -1,11 +1,10 @@
 """The document task: `service.indexing` under Celery, each step recorded as progress.
 
-It records its own start and success, inside the transactions that load the document and store
-its text (two writes fewer per document than the generic signals in worker.lifecycle)."""
+It records its own start and success, with the writes that load the document and store its text
+(two writes fewer per document than the generic signals in worker.lifecycle)."""
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from celery import Celery, Task
@@ -14,7 +13,6 @@ from celery.exceptions import SoftTimeLimitExceeded
 from service.errors import InvalidTaskArguments, ProcessingError
 from service.indexing import STEPS, index_document
 from service.pipeline import steps
-from service.store import outcomes
 from service.task_contract import PROCESS_DOCUMENT
 from service.worker.docproc_celery import app_of
 from service.worker.lifecycle import start_of
@@ -43,13 +41,9 @@ def register(app: Celery) -> None:
                     document_id,
                     settings,
                     progress.begin,
-                    started=functools.partial(
-                        outcomes.task_started, start=start_of(self, task_id, document_id, STEPS)
-                    ),
-                    # With the store's transaction once the text is stored: every step is known.
-                    succeeded=lambda connection: outcomes.task_succeeded(
-                        connection, task_id, progress.step_times()
-                    ),
+                    start=start_of(self, task_id, document_id, STEPS),
+                    # Asked for with the outcome, once every step is known.
+                    step_times=progress.step_times,
                 )
             except (SoftTimeLimitExceeded, ProcessingError) as exc:
                 limit = time_limit_in(exc, settings.soft_time_limit)

@@ -50,7 +50,7 @@ def start_of(task: Any, task_id: str, document_id: object, steps: Sequence[str] 
 
 
 def records_own_run(task: Any) -> bool:
-    """A task that writes its start and success in its own transactions (the document task):
+    """A task that writes its start and success with writes of its own (the document task):
     the signals below leave those two to it."""
     return bool(getattr(task, "records_own_run", False))
 

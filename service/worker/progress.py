@@ -68,7 +68,8 @@ class ProgressTracker:
 
     def _record(self, step: str) -> None:
         try:
-            self._store.run(
+            # One UPDATE: a round trip on PostgreSQL, not four.
+            self._store.run_alone(
                 task_runs.record_progress,
                 self._task_id,
                 step=step,

@@ -1,0 +1,244 @@
+"""A document task's two writes — its start with the load, its outcome with the text — made as
+`Store.run_alone` makes them (one statement each on PostgreSQL), against the same writes made
+statement by statement in a transaction: the store must end the same either way."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, select, text
+from sqlalchemy.dialects import postgresql
+
+from service.deadletters.consumer import store_batch
+from service.deadletters.parsing import RawMessage
+from service.intake import Upload, accept
+from service.store import dead_letters, documents, outcomes, task_runs
+from service.store.database import Store
+from service.store.documents import Extraction
+from service.store.schema import chunks, document_texts, utcnow
+from service.store.schema import dead_letters as letters_table
+from service.store.schema import documents as documents_table
+from service.store.schema import task_runs as runs_table
+from service.store.task_runs import Start, StepTime
+from tests.store.test_documents_and_search import extraction
+
+_VARYING = {"id", "document_id", "task_id", "correlation_id", "sha256", "filename", "content"}
+"""Columns that differ between two documents of a test by construction, or hold a time."""
+
+
+def accepted(store: Store) -> tuple[str, str]:
+    """A document and its PENDING run, as the API accepts them."""
+    document_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+    content = f"words of {document_id}".encode()
+    upload = Upload(
+        filename="a.txt",
+        content_type="text/plain",
+        content=content,
+        sha256=hashlib.sha256(content).hexdigest(),
+        correlation_id=task_id,
+    )
+    store.run(accept, upload, document_id, task_id)
+    return document_id, task_id
+
+
+def start_of(document_id: str, task_id: str) -> Start:
+    return Start(
+        task_id=task_id,
+        task_name="docproc.document.process",
+        retries=1,
+        queue="document_processing",
+        worker="celery@w1",
+        correlation_id=task_id,
+        document_id=document_id,
+        first_step="load",
+        steps_total=4,
+    )
+
+
+def letter_for(store: Store, task_id: str) -> None:
+    """A dead letter of the task, from an earlier attempt that died."""
+    headers: dict[str, Any] = {
+        "task": "docproc.document.process",
+        "id": task_id,
+        "x-death": [
+            {"count": 1, "reason": "rejected", "queue": "document_processing", "time": utcnow()}
+        ],
+    }
+    message = RawMessage(body=b"[[], {}, {}]", headers=headers, properties={}, redelivered=False)
+    store.run(store_batch, [message])
+
+
+def _row(connection: Connection, table: Any, column: Any, key: str) -> dict[str, Any]:
+    row = connection.execute(select(table).where(column == key)).mappings().one()
+    return {
+        name: value
+        for name, value in row.items()
+        if name not in _VARYING and not name.endswith("_at")
+    } | {name: value is None for name, value in row.items() if name.endswith("_at")}
+
+
+def state(store: Store, document_id: str, task_id: str) -> dict[str, Any]:
+    """What the two writes leave: the document, its text and chunks, its run and its letters —
+    times only as set or not."""
+
+    def read(connection: Connection) -> dict[str, Any]:
+        chunk_rows = connection.execute(
+            select(chunks.c.position, chunks.c.start_offset, chunks.c.end_offset, chunks.c.content)
+            .where(chunks.c.document_id == document_id)
+            .order_by(chunks.c.position)
+        ).all()
+        letters = connection.execute(
+            select(letters_table.c.superseded_at).where(letters_table.c.task_id == task_id)
+        ).all()
+        return {
+            "document": _row(connection, documents_table, documents_table.c.id, document_id),
+            "text": connection.execute(
+                select(document_texts.c.text).where(document_texts.c.document_id == document_id)
+            ).scalar_one_or_none(),
+            "chunks": [tuple(row) for row in chunk_rows],
+            "run": _row(connection, runs_table, runs_table.c.task_id, task_id),
+            "letters superseded": [superseded is not None for (superseded,) in letters],
+        }
+
+    return store.run(read)
+
+
+NOW = utcnow()
+TIMES = [StepTime(step="load", started_at=NOW, seconds=0.25)]
+
+
+def by_statements(store: Store, document_id: str, task_id: str, found: Extraction) -> None:
+    """The two writes as a transaction each, a statement at a time."""
+
+    def load(connection: Connection) -> documents.Upload | None:
+        outcomes.task_started(connection, start_of(document_id, task_id))
+        return documents.get_upload(connection, document_id)
+
+    def finish(connection: Connection) -> None:
+        documents.store_extraction(connection, document_id, found)
+        outcomes.task_succeeded(connection, task_id, TIMES)
+
+    assert store.run(load) is not None
+    store.run(finish)
+
+
+def test_a_task_started_and_stored_alone_leaves_what_statement_by_statement_does(
+    store: Store,
+) -> None:
+    found = extraction("the lighthouse keeper", "climbed the stairs", "every evening")
+    (one, one_task), (other, other_task) = accepted(store), accepted(store)
+    letter_for(store, one_task)
+    letter_for(store, other_task)
+
+    upload = store.run_alone(outcomes.document_loaded, one, start_of(one, one_task))
+    assert upload is not None
+    assert (upload.id, upload.processed) == (one, False)
+    assert store.run_alone(outcomes.document_stored, one, found, one_task, TIMES)
+    by_statements(store, other, other_task, found)
+
+    alone, statements = state(store, one, one_task), state(store, other, other_task)
+    assert alone == statements
+    assert alone["run"]["state"] == "SUCCESS"
+    assert alone["run"]["step_times"] is not None
+    assert alone["document"]["published_at"] is False, "the start proves the publish"
+    assert alone["document"]["processed_at"] is False
+    assert alone["text"] == found.text
+    assert len(alone["chunks"]) == 3
+    assert alone["letters superseded"] == [True]
+
+
+def test_a_second_delivery_stores_nothing_and_still_records_its_success(store: Store) -> None:
+    document_id, task_id = accepted(store)
+    first = extraction("alpha one", "beta two")
+    assert store.run_alone(outcomes.document_stored, document_id, first, None)
+    before = state(store, document_id, task_id)
+    assert before["run"]["state"] == "PENDING"
+
+    upload = store.run_alone(outcomes.document_loaded, document_id, start_of(document_id, task_id))
+    assert upload is not None
+    assert upload.processed
+    again = extraction("other words", "entirely", "and more")
+    assert not store.run_alone(outcomes.document_stored, document_id, again, task_id, TIMES)
+
+    after = state(store, document_id, task_id)
+    assert (after["text"], after["chunks"]) == (before["text"], before["chunks"])
+    assert after["document"] == before["document"] | {"published_at": False}
+    assert after["run"]["state"] == "SUCCESS"
+
+
+def test_a_start_leaves_a_run_that_succeeded_as_it_was(store: Store) -> None:
+    document_id, task_id = accepted(store)
+    store.run_alone(outcomes.document_stored, document_id, extraction("done"), task_id, TIMES)
+    succeeded = state(store, document_id, task_id)["run"]
+
+    store.run_alone(outcomes.document_loaded, document_id, start_of(document_id, task_id))
+
+    assert state(store, document_id, task_id)["run"] == succeeded
+
+
+def test_an_unknown_document_loads_as_none_and_records_its_start(store: Store) -> None:
+    task_id = str(uuid.uuid4())
+    missing = str(uuid.uuid4())
+    assert store.run_alone(outcomes.document_loaded, missing, start_of(missing, task_id)) is None
+    run = store.run(task_runs.get, task_id)
+    assert run is not None
+    assert run.state == "PROCESSING"
+
+
+@pytest.mark.parametrize(
+    ("build", "values"),
+    [
+        (
+            outcomes._started_and_loaded,
+            lambda: outcomes._together(
+                {"p_id": "d", "p_ids": ["d"], "p_at": NOW},
+                task_runs.started_values(start_of("d", "t"), NOW),
+            ),
+        ),
+        (
+            outcomes._stored_and_succeeded,
+            lambda: outcomes._together(
+                documents.stored_values("d", extraction("x"), NOW),
+                dead_letters.supersede_values("t", NOW),
+                task_runs.success_values("t", NOW, TIMES),
+            ),
+        ),
+    ],
+)
+def test_no_parameter_of_a_write_made_of_several_is_taken_for_a_column_to_set(
+    build: Any, values: Any
+) -> None:
+    """SQLAlchemy sets any column named like a parameter in every UPDATE of a statement: the
+    composed statements compile the same with their parameters' names as without."""
+    statement = build("postgresql")
+    dialect = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
+    bare = str(statement.compile(dialect=dialect))
+    named = str(statement.compile(dialect=dialect, column_keys=list(values())))
+    assert named == bare
+
+
+@pytest.mark.postgres
+def test_a_write_alone_on_a_connection_that_died_is_sent_again_on_a_new_one(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL restarted since the connection was pooled: nothing was sent on it, so the
+    write goes on a new one instead of failing the task."""
+    store, other = Store(postgres_url, pool_size=2), Store(postgres_url)
+    try:
+        store.migrate()
+        document_id, task_id = accepted(store)
+        pid = store.read(lambda c: c.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        assert other.run(
+            lambda c: c.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+        )
+        upload = store.run_alone(
+            outcomes.document_loaded, document_id, start_of(document_id, task_id)
+        )
+        assert upload is not None
+        assert upload.id == document_id
+    finally:
+        store.close()
+        other.close()
