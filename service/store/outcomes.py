@@ -44,8 +44,8 @@ def task_succeeded(
 
 # A document task's two writes are one statement each on PostgreSQL (`Store.run_alone`): every
 # round trip there costs the worker ~0.2 ms of wall time. PostgreSQL runs the data-modifying
-# CTEs that the query does not read after it, the last written first: they are listed in the
-# reverse of the lock order above.
+# CTEs that the query does not read after it, the last written first (seen on PostgreSQL 15):
+# they are listed in the reverse of the lock order above.
 
 
 def _started_and_loaded(dialect: str) -> Select[Any]:

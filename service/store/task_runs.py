@@ -318,29 +318,28 @@ STARTED = PerDialect(_build_started)
 
 
 def started_values(start: Start, now: datetime) -> dict[str, Any]:
-    """`STARTED`'s parameters."""
+    """`STARTED`'s parameters: each column of `_STARTED_VALUES` as `p_` and its name."""
     state: TaskState = "STARTED" if start.first_step is None else "PROCESSING"
-    values: tuple[Any, ...] = (
-        start.task_id,
-        start.task_name,
-        start.document_id,
-        state,
-        start.first_step,
-        0,
-        start.steps_total,
-        0.0,
-        start.retries,
-        [],
-        None,
-        start.queue,
-        start.worker,
-        start.correlation_id,
-        now,
-        now,
-        now,
-        None,
-    )
-    return {f"p_{name}": value for name, value in zip(_STARTED_VALUES, values, strict=True)}
+    return {
+        "p_task_id": start.task_id,
+        "p_task_name": start.task_name,
+        "p_document_id": start.document_id,
+        "p_state": state,
+        "p_step": start.first_step,
+        "p_steps_done": 0,
+        "p_steps_total": start.steps_total,
+        "p_percent": 0.0,
+        "p_retries": start.retries,
+        "p_retry_history": [],
+        "p_next_retry_at": None,
+        "p_queue": start.queue,
+        "p_worker": start.worker,
+        "p_correlation_id": start.correlation_id,
+        "p_created_at": now,
+        "p_started_at": now,
+        "p_updated_at": now,
+        "p_finished_at": None,
+    }
 
 
 def record_started(connection: Connection, start: Start) -> None:
