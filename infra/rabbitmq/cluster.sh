@@ -172,14 +172,19 @@ await() {  # node $1 has booted (await_startup fails at once for a node not yet 
     ((SECONDS < deadline)) || die "$(name "$i") did not start within ${timeout} s: see $log"
     sleep 0.5
   done
-  ctl "$(name "$i")" await_startup --timeout "$timeout" >/dev/null 2>&1 && return 0
-  for _ in $(seq 20); do  # a boot that fails reports it a moment later
-    if grep -qE '^ERROR|init terminating' "$log"; then
+  # await_startup can give up before its timeout (rabbitmqctl losing the node for a moment while
+  # a node of a restarted cluster waits for its peers' tables): asked again until the deadline,
+  # while the node lives and its log shows no failed boot (which it writes a moment after).
+  until ctl "$(name "$i")" await_startup --timeout "$((deadline > SECONDS ? deadline - SECONDS : 1))" \
+    >/dev/null 2>&1; do
+    if grep -qE '^ERROR|init terminating' "$log" \
+      || { [[ -n "${pids[i]:-}" ]] && ! kill -0 "${pids[i]}" 2>/dev/null; }; then
       die "$(name "$i") exited at boot: $(boot_error "$log") (all of it: $log)"
     fi
+    ((SECONDS < deadline)) \
+      || die "$(name "$i") did not boot within ${timeout} s: see $log and $(dir "$i")/log/$(name "$i").log"
     sleep 0.5
   done
-  die "$(name "$i") did not boot within ${timeout} s: see $log and $(dir "$i")/log/$(name "$i").log"
 }
 
 boot_error() { grep -m1 -E '^ERROR|^\{"init terminating' "$1" | cut -c1-300 || tail -n1 "$1"; }
