@@ -378,6 +378,7 @@ document. A statement of which others are made (service.store.outcomes)."""
 
 
 def stored_values(document_id: str, extraction: Extraction, now: datetime) -> dict[str, Any]:
+    """`STORED`'s parameters: the chunks as one array a column."""
     return _claim_values(document_id, extraction, now) | {
         "p_text": extraction.text,
         "p_positions": [chunk.position for chunk in extraction.chunks],
