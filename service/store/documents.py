@@ -170,12 +170,15 @@ def _earliest(dialect: str) -> Select[Any]:
 _EARLIEST = ByDialectName(_earliest)
 
 
+def published_values(document_ids: Collection[str], now: datetime) -> dict[str, Any]:
+    """`MARK_PUBLISHED`'s parameters."""
+    return {"p_ids": sorted(set(document_ids)), "p_at": now}
+
+
 def mark_published(connection: Connection, *document_ids: str) -> None:
     """Their task messages are in the broker: beat's sweeper leaves them alone."""
     if document_ids:
-        connection.execute(
-            MARK_PUBLISHED(connection), {"p_ids": sorted(set(document_ids)), "p_at": utcnow()}
-        )
+        connection.execute(MARK_PUBLISHED(connection), published_values(document_ids, utcnow()))
 
 
 def unpublished(connection: Connection, accepted_before: datetime, limit: int) -> list[Document]:

@@ -16,6 +16,7 @@ of them running at once on PostgreSQL wait for each other instead of deadlocking
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Executable, Select
@@ -85,13 +86,17 @@ def document_loaded(connection: Connection, document_id: str, start: Start | Non
     if connection.dialect.name != "postgresql":
         task_started(connection, start)
         return documents.get_upload(connection, document_id)
-    now = utcnow()
+    values = _loaded_values(document_id, start, utcnow())
+    return documents.upload_of(connection.execute(_STARTED_AND_LOADED(connection), values).first())
+
+
+def _loaded_values(document_id: str, start: Start, now: datetime) -> dict[str, Any]:
     published = [] if start.document_id is None else [start.document_id]  # as `task_started`
-    values = _together(
-        {"p_id": document_id, "p_ids": published, "p_at": now},
+    return _together(
+        {"p_id": document_id},
+        documents.published_values(published, now),
         task_runs.started_values(start, now),
     )
-    return documents.upload_of(connection.execute(_STARTED_AND_LOADED(connection), values).first())
 
 
 def document_stored(
@@ -107,15 +112,12 @@ def document_stored(
     """
     if connection.dialect.name == "postgresql":
         now = utcnow()
-        values = documents.stored_values(document_id, extraction, now)
-        statement: Executable = documents.STORED
-        if task_id is not None:
+        if task_id is None:
+            statement: Executable = documents.STORED
+            values = documents.stored_values(document_id, extraction, now)
+        else:
             statement = _STORED_AND_SUCCEEDED(connection)
-            values = _together(
-                values,
-                dead_letters.supersede_values(task_id, now),
-                task_runs.success_values(task_id, now, step_times),
-            )
+            values = _stored_values(document_id, extraction, task_id, now, step_times)
         return bool(connection.execute(statement, values).scalar_one())
     try:
         documents.store_extraction(connection, document_id, extraction)
@@ -125,6 +127,20 @@ def document_stored(
     if task_id is not None:
         task_succeeded(connection, task_id, step_times)
     return stored
+
+
+def _stored_values(
+    document_id: str,
+    extraction: Extraction,
+    task_id: str,
+    now: datetime,
+    step_times: Sequence[StepTime] | None,
+) -> dict[str, Any]:
+    return _together(
+        documents.stored_values(document_id, extraction, now),
+        dead_letters.supersede_values(task_id, now),
+        task_runs.success_values(task_id, now, step_times),
+    )
 
 
 def task_failed(

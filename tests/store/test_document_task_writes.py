@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql
 from service.deadletters.consumer import store_batch
 from service.deadletters.parsing import RawMessage
 from service.intake import Upload, accept
-from service.store import dead_letters, documents, outcomes, task_runs
+from service.store import documents, outcomes, task_runs
 from service.store.database import Store
 from service.store.documents import Extraction
 from service.store.schema import chunks, document_texts, utcnow
@@ -77,7 +77,7 @@ def _row(connection: Connection, table: Any, column: Any, key: str) -> dict[str,
         name: value
         for name, value in row.items()
         if name not in _VARYING and not name.endswith("_at")
-    } | {name: value is None for name, value in row.items() if name.endswith("_at")}
+    } | {name: value is not None for name, value in row.items() if name.endswith("_at")}
 
 
 def state(store: Store, document_id: str, task_id: str) -> dict[str, Any]:
@@ -143,8 +143,8 @@ def test_a_task_started_and_stored_alone_leaves_what_statement_by_statement_does
     assert alone == statements
     assert alone["run"]["state"] == "SUCCESS"
     assert alone["run"]["step_times"] is not None
-    assert alone["document"]["published_at"] is False, "the start proves the publish"
-    assert alone["document"]["processed_at"] is False
+    assert alone["document"]["published_at"] is True, "the start proves the publish"
+    assert alone["document"]["processed_at"] is True
     assert alone["text"] == found.text
     assert len(alone["chunks"]) == 3
     assert alone["letters superseded"] == [True]
@@ -165,7 +165,7 @@ def test_a_second_delivery_stores_nothing_and_still_records_its_success(store: S
 
     after = state(store, document_id, task_id)
     assert (after["text"], after["chunks"]) == (before["text"], before["chunks"])
-    assert after["document"] == before["document"] | {"published_at": False}
+    assert after["document"] == before["document"] | {"published_at": True}
     assert after["run"]["state"] == "SUCCESS"
 
 
@@ -193,18 +193,11 @@ def test_an_unknown_document_loads_as_none_and_records_its_start(store: Store) -
     [
         (
             outcomes._started_and_loaded,
-            lambda: outcomes._together(
-                {"p_id": "d", "p_ids": ["d"], "p_at": NOW},
-                task_runs.started_values(start_of("d", "t"), NOW),
-            ),
+            lambda: outcomes._loaded_values("d", start_of("d", "t"), NOW),
         ),
         (
             outcomes._stored_and_succeeded,
-            lambda: outcomes._together(
-                documents.stored_values("d", extraction("x"), NOW),
-                dead_letters.supersede_values("t", NOW),
-                task_runs.success_values("t", NOW, TIMES),
-            ),
+            lambda: outcomes._stored_values("d", extraction("x"), "t", NOW, TIMES),
         ),
     ],
 )
