@@ -4,17 +4,20 @@ tests/console."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any, Literal
 
 import httpx
+import pytest
 from litestar.testing import AsyncTestClient
 
 from service.api.app import create_app
 from service.pipeline import Chunk
 from service.settings import Settings
-from service.store import documents
+from service.store import documents, task_runs
 from service.store.database import Store
 from service.store.documents import Extraction
 from tests.api.test_dead_letters_api import bury, dead_message
@@ -233,6 +236,45 @@ async def test_a_document_page_shows_its_own_metadata(client: Client, store: Sto
     assert "<dt>author</dt><dd>Ann Lee</dd>" in page
     assert "2019-05-01 08:30:00 UTC" in page
     assert "<dt>language</dt><dd>en</dd>" in page
+
+
+async def test_a_document_page_shows_the_state_by_which_it_stops_refreshing(
+    client: Client, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run dies (its dead letter is stored) just after the page's first read: the state the
+    page shows and whether it keeps refreshing must come from the same read — a page that says
+    FAILURE and stops refreshing says FAILURE for good."""
+    accepted = (await upload(client)).json()
+
+    def ended(state: Literal["FAILURE", "DEAD"]) -> None:
+        store.run(
+            task_runs.record_failure,
+            accepted["task_id"],
+            "docproc.document.process",
+            state=state,
+            error_type="CorruptFile",
+            message="the PDF ends before its trailer",
+        )
+
+    ended("FAILURE")
+    app_store = client.app.state.services.store
+    reads = app_store.run
+    calls = 0
+
+    async def dies_after_the_first_read(operation: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        found = await reads(operation, *args, **kwargs)
+        calls += 1
+        if calls == 1:
+            await asyncio.to_thread(ended, "DEAD")
+        return found
+
+    monkeypatch.setattr(app_store, "run", dies_after_the_first_read)
+    page = (await client.get(f"/ui/documents/{accepted['document_id']}?part=live")).text
+
+    shown = re.search(r'id="document-state">([A-Z]+)<', page)
+    assert shown is not None
+    assert ("data-live-stop" in page) == (shown.group(1) in {"SUCCESS", "DEAD", "REVOKED"}), page
 
 
 async def test_the_search_page_keeps_its_filters_for_the_script(client: Client) -> None:

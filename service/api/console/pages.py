@@ -14,6 +14,7 @@ from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException
 from litestar.params import Body, QueryParameter
 from litestar.response import Redirect, Template
+from sqlalchemy import Connection
 
 from service.api.console import session
 from service.api.params import MAX_LENGTH, PRINTABLE, PathId, QueryText
@@ -25,14 +26,15 @@ from service.api.routes.dead_letters import (
     redrive_of,
     summary_of,
 )
-from service.api.routes.documents import DOCUMENT_TYPES, document_with_state
+from service.api.routes.documents import DOCUMENT_TYPES, document_out
 from service.api.routes.tasks import current_stats, status_of
 from service.api.security import valid_key
 from service.api.services import ManagementDep, StoreDep
 from service.errors import BadRequest, DocprocError, NotFound
 from service.store import dead_letters, documents, redrives, task_runs
 from service.store.dead_letters import REASONS, STATUSES, Filters
-from service.store.task_runs import STATES, TaskState
+from service.store.documents import Document
+from service.store.task_runs import STATES, TaskRun, TaskState
 from service.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
 
 PAGE_SIZE = 50
@@ -166,20 +168,32 @@ async def document_list(
     )
 
 
+def _document_view(
+    connection: Connection, document_id: str
+) -> tuple[Document, TaskRun | None, str | None, str | None] | None:
+    """What a document's page shows — the document, its run, its text, its latest dead letter —
+    in one read: the state shown and whether the page keeps refreshing come from one run (read
+    apart, a run that died between them showed FAILURE on a page that had stopped refreshing)."""
+    found = documents.get(connection, document_id)
+    if found is None:
+        return None
+    run = task_runs.get(connection, found.task_id)
+    text = documents.get_text(connection, document_id) if found.processed_at else None
+    return found, run, text, dead_letters.latest_for_task(connection, found.task_id)
+
+
 @get("/documents/{document_id:str}", name="console:document")
 async def document_page(
     request: Request[Any, Any, Any], document_id: PathId, store: StoreDep, part: Part = None
 ) -> Template:
-    found = await store.run(document_with_state, document_id)
-    if found is None:
+    view = await store.run(_document_view, document_id)
+    if view is None:
         raise NotFound(f"no document {document_id}: it may have been mistyped, or never accepted")
-    run = await store.run(task_runs.get, found.task_id)
-    text = await store.run(documents.get_text, document_id) if found.processed_at else None
-    letter_id = await store.run(dead_letters.latest_for_task, found.task_id)
+    found, run, text, letter_id = view
     return render(
         request,
         page_or_part("document", part),
-        document=found,
+        document=document_out(found, run),
         task=status_of(run, with_traceback=True) if run else None,
         text=text,
         dead_letter_id=letter_id,

@@ -30,6 +30,8 @@ from service.search_syntax import parse
 from service.settings import Settings
 from service.store import documents, search, task_runs
 from service.store.database import LONG_READERS
+from service.store.documents import Document
+from service.store.task_runs import TaskRun
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Room for the multipart framing around the file when the body size is checked while it streams."""
@@ -150,7 +152,11 @@ def document_with_state(connection: Connection, document_id: str) -> DocumentOut
     document = documents.get(connection, document_id)
     if document is None:
         return None
-    run = task_runs.get(connection, document.task_id)
+    return document_out(document, task_runs.get(connection, document.task_id))
+
+
+def document_out(document: Document, run: TaskRun | None) -> DocumentOut:
+    """The document as the API shows it, in the state of `run` (its task's run, read with it)."""
     return DocumentOut(
         id=document.id,
         filename=document.filename,
