@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+import re
 from itertools import pairwise
 
 import pytest
@@ -8,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.pipeline import Chunk, chunk_text
+from service.pipeline.chunking import _sentences
 from tests.support import cpu_since, cpu_start
 
 WORDS = ["amber", "brisk", "crimson", "delta", "ember", "fjord", "granite", "harbour", "indigo"]
@@ -198,3 +200,45 @@ def test_any_text_chunks_with_the_invariants(text: str, size: int, overlap_share
 
     assert_invariants(text, chunks, size)
     assert chunks == chunk_text(text, size=size, overlap=overlap)
+
+
+# The gaps between sentences as the plain pattern says them, tried at every character: where each
+# one starts (a run of stops, a CJK stop, the spaces before a blank line) and what it holds. The
+# chunker finds the same gaps with a pattern that skips to where one can start.
+_GAP_AT_EVERY_CHARACTER = re.compile(
+    r"(?<![.!?\u2026])(?P<stop>[.!?\u2026]++[\"'\u2019\u201d\u00bb)\]]*+)\s++"
+    r"|[\u3002\uff01\uff1f]++\s*+"
+    r"|(?<!\s)(?:[^\S\n]*+\n){2}\s*+"
+)
+
+
+def _sentences_by_the_plain_pattern(text: str) -> list[tuple[int, int, bool]]:
+    spans = []
+    start = len(text) - len(text.lstrip())
+    for gap in _GAP_AT_EVERY_CHARACTER.finditer(text):
+        following = text[gap.end() : gap.end() + 1]
+        if gap["stop"] is not None and following.islower() and "\n" not in gap[0]:
+            continue
+        end = gap.start() + len(gap[0].rstrip())
+        if end > start:
+            spans.append((start, end, gap[0].count("\n") > 1))
+        start = gap.end()
+    if len(text.rstrip()) > start:
+        spans.append((start, len(text.rstrip()), True))
+    return spans
+
+
+@settings(database=None, derandomize=True, max_examples=2000, deadline=None)
+@given(
+    text=st.lists(
+        _SENTENCE_ALPHABET
+        | st.sampled_from(["\u3000", "\xa0", "\u2028", "\x85", "\r", ")", "'", "...", " \n \n"])
+        | st.text(max_size=5),
+        max_size=80,
+    ).map("".join)
+)
+def test_sentences_end_where_the_plain_pattern_says(text: str) -> None:
+    # Chunks no larger than any text here: each sentence is one span, as the pattern cuts it.
+    spans = _sentences(text, len(text) + 1)
+
+    assert [tuple(span) for span in spans] == _sentences_by_the_plain_pattern(text)
