@@ -273,7 +273,8 @@ class AsyncStore:
 
     `run` for reads, `write` for operations that write. On SQLite every write of the process goes
     through one writer thread, in turn, instead of fighting over the database's lock inside SQLite,
-    whose busy handler sleeps in growing steps (that is what made concurrent uploads slow); reads
+    whose busy handler sleeps in growing steps (that is what made concurrent uploads slow; the
+    writers of different processes take turns on a file lock, `sqlite_turns`); reads
     run beside it (WAL). PostgreSQL takes concurrent writers as they come, on the same threads
     as the reads. `long_read` for a read that may take seconds (a search), on threads of its own.
 

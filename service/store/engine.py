@@ -12,6 +12,8 @@ import sqlalchemy
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL, make_url
 
+from service.store.sqlite_turns import TurnTakingConnection
+
 BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite writer waits for another process's write lock before giving up."""
 
@@ -101,7 +103,11 @@ def sync_engine(
         engine = sqlalchemy.create_engine(
             driver_url,
             pool_size=pool_size,
-            connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
+            connect_args={
+                "timeout": busy_timeout_ms / 1000,
+                "check_same_thread": False,
+                "factory": TurnTakingConnection,  # writers take turns: service.store.sqlite_turns
+            },
             json_serializer=json_text,
             json_deserializer=json_value,
         )
