@@ -2,8 +2,8 @@
 
 SQLite lets one connection write at a time. A connection that finds the database locked waits in
 SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 ms… between tries, however soon the
-lock is freed: two worker pool processes storing small documents in one file, each write holding
-the lock for well under a millisecond, spent more time asleep there than writing.
+lock is freed: two processes storing small documents in one file took 0.6 to 1.0 ms more wall time
+than CPU time a document, where with a file each the two were equal.
 
 So every docproc connection to a SQLite database (`TurnTakingConnection`, the engine's) takes an
 exclusive `flock` on `<database>-writer` just before the statement that opens its write
@@ -25,6 +25,7 @@ wait, never wait for ever.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -90,6 +91,14 @@ class _Turn:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+
+    def __del__(self) -> None:
+        # A connection dropped without close(): sqlite3 closes the database, this closes the
+        # lock file (which gives the turn back with it).
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class TurnTakingConnection(sqlite3.Connection):
