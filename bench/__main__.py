@@ -54,7 +54,7 @@ QUICK: dict[str, object] = {
     "ocr_lines": 8,  # OCR was two thirds of the extraction measure's 20 s at 30 lines a page
     # At 10,000 (growth taken over 5,000) the growth per 10k read 0.2 to 1.85 MiB; taken over
     # 10,000, one step of the allocator weighs half as much. 25,000 took 29 s of a 118 s run.
-    "memory_dead_letters": 15_000,
+    "memory_dead_letters": 20_000,
     "search_chunks": (2_000, 20_000),
     "search_queries": 100,
     "bulk_files": 500,
