@@ -11,7 +11,6 @@ import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,7 +18,9 @@ from service.store.database import Store
 from service.store.sqlite_turns import TurnTakingConnection, lock_path
 
 
-def connect(path: Path, *, timeout: float = 5.0, busy_ms: int | None = None) -> Any:
+def connect(
+    path: Path, *, timeout: float = 5.0, busy_ms: int | None = None
+) -> TurnTakingConnection:
     connection = sqlite3.connect(
         path, timeout=timeout, factory=TurnTakingConnection, check_same_thread=False
     )
@@ -43,7 +44,7 @@ def other_thread() -> Iterator[ThreadPoolExecutor]:
         yield pool
 
 
-def write(connection: Any, value: int) -> None:
+def write(connection: TurnTakingConnection, value: int) -> None:
     connection.execute("INSERT INTO t VALUES (?)", (value,))
     connection.commit()
 
