@@ -59,6 +59,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     reconcile_after: PositiveFloat = 600.0
     chunk_size: Annotated[int, msgspec.Meta(ge=100)] = 1000
     chunk_overlap: NonNegativeInt = 150
+    search_window: PositiveInt = 10_000  # service.store.search.WINDOW, which says why
     log_level: LogLevel = "INFO"
     log_format: Literal["auto", "json", "human"] = "auto"
     concurrency: PositiveInt = 2
@@ -196,6 +197,7 @@ ENVIRONMENT: dict[str, str] = {
     "reconcile_after": "DOCPROC_RECONCILE_AFTER",
     "chunk_size": "DOCPROC_CHUNK_SIZE",
     "chunk_overlap": "DOCPROC_CHUNK_OVERLAP",
+    "search_window": "DOCPROC_SEARCH_WINDOW",
     "log_level": "CELERY_LOG_LEVEL",
     "log_format": "DOCPROC_LOG_FORMAT",
     "concurrency": "CELERY_CONCURRENCY",

@@ -145,6 +145,18 @@ class DocumentText(msgspec.Struct, kw_only=True):
 
 class SearchResults(msgspec.Struct, kw_only=True):
     items: list[SearchHit]
+    complete: Annotated[
+        bool,
+        msgspec.Meta(
+            description="false when more chunks matched than a search ranks (`window`): the "
+            "hits are the best of the newest `window` matches; more words, a phrase or a filter "
+            "rank every match"
+        ),
+    ] = True
+    window: Annotated[
+        int,
+        msgspec.Meta(description="matches a search ranks at most (DOCPROC_SEARCH_WINDOW)"),
+    ]
     next_cursor: None = None
 
 

@@ -32,6 +32,10 @@ def _services(state: State) -> Services:
     return services
 
 
+async def provide_settings(state: State) -> Settings:
+    return _services(state).settings
+
+
 async def provide_store(state: State) -> AsyncStore:
     return _services(state).store
 
@@ -53,6 +57,7 @@ async def provide_intake(state: State) -> Intake:
 
 
 PROVIDERS: dict[str, Any] = {
+    "settings": provide_settings,
     "store": provide_store,
     "publisher": provide_publisher,
     "management": provide_management,
@@ -61,6 +66,7 @@ PROVIDERS: dict[str, Any] = {
 }
 
 # What handlers declare, by the names above.
+SettingsDep = NamedDependency[Settings]
 StoreDep = NamedDependency[AsyncStore]
 PublisherDep = NamedDependency[TaskPublisher]
 ManagementDep = NamedDependency[Management]

@@ -88,3 +88,9 @@ def search(
     click.echo(table(rows, ["document", "file", "score", "snippet"]))
     if not rows:
         click.echo(printable(f"nothing matches {' '.join(query)!r}"), err=True)
+    if not found.get("complete", True):
+        click.echo(
+            f"more than {found['window']:,} chunks match: these are the best of the newest "
+            f"{found['window']:,}; more words, a phrase or a filter rank every match",
+            err=True,
+        )

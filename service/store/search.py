@@ -4,17 +4,19 @@ The query comes parsed (service.search_syntax) and is rendered here for each eng
 bound parameter or a quoted FTS5 string: no user text reaches either engine's syntax. Each search
 runs under a deadline and can be cancelled from another task (the client went away): SQLite's
 progress handler stops the statement, PostgreSQL's statement_timeout or a cancel request does.
+A search ranks at most `window` matches, the newest, and says when there were more (WINDOW).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection, Row, TextClause, bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.errors import SearchError
@@ -79,10 +81,39 @@ class Cancel:
         self.event.set()
 
 
+class Found(msgspec.Struct, frozen=True, kw_only=True):
+    """What a search found: its hits, best first, and whether every match was ranked."""
+
+    hits: list[SearchHit]
+    complete: bool = True
+    """False when more chunks matched than the search's window: the newest `window` of them
+    (the chunks indexed last) were ranked, the older ones not looked at."""
+
+
 SNIPPET_START = "["
 SNIPPET_END = "]"
 DEADLINE = 5.0
 """Seconds a search may take before it is stopped."""
+WINDOW = 10_000
+"""Matches a search ranks at most (DOCPROC_SEARCH_WINDOW). Ranking costs time in proportion to
+the matches: a common word in a store of a million chunks matches hundreds of thousands, which
+took seconds on SQLite and ran past the deadline on PostgreSQL. Past the window the newest
+matches are ranked and the answer says so; more words, a phrase or a filter rank them all."""
+
+# SQLite first finds the newest match left out, the one after the newest `window`: FTS5 walks its
+# doclists newest first and stops there. No row (no more matches than the window): the search
+# ranks them all; else the matches after it. Filters count: the window holds `window` matches
+# that pass them.
+_SQLITE_LEFT_OUT = """
+    SELECT chunks_fts.rowid
+    FROM chunks_fts{joins}
+    WHERE chunks_fts MATCH :query{filters}
+    ORDER BY chunks_fts.rowid DESC
+    LIMIT 1 OFFSET :window
+"""
+_SQLITE_JOINS = """
+    JOIN chunks c ON c.id = chunks_fts.rowid
+    JOIN documents d ON d.id = c.document_id"""
 
 # ORDER BY rank (FTS5's own column, bm25 by default), not ORDER BY bm25(chunks_fts): FTS5 then
 # hands rows over best first, so the joins and the snippet are made for the `limit` rows kept
@@ -94,24 +125,52 @@ _SQLITE = """
     FROM chunks_fts
     JOIN chunks c ON c.id = chunks_fts.rowid
     JOIN documents d ON d.id = c.document_id
-    WHERE chunks_fts MATCH :query{filters}
+    WHERE chunks_fts MATCH :query{filters}{window}
     ORDER BY chunks_fts.rank
     LIMIT :limit
 """
 
+# PostgreSQL gathers and scores the newest `window` + 1 matches in one walk (the primary key
+# backwards, checking each chunk's vector; or a rare term's few matches sorted: as its statistics
+# say is cheaper); the best `limit` of the first `window` are then joined to their documents and
+# given a snippet. `gathered` beyond `window` says the window was full: older matches were left
+# out. Filters count, as on SQLite (their join is in the walk).
 _POSTGRES = """
-    SELECT c.document_id, d.filename, d.title, c.position, d.sha256,
-           ts_rank(c.search_vector, query.q) AS score,
+    WITH newest AS MATERIALIZED (
+        SELECT c.id, c.document_id, c.position, ts_rank(c.search_vector, query.q) AS score
+        FROM chunks c{joins}
+        CROSS JOIN (SELECT {tsquery} AS q) AS query
+        WHERE c.search_vector @@ query.q{filters}
+        ORDER BY c.id DESC
+        LIMIT :window + 1
+    ), best AS (
+        SELECT id, score
+        FROM (SELECT * FROM newest ORDER BY id DESC LIMIT :window) AS windowed
+        ORDER BY score DESC, document_id, position
+        LIMIT :limit
+    )
+    SELECT c.document_id, d.filename, d.title, c.position, d.sha256, best.score,
            ts_headline('english', c.content, query.q,
                        'StartSel=' || :start || ', StopSel=' || :end
-                       || ', MaxWords=24, MinWords=8, MaxFragments=1') AS snippet
-    FROM chunks c
+                       || ', MaxWords=24, MinWords=8, MaxFragments=1') AS snippet,
+           (SELECT count(*) FROM newest) AS gathered
+    FROM best
+    JOIN chunks c ON c.id = best.id
     JOIN documents d ON d.id = c.document_id
     CROSS JOIN (SELECT {tsquery} AS q) AS query
-    WHERE c.search_vector @@ query.q{filters}
-    ORDER BY score DESC, c.document_id, c.position
-    LIMIT :limit
+    ORDER BY best.score DESC, c.document_id, c.position
 """
+# For this transaction: the deadline; and a plan made for each search's own words. psycopg
+# prepares a statement run five times on a connection, and PostgreSQL then settles on a generic
+# plan, made without the words: it cannot tell a common term from a rare one, and walked or sorted
+# a common term's every match (a common term at 100k chunks: 35 ms with its own plan, 250-330
+# ms with the generic one).
+_POSTGRES_SETTINGS = text(
+    "SELECT pg_backend_pid(), set_config('statement_timeout', :timeout, true),"
+    " set_config('plan_cache_mode', 'force_custom_plan', true)"
+)
+_POSTGRES_JOINS = """
+        JOIN documents d ON d.id = c.document_id"""
 
 
 def fts5(query: Query) -> str:
@@ -165,6 +224,34 @@ def _remove_deadline(connection: Connection) -> None:
     _sqlite_driver(connection).set_progress_handler(None, 10_000)
 
 
+def _statement(sql: str, filters: Filters) -> TextClause:
+    statement = text(sql)
+    if filters.since is not None:
+        statement = statement.bindparams(bindparam("since", type_=Timestamp()))
+    return statement
+
+
+def _sqlite_search(
+    connection: Connection, query: Query, filters: Filters, where: str, params: dict[str, Any]
+) -> tuple[Sequence[Row[Any]], bool]:
+    params["query"] = fts5(query)
+    left_out_sql = _SQLITE_LEFT_OUT.format(joins=_SQLITE_JOINS if where else "", filters=where)
+    left_out = connection.execute(_statement(left_out_sql, filters), params).scalar()
+    bounded = "" if left_out is None else "\n      AND chunks_fts.rowid > :left_out"
+    ranked = _statement(_SQLITE.format(filters=where, window=bounded), filters)
+    return connection.execute(ranked, params | {"left_out": left_out}).all(), left_out is None
+
+
+def _postgres_search(
+    connection: Connection, query: Query, filters: Filters, where: str, params: dict[str, Any]
+) -> tuple[Sequence[Row[Any]], bool]:
+    expression, words = tsquery(query)
+    joins = _POSTGRES_JOINS if where else ""
+    ranked = _statement(_POSTGRES.format(tsquery=expression, joins=joins, filters=where), filters)
+    rows = connection.execute(ranked, params | words).all()
+    return rows, not rows or rows[0].gathered <= params["window"]
+
+
 def search(
     connection: Connection,
     query: Query,
@@ -173,30 +260,25 @@ def search(
     filters: Filters = NO_FILTERS,
     cancel: Cancel | None = None,
     deadline: float = DEADLINE,
-) -> list[SearchHit]:
-    """Chunks that match `query`, best first, each with a highlighted snippet."""
+    window: int = WINDOW,
+) -> Found:
+    """Chunks that match `query`, best first, each with a highlighted snippet: of all matches,
+    or of the newest `window` when more match."""
     cancel = cancel or Cancel()
     where, params = _where(filters)
-    params |= {"limit": limit, "start": SNIPPET_START, "end": SNIPPET_END}
-    sqlite = connection.dialect.name == "sqlite"
+    params |= {"window": window, "limit": limit, "start": SNIPPET_START, "end": SNIPPET_END}
     try:
-        if sqlite:
-            statement = text(_SQLITE.format(filters=where))
-            params["query"] = fts5(query)
+        if connection.dialect.name == "sqlite":
             _install_deadline(connection, time.monotonic() + deadline, cancel)
-        else:
-            expression, words = tsquery(query)
-            statement = text(_POSTGRES.format(tsquery=expression, filters=where))
-            params |= words
-            connection.execute(text(f"SET LOCAL statement_timeout = {int(deadline * 1000)}"))
-            cancel.backend_pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        if filters.since is not None:
-            statement = statement.bindparams(bindparam("since", type_=Timestamp()))
-        try:
-            rows = connection.execute(statement, params).all()
-        finally:
-            if sqlite:
+            try:
+                rows, complete = _sqlite_search(connection, query, filters, where, params)
+            finally:
                 _remove_deadline(connection)
+        else:
+            cancel.backend_pid = connection.execute(
+                _POSTGRES_SETTINGS, {"timeout": str(int(deadline * 1000))}
+            ).scalar_one()
+            rows, complete = _postgres_search(connection, query, filters, where, params)
     except SQLAlchemyError as exc:
         if cancel.event.is_set():
             raise SearchError("the search was cancelled: its client went away") from exc
@@ -207,7 +289,7 @@ def search(
                 "(more words, a phrase)"
             ) from exc
         raise SearchError(f"search failed: {reason}") from exc
-    return [as_struct(row, SearchHit) for row in rows]
+    return Found(hits=[as_struct(row, SearchHit) for row in rows], complete=complete)
 
 
 def collapse(hits: list[SearchHit], limit: int) -> list[SearchHit]:

@@ -35,6 +35,21 @@ async def upload(client: Client, content: bytes = TEXT, name: str = "note.txt", 
     return await client.post("/documents", files={"file": (name, content, "text/plain")}, **kw)
 
 
+def processed(store: Store, document_id: str) -> None:
+    """The document stored as processed, its text TEXT in one chunk."""
+    words = TEXT.decode()
+    chunk = Chunk(position=0, start=0, end=len(words), text=words)
+    extraction = Extraction(
+        detected_type="text",
+        title=None,
+        encoding="utf-8",
+        page_count=None,
+        text=words,
+        chunks=[chunk],
+    )
+    store.run(documents.store_extraction, document_id, extraction)
+
+
 async def test_an_upload_is_accepted_durably_and_its_task_published_as_celery_would(
     client: Client, channel: aio_pika.abc.AbstractChannel, store: Store
 ) -> None:
@@ -172,18 +187,7 @@ async def test_text_and_search_once_a_document_is_processed(client: Client, stor
     accepted = (await upload(client)).json()
     document_id = accepted["document_id"]
     not_yet = await client.get(f"/documents/{document_id}/text")
-    store.run(
-        documents.store_extraction,
-        document_id,
-        Extraction(
-            detected_type="text",
-            title=None,
-            encoding="utf-8",
-            page_count=None,
-            text=TEXT.decode(),
-            chunks=[Chunk(position=0, start=0, end=len(TEXT), text=TEXT.decode())],
-        ),
-    )
+    processed(store, document_id)
 
     text = await client.get(f"/documents/{document_id}/text")
     hits = await client.get("/search", params={"q": "lighthouse storm", "limit": 5})
@@ -195,6 +199,7 @@ async def test_text_and_search_once_a_document_is_processed(client: Client, stor
     assert hit["document_id"] == document_id
     assert "[lighthouse]" in hit["snippet"]
     assert hits.json()["next_cursor"] is None
+    assert (hits.json()["complete"], hits.json()["window"]) == (True, 10_000)
 
 
 async def test_unknown_documents_and_bad_queries_are_problems(client: Client) -> None:
@@ -312,24 +317,27 @@ async def test_an_upload_whose_message_rabbitmq_returns_is_not_queued(
     assert stored.published_at is not None
 
 
+async def test_a_search_past_its_window_answers_the_newest_matches_and_says_so(
+    settings_for: Callable[..., Settings], store: Store
+) -> None:
+    async with AsyncTestClient(create_app(settings_for(DOCPROC_SEARCH_WINDOW="1"))) as client:
+        accepted = [(await upload(client, content=TEXT + bytes([n]))).json() for n in range(2)]
+        for document in accepted:
+            processed(store, document["document_id"])
+
+        broad = (await client.get("/search", params={"q": "lighthouse"})).json()
+
+    assert (broad["complete"], broad["window"]) == (False, 1)
+    assert [hit["document_id"] for hit in broad["items"]] == [accepted[1]["document_id"]]
+
+
 async def test_identical_uploads_are_said_to_be_and_found_once(
     client: Client, store: Store
 ) -> None:
     first = (await upload(client, name="a.txt")).json()
     second = (await upload(client, name="copy-of-a.txt")).json()
     for accepted in (first, second):
-        store.run(
-            documents.store_extraction,
-            accepted["document_id"],
-            Extraction(
-                detected_type="text",
-                title=None,
-                encoding="utf-8",
-                page_count=None,
-                text=TEXT.decode(),
-                chunks=[Chunk(position=0, start=0, end=len(TEXT), text=TEXT.decode())],
-            ),
-        )
+        processed(store, accepted["document_id"])
 
     hits = (await client.get("/search", params={"q": "lighthouse"})).json()["items"]
 
@@ -361,10 +369,10 @@ async def _searches_hold_up_nothing(
 ) -> None:
     began, release = threading.Semaphore(0), threading.Event()
 
-    def slow_search(*_: Any, **__: Any) -> list[search.SearchHit]:
+    def slow_search(*_: Any, **__: Any) -> search.Found:
         began.release()
         release.wait(60)
-        return []
+        return search.Found(hits=[])
 
     monkeypatch.setattr(search, "search", slow_search)
     searching = [

@@ -62,13 +62,15 @@ async def test_a_corpus_of_every_format_ends_searchable_without_markup(
     for name, sample in samples.items():
         document_id = submitted[name][0]
         for phrase in sample.present:
-            hits = deployment.store.run(search.search, as_phrase(phrase), 50)
+            hits = deployment.store.run(search.search, as_phrase(phrase), 50).hits
             assert document_id in {hit.document_id for hit in hits}, (name, phrase)
         stored_text = deployment.store.run(documents.get_text, document_id) or ""
         for phrase in sample.absent:
             assert phrase not in stored_text, (name, phrase)
             if phrase.endswith("_SHOULD_NOT_APPEAR"):  # script, style, ... text is not indexed
-                hits = deployment.store.run(search.search, as_phrase(phrase.replace("_", " ")), 50)
+                hits = deployment.store.run(
+                    search.search, as_phrase(phrase.replace("_", " ")), 50
+                ).hits
                 assert document_id not in {hit.document_id for hit in hits}, (name, phrase)
 
 

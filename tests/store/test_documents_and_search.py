@@ -7,9 +7,10 @@ from typing import Any
 
 import msgspec
 import pytest
+from sqlalchemy import Connection, text
 
 from service import indexing
-from service.errors import DatabaseError, InvalidQuery
+from service.errors import DatabaseError, InvalidQuery, SearchError
 from service.pipeline import Chunk
 from service.search_syntax import parse
 from service.settings import Settings
@@ -71,7 +72,7 @@ def test_a_document_is_processed_once_a_second_outcome_changes_nothing(store: St
 
     assert store.run(documents.chunk_count, document_id) == 3
     assert store.run(documents.get_text, document_id) == "alpha one\n\nbeta two\n\ngamma"
-    hits = store.run(search.search, parse("beta"))
+    hits = store.run(search.search, parse("beta")).hits
     assert [(hit.document_id, hit.position) for hit in hits] == [(document_id, 1)]
     document = store.run(documents.get, document_id)
     assert document is not None
@@ -90,7 +91,7 @@ def test_search_ranks_by_relevance_and_highlights_the_match(store: Store) -> Non
         documents.store_extraction, often, extraction("lighthouse keepers keep the lighthouse lit.")
     )
 
-    hits = store.run(search.search, parse("lighthouse"), limit=5)
+    hits = store.run(search.search, parse("lighthouse"), limit=5).hits
 
     assert [hit.document_id for hit in hits] == [often, rare]
     assert hits[0].score > hits[1].score
@@ -106,8 +107,8 @@ def test_search_finds_every_word_and_stems_them(store: Store) -> None:
         extraction("Documents were processed quickly.", "Nothing else."),
     )
 
-    assert [hit.position for hit in store.run(search.search, parse("document process"))] == [0]
-    assert store.run(search.search, parse("document nothing")) == []
+    assert [hit.position for hit in store.run(search.search, parse("document process")).hits] == [0]
+    assert store.run(search.search, parse("document nothing")).hits == []
 
 
 @pytest.mark.parametrize("query", ['"unbalanced', "NEAR(a b", "col:value", "a* OR (", "x)) OR"])
@@ -136,7 +137,7 @@ def test_phrases_or_exclusion_and_prefixes_work_on_both_stores(store: Store) -> 
         store.run(documents.store_extraction, ids[name], extraction(content))
 
     def found(query: str) -> set[str]:
-        hits = store.run(search.search, parse(query))
+        hits = store.run(search.search, parse(query)).hits
         return {
             name
             for name, document_id in ids.items()
@@ -188,7 +189,7 @@ async def test_the_async_store_runs_the_same_operations(
     document_id = add_document(store)
     await async_store.run(documents.store_extraction, document_id, extraction("asynchronous words"))
 
-    hits = await async_store.run(search.search, parse("asynchronous"))
+    hits = (await async_store.run(search.search, parse("asynchronous"))).hits
 
     assert [hit.document_id for hit in hits] == [document_id]
 
@@ -250,7 +251,7 @@ def test_a_documents_own_metadata_round_trips(store: Store) -> None:
 
 
 def _filtered(store: Store, query: str, **filters: Any) -> set[str]:
-    hits = store.run(search.search, parse(query), filters=search.Filters(**filters))
+    hits = store.run(search.search, parse(query), filters=search.Filters(**filters)).hits
     return {hit.document_id for hit in hits}
 
 
@@ -302,6 +303,83 @@ def test_search_filters_by_type_language_and_date_alone_and_together(store: Stor
     assert _filtered(store, "lighthouse", language="fr") == set()
     assert _filtered(store, "lighthouse", since=datetime.now(UTC) + timedelta(days=1)) == set()
     assert _filtered(store, "nothing-here", detected_type="pdf") == set()
+
+
+def _harbours(store: Store, counts: list[int], language: str | None = None) -> list[str]:
+    """A document per count, oldest first, whose one chunk says "harbour" that many times."""
+    added = []
+    for count in counts:
+        document_id = add_document(store, uuid.uuid4().bytes)
+        words = " ".join(["harbour"] * count + ["quay"] * (8 - count))
+        store.run(
+            documents.store_extraction,
+            document_id,
+            msgspec.structs.replace(extraction(words), language=language),
+        )
+        added.append(document_id)
+    return added
+
+
+def test_a_query_matching_more_than_the_window_ranks_its_newest_matches_and_says_so(
+    store: Store,
+) -> None:
+    oldest, *newer = _harbours(store, [8, 1, 2, 3, 4])
+    query = parse("harbour")
+
+    whole = store.run(search.search, query, window=5)
+    windowed = store.run(search.search, query, window=3)
+
+    assert whole.complete
+    assert [hit.document_id for hit in whole.hits] == [oldest, *newer[::-1]]
+    assert not windowed.complete
+    assert [hit.document_id for hit in windowed.hits] == newer[:0:-1]
+    assert whole.hits[1].score == windowed.hits[0].score  # ranked as among all matches
+    assert store.run(search.search, parse("harbour quay"), window=5).complete
+
+
+def test_the_window_counts_the_matches_that_pass_the_filters(store: Store) -> None:
+    english = _harbours(store, [8, 1], language="en")
+    _harbours(store, [2, 3, 4], language="de")
+
+    found = store.run(
+        search.search, parse("harbour"), window=2, filters=search.Filters(language="en")
+    )
+
+    assert found.complete
+    assert [hit.document_id for hit in found.hits] == english
+
+
+def test_a_search_past_its_deadline_is_stopped_and_says_how_to_narrow_it(store: Store) -> None:
+    document_id = add_document(store)
+    store.run(
+        documents.store_extraction,
+        document_id,
+        extraction(*(f"harbour quay number {n}" for n in range(3_000))),
+    )
+
+    with pytest.raises(SearchError, match=r"longer than 0.001 s and was stopped; narrow it"):
+        store.run(search.search, parse("harbour"), deadline=0.001)
+
+    assert len(store.run(search.search, parse("harbour")).hits) == 10
+
+
+def test_on_postgresql_a_search_plans_for_its_own_words_in_its_own_transaction_only(
+    store: Store,
+) -> None:
+    if store.engine.dialect.name != "postgresql":
+        return  # SQLite has no plan cache and no deadline setting: nothing to leave behind
+    add_document(store)
+    setting = text(
+        "SELECT current_setting('plan_cache_mode'), current_setting('statement_timeout')"
+    )
+
+    def search_then_read(connection: Connection) -> tuple[str, str]:
+        search.search(connection, parse("harbour"))
+        during = connection.execute(setting).one()
+        return during[0], during[1]
+
+    assert store.run(search_then_read) == ("force_custom_plan", "5s")
+    assert tuple(store.run(lambda connection: connection.execute(setting).one())) == ("auto", "0")
 
 
 def test_indexing_stores_what_the_pipeline_read_of_the_document(store: Store) -> None:

@@ -77,7 +77,7 @@ def test_documents_search_hits_and_task_runs_convert(store: Store) -> None:
     assert document is not None
     assert (document.chunk_count, document.title) == (1, "T")
 
-    [hit] = store.run(search.search, parse("lighthouse"))
+    [hit] = store.run(search.search, parse("lighthouse")).hits
     assert hit.document_id == document_id
 
     store.run(task_runs.record_pending, "t-1", "docproc.document.process", document_id=document_id)

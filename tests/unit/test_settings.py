@@ -7,6 +7,7 @@ import pytest
 
 from service.errors import ConfigError
 from service.settings import ENVIRONMENT, Settings
+from service.store import search
 from tests.support import ROOT
 
 
@@ -58,6 +59,7 @@ def test_every_variable_is_read() -> None:
         "DOCPROC_RECONCILE_AFTER": "15m",
         "DOCPROC_CHUNK_SIZE": "500",
         "DOCPROC_CHUNK_OVERLAP": "50",
+        "DOCPROC_SEARCH_WINDOW": "50000",
         "CELERY_LOG_LEVEL": "debug",
         "DOCPROC_LOG_FORMAT": "Human",
         "CELERY_CONCURRENCY": "4",
@@ -92,7 +94,12 @@ def test_every_variable_is_read() -> None:
     assert (settings.max_pages, settings.max_chunks) == (50, 200)
     assert settings.max_cpu_seconds == 120
     assert settings.max_memory_per_child == 0
+    assert settings.search_window == 50_000
     assert settings.resolved_database_url == "postgresql://docproc@db/docproc"
+
+
+def test_the_search_window_defaults_to_the_stores_own() -> None:
+    assert Settings().search_window == search.WINDOW
 
 
 @pytest.mark.parametrize(

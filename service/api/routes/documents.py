@@ -21,7 +21,7 @@ from service.api.correlation import correlation_id_of
 from service.api.models import Accepted, DocumentOut, DocumentText, SearchResults
 from service.api.params import MAX_LENGTH, PathId
 from service.api.responses import errors
-from service.api.services import IntakeDep, StoreDep
+from service.api.services import IntakeDep, SettingsDep, StoreDep
 from service.errors import BadRequest, DocprocError, NotFound, TooLarge
 from service.indexing import pipeline_limits
 from service.intake import Upload, inspect_upload
@@ -298,14 +298,18 @@ def _moment(name: str, value: str | None) -> datetime | None:
     description="Chunks that match `q`, best first (bm25 on SQLite, ts_rank on PostgreSQL), "
     "each with a snippet where matches are [bracketed]. Syntax: words (all of them), "
     '`"a phrase"`, `storm OR gale`, `-excluded`, `prefix*`; at most 16 terms. A search is '
-    "stopped after 5 s, or as soon as its client goes away. Filters, combined with AND: "
+    "stopped after 5 s, or as soon as its client goes away. A query that matches more chunks "
+    "than `window` (DOCPROC_SEARCH_WINDOW, 10,000) ranks the newest `window` of them and says "
+    "`complete: false`. Filters, combined with AND: "
     "`type` (the detected type), `language` (ISO 639-1, as `GET /documents/{id}` shows it) and "
     "`since`, which keeps documents dated at or after it: a document's date is its own "
     "`modified_at`, else its own `authored_at`, else when docproc accepted it (`created_at`).",
 )
 async def search_documents(
+    *,
     request: Request[Any, Any, Any],
     store: StoreDep,
+    settings: SettingsDep,
     filters: NamedDependency[search.Filters],
     q: Annotated[
         str,
@@ -317,7 +321,14 @@ async def search_documents(
     cancel = search.Cancel()
     async with _searches:
         searching = asyncio.ensure_future(
-            store.long_read(search.search, query, limit * 3, filters=filters, cancel=cancel)
+            store.long_read(
+                search.search,
+                query,
+                limit * 3,
+                filters=filters,
+                cancel=cancel,
+                window=settings.search_window,
+            )
         )
         leaving = asyncio.ensure_future(_disconnected(request))
         try:
@@ -332,5 +343,9 @@ async def search_documents(
             with contextlib.suppress(DocprocError):
                 await searching
             logger.info("search cancelled: its client went away")
-        hits = searching.result()
-    return SearchResults(items=search.collapse(hits, limit))
+        found = searching.result()
+    return SearchResults(
+        items=search.collapse(found.hits, limit),
+        complete=found.complete,
+        window=settings.search_window,
+    )

@@ -257,6 +257,12 @@ async function search() {
       list.append(item);
     }
     results.append(list);
+    if (found.complete === false) {
+      const partial = document.createElement("p");
+      partial.className = "note";
+      partial.textContent = "More than " + found.window.toLocaleString("en") + " chunks match: these are the best of the newest " + found.window.toLocaleString("en") + ". More words, a phrase or a filter rank every match.";
+      results.append(partial);
+    }
   } catch (error) {
     results.textContent = "";
     const problem = document.createElement("p");
