@@ -363,23 +363,24 @@ def test_a_search_past_its_deadline_is_stopped_and_says_how_to_narrow_it(store: 
     assert len(store.run(search.search, parse("harbour")).hits) == 10
 
 
-def test_on_postgresql_a_search_plans_for_its_own_words_in_its_own_transaction_only(
+def test_on_postgresql_a_search_plans_for_its_own_words_and_cached_pages_in_its_transaction(
     store: Store,
 ) -> None:
     if store.engine.dialect.name != "postgresql":
-        return  # SQLite has no plan cache and no deadline setting: nothing to leave behind
+        return  # SQLite has no planner settings and no deadline setting: nothing to leave behind
     add_document(store)
     setting = text(
-        "SELECT current_setting('plan_cache_mode'), current_setting('statement_timeout')"
+        "SELECT current_setting('plan_cache_mode'), current_setting('statement_timeout'),"
+        " current_setting('random_page_cost')"
     )
 
-    def search_then_read(connection: Connection) -> tuple[str, str]:
+    def search_then_read(connection: Connection) -> tuple[str, ...]:
         search.search(connection, parse("harbour"))
-        during = connection.execute(setting).one()
-        return during[0], during[1]
+        return tuple(connection.execute(setting).one())
 
-    assert store.run(search_then_read) == ("force_custom_plan", "5s")
-    assert tuple(store.run(lambda connection: connection.execute(setting).one())) == ("auto", "0")
+    assert store.run(search_then_read) == ("force_custom_plan", "5s", "1.1")
+    after = tuple(store.run(lambda connection: connection.execute(setting).one()))
+    assert after == ("auto", "0", "4")
 
 
 def test_indexing_stores_what_the_pipeline_read_of_the_document(store: Store) -> None:
