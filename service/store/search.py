@@ -240,7 +240,7 @@ def _statement(sql: str, filters: Filters) -> TextClause:
 def _sqlite_search(
     connection: Connection, query: Query, filters: Filters, where: str, params: dict[str, Any]
 ) -> tuple[Sequence[Row[Any]], bool]:
-    params["query"] = fts5(query)
+    params = params | {"query": fts5(query)}
     left_out_sql = _SQLITE_LEFT_OUT.format(joins=_SQLITE_JOINS if where else "", filters=where)
     left_out = connection.execute(_statement(left_out_sql, filters), params).scalar()
     bounded = "" if left_out is None else "\n      AND chunks_fts.rowid > :left_out"

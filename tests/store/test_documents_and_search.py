@@ -363,11 +363,13 @@ def test_a_search_past_its_deadline_is_stopped_and_says_how_to_narrow_it(store: 
     assert len(store.run(search.search, parse("harbour")).hits) == 10
 
 
+# PostgreSQL only: SQLite has no planner settings and no deadline setting to leave behind.
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 def test_on_postgresql_a_search_plans_for_its_own_words_and_cached_pages_in_its_transaction(
     store: Store,
 ) -> None:
-    if store.engine.dialect.name != "postgresql":
-        return  # SQLite has no planner settings and no deadline setting: nothing to leave behind
     add_document(store)
     setting = text(
         "SELECT current_setting('plan_cache_mode'), current_setting('statement_timeout'),"
