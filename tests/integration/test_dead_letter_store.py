@@ -15,8 +15,10 @@ import aio_pika
 import psycopg
 import pytest
 import pytest_asyncio
+from pamqp.commands import Basic
 from sqlalchemy import func, select
 
+from service.deadletters.consumer import raw_message
 from service.errors import DatabaseError
 from service.store import dead_letters
 from service.store.database import Store
@@ -181,6 +183,52 @@ async def wait_for_records(vhost: Vhost, url: str, count: int, timeout: float = 
             f"{short}: {record_count(url)} stored; queues (ready/unacked/held as messages_dlx): "
             f"{queues}"
         ) from None
+
+
+EVERY_PROPERTY = Basic.Properties(
+    content_type="application/json",
+    content_encoding="utf-8",
+    headers={"task": "docproc.document.process", "when": datetime(2026, 1, 2, tzinfo=UTC)},
+    delivery_mode=2,
+    priority=7,
+    correlation_id="c-1",
+    reply_to="replies",
+    expiration="3600",
+    message_id="m-1",
+    timestamp=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    message_type="kind",
+    user_id="guest",
+    app_id="app",
+)
+
+
+@pytest.mark.parametrize(
+    "properties", [EVERY_PROPERTY, Basic.Properties()], ids=["every property", "none"]
+)
+async def test_a_delivery_is_read_as_aio_pika_reads_it(
+    dlq_vhost: Vhost, properties: Basic.Properties
+) -> None:
+    """The consumer reads deliveries off aiormq, below aio-pika; the properties it stores (and a
+    re-publish hands back to aio-pika) are still those aio-pika's own message gives."""
+    connection = await dlq_vhost.connect()
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_publish(b"body", routing_key=queue.name, properties=properties)
+        seen = await eventually(lambda: queue.get(fail=False), 10, "the message")
+        await seen.nack(requeue=True)  # the same delivery again, below aio-pika this time
+        got = await underlay.basic_get(queue.name, no_ack=True)
+    names = ("content_type", "content_encoding", "delivery_mode", "priority", "correlation_id")
+    names += ("reply_to", "expiration", "message_id", "timestamp", "type", "user_id", "app_id")
+    read = raw_message(got)
+    assert read.properties == {
+        name: int(value) if name == "delivery_mode" else value
+        for name in names
+        if (value := getattr(seen, name)) is not None
+    }
+    assert (read.body, read.headers) == (b"body", seen.headers)
+    assert (read.routing_key, read.redelivered) == (queue.name, True)
 
 
 async def test_a_thousand_dead_messages_of_mixed_origin_become_exactly_a_thousand_records(
