@@ -177,6 +177,7 @@ async def measure(run: Session) -> None:
 
         async def docproc() -> float:
             batch = next_batch(store)
+            await asyncio.to_thread(run.vacuum, "dead_letter_ledger", "task_runs", "dead_letters")
             await load_dead_letters(publisher, batch, count)
             dlq, _ = await run.start_docproc("dlq")
             before = dlq.cpu()
@@ -263,6 +264,7 @@ async def measure_redrive(run: Session) -> None:
 
         async def redrive() -> float:
             batch = next_batch(store)
+            await asyncio.to_thread(run.vacuum, "dead_letters", "task_runs", "redrive_items")
             await asyncio.to_thread(store.run, load_store, batch, count)
             cpu_before = api.cpu()
             day = batch_day(batch)
