@@ -538,8 +538,9 @@ class Keyed(_ForDialect[OneOf]):
 
 class Bulk:
     """A statement run for many rows at once, each row a tuple of `columns`' values: compiled once
-    per dialect and handed to the driver's executemany, each value converted as its column's type
-    converts it, JSON encoded by msgspec.
+    per dialect and handed to the driver (SQLite's executemany; on PostgreSQL one statement of
+    arrays, below), each value converted as its column's type converts it, JSON encoded by
+    msgspec.
 
     For the writes of hundreds of rows a transaction (the DLQ consumer's batches), where
     SQLAlchemy's executemany costs more than the database: it builds a dict of every parameter of
@@ -563,12 +564,13 @@ class Bulk:
         self._statement = PerDialect(build)
         self.columns = tuple(columns)
         self._prepared: dict[str, _Prepared] = {}
-        self._rows: dict[str, _Rows] = {}
 
     def execute(self, connection: Connection, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return
-        sql, plan, names = self._prepared.get(connection.dialect.name) or self._prepare(connection)
+        sql, plan, names, form = self._prepared.get(connection.dialect.name) or self._prepare(
+            connection
+        )
         given = list(zip(*rows, strict=True))
         try:
             parameters = [
@@ -581,7 +583,6 @@ class Bulk:
         if names is None:  # positional (SQLite)
             connection.exec_driver_sql(sql, list(zip(*parameters, strict=True)))
             return
-        form = self._rows.get(sql)
         if form is None:  # named (psycopg), a statement not of one VALUES row
             connection.exec_driver_sql(
                 sql, [dict(zip(names, row, strict=True)) for row in zip(*parameters, strict=True)]
@@ -618,19 +619,14 @@ class Bulk:
             else:
                 value = bind.effective_value
                 plan.append((-1, None, value if convert is None else convert(value)))
-        prepared = (compiled.string, plan, None if compiled.positional else tuple(order))
-        if not compiled.positional:
+        if compiled.positional:
+            prepared: _Prepared = (compiled.string, plan, None, None)
+        else:
             types = {name: binds[name].type.compile(dialect=dialect) for name in order}
             form = _rows_form(compiled.string, order, types)
-            if form is not None:
-                self._rows[compiled.string] = form
+            prepared = (compiled.string, plan, tuple(order), form)
         self._prepared[dialect.name] = prepared
         return prepared
-
-
-_Prepared = tuple[str, list[tuple[int, Any, Any]], tuple[str, ...] | None]
-"""A bulk statement for one dialect: its SQL; for each parameter, the column it takes (-1 for a
-constant), the conversion and the constant; the parameters' names (None when positional)."""
 
 
 _NAMED = re.compile(r"%\((\w+)\)s")
@@ -648,6 +644,12 @@ class _Rows(NamedTuple):
     sql: str
     in_row: tuple[int, ...]
     in_tail: tuple[int, ...]
+
+
+_Prepared = tuple[str, list[tuple[int, Any, Any]], tuple[str, ...] | None, _Rows | None]
+"""A bulk statement for one dialect: its SQL; for each parameter, the column it takes (-1 for a
+constant), the conversion and the constant; the parameters' names (None when positional); its
+many-row form (PostgreSQL, an INSERT of one row of parameters)."""
 
 
 def _rows_form(sql: str, order: Sequence[str], types: Mapping[str, str]) -> _Rows | None:
