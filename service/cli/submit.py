@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 
-from service.cli.client import Api, api_option, printable, table
+from service.cli.client import TRANSPORT_ERRORS, Answer, Api, api_option, printable, table
 
 FINAL = frozenset({"SUCCESS", "DEAD", "REVOKED"})
 IN_FLIGHT = 8
@@ -77,7 +76,7 @@ def submit(
     if not files:
         raise click.UsageError("nothing to upload: no PATH names a file")
     accepted: dict[str, list[object]] = {}
-    with Api(api_url, api_key) as api, _pool() as pool:
+    with Api(api_url, api_key, size=IN_FLIGHT) as api, _pool() as pool:
 
         def upload(path: Path) -> list[object]:
             content = path.read_bytes()
@@ -104,7 +103,7 @@ def submit(
             if wait and accepted:
                 _follow(api, pool, accepted, timeout)
         # Raised in a thread, said once, here.
-        except httpx.TransportError as exc:
+        except TRANSPORT_ERRORS as exc:
             api.unreachable(exc)
         except _Refused as refused:
             api.fail(refused.response)
@@ -117,7 +116,7 @@ def submit(
 
 
 class _Refused(Exception):
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: Answer) -> None:
         super().__init__(response.status_code)
         self.response = response
 

@@ -1,0 +1,144 @@
+"""The client commands (`docproc submit`, `status`, `text`, `search`, `dead-letters …`) against
+the real API served by uvicorn on a port, its broker a recording publisher: each command's
+requests — paths, parameters, bodies, the key — as the API reads them, and its answers as the
+command prints them."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+from click.testing import CliRunner, Result
+
+from service.api.app import create_app
+from service.cli import cli
+from service.settings import Settings
+from service.store import task_runs
+from service.store.database import Store
+from tests.api.test_dead_letters_api import bury, dead_message
+from tests.support import RecordingPublisher, free_port
+
+KEY = "cli-test-key"
+
+
+@dataclass
+class Served:
+    url: str
+    publisher: RecordingPublisher
+
+    def run(self, *args: str, key: str | None = KEY) -> Result:
+        """`docproc ARGS --api URL`, in this process; its exit code and output."""
+        env = {"DOCPROC_API_KEY": key} if key else {}
+        return CliRunner().invoke(cli, [*args, "--api", self.url], env=env, catch_exceptions=False)
+
+
+@pytest.fixture
+def served(settings_for: Callable[..., Settings]) -> Iterator[Served]:
+    publisher = RecordingPublisher()
+    port = free_port()
+    app = create_app(settings_for(DOCPROC_API_KEYS=KEY), publisher=publisher)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:  # set once uvicorn listens
+            assert thread.is_alive(), "uvicorn stopped before it listened"
+            assert time.monotonic() < deadline, "uvicorn did not listen within 20 s"
+            thread.join(0.01)
+        yield Served(f"http://127.0.0.1:{port}", publisher)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        assert not thread.is_alive()
+
+
+def rows(output: str) -> list[list[str]]:
+    """The rows of a table the CLI printed (after its header and rule)."""
+    return [line.split() for line in output.splitlines()[2:] if line.strip()]
+
+
+def test_submit_uploads_each_file_once_and_follows_it_to_its_end(
+    served: Served, store: Store, tmp_path: Path
+) -> None:
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    for n in (2, 10, 1):
+        (folder / f"doc-{n}.txt").write_text(f"Document {n}, a line of text.")
+
+    first = served.run("submit", str(folder))
+    again = served.run("submit", str(folder))
+
+    assert first.exit_code == 0, first.output
+    listed = rows(first.stdout)
+    assert [Path(row[0]).name for row in listed] == ["doc-1.txt", "doc-2.txt", "doc-10.txt"]
+    assert {row[1] for row in listed} == {"PENDING"}
+    assert len(served.publisher.sent) == 3
+    # The same files again: their Idempotency-Keys name the uploads already made.
+    assert again.exit_code == 0, again.output
+    assert rows(again.stdout) == listed
+    assert len(served.publisher.sent) == 3
+
+    for row in listed:
+        store.run(task_runs.record_success, row[3])
+    waited = served.run("submit", str(folder), "--wait", "--timeout", "30")
+    assert waited.exit_code == 0, waited.output
+    assert {row[1] for row in rows(waited.stdout)} == {"SUCCESS"}
+
+    status = served.run("status", listed[0][3])
+    assert status.exit_code == 0, status.output
+    assert "SUCCESS" in status.stdout
+
+
+def test_reads_and_a_missing_document_end_in_one_clear_line(served: Served) -> None:
+    found = served.run("search", "lighthouse")
+    missing = served.run("text", "no-such-document")
+
+    assert found.exit_code == 0, found.output
+    assert missing.exit_code != 0
+    assert missing.output.strip().count("\n") == 0, missing.output
+    assert "GET /documents/no-such-document/text: 404" in missing.output
+
+
+def test_dead_letters_are_listed_shown_grouped_republished_and_discarded(
+    served: Served, store: Store
+) -> None:
+    first, second = bury(store, dead_message(), dead_message())
+
+    listed = served.run("dead-letters", "list", "--queue", "document_processing")
+    shown = served.run("dead-letters", "show", first)
+    groups = served.run("dead-letters", "groups")
+    republished = served.run("dead-letters", "republish", first)
+    dry = served.run("dead-letters", "redrive", "--all", "--dry-run")
+    discarded = served.run("dead-letters", "discard", second)
+
+    for result in (listed, shown, groups, republished, dry, discarded):
+        assert result.exit_code == 0, result.output
+    assert {first, second} <= set(listed.stdout.split())
+    assert json.loads(shown.stdout)["id"] == first
+    assert rows(groups.stdout)[0][1:4] == ["2", "docproc.document.process", "rejected"]
+    assert [sent.routing_key for sent in served.publisher.sent] == ["document_processing"]
+    every = served.run("dead-letters", "list", "--status", "all")
+    active = served.run("dead-letters", "list")
+    assert {row[0]: row[-1] for row in rows(every.stdout)} == {first: "1", second: "0"}
+    assert rows(active.stdout) == [], "one re-published, the other discarded"
+
+
+def test_a_command_without_the_key_or_without_an_api_says_what_to_do(served: Served) -> None:
+    refused = served.run("dead-letters", "discard", "some-letter", key=None)
+    nowhere = CliRunner().invoke(
+        cli, ["status", "t-1", "--api", f"http://127.0.0.1:{free_port()}"], env={}
+    )
+
+    assert refused.exit_code != 0
+    assert "401" in refused.output
+    assert nowhere.exit_code != 0
+    assert "does not answer" in nowhere.output
+    assert "docproc up" in nowhere.output
