@@ -20,7 +20,7 @@ from sqlalchemy import (
     update,
 )
 
-from service.store.database import Bulk, Keyed, PerDialect, as_struct, upsert
+from service.store.database import Bulk, Fetch, Keyed, PerDialect, upsert
 from service.store.schema import task_runs, utcnow
 
 TaskState = Literal[
@@ -453,25 +453,24 @@ def record_failure(
     upsert(connection, task_runs, values, ["task_id"], changes, where=NOT_SUCCEEDED)
 
 
-_GET = select(task_runs).where(task_runs.c.task_id == bindparam("task_id"))
+_GET = Fetch(select(task_runs).where(task_runs.c.task_id == bindparam("task_id")), TaskRun)
 
 
 def get(connection: Connection, task_id: str) -> TaskRun | None:
-    row = connection.execute(_GET, {"task_id": task_id}).first()
-    if row is None:
-        return None
-    return as_struct(row, TaskRun, strict=False)
+    return _GET.first(connection, task_id=task_id)
 
 
-_GET_MANY = Keyed(lambda one_of: select(task_runs).where(one_of(task_runs.c.task_id, "task_ids")))
+_GET_MANY = Fetch(
+    Keyed(lambda one_of: select(task_runs).where(one_of(task_runs.c.task_id, "task_ids"))),
+    TaskRun,
+)
 
 
 def get_many(connection: Connection, task_ids: Sequence[str]) -> list[TaskRun]:
     """The runs of those of `task_ids` that are known, in no particular order."""
     if not task_ids:
         return []
-    rows = connection.execute(_GET_MANY(connection), {"task_ids": list(task_ids)})
-    return [as_struct(row, TaskRun, strict=False) for row in rows]
+    return _GET_MANY.all(connection, task_ids=list(task_ids))
 
 
 def by_id(connection: Connection, task_ids: list[str]) -> dict[str, TaskRun]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import Connection, select
+
 from service.deadletters.consumer import store_batch
 from service.search_syntax import parse
-from service.store import dead_letters, documents, redrives, search, task_runs
-from service.store.database import Store
+from service.store import dead_letters, documents, redrives, schema, search, task_runs
+from service.store.database import Store, as_struct
 from service.store.dead_letters import Filters
 from tests.store.test_dead_letters import message
 from tests.store.test_documents_and_search import add_document, extraction
@@ -89,3 +91,28 @@ def test_documents_search_hits_and_task_runs_convert(store: Store) -> None:
     assert run.state == "RETRY"
     assert [entry.delay for entry in run.retry_history] == [2.0]
     assert run.retry_history[0].at.tzinfo is not None
+
+
+def test_a_fetch_reads_each_column_as_sqlalchemy_reads_it(store: Store) -> None:
+    """`Fetch` runs on the driver's cursor with the columns' own conversions: every column of a
+    run — timestamps, JSON lists of structs, numbers, nulls — as SQLAlchemy's result gives it."""
+    store.run(task_runs.record_pending, "t-1", "docproc.document.process", document_id="d-1")
+    store.run(
+        task_runs.record_retry, "t-1", retries=1, delay=2.5, error_type="DatabaseError", message="é"
+    )
+    store.run(task_runs.record_progress, "t-1", step="index", steps_done=1, steps_total=3)
+    store.run(task_runs.record_pending, "t-2", "docproc.canary.succeed", document_id=None)
+
+    def through_sqlalchemy(connection: Connection) -> list[task_runs.TaskRun]:
+        rows = connection.execute(select(schema.task_runs).order_by(schema.task_runs.c.task_id))
+        return [as_struct(row, task_runs.TaskRun, strict=False) for row in rows]
+
+    expected = store.run(through_sqlalchemy)
+    assert [run.task_id for run in expected] == ["t-1", "t-2"]
+    assert store.run(task_runs.get, "t-1") == expected[0]
+    assert store.run(task_runs.get, "t-2") == expected[1]
+    assert store.run(task_runs.get, "t-3") is None
+    many = store.run(task_runs.get_many, ["t-2", "t-3", "t-1"])
+    assert sorted(many, key=lambda run: run.task_id) == expected
+    assert expected[0].retry_history[0].message == "é"
+    assert expected[0].percent == 33.3
