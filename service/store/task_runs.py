@@ -224,13 +224,16 @@ class Requeue(msgspec.Struct, frozen=True):
     seen: datetime | None
 
 
-_REQUEUE = (
-    update(task_runs)
-    .where(
-        task_runs.c.task_id == bindparam("p_task_id"),
-        task_runs.c.updated_at == bindparam("p_seen"),
-    )
-    .values(**_FRESH, state="PENDING", queue=bindparam("p_queue"), updated_at=bindparam("p_at"))
+_REQUEUE = Bulk(
+    lambda _: (
+        update(task_runs)
+        .where(
+            task_runs.c.task_id == bindparam("p_task_id"),
+            task_runs.c.updated_at == bindparam("p_seen"),
+        )
+        .values(**_FRESH, state="PENDING", queue=bindparam("p_queue"), updated_at=bindparam("p_at"))
+    ),
+    ["p_task_id", "p_seen", "p_queue", "p_at"],
 )
 _REQUEUE_UNKNOWN = PerDialect(
     lambda insert_for: insert_for(task_runs).on_conflict_do_nothing(index_elements=["task_id"])
@@ -249,15 +252,10 @@ def requeue(connection: Connection, *runs: Requeue) -> None:
         for run in ordered
         if run.seen is None
     ]
-    known = [
-        {"p_task_id": run.task_id, "p_seen": run.seen, "p_queue": run.queue, "p_at": now}
-        for run in ordered
-        if run.seen is not None
-    ]
+    known = [(run.task_id, run.seen, run.queue, now) for run in ordered if run.seen is not None]
     if unknown:
         connection.execute(_REQUEUE_UNKNOWN(connection), unknown)
-    if known:
-        connection.execute(_REQUEUE, known)
+    _REQUEUE.execute(connection, known)
 
 
 _STARTED_VALUES = (

@@ -130,6 +130,34 @@ def test_pending_again_resets_a_run_for_a_fresh_attempt(store: Store) -> None:
     assert (run.state, run.retries, run.error_type, run.finished_at) == ("PENDING", 0, None, None)
 
 
+def test_requeued_runs_start_afresh_unless_written_since_they_were_seen(store: Store) -> None:
+    for task_id in ("t-1", "t-2"):
+        started(store, task_id, retries=2)
+        store.run(task_runs.record_failure, task_id, "x", state="DEAD", error_type="E", message="m")
+    seen = store.run(task_runs.versions, {"t-1", "t-2"})
+    store.run(task_runs.record_success, "t-2")  # the worker was quicker than the re-publish
+
+    store.run(
+        task_runs.requeue,
+        task_runs.Requeue("t-2", "x", "retry_queue", seen["t-2"]),
+        task_runs.Requeue("t-1", "x", "retry_queue", seen["t-1"]),
+        task_runs.Requeue("t-3", "y", "document_processing", None),
+    )
+
+    runs = {run.task_id: run for run in store.run(task_runs.get_many, ["t-1", "t-2", "t-3"])}
+    fresh = runs["t-1"]
+    assert (fresh.state, fresh.retries, fresh.error_type, fresh.finished_at) == (
+        "PENDING",
+        0,
+        None,
+        None,
+    )
+    assert fresh.queue == "retry_queue"
+    assert fresh.updated_at > seen["t-1"]
+    assert runs["t-2"].state == "SUCCESS", "its newer story stays"
+    assert (runs["t-3"].state, runs["t-3"].queue) == ("PENDING", "document_processing")
+
+
 def test_finished_runs_expire_and_running_ones_stay(store: Store) -> None:
     started(store, "done")
     store.run(task_runs.record_success, "done")
