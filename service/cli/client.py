@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import click
 import urllib3
@@ -50,7 +50,8 @@ def api_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class Answer:
-    """The API's answer to one request: its status, headers and body, and what was asked."""
+    """The API's answer to one request: its status, headers and body, and what was asked (the
+    path as the caller gave it, before it was encoded)."""
 
     def __init__(self, method: str, path: str, response: urllib3.BaseHTTPResponse) -> None:
         self.method = method
@@ -96,8 +97,28 @@ RETRIED: tuple[type[Exception], ...] = (
 """A connection that failed before the answer came (reset, closed as the request went out, or
 refused); a timeout is not among them."""
 
-TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
+TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError,)
 """What a request raises when the API did not answer it."""
+
+
+def _quoted(path: str) -> str:
+    """`path` with what a URL's path may not hold percent-encoded: an id typed with a space, a
+    "?", a "%" or a control character is asked for — and not found — rather than cut short or
+    refused by http.client before it is sent. Queries go as `params`."""
+    return quote(path, safe="/:@!$&'()*+,;=~")
+
+
+def _query(params: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> str:
+    """A query string as the API reads it: booleans as true/false, None left out."""
+    pairs = params.items() if isinstance(params, Mapping) else params
+    return urlencode(
+        [
+            (name, str(value).lower() if isinstance(value, bool) else value)
+            for name, value in pairs
+            if value is not None
+        ],
+        doseq=True,
+    )
 
 
 class Api:
@@ -133,7 +154,8 @@ class Api:
         """The one-line exit for an API that does not answer."""
         abort(
             BrokerUnavailable(
-                f"the docproc API at {self.url} does not answer ({exc.__class__.__name__}); "
+                f"the docproc API at {printable(self.url)} does not answer "
+                f"({exc.__class__.__name__}); "
                 "start it with `docproc up`, or pass --api"
             )
         )
@@ -161,24 +183,24 @@ class Api:
             sent["Content-Type"] = "application/json"
         elif files is not None:
             body, sent["Content-Type"] = urllib3.encode_multipart_formdata(files)
-        target = self.base + path
+        target = self.base + _quoted(path)
         if params:
-            target += ("&" if "?" in target else "?") + urlencode(params, doseq=True)
+            target += "?" + _query(params)
         again = method == "GET" or any(name.lower() == "idempotency-key" for name in sent)
         for pause in RETRY_PAUSES if again else ():
             try:
-                return self._once(method, target, body, sent)
+                return self._once(method, path, target, body, sent)
             except RETRIED:
                 time.sleep(pause)
-        return self._once(method, target, body, sent)
+        return self._once(method, path, target, body, sent)
 
     def _once(
-        self, method: str, target: str, body: bytes | None, headers: dict[str, str]
+        self, method: str, path: str, target: str, body: bytes | None, headers: dict[str, str]
     ) -> Answer:
         response = self.http.urlopen(
             method, target, body=body, headers=headers, redirect=False, preload_content=True
         )
-        return Answer(method, target.partition("?")[0], response)
+        return Answer(method, path, response)
 
     def request(self, method: str, path: str, *, ok: Sequence[int] = (), **kwargs: Any) -> Any:
         try:
@@ -206,7 +228,9 @@ class Api:
             detail = problem.get("detail") or problem.get("title")
         except (ValueError, AttributeError):
             detail = response.text[:200]
-        abort(DocprocError(f"{response.method} {response.path}: {response.status_code} {detail}"))
+        # The path as asked and the API's words, escaped: either may hold what the user typed.
+        said = f"{response.method} {response.path}: {response.status_code} {detail}"
+        abort(DocprocError(printable(said)))
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)

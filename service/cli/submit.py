@@ -79,7 +79,10 @@ def submit(
     with Api(api_url, api_key, size=IN_FLIGHT) as api, _pool() as pool:
 
         def upload(path: Path) -> list[object]:
-            content = path.read_bytes()
+            try:
+                content = path.read_bytes()
+            except OSError as exc:  # gone, or not ours to read: said in its row, the rest go on
+                return [str(path), "UNREADABLE", "", "", exc.strerror or type(exc).__name__]
             response = api.send(
                 "POST",
                 "/documents",
@@ -109,7 +112,9 @@ def submit(
             api.fail(refused.response)
     click.echo(table(rows, ["file", "state", "document", "task", "detail"]))
     failed = [
-        row for row in rows if row[1] != "SUCCESS" and (wait or str(row[1]).startswith("REFUSED"))
+        row
+        for row in rows
+        if row[1] != "SUCCESS" and (wait or str(row[1]).startswith(("REFUSED", "UNREADABLE")))
     ]
     if failed:
         raise SystemExit(1)

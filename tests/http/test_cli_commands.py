@@ -100,11 +100,41 @@ def test_submit_uploads_each_file_once_and_follows_it_to_its_end(
 def test_reads_and_a_missing_document_end_in_one_clear_line(served: Served) -> None:
     found = served.run("search", "lighthouse")
     missing = served.run("text", "no-such-document")
+    strange = served.run("status", "a task? 100% \x01 #1")
 
     assert found.exit_code == 0, found.output
     assert missing.exit_code != 0
     assert missing.output.strip().count("\n") == 0, missing.output
     assert "GET /documents/no-such-document/text: 404" in missing.output
+    # Sent as typed — not cut at "?" or "#", nor refused by http.client — and the API's refusal
+    # said on one line, the control character escaped.
+    assert strange.exit_code != 0
+    assert strange.output.strip().count("\n") == 0, strange.output
+    assert "GET /tasks/a task? 100% \\x01 #1/status: 400" in strange.output, strange.output
+
+
+def test_a_file_that_cannot_be_read_is_said_in_its_row_and_the_rest_are_uploaded(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (folder / name).write_text(f"The file {name}.")
+    reading = Path.read_bytes
+
+    def read_bytes(path: Path) -> bytes:  # as if b.txt were not ours to read (tests run as root)
+        if path.name == "b.txt":
+            raise PermissionError(13, "Permission denied", str(path))
+        return reading(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    result = served.run("submit", str(folder))
+
+    assert result.exit_code == 1, result.output
+    [uploaded, unreadable] = rows(result.stdout)
+    assert (Path(uploaded[0]).name, uploaded[1]) == ("a.txt", "PENDING")
+    assert unreadable[1:] == ["UNREADABLE", "Permission", "denied"]
+    assert len(served.publisher.sent) == 1
 
 
 def test_dead_letters_are_listed_shown_grouped_republished_and_discarded(

@@ -110,7 +110,7 @@ def test_a_read_whose_connection_is_reset_is_sent_again() -> None:
     server = _FlakyServer(resets=2)
     try:
         with Api(server.url, None) as api:
-            assert api.get("/tasks/statuses?id=t-1") == {"ok": True}
+            assert api.get("/tasks/statuses", params={"id": "t-1"}) == {"ok": True}
         assert len(server.requests) == 3
     finally:
         server.close()
