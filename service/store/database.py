@@ -765,17 +765,33 @@ class Fetch(Generic[S]):
             parameters[name] if convert is None else convert(parameters[name])
             for name, convert in prepared.parameters
         ]
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        dialect = connection.dialect
+        given: Any = values
+        if not prepared.positional:
+            given = dict(zip((name for name, _ in prepared.parameters), values, strict=True))
+        driver = connection.connection.dbapi_connection
+        assert driver is not None  # an open connection's
+        cursor = driver.cursor()
         try:
-            if prepared.positional:
-                cursor.execute(prepared.sql, values)
-            else:
-                names = [name for name, _ in prepared.parameters]
-                cursor.execute(prepared.sql, dict(zip(names, values, strict=True)))
+            cursor.execute(prepared.sql, given)
             rows = cursor.fetchall()
-            columns = self._columns.get(connection.dialect.name) or self._convert(
-                connection.dialect, prepared.statement, cursor.description
+            columns = self._columns.get(dialect.name) or self._convert(
+                dialect, prepared.statement, cursor.description
             )
+        except dialect.loaded_dbapi.Error as exc:
+            # As SQLAlchemy's own execute says it: the store's callers tell a lock, a lost
+            # connection or a refused statement apart by SQLAlchemy's classes.
+            gone = dialect.is_disconnect(exc, driver, cursor)
+            if gone:
+                connection.invalidate(exc)
+            raise DBAPIError.instance(
+                prepared.sql,
+                given,
+                exc,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=gone,
+                dialect=dialect,
+            ) from exc
         finally:
             cursor.close()
         return [

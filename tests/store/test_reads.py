@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError
 
 from service.errors import StoreUnavailable
 from service.store import task_runs
@@ -268,3 +270,41 @@ async def test_on_sqlite_a_read_that_finds_the_database_locked_waits_off_the_loo
     finally:
         holder.close()
         await store.close()
+
+
+@pytest.mark.postgres
+def test_a_read_on_the_drivers_cursor_whose_connection_dies_is_said_as_sqlalchemy_says_it(
+    postgres_url: str,
+) -> None:
+    """`task_runs.get` runs on the DBAPI cursor (`Fetch`): a connection lost under it is still
+    SQLAlchemy's invalidated connection — which `read` makes again on a new one and `run` says
+    is unavailable — never a driver's error the store's callers do not know."""
+    store, other = Store(postgres_url), Store(postgres_url)
+    store.migrate()
+    task_id = f"t-{uuid.uuid4()}"
+    raised: list[BaseException] = []
+
+    def dies_once(connection: Connection) -> task_runs.TaskRun | None:
+        if not raised:
+            pid = _backend_pid(connection)
+            other.run(lambda c: c.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}))
+            try:
+                task_runs.get(connection, task_id)
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+        return task_runs.get(connection, task_id)
+
+    try:
+        store.run(task_runs.record_pending, task_id, PROCESS_DOCUMENT, queue=DOCUMENT_QUEUE)
+        assert store.read(dies_once) is not None, "made again on another connection"
+        [lost] = raised
+        assert isinstance(lost, OperationalError)
+        assert lost.connection_invalidated
+        raised.clear()
+        with pytest.raises(StoreUnavailable, match="the store is unavailable"):
+            store.run(dies_once)
+        assert isinstance(raised[0], OperationalError)
+    finally:
+        store.close()
+        other.close()
