@@ -741,9 +741,11 @@ class Fetch(Generic[S]):
 
     For the reads made at every request (a task's status): SQLAlchemy's `execute` of a compiled
     statement — the cache lookup, the execution context, the result and its rows — took ~70 µs
-    of the ~100 a status read cost on SQLite, the driver ~30. What it gives up: SQLAlchemy's
-    events do not see the statement (no OpenTelemetry span for it). A statement with an
-    expanding IN (SQLite's `Keyed`: a statement text per length of list) is left to SQLAlchemy.
+    of the ~100 a status read cost on SQLite, the driver ~30. The driver's errors are raised as
+    SQLAlchemy's execute raises them (its classes, the connection invalidated when it was lost).
+    What it gives up: SQLAlchemy's events do not see the statement (no OpenTelemetry span for
+    it). A statement with an expanding IN (SQLite's `Keyed`: a statement text per length of
+    list) is left to SQLAlchemy.
     """
 
     def __init__(self, statement: Select[Any] | _ForDialect[Any], struct: type[S]) -> None:
