@@ -34,7 +34,7 @@ class Served:
 
     def run(self, *args: str, key: str | None = KEY) -> Result:
         """`docproc ARGS --api URL`, in this process; its exit code and output."""
-        env = {"DOCPROC_API_KEY": key} if key else {}
+        env = {"DOCPROC_API_KEY": key}  # None: unset, whatever the test's environment holds
         return CliRunner().invoke(cli, [*args, "--api", self.url], env=env, catch_exceptions=False)
 
 
@@ -163,9 +163,7 @@ def test_dead_letters_are_listed_shown_grouped_republished_and_discarded(
 
 def test_a_command_without_the_key_or_without_an_api_says_what_to_do(served: Served) -> None:
     refused = served.run("dead-letters", "discard", "some-letter", key=None)
-    nowhere = CliRunner().invoke(
-        cli, ["status", "t-1", "--api", f"http://127.0.0.1:{free_port()}"], env={}
-    )
+    nowhere = CliRunner().invoke(cli, ["status", "t-1", "--api", f"http://127.0.0.1:{free_port()}"])
 
     assert refused.exit_code != 0
     assert "401" in refused.output
