@@ -19,8 +19,8 @@ API_KEY_VARIABLE = "DOCPROC_API_KEY"
 CLIENT_KEEP_ALIVE = 2
 """Seconds this client keeps an idle connection: less than the API does
 (`service.cli.serve.SERVER_KEEP_ALIVE`), or a request sent on a connection as the server closes
-it fails with "Server disconnected without sending a response" (httpx's default, 5 s, is the
-server's: it happened in CI to a request after a 5 s wait)."""
+it fails ("Server disconnected without sending a response": with the client keeping them 5 s,
+as long as the server, it happened in CI to a request after a 5 s wait)."""
 
 
 RETRY_PAUSES = (0.1, 0.5)
@@ -108,19 +108,6 @@ def _quoted(path: str) -> str:
     return quote(path, safe="/:@!$&'()*+,;=~")
 
 
-def _query(params: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> str:
-    """A query string as the API reads it: booleans as true/false, None left out."""
-    pairs = params.items() if isinstance(params, Mapping) else params
-    return urlencode(
-        [
-            (name, str(value).lower() if isinstance(value, bool) else value)
-            for name, value in pairs
-            if value is not None
-        ],
-        doseq=True,
-    )
-
-
 class Api:
     """A thin client of the HTTP API: JSON in and out, problems turned into a one-line exit.
 
@@ -185,7 +172,7 @@ class Api:
             body, sent["Content-Type"] = urllib3.encode_multipart_formdata(files)
         target = self.base + _quoted(path)
         if params:
-            target += "?" + _query(params)
+            target += "?" + urlencode(params, doseq=True)
         again = method == "GET" or any(name.lower() == "idempotency-key" for name in sent)
         for pause in RETRY_PAUSES if again else ():
             try:

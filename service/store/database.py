@@ -599,11 +599,7 @@ class Bulk:
         dialect = connection.dialect
         statement: Any = self._statement(connection)
         compiled = statement.compile(dialect=dialect, column_keys=list(self.columns))
-        if compiled.positional:
-            order = list(compiled.positiontup or ())
-        else:
-            order = list(dict.fromkeys(compiled.bind_names.values()))
-        binds = {name: bind for bind, name in compiled.bind_names.items()}
+        order, binds = _parameters(compiled)
         unset = [c.key for c in compiled.insert_prefetch if c.key not in self.columns]
         if unset or compiled.post_compile_params:
             raise ValueError(f"a bulk statement needs every value of its rows given: {unset}")
@@ -724,6 +720,14 @@ def as_struct(row: Row[Any], struct: type[S], *, strict: bool = True) -> S:
     return msgspec.convert(columns, struct, strict=strict)
 
 
+def _parameters(compiled: Any) -> tuple[list[str], dict[str, Any]]:
+    """A compiled statement's parameter names, in the order a positional driver takes them
+    (each once for a named one), and each name's bound parameter."""
+    binds = {name: bind for bind, name in compiled.bind_names.items()}
+    order = list(compiled.positiontup or ()) if compiled.positional else list(binds)
+    return order, binds
+
+
 class _Fetching(NamedTuple):
     """A Fetch as one dialect runs it: its SQL, and each parameter's name and conversion in the
     SQL's order; no SQL for a statement SQLAlchemy must run (an expanding IN)."""
@@ -817,8 +821,7 @@ class Fetch(Generic[S]):
         if compiled.post_compile_params:
             prepared = _Fetching(statement, None, [], False)
         else:
-            binds = {name: bind for bind, name in compiled.bind_names.items()}
-            order = compiled.positiontup if compiled.positional else list(dict.fromkeys(binds))
+            order, binds = _parameters(compiled)
             parameters = [
                 (name, binds[name].type._cached_bind_processor(dialect)) for name in order
             ]
