@@ -1,11 +1,19 @@
-"""Uvicorn's HTTP protocol with the timeouts it lacks: a client must send its request headers
-within HEADER_TIMEOUT, or its connection is closed. Uvicorn only times out idle keep-alive
-connections; a thousand clients that connect and never finish their headers would otherwise hold
-a thousand connections (slowloris). Slow bodies get a 408 from `slow_body_middleware`."""
+"""Uvicorn's HTTP protocol with the timeouts it lacks, and a response in one send.
+
+A client must send its request headers within HEADER_TIMEOUT, or its connection is closed.
+Uvicorn only times out idle keep-alive connections; a thousand clients that connect and never
+finish their headers would otherwise hold a thousand connections (slowloris). Slow bodies get a
+408 from `slow_body_middleware`.
+
+Uvicorn writes a response's head and its body to the socket separately: two sends, each of which
+wakes the client. `CoalescingTransport` makes them one.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
+from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
@@ -50,6 +58,98 @@ def slow_body_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+COALESCE_LIMIT = 64 * 1024
+"""Bytes a connection holds back at most: a write that would make more goes out at once, with
+what waited before it."""
+
+
+class CoalescingTransport(asyncio.Transport):
+    """A connection's transport on which the writes made in one turn of the event loop go out
+    as one send, at the end of the turn.
+
+    The kernel's work for a send on a small machine — the segment through the loopback or the
+    network stack, and waking the client — is charged to the sender, and for a small response
+    it outweighs the bytes: two sends a status read cost the API ~40 µs of CPU more than one
+    (`python -m bench status`, 2 cores: 205 → 161 µs a request). A long response goes out in
+    COALESCE_LIMIT pieces or larger, as it is written, so it meets the transport's flow control
+    as before; `close` sends what is held first, `abort` drops it as the transport drops its
+    buffer."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+        self._held_size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._held:
+            self._loop.call_soon(self._flush)
+        self._held.append(data if isinstance(data, bytes) else bytes(data))
+        self._held_size += len(data)
+        if self._held_size >= COALESCE_LIMIT:
+            self._flush()
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def _flush(self) -> None:
+        if not self._held:
+            return
+        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held.clear()
+        self._held_size = 0
+        if not self._transport.is_closing():  # as the transport itself drops a late write
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held.clear()
+        self._held_size = 0
+        self._transport.abort()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + self._held_size
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _header_timer: asyncio.TimerHandle | None = None
 
@@ -67,7 +167,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(CoalescingTransport(transport, self.loop))
         self._arm()
 
     def on_message_begin(self) -> None:

@@ -17,6 +17,7 @@ import uvicorn
 from click.testing import CliRunner, Result
 
 from service.api.app import create_app
+from service.api.server import GuardedHttpToolsProtocol
 from service.cli import cli
 from service.settings import Settings
 from service.store import task_runs
@@ -43,7 +44,14 @@ def served(settings_for: Callable[..., Settings]) -> Iterator[Served]:
     publisher = RecordingPublisher()
     port = free_port()
     app = create_app(settings_for(DOCPROC_API_KEYS=KEY), publisher=publisher)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        http=GuardedHttpToolsProtocol,  # as `docproc serve api` serves it
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
