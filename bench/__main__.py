@@ -76,8 +76,8 @@ KNOWN_SHORTFALLS = {
     "and the mark needs it under a quarter",
     ("bulk", "files through `docproc submit --wait`", ""): "the CLI, the API and the worker "
     "share two cores",
-    ("status", "requests per server CPU second", ""): "Litestar's routing, DI, validation and "
-    "response (~100 µs), three middlewares (~20) and the store's read (~35) on top of what the "
+    ("status", "requests per server CPU second", ""): "Litestar's DI, validation and a larger "
+    "response (~35 µs), three middlewares (~20) and the store's read (~25) on top of what the "
     "minimal handler costs",
     ("redrive", "dead letters re-published", ""): "the API is CPU-bound: 300-430 µs a letter "
     "(read, message, publish, outcome) against 100-170 for a bare confirmed publish",

@@ -69,11 +69,11 @@ class CoalescingTransport(asyncio.Transport):
 
     The kernel's work for a send on a small machine — the segment through the loopback or the
     network stack, and waking the client — is charged to the sender, and for a small response
-    it outweighs the bytes: two sends a status read cost the API ~40 µs of CPU more than one
-    (`python -m bench status`, 2 cores: 205 → 161 µs a request). A long response goes out in
-    COALESCE_LIMIT pieces or larger, as it is written, so it meets the transport's flow control
-    as before; `close` sends what is held first, `abort` drops it as the transport drops its
-    buffer."""
+    it outweighs the bytes: two sends a status read cost the API 10 to 70 µs of CPU more than
+    one (`python -m bench status`, 2 cores: 201 to 233 → 161 to 195 µs a request). A long
+    response goes out in COALESCE_LIMIT pieces or larger, as it is written, so it meets the
+    transport's flow control as before; `close` sends what is held first, `abort` drops it as
+    the transport drops its buffer."""
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
