@@ -73,7 +73,8 @@ class CoalescingTransport(asyncio.Transport):
     one (`python -m bench status`, 2 cores: 201 to 233 → 161 to 195 µs a request). A long
     response goes out in COALESCE_LIMIT pieces or larger, as it is written, so it meets the
     transport's flow control as before; `close` sends what is held first, `abort` drops it as
-    the transport drops its buffer."""
+    the transport drops its buffer. The transport also closes itself when the client
+    half-closes (`eof_received`): the protocol sends what is held before it does."""
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
@@ -84,27 +85,33 @@ class CoalescingTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self._held:
-            self._loop.call_soon(self._flush)
-        self._held.append(data if isinstance(data, bytes) else bytes(data))
-        self._held_size += len(data)
+            self._loop.call_soon(self.flush)
+        piece = data if isinstance(data, bytes) else bytes(data)
+        self._held.append(piece)
+        self._held_size += len(piece)
         if self._held_size >= COALESCE_LIMIT:
-            self._flush()
+            self.flush()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         for data in list_of_data:
             self.write(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Send what is held now."""
         if not self._held:
             return
-        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
-        self._held.clear()
+        held = self._held
+        self._held = []
         self._held_size = 0
-        if not self._transport.is_closing():  # as the transport itself drops a late write
-            self._transport.write(data)
+        if self._transport.is_closing():  # as the transport itself drops a late write
+            return
+        if len(held) == 1:
+            self._transport.write(held[0])
+        else:  # one send; uvloop writes the pieces as they are, without joining them
+            self._transport.writelines(held)
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def abort(self) -> None:
@@ -113,7 +120,7 @@ class CoalescingTransport(asyncio.Transport):
         self._transport.abort()
 
     def write_eof(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.write_eof()
 
     def can_write_eof(self) -> bool:
@@ -177,6 +184,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+
+    def eof_received(self) -> None:
+        # The client has sent all it will (a half-close): the transport closes itself once this
+        # returns, past `CoalescingTransport.close`, so a response written this turn goes now.
+        if isinstance(self.transport, CoalescingTransport):
+            self.transport.flush()
+        super().eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

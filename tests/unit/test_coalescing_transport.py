@@ -5,9 +5,11 @@ responses, one after another on a kept-alive connection, arrive whole and in ord
 
 from __future__ import annotations
 
+import array
 import asyncio
 import hashlib
 import http.client
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -74,6 +76,14 @@ async def test_the_writes_of_one_turn_go_out_as_one_send_at_its_end() -> None:
     transport.writelines([b"a", b"b"])
     await next_turn()
     assert inner.sent[1:] == [b"ab"], "the next turn's writes are a send of their own"
+
+
+async def test_what_is_held_is_counted_in_bytes() -> None:
+    transport, inner = coalescing()
+    transport.write(memoryview(array.array("I", [1, 2])))  # two items, eight bytes
+    assert transport.get_write_buffer_size() == 8
+    await next_turn()
+    assert [len(sent) for sent in inner.sent] == [8]
 
 
 async def test_a_large_write_goes_out_at_once_after_what_waited() -> None:
@@ -158,6 +168,20 @@ def served() -> Iterator[int]:
     thread.join(20)
 
 
+def test_a_client_that_half_closes_gets_its_whole_response(served: int) -> None:
+    """It sends its request, then shuts its side (as `nc -N` does): the server's transport closes
+    itself at that end of stream, and what is held must go out before."""
+    for _ in range(10):
+        with socket.create_connection(("127.0.0.1", served), timeout=10) as client:
+            client.sendall(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.shutdown(socket.SHUT_WR)
+            received = b""
+            while piece := client.recv(65536):
+                received += piece
+        assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert received.endswith(b'\r\n\r\n{"answer":"42"}')
+
+
 def test_responses_small_and_large_arrive_whole_on_one_connection(served: int) -> None:
     def expected_large() -> bytes:
         return b"".join(f"{n:0999d}\n".encode() for n in range(LARGE // 1000)) + b"z" * (
@@ -178,4 +202,5 @@ def test_responses_small_and_large_arrive_whole_on_one_connection(served: int) -
                 assert hashlib.sha256(body).digest() == hashlib.sha256(expected_large()).digest()
     finally:
         connection.close()
-    assert Watched.transports == [CoalescingTransport]
+    assert Watched.transports, "no connection was made"
+    assert set(Watched.transports) == {CoalescingTransport}
