@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -10,9 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,8 +23,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aio_pika
 import psycopg
 import pytest
+import uvicorn
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from service.api.server import GuardedHttpToolsProtocol
 from service.broker.declarer import consumer_counts
 from service.broker.management import Management
 from service.settings import Settings
@@ -58,6 +62,32 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def served_by_uvicorn(
+    app: Any, *, http: type[asyncio.Protocol] = GuardedHttpToolsProtocol
+) -> Iterator[int]:
+    """`app` served by uvicorn in a thread of this process, on a free port (yielded), with
+    docproc's HTTP protocol as `docproc serve api` serves it, until the block ends."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", http=http
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:  # set once uvicorn listens
+            assert thread.is_alive(), "uvicorn stopped before it listened"
+            assert time.monotonic() < deadline, "uvicorn did not listen within 20 s"
+            thread.join(0.01)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        assert not thread.is_alive()
 
 
 def port_open(host: str, port: int, timeout: float = 1.0) -> bool:

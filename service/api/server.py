@@ -159,6 +159,7 @@ class CoalescingTransport(asyncio.Transport):
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _header_timer: asyncio.TimerHandle | None = None
+    _coalescing: CoalescingTransport
 
     def _arm(self) -> None:
         self._disarm()
@@ -174,7 +175,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport, self.loop))
+        self._coalescing = CoalescingTransport(transport, self.loop)
+        super().connection_made(self._coalescing)
         self._arm()
 
     def on_message_begin(self) -> None:
@@ -188,8 +190,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def eof_received(self) -> None:
         # The client has sent all it will (a half-close): the transport closes itself once this
         # returns, past `CoalescingTransport.close`, so a response written this turn goes now.
-        if isinstance(self.transport, CoalescingTransport):
-            self.transport.flush()
+        self._coalescing.flush()
         super().eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -6,24 +6,20 @@ command prints them."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 from click.testing import CliRunner, Result
 
 from service.api.app import create_app
-from service.api.server import GuardedHttpToolsProtocol
 from service.cli import cli
 from service.settings import Settings
 from service.store import task_runs
 from service.store.database import Store
 from tests.api.test_dead_letters_api import bury, dead_message
-from tests.support import RecordingPublisher, free_port
+from tests.support import RecordingPublisher, free_port, served_by_uvicorn
 
 KEY = "cli-test-key"
 
@@ -42,30 +38,9 @@ class Served:
 @pytest.fixture
 def served(settings_for: Callable[..., Settings]) -> Iterator[Served]:
     publisher = RecordingPublisher()
-    port = free_port()
     app = create_app(settings_for(DOCPROC_API_KEYS=KEY), publisher=publisher)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        lifespan="on",
-        http=GuardedHttpToolsProtocol,  # as `docproc serve api` serves it
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:  # set once uvicorn listens
-            assert thread.is_alive(), "uvicorn stopped before it listened"
-            assert time.monotonic() < deadline, "uvicorn did not listen within 20 s"
-            thread.join(0.01)
+    with served_by_uvicorn(app) as port:
         yield Served(f"http://127.0.0.1:{port}", publisher)
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        assert not thread.is_alive()
 
 
 def rows(output: str) -> list[list[str]]:

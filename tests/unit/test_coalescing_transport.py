@@ -10,18 +10,15 @@ import asyncio
 import hashlib
 import http.client
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
-import uvicorn
 from litestar import Litestar, get
 from litestar.response import Stream
 
 from service.api.server import COALESCE_LIMIT, CoalescingTransport, GuardedHttpToolsProtocol
-from tests.support import free_port
+from tests.support import served_by_uvicorn
 
 
 class Recording(asyncio.Transport):
@@ -125,14 +122,16 @@ async def small() -> dict[str, str]:
     return {"answer": "42"}
 
 
+def large_pieces() -> Iterator[bytes]:
+    """A streamed response's pieces, 1,000 bytes each but the last."""
+    for n in range(LARGE // 1000):
+        yield f"{n:0999d}\n".encode()
+    yield b"z" * (LARGE % 1000)
+
+
 @get("/large")
 async def large() -> Stream:
-    def pieces() -> Iterator[bytes]:  # written back to back, in one turn where it can
-        for n in range(LARGE // 1000):
-            yield f"{n:0999d}\n".encode()
-        yield b"z" * (LARGE % 1000)
-
-    return Stream(pieces(), media_type="application/octet-stream")
+    return Stream(large_pieces(), media_type="application/octet-stream")
 
 
 class Watched(GuardedHttpToolsProtocol):
@@ -147,25 +146,8 @@ class Watched(GuardedHttpToolsProtocol):
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[int]:
-    port = free_port()
-    config = uvicorn.Config(
-        Litestar([small, large]),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        http=Watched,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped before it listened"
-        assert time.monotonic() < deadline, "uvicorn did not listen within 20 s"
-        thread.join(0.01)
-    yield port
-    server.should_exit = True
-    thread.join(20)
+    with served_by_uvicorn(Litestar([small, large]), http=Watched) as port:
+        yield port
 
 
 def test_a_client_that_half_closes_gets_its_whole_response(served: int) -> None:
@@ -183,11 +165,7 @@ def test_a_client_that_half_closes_gets_its_whole_response(served: int) -> None:
 
 
 def test_responses_small_and_large_arrive_whole_on_one_connection(served: int) -> None:
-    def expected_large() -> bytes:
-        return b"".join(f"{n:0999d}\n".encode() for n in range(LARGE // 1000)) + b"z" * (
-            LARGE % 1000
-        )
-
+    expected_large = hashlib.sha256(b"".join(large_pieces())).digest()
     connection = http.client.HTTPConnection("127.0.0.1", served, timeout=10)
     try:
         for path in ("/small", "/large", "/small", "/large", "/small"):
@@ -199,7 +177,7 @@ def test_responses_small_and_large_arrive_whole_on_one_connection(served: int) -
                 assert body == b'{"answer":"42"}'
             else:
                 assert len(body) == LARGE
-                assert hashlib.sha256(body).digest() == hashlib.sha256(expected_large()).digest()
+                assert hashlib.sha256(body).digest() == expected_large
     finally:
         connection.close()
     assert Watched.transports, "no connection was made"
