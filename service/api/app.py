@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Litestar, Router
-from litestar.di import Provide
 from loguru import logger
 
 from service import heap, telemetry
@@ -19,7 +18,7 @@ from service.api.problems import EXCEPTION_HANDLERS
 from service.api.routes import dead_letters, documents, operations, tasks
 from service.api.security import REQUIRED, api_key_middleware
 from service.api.server import slow_body_middleware
-from service.api.services import PROVIDERS, Services
+from service.api.services import Providers, Services
 from service.broker.management import Management
 from service.broker.publisher import Publisher, TaskPublisher
 from service.deadletters.redrive import RedriveRunner
@@ -92,7 +91,8 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
     )
     if settings.api_keys and settings.public_reads:
         logger.warning("DOCPROC_PUBLIC_READS=true: reads need no API key, only writes do")
-    return Litestar(
+    providers = Providers()
+    app = Litestar(
         # Traces (service.telemetry) only when exported: otherwise no middleware at all.
         plugins=_tracing_plugins() if telemetry.active() else [],
         route_handlers=[
@@ -103,7 +103,7 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
             docs.assets,
             *console.routers(api),
         ],
-        dependencies={name: Provide(provider) for name, provider in PROVIDERS.items()},
+        dependencies=providers.dependencies(),
         exception_handlers=EXCEPTION_HANDLERS,
         after_request=docs.problem_for_missing_page,
         middleware=[correlation_middleware, slow_body_middleware, http_metrics_middleware],
@@ -113,6 +113,8 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
         logging_config=None,  # logging is ours (service.logs), set up by the entry point
         debug=False,
     )
+    providers.app = app
+    return app
 
 
 def _tracing_plugins() -> list[Any]:
