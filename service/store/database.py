@@ -107,6 +107,22 @@ def _unavailable(exc: SQLAlchemyError) -> DatabaseError:
     return DatabaseError(f"the store failed: {reason}")
 
 
+def _called(
+    operation: Operation[P, R], connection: Connection, *args: P.args, **kwargs: P.kwargs
+) -> R:
+    """`operation`'s result. A StopIteration it lets out (`next()` of an empty result) is a
+    RuntimeError here, as it would be out of a generator: an asyncio future cannot hold a
+    StopIteration, and the caller of an AsyncStore awaiting one would wait for ever."""
+    try:
+        return operation(connection, *args, **kwargs)
+    except StopIteration as exc:
+        raise RuntimeError(f"{_name(operation)} raised StopIteration") from exc
+
+
+def _name(operation: Callable[..., Any]) -> str:
+    return getattr(operation, "__qualname__", None) or repr(operation)
+
+
 class Store:
     """The store through a synchronous engine; one per process (engines do not survive fork)."""
 
@@ -122,7 +138,7 @@ class Store:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 with self.engine.begin() as connection:
-                    return operation(connection, *args, **kwargs)
+                    return _called(operation, connection, *args, **kwargs)
             except SQLAlchemyError as exc:
                 if attempt == ATTEMPTS or not _retried(exc):
                     raise _unavailable(exc) from exc
@@ -175,7 +191,7 @@ class Store:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 with self._reads.connect() as connection:
-                    return operation(connection, *args, **kwargs)
+                    return _called(operation, connection, *args, **kwargs)
             except SQLAlchemyError as exc:
                 if attempt == ATTEMPTS or not again(exc):
                     raise _unavailable(exc) from exc
@@ -310,8 +326,23 @@ class AsyncStore:
         return self._store.engine
 
     async def run(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self._on(self._readers, operation, *args, **kwargs)
+
+    async def _on(
+        self,
+        threads: ThreadPoolExecutor,
+        operation: Operation[P, R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R:
+        """`Store.run` on one of `threads`; StoreUnavailable once the store is closed (its
+        threads take no more work), as for a read."""
         call = functools.partial(self._store.run, operation, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._readers, call)
+        try:
+            running = asyncio.get_running_loop().run_in_executor(threads, call)
+        except RuntimeError:  # shut down
+            raise StoreUnavailable("the store is closed") from None
+        return await running
 
     async def read(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`run` for a short operation that only reads (`Store.read`: one round trip on
@@ -377,29 +408,47 @@ class AsyncStore:
                 del self._open_lookups[entry.operation]
         try:
             self._readers.submit(self._read_batch, loop, batch)
-        except RuntimeError:  # closed
-            for entry in batch:
+        except RuntimeError:  # closed: no batch will start again, for these or those waiting
+            waiting, self._pending = [*batch, *self._pending], []
+            self._open_lookups.clear()
+            for entry in waiting:
                 entry.abandon(StoreUnavailable("the store is closed"))
             return
         self._batches += 1
 
     def _read_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Entry]) -> None:
-        """On a reader thread: each read of the batch, then one call back to the loop."""
+        """On a reader thread: each read of the batch, then one call back to the loop — whatever
+        a read raised: a batch not delivered would hold its callers, and its place among the
+        `READ_BATCHES` under way, for ever."""
         outcomes: list[_Outcome] = []
-        for entry in batch:
-            try:
-                outcomes.append((entry, entry.run(), None))
-            except Exception as exc:  # each read's error goes to its own callers
-                outcomes.append((entry, None, exc))
-        loop.call_soon_threadsafe(self._deliver, loop, outcomes)
+        try:
+            for entry in batch:
+                try:
+                    outcomes.append((entry, entry.run(), None))
+                except Exception as exc:  # each read's error goes to its own callers
+                    outcomes.append((entry, None, exc))
+                except BaseException as exc:
+                    outcomes.append((entry, None, RuntimeError(f"the read raised {exc!r}")))
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(self._deliver, loop, batch, outcomes)
 
-    def _deliver(self, loop: asyncio.AbstractEventLoop, outcomes: list[_Outcome]) -> None:
+    def _deliver(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Entry], outcomes: list[_Outcome]
+    ) -> None:
         """On the loop: each read's outcome to its callers, and the next batch on its way."""
         self._batches -= 1
-        for entry, value, error in outcomes:
-            entry.deliver(value, error)
-        if self._pending and self._batches < READ_BATCHES:
-            self._next_batch(loop)
+        try:
+            for entry, value, error in outcomes:
+                try:
+                    entry.deliver(value, error)
+                except Exception as exc:  # a lookup that returned no mapping
+                    entry.abandon(exc)
+            for entry in batch[len(outcomes) :]:  # not reached by the reader thread
+                entry.abandon(StoreUnavailable("the read was not made"))
+        finally:
+            if self._pending and self._batches < READ_BATCHES:
+                self._next_batch(loop)
 
     def _read_inline(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`operation` on the loop's own connection, kept open between reads (taking one from
@@ -410,7 +459,7 @@ class AsyncStore:
             if connection is None:
                 connection = self._inline_connection = self._inline.connect()
             with connection.begin():
-                return operation(connection, *args, **kwargs)
+                return _called(operation, connection, *args, **kwargs)
         except SQLAlchemyError as exc:
             if isinstance(exc, OperationalError) and "locked" in str(exc.orig):
                 raise _Locked from exc
@@ -425,12 +474,10 @@ class AsyncStore:
         """`run` on threads of its own, for a read that may take seconds (a search): however
         many are under way, the other operations (a status read, the commit of an upload) never
         wait for a thread behind them. Beyond `long_readers` at once, long reads queue."""
-        call = functools.partial(self._store.run, operation, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._long_readers, call)
+        return await self._on(self._long_readers, operation, *args, **kwargs)
 
     async def write(self, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        call = functools.partial(self._store.run, operation, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._writer, call)
+        return await self._on(self._writer, operation, *args, **kwargs)
 
     async def record(
         self, patience: float, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs
@@ -444,7 +491,7 @@ class AsyncStore:
             try:
                 return await self.write(operation, *args, **kwargs)
             except DatabaseError as exc:
-                if not exc.transient or time.monotonic() + pause > give_up:
+                if not exc.transient or self._closed or time.monotonic() + pause > give_up:
                     raise
                 logger.warning("the store refused a record ({}); trying again", exc)
                 await asyncio.sleep(pause)

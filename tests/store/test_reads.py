@@ -34,6 +34,22 @@ def _in_transaction(connection: Connection) -> bool:
     return bool(first == second)
 
 
+async def batches_held(store: AsyncStore) -> tuple[list[asyncio.Task[str]], threading.Event]:
+    """Reads that take the `READ_BATCHES` batches a store runs at once, each holding its reader
+    thread until the event is set (then answering "held"): reads made meanwhile queue."""
+    began, release = threading.Semaphore(0), threading.Event()
+
+    def held(_: Connection) -> str:
+        began.release()
+        release.wait(60)
+        return "held"
+
+    first = [asyncio.create_task(store.read(held)) for _ in range(READ_BATCHES)]
+    for _ in range(READ_BATCHES):
+        assert await asyncio.to_thread(began.acquire, True, 10)
+    return first, release
+
+
 async def test_a_read_sees_what_was_written(async_store: AsyncStore) -> None:
     await async_store.write(task_runs.record_pending, "t-1", PROCESS_DOCUMENT, queue=DOCUMENT_QUEUE)
     run = await async_store.read(task_runs.get, "t-1")
@@ -129,21 +145,13 @@ async def test_reads_that_arrive_while_batches_run_go_together_each_to_its_calle
         return submit(*args, **kwargs)
 
     monkeypatch.setattr(async_store._readers, "submit", counted)
-    began, release = threading.Semaphore(0), threading.Event()
-
-    def held(_: Connection) -> str:
-        began.release()
-        release.wait(60)
-        return "held"
 
     def echo(_: Connection, value: int) -> int:
         if value == 13:
             raise ValueError("thirteen")
         return value
 
-    first = [asyncio.ensure_future(async_store.read(held)) for _ in range(READ_BATCHES)]
-    for _ in range(READ_BATCHES):
-        assert await asyncio.to_thread(began.acquire, True, 10)
+    first, release = await batches_held(async_store)
     waiting = {value: asyncio.ensure_future(async_store.read(echo, value)) for value in range(20)}
     gone = asyncio.ensure_future(async_store.read(echo, 99))
     await asyncio.sleep(0)  # the reads are queued (no hop can take them: both batches are held)
@@ -180,16 +188,7 @@ async def test_lookups_that_wait_for_the_same_batch_are_one_call_with_all_their_
     def failing(_: Connection, task_ids: list[str]) -> dict[str, int]:
         raise ValueError(f"failed for {len(task_ids)}")
 
-    began, release = threading.Semaphore(0), threading.Event()
-
-    def held(_: Connection) -> str:
-        began.release()
-        release.wait(60)
-        return "held"
-
-    first = [asyncio.ensure_future(async_store.read(held)) for _ in range(READ_BATCHES)]
-    for _ in range(READ_BATCHES):
-        assert await asyncio.to_thread(began.acquire, True, 10)
+    first, release = await batches_held(async_store)
     keys = [f"t-{n}" for n in range(20)] + ["t-3", "t-unknown"]
     looked_up = [asyncio.ensure_future(async_store.lookup(recorded, key)) for key in keys]
     doomed = [asyncio.ensure_future(async_store.lookup(failing, key)) for key in ("a", "b")]
@@ -308,3 +307,99 @@ def test_a_read_on_the_drivers_cursor_whose_connection_dies_is_said_as_sqlalchem
     finally:
         store.close()
         other.close()
+
+
+class Fatal(BaseException):
+    """What no operation should raise, and a store must survive all the same."""
+
+
+async def test_a_read_that_lets_out_stop_iteration_or_a_base_exception_fails_alone(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read whose operation lets out StopIteration (`next()` of an empty result), a
+    BaseException, or a lookup that answers with no mapping, fails its own callers; the others
+    of its batch get their answers, and the reads after it go on. (A future cannot hold a
+    StopIteration: before, its batch's other callers, and every read after two such batches,
+    waited for ever.)"""
+    store = AsyncStore(database_url)
+    monkeypatch.setattr(store, "_inline", None)  # on SQLite, the path of a locked database
+    await store.write(task_runs.record_pending, "t-1", PROCESS_DOCUMENT, queue=DOCUMENT_QUEUE)
+
+    def empty_first(_: Connection) -> int:
+        return next(iter([]))
+
+    def fatal(_: Connection) -> int:
+        raise Fatal("an operation's BaseException")
+
+    def no_mapping(_: Connection, keys: list[str]) -> Any:
+        return list(keys)
+
+    def echo(_: Connection, value: int) -> int:
+        return value
+
+    try:
+        for _ in range(READ_BATCHES + 1):
+            reads = [
+                store.read(echo, 1),
+                store.read(empty_first),
+                store.read(fatal),
+                store.lookup(no_mapping, "k"),
+                store.read(echo, 2),
+            ]
+            outcomes = await asyncio.wait_for(asyncio.gather(*reads, return_exceptions=True), 10)
+            assert outcomes[0] == 1
+            assert outcomes[4] == 2
+            assert isinstance(outcomes[1], RuntimeError)
+            assert "StopIteration" in str(outcomes[1])
+            assert isinstance(outcomes[2], RuntimeError)
+            assert "Fatal" in str(outcomes[2])
+            assert isinstance(outcomes[3], AttributeError)
+        run = await asyncio.wait_for(store.lookup(task_runs.by_id, "t-1"), 10)
+        assert run is not None
+        for way in (store.run, store.write, store.long_read):
+            with pytest.raises(RuntimeError, match="StopIteration"):
+                await asyncio.wait_for(way(empty_first), 10)
+    finally:
+        await store.close()
+
+
+async def test_closing_the_store_answers_every_read_still_waiting(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads queued behind batches under way when the store closes are each answered — their
+    result, or StoreUnavailable — however many wait (before, those beyond the next batch
+    waited for ever)."""
+    store = AsyncStore(database_url)
+    monkeypatch.setattr(store, "_inline", None)
+
+    def echo(_: Connection, value: int) -> int:
+        return value
+
+    first, release = await batches_held(store)
+    waiting = [asyncio.ensure_future(store.read(echo, n)) for n in range(70)]
+    closing = asyncio.ensure_future(store.close())
+
+    async def closed() -> bool | None:
+        return True if store._closed else None
+
+    await eventually(closed, 10, "the store closing")
+    release.set()
+    await asyncio.wait_for(closing, 10)
+    assert await asyncio.gather(*first) == ["held"] * READ_BATCHES
+    outcomes = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 10)
+    for n, outcome in enumerate(outcomes):
+        assert outcome == n or isinstance(outcome, StoreUnavailable), outcome
+
+
+async def test_after_the_store_closed_every_operation_says_it_is_unavailable(
+    database_url: str,
+) -> None:
+    """StoreUnavailable (a 503), as for a read — not the thread pool's RuntimeError (a 500) —
+    and at once: a record is not tried again against a closed store."""
+    store = AsyncStore(database_url)
+    await store.close()
+    for way in (store.run, store.write, store.long_read):
+        with pytest.raises(StoreUnavailable, match="closed"):
+            await way(task_runs.get, "t-1")
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await asyncio.wait_for(store.record(60, task_runs.get, "t-1"), 5)
