@@ -174,9 +174,11 @@ class RedriveRunner:
 
         await asyncio.gather(*(one(dead_letter_id) for dead_letter_id in ids))
 
+        published_at = utcnow()  # the same in each attempt to record it
+
         def record(connection: Connection) -> str | None:
             published = [letters[id_] for id_, error in outcomes.items() if error is None]
-            mark_handled(connection, published, seen)
+            mark_handled(connection, published, seen, published_at)
             return redrives.record_items(
                 connection,
                 redrive_id=job.id,

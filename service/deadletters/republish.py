@@ -25,6 +25,7 @@ from service.errors import Conflict, NotFound
 from service.store import dead_letters, task_runs
 from service.store.database import RECORD_PATIENCE, AsyncStore
 from service.store.dead_letters import DeadLetter
+from service.store.schema import utcnow
 from service.topology import WORK_QUEUES
 
 DEATH_HEADERS = frozenset(
@@ -97,12 +98,13 @@ def message_for(letter: DeadLetter) -> aio_pika.Message:
 
 
 def mark_handled(
-    connection: Connection, letters: Sequence[DeadLetter], seen: dict[str, datetime]
+    connection: Connection, letters: Sequence[DeadLetter], seen: dict[str, datetime], at: datetime
 ) -> None:
-    """The letters were re-published: count each, and its task is PENDING again — unless its run
-    changed since `seen` (read before publishing): then the worker was quicker, and its story
-    is the newer one."""
-    dead_letters.mark_republished(connection, *(letter.id for letter in letters))
+    """The letters were re-published `at`: count each, and its task is PENDING again — unless
+    its run changed since `seen` (read before publishing): then the worker was quicker, and its
+    story is the newer one. Written again with the same arguments (`AsyncStore.record`, when
+    the answer to its commit was lost), it changes nothing more."""
+    dead_letters.mark_republished(connection, *(letter.id for letter in letters), at=at)
     task_runs.requeue(
         connection,
         *(
@@ -191,7 +193,7 @@ async def republish(
     queue = target or letter.queue
     await publish(publisher, letter, queue)
     # Unmarked, the letter would look untouched, and a retried request would publish it again.
-    await store.record(RECORD_PATIENCE, mark_handled, [letter], seen)
+    await store.record(RECORD_PATIENCE, mark_handled, [letter], seen, utcnow())
     return Republished(
         dead_letter_id=letter.id,
         queue=queue,

@@ -352,10 +352,15 @@ def groups(connection: Connection, filters: Filters) -> list[Group]:
 
 # One statement for the whole group, the ids one parameter: run as executemany, a row a
 # parameter set, it cost 30 µs of CPU a letter on PostgreSQL (13 so) and 10-12 on SQLite (3-5).
+# Counted once for each `p_at`: a record written again with the same stamp (its commit's answer
+# lost, `AsyncStore.record`) finds it there, and changes nothing.
 _REPUBLISHED = Keyed(
     lambda one_of: (
         update(dead_letters)
-        .where(one_of(dead_letters.c.id, "p_ids"))
+        .where(
+            one_of(dead_letters.c.id, "p_ids"),
+            dead_letters.c.republished_at.is_distinct_from(bindparam("p_at")),
+        )
         .values(
             republish_count=dead_letters.c.republish_count + 1,
             republished_at=bindparam("p_at"),
@@ -365,12 +370,17 @@ _REPUBLISHED = Keyed(
 )
 
 
-def mark_republished(connection: Connection, *dead_letter_ids: str) -> None:
-    """Each was re-published once more (in id order: concurrent writers lock rows alike, and
-    PostgreSQL looks up the keys of an `= ANY` array in order)."""
+def mark_republished(
+    connection: Connection, *dead_letter_ids: str, at: datetime | None = None
+) -> None:
+    """Each was re-published once more, `at` (now by default) — once, however often this is
+    written with the same `at`: the stamp of one re-publishing, taken before the first attempt
+    to record it. In id order: concurrent writers lock rows alike, and PostgreSQL looks up the
+    keys of an `= ANY` array in order."""
     if dead_letter_ids:
         connection.execute(
-            _REPUBLISHED(connection), {"p_ids": sorted(set(dead_letter_ids)), "p_at": utcnow()}
+            _REPUBLISHED(connection),
+            {"p_ids": sorted(set(dead_letter_ids)), "p_at": at or utcnow()},
         )
 
 

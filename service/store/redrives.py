@@ -125,11 +125,15 @@ def pending(connection: Connection, redrive_id: str, limit: int) -> list[str]:
     return [str(row) for row in rows]
 
 
+# An item's outcome is written once: only while it is pending. What a job counts is what these
+# changed — so a record written again (its commit's answer lost, `AsyncStore.record`), or items
+# published twice (a runner that took the job over from one thought dead), count once.
 _ITEM = (
     update(redrive_items)
     .where(
         redrive_items.c.redrive_id == bindparam("p_redrive_id"),
         redrive_items.c.dead_letter_id == bindparam("p_dead_letter_id"),
+        redrive_items.c.state == "pending",
     )
     .values(state=bindparam("p_state"), error=bindparam("p_error"))
 )
@@ -142,6 +146,7 @@ _PUBLISHED = Keyed(
         .where(
             redrive_items.c.redrive_id == bindparam("p_redrive_id"),
             one_of(redrive_items.c.dead_letter_id, "p_ids"),
+            redrive_items.c.state == "pending",
         )
         .values(state="published", error=None)
     )
@@ -164,32 +169,30 @@ def record_items(
     the job over (this one must stop and leave it alone)."""
     now = utcnow()
     published: list[str] = []
-    others: list[Outcome] = []
+    changed: dict[str, int] = {"published": 0, "failed": 0}
+    errors: list[str] = []
     for outcome in sorted(outcomes, key=lambda outcome: outcome.dead_letter_id):
         if (outcome.state, outcome.error) == ("published", None):
             published.append(outcome.dead_letter_id)
-        else:
-            others.append(outcome)
+            continue
+        parameters = {
+            "p_redrive_id": redrive_id,
+            "p_dead_letter_id": outcome.dead_letter_id,
+            "p_state": outcome.state,
+            "p_error": outcome.error,
+        }
+        if connection.execute(_ITEM, parameters).rowcount:  # one a failure: they are few
+            changed[outcome.state] = changed.get(outcome.state, 0) + 1
+            if outcome.error is not None:
+                errors.append(outcome.error)
     if published:
-        connection.execute(_PUBLISHED(connection), {"p_redrive_id": redrive_id, "p_ids": published})
-    if others:
-        connection.execute(
-            _ITEM,
-            [
-                {
-                    "p_redrive_id": redrive_id,
-                    "p_dead_letter_id": outcome.dead_letter_id,
-                    "p_state": outcome.state,
-                    "p_error": outcome.error,
-                }
-                for outcome in others
-            ],
-        )
+        changed["published"] += connection.execute(
+            _PUBLISHED(connection), {"p_redrive_id": redrive_id, "p_ids": published}
+        ).rowcount
     c = redrives.c
-    errors = [outcome.error for outcome in outcomes if outcome.error is not None]
     values: dict[str, Any] = {
-        "published": c.published + sum(outcome.state == "published" for outcome in outcomes),
-        "failed": c.failed + sum(outcome.state == "failed" for outcome in outcomes),
+        "published": c.published + changed["published"],
+        "failed": c.failed + changed["failed"],
         "heartbeat_at": case((c.owner == owner, now), else_=c.heartbeat_at),
         "updated_at": now,
     }

@@ -5,6 +5,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
+from service.deadletters import republish
 from service.deadletters.consumer import store_batch
 from service.deadletters.parsing import RawMessage
 from service.store import dead_letters, redrives
@@ -138,3 +139,39 @@ def test_a_groups_outcomes_are_recorded_each_with_its_own_state_and_error(store:
     assert state == "running"
     counts = store.run(lambda c: dict(c.execute(select(table.c.id, table.c.republish_count)).all()))
     assert [counts[id_] for id_ in ids] == [1, 0, 1, 0, 0]
+
+
+def test_a_groups_record_written_again_changes_nothing_more(store: Store) -> None:
+    """`AsyncStore.record` writes a record again when the answer to its commit was lost — the
+    first may have committed. The job counts each item once (however often its outcome is
+    written, and whichever runner writes it: one that took the job over publishes the same
+    pending items again), and a letter re-published once, with one stamp, is counted once."""
+    now = datetime.now(UTC)
+    stored = store.run(store_batch, [message(n, now) for n in range(3)])
+    ids = [record_id for record_id, _ in stored]
+    job = store.run(redrives.create, Filters(), 100.0)
+    assert store.run(redrives.claim, "runner-1", now - timedelta(seconds=15)) is not None
+    outcomes = [
+        redrives.Outcome(ids[0], "published"),
+        redrives.Outcome(ids[1], "failed", "dead letter was discarded"),
+    ]
+    letter = store.run(dead_letters.get, ids[0])
+    assert letter is not None
+    letters = [letter]
+    published_at = datetime.now(UTC)
+
+    def record(connection: Any, owner: str) -> redrives.RedriveState | None:
+        republish.mark_handled(connection, letters, {}, published_at)
+        return redrives.record_items(connection, redrive_id=job.id, owner=owner, outcomes=outcomes)
+
+    for owner in ("runner-1", "runner-1", "runner-2"):
+        store.run(record, owner)
+
+    recorded = store.run(redrives.get, job.id)
+    assert recorded is not None
+    assert (recorded.published, recorded.failed) == (1, 1)
+    counts = store.run(lambda c: dict(c.execute(select(table.c.id, table.c.republish_count)).all()))
+    assert [counts[id_] for id_ in ids] == [1, 0, 0]
+    store.run(republish.mark_handled, letters, {}, datetime.now(UTC))  # re-published again
+    counts = store.run(lambda c: dict(c.execute(select(table.c.id, table.c.republish_count)).all()))
+    assert counts[ids[0]] == 2
