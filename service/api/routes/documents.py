@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, get_args
 
 from litestar import Request, Response, get, post
-from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import Example
-from litestar.params import MultipartBody, QueryParameter
+from litestar.params import QueryParameter
 from loguru import logger
 from sqlalchemy import Connection
 
@@ -22,6 +20,7 @@ from service.api.models import Accepted, DocumentOut, DocumentText, SearchResult
 from service.api.params import MAX_LENGTH, PathId
 from service.api.responses import errors
 from service.api.services import IntakeDep, SettingsDep, StoreDep
+from service.api.uploads import UploadOperation, file_of
 from service.errors import BadRequest, DocprocError, NotFound, TooLarge
 from service.indexing import pipeline_limits
 from service.intake import Upload, inspect_upload
@@ -35,17 +34,6 @@ from service.store.task_runs import TaskRun
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Room for the multipart framing around the file when the body size is checked while it streams."""
-
-
-@dataclass
-class UploadForm:
-    # A list, so that two files are a clear 400 here rather than a type error in Litestar.
-    file: list[UploadFile]
-
-
-# Litestar resolves the form's type hints on every upload: as the text this module's annotations
-# are, that is a compile() and an eval() per request; as the type itself, a dictionary lookup.
-UploadForm.__annotations__["file"] = list[UploadFile]
 
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
@@ -87,19 +75,12 @@ def upload_handler(settings: Settings) -> Any:
         "task (header `Idempotent-Replayed: true`), and 409 for other content.",
         responses=errors(400, 401, 403, 409, 413, 415, 422, 503),
         tags=["documents"],
+        operation_class=UploadOperation,
     )
-    async def upload(
-        request: Request[Any, Any, Any],
-        data: MultipartBody[UploadForm],
-        intake: IntakeDep,
-    ) -> Response[Accepted]:
+    async def upload(request: Request[Any, Any, Any], intake: IntakeDep) -> Response[Accepted]:
         key = _idempotency_key(request)
-        if len(data.file) != 1:
-            raise BadRequest(
-                f"one file per upload: this one has {len(data.file)} in the field `file`"
-            )
-        [upload] = data.file
-        content = await upload.read()
+        upload = await file_of(request)
+        content = upload.content
         if len(content) > settings.max_upload_bytes:
             raise TooLarge(
                 f"{len(content)} bytes, more than the {settings.max_upload_bytes} allowed "
