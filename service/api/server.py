@@ -3,7 +3,9 @@
 A client must send its request headers within HEADER_TIMEOUT, or its connection is closed.
 Uvicorn only times out idle keep-alive connections; a thousand clients that connect and never
 finish their headers would otherwise hold a thousand connections (slowloris). Slow bodies get a
-408 from `slow_body_middleware`.
+408 from `slow_body_middleware` — and a body the app never reads, a closed connection after
+BODY_CHUNK_TIMEOUT of silence. A response its client does not read for WRITE_TIMEOUT is dropped,
+with the memory it held. A client that half-closes still gets its answers.
 
 Uvicorn writes a response's head and its body to the socket separately: two sends, each of which
 wakes the client. `CoalescingTransport` makes them one.
@@ -27,6 +29,10 @@ headers whole."""
 
 BODY_CHUNK_TIMEOUT = 30.0
 """Seconds a client may take between two pieces of a request body it is sending."""
+
+WRITE_TIMEOUT = 60.0
+"""Seconds a response may wait for its client to read, its buffer full, before the connection is
+dropped."""
 
 
 def slow_body_middleware(app: ASGIApp) -> ASGIApp:
@@ -158,7 +164,17 @@ class CoalescingTransport(asyncio.Transport):
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """Uvicorn's protocol with a deadline for each thing a client owes: its request's headers
+    (HEADER_TIMEOUT), each piece of a body it announced (BODY_CHUNK_TIMEOUT, also when the app
+    answered without reading it, where uvicorn waits for the rest with no deadline at all),
+    and reading a response that fills the buffer (WRITE_TIMEOUT); a client that half-closes
+    after its request still gets the answer."""
+
     _header_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
+    _write_timer: asyncio.TimerHandle | None = None
+    _in_body = False
+    _client_done = False
     _coalescing: CoalescingTransport
 
     def _arm(self) -> None:
@@ -186,13 +202,68 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        self._in_body = True
 
-    def eof_received(self) -> None:
-        # The client has sent all it will (a half-close): the transport closes itself once this
-        # returns, past `CoalescingTransport.close`, so a response written this turn goes now.
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._cancel("_body_timer")
+        super().on_message_complete()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_body:  # more of a body is owed: from now, within BODY_CHUNK_TIMEOUT
+            self._cancel("_body_timer")
+            self._body_timer = self.loop.call_later(BODY_CHUNK_TIMEOUT, self._body_too_slow)
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        if self.flow.read_paused:  # the app is not reading: the wait is ours, not the client's
+            self._body_timer = self.loop.call_later(BODY_CHUNK_TIMEOUT, self._body_too_slow)
+        elif not self.transport.is_closing():
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._cancel("_write_timer")
+        self._write_timer = self.loop.call_later(WRITE_TIMEOUT, self._not_reading)
+
+    def resume_writing(self) -> None:
+        self._cancel("_write_timer")
+        super().resume_writing()
+
+    def _not_reading(self) -> None:
+        self._write_timer = None
+        self.transport.abort()  # what it holds will never be read: not flushed first
+
+    def _cancel(self, name: str) -> None:
+        timer: asyncio.TimerHandle | None = getattr(self, name)
+        if timer is not None:
+            timer.cancel()
+            setattr(self, name, None)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's own
+        """The client has sent all it will (a half-close). A request it sent whole still gets its
+        answer (and those pipelined after it, theirs): the connection closes after the last. With
+        nothing to answer, it closes now — past `CoalescingTransport.close`, so what was written
+        this turn is sent first."""
+        cycle = self.cycle
+        owed = cycle is not None and not cycle.more_body and not cycle.response_complete
+        if owed or self.pipeline:
+            self._client_done = True
+            return True
         self._coalescing.flush()
-        super().eof_received()
+        return None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle
+        answered = not self.pipeline and (cycle is None or cycle.response_complete)
+        if self._client_done and answered and not self.transport.is_closing():
+            self._unset_keepalive_if_required()
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._cancel("_body_timer")
+        self._cancel("_write_timer")
         super().connection_lost(exc)
