@@ -17,6 +17,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components
 from litestar.static_files import create_static_files_router
 
+from service.api.params import no_nul_in_path
 from service.api.problems import problem
 from service.api.security import SCHEME, SECURITY_SCHEME
 from service.settings import Settings
@@ -26,7 +27,11 @@ ASSETS = f"{PATH}/assets"
 _STATIC = Path(str(files("swagger_ui") / "static"))
 
 assets = create_static_files_router(
-    path=ASSETS, directories=[_STATIC], include_in_schema=False, name="docs-assets"
+    path=ASSETS,
+    directories=[_STATIC],
+    include_in_schema=False,
+    name="docs-assets",
+    guards=[no_nul_in_path],
 )
 
 

@@ -4,8 +4,11 @@ parameter, not a store error."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotFoundException
+from litestar.handlers import BaseRouteHandler
 from litestar.params import PathParameter, QueryParameter
 
 PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
@@ -16,3 +19,10 @@ PathId = Annotated[str, PathParameter(max_length=MAX_LENGTH, pattern=PRINTABLE)]
 
 QueryText = Annotated[str | None, QueryParameter(max_length=MAX_LENGTH, pattern=PRINTABLE)]
 """A filter value in the query string."""
+
+
+def no_nul_in_path(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A guard for routes that serve files by their path, which the file system would refuse
+    with a NUL in it (a 500): such a file is not there."""
+    if "\x00" in connection.scope["path"]:
+        raise NotFoundException("no such file")

@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
+from litestar.handlers import HTTPRouteHandler
 from loguru import logger
 
 from service.api.correlation import correlation_id_of
@@ -88,16 +89,37 @@ def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Re
 
 
 def too_large(request: Request[Any, Any, Any]) -> Response[Any]:
-    """The body-size limit's 413 (Litestar refuses the body before any handler): the sentence an
-    upload over the limit always gets."""
-    limit = request.app.state.services.settings.max_upload_bytes
+    """The body-size limit's 413 (Litestar refuses the body before any handler, or as it
+    streams in): for an upload, the sentence an upload over the limit always gets; for another
+    body, the limit of its endpoint."""
     size = request.headers.get("content-length", "")
-    said = f"{size} bytes" if size.isdigit() else "the upload is"
-    return problem(
-        413,
-        "Upload too large",
-        f"{said}, more than the {limit} allowed (DOCPROC_MAX_UPLOAD_BYTES)",
+    handler = request.scope.get("route_handler")
+    if handler is not None and handler.opt.get(UPLOAD):
+        limit = request.app.state.services.settings.max_upload_bytes
+        said = f"{size} bytes, more" if size.isdigit() else "the upload is more"
+        return problem(
+            413,
+            "Upload too large",
+            f"{said} than the {limit} allowed (DOCPROC_MAX_UPLOAD_BYTES)",
+        )
+    most = (
+        handler.resolve_request_max_body_size() if isinstance(handler, HTTPRouteHandler) else None
     )
+    said = f"{size} bytes, more" if size.isdigit() else "the request's body is more"
+    takes = f"than the {most} bytes this endpoint takes" if most else "than this endpoint takes"
+    return problem(413, "Request body too large", f"{said} {takes}")
+
+
+UPLOAD = "docproc_upload"
+"""The `opt` key that marks the upload route, whose body limit is DOCPROC_MAX_UPLOAD_BYTES."""
+
+
+def on_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    """A body nested deeper than its decoder goes (`[[[[…]]]]`): the client's, unless the
+    request had none — then it is ours."""
+    if request.method in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        return on_unexpected(request, exc)
+    return problem(400, "Bad request", "the request's body nests too deep to be read")
 
 
 def _title(status: int) -> str:
@@ -112,5 +134,6 @@ def _title(status: int) -> str:
 EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
     DocprocError: on_docproc_error,
     HTTPException: on_http_exception,
+    RecursionError: on_too_deep,
     Exception: on_unexpected,
 }

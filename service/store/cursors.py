@@ -19,9 +19,12 @@ def decode(cursor: str) -> tuple[datetime, str] | None:
     try:
         moment_text, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
         moment = datetime.fromisoformat(moment_text)
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), row_id
+        # In UTC, as the store compares it: a time at the edge of the calendar in another zone
+        # (0001-01-01T00:00+14:00) is none, which the store would answer with an error.
+        in_utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     except (ValueError, UnicodeDecodeError, OverflowError):
         return None
+    return in_utc, row_id
 
 
 def before(time_column: Any, id_column: Any, cursor: str) -> ColumnElement[bool]:

@@ -22,6 +22,7 @@ from litestar.template import TemplateConfig
 
 from service.api.console import pages, session
 from service.api.console.filters import FILTERS
+from service.api.params import no_nul_in_path
 
 PREFIX = "/ui"
 _HERE = Path(str(files("service.api.console")))
@@ -63,6 +64,7 @@ def routers(api_handlers: list[Any]) -> list[Any]:
             include_in_schema=False,
             name="console-static",
             cache_control=CacheControlHeader(no_cache=True),
+            guards=[no_nul_in_path],
         ),
         Router(
             path=f"{PREFIX}/api",

@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 from service.api.correlation import correlation_id_of
 from service.api.models import Accepted, DocumentOut, DocumentText, SearchResults
 from service.api.params import MAX_LENGTH, PathId
+from service.api.problems import UPLOAD
 from service.api.responses import errors
 from service.api.services import IntakeDep, SettingsDep, StoreDep
 from service.api.uploads import UploadOperation, file_of
@@ -76,6 +77,7 @@ def upload_handler(settings: Settings) -> Any:
         responses=errors(400, 401, 403, 409, 413, 415, 422, 503),
         tags=["documents"],
         operation_class=UploadOperation,
+        opt={UPLOAD: True},
     )
     async def upload(request: Request[Any, Any, Any], intake: IntakeDep) -> Response[Accepted]:
         key = _idempotency_key(request)
