@@ -14,6 +14,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    literal,
     or_,
     select,
     update,
@@ -268,7 +269,8 @@ def get(
     if with_body and body_limit is not None:
         columns = [
             *_SUMMARY,
-            func.substr(_c.body, 1, body_limit).label("body"),
+            # SQLite's substr of an empty blob is NULL, which no letter's body is.
+            func.coalesce(func.substr(_c.body, 1, body_limit), literal(b"")).label("body"),
             func.length(_c.body).label("body_size"),
         ]
     row = connection.execute(select(*columns).where(dead_letters.c.id == dead_letter_id)).first()
