@@ -29,6 +29,8 @@ CONNECT_TIMEOUT = 10.0
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
     aiormq.exceptions.AMQPError,
     aio_pika.exceptions.AMQPException,
+    # A call on a channel whose connection closed meanwhile (a RuntimeError in aiormq).
+    aiormq.exceptions.ChannelInvalidStateError,
     ConnectionError,
     OSError,
     asyncio.TimeoutError,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import aio_pika
 import psycopg
@@ -455,3 +457,42 @@ async def test_a_second_consumer_stands_by_and_takes_over_when_the_first_stops(
 
     assert "holding the DLQ consumer lease" in second.output()
     assert record_count(url) == 300
+
+
+async def test_the_broker_connection_lost_while_a_batch_commits_is_reconnected_to(
+    dlq_vhost: Vhost, tmp_path: Path
+) -> None:
+    """The connection closes (a failover, a blip: here the management API closes it) while a
+    batch waits for its commit — held by a write lock taken from outside. The consumer
+    reconnects, where it once exited on aiormq's ChannelInvalidStateError, and each message
+    ends as one record."""
+    database = tmp_path / "docproc.db"
+    url = f"sqlite:///{database}"
+    consumer = await start_dlq(dlq_vhost, tmp_path / "dlq.log", DOCPROC_DATABASE_URL=url)
+    lock = sqlite3.connect(database, timeout=30, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # the consumer's next commit waits (busy timeout)
+        await kill_messages(dlq_vhost)
+        async with dlq_vhost.management() as management:
+
+            async def in_hand() -> list[str] | None:
+                queue = await management.queue("docproc.dead_letter")
+                if queue is None or not queue.messages_unacknowledged:
+                    return None
+                path = f"/api/vhosts/{quote(dlq_vhost.name, safe='')}/connections"
+                found = (await management._request("GET", path)).json()
+                named = [(c["name"], c.get("user_provided_name") or "") for c in found]
+                return [name for name, given in named if given.startswith("docproc dlq")] or None
+
+            names = await eventually(in_hand, 30, "a batch in the consumer's hands")
+            for name in names:
+                closed = await management._request("DELETE", f"/api/connections/{quote(name)}")
+                assert closed.status_code in (200, 204), closed.text
+        lock.execute("ROLLBACK")
+        await wait_for_records(dlq_vhost, url, 4 * PER_ORIGIN, timeout=90)
+        assert consumer.alive(), consumer.tail()
+        assert "lost the broker" in consumer.output()
+    finally:
+        lock.close()
+        assert consumer.stop() == 0, consumer.tail()
+    assert stored(url) == EXPECTED
