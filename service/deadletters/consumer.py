@@ -45,6 +45,7 @@ from sqlalchemy import Connection
 
 from service import telemetry
 from service.broker.connection import BROKER_ERRORS, connect_until, until
+from service.deadletters import frames
 from service.deadletters.parsing import RawMessage, message_key, read
 from service.errors import DatabaseError, DocprocError, StoreUnavailable
 from service.logs import correlated
@@ -60,6 +61,9 @@ LEASE_TTL = 30.0
 HANDOVER_WAIT = 150.0
 """How long to wait for an earlier consumer's channel to be gone before peeking (RabbitMQ notices
 a vanished peer within two heartbeats, 60 s each by default)."""
+QUICK_LOSS = 5.0
+"""Seconds: a connection lost sooner than this after it was made is made again after a pause,
+growing to `retry_max` while it goes on (a message that ends every connection at once)."""
 FAULTS = ("before-commit", "after-commit", "after-ack")
 """Where `DOCPROC_FAULT_INJECTION=dlq:<point>` kills the consumer (tests only)."""
 
@@ -227,8 +231,10 @@ class DeadLetterConsumer:
 
         The connection is re-made here rather than left to aio-pika's robust connection: its
         restore of a channel's consumer failed after a broker restart in our tests (the
-        channel's close callback raised), leaving a consumer that waited forever.
+        channel's close callback raised), leaving a consumer that waited forever. Messages
+        whose properties cannot be read are stored all the same (`frames`).
         """
+        frames.install()
         while not stop.is_set():
             if not await self._take_lease(stop):
                 return
@@ -285,12 +291,14 @@ class DeadLetterConsumer:
                 return
 
     async def _serve(self, stop: asyncio.Event) -> None:
+        pause = 0.0
         while not stop.is_set() and not self._lease_lost.is_set():
             connection = await connect_until(
                 self.settings, stop, name="dlq", pause_max=self.retry_max
             )
             if connection is None:
                 return
+            connected = time.monotonic()
             try:
                 while not stop.is_set() and not self._lease_lost.is_set():
                     if not await self._consume(connection, stop) and not stop.is_set():
@@ -298,10 +306,15 @@ class DeadLetterConsumer:
             except BROKER_ERRORS as exc:
                 # What was delivered on the lost channel is back in the queue (unacked); the
                 # next channel's handover sorts committed from uncommitted (module docstring).
-                logger.warning("lost the broker ({!r}); reconnecting", exc)
+                # A connection lost as soon as made is lost again if made at once: pauses grow.
+                quick = time.monotonic() - connected < QUICK_LOSS
+                pause = min(max(2 * pause, 0.5), self.retry_max) if quick else 0.0
+                logger.warning("lost the broker ({!r}); reconnecting in {:g} s", exc, pause)
             finally:
                 with contextlib.suppress(*BROKER_ERRORS):
                     await connection.close()
+            if pause:
+                await until(asyncio.sleep(pause), stop)
 
     async def _consume(self, connection: AbstractConnection, stop: asyncio.Event) -> bool:
         """Consume batch by batch until stopped (True) or until the store fails (False); the

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -21,11 +22,12 @@ from pamqp.commands import Basic
 from sqlalchemy import func, select
 
 from service.deadletters.consumer import raw_message
+from service.deadletters.frames import UNREADABLE
 from service.errors import DatabaseError
 from service.store import dead_letters
 from service.store.database import Store
 from service.store.schema import dead_letters as table
-from service.topology import DOCUMENT_QUEUE, MAINTENANCE_QUEUE, RETRY_QUEUE
+from service.topology import DEAD_LETTER_QUEUE, DOCUMENT_QUEUE, MAINTENANCE_QUEUE, RETRY_QUEUE
 from tests.support import (
     Process,
     RabbitMQ,
@@ -496,3 +498,56 @@ async def test_the_broker_connection_lost_while_a_batch_commits_is_reconnected_t
         lock.close()
         assert consumer.stop() == 0, consumer.tail()
     assert stored(url) == EXPECTED
+
+
+def nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {"leaf": "x"}
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+async def test_a_message_whose_properties_cannot_be_read_is_stored_and_so_is_what_follows(
+    dlq_vhost: Vhost, tmp_path: Path
+) -> None:
+    """A header table nested 600 deep: RabbitMQ passes it on, pamqp cannot read it back (its
+    recursion ends first), and its error once ended the consumer's connection at every delivery
+    — nothing behind it was stored again. Now the letter is stored with its properties as bytes
+    and pamqp's error, the letters around it as ever, and the consumer stays up."""
+    url = f"sqlite:///{tmp_path / 'docproc.db'}"
+    died = {"count": 1, "reason": "rejected", "queue": DOCUMENT_QUEUE, "time": datetime.now(UTC)}
+    connection = await dlq_vhost.connect()
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        ordinary = [
+            aio_pika.Message(f"ordinary {n}".encode(), headers={"x-death": [died]})
+            for n in range(3)
+        ]
+        hostile = aio_pika.Message(b"hostile", headers={"x-nested": nested(600)})
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(20_000)  # for this process to encode it
+        try:
+            for message in (ordinary[0], hostile, *ordinary[1:]):
+                await channel.default_exchange.publish(message, routing_key=DEAD_LETTER_QUEUE)
+        finally:
+            sys.setrecursionlimit(limit)
+    consumer = await start_dlq(dlq_vhost, tmp_path / "dlq.log", DOCPROC_DATABASE_URL=url)
+    try:
+        await wait_for_records(dlq_vhost, url, 4, timeout=30)
+        assert consumer.alive(), consumer.tail()
+    finally:
+        assert consumer.stop() == 0, consumer.tail()
+    store = Store(url)
+    try:
+        letters = store.run(lambda c: c.execute(select(table.c.body, table.c.headers)).all())
+    finally:
+        store.close()
+    assert sorted(body for body, _ in letters) == [
+        b"hostile",
+        b"ordinary 0",
+        b"ordinary 1",
+        b"ordinary 2",
+    ]
+    [headers] = [headers for body, headers in letters if body == b"hostile"]
+    assert headers[UNREADABLE]["error"].startswith("RecursionError")
+    assert headers[UNREADABLE]["properties"]  # the raw bytes, kept
