@@ -160,6 +160,10 @@ def _ascii(text: str | None) -> str | None:
     return None if text is None else text.encode("ascii", "backslashreplace").decode("ascii")
 
 
+_INT_MAX = 2**31 - 1
+"""The largest count every store keeps (an INTEGER column on PostgreSQL)."""
+
+
 def quarantined(letter: NewDeadLetter) -> NewDeadLetter:
     """A letter the store refused, in the form it cannot refuse: every text escaped to ASCII,
     headers, properties and arguments kept as one escaped text each. The body stays as it came,
@@ -190,12 +194,17 @@ def quarantined(letter: NewDeadLetter) -> NewDeadLetter:
         letter,
         **texts,
         **{name: {"unreadable": _ascii(repr(value))} for name, value in kept.items()},
+        # Counts as the message says them may lie beyond the store's integers (PostgreSQL's
+        # are 32-bit): what they said stays in the escaped headers.
+        death_count=min(max(letter.death_count, 0), _INT_MAX),
+        retries=letter.retries if 0 <= (letter.retries or 0) <= _INT_MAX else None,
         reason=_ascii(letter.reason) or "unknown",
         queue=_ascii(letter.queue) or "unknown",
         routing_keys=[_ascii(key) or "" for key in letter.routing_keys],
         problems=[
             *(letter.problems or []),
-            "the store refused this record as read; every field was escaped to ASCII",
+            "the store refused this record as read; every field was escaped to ASCII, and "
+            "counts beyond the store's integers dropped",
         ],
     )
 

@@ -63,3 +63,29 @@ def test_a_letter_the_store_refuses_is_quarantined_in_a_form_it_takes(store: Sto
     assert letter.problems is not None
     assert "escaped" in letter.problems[-1]
     assert set(letter.headers) == {"unreadable"}
+
+
+def test_counts_beyond_the_stores_integers_are_kept_in_the_quarantined_form(
+    store: Store,
+) -> None:
+    """A `retries` header of 2**31, an x-death count of 2**40: PostgreSQL's INTEGER refuses
+    them, and the quarantined form kept them — refused again, the letter, and every one behind
+    it, went back to the queue for ever. Its counts are now what the store takes; the headers,
+    escaped, still say what the message said."""
+    message = raw(
+        {
+            "task": "t",
+            "id": "t-6",
+            "retries": 2**31,
+            "x-death": [{"count": 2**40, "reason": "rejected", "queue": "q", "time": DIED}],
+        }
+    )
+    [(record_id, created)] = store.run(store_batch, [message], quarantine=True)
+
+    assert created
+    letter = store.run(dead_letters.get, record_id)
+    assert letter is not None
+    assert (letter.retries, letter.death_count) == (None, 2**31 - 1)
+    assert str(2**40) in str(letter.headers)
+    assert letter.problems is not None
+    assert "counts beyond" in letter.problems[-1]
