@@ -190,6 +190,13 @@ async def republish(
             "Add ?force=true to re-publish it all the same"
         )
     seen = await store.run(run_versions, [letter])
+    # Two requests at once (a double click, a client's retry, two operators) both read the
+    # letter before either marked it: only the first to claim it publishes.
+    if not await store.write(dead_letters.claim, letter.id, letter.updated_at):
+        raise Conflict(
+            f"dead letter {dead_letter_id} was not re-published: it changed while this request "
+            "read it (another request is re-publishing or changing it); read it again"
+        )
     queue = target or letter.queue
     await publish(publisher, letter, queue)
     # Unmarked, the letter would look untouched, and a retried request would publish it again.

@@ -386,6 +386,18 @@ def mark_republished(
         )
 
 
+def claim(connection: Connection, dead_letter_id: str, seen: datetime) -> bool:
+    """Whether the letter is as it was read (`seen`: its `updated_at` then), taking it for one
+    re-publishing: its `updated_at` moves on, so that another request that read it at the same
+    moment, and would publish it too, finds it changed."""
+    result = connection.execute(
+        update(dead_letters)
+        .where(dead_letters.c.id == dead_letter_id, dead_letters.c.updated_at == seen)
+        .values(updated_at=utcnow())
+    )
+    return bool(result.rowcount)
+
+
 def discard(connection: Connection, dead_letter_id: str) -> bool:
     now = utcnow()
     result = connection.execute(

@@ -3,19 +3,24 @@ redrive with progress and cancel, discard — against real dead messages on a re
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
+import httpx
 import pytest
 
+from service.api.app import create_app
 from service.deadletters.consumer import store_batch
 from service.deadletters.parsing import RawMessage
+from service.settings import Settings
 from service.store import task_runs
 from service.store.database import Store
-from tests.api.conftest import Client, take
-from tests.support import eventually
+from tests.api.conftest import Client, queued, take
+from tests.support import eventually, served_by_uvicorn
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -202,6 +207,31 @@ async def test_republish_sends_the_message_back_clean_and_marks_the_record(
     assert record_id not in {item["id"] for item in active}
     republished = (await client.get("/dead-letters", params={"status": "republished"})).json()
     assert record_id in {item["id"] for item in republished["items"]}
+
+
+async def test_requests_to_republish_one_letter_at_once_publish_it_once(
+    settings_for: Callable[..., Settings], store: Store, channel: aio_pika.abc.AbstractChannel
+) -> None:
+    """A double click, a client's retry, two operators: each request read the letter before any
+    marked it, so each passed the "already re-published" check, and each published it. Now the
+    first to claim it publishes; the others are told why not."""
+    [record_id] = bury(store, dead_message(queue="retry_queue"), error=("SearchError", "down"))
+
+    with served_by_uvicorn(create_app(settings_for())) as port:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            answers = await asyncio.gather(
+                *(client.post(f"/dead-letters/{record_id}/republish") for _ in range(5))
+            )
+            record = (await client.get(f"/dead-letters/{record_id}")).json()
+
+    assert sorted(answer.status_code for answer in answers) == [200, 409, 409, 409, 409]
+    said = {"changed while this request read it", "re-published once already"}
+    for answer in answers:  # each read it before the first marked it, or after
+        if answer.status_code == 409:
+            assert any(why in answer.json()["detail"] for why in said), answer.text
+    await take(channel, "retry_queue")
+    assert await queued(channel, "retry_queue") == 0
+    assert record["republish_count"] == 1
 
 
 async def test_discard_and_republish_errors(client: Client, store: Store) -> None:
