@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 
 from service.broker.publisher import TaskPublisher
 from service.deadletters.republish import check, mark_handled, publish, run_versions
-from service.errors import BrokerUnavailable, DatabaseError, DocprocError
+from service.errors import BrokerUnavailable, Conflict, DatabaseError, DocprocError
 from service.store import dead_letters, redrives
 from service.store.database import RECORD_PATIENCE, AsyncStore
 from service.store.dead_letters import DeadLetter
@@ -48,6 +48,16 @@ def _letters_and_runs(
     """The letters, and their runs as they are before re-publishing (`mark_handled`)."""
     letters = dead_letters.get_many(connection, ids)
     return letters, run_versions(connection, letters.values())
+
+
+def _not_since(letter: DeadLetter, job: Redrive) -> None:
+    """A letter re-published after the job was made — by hand, or by another job over the same
+    letters — went out then: the job does not send it again."""
+    if letter.republished_at is not None and letter.republished_at >= job.created_at:
+        raise Conflict(
+            f"dead letter {letter.id} was re-published at {letter.republished_at.isoformat()}, "
+            "after this redrive began: not again"
+        )
 
 
 class RedriveRunner:
@@ -159,6 +169,7 @@ class RedriveRunner:
             nonlocal broker_down
             try:
                 letter = check(letters.get(dead_letter_id), dead_letter_id)
+                _not_since(letter, job)
                 await publish(self.publisher, letter)
             except BrokerUnavailable as exc:
                 broker_down = exc  # not the letter's fault: it stays pending

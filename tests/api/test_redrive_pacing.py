@@ -186,3 +186,43 @@ async def test_a_redrive_waiting_for_rabbitmq_keeps_its_owner(
     left = store.run(redrives.get, job.id)
     assert left is not None
     assert (left.state, left.published) == ("running", 0)
+
+
+async def test_two_redrives_over_the_same_letters_publish_each_once(
+    settings_for: Callable[..., Settings],
+    store: Store,
+    channel: aio_pika.abc.AbstractChannel,
+) -> None:
+    """An operator asks for the same redrive twice (or re-publishes a letter by hand while a
+    redrive holds it): each job took the letters active when it was made, and each sent them —
+    twice in all. A letter re-published after a job was made is now that job's failure, said."""
+    settings = settings_for()
+    ids = bury(store, *(dead_message(queue="celery", task=f"{TASK}.twice") for _ in range(4)))
+    before = await queued(channel, "celery")
+    jobs = [store.run(redrives.create, Filters(task=f"{TASK}.twice"), 1000.0) for _ in range(2)]
+    async_store, publisher = AsyncStore(settings.resolved_database_url), Publisher(settings)
+    await publisher.start()
+    stop = asyncio.Event()
+    runner = asyncio.create_task(RedriveRunner(async_store, publisher, "runner-a").run(stop))
+    try:
+
+        async def both_finished() -> list[redrives.Redrive] | None:
+            found = [store.run(redrives.get, job.id) for job in jobs]
+            done = [job for job in found if job is not None and job.state == "finished"]
+            return done if len(done) == len(jobs) else None
+
+        finished = await eventually(both_finished, 30, "both redrives to finish", interval=0.1)
+    finally:
+        stop.set()
+        await runner
+        await publisher.close()
+        await async_store.close()
+
+    assert sorted((job.published, job.failed) for job in finished) == [(0, 4), (4, 0)]
+    stored = [store.run(dead_letters.get, each) for each in ids]
+    counts = [letter.republish_count if letter is not None else None for letter in stored]
+    assert counts == [1, 1, 1, 1], "no letter published twice"
+    assert await queued(channel, "celery") == before + 4
+    again = next(job for job in finished if job.failed)
+    assert again.last_error is not None
+    assert "after this redrive began" in again.last_error
