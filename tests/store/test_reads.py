@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from service.errors import StoreUnavailable
 from service.store import task_runs
 from service.store.database import LONG_READERS, READ_BATCHES, AsyncStore, Store
+from service.store.engine import sync_engine
 from service.task_contract import PROCESS_DOCUMENT
 from service.topology import DOCUMENT_QUEUE
 from tests.support import eventually
@@ -403,3 +404,19 @@ async def test_after_the_store_closed_every_operation_says_it_is_unavailable(
             await way(task_runs.get, "t-1")
     with pytest.raises(StoreUnavailable, match="closed"):
         await asyncio.wait_for(store.record(60, task_runs.get, "t-1"), 5)
+
+
+def test_on_sqlite_a_commit_is_on_disk_before_it_returns(tmp_path: Path) -> None:
+    """synchronous=FULL on every connection: an upload's 202 and a task's ack follow a commit,
+    which in WAL mode with NORMAL a power loss could still take back."""
+    url = _sqlite_store(tmp_path)
+    store = Store(url)
+    inline = sync_engine(url, pool_size=1, busy_timeout_ms=0)  # the API's reads in its loop
+    try:
+        for engine in (store.engine, inline):
+            with engine.connect() as connection:
+                assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+                assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        store.close()
+        inline.dispose()
