@@ -24,7 +24,7 @@ MAX_WORD = 64
 MAX_PHRASE = 8
 
 _TOKEN = re.compile(r'(-?)"([^"]*)"?|(\S+)')
-_WORD = re.compile(r"\w+", re.UNICODE)
+_WORD = re.compile(r"[^\W_]+")  # letters and digits: both engines split words at "_" too
 
 
 class Term(msgspec.Struct, frozen=True):

@@ -17,10 +17,11 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 HEADER_TIMEOUT = 10.0
 """Seconds a client has, from connecting or from the first byte of a request, to send its
@@ -234,6 +235,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _not_reading(self) -> None:
         self._write_timer = None
         self.transport.abort()  # what it holds will never be read: not flushed first
+
+    def send_400_response(self, msg: str) -> None:
+        """What uvicorn answers a request it cannot parse (a bad Content-Length or chunk size, a
+        byte that has no place in a request line): a problem, as every other error — not its
+        text/plain line."""
+        body = msgspec.json.encode(
+            {"type": "about:blank", "status": 400, "title": "Bad request", "detail": msg}
+        )
+        head = [STATUS_LINE[400]]
+        for name, value in self.server_state.default_headers:
+            head.append(b"%s: %s\r\n" % (name, value))
+        head.append(
+            b"content-type: application/problem+json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n" % len(body)
+        )
+        self.transport.write(b"".join([*head, body]))
+        self.transport.close()
 
     def _cancel(self, name: str) -> None:
         timer: asyncio.TimerHandle | None = getattr(self, name)

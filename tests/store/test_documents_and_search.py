@@ -111,6 +111,18 @@ def test_search_finds_every_word_and_stems_them(store: Store) -> None:
     assert store.run(search.search, parse("document nothing")).hits == []
 
 
+def test_an_underscore_separates_words_as_both_engines_split_them(store: Store) -> None:
+    """FTS5 and PostgreSQL split "lighthouse_keeper" at the "_"; a query's "_" was a word of its
+    own, which matched nothing and, ANDed with the rest, emptied the search."""
+    document_id = add_document(store)
+    store.run(documents.store_extraction, document_id, extraction("the lighthouse_keeper"))
+
+    for query in ("lighthouse _", "lighthouse_keeper", "keeper_"):
+        assert [hit.document_id for hit in store.run(search.search, parse(query)).hits] == [
+            document_id
+        ], query
+
+
 @pytest.mark.parametrize("query", ['"unbalanced', "NEAR(a b", "col:value", "a* OR (", "x)) OR"])
 def test_engine_syntax_in_a_query_is_only_words(store: Store, query: str) -> None:
     document_id = add_document(store)
@@ -119,7 +131,7 @@ def test_engine_syntax_in_a_query_is_only_words(store: Store, query: str) -> Non
     store.run(search.search, parse(query))
 
 
-@pytest.mark.parametrize("query", ["-", "", "-storm", "*** ))"])
+@pytest.mark.parametrize("query", ["-", "", "-storm", "*** ))", "_", "__ -_"])
 def test_a_query_with_nothing_to_find_is_refused_with_the_rule(query: str) -> None:
     with pytest.raises(InvalidQuery, match="phrase"):
         parse(query)

@@ -6,6 +6,7 @@ the connection for ever, nor does a client that never reads a large response."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -104,3 +105,21 @@ def test_a_client_that_never_reads_a_large_response_is_dropped(served: int) -> N
         while not Noted.lost:  # the client reads nothing meanwhile
             assert time.monotonic() < deadline, "the connection was not dropped within 10 s"
             time.sleep(0.05)
+
+
+def test_a_request_that_cannot_be_parsed_is_answered_with_a_problem(served: int) -> None:
+    """uvicorn's own answer was a text/plain line; every other error is a problem."""
+    for request in (
+        b"GET /small HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"GET /sm\xffall HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /small HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", served), timeout=10) as client:
+            client.sendall(request)
+            received = received_until_closed(client)
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), received
+        assert b"content-type: application/problem+json" in head
+        problem = json.loads(body)
+        assert (problem["status"], problem["title"]) == (400, "Bad request")
+        assert problem["detail"]
