@@ -13,16 +13,16 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict, Unpack
 
 import msgspec
-from sqlalchemy import Connection, Row, TextClause, bindparam, text
+from sqlalchemy import Connection, Row, TextClause, bindparam, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.errors import SearchError
 from service.search_syntax import Query, Term
 from service.store.database import as_struct
-from service.store.schema import Timestamp
+from service.store.schema import Timestamp, documents
 
 
 class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
@@ -298,18 +298,85 @@ def search(
     return Found(hits=[as_struct(row, SearchHit) for row in rows], complete=complete)
 
 
-def collapse(hits: list[SearchHit], limit: int) -> list[SearchHit]:
-    """Identical uploads (one SHA-256) found once: the best hit of each chunk of that content,
-    naming the other documents that hold it, at most `limit`."""
+MAX_DUPLICATES = 100
+"""Other documents with its content a hit names at most."""
+WIDENINGS = 2
+"""Times a search is made again, four times as wide, when identical uploads took its places."""
+
+
+class Options(TypedDict, total=False):
+    """`search`'s keyword arguments, as `search_collapsed` passes them on."""
+
+    filters: Filters
+    cancel: Cancel | None
+    deadline: float
+    window: int
+
+
+def search_collapsed(
+    connection: Connection, query: Query, limit: int = 10, **options: Unpack[Options]
+) -> Found:
+    """`search`, with identical uploads (one SHA-256) found once: the best hit of each chunk of a
+    content, naming the other documents that hold it — `limit` such hits when there are as
+    many. Identical copies score alike and take the places of a search's first rows (seven
+    copies of a document filled a search for its two best chunks with copies of the first):
+    it is made again, wider, while they leave it short."""
+    ends = time.monotonic() + options.get("deadline", DEADLINE)
+    fetch = limit * 3
+    for _ in range(WIDENINGS + 1):
+        options["deadline"] = max(ends - time.monotonic(), 0.001)
+        found = search(connection, query, fetch, **options)
+        hits = _collapse(found.hits, limit)
+        if len(hits) >= limit or len(found.hits) < fetch:
+            break
+        fetch *= 4
+    copies = _copies(connection, {hit.sha256 for hit in hits})
+    return Found(
+        hits=[
+            msgspec.structs.replace(
+                hit,
+                duplicates=[
+                    other for other in copies.get(hit.sha256, []) if other != hit.document_id
+                ][:MAX_DUPLICATES],
+            )
+            for hit in hits
+        ],
+        complete=found.complete,
+    )
+
+
+def _collapse(hits: list[SearchHit], limit: int) -> list[SearchHit]:
+    """The best hit of each (content, chunk), at most `limit`, best first."""
     kept: dict[tuple[str, int], SearchHit] = {}
-    others: dict[tuple[str, int], list[str]] = {}
     for hit in hits:
         key = (hit.sha256, hit.position)
-        if key in kept:
-            others[key].append(hit.document_id)
-        elif len(kept) < limit:
-            kept[key], others[key] = hit, []
-    return [msgspec.structs.replace(hit, duplicates=others[key]) for key, hit in kept.items()]
+        if key not in kept:
+            kept[key] = hit
+            if len(kept) == limit:
+                break
+    return list(kept.values())
+
+
+def _copies(connection: Connection, sha256s: set[str]) -> dict[str, list[str]]:
+    """The documents of each content, oldest first, at most MAX_DUPLICATES + 1 a content."""
+    if not sha256s:
+        return {}
+    d = documents.c
+    ranked = select(
+        d.sha256,
+        d.id,
+        func.row_number().over(partition_by=d.sha256, order_by=(d.created_at, d.id)).label("n"),
+    ).where(d.sha256.in_(sorted(sha256s)))
+    inner = ranked.subquery()
+    rows = connection.execute(
+        select(inner.c.sha256, inner.c.id)
+        .where(inner.c.n <= MAX_DUPLICATES + 1)
+        .order_by(inner.c.sha256, inner.c.n)
+    ).all()
+    found: dict[str, list[str]] = {}
+    for sha256, document_id in rows:
+        found.setdefault(str(sha256), []).append(str(document_id))
+    return found
 
 
 def cancel_backend(connection: Connection, pid: int) -> None:

@@ -419,3 +419,27 @@ def test_indexing_stores_what_the_pipeline_read_of_the_document(store: Store) ->
     assert _filtered(store, "Leuchtturmwärter", language="de", detected_type="html") == {
         document_id
     }
+
+
+def test_identical_uploads_are_one_hit_each_naming_every_copy(store: Store) -> None:
+    """Seven uploads of one document, each chunk matching: copies score alike and took the
+    places of the first rows, so a search for two hits found one, naming some copies. Now each
+    chunk is a hit once — as many as asked — naming every other copy."""
+    copies = [add_document(store, b"the same bytes") for _ in range(7)]
+    for document_id in copies:
+        store.run(
+            documents.store_extraction,
+            document_id,
+            extraction("lighthouse keeper", "the lighthouse"),
+        )
+    other = add_document(store, b"other bytes")
+    store.run(documents.store_extraction, other, extraction("a lighthouse far away"))
+
+    for limit in (1, 2, 3, 10):
+        hits = store.run(search.search_collapsed, parse("lighthouse"), limit).hits
+        assert len(hits) == min(limit, 3), limit
+        keys = {(hit.sha256, hit.position) for hit in hits}
+        assert len(keys) == len(hits), "each content's chunk once"
+        for hit in hits:
+            holders = {hit.document_id, *hit.duplicates}
+            assert holders == (set(copies) if hit.document_id in copies else {other})

@@ -305,9 +305,9 @@ async def search_documents(
     async with _searches:
         searching = asyncio.ensure_future(
             store.long_read(
-                search.search,
+                search.search_collapsed,
                 query,
-                limit * 3,
+                limit,
                 filters=filters,
                 cancel=cancel,
                 window=settings.search_window,
@@ -328,7 +328,7 @@ async def search_documents(
             logger.info("search cancelled: its client went away")
         found = searching.result()
     return SearchResults(
-        items=search.collapse(found.hits, limit),
+        items=found.hits,
         complete=found.complete,
         window=settings.search_window,
     )
