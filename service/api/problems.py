@@ -116,8 +116,9 @@ UPLOAD = "docproc_upload"
 
 def on_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
     """A body nested deeper than its decoder goes (`[[[[…]]]]`): the client's, unless the
-    request had none — then it is ours."""
-    if request.method in ("GET", "HEAD", "OPTIONS", "DELETE"):
+    request sent none — then it is ours."""
+    headers = request.headers
+    if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
         return on_unexpected(request, exc)
     return problem(400, "Bad request", "the request's body nests too deep to be read")
 

@@ -53,7 +53,8 @@ def _tagged(value: Any) -> JsonValue:
 
 _DECODERS: dict[str, Any] = {
     "$datetime": datetime.fromisoformat,
-    "$bytes": lambda text: base64.b64decode(text, validate=True),
+    # A bytearray: what pamqp writes as a byte array (bytes it refuses), so it goes out again.
+    "$bytes": lambda text: bytearray(base64.b64decode(text, validate=True)),
     "$decimal": Decimal,
 }
 

@@ -189,6 +189,14 @@ async def republish(
             f"dead letter {dead_letter_id} was not re-published: {'; '.join(cautions)}. "
             "Add ?force=true to re-publish it all the same"
         )
+    try:
+        # What cannot be written as a message again is said before anything is done.
+        message_for(letter).properties.marshal()
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise Conflict(
+            f"dead letter {dead_letter_id} cannot be re-published: its headers or properties "
+            f"cannot be written as AMQP again ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     seen = await store.run(run_versions, [letter])
     # Two requests at once (a double click, a client's retry, two operators) both read the
     # letter before either marked it: only the first to claim it publishes.

@@ -234,6 +234,30 @@ async def test_requests_to_republish_one_letter_at_once_publish_it_once(
     assert record["republish_count"] == 1
 
 
+async def test_a_letters_byte_arrays_go_out_again_and_what_cannot_is_a_409(
+    client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
+) -> None:
+    """A byte array in a header came back from the store as bytes, which the AMQP library does
+    not write: re-publishing it was a 500. It goes out as the byte array it was; a header that
+    cannot be written again (a double beyond a 32-bit float, which the writer makes of every
+    float) is a 409 saying so."""
+    carrying = dead_message(queue="retry_queue")
+    carrying.headers["x-signature"] = bytearray(b"\x00\xffsig")
+    [record_id] = bury(store, carrying)
+    response = await client.post(f"/dead-letters/{record_id}/republish")
+    assert response.status_code == 200, response.text
+    message = await take(channel, "retry_queue")
+    assert message.headers["x-signature"] == b"\x00\xffsig"
+
+    nested = dead_message(queue="retry_queue")
+    nested.headers["x-far"] = 1e300  # a double, which the AMQP library writes as a 32-bit float
+    [record_id] = bury(store, nested)
+    response = await client.post(f"/dead-letters/{record_id}/republish")
+    assert response.status_code == 409, response.text
+    assert "cannot be written as AMQP again" in response.json()["detail"]
+    assert await queued(channel, "retry_queue") == 0
+
+
 async def test_discard_and_republish_errors(client: Client, store: Store) -> None:
     [record_id] = bury(store, dead_message())
 
