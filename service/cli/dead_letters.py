@@ -147,6 +147,7 @@ def republish(
             click.echo(
                 f"{printable(dead_letter_id)}: re-published to {printable(done['queue'])} "
                 f"(time {done['republish_count']})"
+                + ("" if done.get("recorded", True) else "; not recorded yet: do not repeat it")
             )
 
 

@@ -9,19 +9,21 @@ where it died whatever the bindings.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
 import aio_pika
 import msgspec
+from loguru import logger
 from sqlalchemy import Connection
 
 from service import telemetry
 from service.broker.publisher import TaskPublisher
 from service.deadletters.headers import from_json
 from service.deadletters.parsing import REPUBLISH_COUNT_HEADER, REPUBLISHED_FROM_HEADER
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, DatabaseError, NotFound
 from service.store import dead_letters, task_runs
 from service.store.database import RECORD_PATIENCE, AsyncStore
 from service.store.dead_letters import DeadLetter
@@ -59,6 +61,13 @@ class Republished(msgspec.Struct, frozen=True, kw_only=True):
     queue: str
     task_id: str | None
     republish_count: int
+    recorded: Annotated[
+        bool,
+        msgspec.Meta(
+            description="false: the message went out, but the store had not recorded it yet "
+            "(it is still tried); do not re-publish it again"
+        ),
+    ] = True
 
 
 def _expired(value: Any, now: datetime) -> bool:
@@ -146,6 +155,11 @@ def _cautions(letter: DeadLetter) -> list[str]:
         when = letter.republished_at.isoformat() if letter.republished_at else "before"
         times = "once" if letter.republish_count == 1 else f"{letter.republish_count} times"
         found.append(f"it was re-published {times} already, last at {when}")
+    elif letter.republished_at is not None:  # claimed, its re-publishing not (yet) recorded
+        found.append(
+            f"it is being re-published, or was at {letter.republished_at.isoformat()} without "
+            "the store recording it"
+        )
     if letter.reason == "delivery_limit":
         found.append(
             "it died at the delivery limit: its message killed or lost a worker process at each "
@@ -200,18 +214,58 @@ async def republish(
     seen = await store.run(run_versions, [letter])
     # Two requests at once (a double click, a client's retry, two operators) both read the
     # letter before either marked it: only the first to claim it publishes.
-    if not await store.write(dead_letters.claim, letter.id, letter.updated_at):
+    claimed = utcnow()
+    if not await store.write(dead_letters.claim, letter.id, letter.updated_at, claimed):
         raise Conflict(
             f"dead letter {dead_letter_id} was not re-published: it changed while this request "
             "read it (another request is re-publishing or changing it); read it again"
         )
     queue = target or letter.queue
+    # A publish that fails may have gone out all the same (a confirm that never came): the
+    # letter stays claimed, and the next request is cautioned.
     await publish(publisher, letter, queue)
     # Unmarked, the letter would look untouched, and a retried request would publish it again.
-    await store.record(RECORD_PATIENCE, mark_handled, [letter], seen, utcnow())
+    at = max(utcnow(), claimed + timedelta(microseconds=1))  # a stamp of its own (`mark_handled`)
+    recorded = True
+    try:
+        await store.record(RECORD_PATIENCE, mark_handled, [letter], seen, at)
+    except DatabaseError as exc:
+        # It went out: the answer says so (a 200, which no client retries), and the record is
+        # still tried, behind the answer, for LATE_RECORD_PATIENCE.
+        logger.bind(dead_letter_id=letter.id).warning(
+            "dead letter {} was re-published but not recorded ({}); still trying", letter.id, exc
+        )
+        _record_later(store, letter, seen, at)
+        recorded = False
     return Republished(
         dead_letter_id=letter.id,
         queue=queue,
         task_id=letter.task_id,
         republish_count=letter.republish_count + 1,
+        recorded=recorded,
     )
+
+
+LATE_RECORD_PATIENCE = 300.0
+"""Seconds a re-publishing not recorded within its request is still tried, behind its answer."""
+_late: set[asyncio.Task[None]] = set()
+
+
+def _record_later(
+    store: AsyncStore, letter: DeadLetter, seen: dict[str, datetime], at: datetime
+) -> None:
+    async def recording() -> None:
+        try:
+            await store.record(LATE_RECORD_PATIENCE, mark_handled, [letter], seen, at)
+        except DatabaseError as exc:
+            logger.bind(dead_letter_id=letter.id).error(
+                "dead letter {} was re-published and never recorded ({}): it still looks untouched",
+                letter.id,
+                exc,
+            )
+        else:
+            logger.bind(dead_letter_id=letter.id).info("dead letter {} recorded late", letter.id)
+
+    task = asyncio.get_running_loop().create_task(recording(), name="late-record")
+    _late.add(task)
+    task.add_done_callback(_late.discard)

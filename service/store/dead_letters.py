@@ -386,14 +386,16 @@ def mark_republished(
         )
 
 
-def claim(connection: Connection, dead_letter_id: str, seen: datetime) -> bool:
+def claim(connection: Connection, dead_letter_id: str, seen: datetime, at: datetime) -> bool:
     """Whether the letter is as it was read (`seen`: its `updated_at` then), taking it for one
-    re-publishing: its `updated_at` moves on, so that another request that read it at the same
-    moment, and would publish it too, finds it changed."""
+    re-publishing `at`: its `updated_at` moves on, so that another request that read it at the
+    same moment, and would publish it too, finds it changed; and its `republished_at` is `at`,
+    so that one that reads it later is cautioned (`republish._cautions`) even if the
+    re-publishing is never recorded."""
     result = connection.execute(
         update(dead_letters)
         .where(dead_letters.c.id == dead_letter_id, dead_letters.c.updated_at == seen)
-        .values(updated_at=utcnow())
+        .values(updated_at=at, republished_at=at)
     )
     return bool(result.rowcount)
 

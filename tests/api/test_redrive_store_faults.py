@@ -12,6 +12,7 @@ import aio_pika
 import pytest
 from loguru import logger
 
+from service.deadletters import republish as republishing
 from service.store import dead_letters
 from service.store.database import Store
 from tests.api.conftest import Client, queued, refused_updates
@@ -91,3 +92,26 @@ async def test_a_republish_the_store_refuses_to_mark_for_a_moment_is_marked_once
     assert letter is not None
     assert letter.republish_count == 1
     assert await queued(channel, "celery") == 1
+
+
+async def test_a_republish_the_store_does_not_record_in_time_says_so_and_is_recorded_later(
+    client: Client, store: Store, channel: aio_pika.abc.AbstractChannel, monkeypatch: Any
+) -> None:
+    """The message went out; the store refused its mark longer than the request waits. The
+    answer was a 503 with Retry-After, and the retry published the letter again. Now it is a 200
+    that says the re-publishing is not recorded yet, and the mark is still tried behind it."""
+    monkeypatch.setattr(republishing, "RECORD_PATIENCE", 0.3)
+    [record_id] = bury(store, dead_message(queue="celery", task=TASK))
+    with refused_updates(store, "dead_letters", "republish_count"):
+        response = await client.post(f"/dead-letters/{record_id}/republish")
+        assert response.status_code == 200, response.text
+        assert response.json()["recorded"] is False
+        again = await client.post(f"/dead-letters/{record_id}/republish")
+        assert again.status_code == 409, again.text  # claimed, though not yet recorded
+    assert await queued(channel, "celery") == 1
+
+    async def recorded() -> int | None:
+        letter = store.run(dead_letters.get, record_id)
+        return letter.republish_count if letter is not None and letter.republish_count else None
+
+    assert await eventually(recorded, 10, "the late record") == 1
