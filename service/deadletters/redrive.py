@@ -14,6 +14,7 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from loguru import logger
@@ -34,9 +35,10 @@ BEAT = HEARTBEAT_TIMEOUT / 5
 """How often a runner beats the job's heartbeat when nothing else does — while it waits for the
 next letter of a slow job, or for RabbitMQ to come back — so that the job never looks abandoned
 while its owner lives. A fifth of the timeout: a beat, then a group's publishes (PUBLISH_TIMEOUT,
-5 s) and its record, tried again while the store refuses it (RECORD_PATIENCE, 5 s), all fit within
-it, so no other runner takes the job over while the outcome of letters that went out is still
-on its way."""
+5 s) and its record's first attempts (RECORD_PATIENCE, 5 s), all fit within it, so no other
+runner takes the job over while the outcome of letters that went out is still on its way. A
+record the store refuses for longer is tried until it takes it (`_recorded`); another runner
+could take the job over meanwhile only through the same store, in a write of its own."""
 IDLE_PAUSE = 0.5
 MAX_IN_FLIGHT = 64
 PENDING_BATCH = 256
@@ -130,12 +132,28 @@ class RedriveRunner:
                 state = await self._wait(job, next_at, stop)
                 if state == "running" and not stop.is_set():
                     next_at = max(next_at + interval * len(group), time.monotonic() - interval)
-                    state = await self._group(job, group)
+                    state = await self._group(job, group, stop)
                 if state == "cancelling":
                     await self.store.write(redrives.stopped, job.id)
                 if state != "running" or stop.is_set():
                     logger.bind(redrive_id=job.id).info("redrive {} stops: {}", job.id, state)
                     return
+
+    async def _recorded(
+        self, record: Callable[[Connection], str | None], stop: asyncio.Event
+    ) -> str | None:
+        """`record`, what letters that went out became, tried until the store takes it: paused
+        instead, the job would find those letters pending when it resumed, and publish them
+        again. Given up only when the store refuses it for good, or the runner stops."""
+        while True:
+            try:
+                return await self.store.record(RECORD_PATIENCE, record)
+            except DatabaseError as exc:
+                if not exc.transient or stop.is_set():
+                    raise
+                logger.warning(
+                    "a redrive's letters went out and are not recorded yet ({}); still trying", exc
+                )
 
     async def _wait(self, job: Redrive, until: float, stop: asyncio.Event) -> str | None:
         """Wait until `until` (the next group's time at the job's rate), waking at once for
@@ -158,7 +176,7 @@ class RedriveRunner:
                         await stop.wait()
         return state
 
-    async def _group(self, job: Redrive, ids: list[str]) -> str | None:
+    async def _group(self, job: Redrive, ids: list[str], stop: asyncio.Event) -> str | None:
         """Re-publish a few letters at once (their confirms in flight together), then record
         every outcome in one transaction: what is marked and what is counted never disagree."""
         letters, seen = await self.store.run(_letters_and_runs, ids)
@@ -205,7 +223,7 @@ class RedriveRunner:
             # A refused write would pause the job with these letters pending: they would go out
             # again.
             began = time.monotonic()
-            state = await self.store.record(RECORD_PATIENCE, record)
+            state = await self._recorded(record, stop)
             self._beaten = began
         if broker_down is not None:
             logger.warning("redrive {} waits for RabbitMQ: {}", job.id, broker_down)

@@ -12,6 +12,7 @@ import aio_pika
 import pytest
 from loguru import logger
 
+from service.deadletters import redrive
 from service.deadletters import republish as republishing
 from service.store import dead_letters
 from service.store.database import Store
@@ -27,12 +28,23 @@ REFUSED_FOR = 1.5
 publish the letters again (its pause is 0.5 s), less than RECORD_PATIENCE."""
 
 
+@pytest.mark.parametrize("patience", [None, 0.3])
 async def test_outcomes_the_store_refuses_for_a_moment_are_recorded_and_nothing_goes_twice(
-    client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
+    client: Client,
+    store: Store,
+    channel: aio_pika.abc.AbstractChannel,
+    monkeypatch: Any,
+    patience: float | None,
 ) -> None:
-    ids = bury(store, *(dead_message(queue="celery", task=TASK) for _ in range(5)))
+    """Refused for less than a record's patience, or (0.3 s) for several patiences: the job once
+    paused then with the letters pending, and published them again when it resumed. What went
+    out is recorded before anything else happens, however long the store takes."""
+    task = f"{TASK}.{patience}"
+    if patience is not None:
+        monkeypatch.setattr(redrive, "RECORD_PATIENCE", patience)
+    ids = bury(store, *(dead_message(queue="celery", task=task) for _ in range(5)))
     with refused_updates(store, "redrive_items"):
-        started = await client.post("/dead-letters/redrive", json={"task": TASK, "rate": 100})
+        started = await client.post("/dead-letters/redrive", json={"task": task, "rate": 100})
         location = started.headers["location"]
 
         async def all_out() -> bool | None:
