@@ -222,6 +222,9 @@ class DeadLetterConsumer:
     ) -> None:
         self.settings = settings
         self.store = store
+        self._clear_owed = False
+        """A hand-over's peek found no batch come back, and the ledger's clear is still to be
+        made (`_hand_over`)."""
         self.batch_size = batch_size
         self.batch_wait = batch_wait
         self.retry_max = retry_max
@@ -385,12 +388,22 @@ class DeadLetterConsumer:
             await until(asyncio.sleep(1.0), stop)
         got = await underlay.basic_get(DEAD_LETTER_QUEUE, no_ack=False)
         first = None if isinstance(got.delivery, Basic.GetEmpty) else got
-        try:
-            if first is None or not first.redelivered:
-                await self.store.write(ledger.clear)
-        except DatabaseError as exc:
-            logger.warning("the store failed while taking over the ledger: {}", exc)
-            return False
+        # The peek decides once: a message it sent back (the channel closed under a store
+        # failure) comes again marked redelivered, like a batch that came back, and its rows
+        # kept would take identical fresh messages for it. So the clear is made holding the
+        # peeked message, until the store takes it; given up only to stop, it stays owed.
+        if self._clear_owed or first is None or not first.redelivered:
+            self._clear_owed = True
+            while True:
+                try:
+                    await self.store.write(ledger.clear)
+                    break
+                except DatabaseError as exc:
+                    logger.warning("the store failed while taking over the ledger: {}", exc)
+                    if stop.is_set():
+                        return False
+                    await self._wait_for_store(stop)
+            self._clear_owed = False
         if first is not None:
             self._inbox.put_nowait(first)
         return True
