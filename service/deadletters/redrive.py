@@ -54,11 +54,17 @@ def _letters_and_runs(
 
 def _not_since(letter: DeadLetter, job: Redrive) -> None:
     """A letter re-published after the job was made — by hand, or by another job over the same
-    letters — went out then: the job does not send it again."""
+    letters — went out then: the job does not send it again. Nor one whose task succeeded
+    since (its run would be made PENDING again, for a worker to skip as processed)."""
     if letter.republished_at is not None and letter.republished_at >= job.created_at:
         raise Conflict(
             f"dead letter {letter.id} was re-published at {letter.republished_at.isoformat()}, "
             "after this redrive began: not again"
+        )
+    if letter.superseded_at is not None:
+        raise Conflict(
+            f"dead letter {letter.id}: its task succeeded at {letter.superseded_at.isoformat()}; "
+            "not re-published"
         )
 
 

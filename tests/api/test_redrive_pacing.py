@@ -5,8 +5,9 @@ API — against a real broker, with the beat and the takeover timeout shortened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -37,6 +38,22 @@ def two_runners(
         asyncio.create_task(RedriveRunner(store, publisher, owner).run(stop))
         for owner in ("runner-a", "runner-b")
     ]
+
+
+@contextlib.asynccontextmanager
+async def a_runner(settings: Settings) -> AsyncIterator[None]:
+    """One API process's redrive runner, on its own store and publisher, for the block."""
+    async_store, publisher = AsyncStore(settings.resolved_database_url), Publisher(settings)
+    await publisher.start()
+    stop = asyncio.Event()
+    runner = asyncio.create_task(RedriveRunner(async_store, publisher, "runner-a").run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await runner
+        await publisher.close()
+        await async_store.close()
 
 
 def letters(store: Store, count: int) -> list[str]:
@@ -200,11 +217,7 @@ async def test_two_redrives_over_the_same_letters_publish_each_once(
     ids = bury(store, *(dead_message(queue="celery", task=f"{TASK}.twice") for _ in range(4)))
     before = await queued(channel, "celery")
     jobs = [store.run(redrives.create, Filters(task=f"{TASK}.twice"), 1000.0) for _ in range(2)]
-    async_store, publisher = AsyncStore(settings.resolved_database_url), Publisher(settings)
-    await publisher.start()
-    stop = asyncio.Event()
-    runner = asyncio.create_task(RedriveRunner(async_store, publisher, "runner-a").run(stop))
-    try:
+    async with a_runner(settings):
 
         async def both_finished() -> list[redrives.Redrive] | None:
             found = [store.run(redrives.get, job.id) for job in jobs]
@@ -212,11 +225,6 @@ async def test_two_redrives_over_the_same_letters_publish_each_once(
             return done if len(done) == len(jobs) else None
 
         finished = await eventually(both_finished, 30, "both redrives to finish", interval=0.1)
-    finally:
-        stop.set()
-        await runner
-        await publisher.close()
-        await async_store.close()
 
     assert sorted((job.published, job.failed) for job in finished) == [(0, 4), (4, 0)]
     stored = [store.run(dead_letters.get, each) for each in ids]
@@ -226,3 +234,32 @@ async def test_two_redrives_over_the_same_letters_publish_each_once(
     again = next(job for job in finished if job.failed)
     assert again.last_error is not None
     assert "after this redrive began" in again.last_error
+
+
+async def test_a_redrive_skips_a_letter_whose_task_succeeded_since_it_began(
+    settings_for: Callable[..., Settings],
+    store: Store,
+    channel: aio_pika.abc.AbstractChannel,
+) -> None:
+    """Sent again, its run was made PENDING (a success undone, until a worker skipped the
+    document as processed)."""
+    settings = settings_for()
+    task = f"{TASK}.succeeded"
+    ids = bury(store, *(dead_message(queue="celery", task=task) for _ in range(2)))
+    before = await queued(channel, "celery")
+    job = store.run(redrives.create, Filters(task=task), 1000.0)
+    succeeded = store.run(dead_letters.get, ids[0])
+    assert succeeded is not None
+    assert succeeded.task_id is not None
+    store.run(dead_letters.supersede, succeeded.task_id)
+    async with a_runner(settings):
+
+        async def finished() -> redrives.Redrive | None:
+            found = store.run(redrives.get, job.id)
+            return found if found is not None and found.state == "finished" else None
+
+        final = await eventually(finished, 30, "the redrive to finish", interval=0.1)
+    assert (final.published, final.failed) == (1, 1)
+    assert final.last_error is not None
+    assert "its task succeeded" in final.last_error
+    assert await queued(channel, "celery") == before + 1
