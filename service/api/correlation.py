@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from litestar.enums import ScopeType
@@ -20,20 +21,21 @@ def correlation_id_of(scope: Scope) -> str:
     return str(scope.get("state", {}).get("correlation_id") or "")
 
 
+def given_or_new(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The request's X-Correlation-ID when it is an acceptable one, else a new id."""
+    given = next((value.decode("latin-1") for name, value in headers if name == _HEADER), "")
+    return given if _ACCEPTABLE.match(given) else uuid.uuid4().hex
+
+
+_HEADER = HEADER.encode()
+
+
 def correlation_middleware(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        given = next(
-            (
-                value.decode("latin-1")
-                for name, value in scope["headers"]
-                if name == HEADER.encode()
-            ),
-            "",
-        )
-        cid = given if _ACCEPTABLE.match(given) else uuid.uuid4().hex
+        cid = given_or_new(scope["headers"])
         state: dict[str, Any] = scope.setdefault("state", {})
         state["correlation_id"] = cid
 

@@ -107,3 +107,14 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
             _CHILDREN.finish(method, path, status)(time.perf_counter() - started)
 
     return middleware
+
+
+UNROUTED = "(unrouted)"
+"""The path a request that matched no route is counted under: never its own, which would make a
+series of each path a scanner tries."""
+
+
+def count_unrouted(method: str, status: int) -> None:
+    """A request that matched no route — the 404 or 405 of Litestar's router, which answers
+    outside this middleware (it runs around matched routes only)."""
+    _CHILDREN.finish(method, UNROUTED, status)(0.0)

@@ -10,7 +10,8 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 from loguru import logger
 
-from service.api.correlation import correlation_id_of
+from service.api.correlation import HEADER, correlation_id_of, given_or_new
+from service.api.http_metrics import count_unrouted
 from service.errors import (
     BadRequest,
     BrokerUnavailable,
@@ -85,6 +86,11 @@ def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Re
     response = problem(exc.status_code, _title(exc.status_code), exc.detail, **extra)
     if exc.headers:
         response.headers.update(exc.headers)
+    if not correlation_id_of(request.scope):
+        # No route matched (the router's 404 or 405): the middlewares, which run around routes,
+        # did not see it. Its correlation id and its count are given here.
+        response.headers[HEADER] = given_or_new(request.scope["headers"])
+        count_unrouted(request.method, exc.status_code)
     return response
 
 

@@ -102,3 +102,26 @@ def _sent_in_chunks(port: int, body: bytes) -> bytes:
             assert piece, f"the connection closed after {received!r}"
             received += piece
     return received
+
+
+async def test_a_request_no_route_matches_has_a_correlation_id_and_is_counted(
+    client: Client,
+) -> None:
+    """Litestar runs middlewares around matched routes only: its router's 404s and 405s carried
+    no X-Correlation-ID and were in no metric, so a scan of paths went unseen."""
+    missing = await client.get("/no/such/path", headers={"X-Correlation-ID": "scan-1"})
+    wrong = await client.put("/health")
+    assert missing.headers["x-correlation-id"] == "scan-1"
+    is_problem(missing, 404)
+    assert len(wrong.headers["x-correlation-id"]) == 32
+    is_problem(wrong, 405)
+    metrics = (await client.get("/metrics")).text
+    for method, status in (("GET", "404"), ("PUT", "405")):
+        assert any(
+            line.startswith("docproc_requests_total{")
+            and f'method="{method}"' in line
+            and 'path="(unrouted)"' in line
+            and f'status_code="{status}"' in line
+            for line in metrics.splitlines()
+        ), metrics
+    assert "/no/such/path" not in metrics
