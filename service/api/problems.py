@@ -100,9 +100,11 @@ def too_large(request: Request[Any, Any, Any]) -> Response[Any]:
     body, the limit of its endpoint."""
     size = request.headers.get("content-length", "")
     handler = request.scope.get("route_handler")
-    if handler is not None and handler.opt.get(UPLOAD):
+    upload = handler is not None and bool(handler.opt.get(UPLOAD))
+    subject = "the upload is" if upload else "the request's body is"
+    said = f"{size} bytes, more" if size.isdigit() else f"{subject} more"
+    if upload:
         limit = request.app.state.services.settings.max_upload_bytes
-        said = f"{size} bytes, more" if size.isdigit() else "the upload is more"
         return problem(
             413,
             "Upload too large",
@@ -111,9 +113,8 @@ def too_large(request: Request[Any, Any, Any]) -> Response[Any]:
     most = (
         handler.resolve_request_max_body_size() if isinstance(handler, HTTPRouteHandler) else None
     )
-    said = f"{size} bytes, more" if size.isdigit() else "the request's body is more"
-    takes = f"than the {most} bytes this endpoint takes" if most else "than this endpoint takes"
-    return problem(413, "Request body too large", f"{said} {takes}")
+    takes = f"the {most} bytes this endpoint takes" if most else "this endpoint takes"
+    return problem(413, "Request body too large", f"{said} than {takes}")
 
 
 UPLOAD = "docproc_upload"

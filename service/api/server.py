@@ -183,9 +183,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._headers_too_slow)
 
     def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        _cancel(self._header_timer)
+        self._header_timer = None
 
     def _headers_too_slow(self) -> None:
         if not self.transport.is_closing():
@@ -207,13 +206,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._in_body = False
-        self._cancel("_body_timer")
+        _cancel(self._body_timer)
+        self._body_timer = None
         super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self._in_body:  # more of a body is owed: from now, within BODY_CHUNK_TIMEOUT
-            self._cancel("_body_timer")
+            _cancel(self._body_timer)
             self._body_timer = self.loop.call_later(BODY_CHUNK_TIMEOUT, self._body_too_slow)
 
     def _body_too_slow(self) -> None:
@@ -225,11 +225,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        self._cancel("_write_timer")
+        _cancel(self._write_timer)
         self._write_timer = self.loop.call_later(WRITE_TIMEOUT, self._not_reading)
 
     def resume_writing(self) -> None:
-        self._cancel("_write_timer")
+        _cancel(self._write_timer)
+        self._write_timer = None
         super().resume_writing()
 
     def _not_reading(self) -> None:
@@ -252,12 +253,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.write(b"".join([*head, body]))
         self.transport.close()
-
-    def _cancel(self, name: str) -> None:
-        timer: asyncio.TimerHandle | None = getattr(self, name)
-        if timer is not None:
-            timer.cancel()
-            setattr(self, name, None)
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's own
         """The client has sent all it will (a half-close). A request it sent whole still gets its
@@ -282,6 +277,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self._cancel("_body_timer")
-        self._cancel("_write_timer")
+        _cancel(self._body_timer)
+        _cancel(self._write_timer)
         super().connection_lost(exc)
+
+
+def _cancel(timer: asyncio.TimerHandle | None) -> None:
+    """Cancel `timer`, if there is one."""
+    if timer is not None:
+        timer.cancel()

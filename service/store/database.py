@@ -116,11 +116,8 @@ def _called(
     try:
         return operation(connection, *args, **kwargs)
     except StopIteration as exc:
-        raise RuntimeError(f"{_name(operation)} raised StopIteration") from exc
-
-
-def _name(operation: Callable[..., Any]) -> str:
-    return getattr(operation, "__qualname__", None) or repr(operation)
+        name = getattr(operation, "__qualname__", None) or repr(operation)
+        raise RuntimeError(f"{name} raised StopIteration") from exc
 
 
 class Store:
@@ -421,21 +418,17 @@ class AsyncStore:
         a read raised: a batch not delivered would hold its callers, and its place among the
         `READ_BATCHES` under way, for ever."""
         outcomes: list[_Outcome] = []
-        try:
-            for entry in batch:
-                try:
-                    outcomes.append((entry, entry.run(), None))
-                except Exception as exc:  # each read's error goes to its own callers
-                    outcomes.append((entry, None, exc))
-                except BaseException as exc:
-                    outcomes.append((entry, None, RuntimeError(f"the read raised {exc!r}")))
-        finally:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(self._deliver, loop, batch, outcomes)
+        for entry in batch:
+            try:
+                outcomes.append((entry, entry.run(), None))
+            except Exception as exc:  # each read's error goes to its own callers
+                outcomes.append((entry, None, exc))
+            except BaseException as exc:
+                outcomes.append((entry, None, RuntimeError(f"the read raised {exc!r}")))
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(self._deliver, loop, outcomes)
 
-    def _deliver(
-        self, loop: asyncio.AbstractEventLoop, batch: list[_Entry], outcomes: list[_Outcome]
-    ) -> None:
+    def _deliver(self, loop: asyncio.AbstractEventLoop, outcomes: list[_Outcome]) -> None:
         """On the loop: each read's outcome to its callers, and the next batch on its way."""
         self._batches -= 1
         try:
@@ -444,8 +437,6 @@ class AsyncStore:
                     entry.deliver(value, error)
                 except Exception as exc:  # a lookup that returned no mapping
                     entry.abandon(exc)
-            for entry in batch[len(outcomes) :]:  # not reached by the reader thread
-                entry.abandon(StoreUnavailable("the read was not made"))
         finally:
             if self._pending and self._batches < READ_BATCHES:
                 self._next_batch(loop)
