@@ -17,6 +17,11 @@ JSON_TYPES = frozenset({"application/json", "application/x-docproc-msgspec+json"
 BODY_CHECK_LIMIT = 1024 * 1024
 """Bodies larger than this are left for the pool process to decode (it fails cleanly there)."""
 
+UNREADABLE_PROPERTIES = "x-docproc-unreadable-properties"
+"""The one header of a message whose properties its reader could not read, set in place of them
+by the consumers' frame hooks (`service.worker.frames`, `service.deadletters.frames`): `error`,
+and on the DLQ consumer's side the properties' raw bytes, kept with the letter."""
+
 _OPTIONAL_TEXT = ("root_id", "parent_id", "group", "shadow", "argsrepr", "kwargsrepr", "origin")
 
 
@@ -30,6 +35,14 @@ def _moment(value: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _unreadable(headers: dict[str, Any]) -> str | None:
+    if UNREADABLE_PROPERTIES not in headers:
+        return None
+    unreadable = headers[UNREADABLE_PROPERTIES]
+    error = unreadable.get("error") if isinstance(unreadable, dict) else None
+    return f"its properties cannot be read ({error or 'no reason given'}): not a task message"
 
 
 def _identity(headers: dict[str, Any]) -> str | None:
@@ -91,4 +104,6 @@ def problem(headers: Any, body: bytes, content_type: str | None) -> str | None:
     """Why this message cannot be a Celery task request, or None when it can."""
     if not isinstance(headers, dict):
         return "the message has no header table"
-    return _identity(headers) or _options(headers) or _body(body, content_type)
+    return (
+        _unreadable(headers) or _identity(headers) or _options(headers) or _body(body, content_type)
+    )

@@ -25,7 +25,9 @@ from pamqp.commands import Basic
 from pamqp.common import FieldTable
 from pamqp.header import ContentHeader
 
-UNREADABLE = "x-docproc-unreadable-properties"
+from service.task_protocol import UNREADABLE_PROPERTIES
+
+UNREADABLE = UNREADABLE_PROPERTIES
 """The header an unreadable message's properties are replaced by: `error`, `properties`."""
 _FIXED = struct.Struct(">HHQ")
 """A content header's class, weight and body size: fixed, before the properties."""

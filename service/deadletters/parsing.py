@@ -14,7 +14,7 @@ from service.logs import CORRELATION_HEADER
 from service.serialization import CONTENT_TYPE as MSGSPEC_CONTENT_TYPE
 from service.store.dead_letters import NewDeadLetter
 from service.task_contract import ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER
-from service.task_protocol import problem
+from service.task_protocol import UNREADABLE_PROPERTIES, problem
 
 REPUBLISHED_FROM_HEADER = "x-docproc-republished-from"
 """Lineage: the dead letter a re-published message came from."""
@@ -180,7 +180,13 @@ def read(raw: RawMessage) -> NewDeadLetter:
     error_message = reader.text(ERROR_MESSAGE_HEADER, headers.get(ERROR_MESSAGE_HEADER))
     wrong = problem(headers, raw.body, content_type)
     if wrong is not None:
-        error_type = "NotACeleryMessage" if "task" not in headers else "MalformedTaskMessage"
+        error_type = (
+            "UnreadableProperties"
+            if UNREADABLE_PROPERTIES in headers
+            else "NotACeleryMessage"
+            if "task" not in headers
+            else "MalformedTaskMessage"
+        )
         error_message = wrong
     return NewDeadLetter(
         message_key=message_key(raw, tables if whole else None),

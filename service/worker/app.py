@@ -25,7 +25,15 @@ from service.topology import (
     Topology,
     build_topology,
 )
-from service.worker import canary, document_task, lifecycle, maintenance, metrics, tracing
+from service.worker import (
+    canary,
+    document_task,
+    frames,
+    lifecycle,
+    maintenance,
+    metrics,
+    tracing,
+)
 from service.worker.base_task import DocprocTask
 from service.worker.docproc_celery import DocprocCelery
 from service.worker.store_watch import StoreWatch
@@ -118,6 +126,7 @@ def create_celery(settings: Settings | None = None) -> DocprocCelery:
     needs its configuration, not at import: `celery -A service.worker.celery` imports this lazily.
     """
     register_serializer()
+    frames.install()
     app = DocprocCelery("docproc", task_cls=DocprocTask, set_as_current=False)
 
     def configure(settings: Settings) -> None:

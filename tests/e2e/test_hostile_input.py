@@ -24,6 +24,7 @@ from service.store.database import Store
 from service.task_contract import CANARY_SUCCEED
 from tests import hostile_files, office_files
 from tests.e2e.conftest import Running, descendants, docproc, docproc_up, peak_memory
+from tests.hostile_properties import HOSTILE, RawProperties
 from tests.support import RabbitMQ, eventually
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
@@ -232,6 +233,60 @@ async def test_no_message_stops_the_worker_or_the_dlq_consumer(
     async with httpx.AsyncClient(base_url=running.api) as http:
         details = [(await http.get(f"/dead-letters/{letter['id']}")).json() for letter in found]
     assert any(detail["problems"] for detail in details), "what could not be read is said"
+
+
+async def test_a_message_whose_properties_cannot_be_read_is_dead_lettered_not_a_crash(
+    attacked: tuple[Running, Watch],
+) -> None:
+    """Each of these once stopped the worker ("Unrecoverable error" out of py-amqp): the message
+    went back with everything prefetched beside it, a quorum queue counted each crash against
+    them all, and a classic queue stopped for good. Now each is dead-lettered at once with what
+    could not be read, the worker never restarts (the fixture), and a document sent behind them
+    is processed as ever."""
+    running, _ = attacked
+    marker = f"unreadable-{time.time_ns()}"
+    connection = await running.vhost.connect()
+    async with connection:
+        channel = await (await connection.channel(publisher_confirms=True)).get_underlay_channel()
+        for n, (what, properties) in enumerate(HOSTILE.items()):
+            queue = "celery" if n == 0 else "document_processing"
+            await channel.basic_publish(
+                f"{marker} {what}".encode(),
+                exchange="docproc",
+                routing_key=queue,
+                properties=RawProperties(properties),
+            )
+    async with httpx.AsyncClient(base_url=running.api) as http:
+        accepted = await http.post("/documents", files={"file": ("behind.txt", marker.encode())})
+        assert accepted.status_code == 202, accepted.text
+        task_id = accepted.json()["task_id"]
+
+        async def processed() -> dict[str, Any] | None:
+            status: dict[str, Any] = (await http.get(f"/tasks/{task_id}/status")).json()
+            return status if status["state"] in {"SUCCESS", "DEAD"} else None
+
+        status = await eventually(processed, 60, "the document behind them to be processed")
+        assert status["state"] == "SUCCESS", status
+        assert status["retries"] == 0, status
+
+        async def stored() -> list[dict[str, Any]] | None:
+            found = await letters(running, error_type="UnreadableProperties")
+            ours = []
+            for letter in found:
+                detail = (await http.get(f"/dead-letters/{letter['id']}")).json()
+                if (detail["body_text"] or "").startswith(marker):
+                    ours.append(letter | {"detail": detail})
+            return ours if len(ours) == len(HOSTILE) else None
+
+        found = await eventually(stored, 60, "each unreadable message to be stored")
+    # The death headers RabbitMQ added are among the properties that cannot be read: the
+    # reason is unknown, the queue is the routing key the message died with.
+    assert sorted(letter["queue"] for letter in found) == sorted(
+        ["celery"] + ["document_processing"] * (len(HOSTILE) - 1)
+    )
+    for letter in found:
+        assert letter["reason"] == "unknown", letter
+        assert "its properties cannot be read" in letter["detail"]["error_message"], letter
 
 
 async def test_a_forged_letter_neither_republishes_elsewhere_nor_undoes_a_success(
