@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Litestar, Router
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Receive, Scope, Send
 from loguru import logger
 
 from service import heap, telemetry
@@ -114,7 +116,22 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
         debug=False,
     )
     providers.app = app
+    app.asgi_handler = _head_as_get(app.asgi_handler)
     return app
+
+
+def _head_as_get(handler: ASGIApp) -> ASGIApp:
+    """HEAD answered as GET is, without the body (RFC 9110 9.3.2): Litestar routes a HEAD only to
+    handlers declared for it, and answered 405 to `HEAD /health` — a load balancer's or an uptime
+    monitor's probe. The app sees a GET; uvicorn, whose scope still says HEAD, sends the head of
+    the response (Content-Length included) and drops its body."""
+
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}  # a copy, for the app
+        await handler(scope, receive, send)
+
+    return answer
 
 
 def _tracing_plugins() -> list[Any]:
