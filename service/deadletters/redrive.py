@@ -231,7 +231,12 @@ class RedriveRunner:
             began = time.monotonic()
             state = await self._recorded(record, stop)
             self._beaten = began
-        if broker_down is not None:
+        if broker_down is not None and state == "running":
+            # Said where the operator looks (the job's progress), not only in the log.
             logger.warning("redrive {} waits for RabbitMQ: {}", job.id, broker_down)
+            self._beaten = time.monotonic()
+            state = await self.store.write(
+                redrives.beat, job.id, self.owner, waiting=f"waiting for RabbitMQ: {broker_down}"
+            )
             await asyncio.sleep(1.0)
         return state

@@ -162,11 +162,17 @@ class Outcome(msgspec.Struct, frozen=True):
 
 
 def record_items(
-    connection: Connection, *, redrive_id: str, owner: str, outcomes: Sequence[Outcome]
+    connection: Connection,
+    *,
+    redrive_id: str,
+    owner: str,
+    outcomes: Sequence[Outcome],
+    waiting: str | None = None,
 ) -> RedriveState | None:
     """Record what became of items this runner re-published — they happened, whoever owns the
-    job now — and beat the heartbeat. Returns the job's state, or None when another runner took
-    the job over (this one must stop and leave it alone)."""
+    job now — and beat the heartbeat; `waiting` says what the job waits for, as its last error.
+    Returns the job's state, or None when another runner took the job over (this one must stop
+    and leave it alone)."""
     now = utcnow()
     published: list[str] = []
     changed: dict[str, int] = {"published": 0, "failed": 0}
@@ -196,17 +202,21 @@ def record_items(
         "heartbeat_at": case((c.owner == owner, now), else_=c.heartbeat_at),
         "updated_at": now,
     }
-    if errors:
-        values["last_error"] = errors[-1]
+    if errors or waiting:
+        values["last_error"] = waiting or errors[-1]
     connection.execute(update(redrives).where(c.id == redrive_id).values(**values))
     row = connection.execute(select(c.state, c.owner).where(c.id == redrive_id)).one()
     return row.state if row.owner == owner else None
 
 
-def beat(connection: Connection, redrive_id: str, owner: str) -> RedriveState | None:
-    """The owner is alive (between two letters of a slow job): `record_items` with nothing to
-    record."""
-    return record_items(connection, redrive_id=redrive_id, owner=owner, outcomes=())
+def beat(
+    connection: Connection, redrive_id: str, owner: str, *, waiting: str | None = None
+) -> RedriveState | None:
+    """The owner is alive (between two letters of a slow job, or waiting for RabbitMQ):
+    `record_items` with nothing to record."""
+    return record_items(
+        connection, redrive_id=redrive_id, owner=owner, outcomes=(), waiting=waiting
+    )
 
 
 def finish(connection: Connection, redrive_id: str) -> None:

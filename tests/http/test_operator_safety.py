@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from service.errors import BrokerUnavailable
 from service.store import task_runs
 from service.store.database import Store
 from tests.api.test_dead_letters_api import bury, dead_message
@@ -40,6 +41,36 @@ async def test_a_redrive_needs_a_filter_or_all_and_a_dry_run_publishes_nothing(
     assert publisher.sent == [], "a dry run publishes nothing"
     assert bogus.status_code == 400
     assert "delivery_limit" in bogus.json()["detail"], "the allowed reasons are listed"
+
+
+async def test_a_redrive_waiting_for_rabbitmq_says_so_and_goes_on_when_it_is_back(
+    client: Client, store: Store, publisher: RecordingPublisher
+) -> None:
+    """A job whose letters cannot go out stays running with them pending; its progress once
+    said nothing of why (only the API's log did)."""
+    bury(store, *(dead_message(queue="retry_queue") for _ in range(3)))
+    publisher.refusal = BrokerUnavailable("RabbitMQ is not answering")
+    started = await client.post("/dead-letters/redrive", json={"queue": "retry_queue"})
+    location = started.headers["location"]
+
+    async def waiting() -> dict[str, Any] | None:
+        job: dict[str, Any] = (await client.get(location)).json()
+        return job if job["last_error"] else None
+
+    job = await eventually(waiting, 10, "the job to say what it waits for")
+    assert job["last_error"] == "waiting for RabbitMQ: RabbitMQ is not answering"
+    assert (job["state"], job["published"], job["failed"]) == ("running", 0, 0)
+    assert publisher.sent == []
+
+    publisher.refusal = None
+
+    async def finished() -> dict[str, Any] | None:
+        job: dict[str, Any] = (await client.get(location)).json()
+        return job if job["state"] == "finished" else None
+
+    job = await eventually(finished, 10, "the job to finish once RabbitMQ is back")
+    assert (job["published"], job["failed"]) == (3, 0)
+    assert len(publisher.sent) == 3
 
 
 async def test_republishing_twice_asks_for_force_and_says_when_it_was_done(
