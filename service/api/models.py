@@ -262,7 +262,9 @@ FilterText = Annotated[str, msgspec.Meta(max_length=255, pattern=r"^[^\x00-\x1f\
 
 class RedriveRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Which dead letters to re-publish — at least one filter (combined with AND), or `all` —
-    and how fast. Active letters only, unless `include_republished`; `dry_run` only counts."""
+    and how fast. Active letters only, unless `include_republished`; not those that died at the
+    delivery limit, unless `include_delivery_limit` or `reason` names it; `dry_run` only
+    counts."""
 
     queue: FilterText | None = None
     reason: Annotated[FilterText | None, msgspec.Meta(examples=["rejected"])] = None
@@ -280,6 +282,14 @@ class RedriveRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     include_republished: Annotated[
         bool, msgspec.Meta(description="letters re-published before are taken too")
     ] = False
+    include_delivery_limit: Annotated[
+        bool,
+        msgspec.Meta(
+            description="letters that died at the delivery limit — their message killed or lost "
+            "a worker process at each delivery — are taken too (they are when `reason` names "
+            "`delivery_limit`)"
+        ),
+    ] = False
     rate: Rate = 10.0
 
 
@@ -294,6 +304,14 @@ class RedrivePreview(msgspec.Struct, kw_only=True):
     matched: int
     groups: list[Group]
     queues: list[Count]
+    left_out: Annotated[
+        list[Count],
+        msgspec.Meta(
+            description="letters the filters match that the redrive leaves out, by why: "
+            "`delivery_limit` (add `include_delivery_limit`), `republished` (add "
+            "`include_republished`)"
+        ),
+    ]
 
 
 class RedriveOut(msgspec.Struct, kw_only=True):

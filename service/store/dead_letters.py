@@ -99,6 +99,8 @@ class Filters(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     since: datetime | None = None
     until: datetime | None = None
     status: Status = "active"
+    leave_out: tuple[str, ...] = ()
+    """Reasons left out (a redrive leaves out `delivery_limit` unless asked for it)."""
 
 
 class Group(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,6 +156,8 @@ def _where(statement: Select[Any], filters: Filters) -> Select[Any]:
     if filters.until is not None:
         conditions.append(_c.dead_at < filters.until)
     conditions += _STATUS[filters.status]
+    if filters.leave_out:
+        conditions.append(_c.reason.not_in(filters.leave_out))
     return statement.where(and_(*conditions)) if conditions else statement
 
 
@@ -441,6 +445,27 @@ def purge(connection: Connection, *, dead_before: datetime, handled_before: date
 def probe_writable(connection: Connection) -> None:
     """Fails unless the store takes writes (an UPDATE of nothing still takes the write lock)."""
     connection.execute(update(dead_letters).where(dead_letters.c.id.is_(None)).values(id=None))
+
+
+def count(connection: Connection, filters: Filters) -> int:
+    """How many letters match `filters`."""
+    return int(connection.execute(_where(select(func.count()), filters)).scalar_one())
+
+
+def left_out(connection: Connection, filters: Filters) -> dict[str, int]:
+    """What `filters` match but leave out, by why: reasons left out (`leave_out`), letters
+    re-published before (status `active`). A redrive's dry run tells these."""
+    found: dict[str, int] = {}
+    for reason in filters.leave_out:
+        if filters.reason in (None, reason):
+            found[reason] = count(
+                connection, msgspec.structs.replace(filters, leave_out=(), reason=reason)
+            )
+    if filters.status == "active":
+        found["republished"] = count(
+            connection, msgspec.structs.replace(filters, status="republished")
+        )
+    return {why: n for why, n in found.items() if n}
 
 
 def by_queue(connection: Connection, filters: Filters) -> dict[str, int]:

@@ -6,11 +6,15 @@ console. The screenshots of every view, at 390 and 1280 px, come from here too."
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, expect
 
+from service.store import dead_letters
+from service.store.database import Store
+from tests.api.test_dead_letters_api import bury, dead_message
 from tests.console.conftest import (
     KEY,
     Tab,
@@ -186,6 +190,39 @@ async def test_a_corrupt_pdf_dies_into_its_group_which_is_redriven_cancelled_and
     await dialog.get_by_role("button", name="Discard 3 letter(s)").click()
     await expect(page.locator("#notice")).to_have_text("Discarded 3 letter(s).")
     await expect(page.locator("#group-active")).to_have_text("0", timeout=SLOW)
+
+
+async def test_a_group_of_letters_that_killed_workers_is_redriven_only_when_asked(
+    signed_in: Tab, console: Running
+) -> None:
+    store = Store(f"sqlite:///{console.directory / 'var' / 'docproc.db'}")
+    try:
+        task = f"docproc.maintenance.poison{time.time_ns()}"
+        ids = bury(store, *(dead_message(queue="celery", task=task, reason="delivery_limit"),) * 2)
+        letter = store.run(dead_letters.get, ids[0])
+    finally:
+        store.close()
+    assert letter is not None
+    page = signed_in.page
+    await signed_in.go(f"/ui/dead-letters/groups/{letter.fingerprint}")
+    preview = page.locator('[data-redrive="preview"]')
+    await page.get_by_role("button", name="Count (dry run)").click()
+    await expect(preview).to_have_text(
+        re.compile(r"^0 letter\(s\) would be re-published; left out: 2 died at the delivery limit")
+    )
+    await expect(page.locator('[data-redrive="start"]')).to_be_disabled()
+
+    await page.get_by_label("Also letters that died at the delivery limit").check()
+    await expect(preview).to_have_text("")
+    await page.get_by_role("button", name="Count (dry run)").click()
+    await expect(preview).to_have_text(
+        re.compile(r"^2 letter\(s\) would be re-published \(2 to celery\)\.")
+    )
+    await page.get_by_label("Rate (letters per second)").fill("50")
+    await page.get_by_role("button", name="Redrive 2 letter(s)").click()
+    await expect(page.locator('[data-redrive="progress-text"]')).to_have_text(
+        re.compile(r"^finished: 2 published, 0 failed, of 2"), timeout=SLOW
+    )
 
 
 async def _until_active(tab: Tab, count: int) -> None:

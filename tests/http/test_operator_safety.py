@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from service.errors import BrokerUnavailable
-from service.store import task_runs
+from service.store import dead_letters, task_runs
 from service.store.database import Store
 from tests.api.test_dead_letters_api import bury, dead_message
 from tests.http.conftest import Client
@@ -119,6 +119,49 @@ async def test_a_letter_that_killed_workers_or_died_elsewhere_is_not_republished
     assert (finished["published"], finished["failed"]) == (0, 1)
     assert "not in one of docproc's work queues" in finished["last_error"]
     assert publisher.sent == []
+
+
+async def test_a_redrive_leaves_out_letters_that_killed_workers_unless_asked_for_them(
+    client: Client, store: Store, publisher: RecordingPublisher
+) -> None:
+    """A redrive by any other filter once re-published them too: each message would kill or
+    lose a worker process again, DOCPROC_DELIVERY_LIMIT times, before dying once more."""
+    bury(store, *(dead_message(queue="retry_queue") for _ in range(2)))
+    killers = bury(store, *(dead_message(queue="retry_queue", reason="delivery_limit"),) * 3)
+    [again] = bury(store, dead_message(queue="retry_queue"))
+    assert (await client.post(f"/dead-letters/{again}/republish")).status_code == 200
+    publisher.sent.clear()
+
+    async def preview(**asked: Any) -> dict[str, Any]:
+        body = {"queue": "retry_queue", "dry_run": True} | asked
+        answer = await client.post("/dead-letters/redrive", json=body)
+        assert answer.status_code == 200, answer.text
+        found: dict[str, Any] = answer.json()
+        return found
+
+    by_default = await preview()
+    assert by_default["matched"] == 2
+    assert by_default["left_out"] == [
+        {"name": "delivery_limit", "count": 3},
+        {"name": "republished", "count": 1},
+    ]
+    assert {group["reason"] for group in by_default["groups"]} == {"rejected"}
+    assert (await preview(include_delivery_limit=True))["matched"] == 5
+    named = await preview(reason="delivery_limit")
+    assert (named["matched"], named["left_out"]) == (3, [])
+    assert (await preview(reason="rejected"))["left_out"] == [{"name": "republished", "count": 1}]
+
+    started = await client.post("/dead-letters/redrive", json={"all": True, "rate": 100})
+    location = started.headers["location"]
+
+    async def finished() -> dict[str, Any] | None:
+        job: dict[str, Any] = (await client.get(location)).json()
+        return job if job["state"] == "finished" else None
+
+    job = await eventually(finished, 10, "the redrive to finish")
+    assert (job["matched"], job["published"], job["failed"]) == (2, 2, 0)
+    assert len(publisher.sent) == 2
+    assert all(store.run(dead_letters.get, killer).republish_count == 0 for killer in killers)
 
 
 async def test_discarding_twice_is_a_conflict_and_unknown_filters_are_refused(

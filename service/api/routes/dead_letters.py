@@ -292,6 +292,7 @@ async def discard(dead_letter_id: PathId, store: StoreDep) -> None:
 
 
 REDRIVE_FILTERS = ("queue", "reason", "task", "error_type", "group", "since", "until")
+LAST_DELIVERY = ("delivery_limit",)
 
 
 @post(
@@ -330,6 +331,11 @@ async def start_redrive(
         since=moment("since", data.since),
         until=moment("until", data.until),
         status="redrivable" if data.include_republished else "active",
+        # Safe by default, as a single re-publish is: a message that killed or lost a worker
+        # process at each delivery would do it again, DOCPROC_DELIVERY_LIMIT times.
+        leave_out=(
+            () if data.include_delivery_limit or data.reason == "delivery_limit" else LAST_DELIVERY
+        ),
     )
     if data.dry_run:
         found = await store.run(dead_letters.groups, filters)
@@ -338,6 +344,10 @@ async def start_redrive(
             matched=sum(group.count for group in found),
             groups=found,
             queues=[Count(name=name, count=count) for name, count in sorted(queues.items())],
+            left_out=[
+                Count(name=name, count=count)
+                for name, count in (await store.run(dead_letters.left_out, filters)).items()
+            ],
         )
         return Response(preview, status_code=200)
     job = await store.write(redrives.create, filters, data.rate)

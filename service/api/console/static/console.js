@@ -279,13 +279,22 @@ function redrive(section) {
   const start = part("start");
   const cancel = part("cancel");
   let job = null;
+  const asked = () => ({ ...filters, include_delivery_limit: part("poison").checked });
+  // What was counted is what a start takes: a changed choice asks for a count again.
+  part("poison").addEventListener("change", () => {
+    start.disabled = true;
+    part("preview").textContent = "";
+  });
 
   part("dry-run").addEventListener("click", async () => {
     try {
-      const preview = await api("POST", "/dead-letters/redrive", { ...filters, dry_run: true });
+      const preview = await api("POST", "/dead-letters/redrive", { ...asked(), dry_run: true });
       const queues = preview.queues.map((queue) => queue.count + " to " + queue.name).join(", ");
+      const why = { delivery_limit: "died at the delivery limit", republished: "re-published before" };
+      const left = preview.left_out.map((count) => count.count + " " + (why[count.name] || count.name)).join(", ");
       part("preview").textContent =
-        preview.matched + " letter(s) would be re-published" + (queues ? " (" + queues + ")" : "") + ". Nothing was published.";
+        preview.matched + " letter(s) would be re-published" + (queues ? " (" + queues + ")" : "") +
+        (left ? "; left out: " + left : "") + ". Nothing was published.";
       start.disabled = preview.matched === 0;
       start.textContent = "Redrive " + preview.matched + " letter(s)";
     } catch (error) {
@@ -317,7 +326,7 @@ function redrive(section) {
     start.disabled = true;
     try {
       const rate = Number(part("rate").value) || 50;
-      job = await api("POST", "/dead-letters/redrive", { ...filters, rate });
+      job = await api("POST", "/dead-letters/redrive", { ...asked(), rate });
       part("progress").hidden = false;
       cancel.hidden = false;
       const link = document.createElement("a");
@@ -346,7 +355,8 @@ function discardGroup(button) {
   button.addEventListener("click", async () => {
     const group = button.dataset.discardGroup;
     try {
-      const preview = await api("POST", "/dead-letters/redrive", { group, dry_run: true });
+      // Discarding takes the group's every active letter, those that died at the delivery limit too.
+      const preview = await api("POST", "/dead-letters/redrive", { group, dry_run: true, include_delivery_limit: true });
       const question =
         "Discard " + preview.matched + " active dead letter(s) of this group? They stay on record as discarded, " +
         "and leave the counts and every redrive.";
