@@ -28,6 +28,7 @@ from bench.load import drive
 from bench.report import Comparison, median
 from bench.submit import purge
 from service.broker.publisher import task_message
+from service.deadletters.consumer import BATCH_SIZE
 from service.deadletters.parsing import RawMessage, read
 from service.errors import DatabaseError
 from service.ids import new_id
@@ -37,8 +38,8 @@ from service.store.schema import dead_letters as table
 from service.task_contract import PROCESS_DOCUMENT
 from service.topology import DEAD_LETTER_QUEUE, DOCUMENT_QUEUE, EXCHANGE
 
-PREFETCH = 200
-"""The DLQ consumer's prefetch (two batches of 100); the raw consumer gets the same."""
+PREFETCH = BATCH_SIZE
+"""The DLQ consumer's prefetch (its batch); the raw consumer gets the same."""
 MAX_REDRIVE_RATE = 10_000.0
 """The highest `rate` POST /dead-letters/redrive accepts (messages per second)."""
 EPOCH = datetime(2001, 1, 1, tzinfo=UTC)

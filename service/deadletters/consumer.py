@@ -64,6 +64,9 @@ a vanished peer within two heartbeats, 60 s each by default)."""
 QUICK_LOSS = 5.0
 """Seconds: a connection lost sooner than this after it was made is made again after a pause,
 growing to `retry_max` while it goes on (a message that ends every connection at once)."""
+BATCH_SIZE = 250
+"""Dead messages stored in one transaction at most; also the channel's prefetch (a batch is
+every unacked delivery of the channel)."""
 FAULTS = ("before-commit", "after-commit", "after-ack")
 """Where `DOCPROC_FAULT_INJECTION=dlq:<point>` kills the consumer (tests only)."""
 
@@ -215,7 +218,7 @@ class DeadLetterConsumer:
         settings: Settings,
         store: AsyncStore,
         *,
-        batch_size: int = 250,
+        batch_size: int = BATCH_SIZE,
         batch_wait: float = 0.02,
         retry_max: float = 30.0,
         fault: str | None = None,
