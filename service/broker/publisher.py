@@ -28,12 +28,15 @@ from aio_pika.abc import (
 )
 from loguru import logger
 
+from service.broker import doubles
 from service.broker.connection import BROKER_ERRORS, connect, connect_until, until
 from service.errors import BrokerUnavailable, Unroutable
 from service.logs import CORRELATION_HEADER
 from service.serialization import CONTENT_ENCODING, CONTENT_TYPE, dumps
 from service.settings import Settings
 from service.topology import EXCHANGE
+
+doubles.install()  # every message this process publishes through aio-pika keeps its floats
 
 PUBLISH_TIMEOUT = 5.0
 """Seconds to wait for RabbitMQ's confirm (a blocked broker never sends one)."""

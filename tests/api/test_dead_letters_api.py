@@ -238,23 +238,27 @@ async def test_requests_to_republish_one_letter_at_once_publish_it_once(
     assert record["republish_count"] == 1
 
 
-async def test_a_letters_byte_arrays_go_out_again_and_what_cannot_is_a_409(
+async def test_a_letters_byte_arrays_and_floats_go_out_again_and_what_cannot_is_a_409(
     client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
 ) -> None:
     """A byte array in a header came back from the store as bytes, which the AMQP library does
-    not write: re-publishing it was a 500. It goes out as the byte array it was; a header that
-    cannot be written again (a double beyond a 32-bit float, which the writer makes of every
-    float) is a 409 saying so."""
+    not write: re-publishing it was a 500. It goes out as the byte array it was. A float went out
+    as a 32-bit float (0.1 came back 0.10000000149011612, 1e-50 as 0.0, 1e300 not at all); it
+    goes out as the double it came as. A header that cannot be written again (an integer beyond
+    64 bits, signed) is a 409 saying so."""
     carrying = dead_message(queue="retry_queue")
     carrying.headers["x-signature"] = bytearray(b"\x00\xffsig")
+    floats = {"x-tenth": 0.1, "x-tiny": 1e-50, "x-far": 1e300, "x-within": [{"x-third": 1 / 3}]}
+    carrying.headers.update(floats)
     [record_id] = bury(store, carrying)
     response = await client.post(f"/dead-letters/{record_id}/republish")
     assert response.status_code == 200, response.text
     message = await take(channel, "retry_queue")
     assert message.headers["x-signature"] == b"\x00\xffsig"
+    assert {name: message.headers[name] for name in floats} == floats
 
     nested = dead_message(queue="retry_queue")
-    nested.headers["x-far"] = 1e300  # a double, which the AMQP library writes as a 32-bit float
+    nested.headers["x-far"] = 2**64 - 1  # AMQP's integers are signed
     [record_id] = bury(store, nested)
     response = await client.post(f"/dead-letters/{record_id}/republish")
     assert response.status_code == 409, response.text
