@@ -1,11 +1,16 @@
-"""Message properties RabbitMQ passes on and Python's AMQP readers refuse, as raw bytes: a header
-table nested deeper than py-amqp's and pamqp's recursion reaches, a timestamp past the year 9999,
-a content type that is not UTF-8. `RawProperties` publishes them through aiormq as written."""
+"""What RabbitMQ passes on of a message and Python's AMQP readers refuse, as raw bytes: properties
+(a header table nested deeper than py-amqp's and pamqp's recursion reaches, a timestamp past the
+year 9999, a content type that is not UTF-8) and routing keys that are not UTF-8.
+`RawProperties` publishes such properties through aiormq as written, `raw_short_strings` such
+routing keys."""
 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
+import pamqp.encode
+import pytest
 from pamqp.commands import Basic
 
 CONTENT_TYPE = 1 << 15
@@ -53,3 +58,26 @@ class RawProperties(Basic.Properties):
 
     def marshal(self) -> bytes:
         return self.raw
+
+
+NOT_UTF8 = b"\xff\xfe"
+"""The start of a routing key that is not UTF-8."""
+
+
+def raw_short_strings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pamqp writes a short string given as bytes as those bytes, for the rest of the test."""
+    strict: Any = pamqp.encode._string
+
+    def raw(encoder: struct.Struct, value: Any) -> bytes:
+        if isinstance(value, bytes):
+            return encoder.pack(len(value)) + value
+        encoded: bytes = strict(encoder, value)
+        return encoded
+
+    monkeypatch.setattr(pamqp.encode, "_string", raw)
+
+
+def deliver_arguments(routing_key: bytes, exchange: bytes = b"docproc") -> bytes:
+    """basic.deliver's arguments as RabbitMQ writes them: consumer tag, delivery tag,
+    redelivered, exchange, routing key."""
+    return _short(b"ctag") + struct.pack(">QB", 7, 1) + _short(exchange) + _short(routing_key)

@@ -9,22 +9,23 @@ double it is; pamqp reads both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pamqp.encode
 
+from service.hooks import replace_once
+
 
 def install() -> None:
     """Write floats as doubles in every table this process encodes (idempotent)."""
-    original: Any = pamqp.encode.encode_table_value
-    if getattr(original, "doubles", False):
-        return
+    replace_once(pamqp.encode, "encode_table_value", _doubles)
 
+
+def _doubles(original: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
     def encode_table_value(value: Any) -> bytes:
         if isinstance(value, float):
             return b"d" + pamqp.encode.double(value)
-        encoded: bytes = original(value)
-        return encoded
+        return original(value)
 
-    encode_table_value.doubles = True  # type: ignore[attr-defined]
-    pamqp.encode.encode_table_value = encode_table_value
+    return encode_table_value

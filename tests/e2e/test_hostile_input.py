@@ -19,12 +19,13 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from service.broker.publisher import task_message
 from service.store import outcomes, task_runs
 from service.store.database import Store
 from service.task_contract import CANARY_SUCCEED
 from tests import hostile_files, office_files
 from tests.e2e.conftest import Running, descendants, docproc, docproc_up, peak_memory
-from tests.hostile_properties import HOSTILE, RawProperties
+from tests.hostile_properties import HOSTILE, NOT_UTF8, RawProperties, raw_short_strings
 from tests.support import RabbitMQ, eventually
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
@@ -235,16 +236,22 @@ async def test_no_message_stops_the_worker_or_the_dlq_consumer(
     assert any(detail["problems"] for detail in details), "what could not be read is said"
 
 
-async def test_a_message_whose_properties_cannot_be_read_is_dead_lettered_not_a_crash(
-    attacked: tuple[Running, Watch],
+async def test_what_the_amqp_libraries_cannot_read_neither_stops_a_process_nor_is_lost(
+    attacked: tuple[Running, Watch], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each of these once stopped the worker ("Unrecoverable error" out of py-amqp): the message
-    went back with everything prefetched beside it, a quorum queue counted each crash against
-    them all, and a classic queue stopped for good. Now each is dead-lettered at once with what
-    could not be read, the worker never restarts (the fixture), and a document sent behind them
-    is processed as ever."""
+    """Each of these once stopped the worker ("Unrecoverable error" out of py-amqp), or ended
+    the DLQ consumer's connection at every delivery: the message went back with everything
+    prefetched beside it, a quorum queue counted each crash against them all, and a classic
+    queue stopped for good. Now properties that cannot be read dead-letter their message at once
+    with what could not be read; a routing key that is not UTF-8 is read with replacements, so
+    its task runs and its dead letter is stored; no process restarts (the fixture), and a
+    document sent behind them is processed as ever."""
     running, _ = attacked
     marker = f"unreadable-{time.time_ns()}"
+    store = Store(f"sqlite:///{running.directory / 'var' / 'docproc.db'}")
+    canary = f"{marker}-canary"
+    store.run(task_runs.record_pending, canary, CANARY_SUCCEED)
+    raw_short_strings(monkeypatch)
     connection = await running.vhost.connect()
     async with connection:
         channel = await (await connection.channel(publisher_confirms=True)).get_underlay_channel()
@@ -256,36 +263,53 @@ async def test_a_message_whose_properties_cannot_be_read_is_dead_lettered_not_a_
                 routing_key=queue,
                 properties=RawProperties(properties),
             )
+        task = task_message(CANARY_SUCCEED, canary)
+        await channel.basic_publish(
+            task.body,
+            exchange="docproc",
+            routing_key=NOT_UTF8 + b".document_processing",  # type: ignore[arg-type]
+            properties=task.properties,
+        )
+        await channel.basic_publish(
+            f"{marker} routed".encode(),
+            exchange="docproc.dlx",
+            routing_key=NOT_UTF8,  # type: ignore[arg-type]
+        )
     async with httpx.AsyncClient(base_url=running.api) as http:
         accepted = await http.post("/documents", files={"file": ("behind.txt", marker.encode())})
         assert accepted.status_code == 202, accepted.text
-        task_id = accepted.json()["task_id"]
 
-        async def processed() -> dict[str, Any] | None:
+        async def processed(task_id: str) -> dict[str, Any] | None:
             status: dict[str, Any] = (await http.get(f"/tasks/{task_id}/status")).json()
             return status if status["state"] in {"SUCCESS", "DEAD"} else None
 
-        status = await eventually(processed, 60, "the document behind them to be processed")
-        assert status["state"] == "SUCCESS", status
-        assert status["retries"] == 0, status
+        for task_id in (accepted.json()["task_id"], canary):
+            status = await eventually(
+                functools.partial(processed, task_id), 60, f"{task_id} to be processed"
+            )
+            assert status["state"] == "SUCCESS", status
+            assert status["retries"] == 0, status
 
         async def stored() -> list[dict[str, Any]] | None:
-            found = await letters(running, error_type="UnreadableProperties")
             ours = []
-            for letter in found:
+            for letter in await letters(running):
                 detail = (await http.get(f"/dead-letters/{letter['id']}")).json()
                 if (detail["body_text"] or "").startswith(marker):
                     ours.append(letter | {"detail": detail})
-            return ours if len(ours) == len(HOSTILE) else None
+            return ours if len(ours) == len(HOSTILE) + 1 else None
 
         found = await eventually(stored, 60, "each unreadable message to be stored")
+    [routed] = [letter for letter in found if letter["detail"]["body_text"].endswith("routed")]
+    assert routed["queue"] == "\ufffd\ufffd"  # no death: the routing key, read leniently
+    unreadable = [letter for letter in found if letter is not routed]
     # The death headers RabbitMQ added are among the properties that cannot be read: the
     # reason is unknown, the queue is the routing key the message died with.
-    assert sorted(letter["queue"] for letter in found) == sorted(
+    assert sorted(letter["queue"] for letter in unreadable) == sorted(
         ["celery"] + ["document_processing"] * (len(HOSTILE) - 1)
     )
-    for letter in found:
+    for letter in unreadable:
         assert letter["reason"] == "unknown", letter
+        assert letter["error_type"] == "UnreadableProperties", letter
         assert "its properties cannot be read" in letter["detail"]["error_message"], letter
 
 

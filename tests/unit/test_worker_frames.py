@@ -7,11 +7,19 @@ from __future__ import annotations
 import struct
 
 import amqp
+import amqp.abstract_channel
+import amqp.serialization
 import pytest
 
 from service.task_protocol import UNREADABLE_PROPERTIES, problem
 from service.worker import frames
-from tests.hostile_properties import CONTENT_TYPE, HOSTILE, content_header
+from tests.hostile_properties import (
+    CONTENT_TYPE,
+    HOSTILE,
+    NOT_UTF8,
+    content_header,
+    deliver_arguments,
+)
 
 
 @pytest.mark.parametrize("properties", HOSTILE.values(), ids=HOSTILE.keys())
@@ -44,3 +52,20 @@ def test_readable_properties_are_read_as_ever() -> None:
     )
     assert message.properties == {"content_type": "application/json"}
     assert message.ready
+
+
+def test_a_routing_key_that_is_not_utf8_is_read_with_replacements() -> None:
+    frames.install()
+    readable = deliver_arguments(b"document_processing")
+    assert amqp.abstract_channel.loads("sLbss", readable, 0) == amqp.serialization.loads(
+        "sLbss", readable, 0
+    )
+    assert frames.lenient_arguments("sLbss", readable, 0) == amqp.serialization.loads(
+        "sLbss", readable, 0
+    )
+    hostile = deliver_arguments(NOT_UTF8 + b".document_processing")
+    with pytest.raises(UnicodeDecodeError):
+        amqp.serialization.loads("sLbss", hostile, 0)
+    values, offset = amqp.abstract_channel.loads("sLbss", hostile, 0)
+    assert values == ["ctag", 7, True, "docproc", "\ufffd\ufffd.document_processing"]
+    assert offset == len(hostile)
