@@ -45,3 +45,7 @@ could not record it."""
 ERROR_MESSAGE_HEADER = "x-docproc-error-message"
 PENDING_FAILURE_HEADER = "x-docproc-failure-pending"
 """Set on a retry whose task failed for good but could not record it: record, then dead-letter."""
+ATTEMPT_HEADERS = frozenset(
+    {STORE_WAITS_HEADER, ERROR_TYPE_HEADER, ERROR_MESSAGE_HEADER, PENDING_FAILURE_HEADER}
+)
+"""The state of a task's attempts so far: a re-published letter starts afresh, without them."""

@@ -28,6 +28,7 @@ from service.store import dead_letters, task_runs
 from service.store.database import RECORD_PATIENCE, AsyncStore
 from service.store.dead_letters import DeadLetter
 from service.store.schema import utcnow
+from service.task_contract import ATTEMPT_HEADERS
 from service.topology import WORK_QUEUES
 
 DEATH_HEADERS = frozenset(
@@ -81,11 +82,17 @@ def _expired(value: Any, now: datetime) -> bool:
 
 
 def cleaned_headers(letter: DeadLetter, now: datetime | None = None) -> dict[str, Any]:
+    """The letter's headers for a fresh delivery: no death headers (RabbitMQ < 4 reads them), no
+    state of the attempts before (a failure still to record, the store's waits, the last error:
+    carried, the first of them made the worker fail the task again without running it), the
+    retries reset, an `expires` in the past dropped, and the lineage."""
     now = now or datetime.now(UTC)
     headers = {
         key: value
         for key, value in from_json(letter.headers).items()
-        if key not in DEATH_HEADERS and not key.startswith(("x-first-death-", "x-last-death-"))
+        if key not in DEATH_HEADERS
+        and key not in ATTEMPT_HEADERS
+        and not key.startswith(("x-first-death-", "x-last-death-"))
     }
     if letter.task_name is not None:
         headers["retries"] = 0

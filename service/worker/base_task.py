@@ -67,6 +67,11 @@ class UnrecordedFailure(ProcessingError):
         super().__init__(message)
         self.error_type = error_type
 
+    def __reduce__(self) -> tuple[type[UnrecordedFailure], tuple[str, str]]:
+        # As itself, with its type, out of the pool process: Celery otherwise sends on the
+        # nearest class it can pickle (ProcessingError), and that is what was recorded.
+        return UnrecordedFailure, (self.error_type, str(self))
+
 
 class DocprocTask(Task):  # type: ignore[type-arg]
     """Retries `transient` docproc errors through `retry_queue`, with backoff, in the broker.
@@ -79,13 +84,8 @@ class DocprocTask(Task):  # type: ignore[type-arg]
     Request = "service.worker.request:DeadLetteringRequest"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        pending = self.request.get(PENDING_FAILURE_HEADER)
-        if pending:
-            raise UnrecordedFailure(
-                str(self.request.get(ERROR_TYPE_HEADER) or "Failure"),
-                str(self.request.get(ERROR_MESSAGE_HEADER) or ""),
-            )
         try:
+            self._pending_failure()
             return super().__call__(*args, **kwargs)
         except Retry:
             raise
@@ -99,6 +99,16 @@ class DocprocTask(Task):  # type: ignore[type-arg]
         except Exception as exc:
             self._settle(exc)
             raise
+
+    def _pending_failure(self) -> None:
+        """A failure the store could not take comes back with its retry, raised again here
+        before the work: recorded then (`_settle`), or waited for again while the store is still
+        away — never dead-lettered unrecorded."""
+        if self.request.get(PENDING_FAILURE_HEADER):
+            raise UnrecordedFailure(
+                str(self.request.get(ERROR_TYPE_HEADER) or "Failure"),
+                str(self.request.get(ERROR_MESSAGE_HEADER) or ""),
+            )
 
     def _settle(self, exc: Exception) -> None:
         """Record a permanent failure before the message is rejected; when the store cannot take

@@ -183,9 +183,17 @@ async def test_republish_sends_the_message_back_clean_and_marks_the_record(
     client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
 ) -> None:
     stale = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-    [record_id] = bury(
-        store, dead_message(queue="retry_queue", expires=stale), error=("SearchError", "index down")
-    )
+    waited = dead_message(queue="retry_queue", expires=stale)
+    # The state of the attempts before: a failure still to record once made the worker fail the
+    # re-published task again without running it.
+    attempts = {
+        "x-docproc-failure-pending": True,
+        "x-docproc-store-waits": 2,
+        "x-docproc-error-type": "SearchError",
+        "x-docproc-error-message": "index down",
+    }
+    waited.headers.update(attempts)
+    [record_id] = bury(store, waited, error=("SearchError", "index down"))
 
     response = await client.post(f"/dead-letters/{record_id}/republish")
 
@@ -194,6 +202,7 @@ async def test_republish_sends_the_message_back_clean_and_marks_the_record(
     message = await take(channel, "retry_queue")
     assert message.body == b'[[], {"document_id": "d-1"}, {"callbacks": null}]'
     assert not {"x-death", "x-first-death-reason", "x-first-death-queue"} & set(message.headers)
+    assert not set(attempts) & set(message.headers)
     assert message.headers["retries"] == 0
     assert message.headers["expires"] is None
     assert message.headers["x-docproc-republished-from"] == record_id

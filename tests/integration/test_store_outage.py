@@ -17,7 +17,7 @@ from service.settings import Settings
 from service.store import dead_letters, task_runs
 from service.store.database import Store
 from service.store.dead_letters import Filters
-from service.task_contract import EXPIRE_TASK_RUNS, PROCESS_DOCUMENT
+from service.task_contract import CANARY_FAIL, EXPIRE_TASK_RUNS, PROCESS_DOCUMENT
 from service.topology import DOCUMENT_QUEUE
 from service.worker.app import create_celery
 from tests.support import (
@@ -116,6 +116,49 @@ async def test_a_store_outage_pauses_the_worker_spends_no_retries_and_loses_noth
         runs = [store.run(task_runs.get, task_id) for _, task_id in caught + queued]
         assert [run.retries for run in runs if run is not None] == [0] * 5, "no budget spent"
         assert store.run(dead_letters.page, Filters(status="all"), limit=10).items == []
+    finally:
+        client.close()
+        store.close()
+        worker.stop()
+        dlq.stop()
+
+
+async def test_a_failure_met_in_an_outage_is_recorded_as_itself_before_its_letter_is_stored(
+    vhost: Vhost, database: ScratchDatabase, tmp_path: Path
+) -> None:
+    """The failure waits for the store in its retry's headers. That retry, arriving while the
+    store was still away, was dead-lettered without waiting; arriving after, it was not recorded
+    either: the run said `rejected by retry_queue`, not the task's own failure."""
+    worker = await start_worker(vhost, tmp_path / "worker.log", **ENV)
+    dlq = await start_dlq(vhost, tmp_path / "dlq.log")
+    store = Store(database.url)
+    client = create_celery(vhost.settings())
+    task_id = str(uuid.uuid4())
+    try:
+        store.run(task_runs.record_pending, task_id, CANARY_FAIL)
+        store.close()
+        database.block()
+        client.send_task(CANARY_FAIL, task_id=task_id)
+        await eventually(
+            lambda: asyncio.sleep(0, True if worker.output().count("waits") >= 2 else None),
+            30,
+            "the failure to wait for the store twice",
+        )
+        database.unblock()
+
+        async def dead() -> task_runs.TaskRun | None:
+            run = store.run(task_runs.get, task_id)
+            stored = store.run(dead_letters.page, Filters(status="all"), limit=10).items
+            return run if run is not None and run.state == "DEAD" and stored else None
+
+        run = await eventually(dead, 60, "the task to be DEAD and its letter stored")
+        assert (run.error_type, run.error_message) == (
+            "CanaryFailure",
+            "canary: a permanent failure, on purpose",
+        )
+        [letter] = store.run(dead_letters.page, Filters(status="all"), limit=10).items
+        assert letter.error_type == "CanaryFailure"
+        assert worker.alive()
     finally:
         client.close()
         store.close()
