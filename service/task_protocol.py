@@ -22,6 +22,10 @@ UNREADABLE_PROPERTIES = "x-docproc-unreadable-properties"
 by the consumers' frame hooks (`service.worker.frames`, `service.deadletters.frames`): `error`,
 and on the DLQ consumer's side the properties' raw bytes, kept with the letter."""
 
+MAX_COUNT = 2**31 - 1
+"""The largest count a store keeps (an INTEGER column on PostgreSQL): a task's retries above it
+could not be recorded."""
+
 _OPTIONAL_TEXT = ("root_id", "parent_id", "group", "shadow", "argsrepr", "kwargsrepr", "origin")
 
 
@@ -59,8 +63,10 @@ def _identity(headers: dict[str, Any]) -> str | None:
 def _options(headers: dict[str, Any]) -> str | None:
     retries = headers.get("retries", 0)
     wrong = None
-    if retries is not None and (not isinstance(retries, int) or retries < 0):
-        wrong = f"header retries is {retries!r:.80}, not a count"
+    if retries is not None and (
+        not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= MAX_COUNT
+    ):
+        wrong = f"header retries is {retries!r:.80}, not a count (0 to {MAX_COUNT:,})"
     for name in ("eta", "expires"):
         if wrong is None and not _moment(headers.get(name)):
             wrong = f"header {name} is {headers.get(name)!r:.80}, not an ISO 8601 time"

@@ -56,6 +56,16 @@ def test_a_malformed_task_message_says_why_it_died(store: Store) -> None:
     assert "header id" in letter.error_message
 
 
+@pytest.mark.parametrize("retries", [2**31, 2**40, -1, True])
+def test_a_retry_count_no_store_keeps_is_malformed(store: Store, retries: int) -> None:
+    """2 ** 40 retries once made a backoff of 2 ** (2 ** 40) seconds, before its cap."""
+    letter = read(raw({"task": "docproc.canary.succeed", "id": "t-6", "retries": retries}))
+
+    assert letter.error_type == "MalformedTaskMessage"
+    assert letter.error_message is not None
+    assert "header retries" in letter.error_message
+
+
 def test_a_letter_the_store_refuses_is_quarantined_in_a_form_it_takes(store: Store) -> None:
     letter = quarantined(read(raw({"task": "t\u2603", "id": "t-5", "x": b"\x00\x01"})))
 
