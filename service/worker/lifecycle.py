@@ -96,13 +96,27 @@ def connect(app: Celery, store: Callable[[], Store]) -> None:
             traceback=str(einfo.traceback) if einfo is not None else None,
         )
 
-    def on_revoked(request: Any, sender: Any = None, **_: Any) -> None:
+    def on_revoked(request: Any, sender: Any = None, expired: bool = False, **_: Any) -> None:
         if sender is not None and not mine(sender):
+            return
+        # Celery sends its request's context: it has the task's id, not always its name
+        # (`task_name` raised AttributeError here, and nothing was recorded).
+        name = str(getattr(sender, "name", None) or getattr(request, "task", None) or "?")
+        if expired:  # dead-lettered (service.worker.request): a failure, as the letter says
+            write(
+                outcomes.task_failed,
+                request.id,
+                name,
+                state="FAILURE",
+                error_type="Expired",
+                message=f"the message expired at {getattr(request, 'expires', None)} before "
+                "the task ran",
+            )
             return
         write(
             outcomes.task_failed,
             request.id,
-            request.task_name or request.name,
+            name,
             state="REVOKED",
             error_type="Revoked",
             message="the task was revoked",

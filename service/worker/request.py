@@ -1,4 +1,5 @@
-"""Celery's Request, changed so that a hard time limit ends in the dead-letter queue."""
+"""Celery's Request, changed so that a hard time limit and an expired message end in the
+dead-letter queue."""
 
 from __future__ import annotations
 
@@ -6,19 +7,45 @@ from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
 from celery.exceptions import TimeLimitExceeded
+from celery.worker import state
 from celery.worker.request import Request
 
 
 class DeadLetteringRequest(Request):
-    """A request whose hard time-out rejects its message without requeue.
+    """A request whose hard time-out, or whose message expired, rejects its message without
+    requeue.
 
     Celery (5.7) either acks a hard time-out (`task_acks_on_timeout=True`: the message is gone) or
     requeues it (`False`: it runs, times out and is requeued forever, or until a quorum queue's
     delivery limit). Neither lets the broker dead-letter it with the reason `rejected`. Billiard
     may report the time-out through `on_failure` before or after `on_timeout`; both mark it.
+
+    A message past its `expires` Celery acks unrun ("Discarding revoked task"): a task whose
+    retry came after its expiry was gone, its run left RETRY for good. It is dead-lettered now,
+    its run recorded as expired (service.worker.lifecycle), to be re-published by an operator if
+    it still matters (re-publishing drops a past `expires`). A task revoked by name is still
+    acked: someone asked for that.
     """
 
     _hard_time_limit_hit = False
+    _expired = False
+
+    def _announce_revoked(
+        self, reason: str, terminated: bool, signum: int | None, expired: bool
+    ) -> None:
+        self._expired = expired
+        super()._announce_revoked(reason, terminated, signum, expired)  # type: ignore[misc]
+        if expired:
+            # Celery counts an expired task as revoked by id from then on (for hours, in this
+            # worker): its letter re-published would be acked unrun, as revoked. Expiry is the
+            # message's, not the task's.
+            state.revoked.discard(self.id)
+
+    def acknowledge(self) -> None:
+        if self._expired:
+            self.reject(requeue=False)
+        else:
+            super().acknowledge()
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         if not soft:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from service.deadletters.consumer import store_batch
 from service.deadletters.parsing import RawMessage
 from service.store import task_runs
 from service.store.task_runs import TaskRun
-from service.task_contract import PROCESS_DOCUMENT
+from service.task_contract import CANARY_SUCCEED, PROCESS_DOCUMENT
 from tests import corpus
 from tests.deployment import Deployment, clear_index_failure, inject_index_failure
 from tests.support import eventually
@@ -118,6 +118,27 @@ async def test_a_permanent_failure_republished_fails_again_and_is_back_with_its_
     assert second["republished_from"] == first["id"]
     assert second["error_type"] == "CorruptFile"
     assert second["retries"] == 0
+
+
+async def test_an_expired_task_is_dead_with_its_expiry_and_runs_once_republished(
+    deployment: Deployment, api: Client
+) -> None:
+    """Celery acked a message past its `expires` unrun, and the run stayed as it was."""
+    task_id = str(uuid.uuid4())
+    deployment.store.run(task_runs.record_pending, task_id, CANARY_SUCCEED)
+    deployment.client.send_task(
+        CANARY_SUCCEED, task_id=task_id, expires=datetime.now(UTC) - timedelta(seconds=1)
+    )
+    [letter] = await wait_dead_again(deployment, api, task_id, 1)
+    assert letter["error_type"] == "Expired"
+    run = await deployment.finished(task_id)
+    assert (run.state, run.error_type) == ("DEAD", "Expired")
+    assert run.error_message is not None
+    assert "expired at" in run.error_message
+
+    republished = await api.post(f"/dead-letters/{letter['id']}/republish")
+    assert republished.status_code == 200, republished.text
+    assert (await deployment.finished(task_id)).state == "SUCCESS", "it ran, on the same worker"
 
 
 def seed(deployment: Deployment, count: int, queue: str = "celery") -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import pytest
@@ -31,6 +32,25 @@ async def test_a_task_that_raises_is_dead_lettered_as_rejected(
     assert dead.routing_key == DOCUMENT_QUEUE  # x-dead-letter-routing-key
     assert dead.exchange == DEAD_LETTER_EXCHANGE
     assert await reports.events(result.id) == ["failing"], "a permanent failure is not retried"
+
+
+async def test_an_expired_message_is_dead_lettered_not_acked_away(
+    worker: Process, client: DocprocCelery, reports: Reports, dead_letters: DeadLetterQueue
+) -> None:
+    """Celery acks a message past its `expires` without running it: a retry that came after
+    its task's expiry was gone, its run left RETRY for good."""
+    result = client.send_task(
+        canary.SUCCEED,
+        kwargs={"report_to": reports.name},
+        expires=datetime.now(UTC) - timedelta(seconds=1),
+    )
+
+    dead = await dead_letters.for_task(result.id)
+
+    assert first_death(dead)["reason"] == "rejected"
+    assert first_death(dead)["queue"] == DOCUMENT_QUEUE
+    assert await reports.events(result.id) == [], "it did not run"
+    assert worker.alive()
 
 
 async def test_a_hard_time_limit_ends_in_the_dead_letter_queue_not_in_a_requeue(
