@@ -6,8 +6,9 @@ client gets 202, whatever happens next. Uploads that arrive together are committ
 Publishing follows, with a confirm; when it cannot be had (broker down, blocked, or the message
 returned), the document waits in `Intake`'s list and goes out as soon as the publisher is
 connected again — within a second or two of the broker's return — and beat's sweeper catches
-what a process that died never published. A client's Idempotency-Key
-makes a retried upload the same upload.
+what a process that died never published; the relay and the sweeper claim a document before
+publishing it (`documents.claim_to_publish`), so that only one of them does. A client's
+Idempotency-Key makes a retried upload the same upload.
 
 Confirmed documents are marked published in batches (one UPDATE for all confirmed meanwhile):
 the mark only keeps the sweeper from publishing a message twice, and the worker sets it too when
@@ -274,7 +275,20 @@ class Intake:
             if stop.is_set() or not self.waiting or not self.publisher.connected:
                 continue
             for document_id, (task_id, correlation_id) in list(self.waiting.items()):
+                claimed_at = utcnow()
+                try:
+                    claimed = await self.store.run(
+                        documents.claim_to_publish, document_id, claimed_at, accepted_here=True
+                    )
+                except DatabaseError as exc:
+                    logger.warning("documents waiting to be queued wait for the store: {}", exc)
+                    break
+                if not claimed:  # published meanwhile, or beat's sweeper has it
+                    del self.waiting[document_id]
+                    continue
                 if not await self.publish(document_id, task_id, correlation_id):
+                    with contextlib.suppress(DatabaseError):  # else the claim expires
+                        await self.store.run(documents.release_claim, document_id, claimed_at)
                     break
                 del self.waiting[document_id]
                 logger.bind(document_id=document_id, task_id=task_id).info(

@@ -4,7 +4,7 @@ searchable. A document is processed once: a redelivery, or a duplicate message, 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -20,6 +20,7 @@ from sqlalchemy import (
     column,
     func,
     insert,
+    or_,
     select,
     true,
     update,
@@ -181,15 +182,59 @@ def mark_published(connection: Connection, *document_ids: str) -> None:
         connection.execute(MARK_PUBLISHED(connection), published_values(document_ids, utcnow()))
 
 
-def unpublished(connection: Connection, accepted_before: datetime, limit: int) -> list[Document]:
-    """Documents accepted before `accepted_before` whose task message was never confirmed."""
+PUBLISH_CLAIM = timedelta(seconds=30)
+"""How long a claim to publish a document's task holds: longer than the API's confirm timeout.
+
+Whoever publishes a task message that was not confirmed at once — beat's sweeper, the API's
+relay — first claims its document (`claim_to_publish`): one UPDATE of `updated_at`, taken by
+one of them only, while `published_at` stays NULL until the message is confirmed. The accept
+itself is the API's claim (`updated_at` = `created_at`). A claim whose publisher failed or died
+expires, and the document is claimed and published again: nothing accepted is lost."""
+
+
+def unpublished(connection: Connection, claimed_before: datetime, limit: int) -> list[Document]:
+    """Documents whose task message was never confirmed and whose claim (the accept's, or a
+    publisher's) is older than `claimed_before`: those a sweeper may claim."""
     rows = connection.execute(
         select(*_METADATA)
-        .where(documents.c.published_at.is_(None), documents.c.created_at < accepted_before)
+        .where(documents.c.published_at.is_(None), documents.c.updated_at < claimed_before)
         .order_by(documents.c.created_at)
         .limit(limit)
     ).all()
     return [as_struct(row, Document) for row in rows]
+
+
+_CLAIM_TO_PUBLISH = update(documents).values(updated_at=bindparam("p_at"))
+_UNPUBLISHED = (documents.c.id == bindparam("p_id"), documents.c.published_at.is_(None))
+_EXPIRED = documents.c.updated_at < bindparam("p_expired")
+_SWEEPER_CLAIM = _CLAIM_TO_PUBLISH.where(*_UNPUBLISHED, _EXPIRED)
+# The API's relay also takes over its own claim, the accept's, still held.
+_RELAY_CLAIM = _CLAIM_TO_PUBLISH.where(
+    *_UNPUBLISHED, or_(_EXPIRED, documents.c.updated_at == documents.c.created_at)
+)
+
+
+def claim_to_publish(
+    connection: Connection, document_id: str, now: datetime, *, accepted_here: bool = False
+) -> bool:
+    """True when the caller may publish the document's task, until `now` + PUBLISH_CLAIM: it is
+    unpublished and no one else holds a claim on it (the API that accepted it holds one since
+    the accept, `accepted_here`). Of publishers claiming at once, one wins (the UPDATE rechecks
+    the row it waited for, on PostgreSQL; SQLite has one writer)."""
+    statement = _RELAY_CLAIM if accepted_here else _SWEEPER_CLAIM
+    values = {"p_id": document_id, "p_at": now, "p_expired": now - PUBLISH_CLAIM}
+    return bool(connection.execute(statement, values).rowcount)
+
+
+def release_claim(connection: Connection, document_id: str, claimed_at: datetime) -> None:
+    """Give back a claim whose publish failed, to the accept's: the API's relay may take it
+    again at once, and anyone else once the accept's has expired."""
+    connection.execute(
+        update(documents)
+        .where(*_UNPUBLISHED, documents.c.updated_at == bindparam("p_at"))
+        .values(updated_at=documents.c.created_at),
+        {"p_id": document_id, "p_at": claimed_at},
+    )
 
 
 def lost(connection: Connection, published_before: datetime, limit: int) -> list[Document]:
@@ -208,11 +253,18 @@ def lost(connection: Connection, published_before: datetime, limit: int) -> list
     return [as_struct(row, Document) for row in rows]
 
 
-def mark_reconciled(connection: Connection, document_id: str) -> None:
+def claim_reconciled(connection: Connection, document_id: str, published_before: datetime) -> bool:
+    """Claim a document `lost` found (with `published_before`) to publish its task again,
+    counted: False when another reconciliation claimed it first (its `published_at` is now).
+    A claim whose publish then fails is found lost again by a later reconciliation."""
     now = utcnow()
-    connection.execute(
+    claimed = connection.execute(
         update(documents)
-        .where(documents.c.id == document_id)
+        .where(
+            documents.c.id == document_id,
+            documents.c.published_at < published_before,
+            documents.c.processed_at.is_(None),
+        )
         .values(
             reconciled_count=documents.c.reconciled_count + 1,
             reconciled_at=now,
@@ -220,6 +272,7 @@ def mark_reconciled(connection: Connection, document_id: str) -> None:
             updated_at=now,
         )
     )
+    return bool(claimed.rowcount)
 
 
 def reconciled(connection: Connection) -> int:

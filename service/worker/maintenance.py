@@ -14,6 +14,7 @@ from loguru import logger
 from service.errors import DatabaseError
 from service.logs import CORRELATION_HEADER
 from service.store import dead_letters, documents, idempotency, task_runs
+from service.store.database import Store
 from service.store.documents import Document
 from service.store.schema import utcnow
 from service.task_contract import (
@@ -27,9 +28,6 @@ from service.task_contract import (
 )
 from service.worker.docproc_celery import app_of
 
-SWEEP_GRACE = timedelta(seconds=30)
-"""How old an unconfirmed acceptance must be before the sweeper publishes it: longer than the
-API's confirm timeout, so that the sweeper never races a publish still in flight."""
 SWEEP_BATCH = 500
 
 RECONCILE_BATCH = 500
@@ -66,6 +64,23 @@ def _send_document_task(app: Celery, document: Document) -> None:
         queue=queue_for(PROCESS_DOCUMENT),
         headers={CORRELATION_HEADER: document.correlation_id or document.task_id},
     )
+
+
+def sweep_unpublished(store: Store, publish: Callable[[Document], None], now: datetime) -> int:
+    """Publish what the API accepted but could not get confirmed, each document claimed first
+    (`documents.claim_to_publish`): sweeps running at once, and the API's relay, publish each
+    once. A claim whose publish fails expires, and a later sweep publishes it."""
+    published = 0
+    for document in store.run(documents.unpublished, now - documents.PUBLISH_CLAIM, SWEEP_BATCH):
+        if not store.run(documents.claim_to_publish, document.id, now):
+            continue  # another sweep, or the API's relay, has it
+        publish(document)
+        store.run(documents.mark_published, document.id)
+        published += 1
+        logger.bind(document_id=document.id, task_id=document.task_id).info(
+            "published an accepted document whose task was never confirmed"
+        )
+    return published
 
 
 def register(app: Celery) -> None:
@@ -128,26 +143,22 @@ def register(app: Celery) -> None:
             logger.warning("reconcile marker with a bad time {!r}; ignored", sent_at)
             return 0
         before = min(marker, utcnow() - timedelta(seconds=settings.reconcile_after))
-        lost = store.run(documents.lost, before, RECONCILE_BATCH)
-        for document in lost:
+        republished = 0
+        for document in store.run(documents.lost, before, RECONCILE_BATCH):
+            # Claimed first: reconciliations running at once publish each document once.
+            if not store.run(documents.claim_reconciled, document.id, before):
+                continue
             _send_document_task(self.app, document)
-            store.run(documents.mark_reconciled, document.id)
+            republished += 1
             logger.bind(document_id=document.id, task_id=document.task_id).warning(
                 "re-published a document whose confirmed task message was lost"
             )
-        return len(lost)
+        return republished
 
     @app.task(name=PUBLISH_UNPUBLISHED, **options)
     @_skipped_while_the_store_is_down
     def publish_unpublished(self: Task[Any, Any]) -> int:
         """Publish what the API accepted but could not get confirmed (broker down or blocked,
         API killed between commit and publish). The client never has to resubmit."""
-        store = app_of(self).store
-        waiting = store.run(documents.unpublished, utcnow() - SWEEP_GRACE, SWEEP_BATCH)
-        for document in waiting:
-            _send_document_task(self.app, document)
-            store.run(documents.mark_published, document.id)
-            logger.bind(document_id=document.id, task_id=document.task_id).info(
-                "published an accepted document whose task was never confirmed"
-            )
-        return len(waiting)
+        publish = functools.partial(_send_document_task, self.app)
+        return sweep_unpublished(app_of(self).store, publish, utcnow())

@@ -1,0 +1,166 @@
+"""Documents accepted but never confirmed are published once: by one of the sweeps running at
+once (a store outage queues several), or by the API's relay or the sweeper, never both — and a
+claimed document whose publish failed is published by a later sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import update
+
+from service.errors import BrokerUnavailable
+from service.intake import Intake, Upload
+from service.store import documents, schema
+from service.store.database import AsyncStore, Store
+from service.store.documents import Document
+from service.worker.maintenance import sweep_unpublished
+from tests.store.test_documents_and_search import add_document
+from tests.support import RecordingPublisher, eventually
+
+SYNC = 10.0
+"""Seconds a sweep waits for the other at its first publish before the test fails."""
+
+
+def after_the_accepts_claim() -> datetime:
+    return datetime.now(UTC) + documents.PUBLISH_CLAIM + timedelta(seconds=1)
+
+
+def test_sweeps_running_at_once_publish_each_document_once(store: Store) -> None:
+    accepted = {add_document(store, f"unconfirmed {n}".encode(), f"{n}.txt") for n in range(20)}
+    now = after_the_accepts_claim()
+    published: list[str] = []
+    both_publishing = threading.Barrier(2, timeout=SYNC)
+    local = threading.local()
+
+    def publish(document: Document) -> None:
+        if not getattr(local, "met", False):  # each sweep has read what it publishes by now
+            local.met = True
+            both_publishing.wait()
+        published.append(document.id)
+
+    def sweep() -> None:
+        sweep_unpublished(store, publish, now)
+
+    sweeps = [threading.Thread(target=sweep) for _ in range(2)]
+    for thread in sweeps:
+        thread.start()
+    for thread in sweeps:
+        thread.join(SYNC * 2)
+    assert not any(thread.is_alive() for thread in sweeps)
+
+    assert Counter(published) == Counter(accepted), "each document published exactly once"
+    assert store.run(documents.unpublished, now + documents.PUBLISH_CLAIM, 100) == []
+
+
+def test_a_claimed_document_whose_publish_failed_is_published_by_a_later_sweep(
+    store: Store,
+) -> None:
+    document_id = add_document(store, b"the broker went away", "away.txt")
+    now = after_the_accepts_claim()
+    published: list[str] = []
+
+    def refuse(document: Document) -> None:
+        raise BrokerUnavailable("RabbitMQ is away")
+
+    with pytest.raises(BrokerUnavailable):
+        sweep_unpublished(store, refuse, now)
+    stored = store.run(documents.get, document_id)
+    assert stored is not None
+    assert stored.published_at is None
+
+    assert sweep_unpublished(store, lambda d: published.append(d.id), now) == 0, "still claimed"
+    later = now + documents.PUBLISH_CLAIM + timedelta(seconds=1)
+    assert sweep_unpublished(store, lambda d: published.append(d.id), later) == 1
+    assert sweep_unpublished(store, lambda d: published.append(d.id), later) == 0
+
+    assert published == [document_id]
+    stored = store.run(documents.get, document_id)
+    assert stored is not None
+    assert stored.published_at is not None
+
+
+def upload(text: str) -> Upload:
+    content = text.encode()
+    return Upload(
+        filename="relayed.txt",
+        content_type="text/plain",
+        content=content,
+        sha256=hashlib.sha256(content).hexdigest(),
+        correlation_id=str(uuid.uuid4()),
+    )
+
+
+async def relayed(intake: Intake) -> None:
+    """Run the relay until it holds nothing."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(intake.run(stop))
+    intake.wake.set()
+
+    async def drained() -> bool | None:
+        return True if not intake.waiting else None
+
+    try:
+        await eventually(drained, SYNC, "the relay to empty its list", 0.01)
+    finally:
+        stop.set()
+        await running
+
+
+async def test_the_relay_leaves_a_document_the_sweeper_claimed(
+    store: Store, async_store: AsyncStore
+) -> None:
+    publisher = RecordingPublisher()
+    intake = Intake(async_store, publisher)
+    publisher.refusal = BrokerUnavailable("RabbitMQ is away")
+    receipt = await intake.submit(upload("accepted while RabbitMQ was away"))
+    assert not receipt.queued
+    assert receipt.document_id in intake.waiting
+    swept: list[str] = []
+
+    sweep_unpublished(store, lambda d: swept.append(d.id), after_the_accepts_claim())
+    publisher.refusal = None
+    await relayed(intake)
+
+    assert swept == [receipt.document_id]
+    assert publisher.sent == [], "the sweeper published it: the relay does not"
+
+
+async def test_the_relay_publishes_what_it_accepted_and_the_sweeper_leaves_it(
+    store: Store, async_store: AsyncStore
+) -> None:
+    publisher = RecordingPublisher()
+    intake = Intake(async_store, publisher)
+    publisher.refusal = BrokerUnavailable("RabbitMQ is away")
+    receipt = await intake.submit(upload("queued once RabbitMQ is back"))
+    assert not receipt.queued
+    publisher.refusal = None
+
+    await relayed(intake)  # at once: the accept's claim is the relay's own
+    swept: list[str] = []
+    sweep_unpublished(store, lambda d: swept.append(d.id), after_the_accepts_claim())
+
+    assert len(publisher.sent) == 1
+    assert swept == [], "the relay published it: the sweeper does not"
+
+
+def test_of_reconciliations_at_once_one_claims_a_lost_document(store: Store) -> None:
+    document_id = add_document(store, b"confirmed, then lost", "lost.txt")
+    now = datetime.now(UTC)
+    store.run(
+        lambda c: c.execute(
+            update(schema.documents)
+            .where(schema.documents.c.id == document_id)
+            .values(published_at=now - timedelta(hours=1))
+        )
+    )
+    before = now - timedelta(minutes=1)  # both reconciliations found it lost before this
+
+    assert store.run(documents.claim_reconciled, document_id, before) is True
+    assert store.run(documents.claim_reconciled, document_id, before) is False
+    assert store.run(documents.reconciled) == 1
