@@ -49,24 +49,60 @@ def api_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+class UnexpectedAnswer(DocprocError):
+    """An answer the docproc API does not give: not JSON, or JSON of another shape."""
+
+
+def as_is(found: Any) -> Any:
+    """An answer's JSON, taken whole."""
+    return found
+
+
+def problem_detail(problem: Any) -> str:
+    """What an error's problem details say."""
+    return str(problem.get("detail") or problem.get("title") or "")
+
+
 class Answer:
     """The API's answer to one request: its status, headers and body, and what was asked (the
-    path as the caller gave it, before it was encoded)."""
+    API's address, and the path as the caller gave it, before it was encoded)."""
 
-    def __init__(self, method: str, path: str, response: urllib3.BaseHTTPResponse) -> None:
+    def __init__(
+        self, url: str, method: str, path: str, response: urllib3.BaseHTTPResponse
+    ) -> None:
+        self.url = url
         self.method = method
         self.path = path
         self.status_code = response.status
         self.headers = response.headers
         self.content = response.data
 
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
     def json(self) -> Any:
         """The body as JSON; ValueError when it is not."""
         return _json.loads(self.content)
+
+    def read(self, read: Callable[[Any], Any] = as_is) -> Any:
+        """What `read` takes from the body as JSON — every command reads its answers so.
+        UnexpectedAnswer, naming the request, when the body is not JSON or `read` does not find
+        in it what it looks for: a proxy's error page, or another service at --api, is one
+        line that says so, not a traceback."""
+        try:
+            found = self.json()
+        except (ValueError, RecursionError):
+            kind = self.headers.get("content-type") or "no content type"
+            raise self._unexpected(f"with {kind}, not JSON") from None
+        try:
+            return read(found)
+        except (LookupError, TypeError, ValueError, AttributeError) as exc:
+            shape = f"with JSON of another shape ({exc.__class__.__name__}: {exc})"
+            raise self._unexpected(shape) from None
+
+    def _unexpected(self, what: str) -> UnexpectedAnswer:
+        said = (
+            f"{self.method} {self.url}{self.path}: the API answered {self.status_code} {what}: "
+            "is --api pointing at docproc?"
+        )
+        return UnexpectedAnswer(printable(said))
 
 
 class _Connections(urllib3.HTTPConnectionPool):
@@ -187,34 +223,36 @@ class Api:
         response = self.http.urlopen(
             method, target, body=body, headers=headers, redirect=False, preload_content=True
         )
-        return Answer(method, path, response)
+        return Answer(self.url, method, path, response)
 
-    def request(self, method: str, path: str, *, ok: Sequence[int] = (), **kwargs: Any) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        ok: Sequence[int] = (),
+        read: Callable[[Any], Any] = as_is,
+        **kwargs: Any,
+    ) -> Any:
+        """What `read` takes from the answer's JSON (`Answer.read`); None for a 204."""
         try:
             response = self.send(method, path, **kwargs)
         except TRANSPORT_ERRORS as exc:
             self.unreachable(exc)
         if response.status_code >= 400 and response.status_code not in ok:
             self.fail(response)
-        if response.status_code == 204 or not response.content:
+        if response.status_code == 204:
             return None
         try:
-            return response.json()
-        except ValueError:
-            abort(
-                DocprocError(
-                    f"{method} {self.url}{path}: {response.status_code}, but the answer is not "
-                    f"JSON ({response.headers.get('content-type', 'no content type')}); is "
-                    "--api the docproc API?"
-                )
-            )
+            return response.read(read)
+        except UnexpectedAnswer as exc:
+            abort(exc)
 
     def fail(self, response: Answer) -> NoReturn:
         try:
-            problem = response.json()
-            detail = problem.get("detail") or problem.get("title")
-        except (ValueError, AttributeError):
-            detail = response.text[:200]
+            detail = response.read(problem_detail)
+        except UnexpectedAnswer as exc:
+            abort(exc)
         # The path as asked and the API's words, escaped: either may hold what the user typed.
         said = f"{response.method} {response.path}: {response.status_code} {detail}"
         abort(DocprocError(printable(said)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -66,8 +67,14 @@ def list_(
     if cursor:
         params["cursor"] = cursor
     with Api(api_url, api_key) as api:
-        page = api.get("/dead-letters", params=params)
-    rows = [
+        rows, next_cursor = api.get("/dead-letters", params=params, read=_letters)
+    click.echo(table(rows, ["id", "died", "reason", "queue", "task", "error", "republished"]))
+    if next_cursor:
+        click.echo(f"more: --cursor {printable(next_cursor)}", err=True)
+
+
+def _letters(page: Any) -> tuple[list[list[object]], str | None]:
+    rows: list[list[object]] = [
         [
             i["id"],
             i["dead_at"][:19],
@@ -79,9 +86,7 @@ def list_(
         ]
         for i in page["items"]
     ]
-    click.echo(table(rows, ["id", "died", "reason", "queue", "task", "error", "republished"]))
-    if page["next_cursor"]:
-        click.echo(f"more: --cursor {page['next_cursor']}", err=True)
+    return rows, page["next_cursor"]
 
 
 @dead_letters.command()
@@ -100,8 +105,12 @@ def groups(api_url: str, api_key: str | None, **filters: Any) -> None:
     """Failures grouped by task, error type and fingerprint, biggest first."""
     params = {k: v for k, v in _chosen(filters).items() if k != "group"}
     with Api(api_url, api_key) as api:
-        found = api.get("/dead-letters/groups", params=params)["items"]
-    rows = [
+        rows = api.get("/dead-letters/groups", params=params, read=_groups)
+    click.echo(table(rows, ["group", "count", "task", "error", "last seen", "example"]))
+
+
+def _groups(found: Any) -> list[list[object]]:
+    return [
         [
             g["group"],
             g["count"],
@@ -110,9 +119,8 @@ def groups(api_url: str, api_key: str | None, **filters: Any) -> None:
             g["last_seen"][:19],
             (g["example_message"] or "")[:60],
         ]
-        for g in found
+        for g in found["items"]
     ]
-    click.echo(table(rows, ["group", "count", "task", "error", "last seen", "example"]))
 
 
 @dead_letters.command()
@@ -143,12 +151,16 @@ def republish(
         params["target"] = target
     with Api(api_url, api_key) as api:
         for dead_letter_id in dead_letter_ids:
-            done = api.post(f"/dead-letters/{dead_letter_id}/republish", params=params)
-            click.echo(
-                f"{printable(dead_letter_id)}: re-published to {printable(done['queue'])} "
-                f"(time {done['republish_count']})"
-                + ("" if done.get("recorded", True) else "; not recorded yet: do not repeat it")
+            done = api.post(
+                f"/dead-letters/{dead_letter_id}/republish", params=params, read=_republished
             )
+            click.echo(f"{printable(dead_letter_id)}: {done}")
+
+
+def _republished(done: Any) -> str:
+    return f"re-published to {printable(done['queue'])} (time {done['republish_count']})" + (
+        "" if done.get("recorded", True) else "; not recorded yet: do not repeat it"
+    )
 
 
 @dead_letters.command()
@@ -187,31 +199,61 @@ def redrive(
         "include_republished": include_republished,
     }
     with Api(api_url, api_key) as api:
-        job = api.post("/dead-letters/redrive", json=request)
         if dry_run:
-            click.echo(f"dry run: {job['matched']} would be re-published; nothing was")
-            rows = [
-                [g["group"], g["count"], g["queue"], g["task"], g["error_type"]]
-                for g in job["groups"]
-            ]
+            matched, rows = api.post("/dead-letters/redrive", json=request, read=_dry_run)
+            click.echo(f"dry run: {matched} would be re-published; nothing was")
             click.echo(table(rows, ["group", "count", "queue", "task", "error"]))
             return
-        click.echo(f"redrive {job['id']}: {job['matched']} matched, at {job['rate']:g}/s")
+        job = api.post("/dead-letters/redrive", json=request, read=Redrive.read)
+        click.echo(f"redrive {job.id}: {job.matched} matched, at {job.rate:g}/s")
         if not follow:
             return
         try:
-            with click.progressbar(length=job["matched"], label="re-publishing") as bar:
-                done = 0
-                while job["state"] == "running":
+            with click.progressbar(length=job.matched, label="re-publishing") as bar:
+                while job.state == "running":
                     time.sleep(0.5)
-                    job = api.get(f"/dead-letters/redrives/{job['id']}")
-                    bar.update(job["published"] + job["failed"] - done)
-                    done = job["published"] + job["failed"]
+                    done = job.done
+                    job = api.get(f"/dead-letters/redrives/{job.id}", read=Redrive.read)
+                    bar.update(job.done - done)
         except KeyboardInterrupt:
-            job = api.delete(f"/dead-letters/redrives/{job['id']}")
+            job = api.delete(f"/dead-letters/redrives/{job.id}", read=Redrive.read)
         click.echo(
-            f"redrive {job['id']} {job['state']}: {job['published']} published, "
-            f"{job['failed']} failed of {job['matched']}"
+            f"redrive {job.id} {job.state}: {job.published} published, "
+            f"{job.failed} failed of {job.matched}"
+        )
+
+
+def _dry_run(job: Any) -> tuple[int, list[list[object]]]:
+    rows: list[list[object]] = [
+        [g["group"], g["count"], g["queue"], g["task"], g["error_type"]] for g in job["groups"]
+    ]
+    return int(job["matched"]), rows
+
+
+@dataclass(frozen=True, kw_only=True)
+class Redrive:
+    """A redrive job as the API tells it, what the commands show of it."""
+
+    id: str
+    state: str
+    matched: int
+    published: int
+    failed: int
+    rate: float
+
+    @property
+    def done(self) -> int:
+        return self.published + self.failed
+
+    @classmethod
+    def read(cls, job: Any) -> Redrive:
+        return cls(
+            id=printable(job["id"]),
+            state=printable(job["state"]),
+            matched=int(job["matched"]),
+            published=int(job["published"]),
+            failed=int(job["failed"]),
+            rate=float(job["rate"]),
         )
 
 
@@ -220,10 +262,10 @@ def redrive(
 def redrives(api_url: str, api_key: str | None) -> None:
     """Recent redrive jobs and their progress."""
     with Api(api_url, api_key) as api:
-        jobs = api.get("/dead-letters/redrives")["items"]
-    rows = [
-        [j["id"], j["state"], j["matched"], j["published"], j["failed"], j["rate"]] for j in jobs
-    ]
+        jobs = api.get(
+            "/dead-letters/redrives", read=lambda found: [Redrive.read(j) for j in found["items"]]
+        )
+    rows = [[j.id, j.state, j.matched, j.published, j.failed, j.rate] for j in jobs]
     click.echo(table(rows, ["id", "state", "matched", "published", "failed", "rate"]))
 
 
@@ -233,8 +275,8 @@ def redrives(api_url: str, api_key: str | None) -> None:
 def cancel(redrive_id: str, api_url: str, api_key: str | None) -> None:
     """Cancel a redrive; what it has not re-published stays untouched."""
     with Api(api_url, api_key) as api:
-        job = api.delete(f"/dead-letters/redrives/{redrive_id}")
-    click.echo(f"redrive {redrive_id} {job['state']}: {job['published']} published")
+        job = api.delete(f"/dead-letters/redrives/{redrive_id}", read=Redrive.read)
+    click.echo(f"redrive {printable(redrive_id)} {job.state}: {job.published} published")
 
 
 @dead_letters.command()
@@ -252,5 +294,7 @@ def discard(
             api.delete(f"/dead-letters/{dead_letter_id}")
             click.echo(f"{printable(dead_letter_id)}: discarded")
         if group is not None:
-            done = api.delete(f"/dead-letters/groups/{group}")
-            click.echo(f"group {printable(group)}: {done['discarded']} discarded")
+            discarded = api.delete(
+                f"/dead-letters/groups/{group}", read=lambda done: int(done["discarded"])
+            )
+            click.echo(f"group {printable(group)}: {discarded} discarded")

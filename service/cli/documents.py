@@ -3,6 +3,8 @@ terminal through the API."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from service.cli.client import Api, api_option, printable, table
@@ -19,7 +21,11 @@ def status(task_id: str, api_url: str, api_key: str | None) -> None:
       docproc status 3f0c9a4e-6a57-4c1e-9d1e-2c2b6f1f7a10
     """
     with Api(api_url, api_key) as api:
-        found = api.get(f"/tasks/{task_id}/status")
+        rows = api.get(f"/tasks/{task_id}/status", read=_status_rows)
+    click.echo(table(rows, ["", ""]))
+
+
+def _status_rows(found: Any) -> list[list[object]]:
     progress = found["progress"]
     rows = [
         ["state", found["state"]],
@@ -30,7 +36,7 @@ def status(task_id: str, api_url: str, api_key: str | None) -> None:
     ]
     if found["error"]:
         rows.append(["error", f"{found['error']['type']}: {found['error']['message']}"])
-    click.echo(table(rows, ["", ""]))
+    return rows
 
 
 @click.command()
@@ -44,8 +50,8 @@ def text(document_id: str, api_url: str, api_key: str | None) -> None:
       docproc text b1f4c2de-0d4a-4b8e-8f5e-5a9e3c7d2b11 | less
     """
     with Api(api_url, api_key) as api:
-        found = api.get(f"/documents/{document_id}/text")
-    click.echo(found["text"])
+        found = api.get(f"/documents/{document_id}/text", read=lambda found: str(found["text"]))
+    click.echo(found)
 
 
 @click.command()
@@ -80,17 +86,23 @@ def search(
     filters = {"type": document_type, "language": language, "since": since}
     params = {"q": " ".join(query), "limit": limit} | {k: v for k, v in filters.items() if v}
     with Api(api_url, api_key) as api:
-        found = api.get("/search", params=params)
-    rows = [
-        [hit["document_id"], hit["filename"], f"{hit['score']:.3f}", hit["snippet"]]
-        for hit in found["items"]
-    ]
+        rows, partial = api.get("/search", params=params, read=_hits)
     click.echo(table(rows, ["document", "file", "score", "snippet"]))
     if not rows:
         click.echo(printable(f"nothing matches {' '.join(query)!r}"), err=True)
-    if not found.get("complete", True):
-        click.echo(
-            f"more than {found['window']:,} chunks match: these are the best of the newest "
-            f"{found['window']:,}; more words, a phrase or a filter rank every match",
-            err=True,
-        )
+    if partial:
+        click.echo(partial, err=True)
+
+
+def _hits(found: Any) -> tuple[list[list[object]], str]:
+    """The hits' rows, and what to say when they are not ranked among every match."""
+    rows: list[list[object]] = [
+        [hit["document_id"], hit["filename"], f"{hit['score']:.3f}", hit["snippet"]]
+        for hit in found["items"]
+    ]
+    if found.get("complete", True):
+        return rows, ""
+    return rows, (
+        f"more than {found['window']:,} chunks match: these are the best of the newest "
+        f"{found['window']:,}; more words, a phrase or a filter rank every match"
+    )

@@ -15,7 +15,17 @@ from typing import Any
 
 import click
 
-from service.cli.client import TRANSPORT_ERRORS, Answer, Api, api_option, printable, table
+from service.cli.client import (
+    TRANSPORT_ERRORS,
+    Answer,
+    Api,
+    UnexpectedAnswer,
+    api_option,
+    printable,
+    problem_detail,
+    table,
+)
+from service.errors import abort
 
 FINAL = frozenset({"SUCCESS", "DEAD", "REVOKED"})
 IN_FLIGHT = 8
@@ -90,9 +100,9 @@ def submit(
                 headers={"Idempotency-Key": idempotency_key(path, content)},
             )
             if response.status_code == 202:
-                body = response.json()
-                return [str(path), body["status"], body["document_id"], body["task_id"], ""]
-            detail = response.json().get("detail", "") if response.content else ""
+                state, document_id, task_id = response.read(_accepted)
+                return [str(path), state, document_id, task_id, ""]
+            detail = response.read(problem_detail) if response.content else ""
             return [str(path), f"REFUSED {response.status_code}", "", "", detail]
 
         rows: list[list[object]] = []
@@ -110,6 +120,8 @@ def submit(
             api.unreachable(exc)
         except _Refused as refused:
             api.fail(refused.response)
+        except UnexpectedAnswer as exc:
+            abort(exc)
     click.echo(table(rows, ["file", "state", "document", "task", "detail"]))
     failed = [
         row
@@ -118,6 +130,11 @@ def submit(
     ]
     if failed:
         raise SystemExit(1)
+
+
+def _accepted(body: Any) -> tuple[str, str, str]:
+    """An accepted upload's state, document and task."""
+    return str(body["status"]), str(body["document_id"]), str(body["task_id"])
 
 
 class _Refused(Exception):
@@ -148,11 +165,11 @@ def _follow(
     deadline = time.monotonic() + timeout
     waiting = set(accepted)
 
-    def read(task_ids: list[str]) -> list[Any]:
+    def read(task_ids: list[str]) -> list[tuple[str, str, str]]:
         response = api.send("GET", "/tasks/statuses", params=[("id", each) for each in task_ids])
         if response.status_code >= 400:
             raise _Refused(response)
-        return list(response.json()["statuses"])
+        return list(response.read(lambda found: _statuses(found, accepted)))
 
     with click.progressbar(length=len(waiting), label="processing", file=sys.stderr) as bar:
         while waiting and time.monotonic() < deadline:
@@ -161,13 +178,25 @@ def _follow(
                 ordered[n : n + STATUSES_A_READ] for n in range(0, len(ordered), STATUSES_A_READ)
             ]
             for statuses in pool.map(read, parts):
-                for status in statuses:
-                    row = accepted[status["task_id"]]
-                    row[1] = status["state"]
-                    if status["error"]:
-                        row[4] = f"{status['error']['type']}: {status['error']['message']}"
-                    if status["state"] in FINAL:
-                        waiting.discard(status["task_id"])
+                for task_id, state, error in statuses:
+                    row = accepted[task_id]
+                    row[1] = state
+                    if error:
+                        row[4] = error
+                    if state in FINAL:
+                        waiting.discard(task_id)
                         bar.update(1)
             if waiting:
                 time.sleep(0.5)
+
+
+def _statuses(found: Any, accepted: dict[str, list[object]]) -> list[tuple[str, str, str]]:
+    """Each task's id, state and error ("" for none) from `GET /tasks/statuses`: tasks it sent."""
+    statuses = []
+    for status in found["statuses"]:
+        if status["task_id"] not in accepted:
+            raise KeyError(f"task {status['task_id']}, not asked for")
+        error = status["error"]
+        said = f"{error['type']}: {error['message']}" if error else ""
+        statuses.append((status["task_id"], str(status["state"]), said))
+    return statuses

@@ -1,0 +1,139 @@
+"""The client commands against an API that answers what docproc does not: a proxy's error page,
+JSON of another shape. Each ends in one line naming the request and what came back, never a
+traceback (the commands run with catch_exceptions=False: one would fail the test)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from service.cli import cli
+
+
+class _Answers(BaseHTTPRequestHandler):
+    """Answers every request with the server's `status`, `content_type` and `body`."""
+
+    server: _FakeApi
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(self.server.status)
+        self.send_header("content-type", self.server.content_type)
+        self.send_header("content-length", str(len(self.server.body)))
+        self.end_headers()
+        self.wfile.write(self.server.body)
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def do_DELETE(self) -> None:
+        self._answer()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+class _FakeApi(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, status: int, content_type: str, body: bytes) -> None:
+        super().__init__(("127.0.0.1", 0), _Answers)
+        self.status, self.content_type, self.body = status, content_type, body
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def answering() -> Iterator[list[_FakeApi]]:
+    """Starts a fake API for each `answer(...)` of a test; stops them at its end."""
+    started: list[_FakeApi] = []
+    yield started
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+def answer(started: list[_FakeApi], status: int, content_type: str, body: bytes) -> str:
+    server = _FakeApi(status, content_type, body)
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
+    started.append(server)
+    return server.url
+
+
+def run(url: str, *args: str) -> Result:
+    return CliRunner().invoke(
+        cli, [*args, "--api", url], env={"DOCPROC_API_KEY": "k"}, catch_exceptions=False
+    )
+
+
+BAD_GATEWAY = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+
+
+def test_submit_through_a_proxy_answering_an_html_page_says_so_in_one_line(
+    answering: list[_FakeApi], tmp_path: Path
+) -> None:
+    (tmp_path / "a.txt").write_text("hello world")
+    url = answer(answering, 502, "text/html", BAD_GATEWAY)
+
+    result = run(url, "submit", str(tmp_path / "a.txt"))
+
+    assert result.exit_code == 1, result.output
+    [said] = result.stderr.splitlines()[-1:]
+    assert said == (
+        f"docproc: POST {url}/documents: the API answered 502 with text/html, not JSON: "
+        "is --api pointing at docproc?"
+    )
+    accepted = answer(answering, 202, "text/html", b"<html>login page</html>")
+    assert "answered 202 with text/html, not JSON" in run(accepted, "submit", str(tmp_path)).stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("status", "t-1"),
+        ("text", "d-1"),
+        ("search", "lighthouse"),
+        ("dead-letters", "list"),
+        ("dead-letters", "groups"),
+        ("dead-letters", "republish", "l-1"),
+        ("dead-letters", "redrive", "--all"),
+        ("dead-letters", "redrive", "--all", "--dry-run"),
+        ("dead-letters", "redrives"),
+        ("dead-letters", "cancel", "r-1"),
+        ("dead-letters", "discard", "--group", "g-1"),
+    ],
+)
+@pytest.mark.parametrize("body", [b"[1, 2, 3]", b'{"items": [{"id": 1}]}', b"<html>"])
+def test_a_command_answered_json_of_another_shape_or_none_says_so_in_one_line(
+    answering: list[_FakeApi], command: tuple[str, ...], body: bytes
+) -> None:
+    url = answer(answering, 200, "application/json", body)
+
+    result = run(url, *command)
+
+    assert result.exit_code == 1, result.output
+    said = result.stderr.splitlines()[-1]
+    assert said.startswith(f"docproc: {'DELETE' if 'cancel' in command else ''}"), said
+    assert f" {url}/" in said
+    kind = "with application/json, not JSON" if body == b"<html>" else "with JSON of another"
+    assert f": the API answered 200 {kind}" in said, said
+    assert said.endswith("is --api pointing at docproc?"), said
+
+
+def test_a_refusal_that_is_not_json_says_so_in_one_line(answering: list[_FakeApi]) -> None:
+    url = answer(answering, 502, "text/html", BAD_GATEWAY)
+
+    result = run(url, "status", "t-1")
+
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [
+        f"docproc: GET {url}/tasks/t-1/status: the API answered 502 with text/html, not JSON: "
+        "is --api pointing at docproc?"
+    ]
