@@ -267,14 +267,23 @@ class Api:
         return self.request("DELETE", path, **kwargs)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escaped(character: str) -> str:
+    code = ord(character)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte of a file name that is not UTF-8 (os.fsdecode's)
+        return f"\\x{code - 0xDC00:02x}"
+    return character.encode("unicode_escape").decode("ascii")
 
 
 def printable(value: object) -> str:
     """`value` as text a terminal shows as it is: control characters (escape sequences that
-    could retitle the window or recolour the screen, newlines that break a table) escaped."""
+    could retitle the window or recolour the screen, newlines that break a table) escaped, and
+    the surrogates that stand for a file name's bytes that are not UTF-8, which no terminal's
+    encoding can write, as those bytes ("bad\\xff.txt")."""
     text = "" if value is None else str(value)
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return _CONTROL.sub(lambda m: _escaped(m.group()), text)
 
 
 def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import os
 import re
 import sys
 import time
@@ -59,8 +60,15 @@ def expand(paths: tuple[str, ...]) -> list[Path]:
 def idempotency_key(path: Path, content: bytes) -> str:
     """The same file with the same content is the same upload: a rerun after a crash or a lost
     answer gets the documents it already made (for a day) instead of making them twice."""
-    digest = hashlib.sha256(f"{path.resolve()}\0".encode() + content).hexdigest()
+    # The path's bytes as the file system has them: a name that is not UTF-8 (b"bad\xff.txt",
+    # "bad\udcff.txt" to Python) cannot be encoded as UTF-8, and the others encode as they did.
+    digest = hashlib.sha256(os.fsencode(path.resolve()) + b"\0" + content).hexdigest()
     return f"docproc-submit-{digest}"
+
+
+def sent_name(path: Path) -> str:
+    """The file's name as the upload gives it: what is not UTF-8 in it replaced (U+FFFD)."""
+    return os.fsencode(path.name).decode("utf-8", "replace")
 
 
 @click.command()
@@ -89,15 +97,16 @@ def submit(
     with Api(api_url, api_key, size=IN_FLIGHT) as api, _pool() as pool:
 
         def upload(path: Path) -> list[object]:
+            # Gone, not ours to read, a name that cannot be sent: said in its row, the rest go on.
             try:
                 content = path.read_bytes()
-            except OSError as exc:  # gone, or not ours to read: said in its row, the rest go on
-                return [str(path), "UNREADABLE", "", "", exc.strerror or type(exc).__name__]
+                upload = {"file": (sent_name(path), content)}
+                key = idempotency_key(path, content)
+            except (OSError, ValueError) as exc:
+                said = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
+                return [str(path), "UNREADABLE", "", "", said]
             response = api.send(
-                "POST",
-                "/documents",
-                files={"file": (path.name, content)},
-                headers={"Idempotency-Key": idempotency_key(path, content)},
+                "POST", "/documents", files=upload, headers={"Idempotency-Key": key}
             )
             if response.status_code == 202:
                 state, document_id, task_id = response.read(_accepted)

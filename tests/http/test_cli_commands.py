@@ -6,6 +6,7 @@ command prints them."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from click.testing import CliRunner, Result
 from service.api.app import create_app
 from service.cli import cli
 from service.settings import Settings
-from service.store import task_runs
+from service.store import documents, task_runs
 from service.store.database import Store
 from tests.api.test_dead_letters_api import bury, dead_message
 from tests.support import RecordingPublisher, free_port, served_by_uvicorn
@@ -153,3 +154,29 @@ def test_a_command_without_the_key_or_without_an_api_says_what_to_do(served: Ser
     assert nowhere.exit_code != 0
     assert "does not answer" in nowhere.output
     assert "docproc up" in nowhere.output
+
+
+def test_a_file_whose_name_is_not_utf8_is_uploaded_and_said_as_its_bytes(
+    served: Served, store: Store, tmp_path: Path
+) -> None:
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    (folder / "good.txt").write_text("A good name.")
+    with open(os.fsencode(folder) + b"/bad\xff.txt", "wb") as bad:  # no str names this file
+        bad.write(b"A name that is not UTF-8.")
+
+    result = served.run("submit", str(folder))
+    again = served.run("submit", str(folder))
+
+    assert result.exit_code == 0, result.output
+    listed = rows(result.stdout)
+    assert [(Path(row[0]).name, row[1]) for row in listed] == [
+        ("bad\\xff.txt", "PENDING"),
+        ("good.txt", "PENDING"),
+    ]
+    document = store.run(documents.get, listed[0][2])
+    assert document is not None
+    assert document.filename == "bad\ufffd.txt"
+    # Its Idempotency-Key is the same from one run to the next: the upload is not made twice.
+    assert rows(again.stdout) == listed
+    assert len(served.publisher.sent) == 2
