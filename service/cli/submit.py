@@ -40,21 +40,66 @@ def _natural(path: Path) -> list[object]:
 
 
 def expand(paths: tuple[str, ...]) -> list[Path]:
-    """Files, folders (every file below them) and globs, each file once, in natural order. A
-    path or glob that names nothing is a warning; the rest is uploaded."""
-    found: dict[Path, None] = {}
+    """Files, folders (every file below them) and globs, each file once — by what it resolves
+    to, so a link and its file are one — in natural order. A path or glob that names nothing is
+    a warning; the rest is uploaded. A folder named is walked, but no link to a folder below it,
+    nor below a `**`: a folder holding a link to itself would be walked without end."""
+    found: list[Path] = []
     for given in paths:
-        matches = [Path(m) for m in glob.glob(given, recursive=True)] or [Path(given)]
+        matches = [Path(m) for m in _matching(given)] or [Path(given)]
         for match in matches:
             if match.is_dir():
-                for child in match.rglob("*"):
-                    if child.is_file() and not child.name.startswith("."):
-                        found[child] = None
+                found += _files_below(match)
             elif match.is_file():
-                found[match] = None
+                found.append(match)
             else:
                 click.echo(f"docproc: warning: {printable(given)} names no file; skipped", err=True)
-    return sorted(found, key=_natural)
+    each: dict[str, Path] = {}
+    for path in sorted(found, key=_natural):
+        each.setdefault(os.path.realpath(path), path)
+    return list(each.values())
+
+
+def _files_below(folder: Path) -> list[Path]:
+    """The files below `folder` whose names do not start with "."; links to folders not
+    followed."""
+    return [
+        Path(below, name)
+        for below, _, names in os.walk(folder)
+        for name in names
+        if not name.startswith(".") and os.path.isfile(os.path.join(below, name))
+    ]
+
+
+def _matching(pattern: str) -> list[str]:
+    """glob.glob(pattern, recursive=True), except that `**` goes down no link to a folder:
+    glob's does, and `loop/**` over a folder holding two links to itself did not end (2^40
+    paths), with one it found each file forty times."""
+    parts = pattern.split(os.sep)
+    if "**" not in parts:
+        return glob.glob(pattern)
+    at = parts.index("**")
+    rest = os.sep.join(parts[at + 1 :])
+    if at == 0:
+        tops = [os.curdir]
+    else:
+        head = os.sep.join(parts[:at]) or os.sep
+        tops = [top for top in glob.glob(head) if os.path.isdir(top)]
+    found = []
+    for top in tops:
+        for folder, folders, names in os.walk(top):
+            # As glob's `**`: no hidden folder or file (a name starting with ".").
+            folders[:] = [name for name in folders if not name.startswith(".")]
+            # The current folder, where a pattern starts with `**`, glob names "", not ".".
+            named = at > 0 or folder != top
+            if rest:
+                found += _matching(os.path.join(glob.escape(folder) if named else "", rest))
+                continue
+            if named:
+                found.append(folder)
+            if not pattern.endswith(os.sep):  # `**/`: folders only
+                found += [os.path.join(folder, n) for n in names if not n.startswith(".")]
+    return found
 
 
 def idempotency_key(path: Path, content: bytes) -> str:
