@@ -5,6 +5,7 @@ from __future__ import annotations
 import json as _json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
@@ -13,6 +14,7 @@ from urllib.parse import quote, urlencode
 import click
 import urllib3
 
+from service.cli.deadlines import Deadline, Deadlines
 from service.errors import BrokerUnavailable, DocprocError, abort
 
 API_KEY_VARIABLE = "DOCPROC_API_KEY"
@@ -25,6 +27,15 @@ as long as the server, it happened in CI to a request after a 5 s wait)."""
 
 RETRY_PAUSES = (0.1, 0.5)
 """Seconds before each new try of a request that may be sent twice (`Api.send`)."""
+
+REQUEST_DEADLINE = 30.0
+"""Seconds a request may take as a whole, its answer read, however slowly the API answers (the
+timeout, 30 s too, bounds each connect and each read); an upload has one more a megabyte it
+sends (UPLOAD_PACE)."""
+
+UPLOAD_PACE = 1_000_000
+"""Bytes a second the deadline allows a request's body: a 50 MB upload (the API's default limit)
+may take 80 s."""
 
 
 def default_api_url() -> str:
@@ -105,13 +116,45 @@ class Answer:
         return UnexpectedAnswer(printable(said))
 
 
+_sending = threading.local()
+"""The deadline of the request this thread sends (`Api._once`), told of its socket as its
+connection is taken (or connects) and of its end as the connection is put back."""
+
+
+def _sent_on(sock: Any) -> None:
+    deadline: Deadline | None = getattr(_sending, "deadline", None)
+    if deadline is not None and sock is not None:
+        deadline.hold(sock)
+
+
+class _Connection(urllib3.connection.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _sent_on(self.sock)
+
+
+class _SecureConnection(urllib3.connection.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _sent_on(self.sock)
+
+
 class _Connections(urllib3.HTTPConnectionPool):
     """urllib3's pool of connections to one host, closing those idle longer than
     CLIENT_KEEP_ALIVE when they are taken: urllib3 keeps them however long they sat."""
 
+    ConnectionCls: type[urllib3.connection.HTTPConnection] = _Connection
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadlines = Deadlines()
+
     def _put_conn(self, conn: Any) -> None:
         if conn is not None:
             conn.docproc_idle_since = time.monotonic()
+        deadline: Deadline | None = getattr(_sending, "deadline", None)
+        if deadline is not None:
+            deadline.end()
         super()._put_conn(conn)
 
     def _get_conn(self, timeout: float | None = None) -> Any:
@@ -119,11 +162,16 @@ class _Connections(urllib3.HTTPConnectionPool):
         idle_since = getattr(conn, "docproc_idle_since", None)
         if idle_since is not None and time.monotonic() - idle_since > CLIENT_KEEP_ALIVE:
             conn.close()  # urllib3 connects a closed connection again on its next request
+        _sent_on(getattr(conn, "sock", None))  # None: it connects first
         return conn
+
+    def close(self) -> None:
+        self.deadlines.close()
+        super().close()
 
 
 class _SecureConnections(_Connections, urllib3.HTTPSConnectionPool):
-    pass
+    ConnectionCls = _SecureConnection
 
 
 RETRIED: tuple[type[Exception], ...] = (
@@ -135,6 +183,14 @@ refused); a timeout is not among them."""
 
 TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError,)
 """What a request raises when the API did not answer it."""
+
+
+class DeadlineExceeded(urllib3.exceptions.TimeoutError):
+    """No whole answer within the request's deadline (REQUEST_DEADLINE)."""
+
+
+def _late(method: str, path: str, seconds: float) -> DeadlineExceeded:
+    return DeadlineExceeded(f"no whole answer to {method} {path} within {seconds:.3g} s")
 
 
 def _quoted(path: str) -> str:
@@ -158,6 +214,7 @@ class Api:
             abort(DocprocError(f"--api {self.url}: not an http:// or https:// address"))
         self.base = (parts.path or "").rstrip("/")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.deadline = REQUEST_DEADLINE
         pool = _SecureConnections if parts.scheme == "https" else _Connections
         self.http = pool(
             parts.host,
@@ -175,10 +232,10 @@ class Api:
 
     def unreachable(self, exc: Exception) -> NoReturn:
         """The one-line exit for an API that does not answer."""
+        why = str(exc) if isinstance(exc, DeadlineExceeded) else exc.__class__.__name__
         abort(
             BrokerUnavailable(
-                f"the docproc API at {printable(self.url)} does not answer "
-                f"({exc.__class__.__name__}); "
+                f"the docproc API at {printable(self.url)} does not answer ({printable(why)}); "
                 "start it with `docproc up`, or pass --api"
             )
         )
@@ -220,9 +277,21 @@ class Api:
     def _once(
         self, method: str, path: str, target: str, body: bytes | None, headers: dict[str, str]
     ) -> Answer:
-        response = self.http.urlopen(
-            method, target, body=body, headers=headers, redirect=False, preload_content=True
-        )
+        seconds = self.deadline + len(body or b"") / UPLOAD_PACE
+        deadline = _sending.deadline = self.http.deadlines.begin(seconds)
+        try:
+            response = self.http.urlopen(
+                method, target, body=body, headers=headers, redirect=False, preload_content=True
+            )
+        except TRANSPORT_ERRORS as exc:
+            if deadline.expired:  # its socket shut down: not a failure to send again
+                raise _late(method, path, seconds) from exc
+            raise
+        finally:
+            _sending.deadline = None
+            deadline.end()
+        if deadline.expired:  # what came before the socket was shut down is not the answer
+            raise _late(method, path, seconds)
         return Answer(self.url, method, path, response)
 
     def request(

@@ -1,18 +1,20 @@
 """The client commands against an API that answers what docproc does not: a proxy's error page,
-JSON of another shape. Each ends in one line naming the request and what came back, never a
-traceback (the commands run with catch_exceptions=False: one would fail the test)."""
+JSON of another shape, a byte at a time. Each ends in one line naming the request and what came
+back, never a traceback (the commands run with catch_exceptions=False: one would fail the test)."""
 
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
-from service.cli import cli
+from service.cli import cli, client
 
 
 class _Answers(BaseHTTPRequestHandler):
@@ -137,3 +139,74 @@ def test_a_refusal_that_is_not_json_says_so_in_one_line(answering: list[_FakeApi
         f"docproc: GET {url}/tasks/t-1/status: the API answered 502 with text/html, not JSON: "
         "is --api pointing at docproc?"
     ]
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+CLOSING = HEAD.replace(b"HTTP/1.1", b"HTTP/1.0")  # http.client lets go of such a connection
+TRICKLE_FOR = 2.0
+"""Seconds the trickling API goes on with one connection before it closes it."""
+
+
+@pytest.fixture
+def trickling() -> Iterator[Callable[[bytes, int], str]]:
+    """Starts an API answering each request `head` and a body, a byte every 0.1 s from byte `at`
+    on (before it, at once), for TRICKLE_FOR seconds; stops it at the test's end."""
+    stop = threading.Event()
+    listeners: list[socket.socket] = []
+
+    def trickle(connection: socket.socket, head: bytes, at: int) -> None:
+        answer = head + b" " * 100
+        ends = time.monotonic() + TRICKLE_FOR
+        with connection:
+            connection.recv(65536)
+            connection.sendall(answer[:at])
+            for n in range(at, len(answer)):
+                if stop.wait(0.1) or time.monotonic() > ends:
+                    return
+                try:
+                    connection.sendall(answer[n : n + 1])
+                except OSError:  # the client went away
+                    return
+
+    def accept(listener: socket.socket, head: bytes, at: int) -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=trickle, args=(connection, head, at), daemon=True).start()
+
+    def start(head: bytes, at: int) -> str:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listeners.append(listener)
+        threading.Thread(target=accept, args=(listener, head, at), daemon=True).start()
+        return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    yield start
+    stop.set()
+    for listener in listeners:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    ("head", "at"),
+    [(HEAD, 0), (HEAD, len(HEAD)), (CLOSING, len(CLOSING))],
+    ids=["head", "body", "body-closing"],
+)
+def test_an_api_answering_a_byte_at_a_time_ends_at_the_request_deadline(
+    trickling: Callable[[bytes, int], str], monkeypatch: pytest.MonkeyPatch, head: bytes, at: int
+) -> None:
+    monkeypatch.setattr(client, "REQUEST_DEADLINE", 0.5)  # 30 s in use
+    url = trickling(head, at)
+
+    began = time.monotonic()
+    result = run(url, "status", "t-1")
+    took = time.monotonic() - began
+
+    assert result.exit_code == 69, result.output
+    assert result.stderr.splitlines() == [
+        f"docproc: the docproc API at {url} does not answer (no whole answer to GET "
+        "/tasks/t-1/status within 0.5 s); start it with `docproc up`, or pass --api"
+    ]
+    assert took < TRICKLE_FOR, "each byte began a new read: 30 s each, for ever"
