@@ -248,8 +248,8 @@ class Redrive:
     @classmethod
     def read(cls, job: Any) -> Redrive:
         return cls(
-            id=printable(job["id"]),
-            state=printable(job["state"]),
+            id=str(job["id"]),
+            state=str(job["state"]),
             matched=int(job["matched"]),
             published=int(job["published"]),
             failed=int(job["failed"]),
