@@ -6,6 +6,13 @@
 - A message that cannot be decoded is rejected the same way; Celery would ack it ("so it doesn't
   enter a loop"), which loses it. Unknown tasks and disallowed content are rejected by Celery.
 - Anything else that goes wrong while a message becomes a request rejects that message only.
+- A task whose `eta` is more than HOLD_LIMIT ahead goes back to the broker's delay queues for
+  the rest of its wait (Celery's native delayed delivery, as Celery's own clients send one), its
+  message acked once the copy is confirmed. Held in the worker, as Celery holds it, it took one
+  of the few deliveries a quorum queue lets a worker have unacked (its prefetch is static): two
+  messages with an eta a day ahead — a stock client's `countdown=86400`, or a hostile one's —
+  stopped all processing for that day. An eta beyond what the delay queues can hold (2 ** 28 s)
+  is dead-lettered.
 - Task events (Flower's) are sent without publisher confirms. The app's confirms are for the
   worker's own task publishes (a retry is confirmed before its original is acked); applied to
   events, the main process waited for the broker's confirm of three events a task, between
@@ -16,13 +23,23 @@ Log lines name the message (task, id, content type, size), never its body.
 from __future__ import annotations
 
 import logging
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 from celery.worker.consumer import Consumer
 from kombu.message import Message
+from kombu.transport.native_delayed_delivery import calculate_routing_key
 from loguru import logger
 
 from service.task_protocol import problem
+from service.topology import DELAY_LEVELS, WORK_QUEUES, delay_level_name
+
+HOLD_LIMIT = 5.0
+"""Seconds ahead an `eta` may be for the worker to hold its message until then, as Celery does: a
+retry through the delay queues arrives up to a second early."""
+_KEPT_PROPERTIES = ("correlation_id", "reply_to", "priority", "message_id", "timestamp", "type")
+"""What a delayed copy keeps of its message's properties (not its TTL: the wait is the copy's)."""
 
 _stdlib_log = logging.getLogger(__name__)
 
@@ -71,6 +88,9 @@ class DeadLetteringConsumer(Consumer):
                 _described(message).error("not a task request, dead-lettering it: {}", wrong)
                 self._reject(message)
                 return None
+            wait = _wait_of(message.headers)
+            if wait is not None and self._delayed(message, wait):
+                return None
             try:
                 return handle(message)
             except Exception as exc:
@@ -84,6 +104,44 @@ class DeadLetteringConsumer(Consumer):
 
         return on_task_received
 
+    def _delayed(self, message: Message, wait: float) -> bool:
+        """Give a message whose eta is `wait` seconds ahead to the broker's delay queues (True),
+        or dead-letter it when the delay queues cannot hold it that long (True); False when it
+        stays with Celery (no delay queues — classic queues, whose prefetch Celery raises for
+        each message it holds —, a queue not docproc's, or no confirm for the copy)."""
+        queue = _queue_of(message)
+        if queue is None or self.app.conf.broker_native_delayed_delivery_queue_type != "quorum":
+            return False
+        described = _described(message).bind(seconds=round(wait))
+        if wait >= 2**DELAY_LEVELS:
+            described.error(
+                "the task's eta is further ahead than the broker's delay queues hold (2**{} s); "
+                "dead-lettering it",
+                DELAY_LEVELS,
+            )
+            self._reject(message)
+            return True
+        properties = message.properties
+        try:
+            with self.app.producer_or_acquire() as producer:
+                producer.publish(
+                    message.body,
+                    exchange=delay_level_name(DELAY_LEVELS - 1),
+                    routing_key=calculate_routing_key(math.ceil(wait), queue),
+                    headers=message.headers,
+                    content_type=message.content_type,
+                    content_encoding=message.content_encoding,
+                    delivery_mode=2,
+                    retry=False,
+                    **{name: properties[name] for name in _KEPT_PROPERTIES if name in properties},
+                )
+        except Exception as exc:  # the broker away: Celery holds it, as before
+            described.warning("cannot hand a delayed task back to the broker ({}); holding it", exc)
+            return False
+        described.info("the task's eta is ahead: handed back to the broker's delay queues")
+        message.ack()
+        return True
+
     def connection_for_write(self, url: str | None = None, heartbeat: float | None = None) -> Any:
         """The connection of the event dispatcher, the only one Celery's consumer asks for here.
 
@@ -95,3 +153,26 @@ class DeadLetteringConsumer(Consumer):
                 url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}
             )
         )
+
+
+def _wait_of(headers: Any) -> float | None:
+    """Seconds until the message's `eta`, when more than HOLD_LIMIT."""
+    eta = headers.get("eta") if isinstance(headers, dict) else None
+    if not isinstance(eta, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(eta)
+    except ValueError:
+        return None  # task_protocol refused it already
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # Celery's own, with enable_utc
+    wait = (moment - datetime.now(UTC)).total_seconds()
+    return wait if wait > HOLD_LIMIT else None
+
+
+def _queue_of(message: Message) -> str | None:
+    """The work queue a delivery came from: its routing key's last word (the delay queues prefix
+    it with the bits of a delay), for a message routed by docproc's bindings."""
+    routing_key = str((message.delivery_info or {}).get("routing_key") or "")
+    queue = routing_key.rsplit(".", 1)[-1]
+    return queue if queue in WORK_QUEUES else None

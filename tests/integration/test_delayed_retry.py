@@ -5,14 +5,17 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
+import aio_pika
 import pytest
 
+from service.broker.publisher import task_message
 from service.logs import CORRELATION_HEADER
-from service.topology import RETRY_QUEUE
+from service.topology import DOCUMENT_QUEUE, EXCHANGE, RETRY_QUEUE, delay_level_name
 from service.worker import canary
 from service.worker.app import DocprocCelery
-from tests.support import DeadLetterQueue, Process, Reports, first_death
+from tests.support import DeadLetterQueue, Process, Reports, Vhost, eventually, first_death
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
 
@@ -83,3 +86,52 @@ async def test_the_correlation_id_header_is_bound_to_the_task_log_lines_across_r
         f"canary {canary.FLAKY}: retrying",
         f"canary {canary.FLAKY}: succeeded",
     ]
+
+
+async def test_tasks_due_later_wait_in_the_broker_not_in_the_worker(
+    worker: Process,
+    reports: Reports,
+    dead_letters: DeadLetterQueue,
+    connection: aio_pika.abc.AbstractConnection,
+    work_vhost: Vhost,
+) -> None:
+    """A message with an eta, sent as a stock client or anyone else writes it, was held by the
+    worker until then: it took one of the two deliveries a quorum queue lets the worker have
+    unacked, and three a day ahead stopped all processing for a day. They go back to the delay
+    queues now, and what comes behind them runs at once; an eta past what those queues can hold
+    is dead-lettered."""
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+
+    async def send(eta: datetime | None) -> str:
+        task_id = str(uuid.uuid4())
+        message = task_message(canary.SUCCEED, task_id, kwargs={"report_to": reports.name})
+        message.headers["eta"] = eta.isoformat() if eta else None
+        await exchange.publish(message, routing_key=DOCUMENT_QUEUE)
+        return task_id
+
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    later = [await send(tomorrow) for _ in range(3)]
+    never = await send(datetime(2099, 1, 1, tzinfo=UTC))
+    now = await send(None)
+
+    await reports.wait_for(
+        lambda r: r["task_id"] == now and r["event"] == "succeeded",
+        timeout=30,
+        what="the task behind them to run",
+    )
+    dead = await dead_letters.for_task(never)
+    assert first_death(dead)["reason"] == "rejected"
+    for task_id in later:
+        assert await reports.events(task_id) == [], "not run before its eta"
+
+    async def in_the_broker() -> bool | None:
+        # The management API's counts lag by its statistics interval (5 s).
+        async with work_vhost.management() as management:
+            queue = await management.queue(DOCUMENT_QUEUE)
+            waiting = [await management.queue(delay_level_name(level)) for level in range(28)]
+        held = queue.messages_unacknowledged if queue is not None else -1
+        delayed = sum(q.messages for q in waiting if q is not None)
+        return True if (held, delayed) == (0, 3) else None
+
+    await eventually(in_the_broker, 30, "the three to wait in the delay queues, none held")
