@@ -426,19 +426,30 @@ def discard_matching(connection: Connection, filters: Filters) -> int:
     return int(result.rowcount or 0)
 
 
-def purge(connection: Connection, *, dead_before: datetime, handled_before: datetime) -> int:
-    """Delete what retention allows: any letter older than `dead_before`, and re-published or
-    discarded ones whose handling is older than `handled_before`."""
+def purge(
+    connection: Connection,
+    *,
+    dead_before: datetime,
+    handled_before: datetime,
+    limit: int,
+) -> int:
+    """Delete what retention allows, `limit` letters at most (a transaction holds SQLite's one
+    writer: all at once, 200,000 letters held uploads for 3.7 s): any letter older than
+    `dead_before`, and re-published or discarded ones whose handling is older than
+    `handled_before`. Returns how many; `limit` means there may be more."""
     c = dead_letters.c
-    result = connection.execute(
-        delete(dead_letters).where(
+    due = (
+        select(c.id)
+        .where(
             or_(
                 c.dead_at < dead_before,
                 and_(c.discarded_at.is_not(None), c.discarded_at < handled_before),
                 and_(c.republished_at.is_not(None), c.republished_at < handled_before),
             )
         )
+        .limit(limit)
     )
+    result = connection.execute(delete(dead_letters).where(c.id.in_(due.scalar_subquery())))
     return int(result.rowcount or 0)
 
 

@@ -92,8 +92,9 @@ def claim_all(
     return {row.key: as_struct(row, KeyUse) for row in rows}
 
 
-def expire(connection: Connection, before: datetime) -> int:
-    result = connection.execute(
-        delete(idempotency_keys).where(idempotency_keys.c.created_at < before)
-    )
+def expire(connection: Connection, before: datetime, *, limit: int) -> int:
+    """Delete keys made before `before`, `limit` at most (see `dead_letters.purge`)."""
+    c = idempotency_keys.c
+    due = select(c.key).where(c.created_at < before).limit(limit)
+    result = connection.execute(delete(idempotency_keys).where(c.key.in_(due.scalar_subquery())))
     return int(result.rowcount or 0)

@@ -498,12 +498,13 @@ def finished_since(connection: Connection, since: datetime) -> dict[str, int]:
     return dict(rows)
 
 
-def expire(connection: Connection, finished_before: datetime) -> int:
-    """Delete runs that finished before `finished_before`; returns how many."""
+def expire(connection: Connection, finished_before: datetime, *, limit: int) -> int:
+    """Delete runs that finished before `finished_before`, `limit` at most (see
+    `dead_letters.purge`); returns how many."""
+    c = task_runs.c
+    due = select(c.task_id).where(c.finished_at.is_not(None), c.finished_at < finished_before)
     result = connection.execute(
-        delete(task_runs).where(
-            task_runs.c.finished_at.is_not(None), task_runs.c.finished_at < finished_before
-        )
+        delete(task_runs).where(c.task_id.in_(due.limit(limit).scalar_subquery()))
     )
     return int(result.rowcount or 0)
 

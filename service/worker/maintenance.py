@@ -29,6 +29,8 @@ from service.task_contract import (
 from service.worker.docproc_celery import app_of
 
 SWEEP_BATCH = 500
+RETENTION_BATCH = 5_000
+"""Rows a retention delete removes in one transaction."""
 
 RECONCILE_BATCH = 500
 
@@ -53,6 +55,18 @@ def _skipped_while_the_store_is_down(task: Callable[..., int]) -> Callable[..., 
             return 0
 
     return run
+
+
+def _in_batches(store: Store, delete: Callable[..., int], *args: Any, **kwargs: Any) -> int:
+    """A retention delete, RETENTION_BATCH rows a transaction until fewer are left: one
+    transaction holds SQLite's one writer, and 200,000 dead letters deleted at once held every
+    upload for 3.7 s."""
+    total = 0
+    while True:
+        deleted = store.run(delete, *args, limit=RETENTION_BATCH, **kwargs)
+        total += deleted
+        if deleted < RETENTION_BATCH:
+            return total
 
 
 def _send_document_task(app: Celery, document: Document) -> None:
@@ -93,8 +107,8 @@ def register(app: Celery) -> None:
         settings = app_of(self).settings
         before = utcnow() - timedelta(seconds=settings.result_expires)
         store = app_of(self).store
-        expired: int = store.run(task_runs.expire, before)
-        keys = store.run(idempotency.expire, utcnow() - idempotency.WINDOW)
+        expired = _in_batches(store, task_runs.expire, before)
+        keys = _in_batches(store, idempotency.expire, utcnow() - idempotency.WINDOW)
         logger.info(
             "expired {} task runs finished before {}, {} idempotency keys",
             expired,
@@ -108,7 +122,8 @@ def register(app: Celery) -> None:
     def purge_dead_letters(self: Task[Any, Any]) -> int:
         settings = app_of(self).settings
         now = utcnow()
-        purged: int = app_of(self).store.run(
+        purged = _in_batches(
+            app_of(self).store,
             dead_letters.purge,
             dead_before=now - timedelta(seconds=settings.dead_letter_retention),
             handled_before=now - timedelta(seconds=settings.handled_dead_letter_retention),

@@ -265,3 +265,13 @@ def test_a_key_named_twice_in_one_claim_is_claimed_by_the_first(store: Store) ->
     assert store.run(idempotency.claim_all, claims, expired_before=before) == {}
     taken = store.run(idempotency.claim_all, claims[1:], expired_before=before)
     assert (taken["k-twice"].document_id, taken["k-twice"].sha256) == ("d-1", "a" * 64)
+
+
+def test_keys_past_the_window_expire_a_batch_at_a_time(store: Store) -> None:
+    claims = [idempotency.Claim(f"k-old-{n}", "c" * 64, f"d-{n}", f"t-{n}") for n in range(3)]
+    store.run(idempotency.claim_all, claims, expired_before=utcnow() - idempotency.WINDOW)
+    later = utcnow() + timedelta(seconds=1)
+
+    assert store.run(idempotency.expire, later, limit=2) == 2
+    assert store.run(idempotency.expire, later, limit=2) == 1
+    assert store.run(idempotency.expire, later, limit=2) == 0

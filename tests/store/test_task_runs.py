@@ -163,7 +163,7 @@ def test_finished_runs_expire_and_running_ones_stay(store: Store) -> None:
     store.run(task_runs.record_success, "done")
     started(store, "running")
 
-    expired = store.run(task_runs.expire, datetime.now(UTC) + timedelta(seconds=1))
+    expired = store.run(task_runs.expire, datetime.now(UTC) + timedelta(seconds=1), limit=10)
 
     assert expired == 1
     assert store.run(task_runs.get, "done") is None
