@@ -54,12 +54,22 @@ def _letters_and_runs(
 
 def _not_since(letter: DeadLetter, job: Redrive) -> None:
     """A letter re-published after the job was made — by hand, or by another job over the same
-    letters — went out then: the job does not send it again. Nor one whose task succeeded
-    since (its run would be made PENDING again, for a worker to skip as processed)."""
+    letters — went out then: the job does not send it again. Nor one claimed since and never
+    recorded (a runner that stopped between its publish and its record: it may have gone out).
+    Nor one whose task succeeded since (its run would be made PENDING again, for a worker to
+    skip as processed)."""
     if letter.republished_at is not None and letter.republished_at >= job.created_at:
+        when = letter.republished_at.isoformat()
+        if not letter.republish_count:
+            raise Conflict(
+                f"dead letter {letter.id} was taken for re-publishing at {when}, by another "
+                "redrive or request, and is not recorded as re-published: it is going out, or "
+                "went out and a runner stopped before recording it; not again (re-publish it by "
+                "hand, with force, if it never went out)"
+            )
         raise Conflict(
-            f"dead letter {letter.id} was re-published at {letter.republished_at.isoformat()}, "
-            "after this redrive began: not again"
+            f"dead letter {letter.id} was re-published at {when}, after this redrive began: "
+            "not again"
         )
     if letter.superseded_at is not None:
         raise Conflict(
@@ -185,18 +195,40 @@ class RedriveRunner:
     async def _group(self, job: Redrive, ids: list[str], stop: asyncio.Event) -> str | None:
         """Re-publish a few letters at once (their confirms in flight together), then record
         every outcome in one transaction: what is marked and what is counted never disagree."""
+        if not self.publisher.connected:  # nothing claimed, nothing sent: the group waits
+            return await self._wait_for_broker(job, BrokerUnavailable("RabbitMQ is not connected"))
         letters, seen = await self.store.run(_letters_and_runs, ids)
         outcomes: dict[str, str | None] = {}
         broker_down: BrokerUnavailable | None = None
+        ready: list[str] = []
+        for dead_letter_id in ids:
+            try:
+                _not_since(check(letters.get(dead_letter_id), dead_letter_id), job)
+            except DocprocError as exc:
+                outcomes[dead_letter_id] = str(exc)
+            else:
+                ready.append(dead_letter_id)
+        # Taken before anything goes out: another redrive, or a single re-publish, that read
+        # these letters at the same moment publishes none of those this one took.
+        claimed_at = utcnow()
+        claimed = await self.store.write(
+            dead_letters.claim_for_redrive, ready, job.created_at, claimed_at
+        )
+        for dead_letter_id in ready:
+            if dead_letter_id not in claimed:
+                outcomes[dead_letter_id] = (
+                    f"dead letter {dead_letter_id} was taken for re-publishing by another redrive "
+                    "or request at the same moment: not again"
+                )
 
         async def one(dead_letter_id: str) -> None:
             nonlocal broker_down
             try:
-                letter = check(letters.get(dead_letter_id), dead_letter_id)
-                _not_since(letter, job)
-                await publish(self.publisher, letter)
+                await publish(self.publisher, letters[dead_letter_id])
             except BrokerUnavailable as exc:
-                broker_down = exc  # not the letter's fault: it stays pending
+                # Not the letter's fault: it stays pending, and claimed — it may have gone out
+                # (a confirm that never came) — so the job's next pass says so (`_not_since`).
+                broker_down = exc
             except DocprocError as exc:
                 outcomes[dead_letter_id] = str(exc)
             except Exception as exc:  # a letter that cannot become a message (forged headers)
@@ -207,9 +239,10 @@ class RedriveRunner:
             else:
                 outcomes[dead_letter_id] = None
 
-        await asyncio.gather(*(one(dead_letter_id) for dead_letter_id in ids))
+        await asyncio.gather(*(one(id_) for id_ in ready if id_ in claimed))
 
-        published_at = utcnow()  # the same in each attempt to record it
+        # The same in each attempt to record it, and a stamp of its own (`mark_handled`).
+        published_at = max(utcnow(), claimed_at + timedelta(microseconds=1))
 
         def record(connection: Connection) -> str | None:
             published = [letters[id_] for id_, error in outcomes.items() if error is None]
@@ -232,11 +265,16 @@ class RedriveRunner:
             state = await self._recorded(record, stop)
             self._beaten = began
         if broker_down is not None and state == "running":
-            # Said where the operator looks (the job's progress), not only in the log.
-            logger.warning("redrive {} waits for RabbitMQ: {}", job.id, broker_down)
-            self._beaten = time.monotonic()
-            state = await self.store.write(
-                redrives.beat, job.id, self.owner, waiting=f"waiting for RabbitMQ: {broker_down}"
-            )
-            await asyncio.sleep(1.0)
+            state = await self._wait_for_broker(job, broker_down)
+        return state
+
+    async def _wait_for_broker(self, job: Redrive, down: BrokerUnavailable) -> str | None:
+        """Say where the operator looks (the job's progress), not only in the log, that the job
+        waits for RabbitMQ; pause; the job's state."""
+        logger.warning("redrive {} waits for RabbitMQ: {}", job.id, down)
+        self._beaten = time.monotonic()
+        state = await self.store.write(
+            redrives.beat, job.id, self.owner, waiting=f"waiting for RabbitMQ: {down}"
+        )
+        await asyncio.sleep(1.0)
         return state

@@ -404,6 +404,28 @@ def claim(connection: Connection, dead_letter_id: str, seen: datetime, at: datet
     return bool(result.rowcount)
 
 
+def claim_for_redrive(
+    connection: Connection, ids: Sequence[str], since: datetime, at: datetime
+) -> set[str]:
+    """Of these letters, those taken for one re-publishing `at` by a redrive made at `since`:
+    neither discarded nor superseded, and not re-published — nor claimed — since then. One
+    statement, so that of two redrives (or a redrive and a single re-publish) reading the same
+    letters at once, one publishes each; `republished_at` marks the claim, as `claim` does."""
+    c = dead_letters.c
+    statement = (
+        update(dead_letters)
+        .where(
+            c.id.in_(list(ids)),
+            c.discarded_at.is_(None),
+            c.superseded_at.is_(None),
+            or_(c.republished_at.is_(None), c.republished_at < since),
+        )
+        .values(updated_at=at, republished_at=at)
+        .returning(c.id)
+    )
+    return {str(row_id) for row_id in connection.execute(statement).scalars()}
+
+
 def discard(connection: Connection, dead_letter_id: str) -> bool:
     now = utcnow()
     result = connection.execute(

@@ -3,14 +3,18 @@ only: a recording publisher stands for RabbitMQ)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
+import aio_pika
 import msgspec
 
+from service.deadletters.redrive import RedriveRunner
 from service.errors import BrokerUnavailable
-from service.store import dead_letters, task_runs
-from service.store.database import Store
+from service.store import dead_letters, redrives, task_runs
+from service.store.database import AsyncStore, Store
+from service.store.dead_letters import Filters
 from tests.api.test_dead_letters_api import bury, dead_message
 from tests.http.conftest import Client
 from tests.support import RecordingPublisher, eventually
@@ -58,7 +62,7 @@ async def test_a_redrive_waiting_for_rabbitmq_says_so_and_goes_on_when_it_is_bac
         return job if job["last_error"] else None
 
     job = await eventually(waiting, 10, "the job to say what it waits for")
-    assert job["last_error"] == "waiting for RabbitMQ: RabbitMQ is not answering"
+    assert job["last_error"] == "waiting for RabbitMQ: RabbitMQ is not connected"
     assert (job["state"], job["published"], job["failed"]) == ("running", 0, 0)
     assert publisher.sent == []
 
@@ -271,3 +275,54 @@ async def test_a_big_body_is_previewed_and_downloaded_whole_on_its_own(
     assert download.content == body
     assert download.headers["content-type"] == "application/octet-stream"
     assert download.headers["content-disposition"].startswith("attachment;")
+
+
+class HeldPublisher(RecordingPublisher):
+    """Keeps what it is given, then holds each publish until `release` is set."""
+
+    def __init__(self, release: asyncio.Event) -> None:
+        super().__init__()
+        self.release = release
+
+    async def publish(
+        self, message: aio_pika.Message, routing_key: str, *, exchange: str = "docproc"
+    ) -> None:
+        await super().publish(message, routing_key, exchange=exchange)
+        await self.release.wait()
+
+
+async def test_two_redrives_reading_the_same_letters_at_once_publish_each_once(
+    database_url: str, store: Store
+) -> None:
+    """Two API processes each running a redrive over the same letters: both read them before
+    either recorded them, and both published every one. Now each letter is claimed before it
+    goes out; the second redrive is told why it did not send them."""
+    ids = bury(store, *(dead_message(queue="retry_queue") for _ in range(5)))
+    shared = AsyncStore(database_url)
+    release = asyncio.Event()
+    held, quick = HeldPublisher(release), RecordingPublisher()
+    stop = asyncio.Event()
+    try:
+        first_job = await shared.write(redrives.create, Filters(queue="retry_queue"), 100.0)
+        second_job = await shared.write(redrives.create, Filters(queue="retry_queue"), 100.0)
+        first = asyncio.create_task(
+            RedriveRunner(shared, held, owner="first")._group(first_job, ids, stop)
+        )
+
+        async def publishing() -> bool | None:
+            return True if held.sent else None
+
+        await eventually(publishing, 10, "the first redrive to be publishing")
+        await RedriveRunner(shared, quick, owner="second")._group(second_job, ids, stop)
+        release.set()
+        await first
+        jobs = [await shared.run(redrives.get, job.id) for job in (first_job, second_job)]
+    finally:
+        release.set()
+        await shared.close()
+
+    assert len(held.sent) == 5
+    assert quick.sent == [], "the second redrive sent none of them again"
+    assert [(job.published, job.failed) for job in jobs if job] == [(5, 0), (0, 5)]
+    assert jobs[1] is not None
+    assert "taken for re-publishing" in str(jobs[1].last_error)
