@@ -103,11 +103,38 @@ def cleaned_headers(letter: DeadLetter, now: datetime | None = None) -> dict[str
     return headers
 
 
+FIELD_NAME_LIMIT = 128
+"""Bytes of a header's name AMQP 0-9-1 allows. RabbitMQ passes longer ones on; pamqp, writing
+the message again, cut them to this silently — two names alike in their first 128 bytes became
+one, the other's value lost."""
+
+
+def _long_name(table: Any) -> str | None:
+    """A header name, at any depth of `table`, longer than FIELD_NAME_LIMIT bytes."""
+    if isinstance(table, dict):
+        for name, value in table.items():
+            if len(str(name).encode("utf-8", "surrogatepass")) > FIELD_NAME_LIMIT:
+                return str(name)
+            if (deeper := _long_name(value)) is not None:
+                return deeper
+    elif isinstance(table, list):
+        return next((name for item in table if (name := _long_name(item)) is not None), None)
+    return None
+
+
 def message_for(letter: DeadLetter) -> aio_pika.Message:
+    """The letter as a message again; a Conflict when its headers cannot go out as they came."""
     properties = from_json(letter.properties)
+    headers = cleaned_headers(letter)
+    if (name := _long_name(headers)) is not None:
+        raise Conflict(
+            f"dead letter {letter.id} cannot be re-published as it came: its header "
+            f"{name[:40]!r}… is longer than the {FIELD_NAME_LIMIT} bytes AMQP allows a name, "
+            "and would go out cut short"
+        )
     return aio_pika.Message(
         letter.body,
-        headers=cleaned_headers(letter),
+        headers=headers,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         **{name: properties[name] for name in _PROPERTIES if properties.get(name) is not None},
     )

@@ -326,3 +326,19 @@ async def test_two_redrives_reading_the_same_letters_at_once_publish_each_once(
     assert [(job.published, job.failed) for job in jobs if job] == [(5, 0), (0, 5)]
     assert jobs[1] is not None
     assert "taken for re-publishing" in str(jobs[1].last_error)
+
+
+async def test_a_header_name_amqp_would_cut_short_is_a_409_not_a_changed_message(
+    client: Client, store: Store, publisher: RecordingPublisher
+) -> None:
+    """RabbitMQ passes a header name longer than AMQP's 128 bytes on; re-published, pamqp cut it
+    to 128 — two such names alike in their first 128 bytes became one."""
+    long = dead_message(queue="retry_queue")
+    long.headers["x-meta"] = {"k" * 129: "first", "k" * 128 + "2": "second"}
+    [record_id] = bury(store, long)
+
+    answer = await client.post(f"/dead-letters/{record_id}/republish")
+
+    assert answer.status_code == 409, answer.text
+    assert "longer than the 128 bytes AMQP allows a name" in answer.json()["detail"]
+    assert publisher.sent == []
