@@ -49,3 +49,19 @@ ATTEMPT_HEADERS = frozenset(
     {STORE_WAITS_HEADER, ERROR_TYPE_HEADER, ERROR_MESSAGE_HEADER, PENDING_FAILURE_HEADER}
 )
 """The state of a task's attempts so far: a re-published letter starts afresh, without them."""
+
+DEATH_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-reason",
+        "x-first-death-queue",
+        "x-first-death-exchange",
+        "x-last-death-reason",
+        "x-last-death-queue",
+        "x-last-death-exchange",
+        "x-delivery-count",
+    }
+)
+"""What RabbitMQ writes on a message it dead-letters (and a quorum queue on one it redelivers).
+A message sent again without them: RabbitMQ < 4 reads them, and its cycle detection drops a
+message that seems to loop through a queue without a rejection."""

@@ -28,21 +28,9 @@ from service.store import dead_letters, task_runs
 from service.store.database import RECORD_PATIENCE, AsyncStore
 from service.store.dead_letters import DeadLetter
 from service.store.schema import utcnow
-from service.task_contract import ATTEMPT_HEADERS
+from service.task_contract import ATTEMPT_HEADERS, DEATH_HEADERS
 from service.topology import WORK_QUEUES
 
-DEATH_HEADERS = frozenset(
-    {
-        "x-death",
-        "x-first-death-reason",
-        "x-first-death-queue",
-        "x-first-death-exchange",
-        "x-last-death-reason",
-        "x-last-death-queue",
-        "x-last-death-exchange",
-        "x-delivery-count",
-    }
-)
 _PROPERTIES = (
     "content_type",
     "content_encoding",

@@ -32,6 +32,7 @@ from kombu.message import Message
 from kombu.transport.native_delayed_delivery import calculate_routing_key
 from loguru import logger
 
+from service.task_contract import DEATH_HEADERS
 from service.task_protocol import problem
 from service.topology import DELAY_LEVELS, WORK_QUEUES, delay_level_name
 
@@ -128,7 +129,13 @@ class DeadLetteringConsumer(Consumer):
                     message.body,
                     exchange=delay_level_name(DELAY_LEVELS - 1),
                     routing_key=calculate_routing_key(math.ceil(wait), queue),
-                    headers=message.headers,
+                    # Without the deaths of its way here (through the delay queues, perhaps):
+                    # RabbitMQ would take its next pass through them for a loop, and drop it.
+                    headers={
+                        name: value
+                        for name, value in (message.headers or {}).items()
+                        if name not in DEATH_HEADERS
+                    },
                     content_type=message.content_type,
                     content_encoding=message.content_encoding,
                     delivery_mode=2,
