@@ -30,6 +30,11 @@ class BrokerUnavailable(DocprocError):
     transient = True
 
 
+class NotSent(BrokerUnavailable):
+    """RabbitMQ could not be reached, and the message certainly did not go out (no connection
+    to send it on, or RabbitMQ refused it): unlike a confirm that never came."""
+
+
 class Unroutable(DocprocError):
     """RabbitMQ returned a published message: no queue is bound where it was sent."""
 

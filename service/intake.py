@@ -277,7 +277,7 @@ class Intake:
             for document_id, (task_id, correlation_id) in list(self.waiting.items()):
                 claimed_at = utcnow()
                 try:
-                    claimed = await self.store.run(
+                    claimed = await self.store.write(
                         documents.claim_to_publish, document_id, claimed_at, accepted_here=True
                     )
                 except DatabaseError as exc:
@@ -288,7 +288,7 @@ class Intake:
                     continue
                 if not await self.publish(document_id, task_id, correlation_id):
                     with contextlib.suppress(DatabaseError):  # else the claim expires
-                        await self.store.run(documents.release_claim, document_id, claimed_at)
+                        await self.store.write(documents.release_claim, document_id, claimed_at)
                     break
                 del self.waiting[document_id]
                 logger.bind(document_id=document_id, task_id=task_id).info(

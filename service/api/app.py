@@ -21,6 +21,7 @@ from service.api.routes import dead_letters, documents, operations, tasks
 from service.api.security import REQUIRED, api_key_middleware
 from service.api.server import slow_body_middleware
 from service.api.services import Providers, Services
+from service.broker import doubles
 from service.broker.management import Management
 from service.broker.publisher import Publisher, TaskPublisher
 from service.deadletters.redrive import RedriveRunner
@@ -32,6 +33,7 @@ from service.store.database import AsyncStore
 
 def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) -> Litestar:
     """The API for `settings`; `publisher` replaces RabbitMQ's in tests that are about HTTP."""
+    doubles.install()  # what the API publishes through aio-pika keeps its floats
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

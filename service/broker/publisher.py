@@ -28,15 +28,12 @@ from aio_pika.abc import (
 )
 from loguru import logger
 
-from service.broker import doubles
 from service.broker.connection import BROKER_ERRORS, connect, connect_until, until
-from service.errors import BrokerUnavailable, Unroutable
+from service.errors import BrokerUnavailable, NotSent, Unroutable
 from service.logs import CORRELATION_HEADER
 from service.serialization import CONTENT_ENCODING, CONTENT_TYPE, dumps
 from service.settings import Settings
 from service.topology import EXCHANGE
-
-doubles.install()  # every message this process publishes through aio-pika keeps its floats
 
 PUBLISH_TIMEOUT = 5.0
 """Seconds to wait for RabbitMQ's confirm (a blocked broker never sends one)."""
@@ -205,7 +202,7 @@ class Publisher:
         """Publish and wait for the confirm. BrokerUnavailable if it does not come; Unroutable
         when RabbitMQ returns the message (no queue bound where it was sent)."""
         if not self.connected or self._channel is None or self._exchange is None:
-            raise BrokerUnavailable("RabbitMQ is not connected")
+            raise NotSent("RabbitMQ is not connected")
         target = self._exchange
         if exchange == "":
             target = self._channel.default_exchange
@@ -226,7 +223,7 @@ class Publisher:
                 f"RabbitMQ returned the message: no queue is bound at {where}"
             ) from exc
         except aio_pika.exceptions.DeliveryError as exc:
-            raise BrokerUnavailable(f"RabbitMQ refused the message: {exc}") from exc
+            raise NotSent(f"RabbitMQ refused the message: {exc}") from exc
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"publishing failed: {exc!r}") from exc
 

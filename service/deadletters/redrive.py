@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import aio_pika
 from loguru import logger
 from sqlalchemy import Connection
 
 from service.broker.publisher import TaskPublisher
-from service.deadletters.republish import check, mark_handled, publish, run_versions
-from service.errors import BrokerUnavailable, Conflict, DatabaseError, DocprocError
+from service.deadletters.republish import check, mark_handled, message_for, publish, run_versions
+from service.errors import BrokerUnavailable, Conflict, DatabaseError, DocprocError, NotSent
 from service.store import dead_letters, redrives
 from service.store.database import RECORD_PATIENCE, AsyncStore
 from service.store.dead_letters import DeadLetter
@@ -200,20 +201,26 @@ class RedriveRunner:
         letters, seen = await self.store.run(_letters_and_runs, ids)
         outcomes: dict[str, str | None] = {}
         broker_down: BrokerUnavailable | None = None
-        ready: list[str] = []
+        messages: dict[str, aio_pika.Message] = {}
         for dead_letter_id in ids:
             try:
-                _not_since(check(letters.get(dead_letter_id), dead_letter_id), job)
+                letter = check(letters.get(dead_letter_id), dead_letter_id)
+                _not_since(letter, job)
+                messages[dead_letter_id] = message_for(letter)  # what cannot go out, said now
             except DocprocError as exc:
                 outcomes[dead_letter_id] = str(exc)
-            else:
-                ready.append(dead_letter_id)
+        ready = list(messages)
         # Taken before anything goes out: another redrive, or a single re-publish, that read
         # these letters at the same moment publishes none of those this one took.
         claimed_at = utcnow()
-        claimed = await self.store.write(
-            dead_letters.claim_for_redrive, ready, job.created_at, claimed_at
+        claimed = (
+            await self.store.write(
+                dead_letters.claim_for_redrive, ready, job.created_at, claimed_at
+            )
+            if ready
+            else set()
         )
+        not_sent: list[str] = []
         for dead_letter_id in ready:
             if dead_letter_id not in claimed:
                 outcomes[dead_letter_id] = (
@@ -224,17 +231,24 @@ class RedriveRunner:
         async def one(dead_letter_id: str) -> None:
             nonlocal broker_down
             try:
-                await publish(self.publisher, letters[dead_letter_id])
+                await publish(
+                    self.publisher, letters[dead_letter_id], message=messages[dead_letter_id]
+                )
+            except NotSent as exc:
+                # Not the letter's fault, and it did not go out: pending, its claim given back.
+                not_sent.append(dead_letter_id)
+                broker_down = exc
             except BrokerUnavailable as exc:
                 # Not the letter's fault: it stays pending, and claimed — it may have gone out
                 # (a confirm that never came) — so the job's next pass says so (`_not_since`).
                 broker_down = exc
             except DocprocError as exc:
                 outcomes[dead_letter_id] = str(exc)
-            except Exception as exc:  # a letter that cannot become a message (forged headers)
+            except Exception as exc:  # a message the AMQP library cannot write (forged headers)
                 logger.bind(dead_letter_id=dead_letter_id).warning(
                     "dead letter {} cannot be re-published: {!r}", dead_letter_id, exc
                 )
+                not_sent.append(dead_letter_id)
                 outcomes[dead_letter_id] = f"cannot be re-published: {exc!r}"
             else:
                 outcomes[dead_letter_id] = None
@@ -247,6 +261,9 @@ class RedriveRunner:
         def record(connection: Connection) -> str | None:
             published = [letters[id_] for id_, error in outcomes.items() if error is None]
             mark_handled(connection, published, seen, published_at)
+            dead_letters.release_claims(
+                connection, [(id_, letters[id_].republished_at) for id_ in not_sent], claimed_at
+            )
             return redrives.record_items(
                 connection,
                 redrive_id=job.id,
@@ -258,7 +275,7 @@ class RedriveRunner:
             )
 
         state: str | None = "running"
-        if outcomes:
+        if outcomes or not_sent:
             # A refused write would pause the job with these letters pending: they would go out
             # again.
             began = time.monotonic()
@@ -274,7 +291,7 @@ class RedriveRunner:
         logger.warning("redrive {} waits for RabbitMQ: {}", job.id, down)
         self._beaten = time.monotonic()
         state = await self.store.write(
-            redrives.beat, job.id, self.owner, waiting=f"waiting for RabbitMQ: {down}"
+            redrives.beat, job.id, self.owner, waiting=f"{redrives.WAITING}: {down}"
         )
         await asyncio.sleep(1.0)
         return state

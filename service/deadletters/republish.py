@@ -192,11 +192,20 @@ def _cautions(letter: DeadLetter) -> list[str]:
     return found
 
 
-async def publish(publisher: TaskPublisher, letter: DeadLetter, queue: str | None = None) -> None:
-    """To the queue it died in (or `queue`), through the default exchange, confirmed."""
+async def publish(
+    publisher: TaskPublisher,
+    letter: DeadLetter,
+    queue: str | None = None,
+    *,
+    message: aio_pika.Message | None = None,
+) -> None:
+    """To the queue it died in (or `queue`), through the default exchange, confirmed; `message`
+    when it was made already (`message_for`)."""
     # The operator's request's trace, linked to the trace the letter's message carried.
     with telemetry.linked_span(lambda: from_json(letter.headers), "dead letter re-published"):
-        await publisher.publish(message_for(letter), routing_key=queue or letter.queue, exchange="")
+        await publisher.publish(
+            message or message_for(letter), routing_key=queue or letter.queue, exchange=""
+        )
 
 
 async def republish(

@@ -426,6 +426,21 @@ def claim_for_redrive(
     return {str(row_id) for row_id in connection.execute(statement).scalars()}
 
 
+def release_claims(
+    connection: Connection, claims: Sequence[tuple[str, datetime | None]], at: datetime
+) -> None:
+    """Give back the claims made `at` (`claim_for_redrive`) on letters that certainly did not go
+    out: each `republished_at` as it was before, (id, that) — unless changed since."""
+    if not claims:
+        return
+    connection.execute(
+        update(dead_letters)
+        .where(dead_letters.c.id == bindparam("p_id"), dead_letters.c.republished_at == at)
+        .values(republished_at=bindparam("p_before")),
+        [{"p_id": id_, "p_before": before} for id_, before in claims],
+    )
+
+
 def discard(connection: Connection, dead_letter_id: str) -> bool:
     now = utcnow()
     result = connection.execute(
@@ -482,7 +497,8 @@ def probe_writable(connection: Connection) -> None:
 
 def count(connection: Connection, filters: Filters) -> int:
     """How many letters match `filters`."""
-    return int(connection.execute(_where(select(func.count()), filters)).scalar_one())
+    statement = _where(select(func.count()).select_from(dead_letters), filters)
+    return int(connection.execute(statement).scalar_one())
 
 
 def left_out(connection: Connection, filters: Filters) -> dict[str, int]:

@@ -20,6 +20,8 @@ from service.store.database import Keyed, as_struct
 from service.store.dead_letters import Filters
 from service.store.schema import redrive_items, redrives, utcnow
 
+WAITING = "waiting for RabbitMQ"
+"""How a job's last error says it waits for RabbitMQ (until one of its letters goes out)."""
 RedriveState = Literal["running", "cancelling", "cancelled", "finished"]
 ItemState = Literal["pending", "published", "failed"]
 
@@ -204,6 +206,8 @@ def record_items(
     }
     if errors or waiting:
         values["last_error"] = waiting or errors[-1]
+    elif changed["published"]:  # RabbitMQ is back: the job waits no more
+        values["last_error"] = case((c.last_error.like(f"{WAITING}%"), None), else_=c.last_error)
     connection.execute(update(redrives).where(c.id == redrive_id).values(**values))
     row = connection.execute(select(c.state, c.owner).where(c.id == redrive_id)).one()
     return row.state if row.owner == owner else None

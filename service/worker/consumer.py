@@ -39,6 +39,9 @@ from service.topology import DELAY_LEVELS, WORK_QUEUES, delay_level_name
 HOLD_LIMIT = 5.0
 """Seconds ahead an `eta` may be for the worker to hold its message until then, as Celery does: a
 retry through the delay queues arrives up to a second early."""
+HAND_BACK_TIMEOUT = 5.0
+"""Seconds the worker's main loop waits to publish a delayed copy and for its confirm: it runs in
+the loop that hands out every task and acks them."""
 _KEPT_PROPERTIES = ("correlation_id", "reply_to", "priority", "message_id", "timestamp", "type")
 """What a delayed copy keeps of its message's properties (not its TTL: the wait is the copy's)."""
 
@@ -114,7 +117,7 @@ class DeadLetteringConsumer(Consumer):
         if queue is None or self.app.conf.broker_native_delayed_delivery_queue_type != "quorum":
             return False
         described = _described(message).bind(seconds=round(wait))
-        if wait >= 2**DELAY_LEVELS:
+        if math.ceil(wait) >= 2**DELAY_LEVELS:
             described.error(
                 "the task's eta is further ahead than the broker's delay queues hold (2**{} s); "
                 "dead-lettering it",
@@ -140,9 +143,14 @@ class DeadLetteringConsumer(Consumer):
                     content_encoding=message.content_encoding,
                     delivery_mode=2,
                     retry=False,
+                    # Never the loop's wait without end: a blocked broker sends no confirm.
+                    timeout=HAND_BACK_TIMEOUT,
+                    confirm_timeout=HAND_BACK_TIMEOUT,
                     **{name: properties[name] for name in _KEPT_PROPERTIES if name in properties},
                 )
-        except Exception as exc:  # the broker away: Celery holds it, as before
+        except Exception as exc:  # the broker away or blocked: Celery holds it, as before
+            # A copy may have gone out all the same (a confirm that did not come in time): two
+            # deliveries of one task, which docproc's tasks take as one (processed once).
             described.warning("cannot hand a delayed task back to the broker ({}); holding it", exc)
             return False
         described.info("the task's eta is ahead: handed back to the broker's delay queues")

@@ -38,8 +38,12 @@ from service.hooks import replace_once
 from service.task_protocol import UNREADABLE_PROPERTIES
 
 _ERROR_CHARS = 1000
-_FIXED = {"o": struct.Struct(">B"), "B": struct.Struct(">H"), "l": struct.Struct(">I")}
-_FIXED["L"] = struct.Struct(">Q")
+_FIXED = {
+    "o": struct.Struct(">B"),
+    "B": struct.Struct(">H"),
+    "l": struct.Struct(">I"),
+    "L": struct.Struct(">Q"),
+}
 """py-amqp's codes of the fixed-size arguments: octet, short, long, long long."""
 
 

@@ -86,7 +86,9 @@ def sweep_unpublished(store: Store, publish: Callable[[Document], None], now: da
     once. A claim whose publish fails expires, and a later sweep publishes it."""
     published = 0
     for document in store.run(documents.unpublished, now - documents.PUBLISH_CLAIM, SWEEP_BATCH):
-        if not store.run(documents.claim_to_publish, document.id, now):
+        # Each claim stamped when made (`now` is the sweep's start): a long sweep's last claims
+        # would otherwise have lapsed as they were made.
+        if not store.run(documents.claim_to_publish, document.id, max(now, utcnow())):
             continue  # another sweep, or the API's relay, has it
         publish(document)
         store.run(documents.mark_published, document.id)

@@ -23,19 +23,27 @@ class DeadLetteringRequest(Request):
     A message past its `expires` Celery acks unrun ("Discarding revoked task"): a task whose
     retry came after its expiry was gone, its run left RETRY for good. It is dead-lettered now,
     its run recorded as expired (service.worker.lifecycle), to be re-published by an operator if
-    it still matters (re-publishing drops a past `expires`). A task revoked by name is still
-    acked: someone asked for that.
+    it still matters (re-publishing drops a past `expires`). A task revoked by id is still acked:
+    someone asked for that.
     """
 
     _hard_time_limit_hit = False
     _expired = False
+    _revoked_before = False
+
+    def revoked(self) -> bool:
+        # Celery marks an expired task revoked by id before it says it expired: a task revoked
+        # by someone, and expired too, stays revoked (acked, as asked).
+        self._revoked_before = self.id in state.revoked
+        revoked: bool = super().revoked()
+        return revoked
 
     def _announce_revoked(
         self, reason: str, terminated: bool, signum: int | None, expired: bool
     ) -> None:
-        self._expired = expired
+        self._expired = expired and not self._revoked_before
         super()._announce_revoked(reason, terminated, signum, expired)  # type: ignore[misc]
-        if expired:
+        if self._expired:
             # Celery counts an expired task as revoked by id from then on (for hours, in this
             # worker): its letter re-published would be acked unrun, as revoked. Expiry is the
             # message's, not the task's.

@@ -11,7 +11,7 @@ import aio_pika
 import msgspec
 
 from service.deadletters.redrive import RedriveRunner
-from service.errors import BrokerUnavailable
+from service.errors import BrokerUnavailable, NotSent
 from service.store import dead_letters, redrives, task_runs
 from service.store.database import AsyncStore, Store
 from service.store.dead_letters import Filters
@@ -74,6 +74,53 @@ async def test_a_redrive_waiting_for_rabbitmq_says_so_and_goes_on_when_it_is_bac
 
     job = await eventually(finished, 10, "the job to finish once RabbitMQ is back")
     assert (job["published"], job["failed"]) == (3, 0)
+    assert job["last_error"] is None, "it waits no more"
+    assert len(publisher.sent) == 3
+
+
+class RefusingOnce(RecordingPublisher):
+    """Connected, yet refuses each message the first time it is given (RabbitMQ's nack, or a
+    connection lost as the publish began): the message did not go out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: set[str] = set()
+
+    async def publish(
+        self, message: aio_pika.Message, routing_key: str, *, exchange: str = "docproc"
+    ) -> None:
+        key = str((message.headers or {}).get("x-docproc-republished-from"))
+        if key not in self.refused:
+            self.refused.add(key)
+            raise NotSent("RabbitMQ refused the message: nack")
+        await super().publish(message, routing_key, exchange=exchange)
+
+
+async def test_a_letter_claimed_and_not_sent_is_sent_by_the_next_pass(
+    database_url: str, store: Store
+) -> None:
+    """A claim stays on a letter that may have gone out (a confirm that never came); one that
+    certainly did not once stayed too, and the job's next pass failed the letter for good."""
+    bury(store, *(dead_message(queue="retry_queue") for _ in range(3)))
+    shared = AsyncStore(database_url)
+    publisher = RefusingOnce()
+    runner = RedriveRunner(shared, publisher, owner="one")
+    stop = asyncio.Event()
+    running = asyncio.create_task(runner.run(stop))
+    try:
+        job = await shared.write(redrives.create, Filters(queue="retry_queue"), 100.0)
+        runner.wake.set()
+
+        async def finished() -> redrives.Redrive | None:
+            found = await shared.run(redrives.get, job.id)
+            return found if found is not None and found.state == "finished" else None
+
+        done = await eventually(finished, 15, "the job to finish")
+    finally:
+        stop.set()
+        await running
+        await shared.close()
+    assert (done.published, done.failed) == (3, 0)
     assert len(publisher.sent) == 3
 
 
