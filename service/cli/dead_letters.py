@@ -168,6 +168,12 @@ def _republished(done: Any) -> str:
 @click.option("--all", "everything", is_flag=True, help="Every active dead letter (no filter).")
 @click.option("--dry-run", is_flag=True, help="Count what would be re-published; publish nothing.")
 @click.option("--include-republished", is_flag=True, help="Take letters re-published before too.")
+@click.option(
+    "--include-delivery-limit",
+    is_flag=True,
+    help="Take letters that died at the delivery limit too (their message killed or lost a "
+    "worker process at each delivery); --reason delivery_limit takes them anyway.",
+)
 @click.option("--rate", default=10.0, show_default=True, help="Messages per second.")
 @click.option("--follow", is_flag=True, help="Show progress until it ends (Ctrl-C cancels it).")
 @api_option
@@ -176,6 +182,7 @@ def redrive(
     everything: bool,
     dry_run: bool,
     include_republished: bool,
+    include_delivery_limit: bool,
     rate: float,
     follow: bool,
     api_url: str,
@@ -197,12 +204,15 @@ def redrive(
         "all": everything,
         "dry_run": dry_run,
         "include_republished": include_republished,
+        "include_delivery_limit": include_delivery_limit,
     }
     with Api(api_url, api_key) as api:
         if dry_run:
-            matched, rows = api.post("/dead-letters/redrive", json=request, read=_dry_run)
+            matched, rows, left = api.post("/dead-letters/redrive", json=request, read=_dry_run)
             click.echo(f"dry run: {matched} would be re-published; nothing was")
             click.echo(table(rows, ["group", "count", "queue", "task", "error"]))
+            for why, count in left:
+                click.echo(f"left out: {count} {LEFT_OUT.get(why, why)}")
             return
         job = api.post("/dead-letters/redrive", json=request, read=Redrive.read)
         click.echo(f"redrive {job.id}: {job.matched} matched, at {job.rate:g}/s")
@@ -223,11 +233,18 @@ def redrive(
         )
 
 
-def _dry_run(job: Any) -> tuple[int, list[list[object]]]:
+LEFT_OUT = {
+    "delivery_limit": "died at the delivery limit (--include-delivery-limit takes them)",
+    "republished": "re-published before (--include-republished takes them)",
+}
+
+
+def _dry_run(job: Any) -> tuple[int, list[list[object]], list[tuple[str, int]]]:
     rows: list[list[object]] = [
         [g["group"], g["count"], g["queue"], g["task"], g["error_type"]] for g in job["groups"]
     ]
-    return int(job["matched"]), rows
+    left = [(str(count["name"]), int(count["count"])) for count in job.get("left_out") or []]
+    return int(job["matched"]), rows, left
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -145,6 +145,25 @@ def test_dead_letters_are_listed_shown_grouped_republished_and_discarded(
     assert rows(active.stdout) == [], "one re-published, the other discarded"
 
 
+def test_a_dry_run_says_what_it_leaves_out_and_the_flag_that_takes_it(
+    served: Served, store: Store
+) -> None:
+    bury(store, dead_message(queue="retry_queue"))
+    bury(store, dead_message(queue="retry_queue", reason="delivery_limit"))
+
+    default = served.run("dead-letters", "redrive", "--queue", "retry_queue", "--dry-run")
+    asked = served.run(
+        "dead-letters", "redrive", "--queue", "retry_queue", "--dry-run", "--include-delivery-limit"
+    )
+
+    assert default.exit_code == 0, default.output
+    assert "dry run: 1 would be re-published" in default.stdout
+    assert "left out: 1 died at the delivery limit (--include-delivery-limit" in default.stdout
+    assert asked.exit_code == 0, asked.output
+    assert "dry run: 2 would be re-published" in asked.stdout
+    assert "left out" not in asked.stdout
+
+
 def test_a_command_without_the_key_or_without_an_api_says_what_to_do(served: Served) -> None:
     refused = served.run("dead-letters", "discard", "some-letter", key=None)
     nowhere = CliRunner().invoke(cli, ["status", "t-1", "--api", f"http://127.0.0.1:{free_port()}"])
