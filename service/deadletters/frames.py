@@ -8,10 +8,10 @@ the head of the queue, and the consumer met it again at once: nothing behind it 
 again, and the consumer reconnected as fast as it could (19,189 times in 150 s).
 
 `install()` makes such a content header readable: its body size (which says how much body
-follows) is read as always, and its properties become one header, UNREADABLE, holding pamqp's
-error and the properties' raw bytes — stored with the letter, as everything of a dead message
-is. The hook is pamqp's reader of content-header frames, a private name of the locked version:
-tests/integration/test_dead_letter_store.py fails if it moves.
+follows) is read as always, and its properties become one header, UNREADABLE_PROPERTIES,
+holding pamqp's error and the properties' raw bytes — stored with the letter, as everything of
+a dead message is. The hook is pamqp's reader of content-header frames, a private name of the
+locked version: tests/integration/test_dead_letter_store.py fails if it moves.
 
 A delivery's routing key and exchange name come from its publisher too, and one that is not UTF-8
 (anything goes to `docproc.dlx`, bound with `#`) ended the connection the same way, from pamqp's
@@ -36,8 +36,6 @@ from pamqp.header import ContentHeader
 from service.hooks import replace_once
 from service.task_protocol import UNREADABLE_PROPERTIES
 
-UNREADABLE = UNREADABLE_PROPERTIES
-"""The header an unreadable message's properties are replaced by: `error`, `properties`."""
 _FIXED = struct.Struct(">HHQ")
 """A content header's class, weight and body size: fixed, before the properties."""
 _ERROR_CHARS = 1000
@@ -65,7 +63,7 @@ def _tolerant_header(
                 "error": error,
                 "properties": bytes(frame_data[_FIXED.size :]),
             }
-            properties = Basic.Properties(headers={UNREADABLE: unreadable})
+            properties = Basic.Properties(headers={UNREADABLE_PROPERTIES: unreadable})
             return ContentHeader(weight, body_size, properties)
 
     return unmarshal

@@ -234,9 +234,10 @@ async def republish(
             f"dead letter {dead_letter_id} was not re-published: {'; '.join(cautions)}. "
             "Add ?force=true to re-publish it all the same"
         )
+    message = message_for(letter)
     try:
         # What cannot be written as a message again is said before anything is done.
-        message_for(letter).properties.marshal()
+        message.properties.marshal()
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise Conflict(
             f"dead letter {dead_letter_id} cannot be re-published: its headers or properties "
@@ -254,7 +255,7 @@ async def republish(
     queue = target or letter.queue
     # A publish that fails may have gone out all the same (a confirm that never came): the
     # letter stays claimed, and the next request is cautioned.
-    await publish(publisher, letter, queue)
+    await publish(publisher, letter, queue, message=message)
     # Unmarked, the letter would look untouched, and a retried request would publish it again.
     at = max(utcnow(), claimed + timedelta(microseconds=1))  # a stamp of its own (`mark_handled`)
     recorded = True

@@ -22,11 +22,11 @@ from pamqp.commands import Basic
 from sqlalchemy import func, select
 
 from service.deadletters.consumer import raw_message
-from service.deadletters.frames import UNREADABLE
 from service.errors import DatabaseError
 from service.store import dead_letters
 from service.store.database import Store
 from service.store.schema import dead_letters as table
+from service.task_protocol import UNREADABLE_PROPERTIES as UNREADABLE
 from service.topology import DEAD_LETTER_QUEUE, DOCUMENT_QUEUE, MAINTENANCE_QUEUE, RETRY_QUEUE
 from tests.support import (
     Process,

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import update
 
 from service.errors import BrokerUnavailable
-from service.intake import Intake, Upload
+from service.intake import Intake, Receipt, Upload
 from service.store import documents, schema
 from service.store.database import AsyncStore, Store
 from service.store.documents import Document
@@ -112,14 +112,22 @@ async def relayed(intake: Intake) -> None:
         await running
 
 
-async def test_the_relay_leaves_a_document_the_sweeper_claimed(
-    store: Store, async_store: AsyncStore
-) -> None:
+async def accepted_while_away(
+    async_store: AsyncStore, text: str
+) -> tuple[Intake, RecordingPublisher, Receipt]:
+    """A document accepted while RabbitMQ refuses: it waits in the relay's list."""
     publisher = RecordingPublisher()
     intake = Intake(async_store, publisher)
     publisher.refusal = BrokerUnavailable("RabbitMQ is away")
-    receipt = await intake.submit(upload("accepted while RabbitMQ was away"))
+    receipt = await intake.submit(upload(text))
     assert not receipt.queued
+    return intake, publisher, receipt
+
+
+async def test_the_relay_leaves_a_document_the_sweeper_claimed(
+    store: Store, async_store: AsyncStore
+) -> None:
+    intake, publisher, receipt = await accepted_while_away(async_store, "accepted meanwhile")
     assert receipt.document_id in intake.waiting
     swept: list[str] = []
 
@@ -134,11 +142,7 @@ async def test_the_relay_leaves_a_document_the_sweeper_claimed(
 async def test_the_relay_publishes_what_it_accepted_and_the_sweeper_leaves_it(
     store: Store, async_store: AsyncStore
 ) -> None:
-    publisher = RecordingPublisher()
-    intake = Intake(async_store, publisher)
-    publisher.refusal = BrokerUnavailable("RabbitMQ is away")
-    receipt = await intake.submit(upload("queued once RabbitMQ is back"))
-    assert not receipt.queued
+    intake, publisher, _ = await accepted_while_away(async_store, "queued once it is back")
     publisher.refusal = None
 
     await relayed(intake)  # at once: the accept's claim is the relay's own
