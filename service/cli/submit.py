@@ -156,7 +156,12 @@ def submit(
             if response.status_code == 202:
                 state, document_id, task_id = response.read(_accepted)
                 return [str(path), state, document_id, task_id, ""]
-            detail = response.read(problem_detail) if response.content else ""
+            if response.status_code == 413 and not _json_body(response):
+                # A proxy's limit below the API's: this file is too large to pass, others may.
+                kind = response.headers.get("content-type") or "no content type"
+                detail = f"too large for what is in front of the API (it answered {kind})"
+            else:
+                detail = response.read(problem_detail) if response.content else ""
             return [str(path), f"REFUSED {response.status_code}", "", "", detail]
 
         rows: list[list[object]] = []
@@ -184,6 +189,14 @@ def submit(
     ]
     if failed:
         raise SystemExit(1)
+
+
+def _json_body(response: Answer) -> bool:
+    try:
+        response.json()
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _accepted(body: Any) -> tuple[str, str, str]:

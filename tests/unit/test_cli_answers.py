@@ -18,12 +18,21 @@ from service.cli import cli, client
 
 
 class _Answers(BaseHTTPRequestHandler):
-    """Answers every request with the server's `status`, `content_type` and `body`."""
+    """Answers every request with the server's `status`, `content_type` and `body`; a body
+    longer than the server's `limit` with a proxy's 413 page."""
 
     server: _FakeApi
 
     def _answer(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length") or 0))
+        length = int(self.headers.get("content-length") or 0)
+        self.rfile.read(length)
+        if self.server.limit is not None and length > self.server.limit:
+            self.send_response(413)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(TOO_LARGE)))
+            self.end_headers()
+            self.wfile.write(TOO_LARGE)
+            return
         self.send_response(self.server.status)
         self.send_header("content-type", self.server.content_type)
         self.send_header("content-length", str(len(self.server.body)))
@@ -49,6 +58,7 @@ class _FakeApi(ThreadingHTTPServer):
     def __init__(self, status: int, content_type: str, body: bytes) -> None:
         super().__init__(("127.0.0.1", 0), _Answers)
         self.status, self.content_type, self.body = status, content_type, body
+        self.limit: int | None = None
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
 
@@ -76,6 +86,7 @@ def run(url: str, *args: str) -> Result:
 
 
 BAD_GATEWAY = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+TOO_LARGE = b"<html><body><h1>413 Request Entity Too Large</h1></body></html>"
 
 
 def test_submit_through_a_proxy_answering_an_html_page_says_so_in_one_line(
@@ -94,6 +105,30 @@ def test_submit_through_a_proxy_answering_an_html_page_says_so_in_one_line(
     )
     accepted = answer(answering, 202, "text/html", b"<html>login page</html>")
     assert "answered 202 with text/html, not JSON" in run(accepted, "submit", str(tmp_path)).stderr
+
+
+def test_a_file_a_proxy_finds_too_large_is_refused_and_the_others_go_on(
+    answering: list[_FakeApi], tmp_path: Path
+) -> None:
+    (tmp_path / "a-small.txt").write_text("hello world")
+    (tmp_path / "b-large.txt").write_text("lighthouse " * 1_000)
+    (tmp_path / "c-small.txt").write_text("harbour")
+    accepted = b'{"status": "PENDING", "document_id": "d-1", "task_id": "t-1"}'
+    url = answer(answering, 202, "application/json", accepted)
+    answering[-1].limit = 2_000  # a proxy's client_max_body_size, below the API's
+
+    result = run(url, "submit", str(tmp_path))
+
+    assert result.exit_code == 1, result.output  # a file was refused
+    assert "docproc:" not in result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if "txt" in line}
+    assert [name for name, row in rows.items() if "PENDING" in row] == [
+        str(tmp_path / "a-small.txt"),
+        str(tmp_path / "c-small.txt"),
+    ]
+    refused = rows[str(tmp_path / "b-large.txt")]
+    assert "REFUSED 413" in refused
+    assert "too large for what is in front of the API (it answered text/html)" in refused
 
 
 @pytest.mark.parametrize(
