@@ -134,6 +134,10 @@ class Publisher:
         self._exchange: AbstractExchange | None = None
         self._keeping: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._lost = asyncio.Event()
+        """Set when the connection, or the channel in use, closes (`_keep_connected`)."""
+        self._replacing = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -156,15 +160,49 @@ class Publisher:
 
     async def _open(self, connection: AbstractConnection) -> None:
         try:
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+            channel, exchange = await self._new_channel(connection)
         except BaseException:
             with contextlib.suppress(*BROKER_ERRORS):
                 await connection.close()
             raise
+        lost = self._lost = asyncio.Event()
+        connection.close_callbacks.add(lambda *_: lost.set())
         self._connection, self._channel, self._exchange = connection, channel, exchange
         if self.on_connect is not None:
             self.on_connect()
+
+    async def _new_channel(
+        self, connection: AbstractConnection
+    ) -> tuple[AbstractChannel, AbstractExchange]:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        # Only the channel in use, closing, is a loss: one retired (`_replace`) is not.
+        channel.close_callbacks.add(
+            lambda *_: self._lost.set() if channel is self._channel else None
+        )
+        return channel, await channel.get_exchange(EXCHANGE, ensure=False)
+
+    async def _replace(self, refused: AbstractChannel) -> None:
+        """A channel RabbitMQ nacked on is replaced by a new one on the same connection, and
+        closed once the confirms in flight on it have come or timed out. A quorum queue of
+        RabbitMQ 3.10 at its max-length refuses a channel, and goes on refusing it after the
+        limit is lifted (rabbitmq-server#12206): a new channel publishes."""
+        async with self._replacing:
+            connection = self._connection
+            if refused is not self._channel or connection is None or connection.is_closed:
+                return  # replaced already, or the connection is being made again
+            try:
+                self._channel, self._exchange = await self._new_channel(connection)
+            except BROKER_ERRORS as exc:
+                logger.warning("could not open a channel in place of a refused one: {!r}", exc)
+                return
+        retiring = asyncio.create_task(self._retire(refused), name="publisher-retire-channel")
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, channel: AbstractChannel) -> None:
+        await until(asyncio.sleep(self.timeout), self._stop)
+        with contextlib.suppress(*BROKER_ERRORS):
+            await channel.close()
 
     async def _keep_connected(self) -> None:
         """The reconnect loop (service.broker.connection), for as long as the publisher lives."""
@@ -189,25 +227,22 @@ class Publisher:
                 await until(asyncio.sleep(RECONNECT_PAUSE_MAX), self._stop)
 
     async def _until_lost(self) -> None:
-        lost = asyncio.Event()
-        for closing in (self._connection, self._channel):
-            if closing is not None:
-                closing.close_callbacks.add(lambda *_: lost.set())
         if self.connected:  # it may have closed before the callbacks were in place
-            await until(lost.wait(), self._stop)
+            await until(self._lost.wait(), self._stop)
 
     async def publish(
         self, message: aio_pika.Message, routing_key: str, *, exchange: str = EXCHANGE
     ) -> None:
         """Publish and wait for the confirm. BrokerUnavailable if it does not come; Unroutable
         when RabbitMQ returns the message (no queue bound where it was sent)."""
-        if not self.connected or self._channel is None or self._exchange is None:
+        channel = self._channel
+        if not self.connected or channel is None or self._exchange is None:
             raise NotSent("RabbitMQ is not connected")
         target = self._exchange
         if exchange == "":
-            target = self._channel.default_exchange
+            target = channel.default_exchange
         elif exchange != EXCHANGE:
-            target = await self._channel.get_exchange(exchange, ensure=False)
+            target = await channel.get_exchange(exchange, ensure=False)
         try:
             await target.publish(
                 message, routing_key=routing_key, mandatory=True, timeout=self.timeout
@@ -223,12 +258,20 @@ class Publisher:
                 f"RabbitMQ returned the message: no queue is bound at {where}"
             ) from exc
         except aio_pika.exceptions.DeliveryError as exc:
-            raise NotSent(f"RabbitMQ refused the message: {exc}") from exc
+            await self._replace(channel)
+            # A nack: a queue it routes to is full (max-length, overflow reject-publish), or
+            # the queue could not take it. Said so that an operator knows where to look.
+            raise NotSent(
+                "RabbitMQ refused the message (nack): is a queue it goes to at its max-length?"
+            ) from exc
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"publishing failed: {exc!r}") from exc
 
     async def close(self) -> None:
         self._stop.set()
+        for retiring in list(self._retiring):
+            with contextlib.suppress(asyncio.CancelledError):
+                await retiring
         if self._keeping is not None:
             self._keeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):

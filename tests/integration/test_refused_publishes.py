@@ -1,0 +1,133 @@
+"""RabbitMQ refusing a redrive's messages, for real: a queue at its `max-length` (a policy, as an
+operator sets one) makes RabbitMQ nack each publish (`x-overflow: reject-publish`, which the
+topology declares). The letters did not go out, so their claims are given back; the redrive says
+it waits for RabbitMQ, and sends each letter once when RabbitMQ takes messages again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote
+
+import aio_pika
+import httpx
+import pytest
+import pytest_asyncio
+
+from service.broker.publisher import Publisher
+from service.deadletters.redrive import RedriveRunner
+from service.store import redrives
+from service.store.database import AsyncStore, Store
+from service.store.dead_letters import Filters
+from tests.api.test_dead_letters_api import bury, dead_message
+from tests.support import RabbitMQ, Vhost, delete_vhost, eventually, topology_vhost
+
+pytestmark = [pytest.mark.rabbitmq]
+
+QUEUE = "document_processing"
+LETTERS = 3
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def vhost(rabbitmq: RabbitMQ, tmp_path: Path) -> AsyncIterator[Vhost]:
+    vhost = await topology_vhost(rabbitmq, f"sqlite:///{tmp_path / 'docproc.db'}")
+    try:
+        yield vhost
+    finally:
+        await delete_vhost(rabbitmq, vhost.name)
+
+
+class Policies:
+    """The policies of one vhost, through the management API (the vhost's own: nothing
+    node-wide changes)."""
+
+    def __init__(self, vhost: Vhost) -> None:
+        rabbitmq = vhost.rabbitmq
+        self.vhost = vhost
+        self.http = httpx.AsyncClient(
+            base_url=rabbitmq.management_url, auth=(rabbitmq.user, rabbitmq.password)
+        )
+        self.path = f"/api/policies/{quote(vhost.name, safe='')}/full-queue"
+
+    async def fill_up(self, queue: str) -> None:
+        """A queue that may hold nothing, and holds a message: every publish to it is nacked
+        (a quorum queue takes one message past its limit, then refuses)."""
+        policy = {"pattern": f"^{queue}$", "definition": {"max-length": 0}, "apply-to": "queues"}
+        (await self.http.put(self.path, json=policy)).raise_for_status()
+
+        async def in_effect() -> bool | None:
+            async with self.vhost.management() as management:
+                found = [q for q in await management.queue_policies() if q.name == queue]
+            definition = found[0].effective_policy_definition if found else {}
+            return True if isinstance(definition, dict) and "max-length" in definition else None
+
+        await eventually(in_effect, 15, f"the max-length policy on {queue}")
+        connection = await self.vhost.connect()
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            await channel.default_exchange.publish(aio_pika.Message(b"filler"), routing_key=queue)
+
+    async def clear(self) -> None:
+        (await self.http.delete(self.path)).raise_for_status()
+
+
+async def depth(vhost: Vhost, queue: str) -> int:
+    """How many messages the queue holds, as RabbitMQ answers a passive declare (at once, unlike
+    the management API's statistics)."""
+    connection = await vhost.connect()
+    async with connection:
+        declared = await (await connection.channel()).declare_queue(queue, passive=True)
+        count = declared.declaration_result.message_count
+    assert count is not None
+    return count
+
+
+async def test_letters_rabbitmq_refuses_are_not_lost_nor_failed_and_go_out_once_it_takes_them(
+    vhost: Vhost, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'docproc.db'}"
+    store, shared = Store(url), AsyncStore(url)
+    bury(store, *(dead_message(queue=QUEUE) for _ in range(LETTERS)))
+    policies = Policies(vhost)
+    publisher = Publisher(vhost.settings(), name="redrive")
+    runner = RedriveRunner(shared, publisher, owner="one")
+    stop = asyncio.Event()
+    running: asyncio.Task[None] | None = None
+    try:
+        await policies.fill_up(QUEUE)
+        await publisher.start()
+        assert publisher.connected
+        running = asyncio.create_task(runner.run(stop))
+        job = await shared.write(redrives.create, Filters(queue=QUEUE), 100.0)
+        runner.wake.set()
+
+        async def state(wanted: str | None = None) -> redrives.Redrive | None:
+            found = await shared.run(redrives.get, job.id)
+            assert found is not None
+            if wanted is None:  # waiting, and saying why
+                said = found.last_error or ""
+                return found if said.startswith(redrives.WAITING) else None
+            return found if found.state == wanted else None
+
+        waiting = await eventually(state, 20, "the redrive to wait, saying RabbitMQ refused")
+        assert (waiting.state, waiting.published, waiting.failed) == ("running", 0, 0)
+        assert waiting.last_error == (
+            f"{redrives.WAITING}: RabbitMQ refused the message (nack): is a queue it goes to at "
+            "its max-length?"
+        )
+        assert await depth(vhost, QUEUE) == 1  # the filler alone
+
+        await policies.clear()
+        done = await eventually(lambda: state("finished"), 30, "the redrive to finish")
+    finally:
+        stop.set()
+        if running is not None:
+            await running
+        await publisher.close()
+        await policies.http.aclose()
+        await shared.close()
+        store.close()
+
+    assert (done.published, done.failed, done.last_error) == (LETTERS, 0, None)
+    assert await depth(vhost, QUEUE) == 1 + LETTERS, "the filler, and each letter once"
