@@ -19,7 +19,18 @@ from tests.support import (
     delete_vhost,
     run_docproc,
     start_worker,
+    topology_vhost,
 )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def vhost(rabbitmq: RabbitMQ, tmp_path: Path) -> AsyncIterator[Vhost]:
+    """A vhost for one test, with the topology declared and a SQLite store in its tmp_path."""
+    vhost = await topology_vhost(rabbitmq, f"sqlite:///{tmp_path / 'docproc.db'}")
+    try:
+        yield vhost
+    finally:
+        await delete_vhost(rabbitmq, vhost.name)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import pytest_asyncio
 from sqlalchemy import text
 
 from service.broker.publisher import PUBLISH_TIMEOUT
@@ -25,12 +24,10 @@ from tests.support import (
     Process,
     RabbitMQ,
     Vhost,
-    delete_vhost,
     eventually,
     rabbitmqctl_on,
     start_api,
     start_worker,
-    topology_vhost,
 )
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker, pytest.mark.node_wide]
@@ -65,15 +62,6 @@ def memory_alarm(rabbitmq: RabbitMQ) -> Iterator[Callable[[], None]]:
         yield clear
     finally:
         clear()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def vhost(rabbitmq: RabbitMQ, tmp_path: Path) -> AsyncIterator[Vhost]:
-    vhost = await topology_vhost(rabbitmq, f"sqlite:///{tmp_path / 'docproc.db'}")
-    try:
-        yield vhost
-    finally:
-        await delete_vhost(rabbitmq, vhost.name)
 
 
 def stored(store: Store, filename: str) -> bool | None:

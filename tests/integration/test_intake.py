@@ -4,13 +4,11 @@ seconds of its return, and a confirmed message that is later lost is found and r
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-import pytest_asyncio
 from sqlalchemy import text
 
 from service.store import documents, task_runs
@@ -22,11 +20,9 @@ from tests.support import (
     CuttableLink,
     RabbitMQ,
     Vhost,
-    delete_vhost,
     eventually,
     start_api,
     start_worker,
-    topology_vhost,
 )
 
 pytestmark = [pytest.mark.rabbitmq]
@@ -34,15 +30,6 @@ pytestmark = [pytest.mark.rabbitmq]
 PROMPT = 5.0
 """Documents accepted while the broker was away are published within this many seconds of its
 return (the requirement; the publisher retries every second at most)."""
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def vhost(rabbitmq: RabbitMQ, tmp_path: Path) -> AsyncIterator[Vhost]:
-    vhost = await topology_vhost(rabbitmq, f"sqlite:///{tmp_path / 'docproc.db'}")
-    try:
-        yield vhost
-    finally:
-        await delete_vhost(rabbitmq, vhost.name)
 
 
 async def test_documents_accepted_while_the_broker_is_away_are_queued_promptly_on_its_return(

@@ -6,14 +6,12 @@ it waits for RabbitMQ, and sends each letter once when RabbitMQ takes messages a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
 import aio_pika
 import httpx
 import pytest
-import pytest_asyncio
 
 from service.broker.publisher import Publisher
 from service.deadletters.redrive import RedriveRunner
@@ -21,21 +19,12 @@ from service.store import redrives
 from service.store.database import AsyncStore, Store
 from service.store.dead_letters import Filters
 from tests.api.test_dead_letters_api import bury, dead_message
-from tests.support import RabbitMQ, Vhost, delete_vhost, eventually, topology_vhost
+from tests.support import Vhost, eventually
 
 pytestmark = [pytest.mark.rabbitmq]
 
 QUEUE = "document_processing"
 LETTERS = 3
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def vhost(rabbitmq: RabbitMQ, tmp_path: Path) -> AsyncIterator[Vhost]:
-    vhost = await topology_vhost(rabbitmq, f"sqlite:///{tmp_path / 'docproc.db'}")
-    try:
-        yield vhost
-    finally:
-        await delete_vhost(rabbitmq, vhost.name)
 
 
 class Policies:
