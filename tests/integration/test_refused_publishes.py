@@ -6,19 +6,26 @@ it waits for RabbitMQ, and sends each letter once when RabbitMQ takes messages a
 from __future__ import annotations
 
 import asyncio
+import functools
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
 import aio_pika
+import amqp
 import httpx
+import kombu
 import pytest
 
 from service.broker.publisher import Publisher
 from service.deadletters.redrive import RedriveRunner
-from service.store import redrives
+from service.store import documents, redrives
 from service.store.database import AsyncStore, Store
 from service.store.dead_letters import Filters
+from service.worker.app import create_celery
+from service.worker.maintenance import _send_document_task, sweep_unpublished
 from tests.api.test_dead_letters_api import bury, dead_message
+from tests.store.test_documents_and_search import add_document
 from tests.support import Vhost, eventually
 
 pytestmark = [pytest.mark.rabbitmq]
@@ -120,3 +127,33 @@ async def test_letters_rabbitmq_refuses_are_not_lost_nor_failed_and_go_out_once_
 
     assert (done.published, done.failed, done.last_error) == (LETTERS, 0, None)
     assert await depth(vhost, QUEUE) == 1 + LETTERS, "the filler, and each letter once"
+
+
+async def test_a_sweep_a_full_queue_refused_publishes_once_the_limit_is_lifted(
+    vhost: Vhost, tmp_path: Path
+) -> None:
+    """Beat's sweeper publishes through Celery's producer (kombu and py-amqp), which take a nack
+    for a lost connection and make it again: the sweep fails, its claim lapses, and the next sweep
+    after the limit is lifted publishes the document, once."""
+    store = Store(f"sqlite:///{tmp_path / 'docproc.db'}")
+    app = create_celery(vhost.settings())
+    policies = Policies(vhost)
+    publish = functools.partial(_send_document_task, app)
+    try:
+        add_document(store, b"accepted, never confirmed", "a.txt")
+        await policies.fill_up(QUEUE)
+        later = datetime.now(UTC) + documents.PUBLISH_CLAIM + timedelta(seconds=1)
+
+        with pytest.raises(kombu.exceptions.OperationalError) as refused:
+            await asyncio.to_thread(sweep_unpublished, store, publish, later)
+        assert isinstance(refused.value.__cause__, amqp.exceptions.MessageNacked)
+        await policies.clear()
+        published = await asyncio.to_thread(
+            sweep_unpublished, store, publish, later + documents.PUBLISH_CLAIM * 2
+        )
+    finally:
+        app.close()
+        await policies.http.aclose()
+        store.close()
+    assert published == 1
+    assert await depth(vhost, QUEUE) == 2, "the filler, and the document's task once"
