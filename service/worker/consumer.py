@@ -22,8 +22,10 @@ Log lines name the message (task, id, content type, size), never its body.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -127,7 +129,7 @@ class DeadLetteringConsumer(Consumer):
             return True
         properties = message.properties
         try:
-            with self.app.producer_or_acquire() as producer:
+            with self.app.producer_or_acquire() as producer, _dropped_on_failure(producer):
                 producer.publish(
                     message.body,
                     exchange=delay_level_name(DELAY_LEVELS - 1),
@@ -168,6 +170,19 @@ class DeadLetteringConsumer(Consumer):
                 url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}
             )
         )
+
+
+@contextlib.contextmanager
+def _dropped_on_failure(producer: Any) -> Iterator[None]:
+    """A producer's connection that failed is dropped, not closed: the pool closes a connection
+    it replaces with a handshake — the channel's close, then waiting for close-ok with no
+    timeout — and a blocked broker reads nothing until its alarm clears. The hand-back's timeout
+    was spent by then, and the worker's loop waited the whole alarm in that close."""
+    try:
+        yield
+    except BaseException:
+        producer.connection.collect()
+        raise
 
 
 def _wait_of(headers: Any) -> float | None:

@@ -7,19 +7,25 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import text
 
-from service.broker.publisher import PUBLISH_TIMEOUT
+from service.broker.publisher import PUBLISH_TIMEOUT, task_message
 from service.cli.client import CLIENT_KEEP_ALIVE
 from service.store import task_runs
 from service.store.database import Store
 from service.task_contract import PUBLISH_UNPUBLISHED
+from service.topology import DOCUMENT_QUEUE, EXCHANGE
+from service.worker import canary
 from service.worker.app import create_celery
+from service.worker.consumer import HAND_BACK_TIMEOUT, HOLD_LIMIT
 from tests.support import (
     Process,
     RabbitMQ,
@@ -151,3 +157,56 @@ async def test_a_blocked_broker_loses_nothing_and_processes_nothing_twice(
         api.stop()
         worker.stop()
         store.close()
+
+
+async def test_a_task_due_later_met_while_rabbitmq_is_blocked_is_held_and_the_worker_goes_on(
+    vhost: Vhost, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The worker gives a task due later back to the delay queues and waits for RabbitMQ's
+    confirm — which a blocked broker never sends. It waits HAND_BACK_TIMEOUT, then holds the
+    task itself, as Celery would: the task behind it runs meanwhile, and the held one at its eta
+    once the alarm is gone. A worker does not start while RabbitMQ blocks publishers, and no
+    one can publish the tasks then: another consumer holds them from before the alarm and
+    hands them back during it."""
+    store = Store(vhost.settings().resolved_database_url)
+    connection = await vhost.connect()
+    worker: Process | None = None
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+        due = datetime.now(UTC) + timedelta(seconds=HOLD_LIMIT + HAND_BACK_TIMEOUT + 40)
+        later, now = str(uuid.uuid4()), str(uuid.uuid4())
+        for task_id, eta in ((later, due), (now, None)):
+            message = task_message(canary.SUCCEED, task_id, kwargs={})
+            message.headers["eta"] = eta.isoformat() if eta else None
+            await exchange.publish(message, routing_key=DOCUMENT_QUEUE)
+        holder = await connection.channel()
+        await holder.set_qos(prefetch_count=2)
+        queue = await holder.get_queue(DOCUMENT_QUEUE, ensure=False)
+        held: list[AbstractIncomingMessage] = []
+
+        async def hold(message: AbstractIncomingMessage) -> None:
+            held.append(message)
+
+        await queue.consume(hold)
+        await eventually(lambda: asyncio.sleep(0, True if len(held) == 2 else None), 10, "both")
+        worker = await start_worker(vhost, tmp_path / "worker.log")
+        clear_alarm = request.getfixturevalue("memory_alarm")
+        await holder.close()  # both back in the queue, in their order, and to the worker
+
+        async def finished(task_id: str) -> task_runs.TaskRun | None:
+            run = await asyncio.to_thread(store.run, task_runs.get, task_id)
+            return run if run is not None and run.state == "SUCCESS" else None
+
+        await eventually(lambda: finished(now), 30 + HAND_BACK_TIMEOUT, "the task behind to run")
+        assert "cannot hand a delayed task back to the broker" in worker.output()
+        assert await finished(later) is None, "not before its eta"
+        clear_alarm()
+        ran = await eventually(lambda: finished(later), 90, "the held task to run at its eta")
+    finally:
+        if worker is not None:
+            worker.stop()
+        await connection.close()
+        store.close()
+    assert ran.started_at is not None
+    assert ran.started_at >= due - timedelta(seconds=1)  # Celery's timer, to the second
