@@ -12,6 +12,7 @@ import pytest
 
 from service.broker.publisher import task_message
 from service.logs import CORRELATION_HEADER
+from service.task_contract import DEATH_HEADERS
 from service.topology import DOCUMENT_QUEUE, EXCHANGE, RETRY_QUEUE, delay_level_name
 from service.worker import canary
 from service.worker.app import DocprocCelery
@@ -135,3 +136,52 @@ async def test_tasks_due_later_wait_in_the_broker_not_in_the_worker(
         return True if (held, delayed) == (0, 3) else None
 
     await eventually(in_the_broker, 30, "the three to wait in the delay queues, none held")
+
+
+async def test_a_task_handed_back_goes_without_the_deaths_of_its_way_here(
+    worker: Process, connection: aio_pika.abc.AbstractConnection
+) -> None:
+    """A message that came through the delay queues carries their deaths (`x-death`). Handed
+    back to them with those, RabbitMQ < 4 may take its next pass for a dead-letter loop with no
+    rejection in it, and drop it: the worker sends it on without them, the rest as it came."""
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+    task_id = str(uuid.uuid4())
+    message = task_message(canary.SUCCEED, task_id, kwargs={})
+    died = datetime.now(UTC)
+    # An hour ahead: it waits first in the level of 2**11 s, which no other test here uses.
+    message.headers |= {
+        "eta": (died + timedelta(hours=1)).isoformat(),
+        "x-death": [
+            {
+                "count": 1,
+                "reason": "expired",
+                "queue": delay_level_name(0),
+                "time": died,
+                "exchange": delay_level_name(0),
+                "routing-keys": [f"1.{DOCUMENT_QUEUE}"],
+            }
+        ],
+        "x-first-death-queue": delay_level_name(0),
+        "x-first-death-reason": "expired",
+        "x-first-death-exchange": delay_level_name(0),
+    }
+    await exchange.publish(message, routing_key=DOCUMENT_QUEUE)
+    waiting = await channel.get_queue(delay_level_name(11), ensure=False)
+
+    async def handed_back() -> aio_pika.abc.AbstractIncomingMessage | None:
+        got = await waiting.get(no_ack=False, fail=False)
+        if got is None:
+            return None
+        if got.headers.get("id") != task_id:
+            await got.reject(requeue=True)
+            return None
+        await got.ack()  # seen: it would run in an hour, long after this vhost is gone
+        return got
+
+    copy = await eventually(handed_back, 30, "the task in the delay queues")
+    # The quorum queue it is read from counts its own deliveries (x-delivery-count, 0 here).
+    assert not (DEATH_HEADERS - {"x-delivery-count"}) & set(copy.headers), copy.headers
+    assert copy.headers["eta"] == message.headers["eta"]
+    assert copy.headers["task"] == canary.SUCCEED
+    assert copy.correlation_id == message.correlation_id
