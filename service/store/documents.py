@@ -253,10 +253,12 @@ def lost(connection: Connection, published_before: datetime, limit: int) -> list
     return [as_struct(row, Document) for row in rows]
 
 
-def claim_reconciled(connection: Connection, document_id: str, published_before: datetime) -> bool:
+def claim_reconciled(
+    connection: Connection, document_id: str, published_before: datetime
+) -> datetime | None:
     """Claim a document `lost` found (with `published_before`) to publish its task again,
-    counted: False when another reconciliation claimed it first (its `published_at` is now).
-    A claim whose publish then fails is found lost again by a later reconciliation."""
+    counted: the claim's time (its new `published_at`), or None when another reconciliation
+    claimed it first. A publish that then fails gives the claim back (`release_reconciled`)."""
     now = utcnow()
     claimed = connection.execute(
         update(documents)
@@ -272,7 +274,22 @@ def claim_reconciled(connection: Connection, document_id: str, published_before:
             updated_at=now,
         )
     )
-    return bool(claimed.rowcount)
+    return now if claimed.rowcount else None
+
+
+def release_reconciled(
+    connection: Connection, document_id: str, claimed_at: datetime, published_at: datetime | None
+) -> None:
+    """Give back a reconciliation's claim whose publish failed: not counted, and its
+    `published_at` as before, so that the next reconciliation finds the document lost again."""
+    connection.execute(
+        update(documents)
+        .where(documents.c.id == document_id, documents.c.published_at == claimed_at)
+        .values(
+            reconciled_count=documents.c.reconciled_count - 1,
+            published_at=published_at,
+        )
+    )
 
 
 def reconciled(connection: Connection) -> int:

@@ -99,6 +99,28 @@ def sweep_unpublished(store: Store, publish: Callable[[Document], None], now: da
     return published
 
 
+def reconcile_lost(store: Store, publish: Callable[[Document], None], before: datetime) -> int:
+    """Publish again the task of each document whose confirmed message was lost (`documents.lost`
+    before `before`), each claimed first: reconciliations running at once publish each document
+    once, and count it. A publish that fails gives its claim back, uncounted, and ends the run:
+    the next reconciliation finds the document lost again."""
+    republished = 0
+    for document in store.run(documents.lost, before, RECONCILE_BATCH):
+        claimed_at = store.run(documents.claim_reconciled, document.id, before)
+        if claimed_at is None:
+            continue  # another reconciliation has it
+        try:
+            publish(document)
+        except Exception:
+            store.run(documents.release_reconciled, document.id, claimed_at, document.published_at)
+            raise
+        republished += 1
+        logger.bind(document_id=document.id, task_id=document.task_id).warning(
+            "re-published a document whose confirmed task message was lost"
+        )
+    return republished
+
+
 def register(app: Celery) -> None:
     # Maintenance is idempotent and periodic: a run that overlaps the next one is pointless.
     options: dict[str, Any] = {"bind": True, "expires": 600, "shared": False}
@@ -160,17 +182,7 @@ def register(app: Celery) -> None:
             logger.warning("reconcile marker with a bad time {!r}; ignored", sent_at)
             return 0
         before = min(marker, utcnow() - timedelta(seconds=settings.reconcile_after))
-        republished = 0
-        for document in store.run(documents.lost, before, RECONCILE_BATCH):
-            # Claimed first: reconciliations running at once publish each document once.
-            if not store.run(documents.claim_reconciled, document.id, before):
-                continue
-            _send_document_task(self.app, document)
-            republished += 1
-            logger.bind(document_id=document.id, task_id=document.task_id).warning(
-                "re-published a document whose confirmed task message was lost"
-            )
-        return republished
+        return reconcile_lost(store, functools.partial(_send_document_task, self.app), before)
 
     @app.task(name=PUBLISH_UNPUBLISHED, **options)
     @_skipped_while_the_store_is_down

@@ -16,10 +16,11 @@ from sqlalchemy import update
 
 from service.errors import BrokerUnavailable
 from service.intake import Intake, Receipt, Upload
-from service.store import documents, schema
+from service.store import documents, schema, task_runs
 from service.store.database import AsyncStore, Store
 from service.store.documents import Document
-from service.worker.maintenance import sweep_unpublished
+from service.task_contract import PROCESS_DOCUMENT
+from service.worker.maintenance import reconcile_lost, sweep_unpublished
 from tests.store.test_documents_and_search import add_document
 from tests.support import RecordingPublisher, eventually
 
@@ -165,6 +166,39 @@ def test_of_reconciliations_at_once_one_claims_a_lost_document(store: Store) -> 
     )
     before = now - timedelta(minutes=1)  # both reconciliations found it lost before this
 
-    assert store.run(documents.claim_reconciled, document_id, before) is True
-    assert store.run(documents.claim_reconciled, document_id, before) is False
+    assert store.run(documents.claim_reconciled, document_id, before) is not None
+    assert store.run(documents.claim_reconciled, document_id, before) is None
     assert store.run(documents.reconciled) == 1
+
+
+def test_a_reconciliation_whose_publish_failed_is_not_counted_and_is_found_lost_again(
+    store: Store,
+) -> None:
+    """Before, the claim counted the document re-published whether or not the publish went
+    through: /metrics' docproc_reconciled_documents grew at each failed attempt."""
+    document_id = add_document(store, b"confirmed, then lost", "lost.txt")
+    task_id = store.run(documents.get, document_id).task_id  # type: ignore[union-attr]
+    store.run(task_runs.record_pending, task_id, PROCESS_DOCUMENT, document_id=document_id)
+    now = datetime.now(UTC)
+    store.run(
+        lambda c: c.execute(
+            update(schema.documents)
+            .where(schema.documents.c.id == document_id)
+            .values(published_at=now - timedelta(hours=1))
+        )
+    )
+    before = now - timedelta(minutes=1)
+
+    def refused(_: Document) -> None:
+        raise BrokerUnavailable("RabbitMQ did not confirm")
+
+    with pytest.raises(BrokerUnavailable):
+        reconcile_lost(store, refused, before)
+
+    assert store.run(documents.reconciled) == 0
+    assert [d.id for d in store.run(documents.lost, before, 10)] == [document_id]
+    published: list[str] = []
+    assert reconcile_lost(store, lambda d: published.append(d.id), before) == 1
+    assert published == [document_id]
+    assert store.run(documents.reconciled) == 1
+    assert store.run(documents.lost, before, 10) == [], "claimed: not lost again at once"
