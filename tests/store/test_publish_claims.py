@@ -154,28 +154,9 @@ async def test_the_relay_publishes_what_it_accepted_and_the_sweeper_leaves_it(
     assert swept == [], "the relay published it: the sweeper does not"
 
 
-def test_of_reconciliations_at_once_one_claims_a_lost_document(store: Store) -> None:
-    document_id = add_document(store, b"confirmed, then lost", "lost.txt")
-    now = datetime.now(UTC)
-    store.run(
-        lambda c: c.execute(
-            update(schema.documents)
-            .where(schema.documents.c.id == document_id)
-            .values(published_at=now - timedelta(hours=1))
-        )
-    )
-    before = now - timedelta(minutes=1)  # both reconciliations found it lost before this
-
-    assert store.run(documents.claim_reconciled, document_id, before) is not None
-    assert store.run(documents.claim_reconciled, document_id, before) is None
-    assert store.run(documents.reconciled) == 1
-
-
-def test_a_reconciliation_whose_publish_failed_is_not_counted_and_is_found_lost_again(
-    store: Store,
-) -> None:
-    """Before, the claim counted the document re-published whether or not the publish went
-    through: /metrics' docproc_reconciled_documents grew at each failed attempt."""
+def lost_document(store: Store) -> tuple[str, datetime]:
+    """A document whose task message was confirmed an hour ago and never started, and a time
+    before which reconciliation finds it lost."""
     document_id = add_document(store, b"confirmed, then lost", "lost.txt")
     task_id = store.run(documents.get, document_id).task_id  # type: ignore[union-attr]
     store.run(task_runs.record_pending, task_id, PROCESS_DOCUMENT, document_id=document_id)
@@ -187,7 +168,23 @@ def test_a_reconciliation_whose_publish_failed_is_not_counted_and_is_found_lost_
             .values(published_at=now - timedelta(hours=1))
         )
     )
-    before = now - timedelta(minutes=1)
+    return document_id, now - timedelta(minutes=1)
+
+
+def test_of_reconciliations_at_once_one_claims_a_lost_document(store: Store) -> None:
+    document_id, before = lost_document(store)  # both reconciliations found it lost before this
+
+    assert store.run(documents.claim_reconciled, document_id, before) is not None
+    assert store.run(documents.claim_reconciled, document_id, before) is None
+    assert store.run(documents.reconciled) == 1
+
+
+def test_a_reconciliation_whose_publish_failed_is_not_counted_and_is_found_lost_again(
+    store: Store,
+) -> None:
+    """Before, the claim counted the document re-published whether or not the publish went
+    through: /metrics' docproc_reconciled_documents grew at each failed attempt."""
+    document_id, before = lost_document(store)
 
     def refused(_: Document) -> None:
         raise BrokerUnavailable("RabbitMQ did not confirm")
