@@ -305,6 +305,11 @@ class DeadLetterQueue:
 
         return await eventually(probe, timeout, what)
 
+    async def drained(self) -> list[AbstractIncomingMessage]:
+        """Every dead letter read so far, the queue read to its end first."""
+        await self._drain()
+        return list(self.seen)
+
     async def for_task(self, task_id: str, timeout: float = 30) -> AbstractIncomingMessage:
         return await self.wait_for(
             lambda m: (m.headers or {}).get("id") == task_id, timeout, f"task {task_id} to die"

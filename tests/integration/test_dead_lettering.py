@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -50,6 +51,33 @@ async def test_an_expired_message_is_dead_lettered_not_acked_away(
     assert first_death(dead)["reason"] == "rejected"
     assert first_death(dead)["queue"] == DOCUMENT_QUEUE
     assert await reports.events(result.id) == [], "it did not run"
+    assert worker.alive()
+
+
+async def test_an_expired_task_an_operator_revoked_stays_revoked_not_dead_lettered(
+    worker: Process, client: DocprocCelery, reports: Reports, dead_letters: DeadLetterQueue
+) -> None:
+    """Celery marks an expired message revoked by id before it says it expired. A task that was
+    revoked by someone, whose message then expired too, is acked as revoking asks — not
+    dead-lettered for an operator to re-publish."""
+    task_id = str(uuid.uuid4())
+    replies = await asyncio.to_thread(client.control.revoke, task_id, reply=True, timeout=10)
+    assert replies, "the worker took the revoke"
+    client.send_task(
+        canary.SUCCEED,
+        task_id=task_id,
+        kwargs={"report_to": reports.name},
+        expires=datetime.now(UTC) - timedelta(seconds=1),
+    )
+    behind = client.send_task(canary.SUCCEED, kwargs={"report_to": reports.name})
+
+    await reports.wait_for(
+        lambda r: r["task_id"] == behind.id and r["event"] == "succeeded",
+        what="the task behind it to run",
+    )
+
+    assert not [m for m in await dead_letters.drained() if (m.headers or {}).get("id") == task_id]
+    assert await reports.events(task_id) == [], "it did not run"
     assert worker.alive()
 
 
