@@ -1,11 +1,12 @@
 """Publishing from async code: Celery protocol-2 task messages and re-published dead letters.
 
-One long-lived connection and one channel with publisher confirms: a publish returns only when
-RabbitMQ has taken responsibility for the message, or raises — BrokerUnavailable when it is not
-connected or does not confirm, Unroutable when it returns the message. The connection is kept up
-in the background (a process starts, and says it is not ready, while the broker is away), and a
-callback hears each (re)connection: what could not be published meanwhile goes out then.
-Nothing is replayed here; callers decide.
+One long-lived connection and a channel with publisher confirms (made anew when RabbitMQ nacks on
+it: `Publisher._replace`): a publish returns only when RabbitMQ has taken responsibility for the
+message, or raises — BrokerUnavailable when it is not connected or does not confirm, NotSent when
+it certainly did not go out (not connected, or nacked), Unroutable when it returns the message.
+The connection is kept up in the background (a process starts, and says it is not ready, while
+the broker is away), and a callback hears each (re)connection: what could not be published
+meanwhile goes out then. Nothing is replayed here; callers decide.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -137,6 +139,8 @@ class Publisher:
         self._lost = asyncio.Event()
         """Set when the connection, or the channel in use, closes (`_keep_connected`)."""
         self._replacing = asyncio.Lock()
+        self._channel_since = 0.0
+        """When the channel in use was opened (monotonic)."""
         self._retiring: set[asyncio.Task[None]] = set()
 
     @property
@@ -168,6 +172,7 @@ class Publisher:
         lost = self._lost = asyncio.Event()
         connection.close_callbacks.add(lambda *_: lost.set())
         self._connection, self._channel, self._exchange = connection, channel, exchange
+        self._channel_since = time.monotonic()
         if self.on_connect is not None:
             self.on_connect()
 
@@ -185,16 +190,32 @@ class Publisher:
         """A channel RabbitMQ nacked on is replaced by a new one on the same connection, and
         closed once the confirms in flight on it have come or timed out. A quorum queue of
         RabbitMQ 3.10 at its max-length refuses a channel, and goes on refusing it after the
-        limit is lifted (rabbitmq-server#12206): a new channel publishes."""
+        limit is lifted (rabbitmq-server#12206): a new channel publishes. At most one a publish
+        timeout: uploads nacked one after another by a full queue do not pile channels up."""
         async with self._replacing:
             connection = self._connection
-            if refused is not self._channel or connection is None or connection.is_closed:
-                return  # replaced already, or the connection is being made again
+            if (
+                self._stop.is_set()
+                or refused is not self._channel
+                or connection is None
+                or connection.is_closed
+                or time.monotonic() - self._channel_since < self.timeout
+            ):
+                return  # replaced already or lately, or the connection is going
             try:
-                self._channel, self._exchange = await self._new_channel(connection)
+                # A blocked broker answers no Channel.Open: the nacked publish must not wait.
+                async with asyncio.timeout(self.timeout):
+                    channel, exchange = await self._new_channel(connection)
             except BROKER_ERRORS as exc:
                 logger.warning("could not open a channel in place of a refused one: {!r}", exc)
                 return
+            if self._connection is not connection or self._channel is not refused:
+                # The connection was made again meanwhile: its own channel stays.
+                with contextlib.suppress(*BROKER_ERRORS):
+                    await channel.close()
+                return
+            self._channel, self._exchange = channel, exchange
+            self._channel_since = time.monotonic()
         retiring = asyncio.create_task(self._retire(refused), name="publisher-retire-channel")
         self._retiring.add(retiring)
         retiring.add_done_callback(self._retiring.discard)
@@ -269,7 +290,9 @@ class Publisher:
 
     async def close(self) -> None:
         self._stop.set()
+        # Their channels close with the connection; a close of their own could wait a heartbeat.
         for retiring in list(self._retiring):
+            retiring.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retiring
         if self._keeping is not None:

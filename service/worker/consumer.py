@@ -181,7 +181,10 @@ def _dropped_on_failure(producer: Any) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        producer.connection.collect()
+        try:
+            producer.connection.collect()
+        except Exception as exc:  # the failure that brought us here is the one to raise
+            logger.warning("could not drop the hand-back's connection: {!r}", exc)
         raise
 
 

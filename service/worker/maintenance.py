@@ -112,7 +112,12 @@ def reconcile_lost(store: Store, publish: Callable[[Document], None], before: da
         try:
             publish(document)
         except Exception:
-            store.run(documents.release_reconciled, document.id, claimed_at, document.published_at)
+            try:
+                store.run(
+                    documents.release_reconciled, document.id, claimed_at, document.published_at
+                )
+            except DatabaseError as exc:  # counted, and found lost again after reconcile_after
+                logger.warning("could not give back a reconciliation's claim: {}", exc)
             raise
         republished += 1
         logger.bind(document_id=document.id, task_id=document.task_id).warning(

@@ -60,11 +60,21 @@ def memory_alarm(rabbitmq: RabbitMQ) -> Iterator[Callable[[], None]]:
         rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().")
     )
 
+    def alarm(wanted: bool) -> None:
+        """Wait until the node's memory alarm is `wanted` (set or cleared): RabbitMQ raises and
+        clears it a moment after the watermark changes, and tells connections after that."""
+        deadline = time.monotonic() + 30
+        while ("memory" in rabbitmqctl("eval", "rabbit_alarm:get_alarms().")) != wanted:
+            assert time.monotonic() < deadline, f"the memory alarm never became {wanted}"
+            time.sleep(0.1)  # polling the node, with a deadline
+
     def clear() -> None:
         rabbitmqctl("set_vm_memory_high_watermark", *found)
+        alarm(False)
 
     rabbitmqctl("set_vm_memory_high_watermark", "0")
     try:
+        alarm(True)
         yield clear
     finally:
         clear()

@@ -78,6 +78,7 @@ async def test_an_expired_task_an_operator_revoked_stays_revoked_not_dead_letter
 
     assert not [m for m in await dead_letters.drained() if (m.headers or {}).get("id") == task_id]
     assert await reports.events(task_id) == [], "it did not run"
+    assert f"Discarding revoked task: {canary.SUCCEED}[{task_id}]" in worker.output()
     assert worker.alive()
 
 
