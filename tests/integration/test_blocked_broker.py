@@ -194,12 +194,15 @@ async def test_a_task_due_later_met_while_rabbitmq_is_blocked_is_held_and_the_wo
         await holder.set_qos(prefetch_count=2)
         queue = await holder.get_queue(DOCUMENT_QUEUE, ensure=False)
         held: list[AbstractIncomingMessage] = []
+        both_held = asyncio.Event()
 
         async def hold(message: AbstractIncomingMessage) -> None:
             held.append(message)
+            if len(held) == 2:
+                both_held.set()
 
         await queue.consume(hold)
-        await eventually(lambda: asyncio.sleep(0, True if len(held) == 2 else None), 10, "both")
+        await asyncio.wait_for(both_held.wait(), 10)
         worker = await start_worker(vhost, tmp_path / "worker.log")
         ahead = (due - datetime.now(UTC)).total_seconds()
         assert ahead > HOLD_LIMIT + 10, (
