@@ -127,7 +127,13 @@ def create_celery(settings: Settings | None = None) -> DocprocCelery:
     """
     register_serializer()
     frames.install()
-    app = DocprocCelery("docproc", task_cls=DocprocTask, set_as_current=False)
+    app = DocprocCelery(
+        "docproc",
+        task_cls=DocprocTask,
+        # Task events dropped while RabbitMQ blocks their connection: service.worker.events.
+        events="service.worker.events:Events",
+        set_as_current=False,
+    )
 
     def configure(settings: Settings) -> None:
         app._docproc_settings = settings

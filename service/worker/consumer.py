@@ -16,7 +16,8 @@
 - Task events (Flower's) are sent without publisher confirms. The app's confirms are for the
   worker's own task publishes (a retry is confirmed before its original is acked); applied to
   events, the main process waited for the broker's confirm of three events a task, between
-  handing out tasks and acking them, and the pool processes idled.
+  handing out tasks and acking them, and the pool processes idled. While RabbitMQ blocks their
+  connection (a memory or disk alarm) they are dropped: service.worker.events.
 Log lines name the message (task, id, content type, size), never its body.
 """
 
@@ -37,6 +38,7 @@ from loguru import logger
 from service.task_contract import DEATH_HEADERS
 from service.task_protocol import problem
 from service.topology import DELAY_LEVELS, WORK_QUEUES, delay_level_name
+from service.worker import events
 
 HOLD_LIMIT = 5.0
 """Seconds ahead an `eta` may be for the worker to hold its message until then, as Celery does: a
@@ -163,11 +165,16 @@ class DeadLetteringConsumer(Consumer):
         """The connection of the event dispatcher, the only one Celery's consumer asks for here.
 
         An event is a monitoring record, sent best-effort like Celery's own (it is dropped when
-        the connection is down); a lost one misleads Flower for a moment, never loses work.
+        the connection is down, or blocked: service.worker.events); a lost one misleads Flower
+        for a moment, never loses work.
         """
         return self.ensure_connected(
-            self.app.connection_for_write(
-                url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}
+            events.gated(
+                lambda callbacks: self.app.connection_for_write(
+                    url=url,
+                    heartbeat=heartbeat,
+                    transport_options={"confirm_publish": False, **callbacks},
+                )
             )
         )
 

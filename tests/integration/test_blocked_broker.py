@@ -227,3 +227,77 @@ async def test_a_task_due_later_met_while_rabbitmq_is_blocked_is_held_and_the_wo
         store.close()
     assert ran.started_at is not None
     assert ran.started_at >= due - timedelta(seconds=1)  # Celery's timer, to the second
+
+
+BACKLOG = 5000
+"""Tasks queued before the alarm: with Celery's task events the worker's events connection filled
+its socket's buffers after some 800 to 1,200 of them (three small events each), during the alarm."""
+
+
+async def test_a_worker_works_through_its_backlog_while_rabbitmq_is_blocked(
+    vhost: Vhost, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Task events on (the default): while RabbitMQ blocks the events' connection the worker drops
+    them and goes on; when the alarm clears they flow again. Before, the kernel dropped the full
+    connection (py-amqp's TCP_USER_TIMEOUT), Celery restarted its consumer for it, and the restart
+    waited for the alarm to clear."""
+    store = Store(vhost.settings().resolved_database_url)
+    connection = await vhost.connect()
+    worker: Process | None = None
+
+    def succeeded() -> int:
+        count = store.run(
+            lambda c: c.execute(text("SELECT count(*) FROM task_runs WHERE state = 'SUCCESS'"))
+        )
+        return int(count.scalar_one())
+
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+        for start in range(0, BACKLOG, 250):
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        task_message(canary.SUCCEED, str(uuid.uuid4()), kwargs={}),
+                        routing_key=DOCUMENT_QUEUE,
+                    )
+                    for _ in range(start, min(start + 250, BACKLOG))
+                )
+            )
+        worker = await start_worker(vhost, tmp_path / "worker.log", CELERY_TASK_EVENTS="true")
+        events = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await events.bind("celeryev", routing_key="task.#")
+        clear_alarm = request.getfixturevalue("memory_alarm")
+        before = await asyncio.to_thread(succeeded)
+        assert BACKLOG - before > 2500, f"{before} ran before the alarm: too few left to show it"
+
+        async def all_ran() -> bool | None:
+            return True if await asyncio.to_thread(succeeded) == BACKLOG else None
+
+        await eventually(all_ran, 120, "the whole backlog to run while RabbitMQ blocks")
+        assert "events are dropped until it unblocks; the work goes on" in worker.output()
+        clear_alarm()
+
+        await eventually(
+            lambda: asyncio.to_thread(lambda: "RabbitMQ unblocked" in worker.output() or None),
+            30,
+            "the worker to hear that RabbitMQ unblocked its events' connection",
+        )
+        await events.purge()
+        after = str(uuid.uuid4())
+        await exchange.publish(
+            task_message(canary.SUCCEED, after, kwargs={}), routing_key=DOCUMENT_QUEUE
+        )
+
+        async def event_of_after() -> bool | None:
+            while (message := await events.get(fail=False, no_ack=True)) is not None:
+                if after.encode() in message.body and b"task-succeeded" in message.body:
+                    return True
+            return None
+
+        await eventually(event_of_after, 30, "the next task's events to flow again")
+    finally:
+        if worker is not None:
+            worker.stop()
+        await connection.close()
+        store.close()
