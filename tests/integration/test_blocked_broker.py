@@ -301,3 +301,36 @@ async def test_a_worker_works_through_its_backlog_while_rabbitmq_is_blocked(
             worker.stop()
         await connection.close()
         store.close()
+
+
+async def test_a_worker_started_while_rabbitmq_is_blocked_runs_what_is_queued(
+    vhost: Vhost, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A worker's consumer sends a hello to the other workers as it starts (Celery's Mingle), and
+    Celery waited for RabbitMQ's confirm of it, which a blocked broker does not send: a worker
+    started — or reconnected — during an alarm did nothing until the alarm cleared. The hello now
+    goes without a confirm (service.worker.control): the worker finds itself alone and starts."""
+    store = Store(vhost.settings().resolved_database_url)
+    connection = await vhost.connect()
+    worker: Process | None = None
+    queued = [str(uuid.uuid4()) for _ in range(20)]
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+        for task_id in queued:
+            message = task_message(canary.SUCCEED, task_id, kwargs={})
+            await exchange.publish(message, routing_key=DOCUMENT_QUEUE)
+        clear_alarm = request.getfixturevalue("memory_alarm")
+        worker = await start_worker(vhost, tmp_path / "worker.log")
+
+        async def all_ran() -> bool | None:
+            runs = [await asyncio.to_thread(store.run, task_runs.get, t) for t in queued]
+            return True if all(r is not None and r.state == "SUCCESS" for r in runs) else None
+
+        await eventually(all_ran, 60, "what was queued to run while RabbitMQ blocks")
+        clear_alarm()
+    finally:
+        if worker is not None:
+            worker.stop()
+        await connection.close()
+        store.close()
