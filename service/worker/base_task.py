@@ -11,15 +11,19 @@ Three kinds of retry, all through `retry_queue` and the broker's delay, never in
   once, without running the work again.
 
 Every retry carries its last failure in its headers, so a message dead-lettered while the store
-was down still says why it died.
+was down still says why it died. A retry that cannot be published (the broker refusing a pool
+process's connection) sends its message back to its queue after the retry's pause, at most
+UNPUBLISHED_RETRY_PAUSE, instead of Celery's rejection without requeue — which dead-lettered a
+transient failure as `rejected`, its run FAILURE; the queue's delivery limit bounds how often.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 from loguru import logger
 
 from service.errors import (
@@ -52,6 +56,9 @@ MESSAGE_LIMIT = 2000
 """Characters of an error message carried in headers."""
 STORE_WAIT_MAX = 300.0
 """The longest pause between two looks at an unavailable store."""
+UNPUBLISHED_RETRY_PAUSE = 5.0
+"""The longest a pool process waits before it sends back to its queue a message whose retry it
+could not publish: each return spends one of the queue's deliveries (DOCPROC_DELIVERY_LIMIT)."""
 
 
 def budget_retries(request: Any) -> int:
@@ -162,12 +169,10 @@ class DocprocTask(Task):  # type: ignore[type-arg]
         headers = self._headers(exc, **{STORE_WAITS_HEADER: waits})
         if pending:
             headers[PENDING_FAILURE_HEADER] = True
-        return self.retry(
-            exc=exc,
-            countdown=delay,
+        return self._retry(
+            exc,
+            delay,
             max_retries=self.request.retries + 1,  # not counted: never exhausted
-            queue=RETRY_QUEUE,
-            throw=False,
             headers=headers,
         )
 
@@ -190,11 +195,23 @@ class DocprocTask(Task):  # type: ignore[type-arg]
                 logger.warning("cannot record the retry: {}", unrecorded)
         else:
             self._settle(exc)
-        return self.retry(
-            exc=exc,
-            countdown=delay,
-            max_retries=settings.max_retries + waits,
-            queue=RETRY_QUEUE,
-            throw=False,
-            headers=self._headers(exc),
+        return self._retry(
+            exc, delay, max_retries=settings.max_retries + waits, headers=self._headers(exc)
         )
+
+    def _retry(self, exc: Exception, delay: float, **options: Any) -> Retry:
+        """Celery's retry through `retry_queue` after `delay`; when it cannot be published, the
+        message goes back to its queue instead of being rejected."""
+        try:
+            return self.retry(exc=exc, countdown=delay, queue=RETRY_QUEUE, throw=False, **options)
+        except Reject as unpublished:  # Celery's answer to a retry it could not publish
+            reason = unpublished.args[0]  # the publish's error (Reject(reason, requeue))
+            pause = min(delay, UNPUBLISHED_RETRY_PAUSE)
+            logger.warning(
+                "cannot publish the task's retry ({}); its message goes back to its queue in "
+                "{:g} s",
+                reason,
+                pause,
+            )
+            time.sleep(pause)
+            raise Reject(reason, requeue=True) from exc
