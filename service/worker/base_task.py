@@ -11,19 +11,21 @@ Three kinds of retry, all through `retry_queue` and the broker's delay, never in
   once, without running the work again.
 
 Every retry carries its last failure in its headers, so a message dead-lettered while the store
-was down still says why it died. A retry that cannot be published (the broker refusing a pool
-process's connection) sends its message back to its queue after the retry's pause, at most
-UNPUBLISHED_RETRY_PAUSE, instead of Celery's rejection without requeue — which dead-lettered a
-transient failure as `rejected`, its run FAILURE; the queue's delivery limit bounds how often.
+was down still says why it died. A retry that cannot be published because RabbitMQ cannot be
+reached (it refuses the pool process's connection, or drops it) sends its message back to its
+queue after the retry's pause, at most UNPUBLISHED_RETRY_PAUSE, instead of Celery's rejection
+without requeue — which dead-lettered a transient failure as `rejected`, its run FAILURE; the
+queue's delivery limit bounds how often.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from loguru import logger
 
 from service.errors import (
@@ -200,12 +202,16 @@ class DocprocTask(Task):  # type: ignore[type-arg]
         )
 
     def _retry(self, exc: Exception, delay: float, **options: Any) -> Retry:
-        """Celery's retry through `retry_queue` after `delay`; when it cannot be published, the
-        message goes back to its queue instead of being rejected."""
+        """Celery's retry through `retry_queue` after `delay`; when RabbitMQ cannot be reached to
+        publish it, the message goes back to its queue instead of being rejected."""
         try:
             return self.retry(exc=exc, countdown=delay, queue=RETRY_QUEUE, throw=False, **options)
-        except Reject as unpublished:  # Celery's answer to a retry it could not publish
-            reason = unpublished.args[0]  # the publish's error (Reject(reason, requeue))
+        except Reject as unpublished:  # Celery's answer to any failure to publish the retry
+            reason = unpublished.args[0]  # Reject(reason, requeue)
+            if not isinstance(reason, Exception) or not isinstance(
+                reason, self.app.connection_for_write().connection_errors
+            ):
+                raise  # not the broker away: an error a second delivery would meet again
             pause = min(delay, UNPUBLISHED_RETRY_PAUSE)
             logger.warning(
                 "cannot publish the task's retry ({}); its message goes back to its queue in "
@@ -213,5 +219,6 @@ class DocprocTask(Task):  # type: ignore[type-arg]
                 reason,
                 pause,
             )
-            time.sleep(pause)
+            with contextlib.suppress(SoftTimeLimitExceeded):  # the pause, cut short: as well
+                time.sleep(pause)
             raise Reject(reason, requeue=True) from exc

@@ -38,7 +38,7 @@ from loguru import logger
 from service.task_contract import DEATH_HEADERS
 from service.task_protocol import problem
 from service.topology import DELAY_LEVELS, WORK_QUEUES, delay_level_name
-from service.worker import events
+from service.worker import control, events
 
 HOLD_LIMIT = 5.0
 """Seconds ahead an `eta` may be for the worker to hold its message until then, as Celery does: a
@@ -64,6 +64,35 @@ def _described(message: Message) -> Any:
 
 class DeadLetteringConsumer(Consumer):
     """Dead-letters what cannot become a task request; never dies of a message."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # This process is a worker: its hello and replies never wait for a confirm.
+        if isinstance(self.app.control, control.Control):
+            self.app.control.publish_unconfirmed()
+
+    def on_close(self) -> None:
+        self._drop_blocked_events()  # before Celery's restart closes it
+        super().on_close()
+
+    def shutdown(self) -> None:
+        self._drop_blocked_events()
+        super().shutdown()
+
+    def _drop_blocked_events(self) -> None:
+        """The events connection, dropped without its closing handshake while RabbitMQ blocks it:
+        Celery closes it when the consumer restarts and when the worker stops, and a blocked
+        broker reads no close — the worker would wait for the alarm to clear."""
+        dispatcher = getattr(self, "event_dispatcher", None)  # set by Celery's Events step
+        connection = getattr(dispatcher, "connection", None)
+        gate = events.gate_of(connection)
+        if connection is None or gate is None or gate.blocked is None:
+            return
+        logger.info("dropping the task events' connection, which RabbitMQ blocks")
+        try:
+            connection.collect()
+        except Exception as exc:  # Celery's close comes next, and ignores its errors
+            logger.warning("could not drop the task events' connection: {!r}", exc)
 
     def _reject(self, message: Message) -> None:
         errors = self.connection_errors  # type: ignore[attr-defined]  # missing from the stub

@@ -9,9 +9,12 @@ confirmed broadcast (Mingle's hello) until the alarm cleared: the worker stopped
 its backlog — when only the workers can bring one down.
 
 Here the events connection is gated: from `connection.blocked` until `connection.unblocked` an
-event is dropped (and counted, and logged when the gate opens) instead of written. An event is a
-monitoring record, sent best-effort; the work goes on. (The restart's wait is gone too: see
-service.worker.control.)
+event is dropped (and counted, and logged when the gate opens) instead of written — task events
+and the worker's own (its heartbeats: Flower shows it offline meanwhile). An event is a monitoring
+record, sent best-effort; the work goes on. Celery reads this connection only with heartbeats on
+(`broker_heartbeat`, 120 s by default); without them no `connection.blocked` would be read. The
+restart's wait is gone too (service.worker.control), and the worker drops this connection rather
+than close it while it is blocked (service.worker.consumer).
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -276,6 +278,7 @@ async def test_a_worker_works_through_its_backlog_while_rabbitmq_is_blocked(
 
         await eventually(all_ran, 120, "the whole backlog to run while RabbitMQ blocks")
         assert "events are dropped until it unblocks; the work goes on" in worker.output()
+        assert "Connection to broker lost" not in worker.output(), "the consumer restarted"
         clear_alarm()
 
         await eventually(
@@ -303,6 +306,31 @@ async def test_a_worker_works_through_its_backlog_while_rabbitmq_is_blocked(
         store.close()
 
 
+async def queue_tasks(vhost: Vhost, task: str, count: int, **kwargs: Any) -> list[str]:
+    """`count` tasks published to document_processing, each confirmed; their ids."""
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    connection = await vhost.connect()
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+        for task_id in ids:
+            message = task_message(task, task_id, kwargs=kwargs)
+            await exchange.publish(message, routing_key=DOCUMENT_QUEUE)
+    finally:
+        await connection.close()
+    return ids
+
+
+def all_succeeded(store: Store, ids: list[str]) -> Callable[[], Awaitable[bool | None]]:
+    """A probe for `eventually`: True once every task of `ids` has succeeded."""
+
+    async def probe() -> bool | None:
+        runs = [await asyncio.to_thread(store.run, task_runs.get, task_id) for task_id in ids]
+        return True if all(r is not None and r.state == "SUCCESS" for r in runs) else None
+
+    return probe
+
+
 async def test_a_worker_started_while_rabbitmq_is_blocked_runs_what_is_queued(
     vhost: Vhost, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -311,26 +339,69 @@ async def test_a_worker_started_while_rabbitmq_is_blocked_runs_what_is_queued(
     started — or reconnected — during an alarm did nothing until the alarm cleared. The hello now
     goes without a confirm (service.worker.control): the worker finds itself alone and starts."""
     store = Store(vhost.settings().resolved_database_url)
-    connection = await vhost.connect()
     worker: Process | None = None
-    queued = [str(uuid.uuid4()) for _ in range(20)]
     try:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(EXCHANGE, ensure=False)
-        for task_id in queued:
-            message = task_message(canary.SUCCEED, task_id, kwargs={})
-            await exchange.publish(message, routing_key=DOCUMENT_QUEUE)
+        queued = await queue_tasks(vhost, canary.SUCCEED, 20)
         clear_alarm = request.getfixturevalue("memory_alarm")
         worker = await start_worker(vhost, tmp_path / "worker.log")
-
-        async def all_ran() -> bool | None:
-            runs = [await asyncio.to_thread(store.run, task_runs.get, t) for t in queued]
-            return True if all(r is not None and r.state == "SUCCESS" for r in runs) else None
-
-        await eventually(all_ran, 60, "what was queued to run while RabbitMQ blocks")
+        await eventually(
+            all_succeeded(store, queued), 60, "what was queued to run while RabbitMQ blocks"
+        )
         clear_alarm()
     finally:
         if worker is not None:
             worker.stop()
-        await connection.close()
+        store.close()
+
+
+async def test_a_worker_losing_its_connection_while_rabbitmq_is_blocked_goes_on_and_stops(
+    vhost: Vhost, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Celery restarts its consumer when the connection is lost, and closes the events connection
+    first — with a handshake a blocked broker does not answer; the worker's stop closes it the
+    same way. That connection is now dropped while blocked: the restarted consumer works through
+    the rest during the alarm, and SIGTERM ends the worker at once."""
+    store = Store(vhost.settings().resolved_database_url)
+    worker: Process | None = None
+    try:
+        # Some 6 s of work for the worker's two pool processes.
+        queued = await queue_tasks(vhost, canary.SLEEP, 60, seconds=0.2)
+        worker = await start_worker(vhost, tmp_path / "worker.log", CELERY_TASK_EVENTS="true")
+        clear_alarm = request.getfixturevalue("memory_alarm")
+        await eventually(
+            lambda: asyncio.to_thread(lambda: "events are dropped" in worker.output() or None),
+            30,
+            "RabbitMQ to block the worker's events connection",
+        )
+        async with vhost.management() as management:
+
+            async def consuming_connection() -> str | None:
+                path = f"/api/consumers/{quote(vhost.name, safe='')}"
+                found = (await management._request("GET", path)).json()
+                names = {
+                    item["channel_details"]["connection_name"]
+                    for item in found
+                    if item["queue"]["name"] == DOCUMENT_QUEUE and item.get("channel_details")
+                }
+                return names.pop() if len(names) == 1 else None
+
+            name = await eventually(consuming_connection, 30, "the worker's consumer connection")
+            closed = await management._request("DELETE", f"/api/connections/{quote(name)}")
+            assert closed.status_code in (200, 204), closed.text
+
+        await eventually(
+            all_succeeded(store, queued),
+            60,
+            "the rest to run after the reconnect, RabbitMQ blocking",
+        )
+        assert "Connection to broker lost" in worker.output(), "the consumer restarted"
+        stopping = time.monotonic()
+        assert worker.stop() == 0, worker.tail()  # SIGTERM; SIGKILL after 20 s
+        took = time.monotonic() - stopping
+        assert took < 15, f"the worker took {took:.0f} s to stop while RabbitMQ blocks"
+        worker = None
+        clear_alarm()
+    finally:
+        if worker is not None:
+            worker.stop()
         store.close()
