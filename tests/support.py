@@ -30,6 +30,8 @@ from service.api.server import GuardedHttpToolsProtocol
 from service.broker.declarer import consumer_counts
 from service.broker.management import Management
 from service.settings import Settings
+from service.store import task_runs
+from service.store.database import Store
 from service.store.migrations import upgrade
 from service.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
 
@@ -204,6 +206,15 @@ class Process:
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.output().splitlines()[-lines:])
 
+    async def said(self, text: str, timeout: float, what: str, interval: float = 0.25) -> None:
+        """Wait until the process's log has `text` (read off the event loop)."""
+        await eventually(
+            lambda: asyncio.to_thread(lambda: True if text in self.output() else None),
+            timeout,
+            what,
+            interval=interval,
+        )
+
     def alive(self) -> bool:
         return self.popen.poll() is None
 
@@ -224,6 +235,16 @@ class Process:
                 self.popen.wait(timeout)
         self._log_file.close()
         return self.popen.returncode
+
+
+def all_succeeded(store: Store, task_ids: list[str]) -> Callable[[], Awaitable[bool | None]]:
+    """A probe for `eventually`: True once every task of `task_ids` has succeeded."""
+
+    async def probe() -> bool | None:
+        runs = [await asyncio.to_thread(store.run, task_runs.get, t) for t in task_ids]
+        return True if all(r is not None and r.state == "SUCCESS" for r in runs) else None
+
+    return probe
 
 
 async def start_worker(vhost: Vhost, log: Path, **env: str) -> Process:

@@ -132,7 +132,7 @@ def create_celery(settings: Settings | None = None) -> DocprocCelery:
         task_cls=DocprocTask,
         # Task events dropped while RabbitMQ blocks their connection: service.worker.events.
         events="service.worker.events:Events",
-        # Remote control (Mingle's hello, replies to Flower) without confirms: worker.control.
+        # A worker's remote control (Mingle's hello, replies) without confirms: worker.control.
         control="service.worker.control:Control",
         set_as_current=False,
     )

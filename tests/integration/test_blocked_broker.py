@@ -8,7 +8,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from tests.support import (
     Process,
     RabbitMQ,
     Vhost,
+    all_succeeded,
     eventually,
     rabbitmqctl_on,
     start_api,
@@ -147,11 +148,9 @@ async def test_a_blocked_broker_loses_nothing_and_processes_nothing_twice(
             finally:
                 client.close()
 
-            async def all_done() -> bool | None:
-                runs = [store.run(task_runs.get, task_id) for task_id in accepted]
-                return True if all(r is not None and r.state == "SUCCESS" for r in runs) else None
-
-            await eventually(all_done, 60, "every accepted document to be processed")
+            await eventually(
+                all_succeeded(store, accepted), 60, "every accepted document to be processed"
+            )
             # From the store: one outcome each (a second commit would be refused), its chunks
             # stored once.
             rows = store.run(
@@ -281,10 +280,8 @@ async def test_a_worker_works_through_its_backlog_while_rabbitmq_is_blocked(
         assert "Connection to broker lost" not in worker.output(), "the consumer restarted"
         clear_alarm()
 
-        await eventually(
-            lambda: asyncio.to_thread(lambda: "RabbitMQ unblocked" in worker.output() or None),
-            30,
-            "the worker to hear that RabbitMQ unblocked its events' connection",
+        await worker.said(
+            "RabbitMQ unblocked", 30, "the worker to hear that RabbitMQ unblocked its events"
         )
         await events.purge()
         after = str(uuid.uuid4())
@@ -319,16 +316,6 @@ async def queue_tasks(vhost: Vhost, task: str, count: int, **kwargs: Any) -> lis
     finally:
         await connection.close()
     return ids
-
-
-def all_succeeded(store: Store, ids: list[str]) -> Callable[[], Awaitable[bool | None]]:
-    """A probe for `eventually`: True once every task of `ids` has succeeded."""
-
-    async def probe() -> bool | None:
-        runs = [await asyncio.to_thread(store.run, task_runs.get, task_id) for task_id in ids]
-        return True if all(r is not None and r.state == "SUCCESS" for r in runs) else None
-
-    return probe
 
 
 async def test_a_worker_started_while_rabbitmq_is_blocked_runs_what_is_queued(
@@ -368,11 +355,7 @@ async def test_a_worker_losing_its_connection_while_rabbitmq_is_blocked_goes_on_
         queued = await queue_tasks(vhost, canary.SLEEP, 60, seconds=0.2)
         worker = await start_worker(vhost, tmp_path / "worker.log", CELERY_TASK_EVENTS="true")
         clear_alarm = request.getfixturevalue("memory_alarm")
-        await eventually(
-            lambda: asyncio.to_thread(lambda: "events are dropped" in worker.output() or None),
-            30,
-            "RabbitMQ to block the worker's events connection",
-        )
+        await worker.said("events are dropped", 30, "RabbitMQ to block the worker's events")
         async with vhost.management() as management:
 
             async def consuming_connection() -> str | None:

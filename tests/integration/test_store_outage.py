@@ -24,6 +24,7 @@ from tests.support import (
     RabbitMQ,
     ScratchDatabase,
     Vhost,
+    all_succeeded,
     create_vhost,
     delete_vhost,
     eventually,
@@ -107,11 +108,10 @@ async def test_a_store_outage_pauses_the_worker_spends_no_retries_and_loses_noth
         assert worker.alive()
         database.unblock()
 
-        async def all_succeeded() -> bool | None:
-            runs = [store.run(task_runs.get, task_id) for _, task_id in caught + queued]
-            return True if all(r is not None and r.state == "SUCCESS" for r in runs) else None
-
-        await eventually(all_succeeded, 90, "every document to be processed", interval=0.5)
+        task_ids = [task_id for _, task_id in caught + queued]
+        await eventually(
+            all_succeeded(store, task_ids), 90, "every document to be processed", interval=0.5
+        )
         assert "the store answers again" in worker.output()
         runs = [store.run(task_runs.get, task_id) for _, task_id in caught + queued]
         assert [run.retries for run in runs if run is not None] == [0] * 5, "no budget spent"

@@ -8,14 +8,12 @@ FAILURE. Now the message goes back to its queue after the retry's pause, and run
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 
 import pytest
 
 from service.broker.publisher import task_message
-from service.store import task_runs
 from service.store.database import Store
 from service.topology import DOCUMENT_QUEUE, EXCHANGE
 from service.worker import canary
@@ -24,6 +22,7 @@ from tests.support import (
     Process,
     RabbitMQ,
     Vhost,
+    all_succeeded,
     eventually,
     rabbitmqctl_on,
     start_worker,
@@ -51,10 +50,8 @@ async def test_a_retry_the_broker_refuses_for_a_moment_runs_again_and_succeeds(
             task_id = str(uuid.uuid4())
             message = task_message(canary.FLAKY, task_id, kwargs={"failures": 1})
             await exchange.publish(message, routing_key=DOCUMENT_QUEUE)
-            await eventually(
-                lambda: asyncio.to_thread(
-                    lambda: "cannot publish the task's retry" in worker.output() or None
-                ),
+            await worker.said(
+                "cannot publish the task's retry",
                 30,
                 "the worker to meet a retry it cannot publish",
                 interval=0.05,
@@ -62,11 +59,7 @@ async def test_a_retry_the_broker_refuses_for_a_moment_runs_again_and_succeeds(
         finally:
             rabbitmqctl("clear_vhost_limits", "-p", vhost.name)
 
-        async def succeeded() -> task_runs.TaskRun | None:
-            run = await asyncio.to_thread(store.run, task_runs.get, task_id)
-            return run if run is not None and run.state == "SUCCESS" else None
-
-        await eventually(succeeded, 60, "the task to run again and succeed")
+        await eventually(all_succeeded(store, [task_id]), 60, "the task to run again and succeed")
         assert await DeadLetterQueue(channel).drained() == [], "nothing dead-lettered"
         warned = [line for line in worker.output().splitlines() if "cannot publish" in line]
         assert "connection limit" in warned[0], warned  # the refusal meant, of the retry
