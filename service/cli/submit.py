@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -223,14 +223,61 @@ def _pool() -> Iterator[ThreadPoolExecutor]:
 
 STATUSES_A_READ = 100
 """Task ids in one `GET /tasks/statuses` (the API's bound)."""
+FOLLOW_PAUSE = 0.5
+"""Seconds between two rounds of status reads."""
+FIRST_WINDOW = 2 * STATUSES_A_READ
+"""Unfinished tasks a round reads at least, the oldest first."""
+
+
+class Following:
+    """Which statuses `--wait` reads in each round, while tasks are unfinished.
+
+    Tasks finish roughly in the order they were sent, so a round reads the oldest unfinished ones
+    — twice as many as finished the round before, FIRST_WINDOW at least — and one part of the
+    rest, in turn, where a task that finished out of order (another's retry held up) is seen
+    before the window reaches it. Reading every unfinished task each round cost the API a status
+    a task a round: thousands of files followed over a minute made hundreds of thousands of
+    status reads, on the CPU the API and the workers share with the command.
+    """
+
+    def __init__(self, task_ids: Iterable[str]) -> None:
+        self.unfinished: dict[str, None] = dict.fromkeys(task_ids)  # in the order sent
+        self.window = FIRST_WINDOW
+        self._turn = 0
+
+    def round(self) -> list[list[str]]:
+        """The task ids to read this round, a request's worth a list."""
+        ordered = list(self.unfinished)
+        head, rest = ordered[: self.window], ordered[self.window :]
+        parts = _parts(head)
+        if rest:
+            start = self._turn if self._turn < len(rest) else 0
+            parts.append(rest[start : start + STATUSES_A_READ])
+            self._turn = start + STATUSES_A_READ
+        return parts
+
+    def everything(self) -> list[list[str]]:
+        """Every unfinished task's id, a request's worth a list (the last round)."""
+        return _parts(list(self.unfinished))
+
+    def finished(self, task_ids: Collection[str]) -> None:
+        """These ended this round; the next round's window follows the pace."""
+        for task_id in task_ids:
+            self.unfinished.pop(task_id, None)
+        self.window = max(FIRST_WINDOW, 2 * len(task_ids))
+
+
+def _parts(task_ids: list[str]) -> list[list[str]]:
+    return [task_ids[n : n + STATUSES_A_READ] for n in range(0, len(task_ids), STATUSES_A_READ)]
 
 
 def _follow(
     api: Api, pool: ThreadPoolExecutor, accepted: dict[str, list[object]], timeout: float
 ) -> None:
-    """Read the statuses of what is not final, a hundred a request, until all are final."""
+    """Read statuses, round after round, until every task is final or the time is up; then read
+    every unfinished one once more, so that the table says where each is."""
     deadline = time.monotonic() + timeout
-    waiting = set(accepted)
+    following = Following(accepted)
 
     def read(task_ids: list[str]) -> list[tuple[str, str, str]]:
         response = api.send("GET", "/tasks/statuses", params=[("id", each) for each in task_ids])
@@ -238,23 +285,24 @@ def _follow(
             raise _Refused(response)
         return list(response.read(lambda found: _statuses(found, accepted)))
 
-    with click.progressbar(length=len(waiting), label="processing", file=sys.stderr) as bar:
-        while waiting and time.monotonic() < deadline:
-            ordered = [task_id for task_id in accepted if task_id in waiting]  # as sent
-            parts = [
-                ordered[n : n + STATUSES_A_READ] for n in range(0, len(ordered), STATUSES_A_READ)
-            ]
-            for statuses in pool.map(read, parts):
+    with click.progressbar(length=len(accepted), label="processing", file=sys.stderr) as bar:
+        while following.unfinished:
+            last = time.monotonic() >= deadline
+            ended = []
+            for statuses in pool.map(read, following.everything() if last else following.round()):
                 for task_id, state, error in statuses:
                     row = accepted[task_id]
                     row[1] = state
                     if error:
                         row[4] = error
-                    if state in FINAL:
-                        waiting.discard(task_id)
-                        bar.update(1)
-            if waiting:
-                time.sleep(0.5)
+                    if state in FINAL and task_id in following.unfinished:
+                        ended.append(task_id)
+            following.finished(ended)
+            bar.update(len(ended))
+            if last:
+                return
+            if following.unfinished:
+                time.sleep(max(0.0, min(FOLLOW_PAUSE, deadline - time.monotonic())))
 
 
 def _statuses(found: Any, accepted: dict[str, list[object]]) -> list[tuple[str, str, str]]:
