@@ -235,9 +235,9 @@ class Following:
     Tasks finish roughly in the order they were sent, so a round reads the oldest unfinished ones
     — twice as many as finished the round before, FIRST_WINDOW at least — and one part of the
     rest, in turn, where a task that finished out of order (another's retry held up) is seen
-    before the window reaches it. Reading every unfinished task each round cost the API a status
-    a task a round: thousands of files followed over a minute made hundreds of thousands of
-    status reads, on the CPU the API and the workers share with the command.
+    before the window reaches it. Reading every unfinished task each round cost the API one
+    status read a task a round: thousands of files followed over a minute made hundreds of
+    thousands of them, on the CPU the API and the workers share with the command.
     """
 
     def __init__(self, task_ids: Iterable[str]) -> None:
