@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -247,9 +247,13 @@ def all_succeeded(store: Store, task_ids: list[str]) -> Callable[[], Awaitable[b
     return probe
 
 
-async def start_worker(vhost: Vhost, log: Path, **env: str) -> Process:
-    """A worker on `vhost`, returned once it consumes all three work queues."""
-    worker = Process(docproc_command("serve", "worker"), vhost.env(**(FAST_WORKER_ENV | env)), log)
+async def start_worker(
+    vhost: Vhost, log: Path, *, prefix: Sequence[str] = (), **env: str
+) -> Process:
+    """A worker on `vhost`, returned once it consumes all three work queues; `prefix` runs it
+    (`ip netns exec NAME`, say)."""
+    command = [*prefix, *docproc_command("serve", "worker")]
+    worker = Process(command, vhost.env(**(FAST_WORKER_ENV | env)), log)
 
     async def consuming() -> bool | None:
         if not worker.alive():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,30 @@ def celery_queues(topology: Topology) -> list[kombu.Queue]:
     ]
 
 
+BROKER_TCP_USER_TIMEOUT = 30.0
+"""Seconds what a worker, beat or a Celery client sent may go unacknowledged by RabbitMQ's host
+before the kernel drops the connection (TCP_USER_TIMEOUT). py-amqp sets 1 s on every connection
+it makes: a network blip of a second or two, with an ack or an event on its way, dropped the
+worker's connection — Celery restarted its consumer and cancelled the tasks it was running, and
+RabbitMQ gave them out again. A broker that is gone is still found by the connection's
+heartbeats, or by this timeout once something waits to be sent."""
+
+
+def socket_settings() -> dict[int, int]:
+    """py-amqp's TCP options for docproc's connections: TCP_USER_TIMEOUT where there is one."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    return {} if option is None else {option: int(BROKER_TCP_USER_TIMEOUT * 1000)}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     topology = build_topology(settings)
     return {
         "broker_url": settings.broker_url,
         # The worker's own publishes (retries) are confirmed before the original is acked.
-        "broker_transport_options": {"confirm_publish": True},
+        "broker_transport_options": {
+            "confirm_publish": True,
+            "socket_settings": socket_settings(),
+        },
         "broker_connection_retry_on_startup": True,
         "broker_native_delayed_delivery_queue_type": settings.queue_type,
         "task_queues": celery_queues(topology),

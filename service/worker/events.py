@@ -2,8 +2,9 @@
 
 During a memory or disk alarm RabbitMQ stops reading every connection that publishes, and says so
 (`connection.blocked`). The worker's events connection publishes three events a task: its socket
-buffers filled after some 800 to 1,200 tasks, and py-amqp's TCP_USER_TIMEOUT (1 s) then made the
-kernel drop the connection. Celery reads that connection in its loop (for heartbeats), took the
+buffers filled after some 800 to 1,200 tasks, and py-amqp's TCP_USER_TIMEOUT (1 s; docproc's
+connections take 30 s now, which an alarm outlasts: BROKER_TCP_USER_TIMEOUT) then made the kernel
+drop the connection. Celery reads that connection in its loop (for heartbeats), took the
 drop for the loss of its own connection, and restarted the consumer, whose start waited on a
 confirmed broadcast (Mingle's hello) until the alarm cleared: the worker stopped working through
 its backlog — when only the workers can bring one down.

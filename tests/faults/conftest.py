@@ -55,7 +55,7 @@ async def namespace(faults_machine: None) -> AsyncIterator[Namespace]:
     try:
         yield space
     finally:
-        Namespace.remove()
+        space.remove()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -146,7 +146,7 @@ class Deployment:
         # worker-2 is in the network namespace: RabbitMQ across the veth as the suite's client
         # user, PostgreSQL through the relay.
         self.inside = self.workers[1]
-        self.inside.args = Namespace.command(self.inside.args)
+        self.inside.args = Namespace().command(self.inside.args)
         store = urlsplit(database.url)
         user = f"{store.username}@" if store.username else ""
         self.inside.env |= {
@@ -213,7 +213,7 @@ class Deployment:
         # well after the worker dropped it: only a connection the process still holds counts.
         inside = member is self.inside
         host = INSIDE_ADDRESS if inside else "127.0.0.1"
-        where = Namespace.command([]) if inside else None
+        where = Namespace().command([]) if inside else None
         owners = await asyncio.to_thread(local_ports_by_pid, where)
         return any(
             c.peer_host == host and member.pid in owners.get(c.peer_port, ()) for c in consumers

@@ -22,8 +22,8 @@ INSIDE_ADDRESS = "10.213.77.2"
 PREFIX = 30
 
 
-def ip(*args: str, inside: bool = False, check: bool = True) -> subprocess.CompletedProcess[str]:
-    command = ["ip", "netns", "exec", NAME, "ip", *args] if inside else ["ip", *args]
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    command = ["ip", *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()}")
@@ -31,7 +31,22 @@ def ip(*args: str, inside: bool = False, check: bool = True) -> subprocess.Compl
 
 
 class Namespace:
-    """`NAME`, with `INSIDE_ADDRESS` inside and `HOST_ADDRESS` on this machine's end."""
+    """A namespace (`NAME` unless named otherwise), with `inside_address` inside and
+    `host_address` on this machine's end of its veth pair (`host_link` - `inside_link`)."""
+
+    def __init__(
+        self,
+        name: str = NAME,
+        host_link: str = HOST_LINK,
+        inside_link: str = INSIDE_LINK,
+        host_address: str = HOST_ADDRESS,
+        inside_address: str = INSIDE_ADDRESS,
+    ) -> None:
+        self.name = name
+        self.host_link = host_link
+        self.inside_link = inside_link
+        self.host_address = host_address
+        self.inside_address = inside_address
 
     @staticmethod
     def available() -> str | None:
@@ -43,48 +58,54 @@ class Namespace:
             return f"`ip netns` does not work here: {probe.stderr.strip()}"
         return None
 
-    @staticmethod
-    def remove() -> None:
+    def remove(self) -> None:
         """Remove the namespace and the veth pair, whatever is left of them."""
-        ip("link", "del", HOST_LINK, check=False)  # takes its peer with it
-        ip("netns", "del", NAME, check=False)
+        ip("link", "del", self.host_link, check=False)  # takes its peer with it
+        ip("netns", "del", self.name, check=False)
 
     def create(self) -> None:
         self.remove()
-        ip("netns", "add", NAME)
-        ip("link", "add", HOST_LINK, "type", "veth", "peer", "name", INSIDE_LINK)
-        ip("link", "set", INSIDE_LINK, "netns", NAME)
-        ip("addr", "add", f"{HOST_ADDRESS}/{PREFIX}", "dev", HOST_LINK)
-        ip("addr", "add", f"{INSIDE_ADDRESS}/{PREFIX}", "dev", INSIDE_LINK, inside=True)
-        ip("link", "set", "lo", "up", inside=True)
-        ip("link", "set", INSIDE_LINK, "up", inside=True)
+        ip("netns", "add", self.name)
+        ip("link", "add", self.host_link, "type", "veth", "peer", "name", self.inside_link)
+        ip("link", "set", self.inside_link, "netns", self.name)
+        ip("addr", "add", f"{self.host_address}/{PREFIX}", "dev", self.host_link)
+        inside = self._inside
+        inside("addr", "add", f"{self.inside_address}/{PREFIX}", "dev", self.inside_link)
+        inside("link", "set", "lo", "up")
+        inside("link", "set", self.inside_link, "up")
         self.heal()
+
+    def _inside(self, *args: str) -> None:
+        ip("netns", "exec", self.name, "ip", *args)
 
     def cut(self) -> None:
         """The partition: the host's end goes down, the inside sees no carrier; nothing is sent
         either way, and no connection is told."""
-        ip("link", "set", HOST_LINK, "down")
+        ip("link", "set", self.host_link, "down")
 
     def heal(self) -> None:
-        ip("link", "set", HOST_LINK, "up")
+        ip("link", "set", self.host_link, "up")
 
-    @staticmethod
-    def command(args: list[str]) -> list[str]:
+    def command(self, args: list[str]) -> list[str]:
         """`args` run inside the namespace (`ip netns exec` execs them: the pid is theirs)."""
-        return ["ip", "netns", "exec", NAME, *args]
+        return ["ip", "netns", "exec", self.name, *args]
 
 
 class Relay(CuttableLink):
     """A TCP relay on the host's end of the veth to a server that listens on loopback only
-    (PostgreSQL here): what the namespace sends it crosses the veth, so a cut link stops it."""
+    (PostgreSQL, or this machine's RabbitMQ): what the namespace sends it crosses the veth, so a
+    cut link stops it."""
 
-    def __init__(self, host: str, port: int, listen_port: int) -> None:
+    def __init__(
+        self, host: str, port: int, listen_port: int, listen_address: str = HOST_ADDRESS
+    ) -> None:
         super().__init__(host, port)
         self.port = listen_port
+        self.address = listen_address
 
     async def heal(self) -> None:
         if self._server is None:
-            self._server = await asyncio.start_server(self._serve, HOST_ADDRESS, self.port)
+            self._server = await asyncio.start_server(self._serve, self.address, self.port)
 
     start = heal
     stop = CuttableLink.cut
