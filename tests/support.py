@@ -29,11 +29,12 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from service.api.server import GuardedHttpToolsProtocol
 from service.broker.declarer import consumer_counts
 from service.broker.management import Management
+from service.broker.publisher import task_message
 from service.settings import Settings
 from service.store import task_runs
 from service.store.database import Store
 from service.store.migrations import upgrade
-from service.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
+from service.topology import DEAD_LETTER_QUEUE, DOCUMENT_QUEUE, EXCHANGE, WORK_QUEUES
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -245,6 +246,21 @@ def all_succeeded(store: Store, task_ids: list[str]) -> Callable[[], Awaitable[b
         return True if all(r is not None and r.state == "SUCCESS" for r in runs) else None
 
     return probe
+
+
+async def queue_tasks(vhost: Vhost, task: str, count: int, **kwargs: Any) -> list[str]:
+    """`count` tasks published to document_processing, each confirmed; their ids."""
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    connection = await vhost.connect()
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+        for task_id in ids:
+            message = task_message(task, task_id, kwargs=kwargs)
+            await exchange.publish(message, routing_key=DOCUMENT_QUEUE)
+    finally:
+        await connection.close()
+    return ids
 
 
 async def start_worker(

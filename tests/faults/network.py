@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+from dataclasses import dataclass
 
 from tests.support import CuttableLink
 
@@ -30,23 +31,16 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
+@dataclass(frozen=True)
 class Namespace:
-    """A namespace (`NAME` unless named otherwise), with `inside_address` inside and
+    """A namespace (the fault suite's unless named otherwise), with `inside_address` inside and
     `host_address` on this machine's end of its veth pair (`host_link` - `inside_link`)."""
 
-    def __init__(
-        self,
-        name: str = NAME,
-        host_link: str = HOST_LINK,
-        inside_link: str = INSIDE_LINK,
-        host_address: str = HOST_ADDRESS,
-        inside_address: str = INSIDE_ADDRESS,
-    ) -> None:
-        self.name = name
-        self.host_link = host_link
-        self.inside_link = inside_link
-        self.host_address = host_address
-        self.inside_address = inside_address
+    name: str = NAME
+    host_link: str = HOST_LINK
+    inside_link: str = INSIDE_LINK
+    host_address: str = HOST_ADDRESS
+    inside_address: str = INSIDE_ADDRESS
 
     @staticmethod
     def available() -> str | None:

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -34,6 +33,7 @@ from tests.support import (
     Vhost,
     all_succeeded,
     eventually,
+    queue_tasks,
     rabbitmqctl_on,
     start_api,
     start_worker,
@@ -301,21 +301,6 @@ async def test_a_worker_works_through_its_backlog_while_rabbitmq_is_blocked(
             worker.stop()
         await connection.close()
         store.close()
-
-
-async def queue_tasks(vhost: Vhost, task: str, count: int, **kwargs: Any) -> list[str]:
-    """`count` tasks published to document_processing, each confirmed; their ids."""
-    ids = [str(uuid.uuid4()) for _ in range(count)]
-    connection = await vhost.connect()
-    try:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(EXCHANGE, ensure=False)
-        for task_id in ids:
-            message = task_message(task, task_id, kwargs=kwargs)
-            await exchange.publish(message, routing_key=DOCUMENT_QUEUE)
-    finally:
-        await connection.close()
-    return ids
 
 
 async def test_a_worker_started_while_rabbitmq_is_blocked_runs_what_is_queued(

@@ -25,7 +25,6 @@ from service.store.database import Store
 from service.worker import canary
 from service.worker.app import BROKER_TCP_USER_TIMEOUT
 from tests.faults.network import Namespace, Relay
-from tests.integration.test_blocked_broker import queue_tasks
 from tests.support import (
     Process,
     Vhost,
@@ -33,6 +32,7 @@ from tests.support import (
     eventually,
     free_port,
     missing,
+    queue_tasks,
     start_worker,
 )
 
