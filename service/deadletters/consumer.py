@@ -22,6 +22,14 @@ the store keeps a single consumer active (another waits as standby), so that hol
 When the store fails, the channel is closed so that the batch goes back to the queue, and
 consuming resumes once the store answers again. A lost broker is reconnected to with growing
 pauses, so a broker restart is survived the same way.
+
+A batch also has a budget of bytes (`DOCPROC_DLQ_BATCH_BYTES`): RabbitMQ counts its prefetch in
+messages (it ignores a prefetch size), and a message may be as large as the broker allows (128 MiB
+by default), so 250 of them could exhaust the consumer's memory, which would meet them again after
+its restart. When what the channel holds unacked passes the budget, its deliveries are refused as
+they come and the channel is closed, handing all of them back — nothing of them was stored, so the
+protocol above is unchanged — and the next channel consumes as many at a time as the budget holds
+of the largest seen (one at the least), growing again while batches stay under half the budget.
 """
 
 from __future__ import annotations
@@ -66,9 +74,47 @@ QUICK_LOSS = 5.0
 growing to `retry_max` while it goes on (a message that ends every connection at once)."""
 BATCH_SIZE = 250
 """Dead messages stored in one transaction at most; also the channel's prefetch (a batch is
-every unacked delivery of the channel)."""
+every unacked delivery of the channel) while the batches stay within their bytes (`Budget`)."""
 FAULTS = ("before-commit", "after-commit", "after-ack")
 """Where `DOCPROC_FAULT_INJECTION=dlq:<point>` kills the consumer (tests only)."""
+
+
+class Budget:
+    """What one channel holds unacked against the byte budget of a batch. `take` says whether
+    a delivery fits: the first always does (a message larger than the budget is stored alone);
+    once one does not, the budget is spent and nothing more is taken on this channel, which must
+    then be closed to hand its deliveries back."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.bytes = 0
+        self.largest = 0
+        self.spent = False
+
+    def take(self, size: int) -> bool:
+        if self.spent:
+            return False
+        self.count += 1
+        self.bytes += size
+        self.largest = max(self.largest, size)
+        if self.count > 1 and self.bytes > self.limit:
+            self.spent = True
+        return not self.spent
+
+    def prefetch(self, current: int, ceiling: int) -> int:
+        """The prefetch of the channel after this one: as many of the largest delivery seen as
+        the budget holds once it is spent; else doubled, up to `ceiling`, while the batch took
+        under half of it."""
+        if self.spent:
+            return max(1, min(current, self.limit // self.largest))
+        if 2 * self.bytes <= self.limit:
+            return min(ceiling, 2 * current)
+        return current
+
+    def settle(self) -> None:
+        """The channel's deliveries were acked: it holds nothing."""
+        self.count = self.bytes = self.largest = 0
 
 
 class LeaseLost(DocprocError):
@@ -219,6 +265,7 @@ class DeadLetterConsumer:
         store: AsyncStore,
         *,
         batch_size: int = BATCH_SIZE,
+        batch_bytes: int = 64 * 1024 * 1024,
         batch_wait: float = 0.02,
         retry_max: float = 30.0,
         fault: str | None = None,
@@ -229,6 +276,9 @@ class DeadLetterConsumer:
         """A hand-over's peek found no batch come back, and the ledger's clear is still to be
         made (`_hand_over`)."""
         self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
+        self._prefetch = batch_size
+        self._budget = Budget(batch_bytes)
         self.batch_wait = batch_wait
         self.retry_max = retry_max
         self.fault = fault
@@ -339,8 +389,9 @@ class DeadLetterConsumer:
         channel.close_callbacks.add(lambda *_: lost.set())
         self._lost = lost
         self._inbox = asyncio.Queue()
+        self._budget = budget = Budget(self.batch_bytes)
         try:
-            await channel.set_qos(prefetch_count=self.batch_size)
+            await channel.set_qos(prefetch_count=self._prefetch)
             # Deliveries are read off aiormq, the layer below aio-pika: an aio-pika message of
             # each, and a task of its own on top of aiormq's, cost the consumer a quarter of
             # the CPU it spends receiving.
@@ -351,14 +402,19 @@ class DeadLetterConsumer:
             inbox = self._inbox
 
             async def deliver(message: DeliveredMessage) -> None:
-                inbox.put_nowait(message)
+                if budget.take(len(message.body)):
+                    inbox.put_nowait(message)
 
             while not stop.is_set() and not self._lease_lost.is_set():
                 tag = f"docproc-dlq.{uuid.uuid4().hex}"
                 await underlay.basic_consume(DEAD_LETTER_QUEUE, deliver, consumer_tag=tag)
                 batch = await self._next_batch(stop)
-                await underlay.basic_cancel(tag)
-                batch += await self._stragglers()
+                if not budget.spent:
+                    await underlay.basic_cancel(tag)
+                    batch += await self._stragglers()
+                if budget.spent:
+                    self._hand_back(budget)
+                    return True  # closing the channel (below) hands every delivery back
                 if batch and not await self._store(channel, underlay, batch):
                     return False
             return True
@@ -408,8 +464,20 @@ class DeadLetterConsumer:
                     await self._wait_for_store(stop)
             self._clear_owed = False
         if first is not None:
+            self._budget.take(len(first.body))  # the channel's first: it always fits
             self._inbox.put_nowait(first)
         return True
+
+    def _hand_back(self, budget: Budget) -> None:
+        self._prefetch = budget.prefetch(self._prefetch, self.batch_size)
+        logger.info(
+            "{} dead letters came to more than {} bytes (the largest {}); handing them back "
+            "and consuming {} at a time",
+            budget.count,
+            self.batch_bytes,
+            budget.largest,
+            self._prefetch,
+        )
 
     async def _stragglers(self) -> list[DeliveredMessage]:
         """Deliveries that arrived before cancel-ok but are still on their way to the inbox
@@ -443,7 +511,7 @@ class DeadLetterConsumer:
             first_message = first.result()
         batch = [first_message]
         deadline = time.monotonic() + self.batch_wait
-        while len(batch) < self.batch_size:
+        while len(batch) < self.batch_size and not self._budget.spent:
             if self._inbox.empty():
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -486,7 +554,10 @@ class DeadLetterConsumer:
         last = batch[-1].delivery_tag
         assert last is not None  # a delivery (or a get) always has its tag
         await underlay.basic_ack(last, multiple=True)
-        await channel.set_qos(prefetch_count=self.batch_size)  # returns once the ack is in
+        self._prefetch = self._budget.prefetch(self._prefetch, self.batch_size)
+        self._budget.settle()
+        # The next consumer's prefetch; the call returns once the ack is in.
+        await channel.set_qos(prefetch_count=self._prefetch)
         self._inject("after-ack")
         try:
             await self.store.write(ledger.clear, self.session)
@@ -572,7 +643,9 @@ async def serve(settings: Settings, *, fault: str | None = None) -> None:
         loop.add_signal_handler(signum, stop.set)
     store = AsyncStore(settings.resolved_database_url)
     try:
-        consumer = DeadLetterConsumer(settings, store, fault=fault)
+        consumer = DeadLetterConsumer(
+            settings, store, batch_bytes=settings.dlq_batch_bytes, fault=fault
+        )
         await consumer.run(stop)
         logger.info("stopped after storing {} dead letters", consumer.stored)
     finally:

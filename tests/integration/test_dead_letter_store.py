@@ -367,29 +367,88 @@ IDENTICAL = 600
 async def load_identical(vhost: Vhost, count: int) -> None:
     """`count` dead messages alike to the byte — no message_id, the same death — straight into
     docproc.dead_letter (as RabbitMQ would route them through docproc.dlx)."""
+    await load_bodies(vhost, [celery_message("the-same-task").body] * count)
+
+
+async def load_bodies(vhost: Vhost, bodies: list[bytes]) -> None:
+    """A dead message for each body, in order, alike but for the body (no message_id, the same
+    death), straight into docproc.dead_letter as RabbitMQ would route them through docproc.dlx."""
     died = datetime(2026, 1, 1, tzinfo=UTC)
     connection = await vhost.connect()
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange("docproc.dlx", ensure=False)
-        message = celery_message("the-same-task")
-        headers = dict(message.headers or {}) | {
+        headers = dict(celery_message("the-same-task").headers or {}) | {
             "x-death": [{"count": 1, "reason": "rejected", "queue": DOCUMENT_QUEUE, "time": died}]
         }
         await asyncio.gather(
             *(
                 exchange.publish(
                     aio_pika.Message(
-                        message.body,
+                        body,
                         headers=headers,
                         content_type="application/json",
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     ),
                     routing_key=DOCUMENT_QUEUE,
                 )
-                for _ in range(count)
+                for body in bodies
             )
         )
+
+
+def peak_rss(pid: int) -> int:
+    """The most resident memory a process has had (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def stored_bodies(url: str) -> Counter[bytes]:
+    store = Store(url)
+    try:
+        rows = store.run(lambda c: c.execute(select(table.c.body)).scalars().all())
+    finally:
+        store.close()
+    return Counter(bytes(body) for body in rows)
+
+
+MIB = 1024 * 1024
+
+
+async def test_large_dead_letters_stay_within_the_batch_budget_and_are_each_stored_once(
+    dlq_vhost: Vhost, tmp_path: Path
+) -> None:
+    """A batch is up to 250 dead letters and a message may be 128 MiB: without a budget of
+    bytes, the consumer held every large letter of the queue at once (here 128 MiB: its peak
+    memory grew by 95-111 MiB with 96 of them). Within an 8 MiB budget it hands the channel's
+    deliveries back when they pass it and takes two 4 MiB letters at a time; identical large
+    letters stay as many records, and the small ones between them are stored as well."""
+    url = f"sqlite:///{tmp_path / 'docproc.db'}"
+    large = [os.urandom(4 * MIB) for _ in range(26)] + [b"L" * 4 * MIB] * 6
+    small = [f"small {n}".encode() for n in range(40)]
+    bodies = [body for pair in zip(large, small, strict=False) for body in pair] + small[
+        len(large) :
+    ]
+    consumer = await start_dlq(
+        dlq_vhost,
+        tmp_path / "dlq.log",
+        DOCPROC_DATABASE_URL=url,
+        DOCPROC_DLQ_BATCH_BYTES=str(8 * MIB),
+    )
+    try:
+        ready = peak_rss(consumer.popen.pid)
+        await load_bodies(dlq_vhost, bodies)
+        await wait_for_records(dlq_vhost, url, len(bodies))
+        await dead_letter_queue_drained(dlq_vhost)
+        grown = peak_rss(consumer.popen.pid) - ready
+    finally:
+        assert consumer.stop() == 0, consumer.tail()
+
+    assert stored_bodies(url) == Counter(bodies)
+    assert grown < 64 * MIB, f"the consumer's peak memory grew by {grown / MIB:.0f} MiB"
+    assert "handing them back and consuming 2 at a time" in consumer.output()
 
 
 async def dead_letter_queue_drained(vhost: Vhost) -> None:
