@@ -53,7 +53,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     tessdata: str = ""
     dead_letter_retention: PositiveFloat = 14 * 24 * 3600.0
     handled_dead_letter_retention: PositiveFloat = 3 * 24 * 3600.0
-    dlq_batch_bytes: PositiveInt = 64 * 1024 * 1024
+    dead_letter_batch_bytes: PositiveInt = 64 * 1024 * 1024  # the DLQ's batch, a redrive's group
     api_workers: PositiveInt = 1
     worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9808
     restart_delay: PositiveFloat = 1.0
@@ -192,7 +192,7 @@ ENVIRONMENT: dict[str, str] = {
     "tessdata": "TESSDATA_PREFIX",  # Tesseract's own variable
     "dead_letter_retention": "DOCPROC_DEAD_LETTER_RETENTION",
     "handled_dead_letter_retention": "DOCPROC_HANDLED_DEAD_LETTER_RETENTION",
-    "dlq_batch_bytes": "DOCPROC_DLQ_BATCH_BYTES",
+    "dead_letter_batch_bytes": "DOCPROC_DEAD_LETTER_BATCH_BYTES",
     "api_workers": "DOCPROC_API_WORKERS",
     "worker_metrics_port": "DOCPROC_WORKER_METRICS_PORT",
     "restart_delay": "DOCPROC_RESTART_DELAY",

@@ -40,7 +40,7 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
         store = AsyncStore(settings.resolved_database_url)
         publishing = publisher or Publisher(settings)
         management = Management.from_settings(settings)
-        runner = RedriveRunner(store, publishing)
+        runner = RedriveRunner(store, publishing, group_bytes=settings.dead_letter_batch_bytes)
         intake = Intake(store, publishing)
         publishing.on_connect = intake.wake.set
         stop = asyncio.Event()

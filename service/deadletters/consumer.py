@@ -23,13 +23,14 @@ When the store fails, the channel is closed so that the batch goes back to the q
 consuming resumes once the store answers again. A lost broker is reconnected to with growing
 pauses, so a broker restart is survived the same way.
 
-A batch also has a budget of bytes (`DOCPROC_DLQ_BATCH_BYTES`): RabbitMQ counts its prefetch in
-messages (it ignores a prefetch size), and a message may be as large as the broker allows (128 MiB
-by default), so 250 of them could exhaust the consumer's memory, which would meet them again after
-its restart. When what the channel holds unacked passes the budget, its deliveries are refused as
-they come and the channel is closed, handing all of them back — nothing of them was stored, so the
-protocol above is unchanged — and the next channel consumes as many at a time as the budget holds
-of the largest seen (one at the least), growing again while batches stay under half the budget.
+A batch also has a budget of bytes (`DOCPROC_DEAD_LETTER_BATCH_BYTES`): RabbitMQ counts its
+prefetch in messages (it ignores a prefetch size), and a message may be as large as the broker
+allows (128 MiB by default), so 250 of them could exhaust the consumer's memory, which would meet
+them again after its restart. When what the channel holds unacked passes the budget, its deliveries
+are refused as they come and the channel is closed, handing all of them back — nothing of them was
+stored, so the protocol above is unchanged — and the next channel consumes as many at a time as the
+budget holds of the largest seen (one at the least), growing again while batches stay under half
+the budget.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ growing to `retry_max` while it goes on (a message that ends every connection at
 BATCH_SIZE = 250
 """Dead messages stored in one transaction at most; also the channel's prefetch (a batch is
 every unacked delivery of the channel) while the batches stay within their bytes (`Budget`)."""
+BATCH_BYTES = 64 * 1024 * 1024
+"""Bytes of bodies a batch holds at most (`DOCPROC_DEAD_LETTER_BATCH_BYTES`; the module
+docstring)."""
 FAULTS = ("before-commit", "after-commit", "after-ack")
 """Where `DOCPROC_FAULT_INJECTION=dlq:<point>` kills the consumer (tests only)."""
 
@@ -265,7 +269,7 @@ class DeadLetterConsumer:
         store: AsyncStore,
         *,
         batch_size: int = BATCH_SIZE,
-        batch_bytes: int = 64 * 1024 * 1024,
+        batch_bytes: int = BATCH_BYTES,
         batch_wait: float = 0.02,
         retry_max: float = 30.0,
         fault: str | None = None,
@@ -644,7 +648,7 @@ async def serve(settings: Settings, *, fault: str | None = None) -> None:
     store = AsyncStore(settings.resolved_database_url)
     try:
         consumer = DeadLetterConsumer(
-            settings, store, batch_bytes=settings.dlq_batch_bytes, fault=fault
+            settings, store, batch_bytes=settings.dead_letter_batch_bytes, fault=fault
         )
         await consumer.run(stop)
         logger.info("stopped after storing {} dead letters", consumer.stored)

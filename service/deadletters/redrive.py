@@ -14,7 +14,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
 import aio_pika
@@ -43,6 +43,25 @@ could take the job over meanwhile only through the same store, in a write of its
 IDLE_PAUSE = 0.5
 MAX_IN_FLIGHT = 64
 PENDING_BATCH = 256
+GROUP_BYTES = 64 * 1024 * 1024
+"""Bytes of bodies a group holds at most (`DOCPROC_DEAD_LETTER_BATCH_BYTES`) — its letters are
+read and their messages built all at once — and one letter whatever its size: 64 letters of
+RabbitMQ's largest (128 MiB) would be 8 GiB in the API's memory."""
+
+
+def grouped(pending: list[tuple[str, int]], most: int, budget: int) -> Iterator[list[str]]:
+    """Ids in order, in groups of at most `most` letters and `budget` bytes of bodies (a letter
+    larger than the budget alone)."""
+    group: list[str] = []
+    size = 0
+    for dead_letter_id, body_size in pending:
+        if group and (len(group) == most or size + body_size > budget):
+            yield group
+            group, size = [], 0
+        group.append(dead_letter_id)
+        size += body_size
+    if group:
+        yield group
 
 
 def _letters_and_runs(
@@ -81,10 +100,16 @@ def _not_since(letter: DeadLetter, job: Redrive) -> None:
 
 class RedriveRunner:
     def __init__(
-        self, store: AsyncStore, publisher: TaskPublisher, owner: str | None = None
+        self,
+        store: AsyncStore,
+        publisher: TaskPublisher,
+        owner: str | None = None,
+        *,
+        group_bytes: int = GROUP_BYTES,
     ) -> None:
         self.store = store
         self.publisher = publisher
+        self.group_bytes = group_bytes
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.wake = asyncio.Event()
         self._beaten = time.monotonic()
@@ -144,8 +169,7 @@ class RedriveRunner:
                 await self.store.write(redrives.finish, job.id)
                 logger.bind(redrive_id=job.id).info("redrive {} finished", job.id)
                 return
-            for first in range(0, len(batch), in_flight):
-                group = batch[first : first + in_flight]
+            for group in grouped(batch, in_flight, self.group_bytes):
                 state = await self._wait(job, next_at, stop)
                 if state == "running" and not stop.is_set():
                     next_at = max(next_at + interval * len(group), time.monotonic() - interval)

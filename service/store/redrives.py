@@ -18,6 +18,7 @@ from service.ids import new_id
 from service.store import dead_letters
 from service.store.database import Keyed, as_struct
 from service.store.dead_letters import Filters
+from service.store.schema import dead_letters as dead_letter_table
 from service.store.schema import redrive_items, redrives, utcnow
 
 WAITING = "waiting for RabbitMQ"
@@ -117,14 +118,21 @@ def claim(connection: Connection, owner: str, stale_before: datetime) -> Redrive
     return get(connection, candidate) if taken.rowcount else None
 
 
-def pending(connection: Connection, redrive_id: str, limit: int) -> list[str]:
+def pending(connection: Connection, redrive_id: str, limit: int) -> list[tuple[str, int]]:
+    """The job's next pending letters, in order, each with its body's size in bytes (0 for a
+    letter no longer stored): read without the bodies (SQLite and PostgreSQL alike take a blob's
+    length from its header)."""
+    letters = dead_letter_table.c
     rows = connection.execute(
-        select(redrive_items.c.dead_letter_id)
+        select(redrive_items.c.dead_letter_id, func.coalesce(func.length(letters.body), 0))
+        .select_from(
+            redrive_items.outerjoin(dead_letter_table, letters.id == redrive_items.c.dead_letter_id)
+        )
         .where(redrive_items.c.redrive_id == redrive_id, redrive_items.c.state == "pending")
         .order_by(redrive_items.c.position)
         .limit(limit)
-    ).scalars()
-    return [str(row) for row in rows]
+    ).all()
+    return [(str(dead_letter_id), int(size)) for dead_letter_id, size in rows]
 
 
 # An item's outcome is written once: only while it is pending. What a job counts is what these

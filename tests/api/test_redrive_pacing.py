@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import aio_pika
+import msgspec
 import pytest
 
 from service.broker.publisher import Publisher
@@ -263,3 +264,55 @@ async def test_a_redrive_skips_a_letter_whose_task_succeeded_since_it_began(
     assert final.last_error is not None
     assert "its task succeeded" in final.last_error
     assert await queued(channel, "celery") == before + 1
+
+
+async def test_a_redrive_of_large_letters_holds_at_most_its_budget_of_bodies_at_once(
+    settings_for: Callable[..., Settings],
+    store: Store,
+    channel: aio_pika.abc.AbstractChannel,
+    monkeypatch: Any,
+) -> None:
+    """A group's letters are read and their messages built at once: by count alone, 64 letters
+    of RabbitMQ's largest would be 8 GiB in the API. Within a 3 MiB budget, ten letters of 1 MiB
+    go out three at a time, and a letter larger than the budget alone; each goes out once."""
+    mib = 1024 * 1024
+    bodies = [bytes([n]) * mib for n in range(10)] + [b"x" * 5 * mib]
+    ids = bury(
+        store,
+        *(
+            msgspec.structs.replace(dead_message(queue="celery", task=TASK), body=body)
+            for body in bodies
+        ),
+    )
+    groups: list[int] = []
+    read = redrive._letters_and_runs
+
+    def spied(connection: Any, group: list[str]) -> Any:
+        letters, runs = read(connection, group)
+        groups.append(sum(len(letter.body) for letter in letters.values()))
+        return letters, runs
+
+    monkeypatch.setattr(redrive, "_letters_and_runs", spied)
+    settings = settings_for()
+    job = store.run(redrives.create, Filters(task=TASK), 1000.0)  # by count, groups of 64
+    async_store, publisher = AsyncStore(settings.resolved_database_url), Publisher(settings)
+    await publisher.start()
+    stop = asyncio.Event()
+    running = asyncio.create_task(
+        RedriveRunner(async_store, publisher, "runner-a", group_bytes=3 * mib).run(stop)
+    )
+    try:
+
+        async def finished() -> redrives.Redrive | None:
+            found = store.run(redrives.get, job.id)
+            return found if found is not None and found.state == "finished" else None
+
+        done = await eventually(finished, 30, "the redrive to finish")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+        await publisher.close()
+        await async_store.close()
+    assert (done.published, done.failed) == (len(ids), 0)
+    assert groups == [3 * mib, 3 * mib, 3 * mib, mib, 5 * mib]
+    assert await queued(channel, "celery") == len(ids)

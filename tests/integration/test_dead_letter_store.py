@@ -435,7 +435,7 @@ async def test_large_dead_letters_stay_within_the_batch_budget_and_are_each_stor
         dlq_vhost,
         tmp_path / "dlq.log",
         DOCPROC_DATABASE_URL=url,
-        DOCPROC_DLQ_BATCH_BYTES=str(8 * MIB),
+        DOCPROC_DEAD_LETTER_BATCH_BYTES=str(8 * MIB),
     )
     try:
         ready = peak_rss(consumer.popen.pid)

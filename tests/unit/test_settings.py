@@ -53,7 +53,7 @@ def test_every_variable_is_read() -> None:
         "TESSDATA_PREFIX": "/opt/tessdata",
         "DOCPROC_DEAD_LETTER_RETENTION": "7d",
         "DOCPROC_HANDLED_DEAD_LETTER_RETENTION": "1d",
-        "DOCPROC_DLQ_BATCH_BYTES": "1048576",
+        "DOCPROC_DEAD_LETTER_BATCH_BYTES": "1048576",
         "DOCPROC_API_WORKERS": "3",
         "DOCPROC_WORKER_METRICS_PORT": "0",
         "DOCPROC_RESTART_DELAY": "0.5s",
@@ -96,7 +96,7 @@ def test_every_variable_is_read() -> None:
     assert settings.max_cpu_seconds == 120
     assert settings.max_memory_per_child == 0
     assert settings.search_window == 50_000
-    assert settings.dlq_batch_bytes == 1024 * 1024
+    assert settings.dead_letter_batch_bytes == 1024 * 1024
     assert settings.resolved_database_url == "postgresql://docproc@db/docproc"
 
 
@@ -122,7 +122,7 @@ def test_the_search_window_defaults_to_the_stores_own() -> None:
         ("DOCPROC_DEAD_LETTER_RETENTION", "xd", "such as 90s, 30m, 12h, 14d"),
         ("CELERY_LOG_LEVEL", "loud", "expected one of TRACE, DEBUG"),
         ("DOCPROC_MAX_PAGES", "0", "expected an integer >= 1"),
-        ("DOCPROC_DLQ_BATCH_BYTES", "0", "expected an integer >= 1"),
+        ("DOCPROC_DEAD_LETTER_BATCH_BYTES", "0", "expected an integer >= 1"),
         ("DOCPROC_MAX_INFLATED_BYTES", "lots", "expected an integer"),
         ("DOCPROC_MAX_CPU_SECONDS", "-5", "expected a number > 0"),
         ("CELERY_MAX_MEMORY_PER_CHILD", "-1", "expected an integer >= 0"),

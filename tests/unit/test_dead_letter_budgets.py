@@ -1,8 +1,11 @@
-"""The DLQ consumer's byte budget of a batch: which deliveries fit, and the prefetch after."""
+"""The byte budgets of dead letters held at once: the DLQ consumer's batch (which deliveries fit,
+and the prefetch after) and a redrive's group."""
 
 from __future__ import annotations
 
-from service.deadletters.consumer import BATCH_SIZE, Budget
+from service.deadletters.consumer import BATCH_BYTES, BATCH_SIZE, Budget
+from service.deadletters.redrive import GROUP_BYTES, grouped
+from service.settings import Settings
 
 MIB = 1024 * 1024
 
@@ -51,3 +54,14 @@ def test_batches_under_half_the_budget_double_the_prefetch_up_to_the_batch_size(
     assert budget.prefetch(2, BATCH_SIZE) == 2
     budget.settle()
     assert (budget.count, budget.bytes, budget.largest) == (0, 0, 0)
+
+
+def test_both_budgets_default_to_the_setting() -> None:
+    assert BATCH_BYTES == GROUP_BYTES == Settings().dead_letter_batch_bytes
+
+
+def test_a_redrive_groups_letters_by_count_and_by_bytes_of_bodies() -> None:
+    pending = [("a", 3), ("b", 3), ("c", 3), ("d", 10), ("e", 1), ("f", 1), ("g", 1)]
+    assert list(grouped(pending, 64, 6)) == [["a", "b"], ["c"], ["d"], ["e", "f", "g"]]
+    assert list(grouped(pending, 2, 100)) == [["a", "b"], ["c", "d"], ["e", "f"], ["g"]]
+    assert list(grouped([], 64, 6)) == []
