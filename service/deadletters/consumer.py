@@ -10,14 +10,15 @@ goes through this protocol (store.ledger keeps the books):
 2. one transaction stores the batch and a ledger row per record (a redelivered message whose
    key has a row is that record coming back, and takes the row instead of being stored again);
 3. ack the batch, and make a synchronous call on the channel: the ack has been processed;
-4. delete this session's rows; consume again.
+4. delete this channel's rows; consume again.
 
 Killed before 2, the batch comes back and is new; between 2 and 3, it comes back and matches its
 rows; after 3, nothing comes back and the rows are stale. Which of the two is told at the start
 of every channel: once no other consumer holds the queue (so all it held is back), the first
 message is peeked — a redelivered one means a batch came back (rows kept), anything else means
 none did (rows dropped). RabbitMQ delivers returned messages before fresh ones, and a lease in
-the store keeps a single consumer active (another waits as standby), so that holds.
+the store keeps a single consumer active (another waits as standby), so that holds. The peeked
+message goes with the channel's first batch (or alone: see the budget below).
 
 When the store fails, the channel is closed so that the batch goes back to the queue, and
 consuming resumes once the store answers again. A lost broker is reconnected to with growing
@@ -30,7 +31,8 @@ them again after its restart. When what the channel holds unacked passes the bud
 are refused as they come and the channel is closed, handing all of them back — nothing of them was
 stored, so the protocol above is unchanged — and the next channel consumes as many at a time as the
 budget holds of the largest seen (one at the least), growing again while batches stay under half
-the budget.
+the budget; the hand-over's peeked message, which a get holds beside the prefetch, is then a batch
+of its own.
 """
 
 from __future__ import annotations
@@ -169,38 +171,41 @@ def store_batch(
     raws: Sequence[RawMessage],
     *,
     session: str | None = None,
+    book: str | None = None,
     quarantine: bool = False,
 ) -> list[tuple[str, bool]]:
     """Store a batch in one transaction; (record id, created) for each message.
 
-    With a `session` (the consumer's), the batch goes through the ledger: redelivered messages
+    With a `session` (the consumer's, holding the lease), the batch goes through the ledger, its
+    rows under `book` (the consumer's channel; `session` if not given): redelivered messages
     take the rows of records committed but not acked, and the batch's own records get rows.
     `quarantine` stores each message in its safest form (see `quarantined`).
     """
     if session is not None and not leases.holds(connection, LEASE, session):
         raise LeaseLost("another DLQ consumer holds the lease")
+    book = book or session
     letters = [quarantined(read(raw)) if quarantine else read(raw) for raw in raws]
     results: list[tuple[str, bool] | None] = [None] * len(raws)
-    if session is not None:
+    if book is not None:
         returned = [n for n, raw in enumerate(raws) if raw.redelivered]
         taken = ledger.take(connection, [letters[n].message_key for n in returned])
         for n, record_id in zip(returned, taken, strict=True):
             if record_id is not None:
                 results[n] = (record_id, False)
         if len(returned) < len(raws):
-            # A fresh message: every returned one came before it, so rows that earlier sessions
-            # left are stale (this session's own go once its ack is in).
-            ledger.clear_others(connection, session)
+            # A fresh message: every returned one came before it, so rows that earlier channels
+            # left are stale (this channel's own go once its ack is in).
+            ledger.clear_others(connection, book)
     new = [n for n, result in enumerate(results) if result is None]
     for n, record_id in zip(
         new, outcomes.letters_arrived(connection, [letters[n] for n in new]), strict=True
     ):
         results[n] = (record_id, True)
     stored = [result for result in results if result is not None]
-    if session is not None:
+    if book is not None:
         ledger.record(
             connection,
-            session,
+            book,
             [
                 (record_id, letter.message_key)
                 for (record_id, _), letter in zip(stored, letters, strict=True)
@@ -288,6 +293,12 @@ class DeadLetterConsumer:
         self.fault = fault
         # Host and pid first: a successor on the same host sees at once that its holder is gone.
         self.session = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._book = uuid.uuid4().hex
+        """The ledger's session: one for each channel. The rows of a batch an earlier channel of
+        this process committed, and whose ack was lost with it, are then another session's, as
+        those of a process that died: taken by the letters coming back over as many batches as
+        they take, and dropped only once a fresh letter comes — never by this channel's clear,
+        after its first batch's ack."""
         self.stored = 0
         self._pause = 0.5
         self._inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
@@ -394,6 +405,7 @@ class DeadLetterConsumer:
         self._lost = lost
         self._inbox = asyncio.Queue()
         self._budget = budget = Budget(self.batch_bytes)
+        self._book = uuid.uuid4().hex
         try:
             await channel.set_qos(prefetch_count=self._prefetch)
             # Deliveries are read off aiormq, the layer below aio-pika: an aio-pika message of
@@ -402,6 +414,14 @@ class DeadLetterConsumer:
             underlay = await channel.get_underlay_channel()
             if not await self._hand_over(channel, underlay, stop):
                 return False
+            # The peeked message is held beside the prefetch (a get is not counted in it). While
+            # the budget has cut the prefetch, it is a batch of its own: the prefetch the budget
+            # holds and this one would pass the budget again, and again. Else it goes with the
+            # first batch.
+            if self._prefetch < self.batch_size and not self._inbox.empty():
+                peeked = [self._inbox.get_nowait()]
+                if not await self._store(channel, underlay, peeked):
+                    return False
             logger.info("consuming {}", DEAD_LETTER_QUEUE)
             inbox = self._inbox
 
@@ -419,6 +439,7 @@ class DeadLetterConsumer:
                 if budget.spent:
                     self._hand_back(budget)
                     return True  # closing the channel (below) hands every delivery back
+                self._prefetch = budget.prefetch(self._prefetch, self.batch_size)
                 if batch and not await self._store(channel, underlay, batch):
                     return False
             return True
@@ -538,7 +559,9 @@ class DeadLetterConsumer:
         self._inject("before-commit")
         try:
             try:
-                results = await self.store.write(store_batch, raws, session=self.session)
+                results = await self.store.write(
+                    store_batch, raws, session=self.session, book=self._book
+                )
             except StoreUnavailable:
                 raise
             except DatabaseError as refused:
@@ -558,13 +581,12 @@ class DeadLetterConsumer:
         last = batch[-1].delivery_tag
         assert last is not None  # a delivery (or a get) always has its tag
         await underlay.basic_ack(last, multiple=True)
-        self._prefetch = self._budget.prefetch(self._prefetch, self.batch_size)
         self._budget.settle()
         # The next consumer's prefetch; the call returns once the ack is in.
         await channel.set_qos(prefetch_count=self._prefetch)
         self._inject("after-ack")
         try:
-            await self.store.write(ledger.clear, self.session)
+            await self.store.write(ledger.clear, self._book)
         except DatabaseError as exc:
             # Stale rows, settled by the next channel's hand-over.
             logger.warning("the store failed after an ack: {}", exc)
@@ -587,14 +609,16 @@ class DeadLetterConsumer:
 
     async def _store_alone(self, raw: RawMessage) -> list[tuple[str, bool]]:
         try:
-            return await self.store.write(store_batch, [raw], session=self.session)
+            return await self.store.write(store_batch, [raw], session=self.session, book=self._book)
         except StoreUnavailable:
             raise
         except DatabaseError as refused:
             logger.bind(message_key=message_key(raw)).warning(
                 "the store refused a dead letter ({}); storing it quarantined", refused
             )
-            return await self.store.write(store_batch, [raw], session=self.session, quarantine=True)
+            return await self.store.write(
+                store_batch, [raw], session=self.session, book=self._book, quarantine=True
+            )
 
     def _inject(self, point: str) -> None:
         if self.fault == point:

@@ -49,6 +49,27 @@ def test_killed_between_commit_and_ack_the_batch_comes_back_and_matches_its_reco
     assert count(store) == 8
 
 
+def test_a_batch_whose_ack_was_lost_with_its_channel_matches_over_the_next_channels_batches(
+    store: Store, consumer: str
+) -> None:
+    """The connection is lost between a batch's commit and its ack; the process lives on and its
+    next channel takes the batch back two and three at a time, clearing its own rows after each
+    ack. With one book for the whole process, the first clear dropped the three rows still to
+    be matched, and those three were stored again."""
+    first = store.run(store_batch, identical(5), session=consumer, book="channel-1")
+    again = store.run(
+        store_batch, identical(2, redelivered=True), session=consumer, book="channel-2"
+    )
+    store.run(ledger.clear, "channel-2")  # its ack went through
+    rest = store.run(
+        store_batch, identical(3, redelivered=True), session=consumer, book="channel-2"
+    )
+
+    assert [created for _, created in first] == [True] * 5
+    assert not any(created for _, created in again + rest)
+    assert count(store) == 5
+
+
 def test_killed_before_commit_the_batch_comes_back_and_is_stored_once(
     store: Store, consumer: str
 ) -> None:
