@@ -600,6 +600,18 @@ class ScratchDatabase:
             connection.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
 
 
+def peak_kib(pid: int) -> int | None:
+    """The most resident memory a process has had (VmHWM, KiB); None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
 def cpu_start() -> float:
     """The start of a CPU-time bound on code under test, for `cpu_since`: this thread's clock,
     after a full garbage collection. Process time would count other threads, and a collection

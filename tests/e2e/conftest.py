@@ -22,6 +22,7 @@ from tests.support import (
     docproc_command,
     eventually,
     free_port,
+    peak_kib,
 )
 
 
@@ -42,14 +43,11 @@ def alive(pid: int) -> bool:
 def peak_memory(pid: int) -> tuple[str, int] | None:
     """A process's command line and the most resident memory it has had (VmHWM, KiB)."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return command.strip()[:120], int(line.split()[1])
-    return None
+    peak = peak_kib(pid)
+    return None if peak is None else (command.strip()[:120], peak)
 
 
 @dataclass

@@ -33,13 +33,13 @@ from tests.support import (
     Process,
     RabbitMQ,
     Vhost,
-    create_vhost,
     delete_vhost,
     docproc_command,
     eventually,
+    peak_kib,
     rabbitmqctl_on,
-    run_docproc,
     start_dlq,
+    topology_vhost,
 )
 
 pytestmark = [pytest.mark.rabbitmq]
@@ -48,22 +48,22 @@ PER_ORIGIN = 250
 
 
 @contextlib.asynccontextmanager
-async def declared_vhost(rabbitmq: RabbitMQ, **env: str) -> AsyncIterator[Vhost]:
-    """A vhost of its own with docproc's topology, declared with `env`, for the block."""
-    name = await create_vhost(rabbitmq)
-    vhost = Vhost(rabbitmq, name, env)
-    declared = await asyncio.to_thread(run_docproc, "topology", "declare", env=vhost.env())
-    assert declared.returncode == 0, declared.stderr
+async def declared_vhost(rabbitmq: RabbitMQ, store: Path, **env: str) -> AsyncIterator[Vhost]:
+    """`topology_vhost` for the block: docproc's topology declared with `env`, the SQLite
+    store at `store` (a test may point its processes at another)."""
+    vhost = await topology_vhost(rabbitmq, f"sqlite:///{store}", **env)
     try:
         yield vhost
     finally:
-        await delete_vhost(rabbitmq, name)
+        await delete_vhost(rabbitmq, vhost.name)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def dlq_vhost(rabbitmq: RabbitMQ) -> AsyncIterator[Vhost]:
+async def dlq_vhost(rabbitmq: RabbitMQ, tmp_path: Path) -> AsyncIterator[Vhost]:
     """A vhost with the topology (delivery limit 1: poison messages die quickly), no worker."""
-    async with declared_vhost(rabbitmq, DOCPROC_DELIVERY_LIMIT="1") as vhost:
+    async with declared_vhost(
+        rabbitmq, tmp_path / "docproc.db", DOCPROC_DELIVERY_LIMIT="1"
+    ) as vhost:
         yield vhost
 
 
@@ -406,11 +406,10 @@ async def load_bodies(vhost: Vhost, bodies: list[bytes]) -> None:
 
 
 def peak_rss(pid: int) -> int:
-    """The most resident memory a process has had (VmHWM), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmHWM for process {pid}")
+    """The most resident memory a running process has had, in bytes."""
+    peak = peak_kib(pid)
+    assert peak is not None, f"no VmHWM for process {pid}"
+    return peak * 1024
 
 
 def stored_bodies(url: str) -> Counter[bytes]:
@@ -442,7 +441,9 @@ async def test_large_dead_letters_stay_within_the_batch_budget_and_are_each_stor
     bodies = [body for pair in zip(large, small, strict=False) for body in pair] + small[
         len(large) :
     ]
-    async with declared_vhost(rabbitmq, DOCPROC_QUEUE_TYPE=queue_type) as vhost:
+    async with declared_vhost(
+        rabbitmq, tmp_path / "docproc.db", DOCPROC_QUEUE_TYPE=queue_type
+    ) as vhost:
         consumer = await start_dlq(
             vhost,
             tmp_path / "dlq.log",
