@@ -21,7 +21,8 @@ _TAGS = ("$datetime", "$bytes", "$decimal", "$table")
 
 _AS_IS = frozenset({str, int, float, bool, type(None)})
 """Types JSON holds as they are: most header values, passed over without a call (the DLQ consumer
-converts every header of every letter, twice per letter before this)."""
+converts every header of every letter, twice per letter before this; a redrive converts every
+letter's headers and properties back)."""
 
 
 def to_json(value: Any) -> JsonValue:
@@ -64,15 +65,15 @@ def from_json(value: JsonValue) -> Any:
         if len(value) == 1:
             ((tag, inner),) = value.items()
             if tag == "$table" and isinstance(inner, dict):
-                return {k: from_json(v) for k, v in inner.items()}
+                return {k: v if type(v) in _AS_IS else from_json(v) for k, v in inner.items()}
             if tag in _DECODERS:
                 try:
                     return _DECODERS[tag](inner)
                 except (TypeError, ValueError, ArithmeticError):
                     return value  # not what the tag says: kept as stored
-        return {k: from_json(v) for k, v in value.items()}
+        return {k: v if type(v) in _AS_IS else from_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [from_json(v) for v in value]
+        return [v if type(v) in _AS_IS else from_json(v) for v in value]
     return value
 
 

@@ -29,32 +29,42 @@ publish the letters again (its pause is 0.5 s), less than RECORD_PATIENCE."""
 
 
 @pytest.mark.parametrize("patience", [None, 0.3])
+@pytest.mark.parametrize(
+    ("letters", "rate"),
+    [(5, 100), (2 * redrive.MAX_IN_FLIGHT + 2, 10_000)],
+    ids=["one group", "groups at full rate"],
+)
 async def test_outcomes_the_store_refuses_for_a_moment_are_recorded_and_nothing_goes_twice(
     client: Client,
     store: Store,
     channel: aio_pika.abc.AbstractChannel,
     monkeypatch: Any,
     patience: float | None,
+    letters: int,
+    rate: int,
 ) -> None:
     """Refused for less than a record's patience, or (0.3 s) for several patiences: the job once
     paused then with the letters pending, and published them again when it resumed. What went
-    out is recorded before anything else happens, however long the store takes."""
-    task = f"{TASK}.{patience}"
+    out is recorded before anything else happens, however long the store takes. At full rate a
+    group's outcomes are written with the claim of the next group: refused, that group does not
+    go out either."""
+    task = f"{TASK}.{patience}.{letters}"
     if patience is not None:
         monkeypatch.setattr(redrive, "RECORD_PATIENCE", patience)
-    ids = bury(store, *(dead_message(queue="celery", task=task) for _ in range(5)))
+    ids = bury(store, *(dead_message(queue="celery", task=task) for _ in range(letters)))
+    first = min(letters, redrive.MAX_IN_FLIGHT)
     with refused_updates(store, "redrive_items"):
-        started = await client.post("/dead-letters/redrive", json={"task": task, "rate": 100})
+        started = await client.post("/dead-letters/redrive", json={"task": task, "rate": rate})
         location = started.headers["location"]
 
-        async def all_out() -> bool | None:
-            return True if await queued(channel, "celery") >= 5 else None
+        async def first_out() -> bool | None:
+            return True if await queued(channel, "celery") >= first else None
 
-        await eventually(all_out, 10, "the five letters to be published")
-        # While the store refuses, nothing goes out again.
+        await eventually(first_out, 10, f"the first {first} letters to be published")
+        # While the store refuses, nothing goes out again, nor anything more.
         refused_until = time.monotonic() + REFUSED_FOR
         while time.monotonic() < refused_until:
-            assert await queued(channel, "celery") == 5, "a letter was published again"
+            assert await queued(channel, "celery") == first, "a letter was published again"
             job = (await client.get(location)).json()
             assert job["published"] == 0, "nothing is recorded while the store refuses"
 
@@ -63,10 +73,10 @@ async def test_outcomes_the_store_refuses_for_a_moment_are_recorded_and_nothing_
         return job if job["state"] == "finished" else None
 
     final = await eventually(finished, 10, "the outcomes to be recorded once the store answers")
-    assert (final["published"], final["failed"]) == (5, 0)
-    assert await queued(channel, "celery") == 5
+    assert (final["published"], final["failed"]) == (letters, 0)
+    assert await queued(channel, "celery") == letters
     stored = [store.run(dead_letters.get, each) for each in ids]
-    assert [letter.republish_count if letter else None for letter in stored] == [1] * 5
+    assert [letter.republish_count if letter else None for letter in stored] == [1] * letters
 
 
 async def test_a_republish_the_store_refuses_to_mark_for_a_moment_is_marked_once_it_answers(
