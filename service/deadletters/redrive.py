@@ -41,8 +41,17 @@ runner takes the job over while the outcome of letters that went out is still on
 record the store refuses for longer is tried until it takes it (`_recorded`); another runner
 could take the job over meanwhile only through the same store, in a write of its own."""
 IDLE_PAUSE = 0.5
+GROUP_LETTERS = 256
+"""Letters read, claimed and recorded together at the most: a group costs three transactions
+(on PostgreSQL ~16 ms of a 64-letter group's ~28) and ~6 ms of CPU whatever its size, so larger
+groups go faster (`python -m bench redrive`, PostgreSQL: 1,889-1,896 letters a second at 64,
+2,473-2,739 at 256; docs/performance.md). Its letters go out MAX_IN_FLIGHT at a time."""
 MAX_IN_FLIGHT = 64
-PENDING_BATCH = 256
+"""Publishes whose confirms are awaited together at the most. They bound what a lost connection
+or a blocked broker leaves in doubt — letters that may have gone out stay claimed, for the
+operator to decide — for once one publish of a group fails, its letters not yet sent are not
+tried: they are given back, pending."""
+PENDING_BATCH = 4 * GROUP_LETTERS
 GROUP_BYTES = 64 * 1024 * 1024
 """Bytes of bodies a group holds at most (`DOCPROC_DEAD_LETTER_BATCH_BYTES`) — its letters are
 read and their messages built all at once — and one letter whatever its size: 64 letters of
@@ -96,6 +105,22 @@ def _not_since(letter: DeadLetter, job: Redrive) -> None:
             f"dead letter {letter.id}: its task succeeded at {letter.superseded_at.isoformat()}; "
             "not re-published"
         )
+
+
+def _messages(
+    job: Redrive, ids: list[str], letters: dict[str, DeadLetter]
+) -> tuple[dict[str, aio_pika.Message], dict[str, str | None]]:
+    """The message of each letter that may go out, and why each other may not."""
+    messages: dict[str, aio_pika.Message] = {}
+    outcomes: dict[str, str | None] = {}
+    for dead_letter_id in ids:
+        try:
+            letter = check(letters.get(dead_letter_id), dead_letter_id)
+            _not_since(letter, job)
+            messages[dead_letter_id] = message_for(letter)  # what cannot go out, said now
+        except DocprocError as exc:
+            outcomes[dead_letter_id] = str(exc)
+    return messages, outcomes
 
 
 class RedriveRunner:
@@ -160,8 +185,8 @@ class RedriveRunner:
             await self.store.write(redrives.stopped, job.id)
             return
         interval = 1.0 / job.rate
-        # Confirms kept in flight together: about a tenth of a second's worth of the rate.
-        in_flight = max(1, min(MAX_IN_FLIGHT, int(job.rate / 10)))
+        # A group: about a tenth of a second's worth of the rate.
+        letters = max(1, min(GROUP_LETTERS, int(job.rate / 10)))
         next_at = time.monotonic()
         while not stop.is_set():
             batch = await self.store.run(redrives.pending, job.id, PENDING_BATCH)
@@ -169,7 +194,7 @@ class RedriveRunner:
                 await self.store.write(redrives.finish, job.id)
                 logger.bind(redrive_id=job.id).info("redrive {} finished", job.id)
                 return
-            for group in grouped(batch, in_flight, self.group_bytes):
+            for group in grouped(batch, letters, self.group_bytes):
                 state = await self._wait(job, next_at, stop)
                 if state == "running" and not stop.is_set():
                     next_at = max(next_at + interval * len(group), time.monotonic() - interval)
@@ -218,21 +243,13 @@ class RedriveRunner:
         return state
 
     async def _group(self, job: Redrive, ids: list[str], stop: asyncio.Event) -> str | None:
-        """Re-publish a few letters at once (their confirms in flight together), then record
+        """Re-publish a group of letters (MAX_IN_FLIGHT confirms awaited together), then record
         every outcome in one transaction: what is marked and what is counted never disagree."""
         if not self.publisher.connected:  # nothing claimed, nothing sent: the group waits
             return await self._wait_for_broker(job, BrokerUnavailable("RabbitMQ is not connected"))
         letters, seen = await self.store.run(_letters_and_runs, ids)
-        outcomes: dict[str, str | None] = {}
+        messages, outcomes = _messages(job, ids, letters)
         broker_down: BrokerUnavailable | None = None
-        messages: dict[str, aio_pika.Message] = {}
-        for dead_letter_id in ids:
-            try:
-                letter = check(letters.get(dead_letter_id), dead_letter_id)
-                _not_since(letter, job)
-                messages[dead_letter_id] = message_for(letter)  # what cannot go out, said now
-            except DocprocError as exc:
-                outcomes[dead_letter_id] = str(exc)
         ready = list(messages)
         # Taken before anything goes out: another redrive, or a single re-publish, that read
         # these letters at the same moment publishes none of those this one took.
@@ -252,30 +269,38 @@ class RedriveRunner:
                     "or request at the same moment: not again"
                 )
 
+        in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+
         async def one(dead_letter_id: str) -> None:
             nonlocal broker_down
-            try:
-                await publish(
-                    self.publisher, letters[dead_letter_id], message=messages[dead_letter_id]
-                )
-            except NotSent as exc:
-                # Not the letter's fault, and it did not go out: pending, its claim given back.
-                not_sent.append(dead_letter_id)
-                broker_down = exc
-            except BrokerUnavailable as exc:
-                # Not the letter's fault: it stays pending, and claimed — it may have gone out
-                # (a confirm that never came) — so the job's next pass says so (`_not_since`).
-                broker_down = exc
-            except DocprocError as exc:
-                outcomes[dead_letter_id] = str(exc)
-            except Exception as exc:  # a message the AMQP library cannot write (forged headers)
-                logger.bind(dead_letter_id=dead_letter_id).warning(
-                    "dead letter {} cannot be re-published: {!r}", dead_letter_id, exc
-                )
-                not_sent.append(dead_letter_id)
-                outcomes[dead_letter_id] = f"cannot be re-published: {exc!r}"
-            else:
-                outcomes[dead_letter_id] = None
+            async with in_flight:
+                if broker_down is not None:  # a letter of the group failed: the rest wait,
+                    not_sent.append(dead_letter_id)  # untried, so no more are left in doubt
+                    return
+                try:
+                    await publish(
+                        self.publisher, letters[dead_letter_id], message=messages[dead_letter_id]
+                    )
+                except NotSent as exc:
+                    # Not the letter's fault, and it did not go out: pending, its claim given
+                    # back.
+                    not_sent.append(dead_letter_id)
+                    broker_down = exc
+                except BrokerUnavailable as exc:
+                    # Not the letter's fault: it stays pending, and claimed — it may have gone
+                    # out (a confirm that never came) — so the job's next pass says so
+                    # (`_not_since`).
+                    broker_down = exc
+                except DocprocError as exc:
+                    outcomes[dead_letter_id] = str(exc)
+                except Exception as exc:  # a message the AMQP library cannot write (forged)
+                    logger.bind(dead_letter_id=dead_letter_id).warning(
+                        "dead letter {} cannot be re-published: {!r}", dead_letter_id, exc
+                    )
+                    not_sent.append(dead_letter_id)
+                    outcomes[dead_letter_id] = f"cannot be re-published: {exc!r}"
+                else:
+                    outcomes[dead_letter_id] = None
 
         await asyncio.gather(*(one(id_) for id_ in ready if id_ in claimed))
 

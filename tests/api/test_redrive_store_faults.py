@@ -31,7 +31,7 @@ publish the letters again (its pause is 0.5 s), less than RECORD_PATIENCE."""
 @pytest.mark.parametrize("patience", [None, 0.3])
 @pytest.mark.parametrize(
     ("letters", "rate"),
-    [(5, 100), (2 * redrive.MAX_IN_FLIGHT + 2, 10_000)],
+    [(5, 100), (2 * redrive.GROUP_LETTERS + 2, 10_000)],
     ids=["one group", "groups at full rate"],
 )
 async def test_outcomes_the_store_refuses_for_a_moment_are_recorded_and_nothing_goes_twice(
@@ -52,7 +52,7 @@ async def test_outcomes_the_store_refuses_for_a_moment_are_recorded_and_nothing_
     if patience is not None:
         monkeypatch.setattr(redrive, "RECORD_PATIENCE", patience)
     ids = bury(store, *(dead_message(queue="celery", task=task) for _ in range(letters)))
-    first = min(letters, redrive.MAX_IN_FLIGHT)
+    first = min(letters, redrive.GROUP_LETTERS)
     with refused_updates(store, "redrive_items"):
         started = await client.post("/dead-letters/redrive", json={"task": task, "rate": rate})
         location = started.headers["location"]

@@ -10,6 +10,7 @@ from typing import Any
 import aio_pika
 import msgspec
 
+from service.deadletters import redrive
 from service.deadletters.redrive import RedriveRunner
 from service.errors import BrokerUnavailable, NotSent
 from service.store import dead_letters, redrives, task_runs
@@ -122,6 +123,52 @@ async def test_a_letter_claimed_and_not_sent_is_sent_by_the_next_pass(
         await shared.close()
     assert (done.published, done.failed) == (3, 0)
     assert len(publisher.sent) == 3
+
+
+class Unconfirmed(RecordingPublisher):
+    """Connected, yet no confirm comes (a blocked broker): each publish fails once as many as
+    the runner keeps in flight have begun — they may have gone out."""
+
+    def __init__(self, in_flight: int) -> None:
+        super().__init__()
+        self.tried: list[str] = []
+        self.in_flight = in_flight
+        self.all_begun = asyncio.Event()
+
+    async def publish(
+        self, message: aio_pika.Message, routing_key: str, *, exchange: str = "docproc"
+    ) -> None:
+        self.tried.append(str((message.headers or {}).get("x-docproc-republished-from")))
+        if len(self.tried) >= self.in_flight:
+            self.all_begun.set()
+        await self.all_begun.wait()
+        raise BrokerUnavailable("RabbitMQ did not confirm within 5 s")
+
+
+async def test_a_group_whose_confirms_do_not_come_leaves_only_those_in_flight_in_doubt(
+    database_url: str, store: Store
+) -> None:
+    """A group is read, claimed and recorded together; its confirms are awaited MAX_IN_FLIGHT at
+    a time. Once a publish fails, the group's letters not yet tried are given back, pending:
+    only those in flight stay claimed, as letters that may have gone out."""
+    ids = bury(
+        store, *(dead_message(queue="retry_queue") for _ in range(3 * redrive.MAX_IN_FLIGHT))
+    )
+    shared = AsyncStore(database_url)
+    publisher = Unconfirmed(redrive.MAX_IN_FLIGHT)
+    try:
+        job = await shared.write(redrives.create, Filters(queue="retry_queue"), 10_000.0)
+        await RedriveRunner(shared, publisher, owner="one")._group(job, ids, asyncio.Event())
+        found = await shared.run(redrives.get, job.id)
+    finally:
+        await shared.close()
+
+    assert len(publisher.tried) == redrive.MAX_IN_FLIGHT
+    letters = [store.run(dead_letters.get, each) for each in ids]
+    claimed = {letter.id for letter in letters if letter and letter.republished_at is not None}
+    assert claimed == set(publisher.tried), "only the letters tried stay claimed"
+    assert found is not None
+    assert (found.published, found.failed) == (0, 0), "every letter is still pending"
 
 
 async def test_republishing_twice_asks_for_force_and_says_when_it_was_done(
