@@ -19,7 +19,7 @@ import kombu
 import pytest
 
 from service.broker.publisher import Publisher
-from service.deadletters.redrive import RedriveRunner
+from service.deadletters.redrive import MAX_IN_FLIGHT, RedriveRunner
 from service.store import documents, redrives
 from service.store.database import AsyncStore, Store
 from service.store.dead_letters import Filters
@@ -96,12 +96,19 @@ async def depth(vhost: Vhost, queue: str) -> int:
     return count
 
 
+@pytest.mark.parametrize(
+    ("letters", "rate"),
+    [(LETTERS, 100.0), (2 * MAX_IN_FLIGHT + 22, 10_000.0)],
+    ids=["a few", "a group past the confirms in flight"],
+)
 async def test_letters_rabbitmq_refuses_are_not_lost_nor_failed_and_go_out_once_it_takes_them(
-    vhost: Vhost, tmp_path: Path
+    vhost: Vhost, tmp_path: Path, letters: int, rate: float
 ) -> None:
+    """At full rate a group holds more letters than the confirms kept in flight: once RabbitMQ
+    refuses one, the group's letters not yet tried stay pending too."""
     url = f"sqlite:///{tmp_path / 'docproc.db'}"
     store, shared = Store(url), AsyncStore(url)
-    bury(store, *(dead_message(queue=QUEUE) for _ in range(LETTERS)))
+    bury(store, *(dead_message(queue=QUEUE) for _ in range(letters)))
     policies = Policies(vhost)
     publisher = Publisher(vhost.settings(), name="redrive")
     runner = RedriveRunner(shared, publisher, owner="one")
@@ -112,7 +119,7 @@ async def test_letters_rabbitmq_refuses_are_not_lost_nor_failed_and_go_out_once_
         await publisher.start()
         assert publisher.connected
         running = asyncio.create_task(runner.run(stop))
-        job = await shared.write(redrives.create, Filters(queue=QUEUE), 100.0)
+        job = await shared.write(redrives.create, Filters(queue=QUEUE), rate)
         runner.wake.set()
 
         async def state(wanted: str | None = None) -> redrives.Redrive | None:
@@ -142,8 +149,8 @@ async def test_letters_rabbitmq_refuses_are_not_lost_nor_failed_and_go_out_once_
         await shared.close()
         store.close()
 
-    assert (done.published, done.failed, done.last_error) == (LETTERS, 0, None)
-    assert await depth(vhost, QUEUE) == policies.held + LETTERS, "each letter once"
+    assert (done.published, done.failed, done.last_error) == (letters, 0, None)
+    assert await depth(vhost, QUEUE) == policies.held + letters, "each letter once"
 
 
 async def test_a_sweep_a_full_queue_refused_publishes_once_the_limit_is_lifted(
