@@ -54,8 +54,8 @@ tried: they are given back, pending."""
 PENDING_BATCH = 4 * GROUP_LETTERS
 GROUP_BYTES = 64 * 1024 * 1024
 """Bytes of bodies a group holds at most (`DOCPROC_DEAD_LETTER_BATCH_BYTES`) — its letters are
-read and their messages built all at once — and one letter whatever its size: 64 letters of
-RabbitMQ's largest (128 MiB) would be 8 GiB in the API's memory."""
+read and their messages built all at once — and one letter whatever its size: a full group of
+RabbitMQ's largest (128 MiB) would be 32 GiB in the API's memory."""
 
 
 def grouped(pending: list[tuple[str, int]], most: int, budget: int) -> Iterator[list[str]]:
