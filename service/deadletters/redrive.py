@@ -1,10 +1,10 @@
 """The redrive runner: works through redrive jobs at their rate, in the API process.
 
 Each API process runs one. Jobs live in the store: a runner claims a job nobody owns (or whose
-owner's heartbeat stopped), re-publishes its pending items one by one at the job's rate, and
-records each outcome, which beats the heartbeat; between two items of a slow job it beats it
-every BEAT. Cancelling is a state change the runner sees at its next item, or at its next beat
-while it waits for one.
+owner's heartbeat stopped), re-publishes its pending items at the job's rate, in groups of a tenth
+of a second's worth (GROUP_LETTERS at the most), and records each group's outcomes, which beats
+the heartbeat; between two groups of a slow job it beats it every BEAT. Cancelling is a state
+change the runner sees when it records a group, or at its next beat while it waits for one.
 """
 
 from __future__ import annotations
