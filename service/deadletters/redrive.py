@@ -186,7 +186,7 @@ class RedriveRunner:
             return
         interval = 1.0 / job.rate
         # A group: about a tenth of a second's worth of the rate.
-        letters = max(1, min(GROUP_LETTERS, int(job.rate / 10)))
+        size = max(1, min(GROUP_LETTERS, int(job.rate / 10)))
         next_at = time.monotonic()
         while not stop.is_set():
             batch = await self.store.run(redrives.pending, job.id, PENDING_BATCH)
@@ -194,7 +194,7 @@ class RedriveRunner:
                 await self.store.write(redrives.finish, job.id)
                 logger.bind(redrive_id=job.id).info("redrive {} finished", job.id)
                 return
-            for group in grouped(batch, letters, self.group_bytes):
+            for group in grouped(batch, size, self.group_bytes):
                 state = await self._wait(job, next_at, stop)
                 if state == "running" and not stop.is_set():
                     next_at = max(next_at + interval * len(group), time.monotonic() - interval)

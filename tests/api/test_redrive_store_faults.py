@@ -45,9 +45,9 @@ async def test_outcomes_the_store_refuses_for_a_moment_are_recorded_and_nothing_
 ) -> None:
     """Refused for less than a record's patience, or (0.3 s) for several patiences: the job once
     paused then with the letters pending, and published them again when it resumed. What went
-    out is recorded before anything else happens, however long the store takes. At full rate a
-    group's outcomes are written with the claim of the next group: refused, that group does not
-    go out either."""
+    out is recorded before anything else happens, however long the store takes. At full rate,
+    over several groups: the next group waits for the record of the one before, so while the
+    store refuses, the first group alone is out."""
     task = f"{TASK}.{patience}.{letters}"
     if patience is not None:
         monkeypatch.setattr(redrive, "RECORD_PATIENCE", patience)

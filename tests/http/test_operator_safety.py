@@ -11,6 +11,7 @@ import aio_pika
 import msgspec
 
 from service.deadletters import redrive
+from service.deadletters.parsing import REPUBLISHED_FROM_HEADER
 from service.deadletters.redrive import RedriveRunner
 from service.errors import BrokerUnavailable, NotSent
 from service.store import dead_letters, redrives, task_runs
@@ -90,7 +91,7 @@ class RefusingOnce(RecordingPublisher):
     async def publish(
         self, message: aio_pika.Message, routing_key: str, *, exchange: str = "docproc"
     ) -> None:
-        key = str((message.headers or {}).get("x-docproc-republished-from"))
+        key = str((message.headers or {}).get(REPUBLISHED_FROM_HEADER))
         if key not in self.refused:
             self.refused.add(key)
             raise NotSent("RabbitMQ refused the message: nack")
@@ -138,10 +139,12 @@ class Unconfirmed(RecordingPublisher):
     async def publish(
         self, message: aio_pika.Message, routing_key: str, *, exchange: str = "docproc"
     ) -> None:
-        self.tried.append(str((message.headers or {}).get("x-docproc-republished-from")))
+        self.tried.append(str((message.headers or {}).get(REPUBLISHED_FROM_HEADER)))
         if len(self.tried) >= self.in_flight:
             self.all_begun.set()
-        await self.all_begun.wait()
+        # Fewer in flight than that: the publishes fail (differently) instead of hanging.
+        async with asyncio.timeout(10):
+            await self.all_begun.wait()
         raise BrokerUnavailable("RabbitMQ did not confirm within 5 s")
 
 

@@ -104,8 +104,9 @@ async def depth(vhost: Vhost, queue: str) -> int:
 async def test_letters_rabbitmq_refuses_are_not_lost_nor_failed_and_go_out_once_it_takes_them(
     vhost: Vhost, tmp_path: Path, letters: int, rate: float
 ) -> None:
-    """At full rate a group holds more letters than the confirms kept in flight: once RabbitMQ
-    refuses one, the group's letters not yet tried stay pending too."""
+    """Also at full rate, one group of more letters than the confirms kept in flight, against
+    RabbitMQ's own nacks: none is lost or failed, and each goes out once. (That the letters not
+    yet tried are not tried shows only where publishes may have gone out: test_operator_safety.)"""
     url = f"sqlite:///{tmp_path / 'docproc.db'}"
     store, shared = Store(url), AsyncStore(url)
     bury(store, *(dead_message(queue=QUEUE) for _ in range(letters)))
