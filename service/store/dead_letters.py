@@ -410,20 +410,31 @@ def claim_for_redrive(
     """Of these letters, those taken for one re-publishing `at` by a redrive made at `since`:
     neither discarded nor superseded, and not re-published — nor claimed — since then. One
     statement, so that of two redrives (or a redrive and a single re-publish) reading the same
-    letters at once, one publishes each; `republished_at` marks the claim, as `claim` does."""
-    c = dead_letters.c
-    statement = (
+    letters at once, one publishes each; `republished_at` marks the claim, as `claim` does. The
+    ids are one parameter (`Keyed`), in order, as `mark_republished` takes them."""
+    rows = connection.execute(
+        _CLAIM_FOR_REDRIVE(connection),
+        {"p_ids": sorted(set(ids)), "p_since": since, "p_at": at},
+    )
+    return {str(row_id) for row_id in rows.scalars()}
+
+
+_CLAIM_FOR_REDRIVE = Keyed(
+    lambda one_of: (
         update(dead_letters)
         .where(
-            c.id.in_(list(ids)),
-            c.discarded_at.is_(None),
-            c.superseded_at.is_(None),
-            or_(c.republished_at.is_(None), c.republished_at < since),
+            one_of(dead_letters.c.id, "p_ids"),
+            dead_letters.c.discarded_at.is_(None),
+            dead_letters.c.superseded_at.is_(None),
+            or_(
+                dead_letters.c.republished_at.is_(None),
+                dead_letters.c.republished_at < bindparam("p_since"),
+            ),
         )
-        .values(updated_at=at, republished_at=at)
-        .returning(c.id)
+        .values(updated_at=bindparam("p_at"), republished_at=bindparam("p_at"))
+        .returning(dead_letters.c.id)
     )
-    return {str(row_id) for row_id in connection.execute(statement).scalars()}
+)
 
 
 def release_claims(

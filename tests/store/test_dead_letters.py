@@ -181,6 +181,46 @@ def test_a_groups_record_written_again_changes_nothing_more(store: Store) -> Non
     assert counts[ids[0]] == 2
 
 
+def test_a_redrive_claims_a_letter_once_and_none_that_went_out_since_it_began(
+    store: Store,
+) -> None:
+    """Of a group's letters, the claim takes those neither discarded nor superseded, nor
+    re-published or claimed since the redrive began; a second claim of the same group takes none;
+    a redrive made later takes them again. Ids unknown, repeated or out of order change
+    nothing."""
+    now = datetime.now(UTC)
+    stored = store.run(store_batch, [message(n, now) for n in range(5)])
+    fresh, before, after, discarded, superseded = [record_id for record_id, _ in stored]
+    began = now + timedelta(minutes=1)
+    store.run(dead_letters.discard, discarded)
+    store.run(
+        lambda c: (
+            c.execute(update(table).where(table.c.id == superseded).values(superseded_at=now)),
+            c.execute(
+                update(table)
+                .where(table.c.id == before)
+                .values(republished_at=began - timedelta(seconds=1), republish_count=1)
+            ),
+            c.execute(
+                update(table)
+                .where(table.c.id == after)
+                .values(republished_at=began + timedelta(seconds=1), republish_count=1)
+            ),
+        )
+    )
+    group = [superseded, after, "no-such-letter", fresh, discarded, before, fresh]
+    at = began + timedelta(seconds=2)
+
+    assert store.run(dead_letters.claim_for_redrive, group, began, at) == {fresh, before}
+    assert store.run(dead_letters.claim_for_redrive, group, began, at) == set()
+    later = at + timedelta(microseconds=1)
+    claimed = store.run(dead_letters.claim_for_redrive, group, later, later)
+    assert claimed == {fresh, before, after}
+    stamps = store.run(lambda c: dict(c.execute(select(table.c.id, table.c.republished_at)).all()))
+    assert all(stamps[id_] == later for id_ in claimed)
+    assert (stamps[discarded], stamps[superseded]) == (None, None)
+
+
 def test_a_letter_with_an_empty_body_is_read_with_it(store: Store) -> None:
     """SQLite's substr of an empty blob is NULL: the letter's detail (its first bytes) was a
     500 there."""
