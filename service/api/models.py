@@ -280,7 +280,11 @@ class RedriveRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         bool, msgspec.Meta(description="count what would be re-published; publish nothing")
     ] = False
     include_republished: Annotated[
-        bool, msgspec.Meta(description="letters re-published before are taken too")
+        bool,
+        msgspec.Meta(
+            description="letters re-published before are taken too, and letters in doubt (taken "
+            "for a re-publishing that was never recorded: they may have gone out)"
+        ),
     ] = False
     include_delivery_limit: Annotated[
         bool,
@@ -309,7 +313,8 @@ class RedrivePreview(msgspec.Struct, kw_only=True):
         msgspec.Meta(
             description="letters the filters match that the redrive leaves out, by why: "
             "`delivery_limit` (add `include_delivery_limit`), `republished` (add "
-            "`include_republished`)"
+            "`include_republished`), `in_doubt` — taken for a re-publishing that was never "
+            "recorded, so it may have gone out (add `include_republished`)"
         ),
     ]
 

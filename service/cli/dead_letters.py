@@ -167,7 +167,11 @@ def _republished(done: Any) -> str:
 @filter_options
 @click.option("--all", "everything", is_flag=True, help="Every active dead letter (no filter).")
 @click.option("--dry-run", is_flag=True, help="Count what would be re-published; publish nothing.")
-@click.option("--include-republished", is_flag=True, help="Take letters re-published before too.")
+@click.option(
+    "--include-republished",
+    is_flag=True,
+    help="Take letters re-published before too, and letters in doubt (may have gone out).",
+)
 @click.option(
     "--include-delivery-limit",
     is_flag=True,
@@ -236,6 +240,10 @@ def redrive(
 LEFT_OUT = {
     "delivery_limit": "died at the delivery limit (--include-delivery-limit takes them)",
     "republished": "re-published before (--include-republished takes them)",
+    "in_doubt": (
+        "taken for a re-publishing never recorded: they may have gone out "
+        "(--include-republished takes them)"
+    ),
 }
 
 

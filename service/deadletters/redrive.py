@@ -23,7 +23,14 @@ from sqlalchemy import Connection
 
 from service.broker.publisher import TaskPublisher
 from service.deadletters.republish import check, mark_handled, message_for, publish, run_versions
-from service.errors import BrokerUnavailable, Conflict, DatabaseError, DocprocError, NotSent
+from service.errors import (
+    BrokerUnavailable,
+    Conflict,
+    DatabaseError,
+    DocprocError,
+    NotSent,
+    Unroutable,
+)
 from service.store import dead_letters, redrives
 from service.store.database import RECORD_PATIENCE, AsyncStore
 from service.store.dead_letters import DeadLetter
@@ -39,7 +46,15 @@ while its owner lives. A fifth of the timeout: a beat, then a group's publishes 
 5 s) and its record's first attempts (RECORD_PATIENCE, 5 s), all fit within it, so no other
 runner takes the job over while the outcome of letters that went out is still on its way. A
 record the store refuses for longer is tried until it takes it (`_recorded`); another runner
-could take the job over meanwhile only through the same store, in a write of its own."""
+could take the job over meanwhile only through the same store, in a write of its own. A group's
+letters go out MAX_IN_FLIGHT at a time; so that its publishes fit too, only those handed out
+within HAND_OUT_WINDOW go, the last of them confirmed (or given up) within HAND_OUT_WINDOW +
+PUBLISH_TIMEOUT: 3 + 6 + 5 s, within the 15."""
+HAND_OUT_WINDOW = 1.0
+"""Seconds from a group's first publish in which its letters are handed out; the rest, not tried,
+are given back, pending, for the next group. Normally a group of 256 is out in a tenth of that;
+confirms slow enough to hold it longer (a broker under flow control) would otherwise keep the
+group past the job's heartbeat (BEAT), and another runner would take over a live job."""
 IDLE_PAUSE = 0.5
 GROUP_LETTERS = 256
 """Letters read, claimed and recorded together at the most: a group costs three transactions
@@ -91,14 +106,14 @@ def _not_since(letter: DeadLetter, job: Redrive) -> None:
         when = letter.republished_at.isoformat()
         if not letter.republish_count:
             raise Conflict(
-                f"dead letter {letter.id} was taken for re-publishing at {when}, by another "
-                "redrive or request, and is not recorded as re-published: it is going out, or "
-                "went out and a runner stopped before recording it; not again (re-publish it by "
-                "hand, with force, if it never went out)"
+                f"dead letter {letter.id} was taken for re-publishing at {when} (by this redrive "
+                "before it stopped, or by another redrive or request) and is not recorded as "
+                "re-published: it is going out, or went out without its confirm or its record; "
+                "not again (re-publish it by hand, with force, if it never went out)"
             )
         raise Conflict(
-            f"dead letter {letter.id} was re-published at {when}, after this redrive began: "
-            "not again"
+            f"dead letter {letter.id} was re-published, or taken for re-publishing, at {when}, "
+            "after this redrive began: not again"
         )
     if letter.superseded_at is not None:
         raise Conflict(
@@ -252,15 +267,11 @@ class RedriveRunner:
         broker_down: BrokerUnavailable | None = None
         ready = list(messages)
         # Taken before anything goes out: another redrive, or a single re-publish, that read
-        # these letters at the same moment publishes none of those this one took.
-        claimed_at = utcnow()
-        claimed = (
-            await self.store.write(
-                dead_letters.claim_for_redrive, ready, job.created_at, claimed_at
-            )
-            if ready
-            else set()
-        )
+        # these letters at the same moment publishes none of those this one took. Stamped after
+        # the job's making even when this host's clock is behind the one that made it: the
+        # job's next pass must see its own claims (`_not_since`) and not take them again.
+        claimed_at = max(utcnow(), job.created_at + timedelta(microseconds=1))
+        claimed = await self._claimed(letters, ready, job, claimed_at) if ready else set()
         not_sent: list[str] = []
         for dead_letter_id in ready:
             if dead_letter_id not in claimed:
@@ -270,12 +281,16 @@ class RedriveRunner:
                 )
 
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        hand_out_until = time.monotonic() + HAND_OUT_WINDOW
 
         async def one(dead_letter_id: str) -> None:
             nonlocal broker_down
             async with in_flight:
-                if broker_down is not None:  # a letter of the group failed: the rest wait,
-                    not_sent.append(dead_letter_id)  # untried, so no more are left in doubt
+                # A letter of the group failed: the rest wait, untried, so that no more are
+                # left in doubt. Or confirms are slow: the rest go with the next group, so that
+                # the job's heartbeat is beaten in time (HAND_OUT_WINDOW).
+                if broker_down is not None or time.monotonic() > hand_out_until:
+                    not_sent.append(dead_letter_id)
                     return
                 try:
                     await publish(
@@ -291,6 +306,9 @@ class RedriveRunner:
                     # out (a confirm that never came) — so the job's next pass says so
                     # (`_not_since`).
                     broker_down = exc
+                except Unroutable as exc:  # returned: it reached no queue, its claim given back
+                    not_sent.append(dead_letter_id)
+                    outcomes[dead_letter_id] = str(exc)
                 except DocprocError as exc:
                     outcomes[dead_letter_id] = str(exc)
                 except Exception as exc:  # a message the AMQP library cannot write (forged)
@@ -333,6 +351,30 @@ class RedriveRunner:
         if broker_down is not None and state == "running":
             state = await self._wait_for_broker(job, broker_down)
         return state
+
+    async def _claimed(
+        self,
+        letters: dict[str, DeadLetter],
+        ids: list[str],
+        job: Redrive,
+        claimed_at: datetime,
+    ) -> set[str]:
+        """`ids` claimed for this group (`claim_for_redrive`). When the store's answer is lost,
+        the claim may have committed, and nothing of the group went out: the claims are given
+        back before the job pauses, so that its next pass does not fail them as letters that may
+        have gone out. (A store that refuses that too leaves them so: the operator then
+        re-publishes them by hand.)"""
+        try:
+            return await self.store.write(
+                dead_letters.claim_for_redrive, ids, job.created_at, claimed_at
+            )
+        except DatabaseError:
+            claims = [(id_, letters[id_].republished_at) for id_ in ids]
+            with contextlib.suppress(DatabaseError):
+                await self.store.record(
+                    RECORD_PATIENCE, dead_letters.release_claims, claims, claimed_at
+                )
+            raise
 
     async def _wait_for_broker(self, job: Redrive, down: BrokerUnavailable) -> str | None:
         """Say where the operator looks (the job's progress), not only in the log, that the job

@@ -10,6 +10,7 @@ where it died whatever the bindings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -23,7 +24,7 @@ from service import telemetry
 from service.broker.publisher import TaskPublisher
 from service.deadletters.headers import from_json
 from service.deadletters.parsing import REPUBLISH_COUNT_HEADER, REPUBLISHED_FROM_HEADER
-from service.errors import Conflict, DatabaseError, NotFound
+from service.errors import Conflict, DatabaseError, NotFound, NotSent, Unroutable
 from service.store import dead_letters, task_runs
 from service.store.database import RECORD_PATIENCE, AsyncStore
 from service.store.dead_letters import DeadLetter
@@ -40,9 +41,12 @@ _PROPERTIES = (
     "message_id",
     "timestamp",
     "type",
-    "user_id",
     "app_id",
 )
+"""The properties a message goes out with again. Not `user_id`: RabbitMQ checks it against the
+user publishing, and one naming another closes the channel (406 PRECONDITION_FAILED) — every
+publish then in flight on the API's channel, uploads' included, would fail with it. The letter's
+record keeps it."""
 
 
 class Republished(msgspec.Struct, frozen=True, kw_only=True):
@@ -254,8 +258,20 @@ async def republish(
         )
     queue = target or letter.queue
     # A publish that fails may have gone out all the same (a confirm that never came): the
-    # letter stays claimed, and the next request is cautioned.
-    await publish(publisher, letter, queue, message=message)
+    # letter stays claimed, and the next request is cautioned. One that certainly did not (no
+    # connection, a nack, returned) gives its claim back: the operator's next try is not
+    # cautioned as a re-published one.
+    try:
+        await publish(publisher, letter, queue, message=message)
+    except (NotSent, Unroutable):
+        with contextlib.suppress(DatabaseError):
+            await store.record(
+                RECORD_PATIENCE,
+                dead_letters.release_claims,
+                [(letter.id, letter.republished_at)],
+                claimed,
+            )
+        raise
     # Unmarked, the letter would look untouched, and a retried request would publish it again.
     at = max(utcnow(), claimed + timedelta(microseconds=1))  # a stamp of its own (`mark_handled`)
     recorded = True

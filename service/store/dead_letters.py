@@ -101,6 +101,10 @@ class Filters(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     status: Status = "active"
     leave_out: tuple[str, ...] = ()
     """Reasons left out (a redrive leaves out `delivery_limit` unless asked for it)."""
+    leave_out_in_doubt: bool = False
+    """Letters in doubt left out: taken for a re-publishing that was never recorded — they may
+    have gone out (`IN_DOUBT`). A redrive leaves them out unless it takes re-published letters
+    too, as a single re-publish of one asks for `force`."""
 
 
 class Group(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,6 +147,11 @@ _STATUS: dict[str, list[Any]] = {
     "redrivable": [_c.discarded_at.is_(None), _c.superseded_at.is_(None)],
     "all": [],
 }
+IN_DOUBT = and_(_c.republished_at.is_not(None), _c.republish_count == 0)
+"""Taken for a re-publishing (`claim`, `claim_for_redrive`) that was never recorded: it is going
+out, or went out and its publisher stopped (or lost the confirm) before recording it. A letter
+re-published before and in doubt again cannot be told from one re-published: it counts as
+re-published."""
 
 
 def _where(statement: Select[Any], filters: Filters) -> Select[Any]:
@@ -158,6 +167,8 @@ def _where(statement: Select[Any], filters: Filters) -> Select[Any]:
     conditions += _STATUS[filters.status]
     if filters.leave_out:
         conditions.append(_c.reason.not_in(filters.leave_out))
+    if filters.leave_out_in_doubt:
+        conditions.append(~IN_DOUBT)
     return statement.where(and_(*conditions)) if conditions else statement
 
 
@@ -514,7 +525,8 @@ def count(connection: Connection, filters: Filters) -> int:
 
 def left_out(connection: Connection, filters: Filters) -> dict[str, int]:
     """What `filters` match but leave out, by why: reasons left out (`leave_out`), letters
-    re-published before (status `active`). A redrive's dry run tells these."""
+    re-published before (status `active`), letters in doubt (`leave_out_in_doubt`). A redrive's
+    dry run tells these."""
     found: dict[str, int] = {}
     for reason in filters.leave_out:
         if filters.reason in (None, reason):
@@ -525,6 +537,10 @@ def left_out(connection: Connection, filters: Filters) -> dict[str, int]:
         found["republished"] = count(
             connection, msgspec.structs.replace(filters, status="republished")
         )
+    if filters.leave_out_in_doubt:
+        found["in_doubt"] = count(
+            connection, msgspec.structs.replace(filters, leave_out_in_doubt=False)
+        ) - count(connection, filters)
     return {why: n for why, n in found.items() if n}
 
 

@@ -218,6 +218,29 @@ async def test_republish_sends_the_message_back_clean_and_marks_the_record(
     assert record_id in {item["id"] for item in republished["items"]}
 
 
+async def test_a_letter_naming_another_user_goes_out_without_it_and_the_channel_stays(
+    client: Client, store: Store, channel: aio_pika.abc.AbstractChannel
+) -> None:
+    """A message's `user_id` is checked by RabbitMQ against the user publishing it: one naming
+    another user closed the API's channel (406 PRECONDITION_FAILED), failing every publish in
+    flight on it — uploads' too — and the letter itself could never go out."""
+    foreign = dead_message(queue="retry_queue")
+    foreign.properties["user_id"] = "someone-else"
+    first, second = bury(store, foreign, dead_message(queue="retry_queue"))
+
+    answers = [await client.post(f"/dead-letters/{each}/republish") for each in (first, second)]
+
+    assert [answer.status_code for answer in answers] == [200, 200], answers[0].text
+    arrived = [await take(channel, "retry_queue") for _ in range(2)]
+    assert [message.headers["x-docproc-republished-from"] for message in arrived] == [
+        first,
+        second,
+    ]
+    assert arrived[0].user_id is None
+    detail = (await client.get(f"/dead-letters/{first}")).json()
+    assert detail["properties"]["user_id"] == "someone-else", "the record keeps it"
+
+
 async def test_requests_to_republish_one_letter_at_once_publish_it_once(
     settings_for: Callable[..., Settings], store: Store, channel: aio_pika.abc.AbstractChannel
 ) -> None:

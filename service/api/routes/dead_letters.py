@@ -331,6 +331,9 @@ async def start_redrive(
         since=moment("since", data.since),
         until=moment("until", data.until),
         status="redrivable" if data.include_republished else "active",
+        # Nor one in doubt — taken for a re-publishing never recorded: it may have gone out —
+        # unless re-published letters are taken too (a single re-publish asks for force).
+        leave_out_in_doubt=not data.include_republished,
         # Safe by default, as a single re-publish is: a message that killed or lost a worker
         # process at each delivery would do it again, DOCPROC_DELIVERY_LIMIT times.
         leave_out=(

@@ -290,7 +290,7 @@ function redrive(section) {
     try {
       const preview = await api("POST", "/dead-letters/redrive", { ...asked(), dry_run: true });
       const queues = preview.queues.map((queue) => queue.count + " to " + queue.name).join(", ");
-      const why = { delivery_limit: "died at the delivery limit", republished: "re-published before" };
+      const why = { delivery_limit: "died at the delivery limit", republished: "re-published before", in_doubt: "in doubt (may have gone out)" };
       const left = preview.left_out.map((count) => count.count + " " + (why[count.name] || count.name)).join(", ");
       part("preview").textContent =
         preview.matched + " letter(s) would be re-published" + (queues ? " (" + queues + ")" : "") +

@@ -1,0 +1,263 @@
+"""Letters in doubt — taken for a re-publishing that was never recorded, so they may have gone
+out — are not sent again by default, whoever asks and whenever; letters that certainly did not go
+out are not left in doubt. A recording publisher stands for RabbitMQ (what RabbitMQ itself does
+with refused and returned messages: tests/integration/test_refused_publishes.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import aio_pika
+import pytest
+
+from service.deadletters import redrive
+from service.deadletters.parsing import REPUBLISHED_FROM_HEADER
+from service.deadletters.redrive import RedriveRunner
+from service.errors import BrokerUnavailable, NotSent, StoreUnavailable, Unroutable
+from service.store import dead_letters, redrives
+from service.store.database import AsyncStore, Store
+from service.store.dead_letters import Filters
+from service.store.schema import utcnow
+from tests.api.test_dead_letters_api import bury, dead_message
+from tests.http.conftest import Client
+from tests.support import RecordingPublisher, eventually
+
+
+def sent_ids(publisher: RecordingPublisher) -> list[str]:
+    return [str(each.message.headers[REPUBLISHED_FROM_HEADER]) for each in publisher.sent]
+
+
+class NoConfirmFor(RecordingPublisher):
+    """Sends each message, but the confirm of those named never comes (once each)."""
+
+    def __init__(self, doubtful: set[str]) -> None:
+        super().__init__()
+        self.doubtful = doubtful
+
+    async def publish(
+        self, message: aio_pika.Message, routing_key: str, *, exchange: str = "docproc"
+    ) -> None:
+        await super().publish(message, routing_key, exchange=exchange)
+        key = str((message.headers or {}).get(REPUBLISHED_FROM_HEADER))
+        if key in self.doubtful:
+            self.doubtful.discard(key)
+            raise BrokerUnavailable("RabbitMQ did not confirm within 5 s")
+
+
+async def finished(
+    shared: AsyncStore, job_id: str, owners: set[str] | None = None
+) -> redrives.Redrive:
+    """The job once finished, each runner seen owning it meanwhile noted in `owners`."""
+
+    async def done() -> redrives.Redrive | None:
+        found = await shared.run(redrives.get, job_id)
+        if found is not None and found.owner is not None and owners is not None:
+            owners.add(found.owner)
+        return found if found is not None and found.state == "finished" else None
+
+    return await eventually(done, 30, "the job to finish", interval=0.05)
+
+
+async def test_a_letter_in_doubt_is_left_out_of_a_later_redrive_unless_asked_for(
+    client: Client, store: Store, publisher: RecordingPublisher
+) -> None:
+    """A letter another redrive (or a single re-publish) claimed and never recorded — a confirm
+    that never came, a crash between publish and record — counts as never re-published, so a
+    redrive made afterwards took it and sent it again without a word, where a single re-publish
+    asks for force. Now the redrive leaves it out, and its dry run says so."""
+    doubtful, fresh = bury(store, *(dead_message(queue="retry_queue") for _ in range(2)))
+    began = utcnow() - timedelta(minutes=1)
+    assert store.run(dead_letters.claim_for_redrive, [doubtful], began, utcnow()) == {doubtful}
+
+    dry = await client.post("/dead-letters/redrive", json={"queue": "retry_queue", "dry_run": True})
+    taking_all = await client.post(
+        "/dead-letters/redrive",
+        json={"queue": "retry_queue", "dry_run": True, "include_republished": True},
+    )
+    started = await client.post("/dead-letters/redrive", json={"queue": "retry_queue"})
+
+    assert dry.json()["matched"] == 1
+    assert dry.json()["left_out"] == [{"name": "in_doubt", "count": 1}]
+    assert taking_all.json()["matched"] == 2, "taken when re-published letters are"
+    assert started.json()["matched"] == 1
+
+    async def done() -> dict[str, Any] | None:
+        job: dict[str, Any] = (await client.get(started.headers["location"])).json()
+        return job if job["state"] == "finished" else None
+
+    job = await eventually(done, 10, "the redrive to finish")
+    assert (job["published"], job["failed"]) == (1, 0)
+    assert sent_ids(publisher) == [fresh]
+    single = await client.post(f"/dead-letters/{doubtful}/republish")
+    assert single.status_code == 409
+    assert "being re-published" in single.json()["detail"]
+
+
+async def test_a_runner_whose_clock_is_behind_does_not_send_its_own_claims_again(
+    database_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job was made by one API process and run by another whose clock is 2 s behind: its
+    claims were stamped before the job's making, so its next pass saw them as older than the job
+    and sent the letter again."""
+    [letter_id] = bury(store, dead_message(queue="retry_queue"))
+    lagging = utcnow
+    monkeypatch.setattr(redrive, "utcnow", lambda: lagging() - timedelta(seconds=2))
+    shared = AsyncStore(database_url)
+    publisher = NoConfirmFor({letter_id})
+    try:
+        job = await shared.write(redrives.create, Filters(queue="retry_queue"), 100.0)
+        runner = RedriveRunner(shared, publisher, owner="behind")
+        await runner._group(job, [letter_id], asyncio.Event())  # in doubt: claimed, pending
+        await runner._group(job, [letter_id], asyncio.Event())  # the job's next pass
+        found = await shared.run(redrives.get, job.id)
+    finally:
+        await shared.close()
+
+    assert sent_ids(publisher) == [letter_id]
+    assert found is not None
+    assert (found.published, found.failed) == (0, 1)
+    assert "not recorded as re-published" in str(found.last_error)
+
+
+class ClaimAnswerLost(AsyncStore):
+    """The first claim of a redrive commits; its caller is told the store went away."""
+
+    lost = False
+
+    async def write(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        result = await super().write(operation, *args, **kwargs)
+        if operation is dead_letters.claim_for_redrive and not self.lost:
+            self.lost = True
+            raise StoreUnavailable("the store is unavailable: server closed the connection")
+        return result
+
+
+async def test_a_claim_whose_answer_is_lost_is_given_back_and_its_letters_go_out(
+    database_url: str, store: Store
+) -> None:
+    """Nothing of a group goes out before its claim's answer: when that answer is lost, the
+    claims are given back and the job, resumed, sends the letters. They were once failed as
+    letters that may have gone out."""
+    bury(store, *(dead_message(queue="retry_queue") for _ in range(5)))
+    shared = ClaimAnswerLost(database_url)
+    publisher = RecordingPublisher()
+    stop = asyncio.Event()
+    running = asyncio.create_task(RedriveRunner(shared, publisher, owner="one").run(stop))
+    try:
+        job = await shared.write(redrives.create, Filters(queue="retry_queue"), 100.0)
+        done = await finished(shared, job.id)
+    finally:
+        stop.set()
+        await running
+        await shared.close()
+
+    assert shared.lost
+    assert (done.published, done.failed, len(publisher.sent)) == (5, 0, 5), done.last_error
+
+
+class SlowConfirms(RecordingPublisher):
+    """Each confirm comes, late (a broker under flow control): `delay` seconds a publish."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def publish(
+        self, message: aio_pika.Message, routing_key: str, *, exchange: str = "docproc"
+    ) -> None:
+        await super().publish(message, routing_key, exchange=exchange)
+        await asyncio.sleep(self.delay)  # the broker's latency, not a wait for the test
+
+
+async def test_slow_confirms_do_not_keep_a_group_past_the_jobs_heartbeat(
+    database_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full group goes out MAX_IN_FLIGHT at a time: four rounds of slow confirms held it past
+    the heartbeat's timeout, and another runner took the live job over, failing as "may have gone
+    out" letters the first then published. Scaled down: a heartbeat of 1.5 s, confirms of 0.45 s
+    (5 s of 15); letters are handed out only within HAND_OUT_WINDOW, the rest go with the next
+    group."""
+    monkeypatch.setattr(redrive, "HEARTBEAT_TIMEOUT", timedelta(seconds=1.5))
+    monkeypatch.setattr(redrive, "BEAT", timedelta(seconds=0.3))
+    monkeypatch.setattr(redrive, "HAND_OUT_WINDOW", 0.1)
+    ids = bury(store, *(dead_message(queue="retry_queue") for _ in range(redrive.GROUP_LETTERS)))
+    shared = AsyncStore(database_url)
+    publisher = SlowConfirms(0.45)
+    stop = asyncio.Event()
+    owners: set[str] = set()
+    runners: list[asyncio.Task[None]] = []
+    try:
+        job = await shared.write(redrives.create, Filters(queue="retry_queue"), 10_000.0)
+        runners = [
+            asyncio.create_task(RedriveRunner(shared, publisher, name).run(stop))
+            for name in ("a", "b")
+        ]
+        result = await finished(shared, job.id, owners)
+    finally:
+        stop.set()
+        await asyncio.gather(*runners)
+        await shared.close()
+
+    assert len(owners) == 1, f"taken from a live runner: {owners}"
+    assert (result.published, result.failed) == (len(ids), 0), result.last_error
+    assert sorted(sent_ids(publisher)) == sorted(ids)
+
+
+class Returning(RecordingPublisher):
+    """Connected, yet RabbitMQ returns every message (no queue bound where it goes)."""
+
+    async def publish(
+        self, message: aio_pika.Message, routing_key: str, *, exchange: str = "docproc"
+    ) -> None:
+        raise Unroutable("RabbitMQ returned the message: no queue is bound")
+
+
+async def test_a_returned_letter_fails_alone_with_its_claim_given_back(
+    database_url: str, store: Store
+) -> None:
+    """A message RabbitMQ returns reached no queue: the letter fails with why, and is not left
+    claimed — a single re-publish of it asked for force as if it might have gone out."""
+    [letter_id] = bury(store, dead_message(queue="retry_queue"))
+    shared = AsyncStore(database_url)
+    try:
+        job = await shared.write(redrives.create, Filters(queue="retry_queue"), 100.0)
+        runner = RedriveRunner(shared, Returning(), owner="one")
+        await runner._group(job, [letter_id], asyncio.Event())
+        found = await shared.run(redrives.get, job.id)
+    finally:
+        await shared.close()
+
+    letter = store.run(dead_letters.get, letter_id)
+    assert found is not None
+    assert (found.published, found.failed) == (0, 1)
+    assert "no queue is bound" in str(found.last_error)
+    assert letter is not None
+    assert (letter.republished_at, letter.republish_count) == (None, 0)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        NotSent("RabbitMQ refused the message (nack)"),
+        Unroutable("RabbitMQ returned the message: no queue is bound"),
+    ],
+    ids=["nack", "returned"],
+)
+async def test_a_single_republish_that_certainly_did_not_go_out_can_be_tried_again(
+    client: Client, store: Store, publisher: RecordingPublisher, refusal: Exception
+) -> None:
+    """A nack or a returned message did not go out: the letter's claim is given back, so the
+    operator's next try goes out — it was a 409 asking for force, as for a letter that might
+    have gone out."""
+    [letter_id] = bury(store, dead_message(queue="retry_queue"))
+
+    publisher.refusal = refusal
+    first = await client.post(f"/dead-letters/{letter_id}/republish")
+    publisher.refusal = None
+    second = await client.post(f"/dead-letters/{letter_id}/republish")
+
+    assert first.status_code in (502, 503), first.text
+    assert second.status_code == 200, second.text
+    assert sent_ids(publisher) == [letter_id]
