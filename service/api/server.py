@@ -169,13 +169,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     (HEADER_TIMEOUT), each piece of a body it announced (BODY_CHUNK_TIMEOUT, also when the app
     answered without reading it, where uvicorn waits for the rest with no deadline at all),
     and reading a response that fills the buffer (WRITE_TIMEOUT); a client that half-closes
-    after its request still gets the answer."""
+    after its request still gets the answer; and a request it cannot parse, pipelined behind
+    others, is answered after them, in order (`send_400_response`)."""
 
     _header_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
     _write_timer: asyncio.TimerHandle | None = None
     _in_body = False
     _client_done = False
+    _deaf = False
+    """A request could not be parsed: nothing after it is read."""
+    _refusal: bytes | None = None
+    """The 400 owed to a request that could not be parsed, sent once the requests before it
+    are answered."""
     _coalescing: CoalescingTransport
 
     def _arm(self) -> None:
@@ -187,8 +193,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer = None
 
     def _headers_too_slow(self) -> None:
-        if not self.transport.is_closing():
+        if self._owed():  # the wait is ours: a request before these headers is not answered yet
+            self._arm()
+        elif not self.transport.is_closing():
             self.transport.close()
+
+    def _owed(self) -> bool:
+        """Whether a request read whole is not answered yet."""
+        cycle = self.cycle
+        return bool(self.pipeline) or (
+            cycle is not None and not cycle.more_body and not cycle.response_complete
+        )
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._coalescing = CoalescingTransport(transport, self.loop)
@@ -211,6 +226,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
+        if self._deaf:
+            return
         super().data_received(data)
         if self._in_body:  # more of a body is owed: from now, within BODY_CHUNK_TIMEOUT
             _cancel(self._body_timer)
@@ -240,19 +257,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """What uvicorn answers a request it cannot parse (a bad Content-Length or chunk size, a
         byte that has no place in a request line): a problem, as every other error — not its
-        text/plain line."""
-        body = msgspec.json.encode(
-            {"type": "about:blank", "status": 400, "title": "Bad request", "detail": msg}
-        )
-        head = [STATUS_LINE[400]]
-        for name, value in self.server_state.default_headers:
-            head.append(b"%s: %s\r\n" % (name, value))
-        head.append(
-            b"content-type: application/problem+json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n" % len(body)
-        )
-        self.transport.write(b"".join([*head, body]))
-        self.transport.close()
+        text/plain line — and then the connection closes.
+
+        Uvicorn wrote it at once, closing the connection under the requests pipelined before
+        the bad one: a client that sent an upload, then something unparseable, read the 400 as
+        the upload's answer while the upload was stored and queued — and sent it again. Here
+        nothing after the bad request is read, and its 400 goes out after the answers owed
+        before it: queued behind them when the bad request is one whose body was being read
+        (`_unparseable`, as uvicorn's own 503 replaces a request's app), or written once the
+        last of them is answered (`on_response_complete`)."""
+        self._deaf = True
+        answer = _problem_400(self.server_state.default_headers, msg)
+        queued = next((i for i, (c, _) in enumerate(self.pipeline) if c is self.cycle), None)
+        if self._in_body and queued is not None:
+            self.pipeline[queued] = (self.pipeline[queued][0], _unparseable(msg))
+        elif not self._in_body and self._owed():
+            self._refusal = answer
+        else:  # nothing before it is owed; or the request whose body is being read is bad
+            self.transport.write(answer)
+            self.transport.close()
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's own
         """The client has sent all it will (a half-close). A request it sent whole still gets its
@@ -271,7 +294,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         cycle = self.cycle
         answered = not self.pipeline and (cycle is None or cycle.response_complete)
-        if self._client_done and answered and not self.transport.is_closing():
+        if self._refusal is not None and answered and not self.transport.is_closing():
+            self.transport.write(self._refusal)
+            self.transport.close()
+        elif self._client_done and answered and not self.transport.is_closing():
             self._unset_keepalive_if_required()
             self.transport.close()
 
@@ -280,6 +306,45 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _cancel(self._body_timer)
         _cancel(self._write_timer)
         super().connection_lost(exc)
+
+
+def _problem_400(default_headers: list[tuple[bytes, bytes]], msg: str) -> bytes:
+    """A 400 problem that closes the connection, as bytes to write."""
+    body = msgspec.json.encode(
+        {"type": "about:blank", "status": 400, "title": "Bad request", "detail": msg}
+    )
+    head = [STATUS_LINE[400]]
+    for name, value in default_headers:
+        head.append(b"%s: %s\r\n" % (name, value))
+    head.append(
+        b"content-type: application/problem+json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n" % len(body)
+    )
+    return b"".join([*head, body])
+
+
+def _unparseable(msg: str) -> Any:
+    """The app of a pipelined request whose body could not be parsed: its 400, in its turn, and
+    the connection closes after it."""
+    body = msgspec.json.encode(
+        {"type": "about:blank", "status": 400, "title": "Bad request", "detail": msg}
+    )
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 400,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return answer
 
 
 def _cancel(timer: asyncio.TimerHandle | None) -> None:
