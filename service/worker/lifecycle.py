@@ -102,6 +102,9 @@ def connect(app: Celery, store: Callable[[], Store]) -> None:
         # Celery sends its request's context: it has the task's id, not always its name
         # (`task_name` raised AttributeError here, and nothing was recorded).
         name = str(getattr(sender, "name", None) or getattr(request, "task", None) or "?")
+        if expired and getattr(sender, "stale_dropped", False):  # a stale periodic tick
+            logger.info("{} {} expired before it ran: dropped, the next one runs", name, request.id)
+            return
         if expired:  # dead-lettered (service.worker.request): a failure, as the letter says
             write(
                 outcomes.task_failed,

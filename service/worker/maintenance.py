@@ -127,8 +127,11 @@ def reconcile_lost(store: Store, publish: Callable[[Document], None], before: da
 
 
 def register(app: Celery) -> None:
-    # Maintenance is idempotent and periodic: a run that overlaps the next one is pointless.
-    options: dict[str, Any] = {"bind": True, "expires": 600, "shared": False}
+    # Maintenance is idempotent and periodic: a run that overlaps the next one is pointless. A
+    # tick that waited past its `expires` (workers down, consuming paused by a store outage) is
+    # dropped, not dead-lettered as a document task's expired message is (`stale_dropped`,
+    # service.worker.request): the next tick does its work.
+    options: dict[str, Any] = {"bind": True, "expires": 600, "shared": False, "stale_dropped": True}
 
     @app.task(name=EXPIRE_TASK_RUNS, **options)
     @_skipped_while_the_store_is_down

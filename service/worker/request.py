@@ -24,7 +24,8 @@ class DeadLetteringRequest(Request):
     retry came after its expiry was gone, its run left RETRY for good. It is dead-lettered now,
     its run recorded as expired (service.worker.lifecycle), to be re-published by an operator if
     it still matters (re-publishing drops a past `expires`). A task revoked by id is still acked:
-    someone asked for that.
+    someone asked for that. So is an expired message of a task marked `stale_dropped` (the
+    periodic maintenance tasks: a stale tick is pointless, the next one does its work).
     """
 
     _hard_time_limit_hit = False
@@ -50,7 +51,7 @@ class DeadLetteringRequest(Request):
             state.revoked.discard(self.id)
 
     def acknowledge(self) -> None:
-        if self._expired:
+        if self._expired and not getattr(self.task, "stale_dropped", False):
             self.reject(requeue=False)
         else:
             super().acknowledge()

@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta
 import aio_pika
 import pytest
 
-from service.topology import DEAD_LETTER_EXCHANGE, DOCUMENT_QUEUE, EXCHANGE
+from service.task_contract import PUBLISH_UNPUBLISHED
+from service.topology import DEAD_LETTER_EXCHANGE, DOCUMENT_QUEUE, EXCHANGE, MAINTENANCE_QUEUE
 from service.worker import canary
 from service.worker.app import DocprocCelery
-from tests.support import DeadLetterQueue, Process, Reports, first_death
+from tests.support import DeadLetterQueue, Process, Reports, eventually, first_death
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.worker]
 
@@ -51,6 +52,28 @@ async def test_an_expired_message_is_dead_lettered_not_acked_away(
     assert first_death(dead)["reason"] == "rejected"
     assert first_death(dead)["queue"] == DOCUMENT_QUEUE
     assert await reports.events(result.id) == [], "it did not run"
+    assert worker.alive()
+
+
+async def test_a_stale_maintenance_tick_is_dropped_not_dead_lettered(
+    worker: Process, client: DocprocCelery, dead_letters: DeadLetterQueue
+) -> None:
+    """Beat's maintenance ticks expire after 10 minutes ("a run that overlaps the next one is
+    pointless"): while the maintenance queue was not consumed — workers down, consuming paused by
+    a store outage — each tick waiting past that became a dead letter and a failed run, forty
+    every ten minutes. A stale tick is dropped; the next one does its work."""
+    result = client.send_task(
+        PUBLISH_UNPUBLISHED,
+        queue=MAINTENANCE_QUEUE,
+        expires=datetime.now(UTC) - timedelta(seconds=60),
+    )
+
+    async def dropped() -> bool | None:
+        said = worker.output()
+        return True if result.id in said and "dropped, the next one runs" in said else None
+
+    await eventually(dropped, 30, "the stale tick to be dropped")
+    assert not [m for m in await dead_letters.drained() if (m.headers or {}).get("id") == result.id]
     assert worker.alive()
 
 
