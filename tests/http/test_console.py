@@ -286,3 +286,21 @@ async def test_the_search_page_keeps_its_filters_for_the_script(client: Client) 
     assert page.status_code == 200
     assert '<option value="pdf" selected>' in page.text
     assert 'data-type="pdf" data-language="de" data-since="2024-01-01"' in page.text
+
+
+async def test_a_session_cookie_holding_anything_but_ascii_is_no_session_not_a_500(
+    settings_for: Callable[..., Settings], publisher: RecordingPublisher
+) -> None:
+    """A forged cookie whose signature holds non-ASCII bytes (anyone who can set a cookie for
+    the domain can plant one) made comparing it raise: a bare 500 on every console page, the
+    sign-in page included, until the browser dropped the cookie."""
+    planted = "docproc_session=1.abc.\xc3\xa9".encode("latin-1")  # "é" in UTF-8, read as latin-1
+    app = create_app(settings_for(DOCPROC_API_KEYS=KEY), publisher=publisher)
+    async with AsyncTestClient(app) as client:
+        page = await client.get("/ui/", headers={"cookie": planted}, follow_redirects=False)
+        login = await client.get("/ui/login", headers={"cookie": planted})
+        api = await client.get("/ui/api/tasks/stats", headers={"cookie": planted})
+
+    assert page.status_code == 303, "asked to sign in"
+    assert login.status_code == 200
+    assert api.status_code == 401

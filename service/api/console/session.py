@@ -56,9 +56,10 @@ def new_session(keys: tuple[str, ...], now: float | None = None) -> str:
 def valid_session(keys: tuple[str, ...], value: str, now: float | None = None) -> bool:
     issued, _dot, rest = value.partition(".")
     nonce, _dot, mac = rest.partition(".")
-    if not issued.isdigit() or not nonce or not mac:
+    if not (issued.isascii() and issued.isdigit()) or not nonce or not mac:
         return False
-    if not hmac.compare_digest(_mac(keys, f"{issued}.{nonce}"), mac):
+    # As bytes: compare_digest refuses str holding anything but ASCII (a forged cookie's).
+    if not hmac.compare_digest(_mac(keys, f"{issued}.{nonce}").encode(), mac.encode()):
         return False
     age = (now if now is not None else time.time()) - int(issued)
     return 0 <= age <= SESSION_SECONDS
