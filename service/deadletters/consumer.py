@@ -52,7 +52,7 @@ from aiormq.abc import AbstractChannel as Underlay
 from aiormq.abc import DeliveredMessage
 from loguru import logger
 from pamqp.commands import Basic
-from sqlalchemy import Connection
+from sqlalchemy import Connection, String
 
 from service import telemetry
 from service.broker.connection import BROKER_ERRORS, connect_until, until
@@ -64,6 +64,7 @@ from service.settings import Settings
 from service.store import dead_letters, leases, ledger, outcomes
 from service.store.database import AsyncStore
 from service.store.dead_letters import NewDeadLetter
+from service.store.schema import dead_letters as dead_letter_table
 from service.topology import DEAD_LETTER_QUEUE
 
 LEASE = "dlq-consumer"
@@ -214,8 +215,22 @@ def store_batch(
     return stored
 
 
-def _ascii(text: str | None) -> str | None:
-    return None if text is None else text.encode("ascii", "backslashreplace").decode("ascii")
+def _ascii(text: str | None, limit: int | None = None) -> str | None:
+    """`text` escaped to ASCII, cut to `limit` characters: escaping makes a text longer (an emoji
+    becomes ten characters), and a text read to its column's length then overflowed it — the
+    quarantined form refused too (PostgreSQL), and the letter, with every one behind it, went
+    back to the queue for ever."""
+    if text is None:
+        return None
+    return text.encode("ascii", "backslashreplace").decode("ascii")[:limit]
+
+
+_LENGTHS = {
+    column.name: column.type.length
+    for column in dead_letter_table.c
+    if isinstance(column.type, String) and column.type.length is not None
+}
+"""The length each text column of a dead letter holds at most."""
 
 
 _INT_MAX = 2**31 - 1
@@ -233,7 +248,7 @@ def quarantined(letter: NewDeadLetter) -> NewDeadLetter:
         "kwargs": letter.kwargs,
     }
     texts = {
-        name: _ascii(getattr(letter, name))
+        name: _ascii(getattr(letter, name), _LENGTHS.get(name))
         for name in (
             "content_type",
             "content_encoding",
@@ -256,8 +271,8 @@ def quarantined(letter: NewDeadLetter) -> NewDeadLetter:
         # are 32-bit): what they said stays in the escaped headers.
         death_count=min(max(letter.death_count, 0), _INT_MAX),
         retries=letter.retries if 0 <= (letter.retries or 0) <= _INT_MAX else None,
-        reason=_ascii(letter.reason) or "unknown",
-        queue=_ascii(letter.queue) or "unknown",
+        reason=_ascii(letter.reason, _LENGTHS["reason"]) or "unknown",
+        queue=_ascii(letter.queue, _LENGTHS["queue"]) or "unknown",
         routing_keys=[_ascii(key) or "" for key in letter.routing_keys],
         problems=[
             *(letter.problems or []),

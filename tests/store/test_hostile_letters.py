@@ -99,3 +99,27 @@ def test_counts_beyond_the_stores_integers_are_kept_in_the_quarantined_form(
     assert str(2**40) in str(letter.headers)
     assert letter.problems is not None
     assert "counts beyond" in letter.problems[-1]
+
+
+def test_a_quarantined_text_escaped_past_its_column_is_cut_to_it(store: Store) -> None:
+    """A task name of 30 emoji fits its column (255) as read; escaped to ASCII it is 300
+    characters. The quarantined form overflowed the column on PostgreSQL, was refused too, and the
+    letter — with every one behind it — went back to the queue for ever. The escaped text is cut
+    to its column now."""
+    message = raw(
+        {
+            "task": "\U0001f600" * 30,
+            "id": "\u2603" * 50,
+            "retries": 2**31,  # refused as read on PostgreSQL: the letter is quarantined
+            "x-death": [{"count": 1, "reason": "\u2603" * 30, "queue": "q", "time": DIED}],
+        }
+    )
+    [(record_id, created)] = store.run(store_batch, [message], quarantine=True)
+
+    assert created
+    letter = store.run(dead_letters.get, record_id)
+    assert letter is not None
+    assert letter.task_name is not None
+    assert len(letter.task_name) == 255
+    assert letter.task_name.startswith("\\U0001f600")
+    assert (len(str(letter.task_id)), len(letter.reason)) == (255, 32)
