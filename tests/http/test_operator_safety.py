@@ -314,6 +314,37 @@ async def test_client_errors_are_400s_that_name_the_field_never_store_outages(
     assert "one file per upload" in cases["two files"].json()["detail"]
 
 
+async def test_a_file_name_keeps_its_spaces_and_joiners_and_refuses_controls_and_overrides(
+    client: Client,
+) -> None:
+    """`str.isprintable` refused every space but U+0020 and every joiner: a Mac's "10.00.00\u202fAM"
+    in a file name, a no-break space, a Persian name's U+200C were 400s "control characters"."""
+    kept = [
+        "Notes 2024-01-05 at 10.00.00\u202fAM.txt",
+        "Report\u00a02024.txt",
+        "\u0646\u0627\u0645\u0647\u200c\u0647\u0627.txt",
+    ]
+    refused = ["a\u202etxt.exe", "\u2066isolated\u2069.txt", "line\u2028break.txt"]
+
+    accepted = [
+        await client.post("/documents", files={"file": (name, name.encode(), "text/plain")})
+        for name in kept
+    ]
+    answers = [
+        await client.post("/documents", files={"file": (name, b"hello", "text/plain")})
+        for name in refused
+    ]
+
+    assert [answer.status_code for answer in accepted] == [202] * len(kept)
+    stored = [
+        (await client.get(f"/documents/{answer.json()['document_id']}")).json()["filename"]
+        for answer in accepted
+    ]
+    assert stored == kept
+    assert [answer.status_code for answer in answers] == [400] * len(refused)
+    assert all("control characters" in answer.json()["detail"] for answer in answers)
+
+
 async def test_every_error_is_a_problem_unknown_paths_and_the_size_limit_included(
     client: Client,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, get_args
 
@@ -42,11 +43,22 @@ MAX_FILENAME = 1024
 MAX_CONTENT_TYPE = 255
 
 
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+"""Controls (NUL, newline, DEL…), lone surrogates and line or paragraph separators."""
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Embeddings, overrides and isolates: a name that shows as something else ("a\u202etxt.exe"
+reads "aexe.txt")."""
+
+
 def _filename(given: str | None) -> str:
-    """The upload's file name as the store keeps it (a label, never a path)."""
+    """The upload's file name as the store keeps it (a label, never a path). Spaces of every
+    kind and joiners are a name's own — a Mac writes U+202F before "AM" in a time, Persian names
+    hold U+200C — where `str.isprintable` refused them as control characters."""
     name = given or "upload"
-    if not name.isprintable():
-        raise BadRequest("the file name holds control characters (NUL, newline…)")
+    if any(ch in _BIDI_CONTROLS or unicodedata.category(ch) in _UNSAFE_CATEGORIES for ch in name):
+        raise BadRequest(
+            "the file name holds control characters (NUL, newline, bidirectional overrides…)"
+        )
     if len(name) > MAX_FILENAME:
         raise BadRequest(f"the file name is {len(name)} characters, at most {MAX_FILENAME}")
     return name
