@@ -56,10 +56,13 @@ def _term(text: str, *, quoted: bool) -> Term | None:
 
 
 def parse(text: str) -> Query:
-    """`text` as a Query; InvalidQuery when nothing is left to look for."""
+    """`text` as a Query; InvalidQuery when nothing is left to look for, or when nothing could
+    match — a clause every term of which is excluded too ("storm -storm"). A term excluded and
+    looked for among others ("rain OR storm -storm") is kept both ways: once, the second of the
+    two was dropped as a term seen before, so the exclusion or the search went unsaid."""
     clauses: list[list[Term]] = []
     excluded: list[Term] = []
-    seen: set[Term] = set()
+    seen: set[tuple[Term, bool]] = set()
     join_next = False
     for match in _TOKEN.finditer(text):
         negated, phrase, bare = match.group(1), match.group(2), match.group(3)
@@ -72,10 +75,10 @@ def parse(text: str) -> Query:
             continue
         # A bare token with inner punctuation ("e-mail", "U.S.") is a phrase of its words.
         term = _term(source, quoted=phrase is not None or len(_WORD.findall(source)) > 1)
-        if term is None or term in seen or len(seen) >= MAX_TERMS:
+        if term is None or (term, bool(negated)) in seen or len(seen) >= MAX_TERMS:
             join_next = False
             continue
-        seen.add(term)
+        seen.add((term, bool(negated)))
         if negated:
             excluded.append(term)
         elif join_next:
@@ -88,4 +91,8 @@ def parse(text: str) -> Query:
             'a search needs at least one word to find — words, "a phrase", OR, -excluded, '
             "prefix* — not only exclusions or punctuation"
         )
+    for clause in clauses:
+        if all(term in excluded for term in clause):
+            said = " OR ".join(" ".join(term.words) + "*" * term.prefix for term in clause)
+            raise InvalidQuery(f"{said!r} is both searched for and excluded: nothing could match")
     return Query(tuple(tuple(clause) for clause in clauses), tuple(excluded))

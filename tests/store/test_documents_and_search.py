@@ -162,6 +162,18 @@ def test_phrases_or_exclusion_and_prefixes_work_on_both_stores(store: Store) -> 
     assert found("lighthouse -storm") == {"gale"}
     assert found("lightho*") == {"keeper", "gale"}
     assert found('keeper -"lighthouse keeper"') == {"house"}
+    # A term excluded and looked for among others: the exclusion was dropped as a term seen
+    # before (and the search, the other way round), whichever came second.
+    assert found("storm OR gale -storm") == {"gale"}
+    assert found("-storm storm OR gale") == {"gale"}
+
+
+@pytest.mark.parametrize("query", ["storm -storm", "-storm storm", "rain OR storm -rain -storm"])
+def test_a_query_that_excludes_what_it_needs_is_refused_saying_so(query: str) -> None:
+    """ "storm -storm" found every storm (the exclusion dropped); "-storm storm" was refused as
+    "only exclusions". Both are refused now, saying why nothing could match."""
+    with pytest.raises(InvalidQuery, match="both searched for and excluded"):
+        parse(query)
 
 
 def test_each_content_names_its_earliest_document_in_one_statement(store: Store) -> None:
