@@ -18,8 +18,15 @@ DEAD_LETTER_ID = "9d2e1f30-7b6c-4a5d-8e9f-0a1b2c3d4e5f"
 
 Rate = Annotated[
     float,
-    msgspec.Meta(gt=0, le=10_000, description="messages per second", examples=[100.0]),
+    msgspec.Meta(
+        ge=0.1,
+        le=10_000,
+        description="messages per second: from 0.1 (one every ten seconds) to 10,000",
+        examples=[100.0],
+    ),
 ]
+"""A redrive's rate. At least 0.1: a job runs to its end before its API process takes the next
+(oldest first), and a rate of 1e-300 — accepted once — held every later job for ever."""
 
 
 class Problem(msgspec.Struct, kw_only=True):

@@ -347,8 +347,13 @@ async def test_a_redrive_runs_at_its_rate_reports_progress_and_can_be_cancelled(
 async def test_a_redrive_request_is_validated(client: Client) -> None:
     unknown_field = await client.post("/dead-letters/redrive", json={"queue": "x", "colour": "red"})
     zero_rate = await client.post("/dead-letters/redrive", json={"rate": 0})
+    # A job runs to its end before its API process takes the next: at 1e-300 a second it held
+    # every later redrive for ever.
+    crawling = await client.post("/dead-letters/redrive", json={"all": True, "rate": 1e-300})
     unknown_job = await client.get("/dead-letters/redrives/no-such-id")
 
     assert unknown_field.status_code == 400
     assert zero_rate.status_code == 400
+    assert crawling.status_code == 400
+    assert "0.1" in crawling.text, "the problem says the least rate"
     assert unknown_job.status_code == 404

@@ -66,7 +66,7 @@ async def test_a_slow_redrive_beats_while_it_waits_and_sees_a_cancel_within_a_be
 ) -> None:
     monkeypatch.setattr(redrive, "BEAT", timedelta(seconds=0.3))
     letters(store, 3)
-    started = await client.post("/dead-letters/redrive", json={"task": TASK, "rate": 0.05})
+    started = await client.post("/dead-letters/redrive", json={"task": TASK, "rate": 0.1})
     location = started.headers["location"]
     job_id = started.json()["id"]
 
@@ -74,7 +74,7 @@ async def test_a_slow_redrive_beats_while_it_waits_and_sees_a_cancel_within_a_be
         job = store.run(redrives.get, job_id)
         return job if job is not None and job.published == 1 else None
 
-    first = await eventually(first_out, 10, "the first letter (the next is 20 s later)")
+    first = await eventually(first_out, 10, "the first letter (the next is 10 s later)")
     first_beat = first.heartbeat_at
     assert first_beat is not None
 
@@ -90,7 +90,7 @@ async def test_a_slow_redrive_beats_while_it_waits_and_sees_a_cancel_within_a_be
         job = (await client.get(location)).json()
         return job if job["state"] == "cancelled" else None
 
-    # Within a beat or so, not at the next letter 20 s later.
+    # Within a beat or so, not at the next letter 10 s later.
     final = await eventually(cancelled, 5, "the cancel to be seen between two letters")
     assert final["published"] == 1
     assert await queued(channel, "celery") == 1
