@@ -174,6 +174,19 @@ def record_pending(
     )
 
 
+def retried(connection: Connection, task_id: str, seen: datetime) -> bool:
+    """The run of a task run again by hand (`POST /tasks/{id}/retry`), PENDING afresh — if it is
+    as it was read (`seen`, its `updated_at`): of requests retrying it at once, which each read
+    it finished, one publishes it. Whether this one did."""
+    now = utcnow()
+    result = connection.execute(
+        update(task_runs)
+        .where(task_runs.c.task_id == task_id, task_runs.c.updated_at == seen)
+        .values(_FRESH | {"state": "PENDING", "updated_at": now})
+    )
+    return bool(result.rowcount)
+
+
 def record_pending_new(
     connection: Connection,
     task_name: str,

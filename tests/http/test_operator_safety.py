@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
+import httpx
 import msgspec
 
+from service.api.app import create_app
 from service.deadletters import redrive
 from service.deadletters.parsing import REPUBLISHED_FROM_HEADER
 from service.deadletters.redrive import RedriveRunner
 from service.errors import BrokerUnavailable, NotSent
+from service.settings import Settings
 from service.store import dead_letters, redrives, task_runs
 from service.store.database import AsyncStore, Store
 from service.store.dead_letters import Filters
 from tests.api.test_dead_letters_api import bury, dead_message
 from tests.http.conftest import Client
-from tests.support import RecordingPublisher, eventually
+from tests.support import RecordingPublisher, eventually, served_by_uvicorn
 
 PROBLEM = "application/problem+json"
 
@@ -470,3 +474,59 @@ async def test_a_header_name_amqp_would_cut_short_is_a_409_not_a_changed_message
     assert answer.status_code == 409, answer.text
     assert "longer than the 128 bytes AMQP allows a name" in answer.json()["detail"]
     assert publisher.sent == []
+
+
+def test_a_run_is_retried_once_by_the_first_of_requests_that_read_it_finished(
+    store: Store,
+) -> None:
+    """`POST /tasks/{id}/retry` read the run FAILURE, then made it PENDING whatever it had become:
+    requests at once (a double click, a client's retry) each published the task."""
+    store.run(task_runs.record_pending, "t-retried", "docproc.document.process")
+    store.run(
+        task_runs.record_failure,
+        "t-retried",
+        "docproc.document.process",
+        state="FAILURE",
+        error_type="SearchError",
+        message="down",
+    )
+    run = store.run(task_runs.get, "t-retried")
+    assert run is not None
+
+    first = store.run(task_runs.retried, "t-retried", run.updated_at)
+    second = store.run(task_runs.retried, "t-retried", run.updated_at)
+
+    again = store.run(task_runs.get, "t-retried")
+    assert (first, second) == (True, False)
+    assert again is not None
+    assert (again.state, again.error_type) == ("PENDING", None)
+
+
+async def test_concurrent_retries_of_a_failed_document_publish_it_once(
+    settings_for: Callable[..., Settings], store: Store, publisher: RecordingPublisher
+) -> None:
+    """Eight retries at once through uvicorn (the test client runs requests one at a time): one
+    202 and one message, the others a 409 saying why. On the code before, several published (two
+    runs in five, by the review that found it)."""
+    with served_by_uvicorn(create_app(settings_for(), publisher=publisher)) as port:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            accepted = await http.post(
+                "/documents", files={"file": ("a.txt", b"the storm", "text/plain")}
+            )
+            task_id = accepted.json()["task_id"]
+            store.run(
+                task_runs.record_failure,
+                task_id,
+                "docproc.document.process",
+                state="FAILURE",
+                error_type="TimeLimitExceeded",
+                message="too slow",
+            )
+            sent_before = len(publisher.sent)
+            answers = await asyncio.gather(
+                *(http.post(f"/tasks/{task_id}/retry") for _ in range(8))
+            )
+
+    codes = sorted(answer.status_code for answer in answers)
+    assert codes == [202] + [409] * 7
+    assert len(publisher.sent) - sent_before == 1

@@ -158,7 +158,8 @@ def _retry_plan(connection: Connection, task_id: str) -> tuple[TaskRun, str | No
     summary="Run a failed, dead or revoked task again",
     description="Re-publishes the task's dead letter when there is one (its original message, "
     "retry budget reset; the same cautions as re-publishing it, lifted by `force=true`); a "
-    "document task without one is published afresh.",
+    "document task without one is published afresh. Of requests retrying a task at once, one "
+    "runs it; the others are a 409.",
 )
 async def retry_task(
     request: Request[Any, Any, Any],
@@ -173,13 +174,13 @@ async def retry_task(
     if dead_letter_id is not None:
         await republish(store, publisher, dead_letter_id, force=force)
     elif run.task_name == PROCESS_DOCUMENT and run.document_id is not None:
-        await store.write(
-            task_runs.record_pending,
-            task_id,
-            PROCESS_DOCUMENT,
-            document_id=run.document_id,
-            correlation_id=correlation_id_of(request.scope),
-        )
+        # Requests retrying it at once (a double click, a client's retry) each read it
+        # finished: only the first to take the run publishes.
+        if not await store.write(task_runs.retried, task_id, run.updated_at):
+            raise Conflict(
+                f"task {task_id} changed while this request read it (another request is "
+                "retrying it); read its status again"
+            )
         if not await intake.publish(run.document_id, task_id, correlation_id_of(request.scope)):
             raise BrokerUnavailable("RabbitMQ did not confirm the task; it stays PENDING")
     else:
