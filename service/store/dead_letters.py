@@ -24,7 +24,7 @@ from service.grouping import fingerprint
 from service.ids import new_id
 from service.store import cursors
 from service.store.database import Bulk, Keyed, as_struct
-from service.store.schema import dead_letters, utcnow
+from service.store.schema import dead_letters, task_runs, utcnow
 
 Status = Literal["active", "republished", "discarded", "superseded", "all", "redrivable"]
 STATUSES: tuple[Status, ...] = ("active", "republished", "discarded", "superseded", "all")
@@ -237,6 +237,28 @@ def supersede_values(task_id: str, now: datetime) -> dict[str, Any]:
 def supersede(connection: Connection, task_id: str) -> None:
     """The task succeeded after all: its letters are history, not failures."""
     connection.execute(SUPERSEDE, supersede_values(task_id, utcnow()))
+
+
+def supersede_recent(connection: Connection, since: datetime) -> int:
+    """Supersede the letters of tasks that succeeded since `since` and that are not yet (how many).
+
+    A letter is superseded when it is stored after its task succeeded (`outcomes.letters_arrived`
+    reads the run), or when the task succeeds after it was stored (`SUPERSEDE`, with the
+    success). On PostgreSQL, under READ COMMITTED, the two can pass each other: the letter's
+    transaction reads the run not yet succeeded, the success's statement finds no letter yet
+    committed, and the letter stays active — counted as a failure, redrivable — for a task that
+    succeeded. Maintenance settles such letters, driven by the runs that succeeded lately
+    (`ix_task_runs_state_updated`)."""
+    now = utcnow()
+    succeeded = select(task_runs.c.task_id).where(
+        task_runs.c.state == "SUCCESS", task_runs.c.updated_at >= since
+    )
+    result = connection.execute(
+        update(dead_letters)
+        .where(dead_letters.c.task_id.in_(succeeded), dead_letters.c.superseded_at.is_(None))
+        .values(superseded_at=now, updated_at=now)
+    )
+    return int(result.rowcount)
 
 
 def fill_failure(

@@ -33,6 +33,9 @@ RETENTION_BATCH = 5_000
 """Rows a retention delete removes in one transaction."""
 
 RECONCILE_BATCH = 500
+SUPERSEDE_LOOKBACK = timedelta(minutes=15)
+"""How far back expire-task-runs (every 5 minutes) looks for tasks that succeeded while one of
+their dead letters was being stored (`dead_letters.supersede_recent`)."""
 
 SCHEDULE: dict[str, dict[str, Any]] = {
     "expire-task-runs": {"task": EXPIRE_TASK_RUNS, "schedule": 300.0},
@@ -141,11 +144,15 @@ def register(app: Celery) -> None:
         store = app_of(self).store
         expired = _in_batches(store, task_runs.expire, before)
         keys = _in_batches(store, idempotency.expire, utcnow() - idempotency.WINDOW)
+        # Letters stored as their task succeeded, which neither side superseded (PostgreSQL).
+        settled = store.run(dead_letters.supersede_recent, utcnow() - SUPERSEDE_LOOKBACK)
         logger.info(
-            "expired {} task runs finished before {}, {} idempotency keys",
+            "expired {} task runs finished before {}, {} idempotency keys; superseded {} dead "
+            "letters of tasks that succeeded as they were stored",
             expired,
             before.isoformat(),
             keys,
+            settled,
         )
         return expired
 

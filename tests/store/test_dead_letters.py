@@ -10,12 +10,13 @@ from service.deadletters import republish
 from service.deadletters.consumer import store_batch
 from service.deadletters.parsing import RawMessage
 from service.settings import Settings
-from service.store import dead_letters, redrives
+from service.store import dead_letters, redrives, task_runs
 from service.store.database import Store
 from service.store.dead_letters import Filters
 from service.store.schema import dead_letters as table
 from service.store.schema import redrive_items
-from service.task_contract import PURGE_DEAD_LETTERS
+from service.store.schema import task_runs as runs
+from service.task_contract import EXPIRE_TASK_RUNS, PURGE_DEAD_LETTERS
 from service.worker import maintenance
 from service.worker.app import create_celery
 
@@ -243,3 +244,37 @@ def test_maintenance_purges_a_batch_at_a_time_until_none_is_left(
     finally:
         app.close()
     assert count(store) == 0
+
+
+def test_letters_of_tasks_that_succeeded_as_they_were_stored_are_superseded_by_maintenance(
+    store: Store, database_url: str
+) -> None:
+    """On PostgreSQL a letter stored while its task's success commits can miss being superseded
+    from both sides (each transaction reads before the other commits): it stayed active — a
+    failure in the counts, redrivable — for a task that succeeded. Maintenance settles the letters
+    of tasks that succeeded lately; here the miss is made by hand."""
+    now = datetime.now(UTC)
+    missed, failed, long_ago = (
+        record_id for record_id, _ in store.run(store_batch, [message(n, now) for n in range(3)])
+    )
+    for n, state, when in ((0, "SUCCESS", now), (1, "FAILURE", now), (2, "SUCCESS", now)):
+        store.run(task_runs.record_pending, f"t-{n}", "docproc.document.process")
+        store.run(
+            lambda c, n=n, state=state, when=when: c.execute(
+                update(runs)
+                .where(runs.c.task_id == f"t-{n}")
+                .values(state=state, updated_at=when if n != 2 else when - timedelta(hours=2))
+            )
+        )
+
+    app = create_celery(Settings(database_url=database_url))
+    try:
+        app.tasks[EXPIRE_TASK_RUNS].run()  # every 5 minutes
+    finally:
+        app.close()
+    again = store.run(dead_letters.supersede_recent, now - timedelta(minutes=15))
+
+    stamps = store.run(lambda c: dict(c.execute(select(table.c.id, table.c.superseded_at)).all()))
+    assert again == 0
+    assert stamps[missed] is not None
+    assert (stamps[failed], stamps[long_ago]) == (None, None)
