@@ -14,11 +14,13 @@ goes through this protocol (store.ledger keeps the books):
 
 Killed before 2, the batch comes back and is new; between 2 and 3, it comes back and matches its
 rows; after 3, nothing comes back and the rows are stale. Which of the two is told at the start
-of every channel: once no other consumer holds the queue (so all it held is back), the first
-message is peeked — a redelivered one means a batch came back (rows kept), anything else means
-none did (rows dropped). RabbitMQ delivers returned messages before fresh ones, and a lease in
-the store keeps a single consumer active (another waits as standby), so that holds. The peeked
-message goes with the channel's first batch (or alone: see the budget below).
+of every channel: once no other consumer holds the queue (so all it held is back; a classic
+queue does not count a consumer cancelled with its batch in hand, so while another process's rows
+are in the ledger the peek also waits until HANDOVER_WAIT has passed since the lease was taken),
+the first message is peeked — a redelivered one means a batch came back (rows kept), anything
+else means none did (rows dropped). RabbitMQ delivers returned messages before fresh ones, and a
+lease in the store keeps a single consumer active (another waits as standby), so that holds. The
+peeked message goes with the channel's first batch (or alone: see the budget below).
 
 When the store fails, the channel is closed so that the batch goes back to the queue, and
 consuming resumes once the store answers again. A lost broker is reconnected to with growing
@@ -215,6 +217,14 @@ def store_batch(
     return stored
 
 
+def _clear_holding(connection: Connection, session: str) -> None:
+    """Drop every row of the ledger, if `session` still holds the lease: one that lost it while
+    it was cut off would drop the rows of the consumer that took it over."""
+    if not leases.holds(connection, LEASE, session):
+        raise LeaseLost("another DLQ consumer holds the lease")
+    ledger.clear(connection)
+
+
 def _ascii(text: str | None, limit: int | None = None) -> str | None:
     """`text` escaped to ASCII, cut to `limit` characters: escaping makes a text longer (an emoji
     becomes ten characters), and a text read to its column's length then overflowed it — the
@@ -308,7 +318,12 @@ class DeadLetterConsumer:
         self.fault = fault
         # Host and pid first: a successor on the same host sees at once that its holder is gone.
         self.session = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._book = uuid.uuid4().hex
+        self._settle_after = 0.0
+        """Until when (monotonic) another process's rows wait to be settled: HANDOVER_WAIT
+        after this one took the lease, unless it took it from a process known to be gone."""
+        self._own_books: set[str] = set()
+        """Every ledger session (`_book`) this process has used."""
+        self._book = self._new_book()
         """The ledger's session: one for each channel. The rows of a batch an earlier channel of
         this process committed, and whose ack was lost with it, are then another session's, as
         those of a process that died: taken by the letters coming back over as many batches as
@@ -350,8 +365,13 @@ class DeadLetterConsumer:
         said = False
         while not stop.is_set():
             try:
+                previous = await self.store.run(leases.last_holder, LEASE)
                 if await self.store.write(leases.acquire, LEASE, self.session, LEASE_TTL):
                     logger.bind(session=self.session).info("holding the DLQ consumer lease")
+                    # From a holder whose lease lapsed, perhaps: dead, or frozen with a batch in
+                    # hand, its connection still open — unless its process is known to be gone.
+                    lapsed = previous not in (None, self.session) and not _gone(str(previous))
+                    self._settle_after = time.monotonic() + HANDOVER_WAIT if lapsed else 0.0
                     return True
                 holder = await self.store.run(leases.holder, LEASE)
                 if (
@@ -364,6 +384,7 @@ class DeadLetterConsumer:
                     logger.bind(session=self.session, previous=holder).info(
                         "took the DLQ consumer lease over from a process that is gone"
                     )
+                    self._settle_after = 0.0  # its connection went with its process
                     return True
                 if not said:
                     logger.info("another DLQ consumer is active; standing by")
@@ -372,6 +393,11 @@ class DeadLetterConsumer:
                 logger.warning("the store is unavailable, cannot take the lease: {}", exc)
             await until(asyncio.sleep(LEASE_TTL / 6), stop)
         return False
+
+    def _new_book(self) -> str:
+        book = uuid.uuid4().hex
+        self._own_books.add(book)
+        return book
 
     async def _renew_lease(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -420,7 +446,7 @@ class DeadLetterConsumer:
         self._lost = lost
         self._inbox = asyncio.Queue()
         self._budget = budget = Budget(self.batch_bytes)
-        self._book = uuid.uuid4().hex
+        self._book = self._new_book()
         try:
             await channel.set_qos(prefetch_count=self._prefetch)
             # Deliveries are read off aiormq, the layer below aio-pika: an aio-pika message of
@@ -468,7 +494,30 @@ class DeadLetterConsumer:
         self, channel: AbstractChannel, underlay: Underlay, stop: asyncio.Event
     ) -> bool:
         """Settle the ledger left by an earlier channel or process (module docstring): wait until
-        no other consumer holds the queue, then peek. False when the store failed."""
+        no other consumer holds the queue, then peek. False when the store failed.
+
+        A classic queue does not count a consumer cancelled while its channel still holds its
+        batch: a holder frozen between its commit and its ack (a stopped process, a paused VM)
+        for longer than its lease showed no consumer, and the peek cleared its rows before its
+        batch came back — stored again when it did. So while another process's rows are in the
+        ledger, the peek waits until HANDOVER_WAIT has passed since this process took the lease —
+        by then RabbitMQ has closed a silent holder's connection, and its batch is back — unless
+        it took the lease from a process known to be gone (on this host, no longer running)."""
+        settled_at = self._settle_after
+        try:
+            foreign = time.monotonic() < settled_at and await self.store.run(
+                ledger.left_by_others, self._own_books
+            )
+        except DatabaseError as exc:
+            logger.warning("the store failed while taking over the ledger: {}", exc)
+            return False
+        if foreign and time.monotonic() < settled_at:
+            logger.info(
+                "the ledger holds another DLQ consumer's rows: waiting {:.0f} s, until its "
+                "connection must be gone, before settling them",
+                settled_at - time.monotonic(),
+            )
+            await until(asyncio.sleep(settled_at - time.monotonic()), stop)
         deadline = time.monotonic() + HANDOVER_WAIT
         while not stop.is_set():
             declared = await channel.declare_queue(DEAD_LETTER_QUEUE, passive=True)
@@ -495,8 +544,11 @@ class DeadLetterConsumer:
             self._clear_owed = True
             while True:
                 try:
-                    await self.store.write(ledger.clear)
+                    await self.store.write(_clear_holding, self.session)
                     break
+                except LeaseLost:  # a holder that has not noticed yet clears nobody's rows
+                    self._lease_lost.set()
+                    return True
                 except DatabaseError as exc:
                     logger.warning("the store failed while taking over the ledger: {}", exc)
                     if stop.is_set():

@@ -43,6 +43,12 @@ def holder(connection: Connection, name: str) -> str | None:
     return None if found is None else str(found)
 
 
+def last_holder(connection: Connection, name: str) -> str | None:
+    """Who holds `name`, or held it last if its lease lapsed; None when it was given back."""
+    found = connection.execute(select(leases.c.owner).where(leases.c.name == name)).scalar()
+    return None if found is None else str(found)
+
+
 def take_over(connection: Connection, name: str, owner: str, previous: str, ttl: float) -> bool:
     """Take `name` from `previous`, known to be gone (its process no longer exists)."""
     taken = connection.execute(

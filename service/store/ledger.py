@@ -11,7 +11,7 @@ they are stale and go. See deadletters.consumer for the protocol around it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sqlalchemy import Connection, delete, select
 
@@ -76,3 +76,11 @@ def clear_others(connection: Connection, session: str) -> int:
 
 def size(connection: Connection) -> int:
     return len(connection.execute(select(ledger.c.dead_letter_id)).all())
+
+
+def left_by_others(connection: Connection, books: Collection[str]) -> bool:
+    """Whether rows other than `books`' are in the ledger (left by another process)."""
+    statement = select(ledger.c.session).limit(1)
+    if books:
+        statement = statement.where(ledger.c.session.not_in(list(books)))
+    return connection.execute(statement).first() is not None

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import aio_pika
@@ -22,10 +23,11 @@ import pytest_asyncio
 from pamqp.commands import Basic
 from sqlalchemy import func, select
 
+from service.deadletters import consumer as dlq
 from service.deadletters.consumer import raw_message
 from service.errors import DatabaseError
-from service.store import dead_letters
-from service.store.database import Store
+from service.store import dead_letters, leases
+from service.store.database import AsyncStore, Store
 from service.store.schema import dead_letters as table
 from service.task_protocol import UNREADABLE_PROPERTIES as UNREADABLE
 from service.topology import DEAD_LETTER_QUEUE, DOCUMENT_QUEUE, MAINTENANCE_QUEUE, RETRY_QUEUE
@@ -531,6 +533,91 @@ async def test_a_second_consumer_stands_by_and_takes_over_when_the_first_stops(
 
     assert "holding the DLQ consumer lease" in second.output()
     assert record_count(url) == 300
+
+
+class FreezingStore(AsyncStore):
+    """A holder's store that stops answering right after its first batch commits — the holder
+    frozen (a stopped process, a paused VM) between its commit and its ack, lease renewals and
+    all — until `thaw`."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.frozen = asyncio.Event()
+        self.thaw = asyncio.Event()
+
+    async def write(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.frozen.is_set():
+            await self.thaw.wait()
+        result = await super().write(operation, *args, **kwargs)
+        if operation is dlq.store_batch:
+            self.frozen.set()
+            await self.thaw.wait()
+        return result
+
+
+async def test_a_holder_frozen_between_commit_and_ack_has_its_batch_stored_once(
+    rabbitmq: RabbitMQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a classic queue the holder's consumer, cancelled while it stores, is not counted: the
+    standby that took the lease over peeked at once, found no batch come back, and cleared the
+    frozen holder's rows — when the holder died its batch came back and was stored again. With
+    another process's rows in the ledger, the standby now waits (HANDOVER_WAIT after taking the
+    lease; 3 s here) before settling them. Scaled: a lease of 1.2 s."""
+    monkeypatch.setattr(dlq, "LEASE_TTL", 1.2)
+    monkeypatch.setattr(dlq, "HANDOVER_WAIT", 3.0)
+    async with declared_vhost(
+        rabbitmq, tmp_path / "docproc.db", DOCPROC_QUEUE_TYPE="classic"
+    ) as vhost:
+        url = vhost.settings().resolved_database_url
+        await publish_bodies(vhost, [b"one", b"two", b"three"])
+        holder_store = FreezingStore(url)
+        holder = dlq.DeadLetterConsumer(vhost.settings(), holder_store)
+        holder_task = asyncio.create_task(holder.run(asyncio.Event()))
+        standby_store = AsyncStore(url)
+        standby = dlq.DeadLetterConsumer(vhost.settings(), standby_store)
+        standby_stop = asyncio.Event()
+        standby_task: asyncio.Task[None] | None = None
+        try:
+
+            async def frozen() -> bool | None:
+                return True if holder_store.frozen.is_set() else None
+
+            await eventually(frozen, 30, "the holder to commit its batch")
+            assert record_count(url) == 3  # committed, not acked
+            await publish_bodies(vhost, [b"four"])  # a fresh letter behind them
+            standby_task = asyncio.create_task(standby.run(standby_stop))
+
+            async def taken_over() -> bool | None:
+                holding = await standby_store.run(leases.holder, dlq.LEASE)
+                return True if holding == standby.session else None
+
+            await eventually(taken_over, 20, "the standby to take the lease over")
+            holder_task.cancel()  # the frozen holder dies: its channel closes, unacked
+            with contextlib.suppress(asyncio.CancelledError):
+                await holder_task
+
+            async def all_stored() -> bool | None:
+                return True if standby.stored >= 4 or record_count(url) > 4 else None
+
+            await eventually(all_stored, 30, "the standby to store what came back")
+        finally:
+            standby_stop.set()
+            holder_store.thaw.set()
+            if standby_task is not None:
+                await asyncio.wait_for(standby_task, 30)
+            await standby_store.close()
+            await holder_store.close()
+        assert record_count(url) == 4, "4 dead messages, each stored once"
+
+
+async def publish_bodies(vhost: Vhost, bodies: list[bytes]) -> None:
+    connection = await vhost.connect()
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        for body in bodies:
+            await channel.default_exchange.publish(
+                aio_pika.Message(body), routing_key=DEAD_LETTER_QUEUE
+            )
 
 
 async def test_the_broker_connection_lost_while_a_batch_commits_is_reconnected_to(

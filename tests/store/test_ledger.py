@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
+from service.deadletters import consumer as consumer_module
 from service.deadletters.consumer import LEASE, LeaseLost, store_batch
 from service.deadletters.parsing import RawMessage
 from service.store import dead_letters, leases, ledger, outcomes, task_runs
@@ -109,6 +110,26 @@ def test_a_consumer_without_the_lease_stores_nothing(store: Store, consumer: str
     assert not store.run(leases.acquire, LEASE, "consumer-2", 30.0), "the holder keeps it"
     store.run(leases.release, LEASE, consumer)
     assert store.run(leases.acquire, LEASE, "consumer-2", 30.0), "released, it is taken"
+
+
+def test_a_consumer_that_lost_the_lease_clears_nobodys_rows_and_the_rows_say_whose(
+    store: Store, consumer: str
+) -> None:
+    """A hand-over's clear by a consumer that lost the lease while it was cut off (and has not
+    noticed) dropped the rows of the consumer that took the lease over: a batch of that one's
+    then came back unmatched and was stored twice. The clear now holds the lease or does nothing;
+    and the rows of another process's batch are told apart from this process's own."""
+    store.run(store_batch, identical(2), session=consumer, book="book-of-1")
+
+    with pytest.raises(LeaseLost):
+        store.run(consumer_module._clear_holding, "consumer-2")
+
+    assert store.run(ledger.size) == 2
+    assert store.run(ledger.left_by_others, {"book-of-2"})
+    assert not store.run(ledger.left_by_others, {"book-of-1", "book-of-2"})
+    assert store.run(leases.last_holder, LEASE) == consumer
+    store.run(consumer_module._clear_holding, consumer)
+    assert store.run(ledger.size) == 0
 
 
 def test_a_letter_of_a_task_that_succeeded_is_superseded_and_success_stays(store: Store) -> None:
