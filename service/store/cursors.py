@@ -24,6 +24,8 @@ def decode(cursor: str) -> tuple[datetime, str] | None:
         in_utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     except (ValueError, UnicodeDecodeError, OverflowError):
         return None
+    if not row_id.isprintable() or len(row_id) > 255:  # no id the store gave out: a NUL (which
+        return None  # PostgreSQL refuses outright), a control character, a text past a key
     return in_utc, row_id
 
 

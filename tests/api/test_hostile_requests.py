@@ -51,6 +51,17 @@ async def test_a_cursor_at_the_calendars_edge_is_a_400_not_an_outage(client: Cli
     assert "cursor" in str(is_problem(response, 400)["detail"])
 
 
+@pytest.mark.parametrize("row_id", [b"a\x00b", b"a\nb"])
+async def test_a_cursor_naming_no_id_the_store_gave_out_is_not_a_cursor(
+    client: Client, row_id: bytes
+) -> None:
+    """A NUL in a cursor's id reached PostgreSQL, whose refusal the API answered "the store
+    refused a value" (SQLite answered a page); no id the store gives out holds one."""
+    forged = base64.urlsafe_b64encode(b"2026-01-01T00:00:00+00:00|" + row_id).decode()
+    response = await client.get("/dead-letters", params={"cursor": forged})
+    assert "not a next_cursor this API gave out" in str(is_problem(response, 400)["detail"])
+
+
 async def test_a_body_over_its_endpoints_limit_is_told_that_limit(client: Client) -> None:
     """An operator's JSON body has Litestar's limit, not the upload's; an upload sent in chunks
     (no Content-Length) gets the upload's sentence whole."""
