@@ -11,6 +11,7 @@ from sqlalchemy import (
     Connection,
     Executable,
     Table,
+    and_,
     bindparam,
     case,
     delete,
@@ -522,8 +523,17 @@ def expire(connection: Connection, finished_before: datetime, *, limit: int) -> 
     return int(result.rowcount or 0)
 
 
+_RUNNING = ("STARTED", "PROCESSING")
+
+
 def _build_dead(insert_for: Callable[[Table], Any]) -> Executable:
+    """A run's death keeps the failure the worker recorded for it — unless the run was running
+    again when it died (a delivery that killed its worker, a lost connection): the error it
+    holds is then an earlier attempt's, a retry's, and the death's own reason is the cause."""
     statement = insert_for(task_runs)
+    kept = and_(
+        task_runs.c.error_type.is_not(None), *(task_runs.c.state != state for state in _RUNNING)
+    )
     built: Executable = statement.on_conflict_do_update(
         index_elements=["task_id"],
         set_={
@@ -531,10 +541,9 @@ def _build_dead(insert_for: Callable[[Table], Any]) -> Executable:
             "finished_at": statement.excluded.finished_at,
             "next_retry_at": None,
             "updated_at": statement.excluded.updated_at,
-            "error_type": func.coalesce(task_runs.c.error_type, statement.excluded.error_type),
+            "error_type": case((kept, task_runs.c.error_type), else_=statement.excluded.error_type),
             "error_message": case(
-                (task_runs.c.error_type.is_(None), statement.excluded.error_message),
-                else_=task_runs.c.error_message,
+                (kept, task_runs.c.error_message), else_=statement.excluded.error_message
             ),
         },
         where=NOT_SUCCEEDED,

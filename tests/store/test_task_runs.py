@@ -104,6 +104,48 @@ def test_a_failure_keeps_its_error_and_traceback_and_dead_keeps_them(store: Stor
     )
 
 
+def test_a_run_that_retried_then_died_running_says_why_it_died_not_the_retrys_error(
+    store: Store,
+) -> None:
+    """Attempt one retried (a SearchError, recorded on the run), attempt two started and its
+    worker process died at each delivery until the delivery limit: the run ended DEAD saying the
+    SearchError, where the cause was the delivery limit. A failure the worker recorded for the
+    attempt that died is kept, as before."""
+    started(store)
+    store.run(
+        task_runs.record_retry,
+        "t-1",
+        retries=1,
+        delay=1.0,
+        error_type="SearchError",
+        message="the full-text index is unavailable",
+    )
+    started(store, retries=1)  # attempt two, running when its worker dies
+    started(store, "t-2")
+    store.run(
+        task_runs.record_failure,
+        "t-2",
+        "docproc.document.process",
+        state="FAILURE",
+        error_type="CorruptFile",
+        message="not a valid PDF",
+    )
+    why = "delivered more than the delivery limit allows from document_processing"
+    store.run(
+        task_runs.record_dead,
+        [
+            ("t-1", "docproc.document.process", "delivery_limit", why),
+            ("t-2", "docproc.document.process", "rejected", "rejected by document_processing"),
+        ],
+    )
+
+    died, failed = store.run(task_runs.get, "t-1"), store.run(task_runs.get, "t-2")
+    assert died is not None
+    assert (died.state, died.error_type, died.error_message) == ("DEAD", "delivery_limit", why)
+    assert failed is not None
+    assert (failed.state, failed.error_type) == ("DEAD", "CorruptFile")
+
+
 def test_a_dead_task_never_seen_before_gets_a_run(store: Store) -> None:
     store.run(
         task_runs.record_failure,
