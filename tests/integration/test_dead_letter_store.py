@@ -375,13 +375,19 @@ IDENTICAL = 600
 
 
 async def load_identical(vhost: Vhost, count: int) -> None:
-    """`count` dead messages alike to the byte — no message_id, the same death — straight into
+    """`count` dead messages alike to the byte — one message_id, the same death — straight into
     docproc.dead_letter (as RabbitMQ would route them through docproc.dlx)."""
     await load_bodies(vhost, [celery_message("the-same-task").body] * count)
 
 
+SAME_MESSAGE_ID = "the-same-message"
+"""The message_id of every message `load_bodies` publishes. Given none, aiormq stamps a random one
+on each: the "identical" messages these tests publish were not, and the ledger never had to match
+a message that came back among its twins."""
+
+
 async def load_bodies(vhost: Vhost, bodies: list[bytes]) -> None:
-    """A dead message for each body, in order, alike but for the body (no message_id, the same
+    """A dead message for each body, in order, alike but for the body (one message_id, the same
     death), straight into docproc.dead_letter as RabbitMQ would route them through docproc.dlx."""
     died = datetime(2026, 1, 1, tzinfo=UTC)
     connection = await vhost.connect()
@@ -399,6 +405,7 @@ async def load_bodies(vhost: Vhost, bodies: list[bytes]) -> None:
                         headers=headers,
                         content_type="application/json",
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        message_id=SAME_MESSAGE_ID,
                     ),
                     routing_key=DOCUMENT_QUEUE,
                 )
