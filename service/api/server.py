@@ -308,11 +308,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
-def _problem_400(default_headers: list[tuple[bytes, bytes]], msg: str) -> bytes:
-    """A 400 problem that closes the connection, as bytes to write."""
-    body = msgspec.json.encode(
+def _problem_body(msg: str) -> bytes:
+    return msgspec.json.encode(
         {"type": "about:blank", "status": 400, "title": "Bad request", "detail": msg}
     )
+
+
+def _problem_400(default_headers: list[tuple[bytes, bytes]], msg: str) -> bytes:
+    """A 400 problem that closes the connection, as bytes to write."""
+    body = _problem_body(msg)
     head = [STATUS_LINE[400]]
     for name, value in default_headers:
         head.append(b"%s: %s\r\n" % (name, value))
@@ -326,9 +330,7 @@ def _problem_400(default_headers: list[tuple[bytes, bytes]], msg: str) -> bytes:
 def _unparseable(msg: str) -> Any:
     """The app of a pipelined request whose body could not be parsed: its 400, in its turn, and
     the connection closes after it."""
-    body = msgspec.json.encode(
-        {"type": "about:blank", "status": 400, "title": "Bad request", "detail": msg}
-    )
+    body = _problem_body(msg)
 
     async def answer(scope: Any, receive: Any, send: Any) -> None:
         await send(

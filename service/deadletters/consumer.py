@@ -503,21 +503,20 @@ class DeadLetterConsumer:
         ledger, the peek waits until HANDOVER_WAIT has passed since this process took the lease —
         by then RabbitMQ has closed a silent holder's connection, and its batch is back — unless
         it took the lease from a process known to be gone (on this host, no longer running)."""
-        settled_at = self._settle_after
-        try:
-            foreign = time.monotonic() < settled_at and await self.store.run(
-                ledger.left_by_others, self._own_books
-            )
-        except DatabaseError as exc:
-            logger.warning("the store failed while taking over the ledger: {}", exc)
-            return False
-        if foreign and time.monotonic() < settled_at:
-            logger.info(
-                "the ledger holds another DLQ consumer's rows: waiting {:.0f} s, until its "
-                "connection must be gone, before settling them",
-                settled_at - time.monotonic(),
-            )
-            await until(asyncio.sleep(settled_at - time.monotonic()), stop)
+        if time.monotonic() < self._settle_after:
+            try:
+                foreign = await self.store.run(ledger.left_by_others, self._own_books)
+            except DatabaseError as exc:
+                logger.warning("the store failed while taking over the ledger: {}", exc)
+                return False
+            wait = self._settle_after - time.monotonic()
+            if foreign and wait > 0:
+                logger.info(
+                    "the ledger holds another DLQ consumer's rows: waiting {:.0f} s, until its "
+                    "connection must be gone, before settling them",
+                    wait,
+                )
+                await until(asyncio.sleep(wait), stop)
         deadline = time.monotonic() + HANDOVER_WAIT
         while not stop.is_set():
             declared = await channel.declare_queue(DEAD_LETTER_QUEUE, passive=True)

@@ -476,32 +476,6 @@ async def test_a_header_name_amqp_would_cut_short_is_a_409_not_a_changed_message
     assert publisher.sent == []
 
 
-def test_a_run_is_retried_once_by_the_first_of_requests_that_read_it_finished(
-    store: Store,
-) -> None:
-    """`POST /tasks/{id}/retry` read the run FAILURE, then made it PENDING whatever it had become:
-    requests at once (a double click, a client's retry) each published the task."""
-    store.run(task_runs.record_pending, "t-retried", "docproc.document.process")
-    store.run(
-        task_runs.record_failure,
-        "t-retried",
-        "docproc.document.process",
-        state="FAILURE",
-        error_type="SearchError",
-        message="down",
-    )
-    run = store.run(task_runs.get, "t-retried")
-    assert run is not None
-
-    first = store.run(task_runs.retried, "t-retried", run.updated_at)
-    second = store.run(task_runs.retried, "t-retried", run.updated_at)
-
-    again = store.run(task_runs.get, "t-retried")
-    assert (first, second) == (True, False)
-    assert again is not None
-    assert (again.state, again.error_type) == ("PENDING", None)
-
-
 async def test_concurrent_retries_of_a_failed_document_publish_it_once(
     settings_for: Callable[..., Settings], store: Store, publisher: RecordingPublisher
 ) -> None:

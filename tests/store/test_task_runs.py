@@ -146,6 +146,32 @@ def test_a_run_that_retried_then_died_running_says_why_it_died_not_the_retrys_er
     assert (failed.state, failed.error_type) == ("DEAD", "CorruptFile")
 
 
+def test_a_run_is_retried_once_by_the_first_of_requests_that_read_it_finished(
+    store: Store,
+) -> None:
+    """`POST /tasks/{id}/retry` read the run FAILURE, then made it PENDING whatever it had become:
+    requests at once (a double click, a client's retry) each published the task."""
+    store.run(task_runs.record_pending, "t-retried", "docproc.document.process")
+    store.run(
+        task_runs.record_failure,
+        "t-retried",
+        "docproc.document.process",
+        state="FAILURE",
+        error_type="SearchError",
+        message="down",
+    )
+    run = store.run(task_runs.get, "t-retried")
+    assert run is not None
+
+    first = store.run(task_runs.retried, "t-retried", run.updated_at)
+    second = store.run(task_runs.retried, "t-retried", run.updated_at)
+
+    again = store.run(task_runs.get, "t-retried")
+    assert (first, second) == (True, False)
+    assert again is not None
+    assert (again.state, again.error_type) == ("PENDING", None)
+
+
 def test_a_dead_task_never_seen_before_gets_a_run(store: Store) -> None:
     store.run(
         task_runs.record_failure,
