@@ -13,14 +13,16 @@ goes through this protocol (store.ledger keeps the books):
 4. delete this channel's rows; consume again.
 
 Killed before 2, the batch comes back and is new; between 2 and 3, it comes back and matches its
-rows; after 3, nothing comes back and the rows are stale. Which of the two is told at the start
-of every channel: once no other consumer holds the queue (so all it held is back; a classic
-queue does not count a consumer cancelled with its batch in hand, so while another process's rows
-are in the ledger the peek also waits until HANDOVER_WAIT has passed since the lease was taken),
-the first message is peeked — a redelivered one means a batch came back (rows kept), anything
-else means none did (rows dropped). RabbitMQ delivers returned messages before fresh ones, and a
-lease in the store keeps a single consumer active (another waits as standby), so that holds. The
-peeked message goes with the channel's first batch (or alone: see the budget below).
+rows; after 3, nothing comes back and the rows are stale (rows the store fails to delete at 4 are
+stale too, and known to be: the next channel deletes them before anything else). Which of the two
+is told at the start of every channel: once no other consumer holds the queue (so all it held is
+back; a classic queue does not count a consumer cancelled with its batch in hand, so while another
+process's rows are in the ledger the peek also waits until HANDOVER_WAIT has passed since the
+lease was taken), the first message is peeked — a redelivered one means a batch came back (rows
+kept), anything else means none did (rows dropped). RabbitMQ delivers returned messages before
+fresh ones, and a lease in the store keeps a single consumer active (another waits as standby),
+so that holds. The peeked message goes with the channel's first batch (or alone: see the budget
+below).
 
 When the store fails, the channel is closed so that the batch goes back to the queue, and
 consuming resumes once the store answers again. A lost broker is reconnected to with growing
@@ -29,12 +31,16 @@ pauses, so a broker restart is survived the same way.
 A batch also has a budget of bytes (`DOCPROC_DEAD_LETTER_BATCH_BYTES`): RabbitMQ counts its
 prefetch in messages (it ignores a prefetch size), and a message may be as large as the broker
 allows (128 MiB by default), so 250 of them could exhaust the consumer's memory, which would meet
-them again after its restart. When what the channel holds unacked passes the budget, its deliveries
-are refused as they come and the channel is closed, handing all of them back — nothing of them was
-stored, so the protocol above is unchanged — and the next channel consumes as many at a time as the
-budget holds of the largest seen (one at the least), growing again while batches stay under half
-the budget; the hand-over's peeked message, which a get holds beside the prefetch, is then a batch
-of its own.
+them again after its restart. When what the channel holds unacked passes the budget, its
+deliveries are refused as they come and the channel is closed, handing all of them back — nothing
+of them was stored — and the next channel consumes as many at a time as the budget holds of the
+largest seen (one at the least), growing again while batches stay under half the budget; the
+hand-over's peeked message, which a get holds beside the prefetch, is then a batch of its own.
+Letters handed back come again marked redelivered, though no batch of theirs was committed: one
+window is left open, a process killed between the ack of a batch and the delete of its rows
+(step 4, one write) while letters it handed back wait in the queue. The next consumer's peek
+then finds one of them and keeps the stale rows, and a letter identical to one of that batch is
+taken for it: one record fewer.
 """
 
 from __future__ import annotations
@@ -323,6 +329,9 @@ class DeadLetterConsumer:
         after this one took the lease, unless it took it from a process known to be gone."""
         self._own_books: set[str] = set()
         """Every ledger session (`_book`) this process has used."""
+        self._acked_books: set[str] = set()
+        """Books whose batch's ack is in but whose rows the store has not dropped yet: stale,
+        and dropped before the next channel peeks (`_hand_over`)."""
         self._book = self._new_book()
         """The ledger's session: one for each channel. The rows of a batch an earlier channel of
         this process committed, and whose ack was lost with it, are then another session's, as
@@ -453,7 +462,9 @@ class DeadLetterConsumer:
             # each, and a task of its own on top of aiormq's, cost the consumer a quarter of
             # the CPU it spends receiving.
             underlay = await channel.get_underlay_channel()
-            if not await self._hand_over(channel, underlay, stop):
+            if not await self._drop_acked_rows() or not await self._hand_over(
+                channel, underlay, stop
+            ):
                 return False
             # The peeked message is held beside the prefetch (a get is not counted in it). While
             # the budget has cut the prefetch, it is a batch of its own: the prefetch the budget
@@ -559,6 +570,22 @@ class DeadLetterConsumer:
             self._inbox.put_nowait(first)
         return True
 
+    async def _drop_acked_rows(self) -> bool:
+        """Delete the rows of this process's batches whose ack is in (the store failed as they
+        were deleted), before the hand-over peeks; False when the store failed. A letter handed
+        back unstored (past the byte budget, or under a store failure) comes back marked
+        redelivered, as a batch whose ack was lost does, and the peek would keep those rows: a
+        letter identical to one of such a batch took its row — stored as that letter, one
+        record fewer."""
+        for book in sorted(self._acked_books):
+            try:
+                await self.store.write(ledger.clear, book)
+            except DatabaseError as exc:
+                logger.warning("the store failed while dropping acked rows: {}", exc)
+                return False
+            self._acked_books.discard(book)
+        return True
+
     def _hand_back(self, budget: Budget) -> None:
         self._prefetch = budget.prefetch(self._prefetch, self.batch_size)
         logger.info(
@@ -650,13 +677,15 @@ class DeadLetterConsumer:
         self._budget.settle()
         # The next consumer's prefetch; the call returns once the ack is in.
         await channel.set_qos(prefetch_count=self._prefetch)
+        self._acked_books.add(self._book)
         self._inject("after-ack")
         try:
             await self.store.write(ledger.clear, self._book)
         except DatabaseError as exc:
-            # Stale rows, settled by the next channel's hand-over.
+            # Stale rows: the next channel's hand-over drops them before it peeks.
             logger.warning("the store failed after an ack: {}", exc)
             return False
+        self._acked_books.discard(self._book)
         for raw, (record_id, created) in zip(raws, results, strict=True):
             with correlated(_correlation(raw)):
                 logger.bind(dead_letter_id=record_id, created=created).debug("dead letter stored")

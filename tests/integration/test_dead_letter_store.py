@@ -25,8 +25,8 @@ from sqlalchemy import func, select
 
 from service.deadletters import consumer as dlq
 from service.deadletters.consumer import raw_message
-from service.errors import DatabaseError
-from service.store import dead_letters, leases
+from service.errors import DatabaseError, StoreUnavailable
+from service.store import dead_letters, leases, ledger
 from service.store.database import AsyncStore, Store
 from service.store.schema import dead_letters as table
 from service.task_protocol import UNREADABLE_PROPERTIES as UNREADABLE
@@ -615,6 +615,61 @@ async def test_a_holder_frozen_between_commit_and_ack_has_its_batch_stored_once(
             await standby_store.close()
             await holder_store.close()
         assert record_count(url) == 4, "4 dead messages, each stored once"
+
+
+class ClearRefusedOnce(AsyncStore):
+    """A store that refuses the first clear of a channel's ledger rows — the one made once the
+    channel's ack is in — as an outage would."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.refused = False
+
+    async def write(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        if operation is ledger.clear and args and not self.refused:
+            self.refused = True
+            raise StoreUnavailable("the store is down (injected after the ack)")
+        return await super().write(operation, *args, **kwargs)
+
+
+async def test_rows_of_an_acked_batch_are_not_taken_by_a_handed_back_twin(
+    dlq_vhost: Vhost, tmp_path: Path
+) -> None:
+    """Letters past the byte budget go back to the queue unstored, marked redelivered. The next
+    channel stored one of them; the store failed as it cleared that batch's rows after the ack;
+    and the channel after it peeked one of the twins still handed back — redelivered, so a batch
+    seemed to have come back — kept the rows, and the twin took its sibling's row: stored as the
+    sibling, one record fewer. A batch whose ack is in has its rows dropped before the next
+    peek."""
+    url = dlq_vhost.settings().resolved_database_url
+    body = b"L" * 400
+    await load_bodies(dlq_vhost, [body] * 8)
+    store = ClearRefusedOnce(url)
+    consumer = dlq.DeadLetterConsumer(dlq_vhost.settings(), store, batch_bytes=1000)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+
+        async def taken() -> bool | None:
+            return True if store.refused and not await ready_count(dlq_vhost) else None
+
+        await eventually(taken, 60, "the consumer to take every letter")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)  # it stores the batch in hand before it returns
+        await store.close()
+    assert not await ready_count(dlq_vhost), "every letter was acked"
+    assert stored_bodies(url) == Counter({body: 8})
+
+
+async def ready_count(vhost: Vhost) -> int:
+    """The dead letters ready in the DLQ, as RabbitMQ counts them now (not the management
+    API's sampled figures)."""
+    connection = await vhost.connect()
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(DEAD_LETTER_QUEUE, passive=True)
+        return int(queue.declaration_result.message_count or 0)
 
 
 async def publish_bodies(vhost: Vhost, bodies: list[bytes]) -> None:
