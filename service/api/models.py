@@ -350,6 +350,9 @@ class RedriveList(msgspec.Struct, kw_only=True):
 
 class Discarded(msgspec.Struct, kw_only=True):
     discarded: int
+    in_doubt: int = 0
+    """Letters of the group left as they were: their re-publishing may be under way, or was never
+    recorded (`?force=true` discards them too)."""
 
 
 class Health(msgspec.Struct, kw_only=True):

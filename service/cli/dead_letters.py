@@ -307,19 +307,37 @@ def cancel(redrive_id: str, api_url: str, api_key: str | None) -> None:
 @dead_letters.command()
 @click.argument("dead_letter_ids", nargs=-1)
 @click.option("--group", default=None, help="Discard every active dead letter of this group.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Discard letters in doubt too: taken for a re-publishing that was never recorded.",
+)
 @api_option
 def discard(
-    dead_letter_ids: tuple[str, ...], group: str | None, api_url: str, api_key: str | None
+    dead_letter_ids: tuple[str, ...],
+    group: str | None,
+    force: bool,
+    api_url: str,
+    api_key: str | None,
 ) -> None:
-    """Discard dead letters (kept a while, see DOCPROC_HANDLED_DEAD_LETTER_RETENTION)."""
+    """Discard dead letters (kept a while, see DOCPROC_HANDLED_DEAD_LETTER_RETENTION). A letter
+    in doubt — its re-publishing may be under way — is left as it is unless --force."""
     if not dead_letter_ids and group is None:
         raise click.UsageError("name dead letters to discard, or --group")
+    params = {"force": "true"} if force else {}
     with Api(api_url, api_key) as api:
         for dead_letter_id in dead_letter_ids:
-            api.delete(f"/dead-letters/{dead_letter_id}")
+            api.delete(f"/dead-letters/{dead_letter_id}", params=params)
             click.echo(f"{printable(dead_letter_id)}: discarded")
         if group is not None:
-            discarded = api.delete(
-                f"/dead-letters/groups/{group}", read=lambda done: int(done["discarded"])
+            discarded, in_doubt = api.delete(
+                f"/dead-letters/groups/{group}",
+                params=params,
+                read=lambda done: (int(done["discarded"]), int(done.get("in_doubt", 0))),
             )
             click.echo(f"group {printable(group)}: {discarded} discarded")
+            if in_doubt:
+                click.echo(
+                    f"{in_doubt} left as they are: taken for a re-publishing that was never "
+                    "recorded (it may be under way); --force discards them too"
+                )

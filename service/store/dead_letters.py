@@ -154,6 +154,11 @@ re-published before and in doubt again cannot be told from one re-published: it 
 re-published."""
 
 
+def in_doubt(letter: DeadLetter) -> bool:
+    """`IN_DOUBT`, of a letter read."""
+    return letter.republished_at is not None and letter.republish_count == 0
+
+
 def _where(statement: Select[Any], filters: Filters) -> Select[Any]:
     conditions = [
         column == getattr(filters, name)
@@ -485,19 +490,26 @@ def release_claims(
     )
 
 
-def discard(connection: Connection, dead_letter_id: str) -> bool:
+def discard(connection: Connection, dead_letter_id: str, *, force: bool = False) -> bool:
+    """Whether the letter was discarded now: not discarded before, and — unless `force` — not in
+    doubt (`IN_DOUBT`: its re-publishing may be under way, and a letter both discarded and sent
+    back to its queue would say it was not)."""
     now = utcnow()
-    result = connection.execute(
-        update(dead_letters)
-        .where(dead_letters.c.id == dead_letter_id, dead_letters.c.discarded_at.is_(None))
-        .values(discarded_at=now, updated_at=now)
+    statement = update(dead_letters).where(
+        dead_letters.c.id == dead_letter_id, dead_letters.c.discarded_at.is_(None)
     )
+    if not force:
+        statement = statement.where(~IN_DOUBT)
+    result = connection.execute(statement.values(discarded_at=now, updated_at=now))
     return bool(result.rowcount)
 
 
-def discard_matching(connection: Connection, filters: Filters) -> int:
+def discard_matching(connection: Connection, filters: Filters, *, force: bool = False) -> int:
+    """Discard the letters `filters` match — those in doubt only if `force` (`discard`)."""
     now = utcnow()
     ids = select(dead_letters.c.id)
+    if not force:
+        filters = msgspec.structs.replace(filters, leave_out_in_doubt=True)
     result = connection.execute(
         update(dead_letters)
         .where(dead_letters.c.id.in_(_where(ids, filters).scalar_subquery()))

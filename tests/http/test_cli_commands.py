@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,9 @@ from click.testing import CliRunner, Result
 from service.api.app import create_app
 from service.cli import cli
 from service.settings import Settings
-from service.store import documents, task_runs
+from service.store import dead_letters, documents, task_runs
 from service.store.database import Store
+from service.store.schema import utcnow
 from tests.api.test_dead_letters_api import bury, dead_message
 from tests.support import RecordingPublisher, free_port, served_by_uvicorn
 
@@ -143,6 +145,26 @@ def test_dead_letters_are_listed_shown_grouped_republished_and_discarded(
     active = served.run("dead-letters", "list")
     assert {row[0]: row[-1] for row in rows(every.stdout)} == {first: "1", second: "0"}
     assert rows(active.stdout) == [], "one re-published, the other discarded"
+
+
+def test_discarding_a_group_says_what_it_left_in_doubt_and_force_takes_it(
+    served: Served, store: Store
+) -> None:
+    doubtful, _ = bury(store, dead_message(), dead_message())
+    store.run(dead_letters.claim_for_redrive, [doubtful], utcnow() - timedelta(minutes=1), utcnow())
+    [group] = {row[0] for row in rows(served.run("dead-letters", "groups").stdout)}
+
+    alone = served.run("dead-letters", "discard", doubtful)
+    grouped = served.run("dead-letters", "discard", "--group", group)
+    forced = served.run("dead-letters", "discard", "--force", doubtful)
+
+    assert alone.exit_code != 0
+    assert "never recorded" in alone.output
+    assert grouped.exit_code == 0, grouped.output
+    assert "1 discarded" in grouped.stdout
+    assert "1 left as they are" in grouped.stdout
+    assert "--force" in grouped.stdout
+    assert forced.exit_code == 0, forced.output
 
 
 def test_a_dry_run_says_what_it_leaves_out_and_the_flag_that_takes_it(

@@ -261,3 +261,45 @@ async def test_a_single_republish_that_certainly_did_not_go_out_can_be_tried_aga
     assert first.status_code in (502, 503), first.text
     assert second.status_code == 200, second.text
     assert sent_ids(publisher) == [letter_id]
+
+
+async def test_a_letter_in_doubt_is_not_discarded_unless_forced(
+    client: Client, store: Store
+) -> None:
+    """A letter taken for a re-publishing — a redrive's group going out, or one whose publisher
+    stopped before recording it — was discarded as any other: the redrive then recorded it
+    re-published, and the letter said both, its discard hiding that its message was back in its
+    queue. Discarding it, alone or with its group, now leaves it as it is and says why, unless
+    forced."""
+    doubtful, other = bury(store, *(dead_message(queue="retry_queue") for _ in range(2)))
+    began = utcnow() - timedelta(minutes=1)
+    assert store.run(dead_letters.claim_for_redrive, [doubtful], began, utcnow()) == {doubtful}
+    [group] = [g["group"] for g in (await client.get("/dead-letters/groups")).json()["items"]]
+
+    alone = await client.delete(f"/dead-letters/{doubtful}")
+    with_group = await client.delete(f"/dead-letters/groups/{group}")
+
+    assert alone.status_code == 409, alone.text
+    assert "never recorded" in alone.json()["detail"]
+    assert "force=true" in alone.json()["detail"]
+    assert with_group.json() == {"discarded": 1, "in_doubt": 1}
+    assert store.run(dead_letters.matching_ids, Filters(status="discarded")) == [other]
+
+    forced = await client.delete(f"/dead-letters/{doubtful}", params={"force": "true"})
+    assert forced.status_code == 204, forced.text
+    again = await client.delete(f"/dead-letters/{doubtful}")
+    assert again.status_code == 409
+    assert "discarded already" in again.json()["detail"]
+
+
+async def test_a_group_discard_forced_takes_letters_in_doubt_too(
+    client: Client, store: Store
+) -> None:
+    doubtful, _other = bury(store, *(dead_message(queue="retry_queue") for _ in range(2)))
+    began = utcnow() - timedelta(minutes=1)
+    store.run(dead_letters.claim_for_redrive, [doubtful], began, utcnow())
+    [group] = [g["group"] for g in (await client.get("/dead-letters/groups")).json()["items"]]
+
+    forced = await client.delete(f"/dead-letters/groups/{group}", params={"force": "true"})
+
+    assert forced.json() == {"discarded": 2, "in_doubt": 0}

@@ -278,3 +278,24 @@ def test_letters_of_tasks_that_succeeded_as_they_were_stored_are_superseded_by_m
     assert again == 0
     assert stamps[missed] is not None
     assert (stamps[failed], stamps[long_ago]) == (None, None)
+
+
+def test_a_claimed_letter_is_not_discarded_until_its_republishing_is_recorded(
+    store: Store,
+) -> None:
+    """Both orders: a discarded letter is never claimed; a claimed one (in doubt: it may be
+    going out) is not discarded unless forced, alone or by filters, until its re-publishing is
+    recorded."""
+    now = datetime.now(UTC)
+    stored = store.run(store_batch, [message(n, now) for n in range(3)])
+    first, second, third = [record_id for record_id, _ in stored]
+    began = now - timedelta(minutes=1)
+    assert store.run(dead_letters.discard, first)
+    claimed = store.run(dead_letters.claim_for_redrive, [first, second, third], began, now)
+    assert claimed == {second, third}
+    assert not store.run(dead_letters.discard, second)
+    assert store.run(dead_letters.discard_matching, Filters()) == 0
+    store.run(dead_letters.mark_republished, second)
+    assert store.run(dead_letters.discard, second)
+    assert store.run(dead_letters.discard_matching, Filters(status="redrivable")) == 0
+    assert store.run(dead_letters.discard_matching, Filters(), force=True) == 1

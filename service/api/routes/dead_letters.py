@@ -207,10 +207,20 @@ async def list_groups(*, store: StoreDep, filters: NamedDependency[Filters]) -> 
     responses=errors(401, 403, 503),
     tags=TAGS,
     summary="Discard every active dead letter of a group",
+    description="Letters in doubt — taken for a re-publishing that was never recorded: it may be "
+    "under way, or it went out and its publisher stopped — are left as they are and counted in "
+    "`in_doubt`, unless `force=true`: a letter both discarded and back in its queue would say it "
+    "was not.",
 )
-async def discard_group(group: PathId, store: StoreDep) -> Discarded:
-    count = await store.write(dead_letters.discard_matching, Filters(group=group))
-    return Discarded(discarded=count)
+async def discard_group(
+    group: PathId, store: StoreDep, force: FromQuery[bool] = False
+) -> Discarded:
+    filters = Filters(group=group)
+    count = await store.write(dead_letters.discard_matching, filters, force=force)
+    left = await store.run(
+        dead_letters.left_out, msgspec.structs.replace(filters, leave_out_in_doubt=True)
+    )
+    return Discarded(discarded=count, in_doubt=left.get("in_doubt", 0))
 
 
 @get(
@@ -279,16 +289,28 @@ async def republish_one(
     status_code=204,
     responses=errors(401, 403, 404, 409, 503),
     tags=TAGS,
-    summary="Discard a dead letter (409 if it was discarded already)",
+    summary="Discard a dead letter (409 if it was discarded already, or is in doubt)",
+    description="409 when the letter was discarded already; and when it is in doubt — taken for "
+    "a re-publishing that was never recorded: it may be under way, or it went out and its "
+    "publisher stopped — unless `force=true`.",
 )
-async def discard(dead_letter_id: PathId, store: StoreDep) -> None:
-    if await store.write(dead_letters.discard, dead_letter_id):
-        return
-    letter = await store.run(dead_letters.get, dead_letter_id, with_body=False)
-    if letter is None:
-        raise NotFound(f"no dead letter {dead_letter_id}")
-    when = letter.discarded_at.isoformat() if letter.discarded_at else "before"
-    raise Conflict(f"dead letter {dead_letter_id} was discarded already, at {when}")
+async def discard(dead_letter_id: PathId, store: StoreDep, force: FromQuery[bool] = False) -> None:
+    for _ in range(3):  # a letter in doubt whose claim is given back meanwhile: try again
+        if await store.write(dead_letters.discard, dead_letter_id, force=force):
+            return
+        letter = await store.run(dead_letters.get, dead_letter_id, with_body=False)
+        if letter is None:
+            raise NotFound(f"no dead letter {dead_letter_id}")
+        if letter.discarded_at is not None:
+            when = letter.discarded_at.isoformat()
+            raise Conflict(f"dead letter {dead_letter_id} was discarded already, at {when}")
+        if dead_letters.in_doubt(letter):
+            raise Conflict(
+                f"dead letter {dead_letter_id} was taken for re-publishing (at "
+                f"{letter.republished_at}), which was never recorded: it may be going out now, "
+                "or it went out and its publisher stopped; force=true discards it all the same"
+            )
+    raise Conflict(f"dead letter {dead_letter_id} kept changing; try again")
 
 
 REDRIVE_FILTERS = ("queue", "reason", "task", "error_type", "group", "since", "until")

@@ -362,7 +362,11 @@ function discardGroup(button) {
         "and leave the counts and every redrive.";
       if (!(await confirmDialog(question, "Discard " + preview.matched + " letter(s)"))) return;
       const done = await api("DELETE", "/dead-letters/groups/" + encodeURIComponent(group));
-      notice("Discarded " + done.discarded + " letter(s).", "ok");
+      notice(
+        "Discarded " + done.discarded + " letter(s)." +
+          (done.in_doubt ? " " + done.in_doubt + " left as they are: their re-publishing may be under way." : ""),
+        "ok",
+      );
       setTimeout(() => location.reload(), 600);
     } catch (error) {
       notice(error.message, "bad");
