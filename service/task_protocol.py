@@ -22,6 +22,10 @@ UNREADABLE_PROPERTIES = "x-docproc-unreadable-properties"
 by the consumers' frame hooks (`service.worker.frames`, `service.deadletters.frames`): `error`,
 and on the DLQ consumer's side the properties' raw bytes, kept with the letter."""
 
+MESSAGE_PROBLEMS = frozenset({"UnreadableProperties", "NotACeleryMessage", "MalformedTaskMessage"})
+"""The error types of a dead letter whose message itself could not be a task request (`problem`):
+what it says of itself, whatever became of a task of the same id."""
+
 MAX_COUNT = 2**31 - 1
 """The largest count a store keeps (an INTEGER column on PostgreSQL): a task's retries above it
 could not be recorded."""

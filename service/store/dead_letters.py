@@ -186,21 +186,16 @@ def insert_many(
     connection: Connection,
     letters: Sequence[NewDeadLetter],
     *,
-    failures: dict[str, dict[str, Any]],
     superseded: set[str],
 ) -> list[str]:
-    """Store new records (one statement); returns their ids. A letter takes the failure the worker
-    recorded for its task (`failures`) over the one its headers carry; a letter of a task that
-    succeeded since (`superseded`) is history, not a failure."""
+    """Store new records (one statement); returns their ids. A letter of a task that succeeded
+    since (`superseded`) is history, not a failure."""
     now = utcnow()
     ids: list[str] = []
     rows: list[tuple[Any, ...]] = []
     # A batch's letters mostly share a cause: each cause is fingerprinted once.
     fingerprints: dict[tuple[str | None, ...], str] = {}
-    for given in letters:
-        letter = given
-        if letter.task_id in failures:
-            letter = msgspec.structs.replace(letter, **failures[letter.task_id])
+    for letter in letters:
         cause = (
             letter.task_name,
             letter.error_type or letter.reason,
@@ -274,12 +269,23 @@ def fill_failure(
     message: str | None,
     traceback: str | None,
 ) -> None:
-    """Give the task's letters that arrived before its failure was recorded that failure."""
-    connection.execute(
-        update(dead_letters)
-        .where(dead_letters.c.task_id == task_id, dead_letters.c.error_type.is_(None))
-        .values(error_type=error_type, error_message=message, traceback=traceback)
-    )
+    """Give the task's letters that arrived before its failure was recorded that failure, and
+    the group it makes: those that say none (`outcomes.letters_arrived`), and were not
+    re-published since (a later attempt's failure is not theirs)."""
+    c = dead_letters.c
+    waiting = and_(c.task_id == task_id, c.error_type.is_(None), c.republish_count == 0)
+    names = connection.execute(select(c.task_name).where(waiting).distinct()).scalars().all()
+    for name in names:
+        connection.execute(
+            update(dead_letters)
+            .where(waiting, c.task_name.is_(None) if name is None else c.task_name == name)
+            .values(
+                error_type=error_type,
+                error_message=message,
+                traceback=traceback,
+                fingerprint=fingerprint(name, error_type, message, traceback),
+            )
+        )
 
 
 def death_of(letter: NewDeadLetter) -> tuple[str, str, str, str]:

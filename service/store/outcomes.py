@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
+import msgspec
 from sqlalchemy import Connection, Executable, Select
 from sqlalchemy.sql.selectable import HasCTE
 
@@ -28,6 +29,7 @@ from service.store.dead_letters import NewDeadLetter
 from service.store.documents import Extraction, Upload
 from service.store.schema import utcnow
 from service.store.task_runs import Start, StepTime
+from service.task_protocol import MESSAGE_PROBLEMS
 
 
 def task_started(connection: Connection, start: Start) -> None:
@@ -171,11 +173,10 @@ def letters_arrived(connection: Connection, letters: Sequence[NewDeadLetter]) ->
     """Store new dead letters and settle their tasks' runs; returns the records' ids."""
     task_ids = {letter.task_id for letter in letters if letter.task_id}
     succeeded = task_runs.succeeded(connection, task_ids)
-    failures = task_runs.failures(
-        connection,
-        {letter.task_id for letter in letters if letter.task_id and not letter.error_type},
+    runs = task_runs.failures(connection, task_ids)
+    ids = dead_letters.insert_many(
+        connection, [_failure_of(letter, runs) for letter in letters], superseded=succeeded
     )
-    ids = dead_letters.insert_many(connection, letters, failures=failures, superseded=succeeded)
     task_runs.record_dead(
         connection,
         [
@@ -185,3 +186,26 @@ def letters_arrived(connection: Connection, letters: Sequence[NewDeadLetter]) ->
         ],
     )
     return ids
+
+
+def _failure_of(letter: NewDeadLetter, runs: dict[str, task_runs.Failure]) -> NewDeadLetter:
+    """The letter with the failure that ended its attempt. Its headers carry the failure its
+    message retried for (every retry writes it), an earlier attempt's: the worker's record says
+    better. A run the worker failed (FAILURE, REVOKED) gives its failure; a run that was running
+    again when its message died (a delivery that killed its worker, a rejected time limit whose
+    failure is recorded after) has none yet — the letter says its reason until the worker's
+    failure fills it (`dead_letters.fill_failure`); any other run gives its failure to a letter
+    that carries none. A letter whose message could not be a task says so, whatever the run."""
+    run = runs.get(letter.task_id or "")
+    if run is None or letter.error_type in MESSAGE_PROBLEMS:
+        return letter
+    if run.running:
+        return msgspec.structs.replace(letter, error_type=None, error_message=None, traceback=None)
+    if run.recorded or (letter.error_type is None and run.error_type is not None):
+        return msgspec.structs.replace(
+            letter,
+            error_type=run.error_type,
+            error_message=run.error_message,
+            traceback=run.traceback,
+        )
+    return letter

@@ -593,25 +593,48 @@ _SUCCEEDED = Keyed(
 )
 
 
-def failures(connection: Connection, task_ids: set[str]) -> dict[str, dict[str, Any]]:
-    """The failures the worker recorded for these tasks, where it recorded one."""
+class Failure(msgspec.Struct, frozen=True, kw_only=True):
+    """A run's state and the failure it holds (none, or an earlier attempt's while running)."""
+
+    state: str
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+
+    @property
+    def running(self) -> bool:
+        """Running again: the failure it holds, if any, is an earlier attempt's."""
+        return self.state in _RUNNING
+
+    @property
+    def recorded(self) -> bool:
+        """The worker recorded this failure as the end of the attempt (FAILURE, REVOKED)."""
+        return self.state in ("FAILURE", "REVOKED") and self.error_type is not None
+
+
+def failures(connection: Connection, task_ids: set[str]) -> dict[str, Failure]:
+    """The state and failure of each of these tasks' runs that is known."""
     if not task_ids:
         return {}
     rows = connection.execute(_FAILURES(connection), {"task_ids": list(task_ids)}).all()
     return {
-        row.task_id: {
-            "error_type": row.error_type,
-            "error_message": row.error_message,
-            "traceback": row.traceback,
-        }
+        row.task_id: Failure(
+            state=row.state,
+            error_type=row.error_type,
+            error_message=row.error_message,
+            traceback=row.traceback,
+        )
         for row in rows
     }
 
 
 _FAILURES = Keyed(
     lambda one_of: select(
-        *(task_runs.c[name] for name in ("task_id", "error_type", "error_message", "traceback"))
-    ).where(one_of(task_runs.c.task_id, "task_ids"), task_runs.c.error_type.is_not(None))
+        *(
+            task_runs.c[name]
+            for name in ("task_id", "state", "error_type", "error_message", "traceback")
+        )
+    ).where(one_of(task_runs.c.task_id, "task_ids"))
 )
 
 

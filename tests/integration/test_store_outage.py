@@ -166,6 +166,54 @@ async def test_a_failure_met_in_an_outage_is_recorded_as_itself_before_its_lette
         dlq.stop()
 
 
+async def test_a_corrupt_file_whose_first_attempt_met_an_outage_is_dead_for_being_corrupt(
+    vhost: Vhost, database: ScratchDatabase, tmp_path: Path
+) -> None:
+    """Attempt one waits for the store through retry_queue, its headers saying StoreUnavailable;
+    attempt two, the store back, finds the file corrupt. The run said CorruptFile, its dead
+    letter the outage — grouped with the outage's letters, whose redrive would send a corrupt
+    file round again."""
+    worker = await start_worker(vhost, tmp_path / "worker.log", **ENV)
+    dlq = await start_dlq(vhost, tmp_path / "dlq.log")
+    store = Store(database.url)
+    client = create_celery(vhost.settings())
+    content = b"%PDF-1.4\nthis is not really a pdf at all\n"
+    document_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+    upload = Upload(
+        filename="scan.pdf",
+        content_type="application/pdf",
+        content=content,
+        sha256=hashlib.sha256(content).hexdigest(),
+        correlation_id=task_id,
+    )
+    try:
+        store.run(accept, upload, document_id, task_id)
+        store.close()
+        database.block()
+        client.send_task(PROCESS_DOCUMENT, kwargs={"document_id": document_id}, task_id=task_id)
+        await eventually(
+            lambda: asyncio.sleep(0, True if "waits" in worker.output() else None),
+            30,
+            "the task to wait for the store",
+        )
+        database.unblock()
+
+        async def dead() -> task_runs.TaskRun | None:
+            run = store.run(task_runs.get, task_id)
+            letter = store.run(dead_letters.latest_for_task, task_id)
+            return run if run is not None and run.state == "DEAD" and letter else None
+
+        run = await eventually(dead, 90, "the task to be DEAD with its letter", interval=0.5)
+        [letter] = store.run(dead_letters.page, Filters(status="all"), limit=10).items
+        assert run.error_type == "CorruptFile"
+        assert (letter.error_type, letter.reason) == ("CorruptFile", "rejected")
+    finally:
+        client.close()
+        store.close()
+        worker.stop()
+        dlq.stop()
+
+
 def test_maintenance_that_meets_an_outage_skips_instead_of_failing(
     database: ScratchDatabase,
 ) -> None:

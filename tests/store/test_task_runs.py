@@ -254,11 +254,9 @@ def test_runs_looked_up_by_many_ids_are_those_known(store: Store) -> None:
 
     known = {f"t-{n:05d}" for n in range(0, 300, 2)}
     assert set(found) == known
-    assert found["t-00002"] == {
-        "error_type": "rejected",
-        "error_message": "failed",
-        "traceback": None,
-    }
+    assert found["t-00002"] == task_runs.Failure(
+        state="DEAD", error_type="rejected", error_message="failed", traceback=None
+    )
     assert {run.task_id for run in runs} == known
     assert store.run(task_runs.succeeded, asked) == set()
     assert set(store.run(task_runs.versions, asked)) == known
