@@ -207,3 +207,18 @@ def tiff_of_pages(pages: int, width: int = 1, height: int = 1) -> bytes:
             out.write(struct.pack("<HHII", tag, kind, 1, value))
         out.write(struct.pack("<I", following))
     return out.getvalue()
+
+
+def zip_members_marked(package: bytes, *, encrypted: bool = False, method: int = 0) -> bytes:
+    """The package with every member flagged encrypted (a ZIP tool's password), or its
+    compression method set to `method`, in its local and central headers alike."""
+    data = bytearray(package)
+    for signature, flags_at, method_at in ((b"PK\x01\x02", 8, 10), (b"PK\x03\x04", 6, 8)):
+        at = data.find(signature)
+        while at >= 0:
+            if encrypted:
+                struct.pack_into("<H", data, at + flags_at, data[at + flags_at] | 1)
+            if method:
+                struct.pack_into("<H", data, at + method_at, method)
+            at = data.find(signature, at + 4)
+    return bytes(data)

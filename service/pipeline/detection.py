@@ -231,6 +231,7 @@ def _zip_type(data: bytes, filename: str | None, limits: Limits) -> DocumentType
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             listed = archive.infolist()
             _check_declared_sizes(listed)
+            _check_readable(listed)
             names = [member.filename for member in listed]
             content_types = mimetype = b""
             if _CONTENT_TYPES in names:
@@ -239,7 +240,16 @@ def _zip_type(data: bytes, filename: str | None, limits: Limits) -> DocumentType
             if _ODF_MIMETYPE in names:
                 with archive.open(_ODF_MIMETYPE) as part:
                     mimetype = part.read(256).strip()
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError, zlib.error) as exc:
+    except (
+        zipfile.BadZipFile,
+        KeyError,
+        OSError,
+        EOFError,
+        ValueError,
+        zlib.error,
+        RuntimeError,  # zipfile's "password required"
+        NotImplementedError,  # zipfile's "compression method is not supported"
+    ) as exc:
         claimed = _damaged_package_type(data, filename)
         if claimed is not None:
             return claimed  # reading it will say what is broken
@@ -294,6 +304,26 @@ def _check_declared_sizes(members: list[zipfile.ZipInfo]) -> None:
                 f"the ZIP member {member.filename[:100]!r} declares {member.file_size:,} bytes "
                 f"from {member.compress_size:,} compressed, more than compression can reach "
                 "(a ZIP bomb)"
+            )
+
+
+_PACKAGE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+
+
+def _check_readable(members: list[zipfile.ZipInfo]) -> None:
+    """Refuse a package no reader can open: a member encrypted (a ZIP tool's password; an
+    office program's own protection makes no ZIP), or compressed by a method office writers do
+    not use (zipfile knows no WinZip AES, 99) — an upload answered 500 for either."""
+    for member in members:
+        if member.flag_bits & 0x1:
+            raise UnsupportedType(
+                f"an encrypted ZIP package (its member {member.filename[:100]!r} needs a "
+                f"password): save the document without one; {_READABLE}"
+            )
+        if member.compress_type not in _PACKAGE_METHODS:
+            raise UnsupportedType(
+                f"a ZIP package whose member {member.filename[:100]!r} is compressed with "
+                f"method {member.compress_type}, which office writers do not use; {_READABLE}"
             )
 
 

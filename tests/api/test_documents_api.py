@@ -23,7 +23,9 @@ from service.store import documents, search
 from service.store.database import Store
 from service.store.documents import Extraction
 from service.task_contract import PROCESS_DOCUMENT
+from tests import office_files
 from tests.api.conftest import Client, refused_updates, take
+from tests.hostile_files import zip_members_marked
 from tests.support import eventually
 
 pytestmark = pytest.mark.rabbitmq
@@ -109,8 +111,15 @@ async def test_upload_errors_are_problems_with_their_reason(
     empty = await upload(client, b"")
     image = await upload(client, b"GIF89a" + bytes(200), "animation.gif")
     not_multipart = await client.post("/documents", json={"file": "x"})
+    locked = await upload(client, zip_members_marked(office_files.xlsx(), encrypted=True), "b.xlsx")
 
-    for response, status in ((missing, 400), (empty, 422), (image, 415), (not_multipart, 400)):
+    for response, status in (
+        (missing, 400),
+        (empty, 422),
+        (image, 415),
+        (not_multipart, 400),
+        (locked, 415),
+    ):
         assert response.status_code == status, response.text
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["status"] == status

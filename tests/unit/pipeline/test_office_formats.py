@@ -21,7 +21,7 @@ from service.errors import CorruptFile, ProcessingError, UnsupportedType
 from service.pipeline import detect_type, extract
 from tests import office_files
 from tests.corpus import docx_sample
-from tests.hostile_files import zip_of
+from tests.hostile_files import zip_members_marked, zip_of
 from tests.office_files import WHEN
 
 ODF_CREATED = datetime(2024, 3, 5, 9, 30, 0, 123456, tzinfo=UTC)
@@ -338,6 +338,20 @@ def test_a_password_protected_office_file_is_not_called_legacy() -> None:
 
     with pytest.raises(UnsupportedType, match="password-protected Office file"):
         detect_type(encrypted, "budget.xlsx")
+
+
+def test_a_zip_package_that_is_encrypted_or_compressed_otherwise_is_refused_saying_so() -> None:
+    """zipfile raises RuntimeError for the one and NotImplementedError for the other (WinZip
+    AES, method 99): neither was caught, and the upload was a 500."""
+    encrypted = zip_members_marked(office_files.xlsx(), encrypted=True)
+    aes = zip_members_marked(office_files.xlsx(), method=99)
+
+    with pytest.raises(UnsupportedType, match=r"encrypted ZIP package .*without one"):
+        detect_type(encrypted, "book.xlsx")
+    with pytest.raises(UnsupportedType, match="compressed with method 99"):
+        detect_type(aes, "book.xlsx")
+    with pytest.raises(UnsupportedType, match="encrypted ZIP package"):
+        extract(encrypted, "book.xlsx")
 
 
 def test_an_opendocument_drawing_is_refused_by_its_mimetype() -> None:
