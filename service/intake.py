@@ -190,7 +190,18 @@ def _replayed(connection: Connection, upload: Upload, earlier: idempotency.KeyUs
         task_id=earlier.task_id,
         queued=document is not None and document.published_at is not None,
         replayed=True,
+        duplicate_of=None if document is None else _earlier_copy(connection, document),
     )
+
+
+def _earlier_copy(connection: Connection, document: documents.Document) -> str | None:
+    """The earliest document stored with the same content before this one, as its first answer
+    named it (`duplicate_of`)."""
+    first = documents.earliest_with(connection, {document.sha256}).get(document.sha256)
+    if first is None or first == document.id:
+        return None
+    found = documents.get(connection, first)
+    return first if found is not None and found.created_at <= document.created_at else None
 
 
 class Intake:

@@ -313,6 +313,21 @@ async def test_the_same_idempotency_key_names_the_same_upload_and_other_content_
     }, "one message per document, none for the replay"
 
 
+async def test_a_replay_names_the_earlier_copy_its_first_answer_named(client: Client) -> None:
+    """The replay's receipt left `duplicate_of` out: the client that retried lost it."""
+    original = await upload(client, headers={"Idempotency-Key": "original"})
+    copy = await upload(client, headers={"Idempotency-Key": "copy"})
+    replays = [
+        await upload(client, headers={"Idempotency-Key": key}) for key in ("original", "copy")
+    ]
+
+    assert copy.json()["duplicate_of"] == original.json()["document_id"]
+    assert [replay.json()["duplicate_of"] for replay in replays] == [
+        None,
+        original.json()["document_id"],
+    ]
+
+
 async def test_an_unreasonable_idempotency_key_is_a_400(client: Client) -> None:
     response = await upload(client, headers={"Idempotency-Key": "k" * 256})
 
