@@ -7,6 +7,7 @@ a transient error is retried through `retry_queue`, anything else is dead-letter
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -28,6 +29,16 @@ class BrokerUnavailable(DocprocError):
     """RabbitMQ could not be reached."""
 
     transient = True
+
+
+class Unconfirmed(BrokerUnavailable):
+    """No confirm came within the wait, and the message was written on a connection still up: it
+    may yet be confirmed. `outcome` settles when it is (None), or when RabbitMQ refuses or
+    returns it, or the connection is lost (the error)."""
+
+    def __init__(self, message: str, outcome: asyncio.Future[None]) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class NotSent(BrokerUnavailable):

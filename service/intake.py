@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 from collections.abc import Sequence
 
@@ -30,7 +31,14 @@ from sqlalchemy import Connection
 from service import pipeline
 from service.broker.connection import until
 from service.broker.publisher import TaskPublisher, task_message
-from service.errors import BrokerUnavailable, Conflict, DatabaseError, EmptyDocument, Unroutable
+from service.errors import (
+    BrokerUnavailable,
+    Conflict,
+    DatabaseError,
+    EmptyDocument,
+    Unconfirmed,
+    Unroutable,
+)
 from service.ids import new_id
 from service.store import documents, idempotency, task_runs
 from service.store.database import RECORD_PATIENCE, AsyncStore
@@ -227,15 +235,14 @@ class Intake:
         if receipt.replayed:
             return receipt
         queued = await self.publish(document_id, task_id, upload.correlation_id)
-        if not queued:
-            self.waiting[document_id] = (task_id, upload.correlation_id)
-            self.wake.set()
         return msgspec.structs.replace(receipt, queued=queued)
 
     async def publish(self, document_id: str, task_id: str, correlation_id: str) -> bool:
-        """Publish the document's task; True once RabbitMQ confirmed it."""
+        """Publish the document's task; True once RabbitMQ confirmed it. Else the document waits
+        to be published again (`waiting`) — unless its confirm may yet come: the publish is left
+        to end, and the document waits only if it ends refused or lost (`_settled`)."""
         try:
-            await self.publisher.publish(
+            await self.publisher.publish_settling(
                 task_message(
                     PROCESS_DOCUMENT,
                     task_id,
@@ -244,12 +251,38 @@ class Intake:
                 ),
                 routing_key=queue_for(PROCESS_DOCUMENT),
             )
+        except Unconfirmed as exc:
+            logger.warning("document {} accepted, its confirm not come yet: {}", document_id, exc)
+            exc.outcome.add_done_callback(
+                functools.partial(self._settled, document_id, task_id, correlation_id)
+            )
+            return False
         except (BrokerUnavailable, Unroutable) as exc:
             logger.warning("document {} accepted but not queued yet: {}", document_id, exc)
+            self._wait(document_id, task_id, correlation_id)
             return False
+        self._queued(document_id)
+        return True
+
+    def _settled(
+        self, document_id: str, task_id: str, correlation_id: str, outcome: asyncio.Future[None]
+    ) -> None:
+        """A publish whose confirm was late has ended: queued, or to be published again."""
+        if outcome.cancelled() or outcome.exception() is not None:
+            self._wait(document_id, task_id, correlation_id)
+            return
+        logger.bind(document_id=document_id, task_id=task_id).info(
+            "a document's confirm came late: it is queued"
+        )
+        self._queued(document_id)
+
+    def _wait(self, document_id: str, task_id: str, correlation_id: str) -> None:
+        self.waiting[document_id] = (task_id, correlation_id)
+        self.wake.set()
+
+    def _queued(self, document_id: str) -> None:
         self.confirmed.append(document_id)
         self._confirmed_wake.set()
-        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay what waits for the broker, and mark what was queued, until `stop`."""
@@ -297,11 +330,12 @@ class Intake:
                 if not claimed:  # published meanwhile, or beat's sweeper has it
                     del self.waiting[document_id]
                     continue
+                del self.waiting[document_id]  # `publish` puts it back if it is to wait again
                 if not await self.publish(document_id, task_id, correlation_id):
-                    with contextlib.suppress(DatabaseError):  # else the claim expires
-                        await self.store.write(documents.release_claim, document_id, claimed_at)
+                    if document_id in self.waiting:  # certainly not out: else the claim holds
+                        with contextlib.suppress(DatabaseError):  # else the claim expires
+                            await self.store.write(documents.release_claim, document_id, claimed_at)
                     break
-                del self.waiting[document_id]
                 logger.bind(document_id=document_id, task_id=task_id).info(
                     "queued a document accepted while the broker was away"
                 )

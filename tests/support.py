@@ -473,13 +473,30 @@ def rabbitmqctl_on(rabbitmq: RabbitMQ) -> Callable[..., str]:
 
 class CuttableLink:
     """A TCP proxy in front of a server (RabbitMQ) that a test can cut and heal: connections
-    through it drop at once and new ones are refused, as across a network partition."""
+    through it drop at once and new ones are refused, as across a network partition. It can also
+    hold what clients send, until released: a server that stops reading a connection that stays
+    up, as RabbitMQ blocked by a memory or disk alarm does."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.StreamWriter] = set()
+        self._holding = False
+        self._held: list[tuple[asyncio.StreamWriter, bytes]] = []
+
+    def hold(self) -> None:
+        self._holding = True
+
+    async def release(self) -> None:
+        """Send what was held, in order, and pass what comes from now on."""
+        self._holding = False
+        held, self._held = self._held, []
+        for writer, chunk in held:  # no wait between writes: nothing overtakes what was held
+            if not writer.is_closing():
+                writer.write(chunk)
+        for writer in {writer for writer, _ in held if not writer.is_closing()}:
+            await writer.drain()
 
     async def heal(self) -> None:
         if self._server is None:
@@ -493,6 +510,8 @@ class CuttableLink:
         for writer in list(self._pipes):
             writer.transport.abort()
         self._pipes.clear()
+        self._holding = False
+        self._held.clear()  # lost with their connections
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -502,12 +521,17 @@ class CuttableLink:
             return
         self._pipes.update((writer, upstream_writer))
         await asyncio.gather(
-            self._pump(reader, upstream_writer), self._pump(upstream_reader, writer)
+            self._pump(reader, upstream_writer, upstream=True), self._pump(upstream_reader, writer)
         )
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool = False
+    ) -> None:
         try:
             while chunk := await reader.read(65536):
+                if upstream and (self._holding or self._held):
+                    self._held.append((writer, chunk))
+                    continue
                 writer.write(chunk)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
@@ -563,6 +587,9 @@ class RecordingPublisher:
         if self.refusal is not None:
             raise self.refusal
         self.sent.append(Sent(message, routing_key, exchange))
+
+    async def publish_settling(self, message: aio_pika.Message, routing_key: str) -> None:
+        await self.publish(message, routing_key)
 
     async def close(self) -> None:
         return None

@@ -31,7 +31,7 @@ from aio_pika.abc import (
 from loguru import logger
 
 from service.broker.connection import BROKER_ERRORS, connect, connect_until, until
-from service.errors import BrokerUnavailable, NotSent, Unroutable
+from service.errors import BrokerUnavailable, NotSent, Unconfirmed, Unroutable
 from service.logs import CORRELATION_HEADER
 from service.serialization import CONTENT_ENCODING, CONTENT_TYPE, dumps
 from service.settings import Settings
@@ -43,6 +43,11 @@ RECONNECT_PAUSE_MAX = 1.0
 """The longest pause between two attempts to reach the broker again: documents that could not be
 queued meanwhile go out within a second or two of its return."""
 ORIGIN = f"docproc-{os.getpid()}@{socket.gethostname()}"
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
 
 
 def task_message(
@@ -111,6 +116,8 @@ class TaskPublisher(Protocol):
     async def publish(
         self, message: aio_pika.Message, routing_key: str, *, exchange: str = EXCHANGE
     ) -> None: ...
+
+    async def publish_settling(self, message: aio_pika.Message, routing_key: str) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -256,37 +263,68 @@ class Publisher:
     ) -> None:
         """Publish and wait for the confirm. BrokerUnavailable if it does not come; Unroutable
         when RabbitMQ returns the message (no queue bound where it was sent)."""
-        channel = self._channel
-        if not self.connected or channel is None or self._exchange is None:
-            raise NotSent("RabbitMQ is not connected")
-        target = self._exchange
-        if exchange == "":
-            target = channel.default_exchange
-        elif exchange != EXCHANGE:
-            target = await channel.get_exchange(exchange, ensure=False)
+        channel, target = await self._target(exchange)
         try:
             await target.publish(
                 message, routing_key=routing_key, mandatory=True, timeout=self.timeout
             )
         except TimeoutError as exc:
-            raise BrokerUnavailable(
-                f"RabbitMQ did not confirm within {self.timeout:g} s (is it blocked by a "
-                "memory or disk alarm?)"
-            ) from exc
-        except aiormq.exceptions.PublishError as exc:
+            raise BrokerUnavailable(self._unconfirmed) from exc
+        except BROKER_ERRORS as exc:
+            raise await self._refusal(exc, channel, exchange, routing_key) from exc
+
+    async def publish_settling(self, message: aio_pika.Message, routing_key: str) -> None:
+        """`publish` to docproc's exchange; but a confirm that does not come in time is left to
+        come: Unconfirmed, whose `outcome` says how the publish ended. A blocked broker (a memory
+        or disk alarm) reads nothing while the connection stays up; what was written goes in
+        when it reads again — a publish given up and made again would go in twice."""
+        channel, target = await self._target(EXCHANGE)
+
+        async def confirmed() -> None:
+            try:
+                await target.publish(message, routing_key=routing_key, mandatory=True)
+            except BROKER_ERRORS as exc:
+                raise await self._refusal(exc, channel, EXCHANGE, routing_key) from exc
+
+        publishing = asyncio.ensure_future(confirmed())
+        publishing.add_done_callback(_retrieved)  # whoever waited may have stopped waiting
+        try:
+            await asyncio.wait_for(asyncio.shield(publishing), self.timeout)
+        except TimeoutError as exc:
+            raise Unconfirmed(self._unconfirmed, publishing) from exc
+
+    @property
+    def _unconfirmed(self) -> str:
+        return (
+            f"RabbitMQ did not confirm within {self.timeout:g} s (is it blocked by a memory or "
+            "disk alarm?)"
+        )
+
+    async def _target(self, exchange: str) -> tuple[AbstractChannel, AbstractExchange]:
+        channel = self._channel
+        if not self.connected or channel is None or self._exchange is None:
+            raise NotSent("RabbitMQ is not connected")
+        if exchange == "":
+            return channel, channel.default_exchange
+        if exchange != EXCHANGE:
+            return channel, await channel.get_exchange(exchange, ensure=False)
+        return channel, self._exchange
+
+    async def _refusal(
+        self, exc: BaseException, channel: AbstractChannel, exchange: str, routing_key: str
+    ) -> BrokerUnavailable | Unroutable:
+        """What a failed publish raises for the broker's error (returned, nacked, lost)."""
+        if isinstance(exc, aiormq.exceptions.PublishError):
             where = f"exchange {exchange or '(default)'!r}, routing key {routing_key!r}"
-            raise Unroutable(
-                f"RabbitMQ returned the message: no queue is bound at {where}"
-            ) from exc
-        except aio_pika.exceptions.DeliveryError as exc:
+            return Unroutable(f"RabbitMQ returned the message: no queue is bound at {where}")
+        if isinstance(exc, aio_pika.exceptions.DeliveryError):
             await self._replace(channel)
             # A nack: a queue it routes to is full (max-length, overflow reject-publish), or
             # the queue could not take it. Said so that an operator knows where to look.
-            raise NotSent(
+            return NotSent(
                 "RabbitMQ refused the message (nack): is a queue it goes to at its max-length?"
-            ) from exc
-        except BROKER_ERRORS as exc:
-            raise BrokerUnavailable(f"publishing failed: {exc!r}") from exc
+            )
+        return BrokerUnavailable(f"publishing failed: {exc!r}")
 
     async def close(self) -> None:
         self._stop.set()

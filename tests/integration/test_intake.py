@@ -3,7 +3,12 @@ seconds of its return, and a confirmed message that is later lost is found and r
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import time
+import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,8 +16,10 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from service.broker.publisher import Publisher
+from service.intake import Intake, Upload
 from service.store import documents, task_runs
-from service.store.database import Store
+from service.store.database import AsyncStore, Store
 from service.task_contract import RECONCILE
 from service.worker.app import create_celery
 from tests.store.test_documents_and_search import add_document
@@ -112,3 +119,83 @@ async def test_a_confirmed_message_that_was_lost_is_found_and_republished(
         client.close()
         worker.stop()
         store.close()
+
+
+@contextlib.asynccontextmanager
+async def intake_through(
+    vhost: Vhost, link: CuttableLink, store_url: str
+) -> AsyncIterator[tuple[Intake, Publisher]]:
+    """The API's intake, its publisher connected to RabbitMQ through `link`, running."""
+    through = vhost.url.replace(f":{vhost.rabbitmq.port}/", f":{link.port}/")
+    publisher = Publisher(vhost.settings(DOCPROC_BROKER_URL=through))
+    shared = AsyncStore(store_url)
+    intake = Intake(shared, publisher)
+    publisher.on_connect = intake.wake.set
+    stop = asyncio.Event()
+    await publisher.start()
+    running = asyncio.create_task(intake.run(stop))
+    try:
+        yield intake, publisher
+    finally:
+        stop.set()
+        await running
+        await publisher.close()
+        await shared.close()
+
+
+def upload_of(content: bytes) -> Upload:
+    return Upload(
+        filename="held.txt",
+        content_type="text/plain",
+        content=content,
+        sha256=hashlib.sha256(content).hexdigest(),
+        correlation_id=uuid.uuid4().hex,
+    )
+
+
+async def published(store: Store, document_id: str, what: str) -> None:
+    async def marked() -> bool | None:
+        found = store.run(documents.get, document_id)
+        return True if found is not None and found.published_at is not None else None
+
+    await eventually(marked, 30, what)
+
+
+async def queued_messages(vhost: Vhost) -> int:
+    connection = await vhost.connect()
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue("document_processing", passive=True)
+        return int(queue.declaration_result.message_count or 0)
+
+
+@pytest.mark.parametrize("then", ["read again", "connection lost"])
+async def test_an_upload_whose_confirm_is_late_is_published_once(
+    vhost: Vhost, rabbitmq: RabbitMQ, then: str
+) -> None:
+    """RabbitMQ blocked (a memory or disk alarm) reads nothing on a connection that stays up:
+    the upload's confirm does not come within 5 s, and it is answered `queued: false`. The relay
+    published it again every few seconds on the same connection — each copy written, none
+    confirmed — and when RabbitMQ read again, every copy went in: a document that fails was
+    processed, and dead-lettered, once a copy. The publish is now left to end: its late confirm
+    marks the document published; lost with its connection, it is published again, once."""
+    url = vhost.settings().resolved_database_url
+    link = CuttableLink(rabbitmq.host, rabbitmq.port)
+    await link.heal()
+    store = Store(url)
+    try:
+        async with intake_through(vhost, link, url) as (intake, _):
+            link.hold()
+            receipt = await intake.submit(upload_of(f"accepted, then {then}".encode()))
+            assert receipt.queued is False
+            assert receipt.document_id not in intake.waiting, "its confirm may yet come"
+            if then == "read again":
+                await link.release()
+            else:
+                await link.cut()  # what was held is lost with the connection
+                await link.heal()
+            await published(store, receipt.document_id, f"it to be published ({then})")
+    finally:
+        store.close()
+        await link.cut()
+    assert await queued_messages(vhost) == 1
