@@ -251,7 +251,14 @@ async def republish(
     # Two requests at once (a double click, a client's retry, two operators) both read the
     # letter before either marked it: only the first to claim it publishes.
     claimed = utcnow()
-    if not await store.write(dead_letters.claim, letter.id, letter.updated_at, claimed):
+    try:
+        taken = await store.write(dead_letters.claim, letter.id, letter.updated_at, claimed)
+    except DatabaseError:
+        # The claim may be committed, its answer lost: nothing went out, so it is given back
+        # (else the letter is in doubt, and the operator's next try cautioned for nothing).
+        await _give_back(store, letter, claimed)
+        raise
+    if not taken:
         raise Conflict(
             f"dead letter {dead_letter_id} was not re-published: it changed while this request "
             "read it (another request is re-publishing or changing it); read it again"
@@ -264,13 +271,7 @@ async def republish(
     try:
         await publish(publisher, letter, queue, message=message)
     except (NotSent, Unroutable):
-        with contextlib.suppress(DatabaseError):
-            await store.record(
-                RECORD_PATIENCE,
-                dead_letters.release_claims,
-                [(letter.id, letter.republished_at)],
-                claimed,
-            )
+        await _give_back(store, letter, claimed)
         raise
     # Unmarked, the letter would look untouched, and a retried request would publish it again.
     at = max(utcnow(), claimed + timedelta(microseconds=1))  # a stamp of its own (`mark_handled`)
@@ -317,3 +318,15 @@ def _record_later(
     task = asyncio.get_running_loop().create_task(recording(), name="late-record")
     _late.add(task)
     task.add_done_callback(_late.discard)
+
+
+async def _give_back(store: AsyncStore, letter: DeadLetter, claimed: datetime) -> None:
+    """Release the claim made `claimed` on a letter that certainly did not go out, if it was
+    made; a store that cannot take it leaves the letter in doubt."""
+    with contextlib.suppress(DatabaseError):
+        await store.record(
+            RECORD_PATIENCE,
+            dead_letters.release_claims,
+            [(letter.id, letter.republished_at)],
+            claimed,
+        )

@@ -12,7 +12,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from service.deadletters import redrive
+from service.deadletters import redrive, republish
 from service.deadletters.parsing import REPUBLISHED_FROM_HEADER
 from service.deadletters.redrive import RedriveRunner
 from service.errors import BrokerUnavailable, NotSent, StoreUnavailable, Unroutable
@@ -122,13 +122,17 @@ async def test_a_runner_whose_clock_is_behind_does_not_send_its_own_claims_again
 
 
 class ClaimAnswerLost(AsyncStore):
-    """The first claim of a redrive commits; its caller is told the store went away."""
+    """The first claim (`claim`: a redrive's by default) commits; its caller is told the store
+    went away."""
 
-    lost = False
+    def __init__(self, url: str, claim: Any = dead_letters.claim_for_redrive) -> None:
+        super().__init__(url)
+        self.claim = claim
+        self.lost = False
 
     async def write(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
         result = await super().write(operation, *args, **kwargs)
-        if operation is dead_letters.claim_for_redrive and not self.lost:
+        if operation is self.claim and not self.lost:
             self.lost = True
             raise StoreUnavailable("the store is unavailable: server closed the connection")
         return result
@@ -260,6 +264,25 @@ async def test_a_single_republish_that_certainly_did_not_go_out_can_be_tried_aga
 
     assert first.status_code in (502, 503), first.text
     assert second.status_code == 200, second.text
+    assert sent_ids(publisher) == [letter_id]
+
+
+async def test_a_single_republish_whose_claim_answer_is_lost_can_be_tried_again(
+    database_url: str, store: Store
+) -> None:
+    """The claim committed, its answer lost: the request failed (503) before anything went out,
+    and the claim stayed — the operator's retry was a 409 asking for force, as for a letter that
+    may have gone out. The claim is now given back."""
+    [letter_id] = bury(store, dead_message(queue="retry_queue"))
+    shared = ClaimAnswerLost(database_url, dead_letters.claim)
+    publisher = RecordingPublisher()
+    try:
+        with pytest.raises(StoreUnavailable):
+            await republish.republish(shared, publisher, letter_id)
+        assert publisher.sent == [], "nothing went out"
+        await republish.republish(shared, publisher, letter_id)
+    finally:
+        await shared.close()
     assert sent_ids(publisher) == [letter_id]
 
 
