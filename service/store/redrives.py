@@ -241,12 +241,21 @@ def finish(connection: Connection, redrive_id: str) -> None:
 
 
 def cancel(connection: Connection, redrive_id: str) -> Redrive | None:
-    """Ask the job to stop: `cancelling` until its runner has finished the item in hand and
-    says `cancelled` (a job nobody runs is taken over and stopped the same way)."""
+    """Stop the job: at once if no runner ever took it (it waits its turn behind another job:
+    each runner holds one at a time, and a slow job may take hours); else `cancelling` until its
+    runner has finished the item in hand and says `cancelled` (a job whose runner died is taken
+    over and stopped the same way). Of a cancel and a runner's claim at once, one wins: the
+    other's UPDATE finds the row changed."""
     now = utcnow()
+    c = redrives.c
     connection.execute(
         update(redrives)
-        .where(redrives.c.id == redrive_id, redrives.c.state == "running")
+        .where(c.id == redrive_id, c.state == "running", c.owner.is_(None))
+        .values(state="cancelled", finished_at=now, updated_at=now)
+    )
+    connection.execute(
+        update(redrives)
+        .where(c.id == redrive_id, c.state == "running")
         .values(state="cancelling", updated_at=now)
     )
     return get(connection, redrive_id)

@@ -299,3 +299,23 @@ def test_a_claimed_letter_is_not_discarded_until_its_republishing_is_recorded(
     assert store.run(dead_letters.discard, second)
     assert store.run(dead_letters.discard_matching, Filters(status="redrivable")) == 0
     assert store.run(dead_letters.discard_matching, Filters(), force=True) == 1
+
+
+def test_a_redrive_nobody_took_is_cancelled_at_once_and_a_running_one_asked_to_stop(
+    store: Store,
+) -> None:
+    """A job waiting its turn (each runner holds one job at a time: behind a slow one, for hours)
+    stayed `cancelling` until a runner was free to take it and stop it."""
+    stale = datetime.now(UTC) - timedelta(minutes=1)
+    running = store.run(redrives.create, Filters(queue="celery"), 0.1)
+    assert store.run(redrives.claim, "runner-1", stale) == store.run(redrives.get, running.id)
+    waiting = store.run(redrives.create, Filters(queue="retry_queue"), 10.0)
+
+    stopped = store.run(redrives.cancel, waiting.id)
+    asked = store.run(redrives.cancel, running.id)
+
+    assert stopped is not None
+    assert (stopped.state, stopped.finished_at is not None) == ("cancelled", True)
+    assert asked is not None
+    assert asked.state == "cancelling"
+    assert store.run(redrives.claim, "runner-2", stale) is None, "nothing left to take"
