@@ -45,8 +45,12 @@ class Redrive(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def create(connection: Connection, filters: Filters, rate: float) -> Redrive:
-    ids = dead_letters.matching_ids(connection, filters)
+    """A job over the letters `filters` match now. Its `created_at` is stamped before they are
+    read: a letter re-published (or claimed) from then on counts as re-published since the job
+    began (`redrive._not_since`, `dead_letters.claim_for_redrive`). Stamped after the read, a
+    re-publishing stamped between the two and committed after the read went out again."""
     now = utcnow()
+    ids = dead_letters.matching_ids(connection, filters)
     redrive_id = new_id()
     connection.execute(
         insert(redrives).values(

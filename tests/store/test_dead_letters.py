@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from service.deadletters import republish
 from service.deadletters.consumer import store_batch
@@ -14,7 +14,7 @@ from service.store import dead_letters, redrives, task_runs
 from service.store.database import Store
 from service.store.dead_letters import Filters
 from service.store.schema import dead_letters as table
-from service.store.schema import redrive_items
+from service.store.schema import redrive_items, utcnow
 from service.store.schema import task_runs as runs
 from service.task_contract import EXPIRE_TASK_RUNS, PURGE_DEAD_LETTERS
 from service.worker import maintenance
@@ -319,3 +319,37 @@ def test_a_redrive_nobody_took_is_cancelled_at_once_and_a_running_one_asked_to_s
     assert asked is not None
     assert asked.state == "cancelling"
     assert store.run(redrives.claim, "runner-2", stale) is None, "nothing left to take"
+
+
+@pytest.mark.postgres
+def test_a_letter_republished_as_a_redrive_is_made_is_not_taken_by_it(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-publishing stamped and committed while a redrive is being made, after the job read
+    its letters (READ COMMITTED: what was committed when its SELECT began): the job held the
+    letter, and its `created_at`, stamped after the read, was later than the re-publishing — so
+    the job took the letter for one re-published before it began, and sent it again."""
+    store = Store(postgres_url)
+    try:
+        store.migrate()
+        store.run(lambda c: c.execute(text("TRUNCATE dead_letters, redrives CASCADE")))
+        [(letter_id, _)] = store.run(store_batch, [message(1, datetime.now(UTC))])
+        read = dead_letters.matching_ids
+
+        def read_as_another_republishes(connection: Any, filters: Filters) -> list[str]:
+            ids = read(connection, filters)
+            letter = store.run(dead_letters.get, letter_id)  # another connection, meanwhile
+            assert letter is not None
+            assert store.run(dead_letters.claim, letter_id, letter.updated_at, utcnow())
+            store.run(dead_letters.mark_republished, letter_id)
+            return ids
+
+        monkeypatch.setattr(dead_letters, "matching_ids", read_as_another_republishes)
+        job = store.run(redrives.create, Filters(), 10.0)
+        monkeypatch.setattr(dead_letters, "matching_ids", read)
+
+        assert job.matched == 1
+        taken = store.run(dead_letters.claim_for_redrive, [letter_id], job.created_at, utcnow())
+        assert taken == set(), "re-published after the job began: not again"
+    finally:
+        store.close()
