@@ -122,6 +122,12 @@ def _not_since(letter: DeadLetter, job: Redrive) -> None:
         )
 
 
+_TAKEN = (
+    "dead letter {} was taken for re-publishing by another redrive or request at the same "
+    "moment: not again"
+)
+
+
 def _messages(
     job: Redrive, ids: list[str], letters: dict[str, DeadLetter]
 ) -> tuple[dict[str, aio_pika.Message], dict[str, str | None]]:
@@ -273,12 +279,7 @@ class RedriveRunner:
         claimed_at = max(utcnow(), job.created_at + timedelta(microseconds=1))
         claimed = await self._claimed(letters, ready, job, claimed_at) if ready else set()
         not_sent: list[str] = []
-        for dead_letter_id in ready:
-            if dead_letter_id not in claimed:
-                outcomes[dead_letter_id] = (
-                    f"dead letter {dead_letter_id} was taken for re-publishing by another redrive "
-                    "or request at the same moment: not again"
-                )
+        outcomes.update({id_: _TAKEN.format(id_) for id_ in ready if id_ not in claimed})
 
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         hand_out_until = time.monotonic() + HAND_OUT_WINDOW
@@ -302,10 +303,15 @@ class RedriveRunner:
                     not_sent.append(dead_letter_id)
                     broker_down = exc
                 except BrokerUnavailable as exc:
-                    # Not the letter's fault: it stays pending, and claimed — it may have gone
-                    # out (a confirm that never came) — so the job's next pass says so
-                    # (`_not_since`).
+                    # Not the letter's fault, but it may have gone out (a confirm that never
+                    # came): it stays claimed, and fails now with why — left pending, a cancel
+                    # before the job's next pass said so left it uncounted.
                     broker_down = exc
+                    outcomes[dead_letter_id] = (
+                        f"dead letter {dead_letter_id} was sent without a confirm ({exc}) and is "
+                        "not recorded as re-published: it may have gone out; not again "
+                        "(re-publish it by hand, with force, if it never went out)"
+                    )
                 except Unroutable as exc:  # returned: it reached no queue, its claim given back
                     not_sent.append(dead_letter_id)
                     outcomes[dead_letter_id] = str(exc)

@@ -95,6 +95,53 @@ async def test_a_letter_in_doubt_is_left_out_of_a_later_redrive_unless_asked_for
     assert "being re-published" in single.json()["detail"]
 
 
+class CancelledWhileOut(NoConfirmFor):
+    """As NoConfirmFor; the operator's cancel arrives as the group's first letter goes out."""
+
+    def __init__(self, doubtful: set[str], store: AsyncStore, job_id: str) -> None:
+        super().__init__(doubtful)
+        self.store, self.job_id = store, job_id
+
+    async def publish(
+        self, message: aio_pika.Message, routing_key: str, *, exchange: str = "docproc"
+    ) -> None:
+        if not self.sent:
+            await self.store.write(redrives.cancel, self.job_id)
+        await super().publish(message, routing_key, exchange=exchange)
+
+
+async def test_a_job_cancelled_as_a_confirm_fails_counts_that_letter_failed_saying_why(
+    database_url: str, store: Store
+) -> None:
+    """A letter without its confirm stayed pending, for the job's next pass to fail as one that
+    may have gone out. Cancelled meanwhile, the job never made that pass: it ended `cancelled`,
+    counting neither that letter nor why, though it may have gone out."""
+    ids = bury(store, *(dead_message(queue="retry_queue") for _ in range(3)))
+    shared = AsyncStore(database_url)
+    try:
+        job = await shared.write(redrives.create, Filters(queue="retry_queue"), 100.0)
+        publisher = CancelledWhileOut({ids[1]}, shared, job.id)
+        runner = RedriveRunner(shared, publisher, owner="one")
+        stop = asyncio.Event()
+        running = asyncio.create_task(runner.run(stop))
+        runner.wake.set()
+
+        async def ended() -> redrives.Redrive | None:
+            found = await shared.run(redrives.get, job.id)
+            return found if found is not None and found.state == "cancelled" else None
+
+        try:
+            found = await eventually(ended, 10, "the job to be cancelled")
+        finally:
+            stop.set()
+            await running
+    finally:
+        await shared.close()
+    assert len(sent_ids(publisher)) == 3
+    assert (found.published, found.failed) == (2, 1)
+    assert "may have gone out" in str(found.last_error)
+
+
 async def test_a_runner_whose_clock_is_behind_does_not_send_its_own_claims_again(
     database_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
