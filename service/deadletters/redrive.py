@@ -279,7 +279,7 @@ class RedriveRunner:
         claimed_at = max(utcnow(), job.created_at + timedelta(microseconds=1))
         claimed = await self._claimed(letters, ready, job, claimed_at) if ready else set()
         not_sent: list[str] = []
-        outcomes.update({id_: _TAKEN.format(id_) for id_ in ready if id_ not in claimed})
+        outcomes.update(await self._why_not(job, [id_ for id_ in ready if id_ not in claimed]))
 
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         hand_out_until = time.monotonic() + HAND_OUT_WINDOW
@@ -357,6 +357,25 @@ class RedriveRunner:
         if broker_down is not None and state == "running":
             state = await self._wait_for_broker(job, broker_down)
         return state
+
+    async def _why_not(self, job: Redrive, ids: list[str]) -> dict[str, str]:
+        """Why each of these letters, read as the group's, was not claimed: changed since the
+        group read it — discarded, superseded, purged, or taken by another redrive or request."""
+        if not ids:
+            return {}
+        try:
+            letters = await self.store.run(dead_letters.get_many, ids)
+        except DatabaseError:
+            letters = {}
+        reasons = {}
+        for id_ in ids:
+            try:
+                _not_since(check(letters.get(id_), id_), job)
+            except DocprocError as exc:
+                reasons[id_] = str(exc)
+            else:
+                reasons[id_] = _TAKEN.format(id_)
+        return reasons
 
     async def _claimed(
         self,

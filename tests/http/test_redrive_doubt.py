@@ -333,6 +333,41 @@ async def test_a_single_republish_whose_claim_answer_is_lost_can_be_tried_again(
     assert sent_ids(publisher) == [letter_id]
 
 
+class DiscardedAsClaimed(AsyncStore):
+    """The operator discards a letter just after the runner read its group, before its claim."""
+
+    victim = ""
+
+    async def write(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        if operation is dead_letters.claim_for_redrive and self.victim:
+            victim, self.victim = self.victim, ""
+            assert await super().write(dead_letters.discard, victim)
+        return await super().write(operation, *args, **kwargs)
+
+
+async def test_a_letter_discarded_as_its_group_is_claimed_fails_saying_so(
+    database_url: str, store: Store
+) -> None:
+    """It failed as "taken for re-publishing by another redrive or request": the operator was
+    told it may be out, when nothing took it."""
+    [letter_id] = bury(store, dead_message(queue="retry_queue"))
+    shared = DiscardedAsClaimed(database_url)
+    publisher = RecordingPublisher()
+    try:
+        job = await shared.write(redrives.create, Filters(queue="retry_queue"), 100.0)
+        shared.victim = letter_id
+        await RedriveRunner(shared, publisher, owner="one")._group(
+            job, [letter_id], asyncio.Event()
+        )
+        found = await shared.run(redrives.get, job.id)
+    finally:
+        await shared.close()
+    assert found is not None
+    assert publisher.sent == []
+    assert (found.published, found.failed) == (0, 1)
+    assert str(found.last_error).endswith("was discarded"), found.last_error
+
+
 async def test_a_letter_in_doubt_is_not_discarded_unless_forced(
     client: Client, store: Store
 ) -> None:
