@@ -331,7 +331,7 @@ class DeadLetterConsumer:
         """Every ledger session (`_book`) this process has used."""
         self._acked_books: set[str] = set()
         """Books whose batch's ack is in but whose rows the store has not dropped yet: stale,
-        and dropped before the next channel peeks (`_hand_over`)."""
+        and dropped before the next channel peeks (`_drop_acked_rows`)."""
         self._book = self._new_book()
         """The ledger's session: one for each channel. The rows of a batch an earlier channel of
         this process committed, and whose ack was lost with it, are then another session's, as

@@ -304,11 +304,12 @@ async def discard(dead_letter_id: PathId, store: StoreDep, force: FromQuery[bool
         if letter.discarded_at is not None:
             when = letter.discarded_at.isoformat()
             raise Conflict(f"dead letter {dead_letter_id} was discarded already, at {when}")
-        if dead_letters.in_doubt(letter):
+        if letter.republished_at is not None and dead_letters.in_doubt(letter):
             raise Conflict(
-                f"dead letter {dead_letter_id} was taken for re-publishing (at "
-                f"{letter.republished_at}), which was never recorded: it may be going out now, "
-                "or it went out and its publisher stopped; force=true discards it all the same"
+                f"dead letter {dead_letter_id} was taken for re-publishing at "
+                f"{letter.republished_at.isoformat()}, which was never recorded: it may be going "
+                "out now, or it went out and its publisher stopped; force=true discards it all "
+                "the same"
             )
     raise Conflict(f"dead letter {dead_letter_id} kept changing; try again")
 
