@@ -127,7 +127,7 @@ async def intake_through(
 ) -> AsyncIterator[tuple[Intake, Publisher]]:
     """The API's intake, its publisher connected to RabbitMQ through `link`, running."""
     through = vhost.url.replace(f":{vhost.rabbitmq.port}/", f":{link.port}/")
-    publisher = Publisher(vhost.settings(DOCPROC_BROKER_URL=through))
+    publisher = Publisher(vhost.settings(DOCPROC_BROKER_URL=through), timeout=1.0)
     shared = AsyncStore(store_url)
     intake = Intake(shared, publisher)
     publisher.on_connect = intake.wake.set
@@ -174,11 +174,11 @@ async def test_an_upload_whose_confirm_is_late_is_published_once(
     vhost: Vhost, rabbitmq: RabbitMQ, then: str
 ) -> None:
     """RabbitMQ blocked (a memory or disk alarm) reads nothing on a connection that stays up:
-    the upload's confirm does not come within 5 s, and it is answered `queued: false`. The relay
-    published it again every few seconds on the same connection — each copy written, none
-    confirmed — and when RabbitMQ read again, every copy went in: a document that fails was
-    processed, and dead-lettered, once a copy. The publish is now left to end: its late confirm
-    marks the document published; lost with its connection, it is published again, once."""
+    the upload's confirm does not come in time (5 s; 1 s here), and it is answered `queued:
+    false`. The relay published it again every few seconds on the same connection — each copy
+    written, none confirmed — and when RabbitMQ read again, every copy went in: a document that
+    fails was processed, and dead-lettered, once a copy. The publish is now left to end: its late
+    confirm marks the document published; lost with its connection, it is published again, once."""
     url = vhost.settings().resolved_database_url
     link = CuttableLink(rabbitmq.host, rabbitmq.port)
     await link.heal()
