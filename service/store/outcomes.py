@@ -172,8 +172,8 @@ def task_failed(
 def letters_arrived(connection: Connection, letters: Sequence[NewDeadLetter]) -> list[str]:
     """Store new dead letters and settle their tasks' runs; returns the records' ids."""
     task_ids = {letter.task_id for letter in letters if letter.task_id}
-    succeeded = task_runs.succeeded(connection, task_ids)
     runs = task_runs.failures(connection, task_ids)
+    succeeded = {task_id for task_id, run in runs.items() if run.state == "SUCCESS"}
     ids = dead_letters.insert_many(
         connection, [_failure_of(letter, runs) for letter in letters], superseded=succeeded
     )

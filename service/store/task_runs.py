@@ -578,21 +578,6 @@ def record_dead(connection: Connection, runs: Sequence[tuple[str, str, str, str]
     )
 
 
-def succeeded(connection: Connection, task_ids: set[str]) -> set[str]:
-    """Which of these tasks succeeded."""
-    if not task_ids:
-        return set()
-    rows = connection.execute(_SUCCEEDED(connection), {"task_ids": list(task_ids)}).scalars()
-    return {str(task_id) for task_id in rows}
-
-
-_SUCCEEDED = Keyed(
-    lambda one_of: select(task_runs.c.task_id).where(
-        one_of(task_runs.c.task_id, "task_ids"), task_runs.c.state == "SUCCESS"
-    )
-)
-
-
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
     """A run's state and the failure it holds (none, or an earlier attempt's while running)."""
 

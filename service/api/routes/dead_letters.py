@@ -217,10 +217,8 @@ async def discard_group(
 ) -> Discarded:
     filters = Filters(group=group)
     count = await store.write(dead_letters.discard_matching, filters, force=force)
-    left = await store.run(
-        dead_letters.left_out, msgspec.structs.replace(filters, leave_out_in_doubt=True)
-    )
-    return Discarded(discarded=count, in_doubt=left.get("in_doubt", 0))
+    in_doubt = await store.run(dead_letters.in_doubt_count, filters)
+    return Discarded(discarded=count, in_doubt=in_doubt)
 
 
 @get(
