@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import aio_pika
 from loguru import logger
@@ -67,6 +68,7 @@ or a blocked broker leaves in doubt — letters that may have gone out stay clai
 operator to decide — for once one publish of a group fails, its letters not yet sent are not
 tried: they are given back, pending."""
 PENDING_BATCH = 4 * GROUP_LETTERS
+_TICK = timedelta(microseconds=1)
 GROUP_BYTES = 64 * 1024 * 1024
 """Bytes of bodies a group holds at most (`DOCPROC_DEAD_LETTER_BATCH_BYTES`) — its letters are
 read and their messages built all at once — and one letter whatever its size: a full group of
@@ -88,21 +90,31 @@ def grouped(pending: list[tuple[str, int]], most: int, budget: int) -> Iterator[
         yield group
 
 
-def _letters_and_runs(
-    connection: Connection, ids: list[str]
-) -> tuple[dict[str, DeadLetter], dict[str, datetime]]:
-    """The letters, and their runs as they are before re-publishing (`mark_handled`)."""
+class _Read(NamedTuple):
+    """A group's letters as read: each letter, its run before re-publishing (`mark_handled`),
+    and its `republished_at` when the job was made (`redrives.seen`)."""
+
+    letters: dict[str, DeadLetter]
+    runs: dict[str, datetime]
+    seen: dict[str, datetime | None]
+
+
+def _read(connection: Connection, job: Redrive, ids: list[str]) -> _Read:
     letters = dead_letters.get_many(connection, ids)
-    return letters, run_versions(connection, letters.values())
+    return _Read(
+        letters, run_versions(connection, letters.values()), redrives.seen(connection, job.id, ids)
+    )
 
 
-def _not_since(letter: DeadLetter, job: Redrive) -> None:
-    """A letter re-published after the job was made — by hand, or by another job over the same
+def _not_since(letter: DeadLetter, seen: datetime | None) -> None:
+    """A letter re-published after the job read it — by hand, or by another job over the same
     letters — went out then: the job does not send it again. Nor one claimed since and never
     recorded (a runner that stopped between its publish and its record: it may have gone out).
-    Nor one whose task succeeded since (its run would be made PENDING again, for a worker to
-    skip as processed)."""
-    if letter.republished_at is not None and letter.republished_at >= job.created_at:
+    Since: its `republished_at` is no longer what the job `seen` — compared with the job's
+    `created_at`, a stamp from a host whose clock is behind looked older than the job. Nor one
+    whose task succeeded since (its run would be made PENDING again, for a worker to skip as
+    processed)."""
+    if letter.republished_at is not None and letter.republished_at != seen:
         when = letter.republished_at.isoformat()
         if not letter.republish_count:
             raise Conflict(
@@ -129,15 +141,15 @@ _TAKEN = (
 
 
 def _messages(
-    job: Redrive, ids: list[str], letters: dict[str, DeadLetter]
+    ids: list[str], read: _Read
 ) -> tuple[dict[str, aio_pika.Message], dict[str, str | None]]:
     """The message of each letter that may go out, and why each other may not."""
     messages: dict[str, aio_pika.Message] = {}
     outcomes: dict[str, str | None] = {}
     for dead_letter_id in ids:
         try:
-            letter = check(letters.get(dead_letter_id), dead_letter_id)
-            _not_since(letter, job)
+            letter = check(read.letters.get(dead_letter_id), dead_letter_id)
+            _not_since(letter, read.seen.get(dead_letter_id))
             messages[dead_letter_id] = message_for(letter)  # what cannot go out, said now
         except DocprocError as exc:
             outcomes[dead_letter_id] = str(exc)
@@ -268,18 +280,18 @@ class RedriveRunner:
         every outcome in one transaction: what is marked and what is counted never disagree."""
         if not self.publisher.connected:  # nothing claimed, nothing sent: the group waits
             return await self._wait_for_broker(job, BrokerUnavailable("RabbitMQ is not connected"))
-        letters, seen = await self.store.run(_letters_and_runs, ids)
-        messages, outcomes = _messages(job, ids, letters)
+        read = await self.store.run(_read, job, ids)
+        messages, outcomes = _messages(ids, read)
         broker_down: BrokerUnavailable | None = None
         ready = list(messages)
         # Taken before anything goes out: another redrive, or a single re-publish, that read
-        # these letters at the same moment publishes none of those this one took. Stamped after
-        # the job's making even when this host's clock is behind the one that made it: the
-        # job's next pass must see its own claims (`_not_since`) and not take them again.
-        claimed_at = max(utcnow(), job.created_at + timedelta(microseconds=1))
-        claimed = await self._claimed(letters, ready, job, claimed_at) if ready else set()
+        # these letters at the same moment publishes none of those this one took. Stamped unlike
+        # any stamp the job saw, whatever this host's clock: the job's next pass must see its
+        # own claims (`_not_since`) and not take them again.
+        claimed_at = max([utcnow(), *(at + _TICK for at in read.seen.values() if at)])
+        claimed = await self._claimed(read.letters, ready, job, claimed_at) if ready else set()
         not_sent: list[str] = []
-        outcomes.update(await self._why_not(job, [id_ for id_ in ready if id_ not in claimed]))
+        outcomes.update(await self._why_not(read, [id_ for id_ in ready if id_ not in claimed]))
 
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         hand_out_until = time.monotonic() + HAND_OUT_WINDOW
@@ -295,7 +307,9 @@ class RedriveRunner:
                     return
                 try:
                     await publish(
-                        self.publisher, letters[dead_letter_id], message=messages[dead_letter_id]
+                        self.publisher,
+                        read.letters[dead_letter_id],
+                        message=messages[dead_letter_id],
                     )
                 except NotSent as exc:
                     # Not the letter's fault, and it did not go out: pending, its claim given
@@ -329,13 +343,15 @@ class RedriveRunner:
         await asyncio.gather(*(one(id_) for id_ in ready if id_ in claimed))
 
         # The same in each attempt to record it, and a stamp of its own (`mark_handled`).
-        published_at = max(utcnow(), claimed_at + timedelta(microseconds=1))
+        published_at = max(utcnow(), claimed_at + _TICK)
 
         def record(connection: Connection) -> str | None:
-            published = [letters[id_] for id_, error in outcomes.items() if error is None]
-            mark_handled(connection, published, seen, published_at)
+            published = [read.letters[id_] for id_, error in outcomes.items() if error is None]
+            mark_handled(connection, published, read.runs, published_at)
             dead_letters.release_claims(
-                connection, [(id_, letters[id_].republished_at) for id_ in not_sent], claimed_at
+                connection,
+                [(id_, read.letters[id_].republished_at) for id_ in not_sent],
+                claimed_at,
             )
             return redrives.record_items(
                 connection,
@@ -358,7 +374,7 @@ class RedriveRunner:
             state = await self._wait_for_broker(job, broker_down)
         return state
 
-    async def _why_not(self, job: Redrive, ids: list[str]) -> dict[str, str]:
+    async def _why_not(self, read: _Read, ids: list[str]) -> dict[str, str]:
         """Why each of these letters, read as the group's, was not claimed: changed since the
         group read it — discarded, superseded, purged, or taken by another redrive or request."""
         if not ids:
@@ -370,7 +386,7 @@ class RedriveRunner:
         reasons = {}
         for id_ in ids:
             try:
-                _not_since(check(letters.get(id_), id_), job)
+                _not_since(check(letters.get(id_), id_), read.seen.get(id_))
             except DocprocError as exc:
                 reasons[id_] = str(exc)
             else:
@@ -390,9 +406,7 @@ class RedriveRunner:
         have gone out. (A store that refuses that too leaves them so: the operator then
         re-publishes them by hand.)"""
         try:
-            return await self.store.write(
-                dead_letters.claim_for_redrive, ids, job.created_at, claimed_at
-            )
+            return await self.store.write(dead_letters.claim_for_redrive, job.id, ids, claimed_at)
         except DatabaseError:
             claims = [(id_, letters[id_].republished_at) for id_ in ids]
             with contextlib.suppress(DatabaseError):

@@ -13,6 +13,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    exists,
     func,
     literal,
     or_,
@@ -24,7 +25,7 @@ from service.grouping import fingerprint
 from service.ids import new_id
 from service.store import cursors
 from service.store.database import Bulk, Keyed, as_struct
-from service.store.schema import dead_letters, task_runs, utcnow
+from service.store.schema import dead_letters, redrive_items, task_runs, utcnow
 
 Status = Literal["active", "republished", "discarded", "superseded", "all", "redrivable"]
 STATUSES: tuple[Status, ...] = ("active", "republished", "discarded", "superseded", "all")
@@ -356,10 +357,15 @@ def page(
 
 
 def matching_ids(connection: Connection, filters: Filters) -> list[str]:
-    statement = _where(select(dead_letters.c.id), filters).order_by(
+    return [row_id for row_id, _ in matching(connection, filters)]
+
+
+def matching(connection: Connection, filters: Filters) -> list[tuple[str, datetime | None]]:
+    """The letters `filters` match, oldest first, each with its `republished_at` now."""
+    statement = _where(select(dead_letters.c.id, dead_letters.c.republished_at), filters).order_by(
         dead_letters.c.dead_at, dead_letters.c.id
     )
-    return [str(row_id) for row_id in connection.execute(statement).scalars()]
+    return [(str(row_id), at) for row_id, at in connection.execute(statement).all()]
 
 
 def groups(connection: Connection, filters: Filters) -> list[Group]:
@@ -449,16 +455,18 @@ def claim(connection: Connection, dead_letter_id: str, seen: datetime, at: datet
 
 
 def claim_for_redrive(
-    connection: Connection, ids: Sequence[str], since: datetime, at: datetime
+    connection: Connection, redrive_id: str, ids: Sequence[str], at: datetime
 ) -> set[str]:
-    """Of these letters, those taken for one re-publishing `at` by a redrive made at `since`:
-    neither discarded nor superseded, and not re-published — nor claimed — since then. One
-    statement, so that of two redrives (or a redrive and a single re-publish) reading the same
-    letters at once, one publishes each; `republished_at` marks the claim, as `claim` does. The
-    ids are one parameter (`Keyed`), in order, as `mark_republished` takes them."""
+    """Of these letters of a redrive, those taken for one re-publishing `at`: neither discarded
+    nor superseded, and not re-published — nor claimed — since the job read them (their
+    `republished_at` still what its item saw: one store's values, whatever the clocks of the
+    hosts that stamped them, and whenever their transactions committed). One statement, so that
+    of two redrives (or a redrive and a single re-publish) reading the same letters at once, one
+    publishes each; `republished_at` marks the claim, as `claim` does. The ids are one parameter
+    (`Keyed`), in order, as `mark_republished` takes them."""
     rows = connection.execute(
         _CLAIM_FOR_REDRIVE(connection),
-        {"p_ids": sorted(set(ids)), "p_since": since, "p_at": at},
+        {"p_ids": sorted(set(ids)), "p_redrive_id": redrive_id, "p_at": at},
     )
     return {str(row_id) for row_id in rows.scalars()}
 
@@ -470,9 +478,12 @@ _CLAIM_FOR_REDRIVE = Keyed(
             one_of(dead_letters.c.id, "p_ids"),
             dead_letters.c.discarded_at.is_(None),
             dead_letters.c.superseded_at.is_(None),
-            or_(
-                dead_letters.c.republished_at.is_(None),
-                dead_letters.c.republished_at < bindparam("p_since"),
+            exists().where(
+                redrive_items.c.redrive_id == bindparam("p_redrive_id"),
+                redrive_items.c.dead_letter_id == dead_letters.c.id,
+                redrive_items.c.seen_republished_at.is_not_distinct_from(
+                    dead_letters.c.republished_at
+                ),
             ),
         )
         .values(updated_at=bindparam("p_at"), republished_at=bindparam("p_at"))

@@ -45,12 +45,13 @@ class Redrive(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def create(connection: Connection, filters: Filters, rate: float) -> Redrive:
-    """A job over the letters `filters` match now. Its `created_at` is stamped before they are
-    read: a letter re-published (or claimed) from then on counts as re-published since the job
-    began (`redrive._not_since`, `dead_letters.claim_for_redrive`). Stamped after the read, a
-    re-publishing stamped between the two and committed after the read went out again."""
+    """A job over the letters `filters` match now. Each item keeps its letter's `republished_at`
+    as read (`seen_republished_at`): a letter re-published, or claimed, after that — by hand, by
+    another job, or by this one before it stopped — is not taken again
+    (`dead_letters.claim_for_redrive`), whichever host's clock stamped it, and whenever its
+    transaction committed."""
     now = utcnow()
-    ids = dead_letters.matching_ids(connection, filters)
+    matched = dead_letters.matching(connection, filters)
     redrive_id = new_id()
     connection.execute(
         insert(redrives).values(
@@ -58,24 +59,48 @@ def create(connection: Connection, filters: Filters, rate: float) -> Redrive:
             filters=msgspec.to_builtins(filters),
             rate=rate,
             state="running",
-            matched=len(ids),
+            matched=len(matched),
             published=0,
             failed=0,
             created_at=now,
             updated_at=now,
         )
     )
-    if ids:
+    if matched:
         connection.execute(
             insert(redrive_items),
             [
-                {"redrive_id": redrive_id, "dead_letter_id": dl, "position": n, "state": "pending"}
-                for n, dl in enumerate(ids)
+                {
+                    "redrive_id": redrive_id,
+                    "dead_letter_id": dl,
+                    "position": n,
+                    "state": "pending",
+                    "seen_republished_at": seen,
+                }
+                for n, (dl, seen) in enumerate(matched)
             ],
         )
     job = get(connection, redrive_id)
     assert job is not None
     return job
+
+
+def seen(connection: Connection, redrive_id: str, ids: Sequence[str]) -> dict[str, datetime | None]:
+    """Each of these items' letter's `republished_at` as the job read it (`create`)."""
+    rows = connection.execute(
+        _SEEN(connection), {"p_redrive_id": redrive_id, "p_ids": sorted(set(ids))}
+    )
+    return {str(dead_letter_id): at for dead_letter_id, at in rows}
+
+
+_SEEN = Keyed(
+    lambda one_of: select(
+        redrive_items.c.dead_letter_id, redrive_items.c.seen_republished_at
+    ).where(
+        redrive_items.c.redrive_id == bindparam("p_redrive_id"),
+        one_of(redrive_items.c.dead_letter_id, "p_ids"),
+    )
+)
 
 
 def get(connection: Connection, redrive_id: str) -> Redrive | None:

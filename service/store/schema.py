@@ -269,5 +269,8 @@ redrive_items = Table(
     Column("position", Integer, nullable=False),
     Column("state", String(16), nullable=False),
     Column("error", Text),
+    # The letter's `republished_at` when the job read it: the job takes the letter only while it
+    # is still that (`dead_letters.claim_for_redrive`, migration 0010).
+    Column("seen_republished_at", Timestamp()),
     Index("ix_redrive_items_pending", "redrive_id", "state", "position"),
 )

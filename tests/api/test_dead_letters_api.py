@@ -17,8 +17,9 @@ from service.api.app import create_app
 from service.deadletters.consumer import store_batch
 from service.deadletters.parsing import RawMessage
 from service.settings import Settings
-from service.store import task_runs
+from service.store import dead_letters, task_runs
 from service.store.database import Store
+from service.store.schema import utcnow
 from tests.api.conftest import Client, queued, take
 from tests.support import eventually, served_by_uvicorn
 
@@ -95,6 +96,14 @@ def bury(store: Store, *messages: RawMessage, error: tuple[str, str] | None = No
                 traceback='Traceback:\n  File "/srv/app/pipeline/pdf.py", line 12, in read\n',
             )
     return [record_id for record_id, _ in store.run(store_batch, list(messages))]
+
+
+def put_in_doubt(store: Store, dead_letter_id: str) -> None:
+    """Taken for a re-publishing never recorded, as a redrive or request leaves a letter whose
+    publisher stopped (or lost the confirm) between its publish and its record."""
+    letter = store.run(dead_letters.get, dead_letter_id)
+    assert letter is not None
+    assert store.run(dead_letters.claim, dead_letter_id, letter.updated_at, utcnow())
 
 
 async def test_listing_filters_and_pages_newest_first(client: Client, store: Store) -> None:

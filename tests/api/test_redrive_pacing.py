@@ -285,14 +285,14 @@ async def test_a_redrive_of_large_letters_holds_at_most_its_budget_of_bodies_at_
         ),
     )
     groups: list[int] = []
-    read = redrive._letters_and_runs
+    read = redrive._read
 
-    def spied(connection: Any, group: list[str]) -> Any:
-        letters, runs = read(connection, group)
-        groups.append(sum(len(letter.body) for letter in letters.values()))
-        return letters, runs
+    def spied(connection: Any, job: redrives.Redrive, group: list[str]) -> Any:
+        found = read(connection, job, group)
+        groups.append(sum(len(letter.body) for letter in found.letters.values()))
+        return found
 
-    monkeypatch.setattr(redrive, "_letters_and_runs", spied)
+    monkeypatch.setattr(redrive, "_read", spied)
     settings = settings_for()
     job = store.run(redrives.create, Filters(task=TASK), 1000.0)  # by count, groups of 64
     async_store, publisher = AsyncStore(settings.resolved_database_url), Publisher(settings)

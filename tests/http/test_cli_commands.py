@@ -9,7 +9,6 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,9 @@ from click.testing import CliRunner, Result
 from service.api.app import create_app
 from service.cli import cli
 from service.settings import Settings
-from service.store import dead_letters, documents, task_runs
+from service.store import documents, task_runs
 from service.store.database import Store
-from service.store.schema import utcnow
-from tests.api.test_dead_letters_api import bury, dead_message
+from tests.api.test_dead_letters_api import bury, dead_message, put_in_doubt
 from tests.support import RecordingPublisher, free_port, served_by_uvicorn
 
 KEY = "cli-test-key"
@@ -151,7 +149,7 @@ def test_discarding_a_group_says_what_it_left_in_doubt_and_force_takes_it(
     served: Served, store: Store
 ) -> None:
     doubtful, _ = bury(store, dead_message(), dead_message())
-    store.run(dead_letters.claim_for_redrive, [doubtful], utcnow() - timedelta(minutes=1), utcnow())
+    put_in_doubt(store, doubtful)
     [group] = {row[0] for row in rows(served.run("dead-letters", "groups").stdout)}
 
     alone = served.run("dead-letters", "discard", doubtful)

@@ -20,7 +20,7 @@ from service.store import dead_letters, redrives
 from service.store.database import AsyncStore, Store
 from service.store.dead_letters import Filters
 from service.store.schema import utcnow
-from tests.api.test_dead_letters_api import bury, dead_message
+from tests.api.test_dead_letters_api import bury, dead_message, put_in_doubt
 from tests.http.conftest import Client
 from tests.support import RecordingPublisher, eventually
 
@@ -68,8 +68,7 @@ async def test_a_letter_in_doubt_is_left_out_of_a_later_redrive_unless_asked_for
     redrive made afterwards took it and sent it again without a word, where a single re-publish
     asks for force. Now the redrive leaves it out, and its dry run says so."""
     doubtful, fresh = bury(store, *(dead_message(queue="retry_queue") for _ in range(2)))
-    began = utcnow() - timedelta(minutes=1)
-    assert store.run(dead_letters.claim_for_redrive, [doubtful], began, utcnow()) == {doubtful}
+    put_in_doubt(store, doubtful)
 
     dry = await client.post("/dead-letters/redrive", json={"queue": "retry_queue", "dry_run": True})
     taking_all = await client.post(
@@ -166,6 +165,37 @@ async def test_a_runner_whose_clock_is_behind_does_not_send_its_own_claims_again
     assert found is not None
     assert (found.published, found.failed) == (0, 1)
     assert "not recorded as re-published" in str(found.last_error)
+
+
+async def test_a_letter_republished_by_a_host_whose_clock_is_behind_is_not_sent_again(
+    database_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job was made, then another API process, whose clock is 2 s behind, re-published one
+    of its letters by hand: stamped before the job's `created_at`, the re-publishing looked older
+    than the job, which sent the letter again."""
+    first, second = bury(store, *(dead_message(queue="retry_queue") for _ in range(2)))
+    shared = AsyncStore(database_url)
+    publisher = RecordingPublisher()
+    try:
+        job = await shared.write(redrives.create, Filters(queue="retry_queue"), 100.0)
+        lagging = utcnow
+        monkeypatch.setattr(republish, "utcnow", lambda: lagging() - timedelta(seconds=2))
+        await republish.republish(shared, publisher, first)
+        stamped = await shared.run(dead_letters.get, first)
+        assert stamped is not None
+        assert stamped.republished_at is not None
+        assert stamped.republished_at < job.created_at, "the clock the test means"
+        await RedriveRunner(shared, publisher, owner="runner")._group(
+            job, [first, second], asyncio.Event()
+        )
+        found = await shared.run(redrives.get, job.id)
+    finally:
+        await shared.close()
+
+    assert sent_ids(publisher) == [first, second]
+    assert found is not None
+    assert (found.published, found.failed) == (1, 1)
+    assert "after this redrive began" in str(found.last_error)
 
 
 class ClaimAnswerLost(AsyncStore):
@@ -377,8 +407,7 @@ async def test_a_letter_in_doubt_is_not_discarded_unless_forced(
     queue. Discarding it, alone or with its group, now leaves it as it is and says why, unless
     forced."""
     doubtful, other = bury(store, *(dead_message(queue="retry_queue") for _ in range(2)))
-    began = utcnow() - timedelta(minutes=1)
-    assert store.run(dead_letters.claim_for_redrive, [doubtful], began, utcnow()) == {doubtful}
+    put_in_doubt(store, doubtful)
     [group] = [g["group"] for g in (await client.get("/dead-letters/groups")).json()["items"]]
 
     alone = await client.delete(f"/dead-letters/{doubtful}")
@@ -401,8 +430,7 @@ async def test_a_group_discard_forced_takes_letters_in_doubt_too(
     client: Client, store: Store
 ) -> None:
     doubtful, _other = bury(store, *(dead_message(queue="retry_queue") for _ in range(2)))
-    began = utcnow() - timedelta(minutes=1)
-    store.run(dead_letters.claim_for_redrive, [doubtful], began, utcnow())
+    put_in_doubt(store, doubtful)
     [group] = [g["group"] for g in (await client.get("/dead-letters/groups")).json()["items"]]
 
     forced = await client.delete(f"/dead-letters/groups/{group}", params={"force": "true"})

@@ -182,41 +182,43 @@ def test_a_groups_record_written_again_changes_nothing_more(store: Store) -> Non
     assert counts[ids[0]] == 2
 
 
-def test_a_redrive_claims_a_letter_once_and_none_that_went_out_since_it_began(
+def test_a_redrive_claims_a_letter_once_and_none_that_went_out_since_it_read_it(
     store: Store,
 ) -> None:
-    """Of a group's letters, the claim takes those neither discarded nor superseded, nor
-    re-published or claimed since the redrive began; a second claim of the same group takes none;
-    a redrive made later takes them again. Ids unknown, repeated or out of order change
+    """Of a group's letters, the claim takes those of the job neither discarded nor superseded,
+    nor re-published or claimed since the job read them; a second claim of the same group takes
+    none; a redrive made later takes them again. "Since" is by the letter's own stamp, not the
+    job's clock: a re-publishing stamped by a host whose clock is behind looked older than the
+    job, and went out again. Ids unknown, repeated, out of order or not the job's change
     nothing."""
     now = datetime.now(UTC)
     stored = store.run(store_batch, [message(n, now) for n in range(5)])
     fresh, before, after, discarded, superseded = [record_id for record_id, _ in stored]
-    began = now + timedelta(minutes=1)
+    republished = {"republished_at": now - timedelta(hours=1), "republish_count": 1}
+    store.run(lambda c: c.execute(update(table).where(table.c.id == before).values(republished)))
+    job = store.run(redrives.create, Filters(status="redrivable"), 100.0)
     store.run(dead_letters.discard, discarded)
+    behind = job.created_at - timedelta(seconds=2)  # another host's clock
     store.run(
         lambda c: (
             c.execute(update(table).where(table.c.id == superseded).values(superseded_at=now)),
             c.execute(
                 update(table)
-                .where(table.c.id == before)
-                .values(republished_at=began - timedelta(seconds=1), republish_count=1)
-            ),
-            c.execute(
-                update(table)
                 .where(table.c.id == after)
-                .values(republished_at=began + timedelta(seconds=1), republish_count=1)
+                .values(republished_at=behind, republish_count=1)
             ),
         )
     )
-    group = [superseded, after, "no-such-letter", fresh, discarded, before, fresh]
-    at = began + timedelta(seconds=2)
+    [(late, _)] = store.run(store_batch, [message(5, now)])
+    group = [superseded, after, "no-such-letter", fresh, discarded, before, fresh, late]
+    at = utcnow()
 
-    assert store.run(dead_letters.claim_for_redrive, group, began, at) == {fresh, before}
-    assert store.run(dead_letters.claim_for_redrive, group, began, at) == set()
+    assert store.run(dead_letters.claim_for_redrive, job.id, group, at) == {fresh, before}
+    assert store.run(dead_letters.claim_for_redrive, job.id, group, at) == set()
+    made_later = store.run(redrives.create, Filters(status="redrivable"), 100.0)
     later = at + timedelta(microseconds=1)
-    claimed = store.run(dead_letters.claim_for_redrive, group, later, later)
-    assert claimed == {fresh, before, after}
+    claimed = store.run(dead_letters.claim_for_redrive, made_later.id, group, later)
+    assert claimed == {fresh, before, after, late}
     stamps = store.run(lambda c: dict(c.execute(select(table.c.id, table.c.republished_at)).all()))
     assert all(stamps[id_] == later for id_ in claimed)
     assert (stamps[discarded], stamps[superseded]) == (None, None)
@@ -289,9 +291,9 @@ def test_a_claimed_letter_is_not_discarded_until_its_republishing_is_recorded(
     now = datetime.now(UTC)
     stored = store.run(store_batch, [message(n, now) for n in range(3)])
     first, second, third = [record_id for record_id, _ in stored]
-    began = now - timedelta(minutes=1)
+    job = store.run(redrives.create, Filters(), 100.0)
     assert store.run(dead_letters.discard, first)
-    claimed = store.run(dead_letters.claim_for_redrive, [first, second, third], began, now)
+    claimed = store.run(dead_letters.claim_for_redrive, job.id, [first, second, third], now)
     assert claimed == {second, third}
     assert not store.run(dead_letters.discard, second)
     assert store.run(dead_letters.discard_matching, Filters()) == 0
@@ -322,34 +324,37 @@ def test_a_redrive_nobody_took_is_cancelled_at_once_and_a_running_one_asked_to_s
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("stamped", [timedelta(0), -timedelta(seconds=5)], ids=["now", "earlier"])
 def test_a_letter_republished_as_a_redrive_is_made_is_not_taken_by_it(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, stamped: timedelta
 ) -> None:
-    """A re-publishing stamped and committed while a redrive is being made, after the job read
-    its letters (READ COMMITTED: what was committed when its SELECT began): the job held the
-    letter, and its `created_at`, stamped after the read, was later than the re-publishing — so
-    the job took the letter for one re-published before it began, and sent it again."""
+    """A re-publishing committed while a redrive is being made, after the job read its letters
+    (READ COMMITTED: what was committed when its SELECT began). The job held the letter and took
+    it for one re-published before it began, and sent it again: first when its `created_at` was
+    stamped after the read ("now"), then still when the re-publishing's stamp was older than the
+    job's (a transaction slow to commit, or another host's clock behind: "earlier")."""
     store = Store(postgres_url)
     try:
         store.migrate()
         store.run(lambda c: c.execute(text("TRUNCATE dead_letters, redrives CASCADE")))
         [(letter_id, _)] = store.run(store_batch, [message(1, datetime.now(UTC))])
-        read = dead_letters.matching_ids
+        read = dead_letters.matching
 
-        def read_as_another_republishes(connection: Any, filters: Filters) -> list[str]:
-            ids = read(connection, filters)
+        def read_as_another_republishes(connection: Any, filters: Filters) -> Any:
+            matched = read(connection, filters)
             letter = store.run(dead_letters.get, letter_id)  # another connection, meanwhile
             assert letter is not None
-            assert store.run(dead_letters.claim, letter_id, letter.updated_at, utcnow())
-            store.run(dead_letters.mark_republished, letter_id)
-            return ids
+            at = utcnow() + stamped
+            assert store.run(dead_letters.claim, letter_id, letter.updated_at, at)
+            store.run(dead_letters.mark_republished, letter_id, at=at)
+            return matched
 
-        monkeypatch.setattr(dead_letters, "matching_ids", read_as_another_republishes)
+        monkeypatch.setattr(dead_letters, "matching", read_as_another_republishes)
         job = store.run(redrives.create, Filters(), 10.0)
-        monkeypatch.setattr(dead_letters, "matching_ids", read)
+        monkeypatch.setattr(dead_letters, "matching", read)
 
         assert job.matched == 1
-        taken = store.run(dead_letters.claim_for_redrive, [letter_id], job.created_at, utcnow())
-        assert taken == set(), "re-published after the job began: not again"
+        taken = store.run(dead_letters.claim_for_redrive, job.id, [letter_id], utcnow())
+        assert taken == set(), "re-published after the job read it: not again"
     finally:
         store.close()

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import insert, text, update
 
+from service.deadletters.consumer import store_batch
+from service.store import dead_letters as letters
+from service.store import migrations
 from service.store.database import Store
-from service.store.schema import metadata
+from service.store.schema import dead_letters, metadata, redrives
+from tests.store.test_dead_letters import message
 
 # The full-text index is dialect-specific and lives only in the migrations.
 FULL_TEXT = ("chunks_fts", "search_vector", "ix_chunks_search_vector")
@@ -63,3 +70,49 @@ def test_on_postgresql_the_search_vector_stays_in_its_row(postgres_url: str) -> 
         store.close()
 
     assert storage == "m"  # MAIN: compressed in the row, out of it only as a last resort
+
+
+def test_a_redrive_made_before_0010_keeps_what_its_claim_would_have_taken(store: Store) -> None:
+    """0010 gives each pending item of a running job the stamp its letter had when the job was
+    made, as far as the old comparison with the job's `created_at` can tell: a letter
+    re-published before the job is still taken, one re-published after it is not."""
+    now = datetime.now(UTC)
+    stored = store.run(store_batch, [message(n, now) for n in range(3)])
+    fresh, before, after = [record_id for record_id, _ in stored]
+    made = now - timedelta(minutes=5)
+    with store.engine.begin() as connection:
+        config = Config()
+        config.set_main_option("script_location", str(migrations.HERE))
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0009")
+        for letter_id, republished in ((before, made - timedelta(minutes=1)), (after, now)):
+            connection.execute(
+                update(dead_letters)
+                .where(dead_letters.c.id == letter_id)
+                .values(republished_at=republished, republish_count=1)
+            )
+        connection.execute(
+            insert(redrives).values(
+                id="job",
+                filters={},
+                rate=1.0,
+                state="running",
+                matched=3,
+                published=0,
+                failed=0,
+                created_at=made,
+                updated_at=made,
+            )
+        )
+        for position, letter_id in enumerate((fresh, before, after)):
+            connection.execute(
+                text(
+                    "INSERT INTO redrive_items (redrive_id, dead_letter_id, position, state)"
+                    " VALUES ('job', :id, :position, 'pending')"
+                ),
+                {"id": letter_id, "position": position},
+            )
+        command.upgrade(config, "head")
+
+    claimed = store.run(letters.claim_for_redrive, "job", [fresh, before, after], now)
+    assert claimed == {fresh, before}
