@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from sqlalchemy import (
     ARRAY,
+    ColumnElement,
     Connection,
     Integer,
     Row,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     column,
+    exists,
     func,
     insert,
     or_,
@@ -237,15 +239,27 @@ def release_claim(connection: Connection, document_id: str, claimed_at: datetime
     )
 
 
+def _waiting_since_before(published_before: datetime) -> ColumnElement[bool]:
+    """The document's run is PENDING, and has been since before `published_before`: its message
+    went out before then. A run made PENDING again later — its letter re-published, its task
+    retried by hand — has a message of that time, behind the marker's: `published_at` is the
+    first publish's, and such a task was published again (and counted lost) while its message
+    waited in the queue."""
+    return exists().where(
+        task_runs.c.task_id == documents.c.task_id,
+        task_runs.c.state == "PENDING",
+        task_runs.c.updated_at < published_before,
+    )
+
+
 def lost(connection: Connection, published_before: datetime, limit: int) -> list[Document]:
     """Documents whose task message was confirmed before `published_before` and never started."""
     rows = connection.execute(
         select(*_METADATA)
-        .join(task_runs, task_runs.c.task_id == documents.c.task_id)
         .where(
             documents.c.published_at < published_before,
             documents.c.processed_at.is_(None),
-            task_runs.c.state == "PENDING",
+            _waiting_since_before(published_before),
         )
         .order_by(documents.c.published_at)
         .limit(limit)
@@ -258,7 +272,9 @@ def claim_reconciled(
 ) -> datetime | None:
     """Claim a document `lost` found (with `published_before`) to publish its task again,
     counted: the claim's time (its new `published_at`), or None when another reconciliation
-    claimed it first. A publish that then fails gives the claim back (`release_reconciled`)."""
+    claimed it first, or its task started (or was published again) since `lost` read it — a
+    worker started it while the documents read before it went out. A publish that then fails
+    gives the claim back (`release_reconciled`)."""
     now = utcnow()
     claimed = connection.execute(
         update(documents)
@@ -266,6 +282,7 @@ def claim_reconciled(
             documents.c.id == document_id,
             documents.c.published_at < published_before,
             documents.c.processed_at.is_(None),
+            _waiting_since_before(published_before),
         )
         .values(
             reconciled_count=documents.c.reconciled_count + 1,

@@ -104,6 +104,12 @@ async def test_a_confirmed_message_that_was_lost_is_found_and_republished(
             )
         )
         store.run(task_runs.record_pending, document.task_id, "docproc.document.process")
+        store.run(
+            lambda c: c.execute(
+                text("UPDATE task_runs SET updated_at = :at WHERE task_id = :id"),
+                {"at": long_ago.replace(tzinfo=None), "id": document.task_id},
+            )
+        )
 
         client.send_task(RECONCILE)
 

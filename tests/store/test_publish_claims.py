@@ -21,6 +21,7 @@ from service.store.database import AsyncStore, Store
 from service.store.documents import Document
 from service.task_contract import PROCESS_DOCUMENT
 from service.worker.maintenance import reconcile_lost, sweep_unpublished
+from tests.store.test_document_task_writes import start_of
 from tests.store.test_documents_and_search import add_document
 from tests.support import RecordingPublisher, eventually
 
@@ -155,17 +156,24 @@ async def test_the_relay_publishes_what_it_accepted_and_the_sweeper_leaves_it(
 
 
 def lost_document(store: Store) -> tuple[str, datetime]:
-    """A document whose task message was confirmed an hour ago and never started, and a time
-    before which reconciliation finds it lost."""
+    """A document accepted and whose task message was confirmed an hour ago, never started, and
+    a time before which reconciliation finds it lost."""
     document_id = add_document(store, b"confirmed, then lost", "lost.txt")
     task_id = store.run(documents.get, document_id).task_id  # type: ignore[union-attr]
     store.run(task_runs.record_pending, task_id, PROCESS_DOCUMENT, document_id=document_id)
     now = datetime.now(UTC)
     store.run(
-        lambda c: c.execute(
-            update(schema.documents)
-            .where(schema.documents.c.id == document_id)
-            .values(published_at=now - timedelta(hours=1))
+        lambda c: (
+            c.execute(
+                update(schema.documents)
+                .where(schema.documents.c.id == document_id)
+                .values(published_at=now - timedelta(hours=1))
+            ),
+            c.execute(
+                update(schema.task_runs)
+                .where(schema.task_runs.c.task_id == task_id)
+                .values(updated_at=now - timedelta(hours=1, seconds=1))
+            ),
         )
     )
     return document_id, now - timedelta(minutes=1)
@@ -199,3 +207,35 @@ def test_a_reconciliation_whose_publish_failed_is_not_counted_and_is_found_lost_
     assert published == [document_id]
     assert store.run(documents.reconciled) == 1
     assert store.run(documents.lost, before, 10) == [], "claimed: not lost again at once"
+
+
+def test_a_task_published_again_since_is_not_lost(store: Store) -> None:
+    """Its letter re-published (or the task retried by hand) after the marker went out: its
+    message waits behind the marker, but the document's `published_at` is the first publish's,
+    an hour old — reconciliation published the task again, and counted it lost."""
+    document_id, before = lost_document(store)
+    document = store.run(documents.get, document_id)
+    assert document is not None
+    run = store.run(task_runs.get, document.task_id)
+    assert run is not None
+    store.run(
+        task_runs.requeue,
+        task_runs.Requeue(
+            document.task_id, PROCESS_DOCUMENT, "document_processing", run.updated_at
+        ),
+    )
+
+    assert store.run(documents.lost, before, 10) == []
+    assert store.run(documents.claim_reconciled, document_id, before) is None
+    assert store.run(documents.reconciled) == 0
+
+
+def test_a_task_started_after_reconciliation_read_it_is_not_claimed(store: Store) -> None:
+    """`reconcile_lost` reads a batch, then claims and publishes each in turn: a worker that
+    started one meanwhile (a long document) got a second message for it, running."""
+    document_id, before = lost_document(store)
+    [found] = store.run(documents.lost, before, 10)
+    store.run(task_runs.record_started, start_of(document_id, found.task_id))
+
+    assert store.run(documents.claim_reconciled, document_id, before) is None
+    assert store.run(documents.reconciled) == 0
