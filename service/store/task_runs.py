@@ -119,8 +119,10 @@ _FRESH: dict[str, Any] = {
     "traceback": None,
     "started_at": None,
     "finished_at": None,
+    "retry_history": [],
 }
-"""What a run forgets when it starts over."""
+"""What a run forgets when it starts over: its retries counted from 0 again, its history of them
+too (it listed the retries of the run before beside the new count)."""
 
 
 def _first_values(
@@ -301,7 +303,10 @@ def _build_started(insert_for: Callable[[Table], Any]) -> Executable:
     statement = insert_for(task_runs).values(
         {name: bindparam(f"p_{name}") for name in _STARTED_VALUES}
     )
-    changed = {name: statement.excluded[name] for name in _RESTARTED}
+    changed: dict[str, Any] = {name: statement.excluded[name] for name in _RESTARTED}
+    # The failure of an attempt before (a retry's, kept in `retry_history`) is not this one's: a
+    # run PROCESSING showed it as its error.
+    changed |= {"error_type": None, "error_message": None, "traceback": None}
     changed["document_id"] = func.coalesce(statement.excluded.document_id, task_runs.c.document_id)
     built: Executable = statement.on_conflict_do_update(
         index_elements=["task_id"], set_=changed, where=NOT_SUCCEEDED
@@ -324,7 +329,8 @@ _RESTARTED = (
     "finished_at",
     "updated_at",
 )
-"""What a start overwrites in a run that exists (its document id only when the start knows it)."""
+"""What a start overwrites in a run that exists (its document id only when the start knows it),
+besides forgetting the failure of the attempt before."""
 STARTED = PerDialect(_build_started)
 """A run's start (`started_values`), written over a run that exists but has not succeeded."""
 

@@ -54,6 +54,9 @@ def test_a_run_moves_through_its_states_with_progress(store: Store) -> None:
 
 
 def test_retries_are_recorded_with_their_delays_and_next_time(store: Store) -> None:
+    """Each retry's failure is kept in the history, and is the run's error while it waits; the
+    next attempt's start forgets it there: a run PROCESSING showed the attempt before's failure
+    as its own error (GET /tasks/{id}, the console)."""
     started(store)
     for attempt, delay in enumerate((1.0, 2.0, 4.0), start=1):
         store.run(
@@ -64,10 +67,19 @@ def test_retries_are_recorded_with_their_delays_and_next_time(store: Store) -> N
             error_type="SearchError",
             message=f"index down {attempt}",
         )
+        waiting = store.run(task_runs.get, "t-1")
+        assert waiting is not None
+        assert (waiting.state, waiting.error_message) == ("RETRY", f"index down {attempt}")
         started(store, retries=attempt)
 
     run = store.run(task_runs.get, "t-1")
     assert run is not None
+    assert (run.state, run.error_type, run.error_message, run.traceback) == (
+        "STARTED",
+        None,
+        None,
+        None,
+    )
     assert run.retries == 3
     assert [entry.delay for entry in run.retry_history] == [1.0, 2.0, 4.0]
     assert all(entry.at.tzinfo is not None for entry in run.retry_history)
@@ -199,7 +211,13 @@ def test_pending_again_resets_a_run_for_a_fresh_attempt(store: Store) -> None:
 
 
 def test_requeued_runs_start_afresh_unless_written_since_they_were_seen(store: Store) -> None:
+    """Afresh: retries counted from 0, and none listed (the run said `retries: 0` beside the
+    history of the run before's)."""
     for task_id in ("t-1", "t-2"):
+        started(store, task_id)
+        store.run(
+            task_runs.record_retry, task_id, retries=1, delay=1.0, error_type="E", message="m"
+        )
         started(store, task_id, retries=2)
         store.run(task_runs.record_failure, task_id, "x", state="DEAD", error_type="E", message="m")
     seen = store.run(task_runs.versions, {"t-1", "t-2"})
@@ -220,6 +238,7 @@ def test_requeued_runs_start_afresh_unless_written_since_they_were_seen(store: S
         None,
         None,
     )
+    assert fresh.retry_history == []
     assert fresh.queue == "retry_queue"
     assert fresh.updated_at > seen["t-1"]
     assert runs["t-2"].state == "SUCCESS", "its newer story stays"
