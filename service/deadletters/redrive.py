@@ -106,14 +106,24 @@ def _read(connection: Connection, job: Redrive, ids: list[str]) -> _Read:
     )
 
 
+def _claim_stamp(read: _Read) -> datetime:
+    """Now, unlike any stamp the job saw: its next pass must see its own claims (`_not_since`)
+    and not take them again. (Not after the latest of them: one stamped by a host whose clock
+    ran ahead dated every letter of the group with it.)"""
+    stamp = utcnow()
+    while stamp in read.seen.values():
+        stamp += _TICK
+    return stamp
+
+
 def _not_since(letter: DeadLetter, seen: datetime | None) -> None:
     """A letter re-published after the job read it — by hand, or by another job over the same
     letters — went out then: the job does not send it again. Nor one claimed since and never
     recorded (a runner that stopped between its publish and its record: it may have gone out).
-    Since: its `republished_at` is no longer what the job `seen` — compared with the job's
-    `created_at`, a stamp from a host whose clock is behind looked older than the job. Nor one
-    whose task succeeded since (its run would be made PENDING again, for a worker to skip as
-    processed)."""
+    Since: its `republished_at` is neither none nor what the job `seen`, as the claim sees it
+    (`dead_letters.claim_for_redrive`) — compared with the job's `created_at`, a stamp from a
+    host whose clock is behind looked older than the job. Nor one whose task succeeded since
+    (its run would be made PENDING again, for a worker to skip as processed)."""
     if letter.republished_at is not None and letter.republished_at != seen:
         when = letter.republished_at.isoformat()
         if not letter.republish_count:
@@ -124,8 +134,8 @@ def _not_since(letter: DeadLetter, seen: datetime | None) -> None:
                 "not again (re-publish it by hand, with force, if it never went out)"
             )
         raise Conflict(
-            f"dead letter {letter.id} was re-published, or taken for re-publishing, at {when}, "
-            "after this redrive began: not again"
+            f"dead letter {letter.id} changed since this redrive read it (re-published, or taken "
+            f"for re-publishing, last at {when}): not again"
         )
     if letter.superseded_at is not None:
         raise Conflict(
@@ -285,10 +295,8 @@ class RedriveRunner:
         broker_down: BrokerUnavailable | None = None
         ready = list(messages)
         # Taken before anything goes out: another redrive, or a single re-publish, that read
-        # these letters at the same moment publishes none of those this one took. Stamped unlike
-        # any stamp the job saw, whatever this host's clock: the job's next pass must see its
-        # own claims (`_not_since`) and not take them again.
-        claimed_at = max([utcnow(), *(at + _TICK for at in read.seen.values() if at)])
+        # these letters at the same moment publishes none of those this one took.
+        claimed_at = _claim_stamp(read)
         claimed = await self._claimed(read.letters, ready, job, claimed_at) if ready else set()
         not_sent: list[str] = []
         outcomes.update(await self._why_not(read, [id_ for id_ in ready if id_ not in claimed]))

@@ -457,11 +457,15 @@ def claim(connection: Connection, dead_letter_id: str, seen: datetime, at: datet
 def claim_for_redrive(
     connection: Connection, redrive_id: str, ids: Sequence[str], at: datetime
 ) -> set[str]:
-    """Of these letters of a redrive, those taken for one re-publishing `at`: neither discarded
-    nor superseded, and not re-published — nor claimed — since the job read them (their
-    `republished_at` still what its item saw: one store's values, whatever the clocks of the
-    hosts that stamped them, and whenever their transactions committed). One statement, so that
-    of two redrives (or a redrive and a single re-publish) reading the same letters at once, one
+    """Of these letters of a redrive, those taken for one re-publishing `at`: pending in the job,
+    neither discarded nor superseded, and not re-published — nor claimed — since the job read
+    them: their `republished_at` still what its item saw (one store's values, whatever the clocks
+    of the hosts that stamped them, and whenever their transactions committed), or none (never
+    re-published, and nobody's claim: a claim the job saw, given back since). A letter re-published
+    before, claimed by another as the job read it and given back since, is not taken: its stamp is
+    again the one before, which the job cannot tell from a later re-publishing's; the job fails it
+    saying so, and the letter stays as it was, to re-publish. One statement, so that of two
+    redrives (or a redrive and a single re-publish) reading the same letters at once, one
     publishes each; `republished_at` marks the claim, as `claim` does. The ids are one parameter
     (`Keyed`), in order, as `mark_republished` takes them."""
     rows = connection.execute(
@@ -481,8 +485,10 @@ _CLAIM_FOR_REDRIVE = Keyed(
             exists().where(
                 redrive_items.c.redrive_id == bindparam("p_redrive_id"),
                 redrive_items.c.dead_letter_id == dead_letters.c.id,
-                redrive_items.c.seen_republished_at.is_not_distinct_from(
-                    dead_letters.c.republished_at
+                redrive_items.c.state == "pending",
+                or_(
+                    dead_letters.c.republished_at.is_(None),
+                    redrive_items.c.seen_republished_at == dead_letters.c.republished_at,
                 ),
             ),
         )

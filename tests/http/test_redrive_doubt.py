@@ -11,6 +11,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+from sqlalchemy import update
 
 from service.deadletters import redrive, republish
 from service.deadletters.parsing import REPUBLISHED_FROM_HEADER
@@ -19,6 +20,7 @@ from service.errors import BrokerUnavailable, NotSent, StoreUnavailable, Unrouta
 from service.store import dead_letters, redrives
 from service.store.database import AsyncStore, Store
 from service.store.dead_letters import Filters
+from service.store.schema import dead_letters as letters_table
 from service.store.schema import utcnow
 from tests.api.test_dead_letters_api import bury, dead_message, put_in_doubt
 from tests.http.conftest import Client
@@ -195,7 +197,66 @@ async def test_a_letter_republished_by_a_host_whose_clock_is_behind_is_not_sent_
     assert sent_ids(publisher) == [first, second]
     assert found is not None
     assert (found.published, found.failed) == (1, 1)
-    assert "after this redrive began" in str(found.last_error)
+    assert "changed since this redrive read it" in str(found.last_error)
+
+
+async def test_a_claim_the_job_saw_and_given_back_since_leaves_the_letter_to_the_job(
+    database_url: str, store: Store
+) -> None:
+    """A single re-publish had the letter claimed when a redrive taking letters in doubt was
+    made, and gave the claim back (its publish refused): the letter never went out, and the job,
+    which saw the claim's stamp, failed it as taken by another."""
+    [letter_id] = bury(store, dead_message(queue="retry_queue"))
+    letter = store.run(dead_letters.get, letter_id)
+    assert letter is not None
+    claimed = utcnow()
+    assert store.run(dead_letters.claim, letter_id, letter.updated_at, claimed)
+    job = store.run(redrives.create, Filters(status="redrivable"), 100.0)  # include_republished
+    store.run(dead_letters.release_claims, [(letter_id, None)], claimed)
+    shared = AsyncStore(database_url)
+    publisher = RecordingPublisher()
+    try:
+        await RedriveRunner(shared, publisher, owner="runner")._group(
+            job, [letter_id], asyncio.Event()
+        )
+        found = await shared.run(redrives.get, job.id)
+    finally:
+        await shared.close()
+
+    assert sent_ids(publisher) == [letter_id]
+    assert found is not None
+    assert (found.published, found.failed) == (1, 0), found.last_error
+
+
+async def test_a_stamp_from_a_clock_ahead_does_not_date_the_rest_of_its_group(
+    database_url: str, store: Store
+) -> None:
+    """The group's claim was stamped after the latest stamp it saw: one letter re-published by a
+    host whose clock ran 30 days ahead dated every letter of its group 30 days on (shown to
+    operators, and out of reach of the retention of handled letters until then)."""
+    ahead, fresh = bury(store, *(dead_message(queue="retry_queue") for _ in range(2)))
+    future = utcnow() + timedelta(days=30)
+    store.run(
+        lambda c: c.execute(
+            update(letters_table)
+            .where(letters_table.c.id == ahead)
+            .values(republished_at=future, republish_count=1)
+        )
+    )
+    job = store.run(redrives.create, Filters(status="redrivable"), 100.0)
+    shared = AsyncStore(database_url)
+    try:
+        await RedriveRunner(shared, RecordingPublisher(), owner="runner")._group(
+            job, [ahead, fresh], asyncio.Event()
+        )
+    finally:
+        await shared.close()
+
+    stamped = store.run(dead_letters.get, fresh)
+    assert stamped is not None
+    assert stamped.republish_count == 1
+    assert stamped.republished_at is not None
+    assert stamped.republished_at < utcnow() + timedelta(minutes=1)
 
 
 class ClaimAnswerLost(AsyncStore):

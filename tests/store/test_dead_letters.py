@@ -185,12 +185,12 @@ def test_a_groups_record_written_again_changes_nothing_more(store: Store) -> Non
 def test_a_redrive_claims_a_letter_once_and_none_that_went_out_since_it_read_it(
     store: Store,
 ) -> None:
-    """Of a group's letters, the claim takes those of the job neither discarded nor superseded,
-    nor re-published or claimed since the job read them; a second claim of the same group takes
-    none; a redrive made later takes them again. "Since" is by the letter's own stamp, not the
-    job's clock: a re-publishing stamped by a host whose clock is behind looked older than the
-    job, and went out again. Ids unknown, repeated, out of order or not the job's change
-    nothing."""
+    """Of a group's letters, the claim takes those of the job still pending in it, neither
+    discarded nor superseded, nor re-published or claimed since the job read them; a second claim
+    of the same group takes none; a redrive made later takes them again. "Since" is by the
+    letter's own stamp, not the job's clock: a re-publishing stamped by a host whose clock is
+    behind looked older than the job, and went out again. Ids unknown, repeated, out of order or
+    not the job's change nothing."""
     now = datetime.now(UTC)
     stored = store.run(store_batch, [message(n, now) for n in range(5)])
     fresh, before, after, discarded, superseded = [record_id for record_id, _ in stored]
@@ -215,6 +215,14 @@ def test_a_redrive_claims_a_letter_once_and_none_that_went_out_since_it_read_it(
 
     assert store.run(dead_letters.claim_for_redrive, job.id, group, at) == {fresh, before}
     assert store.run(dead_letters.claim_for_redrive, job.id, group, at) == set()
+    store.run(
+        redrives.record_items,
+        redrive_id=job.id,
+        owner="runner-1",
+        outcomes=[redrives.Outcome(fresh, "failed", "given back")],
+    )
+    store.run(dead_letters.release_claims, [(fresh, None)], at)
+    assert store.run(dead_letters.claim_for_redrive, job.id, [fresh], at) == set(), "settled"
     made_later = store.run(redrives.create, Filters(status="redrivable"), 100.0)
     later = at + timedelta(microseconds=1)
     claimed = store.run(dead_letters.claim_for_redrive, made_later.id, group, later)
