@@ -25,7 +25,7 @@ from service.grouping import fingerprint
 from service.ids import new_id
 from service.store import cursors
 from service.store.database import Bulk, Keyed, as_struct
-from service.store.schema import dead_letters, redrive_items, task_runs, utcnow
+from service.store.schema import dead_letters, redrive_items, redrives, task_runs, utcnow
 
 Status = Literal["active", "republished", "discarded", "superseded", "all", "redrivable"]
 STATUSES: tuple[Status, ...] = ("active", "republished", "discarded", "superseded", "all")
@@ -552,20 +552,25 @@ def purge(
     """Delete what retention allows, `limit` letters at most (a transaction holds SQLite's one
     writer: all at once, 200,000 letters held uploads for 3.7 s): any letter older than
     `dead_before`, and re-published or discarded ones whose handling is older than
-    `handled_before`. Returns how many; `limit` means there may be more."""
+    `handled_before` — a letter in doubt (`IN_DOUBT`) is not known to be handled, and is kept as
+    an unhandled one. Never a letter a redrive still has to re-publish (pending in a job running
+    or cancelling): the job failed it as an unknown letter. Returns how many; `limit` means there
+    may be more."""
     c = dead_letters.c
-    due = (
-        select(c.id)
-        .where(
-            or_(
-                c.dead_at < dead_before,
-                and_(c.discarded_at.is_not(None), c.discarded_at < handled_before),
-                and_(c.republished_at.is_not(None), c.republished_at < handled_before),
-            )
-        )
-        .limit(limit)
+    due = or_(
+        c.dead_at < dead_before,
+        and_(c.discarded_at.is_not(None), c.discarded_at < handled_before),
+        and_(c.republish_count > 0, c.republished_at < handled_before),
     )
-    result = connection.execute(delete(dead_letters).where(c.id.in_(due.scalar_subquery())))
+    awaited = (
+        select(redrive_items.c.dead_letter_id)
+        .join(redrives, redrives.c.id == redrive_items.c.redrive_id)
+        .where(redrives.c.state.in_(("running", "cancelling")), redrive_items.c.state == "pending")
+    )
+    chosen = select(c.id).where(due, c.id.not_in(awaited)).limit(limit).scalar_subquery()
+    # `due` again on the row deleted: PostgreSQL rechecks only that on a row another
+    # transaction changed meanwhile.
+    result = connection.execute(delete(dead_letters).where(c.id.in_(chosen), due))
     return int(result.rowcount or 0)
 
 

@@ -95,6 +95,9 @@ def claim_all(
 def expire(connection: Connection, before: datetime, *, limit: int) -> int:
     """Delete keys made before `before`, `limit` at most (see `dead_letters.purge`)."""
     c = idempotency_keys.c
-    due = select(c.key).where(c.created_at < before).limit(limit)
-    result = connection.execute(delete(idempotency_keys).where(c.key.in_(due.scalar_subquery())))
+    due = c.created_at < before
+    chosen = select(c.key).where(due).limit(limit).scalar_subquery()
+    # `due` again on the row deleted: PostgreSQL rechecks only that on a row another
+    # transaction changed meanwhile — a key an upload took afresh (`claim_all`) was deleted.
+    result = connection.execute(delete(idempotency_keys).where(c.key.in_(chosen), due))
     return int(result.rowcount or 0)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -518,14 +519,25 @@ def finished_since(connection: Connection, since: datetime) -> dict[str, int]:
     return dict(rows)
 
 
-def expire(connection: Connection, finished_before: datetime, *, limit: int) -> int:
+def expire(
+    connection: Connection, finished_before: datetime, *, failed_before: datetime, limit: int
+) -> int:
     """Delete runs that finished before `finished_before`, `limit` at most (see
-    `dead_letters.purge`); returns how many."""
+    `dead_letters.purge`); returns how many. A FAILURE waits for its dead letter, which takes
+    the run's failure and makes it DEAD: expired first, a letter that came late (the DLQ
+    consumer down for an hour) kept the earlier attempt's error its headers carried, and was
+    grouped with that cause's. It goes only before `failed_before` (the dead letters'
+    retention), its letter lost."""
     c = task_runs.c
-    due = select(c.task_id).where(c.finished_at.is_not(None), c.finished_at < finished_before)
-    result = connection.execute(
-        delete(task_runs).where(c.task_id.in_(due.limit(limit).scalar_subquery()))
+    due = and_(
+        c.finished_at.is_not(None),
+        c.finished_at < finished_before,
+        or_(c.state != "FAILURE", c.finished_at < failed_before),
     )
+    chosen = select(c.task_id).where(due).limit(limit).scalar_subquery()
+    # `due` again on the row deleted: PostgreSQL rechecks only that on a row another
+    # transaction changed meanwhile — a run made PENDING again (a re-publish) was deleted.
+    result = connection.execute(delete(task_runs).where(c.task_id.in_(chosen), due))
     return int(result.rowcount or 0)
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+import amqp.exceptions
+import kombu.exceptions
 from celery import Celery, Task
 from loguru import logger
 
-from service.errors import DatabaseError
+from service.errors import BrokerUnavailable, DatabaseError
 from service.logs import CORRELATION_HEADER
 from service.store import dead_letters, documents, idempotency, task_runs
 from service.store.database import Store
@@ -27,6 +29,8 @@ from service.task_contract import (
     queue_for,
 )
 from service.worker.docproc_celery import app_of
+
+T = TypeVar("T")
 
 SWEEP_BATCH = 500
 RETENTION_BATCH = 5_000
@@ -45,17 +49,32 @@ SCHEDULE: dict[str, dict[str, Any]] = {
 }
 
 
-def _skipped_while_the_store_is_down(task: Callable[..., int]) -> Callable[..., int]:
-    """Maintenance is periodic and idempotent: when the store is down, the next run does it.
-    Never a retry, never a dead letter."""
+_UNAVAILABLE = (
+    DatabaseError,
+    BrokerUnavailable,
+    kombu.exceptions.OperationalError,
+    amqp.exceptions.AMQPError,
+    ConnectionError,
+    TimeoutError,
+)
+"""What the store or RabbitMQ raise while they are unavailable (a publish of the sweeper or of
+reconciliation refused, its connection lost)."""
+
+
+def _skipped_while_the_store_is_down(task: Callable[..., T]) -> Callable[..., T | None]:
+    """Maintenance is periodic and idempotent: when the store or RabbitMQ is down, the next run
+    does it. Never a retry, never a dead letter (a publish RabbitMQ refused made the tick a dead
+    letter, counted as a failure, that an operator could redrive)."""
 
     @functools.wraps(task)
-    def run(*args: Any, **kwargs: Any) -> int:
+    def run(*args: Any, **kwargs: Any) -> T | None:
         try:
             return task(*args, **kwargs)
-        except DatabaseError as exc:
-            logger.warning("{} skipped, the store is unavailable: {}", task.__name__, exc)
-            return 0
+        except _UNAVAILABLE as exc:
+            logger.warning(
+                "{} skipped, the store or RabbitMQ is unavailable: {}", task.__name__, exc
+            )
+            return None
 
     return run
 
@@ -142,7 +161,8 @@ def register(app: Celery) -> None:
         settings = app_of(self).settings
         before = utcnow() - timedelta(seconds=settings.result_expires)
         store = app_of(self).store
-        expired = _in_batches(store, task_runs.expire, before)
+        failed_before = utcnow() - timedelta(seconds=settings.dead_letter_retention)
+        expired = _in_batches(store, task_runs.expire, before, failed_before=failed_before)
         keys = _in_batches(store, idempotency.expire, utcnow() - idempotency.WINDOW)
         # Letters stored as their task succeeded, which neither side superseded (PostgreSQL).
         settled = store.run(dead_letters.supersede_recent, utcnow() - SUPERSEDE_LOOKBACK)
@@ -171,6 +191,7 @@ def register(app: Celery) -> None:
         return purged
 
     @app.task(name=RECONCILE, **options)
+    @_skipped_while_the_store_is_down
     def reconcile(self: Task[Any, Any]) -> str:
         """Send a marker into document_processing, behind every document task published so
         far: queues are first in, first out, so when a worker takes the marker, each of those

@@ -246,11 +246,17 @@ def test_requeued_runs_start_afresh_unless_written_since_they_were_seen(store: S
 
 
 def test_finished_runs_expire_and_running_ones_stay(store: Store) -> None:
+    """A FAILURE waits for its dead letter, which takes its failure: it stays until the dead
+    letters' retention (expired with the others, a letter that came an hour late kept an earlier
+    attempt's error, and was grouped with that cause's)."""
     started(store, "done")
     store.run(task_runs.record_success, "done")
     started(store, "running")
+    started(store, "failed")
+    store.run(task_runs.record_failure, "failed", "x", state="FAILURE", error_type="E", message="m")
+    soon = datetime.now(UTC) + timedelta(seconds=1)
 
-    expired = store.run(task_runs.expire, datetime.now(UTC) + timedelta(seconds=1), limit=10)
+    expired = store.run(task_runs.expire, soon, failed_before=soon - timedelta(days=14), limit=10)
 
     assert expired == 1
     assert store.run(task_runs.get, "done") is None
@@ -258,6 +264,8 @@ def test_finished_runs_expire_and_running_ones_stay(store: Store) -> None:
     counts = store.run(task_runs.count_by_state)
     assert counts["STARTED"] == 1
     assert counts["SUCCESS"] == 0
+    assert counts["FAILURE"] == 1, "its letter is yet to come"
+    assert store.run(task_runs.expire, soon, failed_before=soon, limit=10) == 1
 
 
 def _dead_runs(count: int) -> list[tuple[str, str, str, str]]:
