@@ -247,6 +247,10 @@ _REQUEUE = Bulk(
         .where(
             task_runs.c.task_id == bindparam("p_task_id"),
             task_runs.c.updated_at == bindparam("p_seen"),
+            # Succeeded, it is not PENDING again: the worker skips the message (its document is
+            # processed). A letter stored as its task succeeded stays active until beat settles
+            # it, and a re-publish of it showed the run PENDING.
+            NOT_SUCCEEDED,
         )
         .values(**_FRESH, state="PENDING", queue=bindparam("p_queue"), updated_at=bindparam("p_at"))
     ),
@@ -412,9 +416,13 @@ def record_retry(
     )
 
 
+# A run that succeeded already keeps its outcome: a second delivery of its message (a lost ack,
+# a copy the sweeper or reconciliation sent) finds its document processed and succeeds again
+# without work — written over, the run lost its step times and its finish moved on, counted in
+# the throughput a second time.
 SUCCESS = (
     update(task_runs)
-    .where(task_runs.c.task_id == bindparam("p_task_id"))
+    .where(task_runs.c.task_id == bindparam("p_task_id"), NOT_SUCCEEDED)
     .values(
         state="SUCCESS",
         percent=100.0,

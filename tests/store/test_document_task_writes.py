@@ -179,6 +179,40 @@ def test_a_start_leaves_a_run_that_succeeded_as_it_was(store: Store) -> None:
     assert state(store, document_id, task_id)["run"] == succeeded
 
 
+def test_a_second_delivery_after_success_leaves_the_runs_outcome_as_it_was(store: Store) -> None:
+    """Skipped (its document processed), the copy recorded its success again: with its own step
+    times (its load alone) over the run's, and its finish later, counted in the throughput of
+    another minute."""
+    document_id, task_id = accepted(store)
+    store.run_alone(outcomes.document_stored, document_id, extraction("done"), task_id, TIMES)
+    succeeded = state(store, document_id, task_id)["run"]
+
+    store.run_alone(outcomes.document_loaded, document_id, start_of(document_id, task_id))
+    load_only = [StepTime(step="load", started_at=utcnow(), seconds=0.001)]
+    store.run(outcomes.task_succeeded, task_id, load_only)  # `index_document`'s skip
+    store.run_alone(outcomes.document_stored, document_id, extraction("x"), task_id, load_only)
+
+    assert state(store, document_id, task_id)["run"] == succeeded
+
+
+def test_a_republish_of_a_letter_of_a_task_that_succeeded_leaves_it_succeeded(
+    store: Store,
+) -> None:
+    """A letter stored as its task succeeded stays active until beat settles it (PostgreSQL's
+    race, `dead_letters.supersede_recent`); re-published meanwhile, its run was made PENDING,
+    though the worker skips the message (the document is processed)."""
+    document_id, task_id = accepted(store)
+    letter_for(store, task_id)
+    store.run_alone(outcomes.document_stored, document_id, extraction("done"), task_id, TIMES)
+    seen = store.run(task_runs.versions, {task_id})[task_id]
+
+    store.run(task_runs.requeue, task_runs.Requeue(task_id, "x", "document_processing", seen))
+
+    run = store.run(task_runs.get, task_id)
+    assert run is not None
+    assert run.state == "SUCCESS"
+
+
 def test_an_unknown_document_loads_as_none_and_records_its_start(store: Store) -> None:
     task_id = str(uuid.uuid4())
     missing = str(uuid.uuid4())
