@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import amqp.exceptions
 import kombu.exceptions
@@ -29,8 +29,6 @@ from service.task_contract import (
     queue_for,
 )
 from service.worker.docproc_celery import app_of
-
-T = TypeVar("T")
 
 SWEEP_BATCH = 500
 RETENTION_BATCH = 5_000
@@ -61,20 +59,20 @@ _UNAVAILABLE = (
 reconciliation refused, its connection lost)."""
 
 
-def _skipped_while_the_store_is_down(task: Callable[..., T]) -> Callable[..., T | None]:
+def _skipped_while_the_store_is_down(task: Callable[..., int]) -> Callable[..., int]:
     """Maintenance is periodic and idempotent: when the store or RabbitMQ is down, the next run
     does it. Never a retry, never a dead letter (a publish RabbitMQ refused made the tick a dead
     letter, counted as a failure, that an operator could redrive)."""
 
     @functools.wraps(task)
-    def run(*args: Any, **kwargs: Any) -> T | None:
+    def run(*args: Any, **kwargs: Any) -> int:
         try:
             return task(*args, **kwargs)
         except _UNAVAILABLE as exc:
             logger.warning(
                 "{} skipped, the store or RabbitMQ is unavailable: {}", task.__name__, exc
             )
-            return None
+            return 0
 
     return run
 
@@ -192,15 +190,16 @@ def register(app: Celery) -> None:
 
     @app.task(name=RECONCILE, **options)
     @_skipped_while_the_store_is_down
-    def reconcile(self: Task[Any, Any]) -> str:
+    def reconcile(self: Task[Any, Any]) -> int:
         """Send a marker into document_processing, behind every document task published so
         far: queues are first in, first out, so when a worker takes the marker, each of those
         has been delivered (reconcile_marker)."""
-        sent = utcnow().isoformat()
         self.app.send_task(
-            RECONCILE_MARKER, kwargs={"sent_at": sent}, queue=queue_for(RECONCILE_MARKER)
+            RECONCILE_MARKER,
+            kwargs={"sent_at": utcnow().isoformat()},
+            queue=queue_for(RECONCILE_MARKER),
         )
-        return sent
+        return 1  # markers sent
 
     @app.task(name=RECONCILE_MARKER, bind=True, shared=False)
     @_skipped_while_the_store_is_down

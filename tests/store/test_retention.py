@@ -245,7 +245,7 @@ def test_a_tick_whose_publish_rabbitmq_refuses_is_skipped_not_failed(
     )
     app = create_celery(refused)
     try:
-        assert app.tasks[PUBLISH_UNPUBLISHED].run() is None
+        assert app.tasks[PUBLISH_UNPUBLISHED].run() == 0, "skipped: the next run does it"
     finally:
         app.close()
     found = store.run(documents.get, document_id)
