@@ -72,6 +72,15 @@ def index_document(
         if start is not None:
             store.run(outcomes.task_succeeded, start.task_id, step_times())
         return {"document_id": document_id, "skipped": "already processed"}
+    if upload.ended is not None:
+        # A copy of the message of a run that ended (`task_runs.STARTED`): its failure is
+        # recorded, its dead letter stored or on its way; run again, it made a second.
+        logger.warning(
+            "document {}: its task is {} already; a copy of its message skipped",
+            document_id,
+            upload.ended,
+        )
+        return {"document_id": document_id, "skipped": f"its task is {upload.ended}"}
     if len(upload.content) > settings.max_upload_bytes:
         raise TooLarge(
             f"{len(upload.content)} bytes, more than DOCPROC_MAX_UPLOAD_BYTES="

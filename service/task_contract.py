@@ -37,6 +37,8 @@ def queue_for(task: str) -> str:
 
 # Headers a retried task carries (worker.base_task), read from its dead letter
 # (deadletters.parsing).
+REPUBLISHED_FROM_HEADER = "x-docproc-republished-from"
+"""Lineage: the dead letter a re-published message came from."""
 STORE_WAITS_HEADER = "x-docproc-store-waits"
 """How many of a task's retries were waits for the store (they do not count against the budget)."""
 ERROR_TYPE_HEADER = "x-docproc-error-type"

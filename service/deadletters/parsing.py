@@ -13,11 +13,13 @@ from service.deadletters.headers import to_json
 from service.logs import CORRELATION_HEADER
 from service.serialization import CONTENT_TYPE as MSGSPEC_CONTENT_TYPE
 from service.store.dead_letters import NewDeadLetter
-from service.task_contract import ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER
+from service.task_contract import (
+    ERROR_MESSAGE_HEADER,
+    ERROR_TYPE_HEADER,
+    REPUBLISHED_FROM_HEADER,
+)
 from service.task_protocol import UNREADABLE_PROPERTIES, problem
 
-REPUBLISHED_FROM_HEADER = "x-docproc-republished-from"
-"""Lineage: the dead letter a re-published message came from."""
 REPUBLISH_COUNT_HEADER = "x-docproc-republish-count"
 
 _JSON_TYPES = {"application/json", MSGSPEC_CONTENT_TYPE}

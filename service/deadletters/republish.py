@@ -23,13 +23,13 @@ from sqlalchemy import Connection
 from service import telemetry
 from service.broker.publisher import TaskPublisher
 from service.deadletters.headers import from_json
-from service.deadletters.parsing import REPUBLISH_COUNT_HEADER, REPUBLISHED_FROM_HEADER
+from service.deadletters.parsing import REPUBLISH_COUNT_HEADER
 from service.errors import Conflict, DatabaseError, NotFound, NotSent, Unroutable
 from service.store import dead_letters, task_runs
 from service.store.database import RECORD_PATIENCE, AsyncStore
 from service.store.dead_letters import DeadLetter
 from service.store.schema import utcnow
-from service.task_contract import ATTEMPT_HEADERS, DEATH_HEADERS
+from service.task_contract import ATTEMPT_HEADERS, DEATH_HEADERS, REPUBLISHED_FROM_HEADER
 from service.topology import WORK_QUEUES
 
 _PROPERTIES = (

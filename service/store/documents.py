@@ -68,6 +68,9 @@ class Upload(msgspec.Struct, frozen=True, kw_only=True):
     filename: str
     content: bytes
     processed: bool
+    ended: str | None = None
+    """How the task's run ended, FAILURE or DEAD, when this delivery is a copy that does not
+    start it again (`task_runs.STARTED`)."""
 
 
 class Extraction(msgspec.Struct, frozen=True, kw_only=True):
@@ -326,7 +329,7 @@ UPLOAD = select(
 """The document's upload, its id bound as `p_id`; read as `upload_of`."""
 
 
-def upload_of(row: Row[*tuple[Any, ...]] | None) -> Upload | None:
+def upload_of(row: Row[*tuple[Any, ...]] | None, ended: str | None = None) -> Upload | None:
     if row is None:
         return None
     return Upload(
@@ -334,6 +337,7 @@ def upload_of(row: Row[*tuple[Any, ...]] | None) -> Upload | None:
         filename=row.filename,
         content=row.content,
         processed=row.processed_at is not None,
+        ended=ended,
     )
 
 

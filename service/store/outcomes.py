@@ -20,22 +20,24 @@ from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
-from sqlalchemy import Connection, Executable, Select
+from sqlalchemy import Connection, Executable, Insert, Select, bindparam, func, select
 from sqlalchemy.sql.selectable import HasCTE
 
 from service.store import dead_letters, documents, task_runs
 from service.store.database import ByDialectName
 from service.store.dead_letters import NewDeadLetter
 from service.store.documents import Extraction, Upload
+from service.store.schema import task_runs as task_runs_table
 from service.store.schema import utcnow
 from service.store.task_runs import Start, StepTime
 from service.task_protocol import MESSAGE_PROBLEMS
 
 
-def task_started(connection: Connection, start: Start) -> None:
+def task_started(connection: Connection, start: Start) -> bool:
+    """Whether the run started (`task_runs.record_started`)."""
     if start.document_id is not None:
         documents.mark_published(connection, start.document_id)
-    task_runs.record_started(connection, start)
+    return task_runs.record_started(connection, start)
 
 
 def task_succeeded(
@@ -54,9 +56,20 @@ def task_succeeded(
 def _started_and_loaded(dialect: str) -> Select[Any]:
     started = task_runs.STARTED.for_dialect(dialect)
     published = documents.MARK_PUBLISHED.for_dialect(dialect)
-    assert isinstance(started, HasCTE)
+    assert isinstance(started, Insert)
     assert isinstance(published, HasCTE)
-    return documents.UPLOAD.add_cte(started.cte("started"), published.cte("published"))
+    # The run's state as the statement found it (the CTEs' writes are not seen by the query),
+    # with whether the start was written: a copy of an ended run's message is not started.
+    started_cte = started.returning(task_runs_table.c.task_id).cte("started")
+    run_state = (
+        select(task_runs_table.c.state)
+        .where(task_runs_table.c.task_id == bindparam("p_task_id"))
+        .scalar_subquery()
+    )
+    wrote = select(func.count()).select_from(started_cte).scalar_subquery()
+    return documents.UPLOAD.add_columns(
+        run_state.label("run_state"), wrote.label("run_started")
+    ).add_cte(started_cte, published.cte("published"))
 
 
 def _stored_and_succeeded(dialect: str) -> Select[Any]:
@@ -86,10 +99,17 @@ def document_loaded(connection: Connection, document_id: str, start: Start | Non
     if start is None:
         return documents.get_upload(connection, document_id)
     if connection.dialect.name != "postgresql":
-        task_started(connection, start)
-        return documents.get_upload(connection, document_id)
+        started = task_started(connection, start)
+        ended = None if started else task_runs.ended(connection, start.task_id)
+        return documents.upload_of(
+            connection.execute(documents.UPLOAD, {"p_id": document_id}).first(), ended
+        )
     values = _loaded_values(document_id, start, utcnow())
-    return documents.upload_of(connection.execute(_STARTED_AND_LOADED(connection), values).first())
+    row = connection.execute(_STARTED_AND_LOADED(connection), values).first()
+    ended = None
+    if row is not None and not row.run_started and row.run_state in ("FAILURE", "DEAD"):
+        ended = row.run_state
+    return documents.upload_of(row, ended)
 
 
 def _loaded_values(document_id: str, start: Start, now: datetime) -> dict[str, Any]:

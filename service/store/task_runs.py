@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import msgspec
 from sqlalchemy import (
+    Boolean,
     Connection,
     Executable,
     Table,
@@ -106,6 +107,11 @@ class Start(msgspec.Struct, frozen=True, kw_only=True):
     document_id: str | None = None
     first_step: str | None = None
     steps_total: int = 0
+    republished: bool = False
+    """The message is a dead letter's, re-published (it carries its lineage): a run that ended
+    starts again for it."""
+    redelivered: bool = False
+    """RabbitMQ delivers the message again (its ack or reject never reached it)."""
 
 
 _FRESH: dict[str, Any] = {
@@ -308,13 +314,25 @@ def _build_started(insert_for: Callable[[Table], Any]) -> Executable:
     statement = insert_for(task_runs).values(
         {name: bindparam(f"p_{name}") for name in _STARTED_VALUES}
     )
+    ended = task_runs.c.state.in_(("FAILURE", "DEAD"))
+    # A copy of the message of a run that ended — failed (its letter on its way) or dead (its
+    # letter stored) — does not start it again: run again, it failed again, and its task had two
+    # dead letters for one failure (copies: the relay's after a publish reported lost, the
+    # sweeper's, reconciliation's). Unless the copy is a dead letter re-published, or RabbitMQ's
+    # delivery again of a failed run's message whose reject it never had: its one letter comes
+    # of this delivery.
+    restarts = or_(
+        ~ended,
+        bindparam("p_republished", type_=Boolean),
+        and_(bindparam("p_redelivered", type_=Boolean), task_runs.c.state == "FAILURE"),
+    )
     changed: dict[str, Any] = {name: statement.excluded[name] for name in _RESTARTED}
     # The failure of an attempt before (a retry's, kept in `retry_history`) is not this one's: a
     # run PROCESSING showed it as its error.
     changed |= {"error_type": None, "error_message": None, "traceback": None}
     changed["document_id"] = func.coalesce(statement.excluded.document_id, task_runs.c.document_id)
     built: Executable = statement.on_conflict_do_update(
-        index_elements=["task_id"], set_=changed, where=NOT_SUCCEEDED
+        index_elements=["task_id"], set_=changed, where=and_(NOT_SUCCEEDED, restarts)
     )
     return built
 
@@ -362,11 +380,24 @@ def started_values(start: Start, now: datetime) -> dict[str, Any]:
         "p_started_at": now,
         "p_updated_at": now,
         "p_finished_at": None,
+        "p_republished": start.republished,
+        "p_redelivered": start.redelivered,
     }
 
 
-def record_started(connection: Connection, start: Start) -> None:
-    connection.execute(STARTED(connection), started_values(start, utcnow()))
+def record_started(connection: Connection, start: Start) -> bool:
+    """Whether the run started (see `STARTED`: not one that succeeded, nor one that ended for a
+    copy of its message)."""
+    result = connection.execute(STARTED(connection), started_values(start, utcnow()))
+    return bool(result.rowcount)
+
+
+def ended(connection: Connection, task_id: str) -> TaskState | None:
+    """The run's state if it ended without success (FAILURE, DEAD), else None."""
+    state = connection.execute(
+        select(task_runs.c.state).where(task_runs.c.task_id == task_id)
+    ).scalar_one_or_none()
+    return state if state in ("FAILURE", "DEAD") else None
 
 
 def record_progress(

@@ -18,6 +18,7 @@ from service.logs import CORRELATION_HEADER, correlation_id
 from service.store import outcomes
 from service.store.database import Store
 from service.store.task_runs import Start
+from service.task_contract import REPUBLISHED_FROM_HEADER
 from service.worker.base_task import budget_retries
 
 # Native delayed delivery prefixes the routing key with 28 binary digits.
@@ -46,6 +47,8 @@ def start_of(task: Any, task_id: str, document_id: object, steps: Sequence[str] 
         document_id=document_id if isinstance(document_id, str) else None,
         first_step=steps[0] if steps else None,
         steps_total=len(steps),
+        republished=request.get(REPUBLISHED_FROM_HEADER) is not None,
+        redelivered=bool((request.delivery_info or {}).get("redelivered")),
     )
 
 

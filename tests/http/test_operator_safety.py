@@ -14,13 +14,13 @@ import msgspec
 
 from service.api.app import create_app
 from service.deadletters import redrive
-from service.deadletters.parsing import REPUBLISHED_FROM_HEADER
 from service.deadletters.redrive import RedriveRunner
 from service.errors import BrokerUnavailable, NotSent
 from service.settings import Settings
 from service.store import dead_letters, redrives, task_runs
 from service.store.database import AsyncStore, Store
 from service.store.dead_letters import Filters
+from service.task_contract import REPUBLISHED_FROM_HEADER
 from tests.api.test_dead_letters_api import bury, dead_message
 from tests.http.conftest import Client
 from tests.support import RecordingPublisher, eventually, served_by_uvicorn

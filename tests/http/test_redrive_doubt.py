@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import update
 
 from service.deadletters import redrive, republish
-from service.deadletters.parsing import REPUBLISHED_FROM_HEADER
 from service.deadletters.redrive import RedriveRunner
 from service.errors import BrokerUnavailable, NotSent, StoreUnavailable, Unroutable
 from service.store import dead_letters, redrives
@@ -22,6 +21,7 @@ from service.store.database import AsyncStore, Store
 from service.store.dead_letters import Filters
 from service.store.schema import dead_letters as letters_table
 from service.store.schema import utcnow
+from service.task_contract import REPUBLISHED_FROM_HEADER
 from tests.api.test_dead_letters_api import bury, dead_message, put_in_doubt
 from tests.http.conftest import Client
 from tests.support import RecordingPublisher, eventually

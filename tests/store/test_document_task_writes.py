@@ -8,13 +8,16 @@ import hashlib
 import uuid
 from typing import Any
 
+import msgspec
 import pytest
 from sqlalchemy import Connection, select, text
 from sqlalchemy.dialects import postgresql
 
 from service.deadletters.consumer import store_batch
 from service.deadletters.parsing import RawMessage
+from service.indexing import index_document
 from service.intake import Upload, accept
+from service.settings import Settings
 from service.store import documents, outcomes, task_runs
 from service.store.database import Store
 from service.store.documents import Extraction
@@ -211,6 +214,88 @@ def test_a_republish_of_a_letter_of_a_task_that_succeeded_leaves_it_succeeded(
     run = store.run(task_runs.get, task_id)
     assert run is not None
     assert run.state == "SUCCESS"
+
+
+def ended_as(store: Store, task_id: str, state: str) -> dict[str, Any]:
+    """The run ended as `state` (FAILURE: the worker's failure recorded, its letter on its way;
+    DEAD: its letter stored): the run as it is."""
+    store.run(
+        outcomes.task_failed,
+        task_id,
+        "docproc.document.process",
+        state="FAILURE",
+        error_type="CorruptFile",
+        message="not a valid PDF",
+    )
+    if state == "DEAD":
+        store.run(task_runs.record_dead, [(task_id, "docproc.document.process", "rejected", "r")])
+    run = store.run(task_runs.get, task_id)
+    assert run is not None
+    assert run.state == state
+    return msgspec.to_builtins(run)
+
+
+@pytest.mark.parametrize("ended", ["FAILURE", "DEAD"])
+def test_a_copy_of_the_message_of_a_run_that_ended_does_not_start_it(
+    store: Store, ended: str
+) -> None:
+    """A copy (the relay's after a publish reported lost, the sweeper's, reconciliation's) of a
+    task that failed for good ran again: it failed again, and the task had two dead letters for
+    one failure, its run DEAD → PROCESSING → FAILURE → DEAD."""
+    document_id, task_id = accepted(store)
+    store.run_alone(outcomes.document_loaded, document_id, start_of(document_id, task_id))
+    before = ended_as(store, task_id, ended)
+
+    upload = store.run_alone(outcomes.document_loaded, document_id, start_of(document_id, task_id))
+
+    assert upload is not None
+    assert upload.ended == ended
+    run = store.run(task_runs.get, task_id)
+    assert run is not None
+    assert msgspec.to_builtins(run) == before
+
+
+def test_the_worker_skips_a_copy_of_a_dead_task_without_recording_anything(store: Store) -> None:
+    document_id, task_id = accepted(store)
+    store.run_alone(outcomes.document_loaded, document_id, start_of(document_id, task_id))
+    before = ended_as(store, task_id, "DEAD")
+
+    done = index_document(
+        store, document_id, Settings(), start=start_of(document_id, task_id), step_times=list
+    )
+
+    assert done == {"document_id": document_id, "skipped": "its task is DEAD"}
+    run = store.run(task_runs.get, task_id)
+    assert run is not None
+    assert msgspec.to_builtins(run) == before
+
+
+@pytest.mark.parametrize(
+    ("ended", "delivery"),
+    [
+        ("DEAD", {"republished": True}),
+        ("FAILURE", {"republished": True}),
+        ("FAILURE", {"redelivered": True}),
+    ],
+)
+def test_a_republished_letter_or_a_failures_redelivery_starts_the_run_again(
+    store: Store, ended: str, delivery: dict[str, bool]
+) -> None:
+    """A dead letter re-published runs again, even before its re-publishing is recorded (the
+    run still DEAD); so does RabbitMQ's delivery again of a failed run's message whose reject
+    never reached it — its one dead letter comes of this delivery."""
+    document_id, task_id = accepted(store)
+    store.run_alone(outcomes.document_loaded, document_id, start_of(document_id, task_id))
+    ended_as(store, task_id, ended)
+    again = msgspec.structs.replace(start_of(document_id, task_id), **delivery)
+
+    upload = store.run_alone(outcomes.document_loaded, document_id, again)
+
+    assert upload is not None
+    assert upload.ended is None
+    run = store.run(task_runs.get, task_id)
+    assert run is not None
+    assert (run.state, run.error_type) == ("PROCESSING", None)
 
 
 def test_an_unknown_document_loads_as_none_and_records_its_start(store: Store) -> None:
