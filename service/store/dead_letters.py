@@ -356,10 +356,6 @@ def page(
     return Page(items=items, next_cursor=_cursor(items[-1]) if len(rows) > limit else None)
 
 
-def matching_ids(connection: Connection, filters: Filters) -> list[str]:
-    return [row_id for row_id, _ in matching(connection, filters)]
-
-
 def matching(connection: Connection, filters: Filters) -> list[tuple[str, datetime | None]]:
     """The letters `filters` match, oldest first, each with its `republished_at` now."""
     statement = _where(select(dead_letters.c.id, dead_letters.c.republished_at), filters).order_by(

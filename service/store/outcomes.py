@@ -107,7 +107,7 @@ def document_loaded(connection: Connection, document_id: str, start: Start | Non
     values = _loaded_values(document_id, start, utcnow())
     row = connection.execute(_STARTED_AND_LOADED(connection), values).first()
     ended = None
-    if row is not None and not row.run_started and row.run_state in ("FAILURE", "DEAD"):
+    if row is not None and not row.run_started and row.run_state in task_runs.ENDED:
         ended = row.run_state
     return documents.upload_of(row, ended)
 

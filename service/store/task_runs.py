@@ -44,6 +44,8 @@ STATES: tuple[TaskState, ...] = (
 # SUCCESS is final: a late dead letter, a duplicate delivery or a stale retry never moves a run
 # back from it (store.outcomes settles the rest).
 NOT_SUCCEEDED = task_runs.c.state != "SUCCESS"
+ENDED: tuple[TaskState, ...] = ("FAILURE", "DEAD")
+"""A run that ended without success: its failure recorded, its dead letter on its way or stored."""
 
 
 class RetryRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -314,7 +316,7 @@ def _build_started(insert_for: Callable[[Table], Any]) -> Executable:
     statement = insert_for(task_runs).values(
         {name: bindparam(f"p_{name}") for name in _STARTED_VALUES}
     )
-    ended = task_runs.c.state.in_(("FAILURE", "DEAD"))
+    ended = task_runs.c.state.in_(ENDED)
     # A copy of the message of a run that ended — failed (its letter on its way) or dead (its
     # letter stored) — does not start it again: run again, it failed again, and its task had two
     # dead letters for one failure (copies: the relay's after a publish reported lost, the
@@ -393,11 +395,11 @@ def record_started(connection: Connection, start: Start) -> bool:
 
 
 def ended(connection: Connection, task_id: str) -> TaskState | None:
-    """The run's state if it ended without success (FAILURE, DEAD), else None."""
+    """The run's state if it ended without success (`ENDED`), else None."""
     state = connection.execute(
         select(task_runs.c.state).where(task_runs.c.task_id == task_id)
     ).scalar_one_or_none()
-    return state if state in ("FAILURE", "DEAD") else None
+    return state if state in ENDED else None
 
 
 def record_progress(

@@ -59,7 +59,7 @@ _UNAVAILABLE = (
 reconciliation refused, its connection lost)."""
 
 
-def _skipped_while_the_store_is_down(task: Callable[..., int]) -> Callable[..., int]:
+def _skipped_while_unavailable(task: Callable[..., int]) -> Callable[..., int]:
     """Maintenance is periodic and idempotent: when the store or RabbitMQ is down, the next run
     does it. Never a retry, never a dead letter (a publish RabbitMQ refused made the tick a dead
     letter, counted as a failure, that an operator could redrive)."""
@@ -154,7 +154,7 @@ def register(app: Celery) -> None:
     options: dict[str, Any] = {"bind": True, "expires": 600, "shared": False, "stale_dropped": True}
 
     @app.task(name=EXPIRE_TASK_RUNS, **options)
-    @_skipped_while_the_store_is_down
+    @_skipped_while_unavailable
     def expire_task_runs(self: Task[Any, Any]) -> int:
         settings = app_of(self).settings
         before = utcnow() - timedelta(seconds=settings.result_expires)
@@ -175,7 +175,7 @@ def register(app: Celery) -> None:
         return expired
 
     @app.task(name=PURGE_DEAD_LETTERS, **options)
-    @_skipped_while_the_store_is_down
+    @_skipped_while_unavailable
     def purge_dead_letters(self: Task[Any, Any]) -> int:
         settings = app_of(self).settings
         now = utcnow()
@@ -189,7 +189,7 @@ def register(app: Celery) -> None:
         return purged
 
     @app.task(name=RECONCILE, **options)
-    @_skipped_while_the_store_is_down
+    @_skipped_while_unavailable
     def reconcile(self: Task[Any, Any]) -> int:
         """Send a marker into document_processing, behind every document task published so
         far: queues are first in, first out, so when a worker takes the marker, each of those
@@ -202,7 +202,7 @@ def register(app: Celery) -> None:
         return 1  # markers sent
 
     @app.task(name=RECONCILE_MARKER, bind=True, shared=False)
-    @_skipped_while_the_store_is_down
+    @_skipped_while_unavailable
     def reconcile_marker(self: Task[Any, Any], sent_at: str) -> int:
         """Every document task published before the marker has been delivered by now: one still
         PENDING (never started) and older than DOCPROC_RECONCILE_AFTER lost its message (a purged
@@ -220,7 +220,7 @@ def register(app: Celery) -> None:
         return reconcile_lost(store, functools.partial(_send_document_task, self.app), before)
 
     @app.task(name=PUBLISH_UNPUBLISHED, **options)
-    @_skipped_while_the_store_is_down
+    @_skipped_while_unavailable
     def publish_unpublished(self: Task[Any, Any]) -> int:
         """Publish what the API accepted but could not get confirmed (broker down or blocked,
         API killed between commit and publish). The client never has to resubmit."""

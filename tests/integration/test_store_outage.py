@@ -20,6 +20,7 @@ from service.store.dead_letters import Filters
 from service.task_contract import CANARY_FAIL, EXPIRE_TASK_RUNS, PROCESS_DOCUMENT
 from service.topology import DOCUMENT_QUEUE
 from service.worker.app import create_celery
+from tests.store.test_document_task_writes import accepted
 from tests.support import (
     RabbitMQ,
     ScratchDatabase,
@@ -177,17 +178,13 @@ async def test_a_corrupt_file_whose_first_attempt_met_an_outage_is_dead_for_bein
     dlq = await start_dlq(vhost, tmp_path / "dlq.log")
     store = Store(database.url)
     client = create_celery(vhost.settings())
-    content = b"%PDF-1.4\nthis is not really a pdf at all\n"
-    document_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
-    upload = Upload(
-        filename="scan.pdf",
-        content_type="application/pdf",
-        content=content,
-        sha256=hashlib.sha256(content).hexdigest(),
-        correlation_id=task_id,
-    )
     try:
-        store.run(accept, upload, document_id, task_id)
+        document_id, task_id = accepted(
+            store,
+            b"%PDF-1.4\nthis is not really a pdf at all\n",
+            "scan.pdf",
+            "application/pdf",
+        )
         store.close()
         database.block()
         client.send_task(PROCESS_DOCUMENT, kwargs={"document_id": document_id}, task_id=task_id)

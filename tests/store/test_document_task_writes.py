@@ -32,13 +32,18 @@ _VARYING = {"id", "document_id", "task_id", "correlation_id", "sha256", "filenam
 """Columns that differ between two documents of a test by construction, or hold a time."""
 
 
-def accepted(store: Store) -> tuple[str, str]:
-    """A document and its PENDING run, as the API accepts them."""
+def accepted(
+    store: Store,
+    content: bytes | None = None,
+    filename: str = "a.txt",
+    content_type: str = "text/plain",
+) -> tuple[str, str]:
+    """A document and its PENDING run, as the API accepts them (a text of its own by default)."""
     document_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
-    content = f"words of {document_id}".encode()
+    content = f"words of {document_id}".encode() if content is None else content
     upload = Upload(
-        filename="a.txt",
-        content_type="text/plain",
+        filename=filename,
+        content_type=content_type,
         content=content,
         sha256=hashlib.sha256(content).hexdigest(),
         correlation_id=task_id,
