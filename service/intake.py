@@ -7,8 +7,10 @@ Publishing follows, with a confirm; when it cannot be had (broker down, blocked,
 returned), the document waits in `Intake`'s list and goes out as soon as the publisher is
 connected again — within a second or two of the broker's return — and beat's sweeper catches
 what a process that died never published; the relay and the sweeper claim a document before
-publishing it (`documents.claim_to_publish`), so that only one of them does. A client's
-Idempotency-Key makes a retried upload the same upload.
+publishing it (`documents.claim_to_publish`), so that only one of them does. A publish whose
+confirm is late keeps its claim renewed until it ends (`documents.renew_claims`): the sweeper
+publishes no second message meanwhile. A client's Idempotency-Key makes a retried upload the
+same upload.
 
 Confirmed documents are marked published in batches (one UPDATE for all confirmed meanwhile):
 the mark only keeps the sweeper from publishing a message twice, and the worker sets it too when
@@ -23,6 +25,7 @@ import contextlib
 import functools
 import hashlib
 from collections.abc import Sequence
+from datetime import datetime
 
 import msgspec
 from loguru import logger
@@ -212,14 +215,30 @@ def _earlier_copy(connection: Connection, document: documents.Document) -> str |
     return first if found is not None and found.created_at <= document.created_at else None
 
 
+class Waiting(msgspec.Struct, frozen=True):
+    """A document accepted and not queued: its task, and the claim on it this API holds (None:
+    the accept's)."""
+
+    task_id: str
+    correlation_id: str
+    held: datetime | None = None
+
+
 class Intake:
     """Accepts uploads and keeps publishing those that could not be queued at once."""
 
     def __init__(self, store: AsyncStore, publisher: TaskPublisher) -> None:
         self.store = store
         self.publisher = publisher
-        self.waiting: dict[str, tuple[str, str]] = {}
-        """Documents accepted but not queued: id → (task id, correlation id)."""
+        self.waiting: dict[str, Waiting] = {}
+        """Documents accepted but not queued, to be published again."""
+        self.settling: dict[str, datetime | None] = {}
+        """Documents whose publish waits for its confirm → their claim as last stamped (None:
+        the accept's), renewed meanwhile (`_renew`)."""
+        self.renewal = documents.CLAIM_RENEWAL.total_seconds()
+        self._claims = asyncio.Lock()
+        """Held by a renewal from its write to its bookkeeping, and by the relay's claim: else a
+        relay claiming under the stamp a renewal is replacing lost its own claim."""
         self.wake = asyncio.Event()
         self.confirmed: list[str] = []
         """Documents queued, not yet marked published."""
@@ -237,10 +256,13 @@ class Intake:
         queued = await self.publish(document_id, task_id, upload.correlation_id)
         return msgspec.structs.replace(receipt, queued=queued)
 
-    async def publish(self, document_id: str, task_id: str, correlation_id: str) -> bool:
-        """Publish the document's task; True once RabbitMQ confirmed it. Else the document waits
-        to be published again (`waiting`) — unless its confirm may yet come: the publish is left
-        to end, and the document waits only if it ends refused or lost (`_settled`)."""
+    async def publish(
+        self, document_id: str, task_id: str, correlation_id: str, held: datetime | None = None
+    ) -> bool:
+        """Publish the document's task under the claim `held` (None: the accept's); True once
+        RabbitMQ confirmed it. Else the document waits to be published again (`waiting`) —
+        unless its confirm may yet come: the publish is left to end, its claim renewed meanwhile,
+        and the document waits only if it ends refused or lost (`_settled`)."""
         try:
             await self.publisher.publish_settling(
                 task_message(
@@ -253,13 +275,14 @@ class Intake:
             )
         except Unconfirmed as exc:
             logger.warning("document {} accepted, its confirm not come yet: {}", document_id, exc)
+            self.settling[document_id] = held
             exc.outcome.add_done_callback(
                 functools.partial(self._settled, document_id, task_id, correlation_id)
             )
             return False
         except (BrokerUnavailable, Unroutable) as exc:
             logger.warning("document {} accepted but not queued yet: {}", document_id, exc)
-            self._wait(document_id, task_id, correlation_id)
+            self._wait(document_id, Waiting(task_id, correlation_id, held))
             return False
         self._queued(document_id)
         return True
@@ -267,17 +290,19 @@ class Intake:
     def _settled(
         self, document_id: str, task_id: str, correlation_id: str, outcome: asyncio.Future[None]
     ) -> None:
-        """A publish whose confirm was late has ended: queued, or to be published again."""
+        """A publish whose confirm was late has ended: queued, or to be published again under
+        the claim it held (lost to another publisher if it lapsed: the relay then leaves it)."""
+        held = self.settling.pop(document_id, None)
         if outcome.cancelled() or outcome.exception() is not None:
-            self._wait(document_id, task_id, correlation_id)
+            self._wait(document_id, Waiting(task_id, correlation_id, held))
             return
         logger.bind(document_id=document_id, task_id=task_id).info(
             "a document's confirm came late: it is queued"
         )
         self._queued(document_id)
 
-    def _wait(self, document_id: str, task_id: str, correlation_id: str) -> None:
-        self.waiting[document_id] = (task_id, correlation_id)
+    def _wait(self, document_id: str, waiting: Waiting) -> None:
+        self.waiting[document_id] = waiting
         self.wake.set()
 
     def _queued(self, document_id: str) -> None:
@@ -285,10 +310,47 @@ class Intake:
         self._confirmed_wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay what waits for the broker, and mark what was queued, until `stop`."""
+        """Relay what waits for the broker, mark what was queued, and keep the claims of
+        publishes waiting for their confirm, until `stop`."""
         async with asyncio.TaskGroup() as group:
             group.create_task(self._relay(stop), name="intake-relay")
             group.create_task(self._mark(stop), name="intake-marks")
+            group.create_task(self._renew(stop), name="intake-claims")
+
+    async def _renew(self, stop: asyncio.Event) -> None:
+        """Every `renewal` seconds, renew the claims of the publishes waiting for a confirm
+        (`documents.renew_claims`). A claim lost meanwhile — its document published, or its
+        claim lapsed through a store outage and taken — is no longer renewed; one the store
+        cannot renew now is tried again at the next turn."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.renewal)
+            if stop.is_set() or not self.settling:
+                continue
+            async with self._claims:
+                held, now = dict(self.settling), utcnow()
+                try:
+                    renewed = await self.store.write(documents.renew_claims, held, now)
+                except DatabaseError as exc:
+                    logger.warning("could not renew {} claims to publish: {}", len(held), exc)
+                    continue
+                for document_id in held:
+                    self._renewed(document_id, document_id in renewed, now)
+
+    def _renewed(self, document_id: str, renewed: bool, now: datetime) -> None:
+        """Keep the stamp of a renewed claim where the document is now: still settling, or
+        waiting to be published again (its publish ended during the renewal)."""
+        waiting = self.waiting.get(document_id)
+        if document_id in self.settling:
+            if renewed:
+                self.settling[document_id] = now
+            else:
+                del self.settling[document_id]
+                logger.bind(document_id=document_id).info(
+                    "a publish waiting for its confirm no longer holds its claim"
+                )
+        elif waiting is not None and renewed:
+            self.waiting[document_id] = msgspec.structs.replace(waiting, held=now)
 
     async def _mark(self, stop: asyncio.Event) -> None:
         """Mark confirmed documents published: all that were confirmed while the last batch was
@@ -318,12 +380,18 @@ class Intake:
             self.wake.clear()
             if stop.is_set() or not self.waiting or not self.publisher.connected:
                 continue
-            for document_id, (task_id, correlation_id) in list(self.waiting.items()):
+            for document_id in list(self.waiting):
                 claimed_at = utcnow()
                 try:
-                    claimed = await self.store.write(
-                        documents.claim_to_publish, document_id, claimed_at, accepted_here=True
-                    )
+                    async with self._claims:
+                        waiting = self.waiting[document_id]  # its stamp as last renewed
+                        claimed = await self.store.write(
+                            documents.claim_to_publish,
+                            document_id,
+                            claimed_at,
+                            accepted_here=True,
+                            held=waiting.held,
+                        )
                 except DatabaseError as exc:
                     logger.warning("documents waiting to be queued wait for the store: {}", exc)
                     break
@@ -331,7 +399,8 @@ class Intake:
                     del self.waiting[document_id]
                     continue
                 del self.waiting[document_id]  # `publish` puts it back if it is to wait again
-                if not await self.publish(document_id, task_id, correlation_id):
+                task_id, correlation_id = waiting.task_id, waiting.correlation_id
+                if not await self.publish(document_id, task_id, correlation_id, claimed_at):
                     if document_id in self.waiting:  # certainly not out: else the claim holds
                         with contextlib.suppress(DatabaseError):  # else the claim expires
                             await self.store.write(documents.release_claim, document_id, claimed_at)

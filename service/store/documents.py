@@ -3,7 +3,7 @@ searchable. A document is processed once: a redelivery, or a duplicate message, 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -193,8 +193,10 @@ PUBLISH_CLAIM = timedelta(seconds=30)
 Whoever publishes a task message that was not confirmed at once — beat's sweeper, the API's
 relay — first claims its document (`claim_to_publish`): one UPDATE of `updated_at`, taken by
 one of them only, while `published_at` stays NULL until the message is confirmed. The accept
-itself is the API's claim (`updated_at` = `created_at`). A claim whose publisher failed or died
-expires, and the document is claimed and published again: nothing accepted is lost."""
+itself is the API's claim (`updated_at` = `created_at`). A publish whose confirm is late keeps
+its claim while it lasts (`renew_claims`, by the API that waits for it). A claim whose publisher
+failed or died expires, and the document is claimed and published again: nothing accepted is
+lost."""
 
 
 def unpublished(connection: Connection, claimed_before: datetime, limit: int) -> list[Document]:
@@ -213,22 +215,76 @@ _CLAIM_TO_PUBLISH = update(documents).values(updated_at=bindparam("p_at"))
 _UNPUBLISHED = (documents.c.id == bindparam("p_id"), documents.c.published_at.is_(None))
 _EXPIRED = documents.c.updated_at < bindparam("p_expired")
 _SWEEPER_CLAIM = _CLAIM_TO_PUBLISH.where(*_UNPUBLISHED, _EXPIRED)
-# The API's relay also takes over its own claim, the accept's, still held.
+
+
+# The API's relay also takes over its own claims still held: the accept's, and the one it
+# renewed while a publish of the document waited for its confirm (`p_held`).
 _RELAY_CLAIM = _CLAIM_TO_PUBLISH.where(
-    *_UNPUBLISHED, or_(_EXPIRED, documents.c.updated_at == documents.c.created_at)
+    *_UNPUBLISHED,
+    or_(
+        _EXPIRED,
+        documents.c.updated_at == documents.c.created_at,
+        documents.c.updated_at == bindparam("p_held"),
+    ),
 )
 
 
 def claim_to_publish(
-    connection: Connection, document_id: str, now: datetime, *, accepted_here: bool = False
+    connection: Connection,
+    document_id: str,
+    now: datetime,
+    *,
+    accepted_here: bool = False,
+    held: datetime | None = None,
 ) -> bool:
     """True when the caller may publish the document's task, until `now` + PUBLISH_CLAIM: it is
     unpublished and no one else holds a claim on it (the API that accepted it holds one since
-    the accept, `accepted_here`). Of publishers claiming at once, one wins (the UPDATE rechecks
-    the row it waited for, on PostgreSQL; SQLite has one writer)."""
-    statement = _RELAY_CLAIM if accepted_here else _SWEEPER_CLAIM
+    the accept, `accepted_here`, and the one it renewed last, `held`). Of publishers claiming at
+    once, one wins (the UPDATE rechecks the row it waited for, on PostgreSQL; SQLite has one
+    writer)."""
     values = {"p_id": document_id, "p_at": now, "p_expired": now - PUBLISH_CLAIM}
-    return bool(connection.execute(statement, values).rowcount)
+    if not accepted_here:
+        return bool(connection.execute(_SWEEPER_CLAIM, values).rowcount)
+    return bool(connection.execute(_RELAY_CLAIM, values | {"p_held": held}).rowcount)
+
+
+CLAIM_RENEWAL = timedelta(seconds=10)
+"""How often a claim is renewed while its publish waits for a confirm: well within
+PUBLISH_CLAIM, so that a renewal late by a store's hiccup still comes before it lapses."""
+
+
+def renew_claims(
+    connection: Connection, held: Mapping[str, datetime | None], now: datetime
+) -> set[str]:
+    """Stamp `now` on the claims still held — each document's, as last stamped (`held`; None for
+    the accept's) — and answer the documents renewed: not those published meanwhile, nor those
+    whose claim lapsed and was taken by another publisher.
+
+    A publish whose confirm is late (RabbitMQ blocked) may end confirmed minutes later. While it
+    waits, its claim must hold: lapsed, beat's sweeper published a second message of the task.
+    One UPDATE for each stamp: after the first renewal, all that are renewed together share one.
+    """
+    by_stamp: dict[datetime | None, list[str]] = {}
+    for document_id, stamp in held.items():
+        by_stamp.setdefault(stamp, []).append(document_id)
+    renewed: set[str] = set()
+    for stamp, document_ids in by_stamp.items():
+        still_held = (
+            documents.c.updated_at == documents.c.created_at
+            if stamp is None
+            else documents.c.updated_at == stamp
+        )
+        renewed.update(
+            connection.execute(
+                update(documents)
+                .where(
+                    documents.c.id.in_(document_ids), documents.c.published_at.is_(None), still_held
+                )
+                .values(updated_at=now)
+                .returning(documents.c.id)
+            ).scalars()
+        )
+    return renewed
 
 
 def release_claim(connection: Connection, document_id: str, claimed_at: datetime) -> None:

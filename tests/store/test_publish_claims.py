@@ -11,10 +11,11 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import aio_pika
 import pytest
 from sqlalchemy import update
 
-from service.errors import BrokerUnavailable
+from service.errors import BrokerUnavailable, Unconfirmed
 from service.intake import Intake, Receipt, Upload
 from service.store import documents, schema, task_runs
 from service.store.database import AsyncStore, Store
@@ -153,6 +154,104 @@ async def test_the_relay_publishes_what_it_accepted_and_the_sweeper_leaves_it(
 
     assert len(publisher.sent) == 1
     assert swept == [], "the relay published it: the sweeper does not"
+
+
+class LateConfirms(RecordingPublisher):
+    """RabbitMQ blocked: each publish is written, its confirm does not come in time (Unconfirmed),
+    and it ends when the test settles its `outcomes`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outcomes: list[asyncio.Future[None]] = []
+
+    async def publish_settling(self, message: aio_pika.Message, routing_key: str) -> None:
+        await self.publish(message, routing_key)
+        outcome = asyncio.get_running_loop().create_future()
+        self.outcomes.append(outcome)
+        raise Unconfirmed("RabbitMQ did not confirm in time", outcome)
+
+
+def accepted_at(store: Store, document_id: str, at: datetime) -> None:
+    """The document as accepted at `at`, its accept's claim unchanged."""
+    store.run(
+        lambda c: c.execute(
+            update(schema.documents)
+            .where(schema.documents.c.id == document_id)
+            .values(created_at=at, updated_at=at)
+        )
+    )
+
+
+async def test_a_publish_waiting_for_its_confirm_keeps_its_claim_and_the_sweeper_leaves_it(
+    store: Store, async_store: AsyncStore
+) -> None:
+    """RabbitMQ blocked past the accept's claim: beat's sweeper published a second message of
+    the task while the first still waited for its confirm, and both went in when RabbitMQ read
+    again. The API renews the claim while the publish lasts; lost, the relay publishes again."""
+    publisher = LateConfirms()
+    intake = Intake(async_store, publisher)
+    intake.renewal = 0.02
+    receipt = await intake.submit(upload("confirmed late"))
+    assert not receipt.queued
+    accepted = datetime.now(UTC) - documents.PUBLISH_CLAIM + timedelta(seconds=2)
+    accepted_at(store, receipt.document_id, accepted)
+    stop = asyncio.Event()
+    running = asyncio.create_task(intake.run(stop))
+    try:
+
+        async def renewed() -> bool | None:
+            found = store.run(documents.get, receipt.document_id)
+            assert found is not None
+            return True if found.updated_at > accepted else None
+
+        await eventually(renewed, SYNC, "the claim to be renewed", 0.01)
+        swept: list[str] = []
+        past_the_accept = accepted + documents.PUBLISH_CLAIM + timedelta(seconds=5)
+        sweep_unpublished(store, lambda d: swept.append(d.id), past_the_accept)
+        assert swept == [], "the publish still holds its claim"
+
+        publisher.outcomes[0].set_exception(BrokerUnavailable("lost with its connection"))
+
+        async def published_again() -> bool | None:
+            return True if len(publisher.sent) == 2 else None
+
+        await eventually(published_again, SYNC, "the relay to publish it again", 0.01)
+        publisher.outcomes[1].set_result(None)  # the relay's, under the claim it had renewed
+
+        async def marked() -> bool | None:
+            found = store.run(documents.get, receipt.document_id)
+            return True if found is not None and found.published_at is not None else None
+
+        await eventually(marked, SYNC, "its confirm to mark it published", 0.01)
+        assert not intake.settling
+    finally:
+        stop.set()
+        await running
+    sweep_unpublished(store, lambda d: swept.append(d.id), past_the_accept)
+    assert swept == []
+
+
+def test_a_claim_is_renewed_only_while_it_is_held(store: Store) -> None:
+    now = datetime.now(UTC)
+    held, taken, published = (
+        add_document(store, f"{name}".encode(), f"{name}.txt")
+        for name in ("held", "taken", "published")
+    )
+    for document_id in (held, taken, published):
+        accepted_at(store, document_id, now - timedelta(seconds=40))
+    assert store.run(documents.claim_to_publish, taken, now)  # lapsed, and taken by a sweep
+    store.run(documents.mark_published, published)
+    claims: dict[str, datetime | None] = {held: None, taken: None, published: None}
+
+    renewal = now + timedelta(seconds=1)
+    assert store.run(documents.renew_claims, claims, renewal) == {held}
+    later = renewal + timedelta(seconds=1)
+    assert store.run(documents.renew_claims, {held: now}, later) == set(), "not its stamp"
+    assert store.run(documents.renew_claims, {held: renewal}, later) == {held}
+    assert not store.run(documents.claim_to_publish, held, later + timedelta(seconds=29))
+    assert store.run(documents.claim_to_publish, held, later, accepted_here=True, held=later), (
+        "the API that renewed it takes it again"
+    )
 
 
 def lost_document(store: Store) -> tuple[str, datetime]:
