@@ -3,13 +3,16 @@
 The DLQ consumer holds one: its ledger (store.ledger) is only right when a single consumer takes
 what RabbitMQ returns. A holder that stops renewing (killed, cut off) loses the lease once it
 expires, and a standby takes it over.
+
+A hold (`hold`, `held_until`) is a lease no one renews: a time until which something waits, as
+reconciliation after a store outage (`STORE_RETURNED`).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, delete, or_, select, update
+from sqlalchemy import Connection, case, delete, literal, or_, select, update
 
 from service.store.database import dialect_insert
 from service.store.schema import leases, utcnow
@@ -71,3 +74,34 @@ def holds(connection: Connection, name: str, owner: str) -> bool:
 
 def release(connection: Connection, name: str, owner: str) -> None:
     connection.execute(delete(leases).where(leases.c.name == name, leases.c.owner == owner))
+
+
+STORE_RETURNED = "store-returned"
+"""Held for a while after the store came back from an outage (service.worker.store_watch): tasks
+that waited it out are still coming back from the broker's delay queues, PENDING meanwhile, and
+reconciliation must not take them for lost."""
+
+
+def hold(connection: Connection, name: str, owner: str, until: datetime) -> None:
+    """Hold `name` until `until` at least: a later hold already there stands."""
+    at = literal(until, leases.c.expires_at.type)
+    later = leases.c.expires_at > at
+    connection.execute(
+        dialect_insert(connection, leases)
+        .values(name=name, owner=owner, expires_at=until)
+        .on_conflict_do_update(
+            index_elements=["name"],
+            set_={
+                "owner": case((later, leases.c.owner), else_=literal(owner)),
+                "expires_at": case((later, leases.c.expires_at), else_=at),
+            },
+        )
+    )
+
+
+def held_until(connection: Connection, name: str) -> datetime | None:
+    """Until when `name` is held, if it is held now."""
+    found: datetime | None = connection.execute(
+        select(leases.c.expires_at).where(leases.c.name == name, leases.c.expires_at >= utcnow())
+    ).scalar_one_or_none()
+    return found

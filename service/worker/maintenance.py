@@ -15,7 +15,7 @@ from loguru import logger
 
 from service.errors import BrokerUnavailable, DatabaseError
 from service.logs import CORRELATION_HEADER
-from service.store import dead_letters, documents, idempotency, task_runs
+from service.store import dead_letters, documents, idempotency, leases, task_runs
 from service.store.database import Store
 from service.store.documents import Document
 from service.store.schema import utcnow
@@ -123,7 +123,16 @@ def reconcile_lost(store: Store, publish: Callable[[Document], None], before: da
     """Publish again the task of each document whose confirmed message was lost (`documents.lost`
     before `before`), each claimed first: reconciliations running at once publish each document
     once, and count it. A publish that fails gives its claim back, uncounted, and ends the run:
-    the next reconciliation finds the document lost again."""
+    the next reconciliation finds the document lost again. Nothing is lost for a while after a
+    store outage (`leases.STORE_RETURNED`): tasks that waited it out are not back yet."""
+    held = store.run(leases.held_until, leases.STORE_RETURNED)
+    if held is not None:
+        logger.info(
+            "reconciliation waits until {}: tasks that waited for the store are still coming "
+            "back from the broker's delay queues",
+            held.isoformat(),
+        )
+        return 0
     republished = 0
     for document in store.run(documents.lost, before, RECONCILE_BATCH):
         claimed_at = store.run(documents.claim_reconciled, document.id, before)

@@ -6,22 +6,34 @@ thread looks at the store (every few seconds, every second while it is down) and
 timer applies what it found: cancel the work queues' consumers, or consume them again. Their
 consumer count (RabbitMQ's UI, /tasks/stats, /metrics) drops to zero meanwhile, and the log says
 why.
+
+When the store answers again, tasks that waited for it are still in the broker's delay queues,
+for up to STORE_WAIT_MAX, their runs PENDING: before the worker takes work again it holds
+reconciliation off until they are back (`leases.STORE_RETURNED`), which else took them for
+tasks whose message was lost and published each a second time.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
+from datetime import timedelta
 from typing import Any
 
 from celery import bootsteps
 from loguru import logger
 
 from service.errors import DatabaseError
-from service.store import dead_letters
+from service.store import dead_letters, leases
+from service.store.schema import utcnow
 from service.topology import WORK_QUEUES
+from service.worker.base_task import STORE_WAIT_MAX
 
 HEALTHY_INTERVAL = 5.0
 DOWN_INTERVAL = 1.0
+RETURN_HOLD = timedelta(seconds=STORE_WAIT_MAX + 60)
+"""How long reconciliation is held off once the store is back: the longest wait for it, and a
+minute for what came back to be started."""
 
 
 class StoreWatch(bootsteps.StartStopStep):
@@ -58,6 +70,13 @@ class StoreWatch(bootsteps.StartStopStep):
                     app.store.migrate()  # the store was down when the worker started
                     app.migrated = True
                 app.store.run(dead_letters.probe_writable)
+                if not self.available:  # back: hold reconciliation off before taking work
+                    app.store.run(
+                        leases.hold,
+                        leases.STORE_RETURNED,
+                        socket.gethostname(),
+                        utcnow() + RETURN_HOLD,
+                    )
             except DatabaseError as exc:
                 self.available, self.reason = False, str(exc)
             else:

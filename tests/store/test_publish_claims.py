@@ -10,18 +10,21 @@ import threading
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import aio_pika
 import pytest
 from sqlalchemy import update
 
-from service.errors import BrokerUnavailable, Unconfirmed
+from service.errors import BrokerUnavailable, StoreUnavailable, Unconfirmed
 from service.intake import Intake, Receipt, Upload
-from service.store import documents, schema, task_runs
+from service.store import dead_letters, documents, leases, schema, task_runs
 from service.store.database import AsyncStore, Store
 from service.store.documents import Document
 from service.task_contract import PROCESS_DOCUMENT
 from service.worker.maintenance import reconcile_lost, sweep_unpublished
+from service.worker.store_watch import RETURN_HOLD, StoreWatch
 from tests.store.test_document_task_writes import start_of
 from tests.store.test_documents_and_search import add_document
 from tests.support import RecordingPublisher, eventually
@@ -306,6 +309,59 @@ def test_a_reconciliation_whose_publish_failed_is_not_counted_and_is_found_lost_
     assert published == [document_id]
     assert store.run(documents.reconciled) == 1
     assert store.run(documents.lost, before, 10) == [], "claimed: not lost again at once"
+
+
+class AwayAtFirst:
+    """The store, unavailable to the worker's first `away` looks at it."""
+
+    def __init__(self, store: Store, away: int) -> None:
+        self.store = store
+        self.away = away
+
+    def run(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        if operation is dead_letters.probe_writable and self.away > 0:
+            self.away -= 1
+            raise StoreUnavailable("the store is away")
+        return self.store.run(operation, *args, **kwargs)
+
+
+def test_after_a_store_outage_reconciliation_waits_for_the_tasks_that_waited_it_out(
+    store: Store,
+) -> None:
+    """A task that meets the outage waits in the broker's delay queues (up to STORE_WAIT_MAX),
+    its run PENDING. Reconciliation, run as the store came back, took each for a task whose
+    message was lost and published it again: one message more a document, run twice."""
+    document_id, before = lost_document(store)  # as a task still waiting would look
+    watch = StoreWatch(SimpleNamespace())
+    looking = threading.Thread(
+        target=watch._look, args=(SimpleNamespace(store=AwayAtFirst(store, 1), migrated=True),)
+    )
+    looking.start()
+    try:
+
+        async def held() -> datetime | None:
+            return store.run(leases.held_until, leases.STORE_RETURNED)
+
+        until = asyncio.run(eventually(held, SYNC, "the worker to see the store back", 0.05))
+    finally:
+        watch._stop.set()
+        looking.join(SYNC)
+    assert until > datetime.now(UTC) + RETURN_HOLD - timedelta(seconds=SYNC)
+    published: list[str] = []
+    assert reconcile_lost(store, lambda d: published.append(d.id), before) == 0
+    assert published == []
+
+    store.run(leases.hold, leases.STORE_RETURNED, "another worker", until - timedelta(hours=1))
+    assert store.run(leases.held_until, leases.STORE_RETURNED) == until, "the later hold stands"
+    store.run(
+        lambda c: c.execute(
+            update(schema.leases)
+            .where(schema.leases.c.name == leases.STORE_RETURNED)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    )
+    assert reconcile_lost(store, lambda d: published.append(d.id), before) == 1
+    assert published == [document_id]
 
 
 def test_a_task_published_again_since_is_not_lost(store: Store) -> None:
