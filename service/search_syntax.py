@@ -28,10 +28,16 @@ _WORD = re.compile(r"[^\W_]+")  # letters and digits: both engines split words a
 
 
 class Term(msgspec.Struct, frozen=True):
-    """One word, a phrase (several words in order), or a prefix (one word and what follows)."""
+    """One word, a phrase (several words in order), or a prefix (one word and what follows).
+
+    `said`: a phrase as the user wrote it, when nothing of it was cut. PostgreSQL's parser
+    keeps some tokens whole ("example.com", "3.11.2") and splits others its own way
+    ("COVID-19"): matched against the text as it indexed it, the phrase must be parsed the
+    same way, not rebuilt from our words."""
 
     words: tuple[str, ...]
     prefix: bool = False
+    said: str | None = None
 
 
 class Query(msgspec.Struct, frozen=True):
@@ -50,7 +56,8 @@ def _term(text: str, *, quoted: bool) -> Term | None:
     if not words:
         return None
     if quoted:
-        return Term(words[:MAX_PHRASE])
+        whole = len(words) <= MAX_PHRASE and all(len(word) <= MAX_WORD for word in words)
+        return Term(words[:MAX_PHRASE], said=text.strip() if whole and len(words) > 1 else None)
     prefix = text.endswith("*") and len(words) == 1
     return Term(words[-1:] if len(words) == 1 else words, prefix=prefix)
 
@@ -59,10 +66,14 @@ def parse(text: str) -> Query:
     """`text` as a Query; InvalidQuery when nothing is left to look for, or when nothing could
     match — a clause every term of which is excluded too ("storm -storm"). A term excluded and
     looked for among others ("rain OR storm -storm") is kept both ways: once, the second of the
-    two was dropped as a term seen before, so the exclusion or the search went unsaid."""
+    two was dropped as a term seen before, so the exclusion or the search went unsaid.
+
+    A term said twice in one clause, a clause said twice, an exclusion said twice count once.
+    A term is not dropped for being in another clause: "storm OR gale gale OR rain" is two
+    clauses, (storm OR gale) and (gale OR rain) — dropped, its OR joined "rain" to the first."""
     clauses: list[list[Term]] = []
     excluded: list[Term] = []
-    seen: set[tuple[Term, bool]] = set()
+    terms = 0
     join_next = False
     for match in _TOKEN.finditer(text):
         negated, phrase, bare = match.group(1), match.group(2), match.group(3)
@@ -75,17 +86,16 @@ def parse(text: str) -> Query:
             continue
         # A bare token with inner punctuation ("e-mail", "U.S.") is a phrase of its words.
         term = _term(source, quoted=phrase is not None or len(_WORD.findall(source)) > 1)
-        if term is None or (term, bool(negated)) in seen or len(seen) >= MAX_TERMS:
-            join_next = False
-            continue
-        seen.add((term, bool(negated)))
-        if negated:
-            excluded.append(term)
-        elif join_next:
-            clauses[-1].append(term)
-        else:
-            clauses.append([term])
+        if term is not None and terms < MAX_TERMS:
+            into = excluded if negated else clauses[-1] if join_next else None
+            if into is None:
+                clauses.append([term])
+                terms += 1
+            elif term not in into:
+                into.append(term)
+                terms += 1
         join_next = False
+    clauses = [list(clause) for clause in dict.fromkeys(tuple(clause) for clause in clauses)]
     if not clauses:
         raise InvalidQuery(
             'a search needs at least one word to find — words, "a phrase", OR, -excluded, '

@@ -137,9 +137,9 @@ _SQLITE = """
 # out. Filters count, as on SQLite (their join is in the walk).
 _POSTGRES = """
     WITH newest AS MATERIALIZED (
-        SELECT c.id, c.document_id, c.position, ts_rank(c.search_vector, query.q) AS score
+        SELECT c.id, c.document_id, c.position, ts_rank(c.search_vector, query.r) AS score
         FROM chunks c{joins}
-        CROSS JOIN (SELECT {tsquery} AS q) AS query
+        CROSS JOIN (SELECT {tsquery} AS q, {ranked} AS r) AS query
         WHERE c.search_vector @@ query.q{filters}
         ORDER BY c.id DESC
         LIMIT :window + 1
@@ -150,14 +150,14 @@ _POSTGRES = """
         LIMIT :limit
     )
     SELECT c.document_id, d.filename, d.title, c.position, d.sha256, best.score,
-           ts_headline('english', c.content, query.q,
+           ts_headline('english', c.content, query.r,
                        'StartSel=' || :start || ', StopSel=' || :end
                        || ', MaxWords=24, MinWords=8, MaxFragments=1') AS snippet,
            (SELECT count(*) FROM newest) AS gathered
     FROM best
     JOIN chunks c ON c.id = best.id
     JOIN documents d ON d.id = c.document_id
-    CROSS JOIN (SELECT {tsquery} AS q) AS query
+    CROSS JOIN (SELECT {ranked} AS r) AS query
     ORDER BY best.score DESC, c.document_id, c.position
 """
 # For this transaction only, three settings:
@@ -196,8 +196,10 @@ def fts5(query: Query) -> str:
     return rendered
 
 
-def tsquery(query: Query) -> tuple[str, dict[str, str]]:
-    """The query as a PostgreSQL tsquery expression over bound parameters."""
+def tsquery(query: Query) -> tuple[str, str, dict[str, str]]:
+    """The query as PostgreSQL tsquery expressions over bound parameters: the whole query, what
+    a chunk must match; and its clauses without the exclusions, what ranks and highlights it
+    (`ts_rank` of a query with `!!` scores every match 1e-20, and the order was lost)."""
     params: dict[str, str] = {}
 
     def term(t: Term) -> str:
@@ -205,14 +207,15 @@ def tsquery(query: Query) -> tuple[str, dict[str, str]]:
         if t.prefix:
             params[name] = t.words[0] + ":*"
             return f"to_tsquery('english', :{name})"
-        params[name] = " ".join(t.words)
+        params[name] = t.said or " ".join(t.words)
         return f"phraseto_tsquery('english', :{name})"
 
     clauses = ["(" + " || ".join(term(t) for t in c) + ")" for c in query.clauses]
-    expression = " && ".join(clauses)
+    ranked = " && ".join(clauses)
+    expression = ranked
     for t in query.excluded:
         expression += f" && !!{term(t)}"
-    return expression, params
+    return expression, ranked, params
 
 
 def _sqlite_driver(connection: Connection) -> Any:
@@ -251,10 +254,10 @@ def _sqlite_search(
 def _postgres_search(
     connection: Connection, query: Query, filters: Filters, where: str, params: dict[str, Any]
 ) -> tuple[Sequence[Row[Any]], bool]:
-    expression, words = tsquery(query)
+    expression, ranking, words = tsquery(query)
     joins = _POSTGRES_JOINS if where else ""
-    ranked = _statement(_POSTGRES.format(tsquery=expression, joins=joins, filters=where), filters)
-    rows = connection.execute(ranked, params | words).all()
+    sql = _POSTGRES.format(tsquery=expression, ranked=ranking, joins=joins, filters=where)
+    rows = connection.execute(_statement(sql, filters), params | words).all()
     return rows, not rows or rows[0].gathered <= params["window"]
 
 

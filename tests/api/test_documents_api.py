@@ -335,6 +335,17 @@ async def test_an_unreasonable_idempotency_key_is_a_400(client: Client) -> None:
     assert "Idempotency-Key" in response.json()["detail"]
 
 
+async def test_an_idempotency_keys_surrounding_whitespace_is_not_part_of_it(
+    client: Client,
+) -> None:
+    """ "K1 " was a key of its own: other content under it was a second document, not a 409."""
+    first = await upload(client, headers={"Idempotency-Key": "K1"})
+    other = await upload(client, content=b"Other content.", headers={"Idempotency-Key": "K1 \t"})
+
+    assert first.status_code == 202
+    assert other.status_code == 409, other.text
+
+
 async def test_once_the_document_is_durable_the_answer_is_202_even_if_the_store_then_fails(
     client: Client, channel: aio_pika.abc.AbstractChannel, store: Store
 ) -> None:

@@ -168,6 +168,49 @@ def test_phrases_or_exclusion_and_prefixes_work_on_both_stores(store: Store) -> 
     assert found("-storm storm OR gale") == {"gale"}
 
 
+def test_a_term_in_two_clauses_keeps_both_clauses(store: Store) -> None:
+    """The second "gale" was dropped as a term seen before, and its OR then joined "rain" to the
+    first clause: (storm OR gale OR rain) found a document with "storm" alone."""
+    storm = add_document(store, b"storm", "storm.txt")
+    store.run(documents.store_extraction, storm, extraction("A storm only."))
+    both = add_document(store, b"both", "both.txt")
+    store.run(documents.store_extraction, both, extraction("A storm and a gale."))
+
+    def found(query: str) -> set[str]:
+        return {hit.document_id for hit in store.run(search.search, parse(query)).hits}
+
+    assert found("storm OR gale gale OR rain") == {both}
+    assert found("storm gale OR storm") == {storm, both}
+    assert found("storm storm") == {storm, both}
+
+
+def test_an_exclusion_keeps_the_ranking(store: Store) -> None:
+    """On PostgreSQL, ts_rank of a query with `!!` scored every match 1e-20: the order went."""
+    once = add_document(store, b"once", "once.txt")
+    store.run(documents.store_extraction, once, extraction("A keeper of sheep in the hills."))
+    often = add_document(store, b"often", "often.txt")
+    store.run(documents.store_extraction, often, extraction("The keeper's keeper kept the keeper."))
+
+    for query in ("keeper", "keeper -storm", 'keeper -"a gale"'):
+        hits = store.run(search.search, parse(query)).hits
+        assert [hit.document_id for hit in hits] == [often, once], query
+        assert hits[0].score > hits[1].score, query
+
+
+@pytest.mark.parametrize(
+    "token", ["example.com", "3.11.2", "report.pdf", "2024-05-01", "COVID-19", "x86-64"]
+)
+def test_a_dotted_or_hyphenated_token_finds_itself(store: Store, token: str) -> None:
+    """PostgreSQL's parser keeps "example.com" whole in the index; the query asked for the
+    phrase "example com", which nothing matched."""
+    document_id = add_document(store, token.encode(), "token.txt")
+    store.run(documents.store_extraction, document_id, extraction(f"alpha {token} omega"))
+
+    hits = store.run(search.search, parse(token)).hits
+
+    assert [hit.document_id for hit in hits] == [document_id]
+
+
 @pytest.mark.parametrize("query", ["storm -storm", "-storm storm", "rain OR storm -rain -storm"])
 def test_a_query_that_excludes_what_it_needs_is_refused_saying_so(query: str) -> None:
     """ "storm -storm" found every storm (the exclusion dropped); "-storm storm" was refused as

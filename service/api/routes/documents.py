@@ -68,6 +68,9 @@ def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
     key = request.headers.get(IDEMPOTENCY_KEY)
     if key is None:
         return None
+    # A field value's surrounding whitespace is not part of it (RFC 9110 5.5): servers strip
+    # what leads, and "K1 " was a key other than "K1" — a second document, not a 409.
+    key = key.strip(" \t")
     if not 1 <= len(key) <= 255 or not key.isprintable():
         raise BadRequest(f"{IDEMPOTENCY_KEY} must be 1 to 255 printable characters")
     return key
