@@ -72,15 +72,16 @@ def index_document(
         if start is not None:
             store.run(outcomes.task_succeeded, start.task_id, step_times())
         return {"document_id": document_id, "skipped": "already processed"}
-    if upload.ended is not None:
-        # A copy of the message of a run that ended (`task_runs.STARTED`): its failure is
-        # recorded, its dead letter stored or on its way; run again, it made a second.
+    if upload.refused is not None:
+        # A copy of the task's message (`task_runs.STARTED`): of a run that ended — its failure
+        # is recorded, its dead letter stored or on its way; run again, it made a second — or
+        # of a run another delivery is at work on, which ran side by side with it.
         logger.warning(
             "document {}: its task is {} already; a copy of its message skipped",
             document_id,
-            upload.ended,
+            upload.refused,
         )
-        return {"document_id": document_id, "skipped": f"its task is {upload.ended}"}
+        return {"document_id": document_id, "skipped": f"its task is {upload.refused}"}
     if len(upload.content) > settings.max_upload_bytes:
         raise TooLarge(
             f"{len(upload.content)} bytes, more than DOCPROC_MAX_UPLOAD_BYTES="

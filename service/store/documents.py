@@ -68,9 +68,10 @@ class Upload(msgspec.Struct, frozen=True, kw_only=True):
     filename: str
     content: bytes
     processed: bool
-    ended: str | None = None
-    """How the task's run ended, FAILURE or DEAD, when this delivery is a copy that does not
-    start it again (`task_runs.STARTED`)."""
+    refused: str | None = None
+    """The state of the task's run when this delivery is a copy that does not start it
+    (`task_runs.STARTED`): FAILURE or DEAD, it ended; STARTED, PROCESSING or RETRY, another
+    delivery is at work on it."""
 
 
 class Extraction(msgspec.Struct, frozen=True, kw_only=True):
@@ -385,7 +386,7 @@ UPLOAD = select(
 """The document's upload, its id bound as `p_id`; read as `upload_of`."""
 
 
-def upload_of(row: Row[*tuple[Any, ...]] | None, ended: str | None = None) -> Upload | None:
+def upload_of(row: Row[*tuple[Any, ...]] | None, refused: str | None = None) -> Upload | None:
     if row is None:
         return None
     return Upload(
@@ -393,7 +394,7 @@ def upload_of(row: Row[*tuple[Any, ...]] | None, ended: str | None = None) -> Up
         filename=row.filename,
         content=row.content,
         processed=row.processed_at is not None,
-        ended=ended,
+        refused=refused,
     )
 
 

@@ -59,7 +59,8 @@ def _started_and_loaded(dialect: str) -> Select[Any]:
     assert isinstance(started, Insert)
     assert isinstance(published, HasCTE)
     # The run's state as the statement found it (the CTEs' writes are not seen by the query),
-    # with whether the start was written: a copy of an ended run's message is not started.
+    # with whether the start was written: a copy of the message of a run that ended, or that
+    # another delivery is at work on, is not started.
     started_cte = started.returning(task_runs_table.c.task_id).cte("started")
     run_state = (
         select(task_runs_table.c.state)
@@ -100,16 +101,14 @@ def document_loaded(connection: Connection, document_id: str, start: Start | Non
         return documents.get_upload(connection, document_id)
     if connection.dialect.name != "postgresql":
         started = task_started(connection, start)
-        ended = None if started else task_runs.ended(connection, start.task_id)
+        refused = None if started else task_runs.state_of(connection, start.task_id)
         return documents.upload_of(
-            connection.execute(documents.UPLOAD, {"p_id": document_id}).first(), ended
+            connection.execute(documents.UPLOAD, {"p_id": document_id}).first(), refused
         )
     values = _loaded_values(document_id, start, utcnow())
     row = connection.execute(_STARTED_AND_LOADED(connection), values).first()
-    ended = None
-    if row is not None and not row.run_started and row.run_state in task_runs.ENDED:
-        ended = row.run_state
-    return documents.upload_of(row, ended)
+    refused = None if row is None or row.run_started else row.run_state
+    return documents.upload_of(row, refused)
 
 
 def _loaded_values(document_id: str, start: Start, now: datetime) -> dict[str, Any]:

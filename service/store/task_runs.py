@@ -46,6 +46,8 @@ STATES: tuple[TaskState, ...] = (
 NOT_SUCCEEDED = task_runs.c.state != "SUCCESS"
 ENDED: tuple[TaskState, ...] = ("FAILURE", "DEAD")
 """A run that ended without success: its failure recorded, its dead letter on its way or stored."""
+AT_WORK: tuple[TaskState, ...] = ("STARTED", "PROCESSING")
+"""A run a delivery of its message is at work on."""
 
 
 class RetryRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +116,13 @@ class Start(msgspec.Struct, frozen=True, kw_only=True):
     starts again for it."""
     redelivered: bool = False
     """RabbitMQ delivers the message again (its ack or reject never reached it)."""
+    first: bool = False
+    """The task's first message (no retry of it, no wait for the store), delivered for the first
+    time: it may be one of several copies (the relay's after a publish reported lost, the
+    sweeper's, reconciliation's), and another may be at work on the run (`STARTED`)."""
+    busy_for: float = 0.0
+    """Seconds a run's last sign of life — its start or progress, a retry's due time — says a
+    delivery may still be at work on it: the hard time limit, and a minute. 0: none is."""
 
 
 _FRESH: dict[str, Any] = {
@@ -328,13 +337,26 @@ def _build_started(insert_for: Callable[[Table], Any]) -> Executable:
         bindparam("p_republished", type_=Boolean),
         and_(bindparam("p_redelivered", type_=Boolean), task_runs.c.state == "FAILURE"),
     )
+    # Nor does a copy of the task's first message start a run another delivery is at work on,
+    # or whose retry is on its way: the two ran side by side, and a failure made two dead
+    # letters, a transient one two retry chains. That delivery's message is still RabbitMQ's
+    # (unacked, or to be delivered again, flagged so, if its worker dies), or its retry is
+    # queued; a run with no sign of life for longer than an attempt may last is started.
+    alive_after = bindparam("p_alive_after", type_=task_runs.c.updated_at.type)
+    busy = and_(
+        bindparam("p_first", type_=Boolean),
+        or_(
+            and_(task_runs.c.state.in_(AT_WORK), task_runs.c.updated_at > alive_after),
+            and_(task_runs.c.state == "RETRY", task_runs.c.next_retry_at > alive_after),
+        ),
+    )
     changed: dict[str, Any] = {name: statement.excluded[name] for name in _RESTARTED}
     # The failure of an attempt before (a retry's, kept in `retry_history`) is not this one's: a
     # run PROCESSING showed it as its error.
     changed |= {"error_type": None, "error_message": None, "traceback": None}
     changed["document_id"] = func.coalesce(statement.excluded.document_id, task_runs.c.document_id)
     built: Executable = statement.on_conflict_do_update(
-        index_elements=["task_id"], set_=changed, where=and_(NOT_SUCCEEDED, restarts)
+        index_elements=["task_id"], set_=changed, where=and_(NOT_SUCCEEDED, restarts, ~busy)
     )
     return built
 
@@ -384,22 +406,23 @@ def started_values(start: Start, now: datetime) -> dict[str, Any]:
         "p_finished_at": None,
         "p_republished": start.republished,
         "p_redelivered": start.redelivered,
+        "p_first": start.first,
+        "p_alive_after": now - timedelta(seconds=start.busy_for),
     }
 
 
 def record_started(connection: Connection, start: Start) -> bool:
-    """Whether the run started (see `STARTED`: not one that succeeded, nor one that ended for a
-    copy of its message)."""
+    """Whether the run started (see `STARTED`: not one that succeeded, nor, for a copy of its
+    message, one that ended or that another delivery is at work on)."""
     result = connection.execute(STARTED(connection), started_values(start, utcnow()))
     return bool(result.rowcount)
 
 
-def ended(connection: Connection, task_id: str) -> TaskState | None:
-    """The run's state if it ended without success (`ENDED`), else None."""
-    state = connection.execute(
+def state_of(connection: Connection, task_id: str) -> TaskState | None:
+    state: TaskState | None = connection.execute(
         select(task_runs.c.state).where(task_runs.c.task_id == task_id)
     ).scalar_one_or_none()
-    return state if state in ENDED else None
+    return state
 
 
 def record_progress(

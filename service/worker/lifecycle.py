@@ -20,6 +20,7 @@ from service.store.database import Store
 from service.store.task_runs import Start
 from service.task_contract import REPUBLISHED_FROM_HEADER
 from service.worker.base_task import budget_retries
+from service.worker.docproc_celery import app_of
 
 # Native delayed delivery prefixes the routing key with 28 binary digits.
 _DELAY_PREFIX = re.compile(r"^(?:[01]\.){28}")
@@ -34,9 +35,16 @@ def correlation_of(request: Any, task_id: str) -> str:
     return str(request.get(CORRELATION_HEADER) or request.root_id or task_id)
 
 
+ATTEMPT_GRACE = 60.0
+"""Seconds past the hard time limit a run's last sign of life may be and a delivery still at
+work on it (`Start.busy_for`)."""
+
+
 def start_of(task: Any, task_id: str, document_id: object, steps: Sequence[str] = ()) -> Start:
     """The start of the task's current run, from its request."""
     request = task.request
+    republished = request.get(REPUBLISHED_FROM_HEADER) is not None
+    redelivered = bool((request.delivery_info or {}).get("redelivered"))
     return Start(
         task_id=task_id,
         task_name=task.name,
@@ -47,8 +55,10 @@ def start_of(task: Any, task_id: str, document_id: object, steps: Sequence[str] 
         document_id=document_id if isinstance(document_id, str) else None,
         first_step=steps[0] if steps else None,
         steps_total=len(steps),
-        republished=request.get(REPUBLISHED_FROM_HEADER) is not None,
-        redelivered=bool((request.delivery_info or {}).get("redelivered")),
+        republished=republished,
+        redelivered=redelivered,
+        first=not (request.retries or republished or redelivered),
+        busy_for=app_of(task).settings.time_limit + ATTEMPT_GRACE,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -254,7 +255,7 @@ def test_a_copy_of_the_message_of_a_run_that_ended_does_not_start_it(
     upload = store.run_alone(outcomes.document_loaded, document_id, start_of(document_id, task_id))
 
     assert upload is not None
-    assert upload.ended == ended
+    assert upload.refused == ended
     run = store.run(task_runs.get, task_id)
     assert run is not None
     assert msgspec.to_builtins(run) == before
@@ -273,6 +274,16 @@ def test_the_worker_skips_a_copy_of_a_dead_task_without_recording_anything(store
     run = store.run(task_runs.get, task_id)
     assert run is not None
     assert msgspec.to_builtins(run) == before
+
+
+def started_again(store: Store, document_id: str, again: Start) -> task_runs.TaskRun:
+    """The run, once `again` loaded the document and was not refused."""
+    upload = store.run_alone(outcomes.document_loaded, document_id, again)
+    assert upload is not None
+    assert upload.refused is None
+    run = store.run(task_runs.get, again.task_id)
+    assert run is not None
+    return run
 
 
 @pytest.mark.parametrize(
@@ -294,13 +305,97 @@ def test_a_republished_letter_or_a_failures_redelivery_starts_the_run_again(
     ended_as(store, task_id, ended)
     again = msgspec.structs.replace(start_of(document_id, task_id), **delivery)
 
-    upload = store.run_alone(outcomes.document_loaded, document_id, again)
+    run = started_again(store, document_id, again)
 
-    assert upload is not None
-    assert upload.ended is None
-    run = store.run(task_runs.get, task_id)
-    assert run is not None
     assert (run.state, run.error_type) == ("PROCESSING", None)
+
+
+BUSY_FOR = 2460.0
+"""As the worker's default: the hard time limit and a minute."""
+
+
+def first_copy(document_id: str, task_id: str) -> Start:
+    """A delivery of the task's first message, one of its copies."""
+    return msgspec.structs.replace(
+        start_of(document_id, task_id), retries=0, first=True, busy_for=BUSY_FOR
+    )
+
+
+def silent_for(store: Store, task_id: str, seconds: float) -> None:
+    """The run's last sign of life (its start or progress, its retry's due time) as long ago."""
+    at = utcnow() - timedelta(seconds=seconds)
+    store.run(
+        lambda c: c.execute(
+            runs_table.update()
+            .where(runs_table.c.task_id == task_id)
+            .values(updated_at=at, next_retry_at=at)
+        )
+    )
+
+
+def retrying(store: Store, document_id: str, task_id: str) -> None:
+    store.run_alone(outcomes.document_loaded, document_id, first_copy(document_id, task_id))
+    store.run(
+        task_runs.record_retry,
+        task_id,
+        retries=1,
+        delay=60.0,
+        error_type="SearchIndexError",
+        message="the index is busy",
+    )
+
+
+@pytest.mark.parametrize("at_work", ["PROCESSING", "RETRY"])
+def test_a_copy_of_the_first_message_does_not_start_a_run_another_delivery_is_at_work_on(
+    store: Store, at_work: str
+) -> None:
+    """Two copies of a task's first message (the relay's after a publish reported lost, and
+    the one that did go out) were taken by the worker's two processes together and ran side by
+    side: a failure made two dead letters, a transient one two retry chains (a copy that
+    arrived while the run waited for its retry started a second)."""
+    document_id, task_id = accepted(store)
+    if at_work == "RETRY":
+        retrying(store, document_id, task_id)
+    else:
+        store.run_alone(outcomes.document_loaded, document_id, first_copy(document_id, task_id))
+    before = msgspec.to_builtins(store.run(task_runs.get, task_id))
+
+    done = index_document(
+        store, document_id, Settings(), start=first_copy(document_id, task_id), step_times=list
+    )
+
+    assert done == {"document_id": document_id, "skipped": f"its task is {at_work}"}
+    assert msgspec.to_builtins(store.run(task_runs.get, task_id)) == before
+
+
+@pytest.mark.parametrize(
+    ("at_work", "delivery"),
+    [
+        ("PROCESSING", {"redelivered": True, "first": False}),  # its worker died
+        ("PROCESSING", {"retries": 1, "first": False}),  # its wait for the store ended
+        ("PROCESSING", {"silent": BUSY_FOR + 1}),  # no attempt lasts that long
+        ("RETRY", {"retries": 1, "first": False}),  # the retry itself
+        ("RETRY", {"redelivered": True, "first": False}),  # its retry could not be published
+        ("RETRY", {"silent": BUSY_FOR + 1}),  # due long ago
+    ],
+)
+def test_a_delivery_that_is_no_copy_starts_the_run(
+    store: Store, at_work: str, delivery: dict[str, Any]
+) -> None:
+    document_id, task_id = accepted(store)
+    if at_work == "RETRY":
+        retrying(store, document_id, task_id)
+    else:
+        store.run_alone(outcomes.document_loaded, document_id, first_copy(document_id, task_id))
+    fields = dict(delivery)  # shared by the test's runs on each store
+    silent = fields.pop("silent", None)
+    if silent is not None:
+        silent_for(store, task_id, silent)
+    again = msgspec.structs.replace(first_copy(document_id, task_id), **fields)
+
+    run = started_again(store, document_id, again)
+
+    assert (run.state, run.retries) == ("PROCESSING", again.retries)
 
 
 def test_an_unknown_document_loads_as_none_and_records_its_start(store: Store) -> None:
