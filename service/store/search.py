@@ -205,8 +205,10 @@ def tsquery(query: Query) -> tuple[str, str, dict[str, str]]:
     def term(t: Term) -> str:
         name = f"w{len(params)}"
         if t.prefix:
+            # Also unstemmed, as 'simple' reads it: the English configuration drops a stop
+            # word, and `over*`, `up*`, `under*` found nothing (overview, update, understand).
             params[name] = t.words[0] + ":*"
-            return f"to_tsquery('english', :{name})"
+            return f"(to_tsquery('english', :{name}) || to_tsquery('simple', :{name}))"
         params[name] = t.said or " ".join(t.words)
         return f"phraseto_tsquery('english', :{name})"
 

@@ -198,6 +198,24 @@ def test_an_exclusion_keeps_the_ranking(store: Store) -> None:
 
 
 @pytest.mark.parametrize(
+    "prefix", ["under*", "up*", "off*", "over*", "understanding OR rest -over*"]
+)
+def test_a_prefix_that_is_a_stop_word_finds_the_words_it_starts(store: Store, prefix: str) -> None:
+    """PostgreSQL's English configuration drops stop words from a query: `over*` asked for
+    nothing, and found nothing (SQLite found the overview)."""
+    document_id = add_document(store, b"stop words", "stop.txt")
+    words = "the understanding of the update, the office overview"
+    store.run(documents.store_extraction, document_id, extraction(words))
+    other = add_document(store, b"other", "other.txt")
+    store.run(documents.store_extraction, other, extraction("the rest of the text"))
+
+    hits = store.run(search.search, parse(prefix)).hits
+
+    expected = [other] if "-" in prefix else [document_id]
+    assert [hit.document_id for hit in hits] == expected
+
+
+@pytest.mark.parametrize(
     "token", ["example.com", "3.11.2", "report.pdf", "2024-05-01", "COVID-19", "x86-64"]
 )
 def test_a_dotted_or_hyphenated_token_finds_itself(store: Store, token: str) -> None:
