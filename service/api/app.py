@@ -18,7 +18,7 @@ from service.api.correlation import correlation_middleware
 from service.api.http_metrics import http_metrics_middleware
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.routes import dead_letters, documents, operations, tasks
-from service.api.security import REQUIRED, api_key_middleware
+from service.api.security import REQUIRED, api_key_middleware, cross_site_middleware
 from service.api.server import slow_body_middleware
 from service.api.services import Providers, Services
 from service.broker import doubles
@@ -86,11 +86,14 @@ def create_app(settings: Settings, *, publisher: TaskPublisher | None = None) ->
     keyed = Router(
         path="/",
         route_handlers=api,
-        middleware=(
-            [api_key_middleware(settings.api_keys, public_reads=settings.public_reads)]
-            if settings.api_keys
-            else []
-        ),
+        middleware=[
+            cross_site_middleware,
+            *(
+                [api_key_middleware(settings.api_keys, public_reads=settings.public_reads)]
+                if settings.api_keys
+                else []
+            ),
+        ],
         security=REQUIRED,
     )
     if settings.api_keys and settings.public_reads:

@@ -1,11 +1,16 @@
 """API keys: when DOCPROC_API_KEYS is set, every endpoint needs `Authorization: Bearer <key>` —
 reads too, since they return document text, dead-letter bodies and task errors — except
 /health, /ready, /metrics and the OpenAPI document. DOCPROC_PUBLIC_READS=true opens the reads
-again (GET and HEAD); writes always need a key."""
+again (GET and HEAD); writes always need a key.
+
+Keys or none, the API takes no write from another site's page (`cross_site_middleware`): with
+no keys set (the default), any page an operator had open could otherwise POST a redrive of
+every dead letter to it."""
 
 from __future__ import annotations
 
 import hmac
+from urllib.parse import urlsplit
 
 from litestar.enums import ScopeType
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
@@ -22,6 +27,9 @@ SECURITY_SCHEME = SecurityScheme(
 )
 REQUIRED: list[SecurityRequirement] = [{SCHEME: []}]
 READS = frozenset({"GET", "HEAD"})
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_OWN_SITE = frozenset({b"same-origin", b"none"})
+"""`Sec-Fetch-Site` of a request the page's own origin made, or the user (typed, bookmarked)."""
 
 
 def api_key_middleware(keys: tuple[str, ...], *, public_reads: bool) -> Middleware:
@@ -67,3 +75,44 @@ def valid_key(given: str | bytes, keys: tuple[str, ...] | tuple[bytes, ...]) -> 
     for key in keys:  # no early exit: the time taken says nothing about which key matched
         matched |= hmac.compare_digest(given, key.encode() if isinstance(key, str) else key)
     return matched
+
+
+def cross_site_middleware(app: ASGIApp) -> ASGIApp:
+    """403 for a write a browser sent from another site's page. Browsers say where a request
+    comes from (`Sec-Fetch-Site`; older ones `Origin` alone), and a form or a `no-cors` fetch
+    needs no CORS permission to be sent: the API has none to give, and served it. Programs (the
+    CLI, curl, a service) send neither header and are not concerned; nor are reads."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP and scope["method"] in WRITES:
+            _refuse_cross_site(scope)
+        await app(scope, receive, send)
+
+    return middleware
+
+
+def _refuse_cross_site(scope: Scope) -> None:
+    fetch_site = origin = host = None
+    for name, value in scope["headers"]:
+        if name == b"sec-fetch-site":
+            fetch_site = bytes(value).lower()
+        elif name == b"origin":
+            origin = bytes(value)
+        elif name == b"host":
+            host = bytes(value).lower()
+    if fetch_site is not None:
+        if fetch_site in _OWN_SITE:
+            return
+        came_from = f"Sec-Fetch-Site: {fetch_site.decode('latin-1')}"
+    elif origin is None:
+        return
+    else:
+        netloc = urlsplit(origin.decode("latin-1")).netloc.lower()
+        if netloc and netloc.encode("latin-1") == host:
+            return
+        came_from = f"Origin: {origin.decode('latin-1')[:100]}"
+    raise PermissionDeniedException(
+        detail=f"a write sent by another site's page is refused ({came_from}): docproc's API "
+        "serves no other site. Call it from a program (the CLI, curl, your service), or use "
+        "the console at /ui"
+    )

@@ -505,3 +505,43 @@ async def test_concurrent_retries_of_a_failed_document_publish_it_once(
     codes = sorted(answer.status_code for answer in answers)
     assert codes == [202] + [409] * 7
     assert len(publisher.sent) - sent_before == 1
+
+
+async def test_no_other_sites_page_can_change_anything_even_without_keys(
+    client: Client, store: Store, publisher: RecordingPublisher
+) -> None:
+    """With no API keys (the default), a page on another site an operator had open sent
+    `fetch(api + "/dead-letters/redrive", {method: "POST", mode: "no-cors", body: '{"all":
+    true, "include_delivery_limit": true}'})` — a text/plain body, no preflight — and every dead
+    letter was re-published, those that kill workers included."""
+    bury(store, dead_message(queue="retry_queue"))
+    body = b'{"all": true, "include_delivery_limit": true}'
+    plain = {"Content-Type": "text/plain"}
+    refused = [
+        await client.post("/dead-letters/redrive", content=body, headers=plain | headers)
+        for headers in (
+            {"Sec-Fetch-Site": "cross-site", "Origin": "http://elsewhere.example"},
+            {"Sec-Fetch-Site": "same-site", "Origin": "http://localhost:9"},  # another port
+            {"Origin": "http://elsewhere.example"},  # a browser without Sec-Fetch-Site
+            {"Origin": "null"},  # a sandboxed frame, a file
+        )
+    ]
+    upload = await client.post(
+        "/documents",
+        files={"file": ("x.txt", b"from elsewhere", "text/plain")},
+        headers={"Sec-Fetch-Site": "cross-site"},
+    )
+
+    for response in [*refused, upload]:
+        assert response.status_code == 403, response.text
+        assert response.headers["content-type"] == PROBLEM
+        assert "another site" in response.json()["detail"]
+    assert publisher.sent == []
+    assert store.run(redrives.listing) == [], "no job started"
+
+    own = client.headers.get("host") or httpx.URL(str(client.base_url)).netloc.decode()
+    for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Origin": f"http://{own}"}, {}):
+        dry = await client.post(
+            "/dead-letters/redrive", json={"all": True, "dry_run": True}, headers=headers
+        )
+        assert dry.status_code == 200, (headers, dry.text)
