@@ -12,7 +12,7 @@ from loguru import logger
 from service import pipeline, tessdata
 from service.errors import DocumentNotFound, TooLarge
 from service.settings import ENVIRONMENT, Settings
-from service.store import outcomes
+from service.store import outcomes, task_runs
 from service.store.database import Store
 from service.store.documents import Extraction
 from service.store.task_runs import Start, StepTime
@@ -76,12 +76,13 @@ def index_document(
         # A copy of the task's message (`task_runs.STARTED`): of a run that ended — its failure
         # is recorded, its dead letter stored or on its way; run again, it made a second — or
         # of a run another delivery is at work on, which ran side by side with it.
-        logger.warning(
-            "document {}: its task is {} already; a copy of its message skipped",
-            document_id,
-            upload.refused,
+        skipped = (
+            f"its task is {upload.refused}"
+            if upload.refused in task_runs.ENDED
+            else "another delivery of its task is at work on it"
         )
-        return {"document_id": document_id, "skipped": f"its task is {upload.refused}"}
+        logger.warning("document {}: {}; a copy of its message skipped", document_id, skipped)
+        return {"document_id": document_id, "skipped": skipped}
     if len(upload.content) > settings.max_upload_bytes:
         raise TooLarge(
             f"{len(upload.content)} bytes, more than DOCPROC_MAX_UPLOAD_BYTES="

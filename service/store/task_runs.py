@@ -123,6 +123,9 @@ class Start(msgspec.Struct, frozen=True, kw_only=True):
     busy_for: float = 0.0
     """Seconds a run's last sign of life — its start or progress, a retry's due time — says a
     delivery may still be at work on it: the hard time limit, and a minute. 0: none is."""
+    at: datetime = msgspec.field(default_factory=utcnow)
+    """When this delivery started: a start sent again, its answer lost after it committed
+    (`Store.run_alone`), finds its own start, not a copy's."""
 
 
 _FRESH: dict[str, Any] = {
@@ -349,6 +352,8 @@ def _build_started(insert_for: Callable[[Table], Any]) -> Executable:
             and_(task_runs.c.state.in_(AT_WORK), task_runs.c.updated_at > alive_after),
             and_(task_runs.c.state == "RETRY", task_runs.c.next_retry_at > alive_after),
         ),
+        # Not this delivery's own start, written by a send whose answer was lost.
+        task_runs.c.started_at.is_distinct_from(statement.excluded.started_at),
     )
     changed: dict[str, Any] = {name: statement.excluded[name] for name in _RESTARTED}
     # The failure of an attempt before (a retry's, kept in `retry_history`) is not this one's: a
@@ -400,9 +405,9 @@ def started_values(start: Start, now: datetime) -> dict[str, Any]:
         "p_queue": start.queue,
         "p_worker": start.worker,
         "p_correlation_id": start.correlation_id,
-        "p_created_at": now,
-        "p_started_at": now,
-        "p_updated_at": now,
+        "p_created_at": start.at,
+        "p_started_at": start.at,
+        "p_updated_at": start.at,
         "p_finished_at": None,
         "p_republished": start.republished,
         "p_redelivered": start.redelivered,

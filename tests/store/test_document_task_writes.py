@@ -364,8 +364,25 @@ def test_a_copy_of_the_first_message_does_not_start_a_run_another_delivery_is_at
         store, document_id, Settings(), start=first_copy(document_id, task_id), step_times=list
     )
 
-    assert done == {"document_id": document_id, "skipped": f"its task is {at_work}"}
+    assert done == {
+        "document_id": document_id,
+        "skipped": "another delivery of its task is at work on it",
+    }
     assert msgspec.to_builtins(store.run(task_runs.get, task_id)) == before
+
+
+def test_a_start_sent_again_after_its_answer_was_lost_is_its_own(store: Store) -> None:
+    """On PostgreSQL the start goes again when its connection is found dead (`Store.run_alone`):
+    it may have committed, its answer lost. Sent again, it found the run PROCESSING — started
+    by itself — refused itself as a copy, and the document was skipped, its run PROCESSING for
+    ever."""
+    document_id, task_id = accepted(store)
+    start = first_copy(document_id, task_id)
+    store.run_alone(outcomes.document_loaded, document_id, start)
+
+    run = started_again(store, document_id, start)
+
+    assert run.state == "PROCESSING"
 
 
 @pytest.mark.parametrize(
