@@ -30,10 +30,10 @@ _WORD = re.compile(r"[^\W_]+")  # letters and digits: both engines split words a
 class Term(msgspec.Struct, frozen=True):
     """One word, a phrase (several words in order), or a prefix (one word and what follows).
 
-    `said`: a phrase as the user wrote it, when nothing of it was cut. PostgreSQL's parser
-    keeps some tokens whole ("example.com", "3.11.2") and splits others its own way
-    ("COVID-19"): matched against the text as it indexed it, the phrase must be parsed the
-    same way, not rebuilt from our words."""
+    `said`: a phrase as the user wrote it, when that is other than its words and nothing of it
+    was cut (nor has it a control character). PostgreSQL's parser keeps some tokens whole
+    ("example.com", "3.11.2") and splits others its own way ("COVID-19"): the phrase is looked
+    for as it wrote them too, as well as as our words ("e-mail" inside "e-mail-address")."""
 
     words: tuple[str, ...]
     prefix: bool = False
@@ -56,8 +56,9 @@ def _term(text: str, *, quoted: bool) -> Term | None:
     if not words:
         return None
     if quoted:
-        whole = len(words) <= MAX_PHRASE and all(len(word) <= MAX_WORD for word in words)
-        return Term(words[:MAX_PHRASE], said=text.strip() if whole and len(words) > 1 else None)
+        said = text.strip()
+        kept = said.isprintable() and len(words) <= MAX_PHRASE and max(map(len, words)) <= MAX_WORD
+        return Term(words[:MAX_PHRASE], said=said if kept and said != " ".join(words) else None)
     prefix = text.endswith("*") and len(words) == 1
     return Term(words[-1:] if len(words) == 1 else words, prefix=prefix)
 

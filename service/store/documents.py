@@ -263,7 +263,8 @@ def renew_claims(
 
     A publish whose confirm is late (RabbitMQ blocked) may end confirmed minutes later. While it
     waits, its claim must hold: lapsed, beat's sweeper published a second message of the task.
-    One UPDATE for each stamp: after the first renewal, all that are renewed together share one.
+    One UPDATE for each stamp (after the first renewal, all that are renewed together share one)
+    and each RENEWED_AT_ONCE documents.
     """
     by_stamp: dict[datetime | None, list[str]] = {}
     for document_id, stamp in held.items():
@@ -275,17 +276,22 @@ def renew_claims(
             if stamp is None
             else documents.c.updated_at == stamp
         )
-        renewed.update(
-            connection.execute(
-                update(documents)
-                .where(
-                    documents.c.id.in_(document_ids), documents.c.published_at.is_(None), still_held
-                )
-                .values(updated_at=now)
-                .returning(documents.c.id)
-            ).scalars()
-        )
+        for at in range(0, len(document_ids), RENEWED_AT_ONCE):
+            some = document_ids[at : at + RENEWED_AT_ONCE]
+            renewed.update(
+                connection.execute(
+                    update(documents)
+                    .where(documents.c.id.in_(some), documents.c.published_at.is_(None), still_held)
+                    .values(updated_at=now)
+                    .returning(documents.c.id)
+                ).scalars()
+            )
     return renewed
+
+
+RENEWED_AT_ONCE = 1000
+"""Claims renewed by one UPDATE: an IN list of all of them went past PostgreSQL's 65,535
+parameters when RabbitMQ stayed blocked under steady uploads, and no renewal went through."""
 
 
 def release_claim(connection: Connection, document_id: str, claimed_at: datetime) -> None:

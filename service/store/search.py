@@ -209,8 +209,13 @@ def tsquery(query: Query) -> tuple[str, str, dict[str, str]]:
             # word, and `over*`, `up*`, `under*` found nothing (overview, update, understand).
             params[name] = t.words[0] + ":*"
             return f"(to_tsquery('english', :{name}) || to_tsquery('simple', :{name}))"
-        params[name] = t.said or " ".join(t.words)
-        return f"phraseto_tsquery('english', :{name})"
+        params[name] = " ".join(t.words)
+        if t.said is None:
+            return f"phraseto_tsquery('english', :{name})"
+        # As PostgreSQL parses what was written ("example.com" is one token in the index), or
+        # as its words ("e-mail" within "e-mail-address", kept as its parts): either matches.
+        params[f"{name}s"] = t.said
+        return f"(phraseto_tsquery('english', :{name}s) || phraseto_tsquery('english', :{name}))"
 
     clauses = ["(" + " || ".join(term(t) for t in c) + ")" for c in query.clauses]
     ranked = " && ".join(clauses)

@@ -229,6 +229,41 @@ def test_a_dotted_or_hyphenated_token_finds_itself(store: Store, token: str) -> 
     assert [hit.document_id for hit in hits] == [document_id]
 
 
+@pytest.mark.parametrize(
+    ("query", "text"),
+    [
+        ("e-mail", "fill in the e-mail-address field"),
+        ("self-driving", "a self-driving-car company"),
+        ('"e-mail address"', "fill in the e-mail-address field"),
+        ("storm -e-mail", "storm report"),
+    ],
+)
+def test_a_hyphenated_word_is_found_inside_a_longer_compound(
+    store: Store, query: str, text: str
+) -> None:
+    """Read as PostgreSQL parses it, "e-mail" is one token, which "e-mail-address" does not
+    hold: it must be looked for as its words too (an exclusion likewise)."""
+    document_id = add_document(store, text.encode(), "compound.txt")
+    store.run(documents.store_extraction, document_id, extraction(text))
+    if query.startswith("storm"):
+        excluded = add_document(store, b"excluded", "excluded.txt")
+        store.run(documents.store_extraction, excluded, extraction("storm e-mail-address"))
+
+    hits = store.run(search.search, parse(query)).hits
+
+    assert [hit.document_id for hit in hits] == [document_id]
+
+
+@pytest.mark.parametrize("query", ['"storm\x00gale"', "storm-\x00gale", '"storm \x01 gale"'])
+def test_a_control_character_in_a_phrase_only_separates_words(store: Store, query: str) -> None:
+    document_id = add_document(store, b"storm gale", "gale.txt")
+    store.run(documents.store_extraction, document_id, extraction("a storm gale"))
+
+    hits = store.run(search.search, parse(query)).hits
+
+    assert [hit.document_id for hit in hits] == [document_id]
+
+
 @pytest.mark.parametrize("query", ["storm -storm", "-storm storm", "rain OR storm -rain -storm"])
 def test_a_query_that_excludes_what_it_needs_is_refused_saying_so(query: str) -> None:
     """ "storm -storm" found every storm (the exclusion dropped); "-storm storm" was refused as

@@ -257,6 +257,16 @@ def test_a_claim_is_renewed_only_while_it_is_held(store: Store) -> None:
     )
 
 
+def test_claims_are_renewed_however_many_publishes_wait(store: Store) -> None:
+    """RabbitMQ blocked under steady uploads: 70,000 claims in one IN list went past
+    PostgreSQL's 65,535 parameters, and no renewal went through again."""
+    document_id = add_document(store, b"the last of many", "last.txt")
+    held: dict[str, datetime | None] = {f"gone-{n}": None for n in range(70_000)}
+    held[document_id] = None
+
+    assert store.run(documents.renew_claims, held, datetime.now(UTC)) == {document_id}
+
+
 def lost_document(store: Store) -> tuple[str, datetime]:
     """A document accepted and whose task message was confirmed an hour ago, never started, and
     a time before which reconciliation finds it lost."""
