@@ -76,6 +76,16 @@ class Conflict(DocprocError):
     """The request does not fit the state of what it names (retrying a task that succeeded)."""
 
 
+class Caution(Conflict):
+    """A Conflict its caller may overrule with `force=true`, once it has read why (a letter
+    re-published before, dead at the delivery limit, in doubt): its problem carries the why
+    alone as `caution`, which the console shows before it asks whether to force."""
+
+    def __init__(self, caution: str, overrule: str) -> None:
+        super().__init__(f"{caution}. {overrule}")
+        self.caution = caution
+
+
 class ProcessingError(DocprocError):
     """A document could not be processed."""
 

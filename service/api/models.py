@@ -222,6 +222,10 @@ class DeadLetterSummary(msgspec.Struct, kw_only=True):
     republish_count: int
     republished_at: datetime | None
     discarded_at: datetime | None
+    superseded_at: Annotated[
+        datetime | None,
+        msgspec.Meta(description="when its task succeeded after all: history, not a failure"),
+    ] = None
 
 
 class DeadLetterDetail(DeadLetterSummary, kw_only=True):
@@ -302,6 +306,18 @@ class RedriveRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ),
     ] = False
     rate: Rate = 10.0
+    expected: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                description="the number of letters a dry run counted and the operator confirmed: "
+                "when the filters match another number now (letters died or were handled since), "
+                "409, and nothing starts",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class Count(msgspec.Struct, kw_only=True):

@@ -19,6 +19,8 @@ PathId = Annotated[str, PathParameter(max_length=MAX_LENGTH, pattern=PRINTABLE)]
 
 QueryText = Annotated[str | None, QueryParameter(max_length=MAX_LENGTH, pattern=PRINTABLE)]
 """A filter value in the query string."""
+SEARCH_LENGTH = 500
+"""The longest search a query string may carry (`/search`, and the console's search page)."""
 
 
 def no_nul_in_path(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:

@@ -15,6 +15,7 @@ from service.api.http_metrics import count_unrouted
 from service.errors import (
     BadRequest,
     BrokerUnavailable,
+    Caution,
     Conflict,
     CorruptFile,
     DatabaseError,
@@ -60,6 +61,8 @@ def on_docproc_error(request: Request[Any, Any, Any], exc: DocprocError) -> Resp
         if isinstance(exc, kind):
             if status >= 500:
                 logger.warning("{} {}: {}", request.method, request.url.path, exc)
+            if isinstance(exc, Caution):  # what `force=true` would overrule, said alone
+                return problem(status, title, str(exc), caution=exc.caution)
             return problem(status, title, str(exc))
     return on_unexpected(request, exc)
 

@@ -24,7 +24,7 @@ from service import telemetry
 from service.broker.publisher import TaskPublisher
 from service.deadletters.headers import from_json
 from service.deadletters.parsing import REPUBLISH_COUNT_HEADER
-from service.errors import Conflict, DatabaseError, NotFound, NotSent, Unroutable
+from service.errors import Caution, Conflict, DatabaseError, NotFound, NotSent, Unroutable
 from service.store import dead_letters, task_runs
 from service.store.database import RECORD_PATIENCE, AsyncStore
 from service.store.dead_letters import DeadLetter
@@ -234,9 +234,9 @@ async def republish(
     assert letter is not None
     cautions = _cautions(letter)
     if cautions and not force:
-        raise Conflict(
-            f"dead letter {dead_letter_id} was not re-published: {'; '.join(cautions)}. "
-            "Add ?force=true to re-publish it all the same"
+        raise Caution(
+            f"dead letter {dead_letter_id} was not re-published: {'; '.join(cautions)}",
+            "Add ?force=true to re-publish it all the same",
         )
     message = message_for(letter)
     try:

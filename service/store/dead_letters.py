@@ -21,6 +21,7 @@ from sqlalchemy import (
     update,
 )
 
+from service.errors import Conflict
 from service.grouping import fingerprint
 from service.ids import new_id
 from service.store import cursors
@@ -523,8 +524,12 @@ def discard(connection: Connection, dead_letter_id: str, *, force: bool = False)
     return bool(result.rowcount)
 
 
-def discard_matching(connection: Connection, filters: Filters, *, force: bool = False) -> int:
-    """Discard the letters `filters` match — those in doubt only if `force` (`discard`)."""
+def discard_matching(
+    connection: Connection, filters: Filters, *, force: bool = False, expected: int | None = None
+) -> int:
+    """Discard the letters `filters` match — those in doubt only if `force` (`discard`). With
+    `expected` (the count the operator confirmed), a Conflict, nothing discarded, when they are
+    another number now: letters of the group died, or were handled, since it was counted."""
     now = utcnow()
     ids = select(dead_letters.c.id)
     if not force:
@@ -535,7 +540,17 @@ def discard_matching(connection: Connection, filters: Filters, *, force: bool = 
         .where(dead_letters.c.discarded_at.is_(None))
         .values(discarded_at=now, updated_at=now)
     )
-    return int(result.rowcount or 0)
+    discarded = int(result.rowcount or 0)
+    if expected is not None and discarded != expected:
+        raise Conflict(not_as_counted(discarded, expected, "discarded"))
+    return discarded
+
+
+def not_as_counted(matched: int, expected: int, done: str) -> str:
+    return (
+        f"{matched} letter(s) match now, not the {expected} counted and confirmed: nothing was "
+        f"{done}. Count again, and confirm what is there now"
+    )
 
 
 def purge(

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import msgspec
 from sqlalchemy import Connection, bindparam, case, func, insert, or_, select, update
 
+from service.errors import Conflict
 from service.ids import new_id
 from service.store import dead_letters
 from service.store.database import Keyed, as_struct
@@ -44,14 +45,19 @@ class Redrive(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: datetime | None
 
 
-def create(connection: Connection, filters: Filters, rate: float) -> Redrive:
+def create(
+    connection: Connection, filters: Filters, rate: float, *, expected: int | None = None
+) -> Redrive:
     """A job over the letters `filters` match now. Each item keeps its letter's `republished_at`
     as read (`seen_republished_at`): a letter re-published, or claimed, after that — by hand, by
     another job, or by this one before it stopped — is not taken again
     (`dead_letters.claim_for_redrive`), whichever host's clock stamped it, and whenever its
-    transaction committed."""
+    transaction committed. With `expected` (the count the operator confirmed), a Conflict and no
+    job when the filters match another number now."""
     now = utcnow()
     matched = dead_letters.matching(connection, filters)
+    if expected is not None and len(matched) != expected:
+        raise Conflict(dead_letters.not_as_counted(len(matched), expected, "started"))
     redrive_id = new_id()
     connection.execute(
         insert(redrives).values(

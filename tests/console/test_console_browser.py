@@ -225,6 +225,43 @@ async def test_a_group_of_letters_that_killed_workers_is_redriven_only_when_aske
     )
 
 
+async def test_a_caution_is_read_before_it_is_overruled_and_a_count_is_what_is_taken(
+    signed_in: Tab, console: Running
+) -> None:
+    """The Re-publish button of a letter re-published before sent force=true after a dialog
+    that named only that — overruling a death at the delivery limit it never showed. A group's
+    discard, confirmed for the letters counted, took every one that had died since."""
+    store = Store(f"sqlite:///{console.directory / 'var' / 'docproc.db'}")
+    task = f"docproc.maintenance.caution{time.time_ns()}"
+    try:
+        [letter_id] = bury(store, dead_message(queue="celery", task=task, reason="delivery_limit"))
+        letter = store.run(dead_letters.get, letter_id)
+        assert letter is not None
+        page = signed_in.page
+        await signed_in.go(f"/ui/dead-letters/{letter_id}")
+        await page.get_by_role("button", name="Re-publish to celery").click()
+        dialog = page.get_by_role("dialog")
+        await expect(dialog).to_contain_text("it died at the delivery limit")
+        await expect(dialog).to_contain_text("Re-publish it all the same?")
+        await dialog.get_by_role("button", name="Cancel").click()
+        signed_in.refused(409, f"/ui/api/dead-letters/{letter_id}/republish")
+        assert store.run(dead_letters.get, letter_id).republish_count == 0  # type: ignore[union-attr]
+
+        await signed_in.go(f"/ui/dead-letters/groups/{letter.fingerprint}")
+        await page.get_by_role("button", name="Discard the group's active letters…").click()
+        await expect(dialog).to_contain_text("Discard 1 active dead letter(s) of this group?")
+        bury(store, dead_message(queue="celery", task=task, reason="delivery_limit"))  # meanwhile
+        await dialog.get_by_role("button", name="Discard 1 letter(s)").click()
+        await expect(page.locator("#notice")).to_contain_text(
+            "2 letter(s) match now, not the 1 counted and confirmed: nothing was discarded"
+        )
+        signed_in.refused(409, f"/ui/api/dead-letters/groups/{letter.fingerprint}")
+        active = dead_letters.Filters(group=letter.fingerprint)
+        assert len(store.run(dead_letters.matching, active)) == 2
+    finally:
+        store.close()
+
+
 async def _until_active(tab: Tab, count: int) -> None:
     """The group page, reloaded until `count` of its letters are active."""
 

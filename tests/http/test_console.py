@@ -17,10 +17,11 @@ from litestar.testing import AsyncTestClient
 from service.api.app import create_app
 from service.pipeline import Chunk
 from service.settings import Settings
-from service.store import documents, task_runs
+from service.store import dead_letters, documents, task_runs
 from service.store.database import Store
 from service.store.documents import Extraction
 from tests.api.test_dead_letters_api import bury, dead_message
+from tests.api.test_documents_api import processed
 from tests.http.conftest import Client
 from tests.support import RecordingPublisher
 
@@ -304,3 +305,44 @@ async def test_a_session_cookie_holding_anything_but_ascii_is_no_session_not_a_5
     assert page.status_code == 303, "asked to sign in"
     assert login.status_code == 200
     assert api.status_code == 401
+
+
+async def test_a_letter_whose_task_succeeded_since_shows_as_superseded(
+    client: Client, store: Store
+) -> None:
+    """Listed under `status=superseded`, each row said "active", and so did the letter's page."""
+    [letter] = bury(store, dead_message())
+    store.run(dead_letters.supersede, str(store.run(dead_letters.get, letter).task_id))  # type: ignore[union-attr]
+
+    listed = (await client.get("/ui/dead-letters", params={"status": "superseded"})).text
+    page = (await client.get(f"/ui/dead-letters/{letter}")).text
+    answer = (await client.get(f"/dead-letters/{letter}")).json()
+
+    assert '<td data-label="status">superseded</td>' in listed
+    assert "<dt>status</dt><dd>superseded: its task succeeded" in page
+    assert answer["superseded_at"] is not None
+
+
+async def test_the_search_page_takes_every_query_the_api_takes(client: Client) -> None:
+    """Its form and /search take 500 characters; the page refused more than 255 (a 400)."""
+    query = "lighthouse " * 45 + "storm keeper"  # 507 characters
+    query = query[:500]
+
+    page = await client.get("/ui/search", params={"q": query})
+    longer = await client.get("/ui/search", params={"q": query + "x"})
+
+    assert page.status_code == 200
+    assert longer.status_code == 400
+
+
+async def test_a_document_pages_json_link_is_one_the_console_may_follow(
+    client: Client, store: Store
+) -> None:
+    """It linked to /documents/{id}/text, which takes a bearer key only: with keys set, a 401."""
+    document_id = (await upload(client)).json()["document_id"]
+    processed(store, document_id)
+
+    page = (await client.get(f"/ui/documents/{document_id}")).text
+
+    assert f'<a href="/ui/api/documents/{document_id}/text">As JSON</a>' in page
+    assert (await client.get(f"/ui/api/documents/{document_id}/text")).status_code == 200

@@ -545,3 +545,35 @@ async def test_no_other_sites_page_can_change_anything_even_without_keys(
             "/dead-letters/redrive", json={"all": True, "dry_run": True}, headers=headers
         )
         assert dry.status_code == 200, (headers, dry.text)
+
+
+async def test_a_redrive_or_a_discard_takes_what_was_counted_or_nothing(
+    client: Client, store: Store, publisher: RecordingPublisher
+) -> None:
+    """The console counted, the operator confirmed "Redrive 1 letter(s)" — and the job took
+    every letter that had died meanwhile (31); "Discard 1 letter(s)" discarded 51. With the
+    count it confirmed (`expected`), a request that would take another number is a 409."""
+    [first] = bury(store, dead_message(error="a"), error=("CorruptFile", "not a PDF"))
+    group = str(store.run(dead_letters.get, first).fingerprint)  # type: ignore[union-attr]
+    counted = await client.post(
+        "/dead-letters/redrive",
+        json={"group": group, "dry_run": True, "include_delivery_limit": True},
+    )
+    assert counted.json()["matched"] == 1
+    bury(store, dead_message(error="a"), error=("CorruptFile", "not a PDF"))  # died meanwhile
+    assert len(store.run(dead_letters.matching, Filters(group=group))) == 2, "one group"
+
+    started = await client.post(
+        "/dead-letters/redrive", json={"group": group, "expected": 1, "rate": 50}
+    )
+    discarded = await client.delete(f"/dead-letters/groups/{group}", params={"expected": 1})
+
+    for response in (started, discarded):
+        assert response.status_code == 409, response.text
+        assert response.headers["content-type"] == PROBLEM
+        assert "2 letter(s) match now, not the 1 counted" in response.json()["detail"]
+    assert store.run(redrives.listing) == [], "no job"
+    assert len(store.run(dead_letters.matching, Filters(group=group))) == 2, "none discarded"
+
+    as_counted = await client.delete(f"/dead-letters/groups/{group}", params={"expected": 2})
+    assert as_counted.json()["discarded"] == 2

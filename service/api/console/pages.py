@@ -17,7 +17,7 @@ from litestar.response import Redirect, Template
 from sqlalchemy import Connection
 
 from service.api.console import session
-from service.api.params import MAX_LENGTH, PRINTABLE, PathId, QueryText
+from service.api.params import MAX_LENGTH, PRINTABLE, SEARCH_LENGTH, PathId, QueryText
 from service.api.problems import on_docproc_error, on_http_exception, on_unexpected
 from service.api.routes.dead_letters import (
     BODY_PREVIEW,
@@ -205,7 +205,7 @@ async def document_page(
 @get("/search", name="console:search")
 async def search_page(
     request: Request[Any, Any, Any],
-    q: QueryText = None,
+    q: Annotated[str | None, QueryParameter(max_length=SEARCH_LENGTH)] = None,
     document_type: Annotated[
         str | None, QueryParameter(name="type", max_length=MAX_LENGTH, pattern=PRINTABLE)
     ] = None,

@@ -31,7 +31,7 @@ from service.api.tracebacks import relative_paths
 from service.deadletters import republish as republishing
 from service.deadletters.headers import plain
 from service.deadletters.republish import Republished
-from service.errors import BadRequest, Conflict, NotFound
+from service.errors import BadRequest, Caution, Conflict, NotFound
 from service.store import dead_letters, redrives
 from service.store.dead_letters import DeadLetter, Filters, Status
 from service.store.redrives import Redrive
@@ -70,6 +70,7 @@ def summary_of(letter: DeadLetter) -> DeadLetterSummary:
         republish_count=letter.republish_count,
         republished_at=letter.republished_at,
         discarded_at=letter.discarded_at,
+        superseded_at=letter.superseded_at,
     )
 
 
@@ -204,19 +205,25 @@ async def list_groups(*, store: StoreDep, filters: NamedDependency[Filters]) -> 
 @delete(
     "/dead-letters/groups/{group:str}",
     status_code=200,
-    responses=errors(401, 403, 503),
+    responses=errors(401, 403, 409, 503),
     tags=TAGS,
     summary="Discard every active dead letter of a group",
     description="Letters in doubt — taken for a re-publishing that was never recorded: it may be "
     "under way, or it went out and its publisher stopped — are left as they are and counted in "
     "`in_doubt`, unless `force=true`: a letter both discarded and back in its queue would say it "
-    "was not.",
+    "was not. With `expected` (the count the operator confirmed), 409 and nothing discarded when "
+    "the group holds another number of such letters now.",
 )
 async def discard_group(
-    group: PathId, store: StoreDep, force: FromQuery[bool] = False
+    group: PathId,
+    store: StoreDep,
+    force: FromQuery[bool] = False,
+    expected: Annotated[int | None, QueryParameter(ge=0)] = None,
 ) -> Discarded:
     filters = Filters(group=group)
-    count = await store.write(dead_letters.discard_matching, filters, force=force)
+    count = await store.write(
+        dead_letters.discard_matching, filters, force=force, expected=expected
+    )
     in_doubt = await store.run(dead_letters.in_doubt_count, filters)
     return Discarded(discarded=count, in_doubt=in_doubt)
 
@@ -303,11 +310,11 @@ async def discard(dead_letter_id: PathId, store: StoreDep, force: FromQuery[bool
             when = letter.discarded_at.isoformat()
             raise Conflict(f"dead letter {dead_letter_id} was discarded already, at {when}")
         if letter.republished_at is not None and dead_letters.in_doubt(letter):
-            raise Conflict(
+            raise Caution(
                 f"dead letter {dead_letter_id} was taken for re-publishing at "
                 f"{letter.republished_at.isoformat()}, which was never recorded: it may be going "
-                "out now, or it went out and its publisher stopped; force=true discards it all "
-                "the same"
+                "out now, or it went out and its publisher stopped",
+                "force=true discards it all the same",
             )
     raise Conflict(f"dead letter {dead_letter_id} kept changing; try again")
 
@@ -325,7 +332,7 @@ LAST_DELIVERY = ("delivery_limit",)
             description="a dry run: what would be re-published",
             generate_examples=False,
         ),
-        **errors(400, 401, 403, 503),
+        **errors(400, 401, 403, 409, 503),
     },
     tags=TAGS,
     summary="Re-publish many dead letters, by filter, at a chosen rate",
@@ -374,7 +381,7 @@ async def start_redrive(
             ],
         )
         return Response(preview, status_code=200)
-    job = await store.write(redrives.create, filters, data.rate)
+    job = await store.write(redrives.create, filters, data.rate, expected=data.expected)
     redrives_runner.wake.set()
     return Response(
         redrive_of(job),

@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 
 from service.api.correlation import correlation_id_of
 from service.api.models import Accepted, DocumentOut, DocumentText, SearchResults
-from service.api.params import MAX_LENGTH, PathId
+from service.api.params import MAX_LENGTH, SEARCH_LENGTH, PathId
 from service.api.problems import UPLOAD
 from service.api.responses import errors
 from service.api.services import IntakeDep, SettingsDep, StoreDep
@@ -311,7 +311,9 @@ async def search_documents(
     filters: NamedDependency[search.Filters],
     q: Annotated[
         str,
-        QueryParameter(min_length=1, max_length=500, examples=[Example(value="lighthouse keeper")]),
+        QueryParameter(
+            min_length=1, max_length=SEARCH_LENGTH, examples=[Example(value="lighthouse keeper")]
+        ),
     ],
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 10,
 ) -> SearchResults:

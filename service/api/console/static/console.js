@@ -41,7 +41,10 @@ async function api(method, path, body) {
   const text = await response.text();
   const answer = text ? JSON.parse(text) : null;
   if (!response.ok) {
-    throw new Error((answer && (answer.detail || answer.title)) || response.statusText);
+    const error = new Error((answer && (answer.detail || answer.title)) || response.statusText);
+    error.status = response.status;
+    error.caution = answer && answer.caution; // a 409 that force=true would overrule
+    throw error;
   }
   return answer;
 }
@@ -88,7 +91,10 @@ function confirmDialog(text, okLabel) {
   });
 }
 
-// Buttons that call the API: data-action (the method), data-path, optional data-confirm.
+// Buttons that call the API: data-action (the method), data-path, optional data-confirm. With
+// data-forceable (the question), a caution the API answers (409: re-published before, died at
+// the delivery limit, its task succeeded since, in doubt) is shown as it says it, and only a yes
+// sends the request again with force: a button never overrules what its operator was not shown.
 function wireAction(button) {
   button.addEventListener("click", async () => {
     if (button.dataset.confirm && !(await confirmDialog(button.dataset.confirm, button.textContent))) {
@@ -98,8 +104,17 @@ function wireAction(button) {
     button.disabled = true;
     if (button.dataset.busy) button.textContent = button.dataset.busy;
     try {
-      const path = button.dataset.path + (button.dataset.force ? "?force=true" : "");
-      await api(button.dataset.action, path);
+      try {
+        await api(button.dataset.action, button.dataset.path);
+      } catch (error) {
+        if (!error.caution || !button.dataset.forceable) throw error;
+        if (!(await confirmDialog(error.caution + ". " + button.dataset.forceable, label))) {
+          button.disabled = false;
+          button.textContent = label;
+          return;
+        }
+        await api(button.dataset.action, button.dataset.path + "?force=true");
+      }
       notice(label.replace("…", "") + ": done.", "ok");
       if (button.dataset.done === "reload") setTimeout(() => location.reload(), 400);
       for (const region of document.querySelectorAll("[data-live]")) region.refresh && region.refresh();
@@ -279,6 +294,7 @@ function redrive(section) {
   const start = part("start");
   const cancel = part("cancel");
   let job = null;
+  let counted = null;
   const asked = () => ({ ...filters, include_delivery_limit: part("poison").checked });
   // What was counted is what a start takes: a changed choice asks for a count again.
   part("poison").addEventListener("change", () => {
@@ -295,6 +311,7 @@ function redrive(section) {
       part("preview").textContent =
         preview.matched + " letter(s) would be re-published" + (queues ? " (" + queues + ")" : "") +
         (left ? "; left out: " + left : "") + ". Nothing was published.";
+      counted = preview.matched;
       start.disabled = preview.matched === 0;
       start.textContent = "Redrive " + preview.matched + " letter(s)";
     } catch (error) {
@@ -326,7 +343,8 @@ function redrive(section) {
     start.disabled = true;
     try {
       const rate = Number(part("rate").value) || 50;
-      job = await api("POST", "/dead-letters/redrive", { ...asked(), rate });
+      // What was counted, or nothing: letters that died or were handled since are a 409.
+      job = await api("POST", "/dead-letters/redrive", { ...asked(), rate, expected: counted });
       part("progress").hidden = false;
       cancel.hidden = false;
       const link = document.createElement("a");
@@ -337,7 +355,7 @@ function redrive(section) {
       follow();
     } catch (error) {
       part("preview").textContent = error.message;
-      start.disabled = false;
+      start.disabled = error.status === 409; // count again first
     }
   });
 
@@ -361,7 +379,11 @@ function discardGroup(button) {
         "Discard " + preview.matched + " active dead letter(s) of this group? They stay on record as discarded, " +
         "and leave the counts and every redrive.";
       if (!(await confirmDialog(question, "Discard " + preview.matched + " letter(s)"))) return;
-      const done = await api("DELETE", "/dead-letters/groups/" + encodeURIComponent(group));
+      // What was counted, or nothing: letters that died or were handled since are a 409.
+      const done = await api(
+        "DELETE",
+        "/dead-letters/groups/" + encodeURIComponent(group) + "?expected=" + preview.matched,
+      );
       notice(
         "Discarded " + done.discarded + " letter(s)." +
           (done.in_doubt ? " " + done.in_doubt + " left as they are: their re-publishing may be under way." : ""),
