@@ -17,12 +17,13 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 from loguru import logger
 
 from service.broker import consumer_timeout
+from service.broker.connection import BROKER_ERRORS
 from service.broker.declarer import consumer_counts
 from service.broker.management import Management
 from service.errors import ConfigError, DocprocError, abort
@@ -34,9 +35,17 @@ START_ORDER = ("dlq", "worker", "beat", "api")
 STOP_ORDER = ("api", "beat", "worker", "dlq")
 STOP_TIMEOUT = {"api": 25.0, "beat": 10.0, "worker": 60.0, "dlq": 20.0}
 READY_TIMEOUT = 60.0
+PROBE_TIMEOUT = 10.0
+"""The longest a look at RabbitMQ's consumers may take while `up` waits for its children: a
+broker that stalls (a network path that swallows traffic) is "not ready yet", and Ctrl-C is
+heard within it."""
+_PROBE_FAILED: tuple[type[BaseException], ...] = (DocprocError, *BROKER_ERRORS)
 MAX_RESTARTS = 5
-"""Deaths within RESTART_WINDOW after which `up` gives up on a child."""
-RESTART_WINDOW = 60.0
+"""Deaths in a row, each within STABLE_AFTER of the child's start, after which `up` gives up."""
+STABLE_AFTER = 60.0
+"""Seconds a child runs before a death of it counts as a first again. Deaths were counted
+within a window of 60 s instead: a child that died 8 s after each start, the pauses between
+starts included, never had six in a window, and was restarted for ever."""
 LONGEST_RESTART_PAUSE = 30.0
 
 
@@ -51,9 +60,12 @@ def _die_with_parent() -> None:
 class Child:
     name: str
     process: asyncio.subprocess.Process | None = None
-    deaths: list[float] = field(default_factory=list)
+    started_at: float = 0.0
+    deaths: int = 0
+    """Deaths in a row, each within STABLE_AFTER of its start."""
 
     async def start(self) -> None:
+        self.started_at = time.monotonic()
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -139,8 +151,12 @@ class Supervisor:
         except httpx.HTTPError:
             missing.append("api")
         try:
-            queues = await consumer_counts(self.settings, [*WORK_QUEUES, DEAD_LETTER_QUEUE])
-        except DocprocError:
+            queues = await asyncio.wait_for(
+                consumer_counts(self.settings, [*WORK_QUEUES, DEAD_LETTER_QUEUE]), PROBE_TIMEOUT
+            )
+        except _PROBE_FAILED as exc:
+            # Not there yet, or its connection dropped or stalled: the next look says.
+            logger.debug("RabbitMQ's consumers could not be read yet: {}", exc)
             return [*missing, "worker", "dlq"]
         if not all(queues.get(name, 0) > 0 for name in WORK_QUEUES):
             missing.append("worker")
@@ -149,17 +165,19 @@ class Supervisor:
         return missing
 
     def _check_children(self) -> list[Child]:
-        """The children that died; raises GaveUp for one that keeps dying."""
+        """The children that died; raises GaveUp for one that keeps dying: more than
+        MAX_RESTARTS times in a row, each soon after its start."""
         dead = []
         now = time.monotonic()
         for child in self.children.values():
             if child.process is not None and child.process.returncode is not None:
-                child.deaths = [t for t in child.deaths if now - t < RESTART_WINDOW] + [now]
-                if len(child.deaths) > MAX_RESTARTS:
+                soon = now - child.started_at < STABLE_AFTER
+                child.deaths = child.deaths + 1 if soon else 1
+                if child.deaths > MAX_RESTARTS:
                     raise GaveUp(
                         f"the {child.name} process keeps dying (exit status "
-                        f"{child.process.returncode}, {len(child.deaths)} times within "
-                        f"{RESTART_WINDOW:g} s); its log lines above say why"
+                        f"{child.process.returncode}, {child.deaths} times in a row, each within "
+                        f"{STABLE_AFTER:g} s of its start); its log lines above say why"
                     )
                 dead.append(child)
         return dead
@@ -175,7 +193,7 @@ class Supervisor:
         for child in self._check_children():
             assert child.process is not None
             pause = min(
-                self.settings.restart_delay * 2 ** (len(child.deaths) - 1), LONGEST_RESTART_PAUSE
+                self.settings.restart_delay * 2 ** (child.deaths - 1), LONGEST_RESTART_PAUSE
             )
             logger.bind(child=child.name, exit_status=child.process.returncode).warning(
                 "{} exited with status {}; restarting it in {:g} s",
