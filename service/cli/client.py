@@ -13,9 +13,10 @@ from urllib.parse import quote, urlencode
 
 import click
 import urllib3
+from click.core import ParameterSource
 
 from service.cli.deadlines import Deadline, Deadlines
-from service.errors import BrokerUnavailable, DocprocError, abort
+from service.errors import BrokerUnavailable, ConfigError, DocprocError, abort
 
 API_KEY_VARIABLE = "DOCPROC_API_KEY"
 CLIENT_KEEP_ALIVE = 2
@@ -37,11 +38,60 @@ UPLOAD_PACE = 1_000_000
 """Bytes a second the deadline allows a request's body: a 50 MB upload (the API's default limit)
 may take 80 s."""
 
+ANSWER_LIMIT = 256 * 1024 * 1024
+"""Bytes of an answer's body the client reads at most: the largest the API gives is a
+document's text, at most DOCPROC_MAX_CHARS characters (10 million by default), 40 MB of JSON at
+4 bytes a character; this leaves room for a limit raised six-fold, while an endless answer
+(another service at --api) ends in one line, not in a MemoryError."""
+
+READ_SIZE = 1024 * 1024
+"""Bytes an answer's body is read by."""
+
+API_SETTINGS = ("DOCPROC_API_HOST", "DOCPROC_API_PORT")
+"""Where --api is when it is not given."""
+
 
 def default_api_url() -> str:
     host = os.environ.get("DOCPROC_API_HOST", "127.0.0.1")
     port = os.environ.get("DOCPROC_API_PORT", "8000")
     return f"http://{host}:{port}"
+
+
+def address_problem(url: str) -> str | None:
+    """What keeps `url` from being an address of the API; None when nothing does."""
+    try:
+        parts = urllib3.util.parse_url(url)
+    except urllib3.exceptions.LocationParseError:
+        return "not a valid address (its host or port)"
+    if parts.scheme not in ("http", "https") or not parts.host:
+        return "not an http:// or https:// address"
+    return None
+
+
+def _checked_address(context: click.Context, parameter: click.Parameter, url: str) -> str:
+    """--api, or the address its settings make, as a one-line reason when it is not one: a
+    usage error for the option, a setting's error (exit 78, as `docproc up` says it) for the
+    variables, never urllib3's traceback."""
+    problem = address_problem(url)
+    if problem is None:
+        return url
+    if context.get_parameter_source(str(parameter.name)) is ParameterSource.DEFAULT:
+        values = ", ".join(
+            f"{name}={os.environ[name]!r}" for name in API_SETTINGS if name in os.environ
+        )
+        abort(
+            ConfigError(
+                printable(
+                    f"{values} is not allowed: {url} is {problem}; set a host name or IP "
+                    "address, and a port from 1 to 65535 (or pass --api)"
+                )
+            )
+        )
+    raise click.BadParameter(
+        printable(f"{url} is {problem}; give one such as http://127.0.0.1:8000"),
+        context,
+        parameter,
+    )
 
 
 def api_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -57,11 +107,18 @@ def api_option(command: Callable[..., Any]) -> Callable[..., Any]:
         default=default_api_url,
         show_default="http://DOCPROC_API_HOST:DOCPROC_API_PORT",
         help="Where the docproc API answers.",
+        callback=_checked_address,
     )(command)
 
 
 class UnexpectedAnswer(DocprocError):
-    """An answer the docproc API does not give: not JSON, or JSON of another shape."""
+    """An answer the docproc API does not give: not JSON, JSON of another shape, larger than
+    ANSWER_LIMIT, or in a Content-Encoding the client did not ask for."""
+
+
+class AnswerCutShort(urllib3.exceptions.ProtocolError):
+    """An answer whose head came and whose body did not, whole: the connection closed or broke
+    before its end. A ProtocolError, so that a request that may be sent twice is."""
 
 
 def as_is(found: Any) -> Any:
@@ -86,7 +143,7 @@ class Answer:
         self.path = path
         self.status_code = response.status
         self.headers = response.headers
-        self.content = response.data
+        self.content = b""  # until `receive` reads it
 
     def json(self) -> Any:
         """The body as JSON; ValueError when it is not."""
@@ -104,9 +161,43 @@ class Answer:
             raise self._unexpected(f"with {kind}, not JSON") from None
         try:
             return read(found)
-        except (LookupError, TypeError, ValueError, AttributeError) as exc:
+        # ArithmeticError: a number JSON holds and int() does not (1e400 is infinity).
+        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             shape = f"with JSON of another shape ({exc.__class__.__name__}: {exc})"
             raise self._unexpected(shape) from None
+
+    def receive(self, response: urllib3.BaseHTTPResponse) -> None:
+        """Reads the body, ANSWER_LIMIT bytes at most, as it came: the client asks for no
+        Content-Encoding, and one it did not ask for (a gzip bomb unpacks to gigabytes) is not
+        the API's. UnexpectedAnswer for either; AnswerCutShort when the body ends early."""
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        declared = response.headers.get("content-length", "")
+        body = bytearray()
+        try:
+            if encoding not in ("", "identity"):
+                raise self._unexpected(f"in Content-Encoding {encoding}, not asked for")
+            if declared.isdigit() and int(declared) > ANSWER_LIMIT:
+                raise self._unexpected(f"with a body of {declared} bytes, {self._limit()}")
+            for chunk in response.stream(READ_SIZE, decode_content=False):
+                body += chunk
+                if len(body) > ANSWER_LIMIT:
+                    raise self._unexpected(f"with a body of {self._limit()}")
+        except urllib3.exceptions.ProtocolError as exc:
+            cause = exc.args[1] if len(exc.args) > 1 else exc
+            raise AnswerCutShort(
+                f"its answer to {self.method} {self.path} was cut short after "
+                f"{len(body)} bytes of its body ({cause!r})"
+            ) from exc
+        except UnexpectedAnswer:
+            response.close()  # what is left of the body is not read: not a connection to reuse
+            raise
+        finally:
+            response.release_conn()
+        self.content = bytes(body)
+
+    @staticmethod
+    def _limit() -> str:
+        return f"more than the {ANSWER_LIMIT // (1024 * 1024)} MiB the API's answers take at most"
 
     def _unexpected(self, what: str) -> UnexpectedAnswer:
         said = (
@@ -209,9 +300,10 @@ class Api:
 
     def __init__(self, url: str, key: str | None, timeout: float = 30.0, size: int = 8) -> None:
         self.url = url.rstrip("/")
+        problem = address_problem(self.url)
+        if problem is not None:
+            abort(DocprocError(printable(f"--api {self.url}: {problem}")))
         parts = urllib3.util.parse_url(self.url)
-        if parts.scheme not in ("http", "https") or not parts.host:
-            abort(DocprocError(f"--api {self.url}: not an http:// or https:// address"))
         self.base = (parts.path or "").rstrip("/")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.deadline = REQUEST_DEADLINE
@@ -230,8 +322,21 @@ class Api:
     def __exit__(self, *_: object) -> None:
         self.http.close()
 
+    def interrupt(self) -> None:
+        """Ends every request under way now (Ctrl-C), as at its deadline: the threads waiting
+        on them are free at once, not after the API's answer or 30 s."""
+        self.http.deadlines.interrupt()
+
     def unreachable(self, exc: Exception) -> NoReturn:
-        """The one-line exit for an API that does not answer."""
+        """The one-line exit for an API that does not answer, or whose answer broke off."""
+        if isinstance(exc, AnswerCutShort):
+            abort(
+                BrokerUnavailable(
+                    f"the docproc API at {printable(self.url)} answered, but "
+                    f"{printable(exc.args[0])}: try again; if it recurs, look at what is "
+                    "between here and the API"
+                )
+            )
         why = str(exc) if isinstance(exc, DeadlineExceeded) else exc.__class__.__name__
         abort(
             BrokerUnavailable(
@@ -256,7 +361,8 @@ class Api:
         (a reset, a close as the request went out): one such hiccup would otherwise end a
         `docproc submit --wait` of thousands of files that had all been accepted. Timeouts are
         not retried: a slow API is not helped by more requests."""
-        sent = {**self.headers, **(headers or {})}
+        # identity: urllib3 would unpack a gzip answer whatever its size.
+        sent = {"Accept-Encoding": "identity", **self.headers, **(headers or {})}
         body = content
         if json is not None:
             body = _json.dumps(json).encode()
@@ -281,8 +387,10 @@ class Api:
         deadline = _sending.deadline = self.http.deadlines.begin(seconds)
         try:
             response = self.http.urlopen(
-                method, target, body=body, headers=headers, redirect=False, preload_content=True
+                method, target, body=body, headers=headers, redirect=False, preload_content=False
             )
+            answer = Answer(self.url, method, path, response)
+            answer.receive(response)
         except TRANSPORT_ERRORS as exc:
             if deadline.expired:  # its socket shut down: not a failure to send again
                 raise _late(method, path, seconds) from exc
@@ -292,7 +400,7 @@ class Api:
             deadline.end()
         if deadline.expired:  # what came before the socket was shut down is not the answer
             raise _late(method, path, seconds)
-        return Answer(self.url, method, path, response)
+        return answer
 
     def request(
         self,
@@ -308,6 +416,8 @@ class Api:
             response = self.send(method, path, **kwargs)
         except TRANSPORT_ERRORS as exc:
             self.unreachable(exc)
+        except UnexpectedAnswer as exc:
+            abort(exc)
         if response.status_code >= 400 and response.status_code not in ok:
             self.fail(response)
         if response.status_code == 204:
@@ -337,6 +447,7 @@ class Api:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL_IN_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def _escaped(character: str) -> str:
@@ -346,13 +457,14 @@ def _escaped(character: str) -> str:
     return character.encode("unicode_escape").decode("ascii")
 
 
-def printable(value: object) -> str:
+def printable(value: object, *, lines: bool = False) -> str:
     """`value` as text a terminal shows as it is: control characters (escape sequences that
     could retitle the window or recolour the screen, newlines that break a table) escaped, and
     the surrogates that stand for a file name's bytes that are not UTF-8, which no terminal's
-    encoding can write, as those bytes ("bad\\xff.txt")."""
+    encoding can write, as those bytes ("bad\\xff.txt"); a lone one from the API as "\\ud800".
+    With `lines`, newlines and tabs are kept: for text shown whole, as a document's."""
     text = "" if value is None else str(value)
-    return _CONTROL.sub(lambda m: _escaped(m.group()), text)
+    return (_CONTROL_IN_LINES if lines else _CONTROL).sub(lambda m: _escaped(m.group()), text)
 
 
 def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:

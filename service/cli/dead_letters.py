@@ -154,11 +154,11 @@ def republish(
             done = api.post(
                 f"/dead-letters/{dead_letter_id}/republish", params=params, read=_republished
             )
-            click.echo(f"{printable(dead_letter_id)}: {done}")
+            click.echo(printable(f"{dead_letter_id}: {done}"))
 
 
 def _republished(done: Any) -> str:
-    return f"re-published to {printable(done['queue'])} (time {done['republish_count']})" + (
+    return f"re-published to {done['queue']} (time {done['republish_count']})" + (
         "" if done.get("recorded", True) else "; not recorded yet: do not repeat it"
     )
 
@@ -216,10 +216,10 @@ def redrive(
             click.echo(f"dry run: {matched} would be re-published; nothing was")
             click.echo(table(rows, ["group", "count", "queue", "task", "error"]))
             for why, count in left:
-                click.echo(f"left out: {count} {LEFT_OUT.get(why, why)}")
+                click.echo(printable(f"left out: {count} {LEFT_OUT.get(why, why)}"))
             return
         job = api.post("/dead-letters/redrive", json=request, read=Redrive.read)
-        click.echo(f"redrive {job.id}: {job.matched} matched, at {job.rate:g}/s")
+        click.echo(printable(f"redrive {job.id}: {job.matched} matched, at {job.rate:g}/s"))
         if not follow:
             return
         try:
@@ -232,8 +232,10 @@ def redrive(
         except KeyboardInterrupt:
             job = api.delete(f"/dead-letters/redrives/{job.id}", read=Redrive.read)
         click.echo(
-            f"redrive {job.id} {job.state}: {job.published} published, "
-            f"{job.failed} failed of {job.matched}"
+            printable(
+                f"redrive {job.id} {job.state}: {job.published} published, "
+                f"{job.failed} failed of {job.matched}"
+            )
         )
 
 
@@ -301,7 +303,7 @@ def cancel(redrive_id: str, api_url: str, api_key: str | None) -> None:
     """Cancel a redrive; what it has not re-published stays untouched."""
     with Api(api_url, api_key) as api:
         job = api.delete(f"/dead-letters/redrives/{redrive_id}", read=Redrive.read)
-    click.echo(f"redrive {printable(redrive_id)} {job.state}: {job.published} published")
+    click.echo(printable(f"redrive {redrive_id} {job.state}: {job.published} published"))
 
 
 @dead_letters.command()

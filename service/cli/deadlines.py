@@ -23,10 +23,20 @@ class Deadline:
         self._lock = lock
 
     def hold(self, sock: socket.socket) -> None:
-        """The request goes out, and its answer comes, on `sock`."""
+        """The request goes out, and its answer comes, on `sock`; shut down at once when the
+        request was ended as it connected (`Deadlines.interrupt`)."""
         with self._lock:
             if not self.over:
                 self.socket = sock
+                if self.expired:
+                    self.cut()
+
+    def cut(self) -> None:
+        """Ends the request now, its lock held: its socket, when it has one, shut down."""
+        self.expired = True
+        if self.socket is not None:
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)
 
     def end(self) -> None:
         """The request is over (its connection back in the pool, or dropped): its socket is
@@ -51,10 +61,12 @@ class Deadlines:
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._interrupted = False
 
     def begin(self, seconds: float) -> Deadline:
         deadline = Deadline(time.monotonic() + seconds, self._lock)
         with self._lock:
+            deadline.expired = self._interrupted
             earliest = not self._due or deadline.due < self._due[0][0]
             heapq.heappush(self._due, (deadline.due, next(self._order), deadline))
             if self._thread is None:
@@ -64,6 +76,14 @@ class Deadlines:
             elif earliest:
                 self._lock.notify()
         return deadline
+
+    def interrupt(self) -> None:
+        """Ends every request under way, and any begun after, now (Ctrl-C)."""
+        with self._lock:
+            self._interrupted = True
+            for _, _, deadline in self._due:
+                if not deadline.over:
+                    deadline.cut()
 
     def close(self) -> None:
         with self._lock:
@@ -88,6 +108,4 @@ class Deadlines:
                     self._lock.wait(CONNECTING_POLL)
                     continue
                 heapq.heappop(self._due)
-                deadline.expired = True
-                with contextlib.suppress(OSError):
-                    deadline.socket.shutdown(socket.SHUT_RDWR)
+                deadline.cut()

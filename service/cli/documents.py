@@ -51,7 +51,8 @@ def text(document_id: str, api_url: str, api_key: str | None) -> None:
     """
     with Api(api_url, api_key) as api:
         found = api.get(f"/documents/{document_id}/text", read=lambda found: str(found["text"]))
-    click.echo(found)
+    # As stored, but for what a terminal would act on (escape sequences) or could not write.
+    click.echo(printable(found, lines=True))
 
 
 @click.command()

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +40,28 @@ def _natural(path: Path) -> list[object]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
-def expand(paths: tuple[str, ...]) -> list[Path]:
+@dataclass(frozen=True)
+class Unreadable:
+    """A folder below one named that could not be walked, and why: said in its row, as a file
+    that cannot be read is, rather than skipped without a word."""
+
+    path: Path
+    reason: str
+
+
+def expand(paths: tuple[str, ...]) -> list[Path | Unreadable]:
     """Files, folders (every file below them) and globs, each file once — by what it resolves
-    to, so a link and its file are one — in natural order. A path or glob that names nothing is
-    a warning; the rest is uploaded. A folder named is walked, but no link to a folder below it,
-    nor below a `**`: a folder holding a link to itself would be walked without end."""
-    found: list[Path] = []
+    to, so a link and its file are one — in natural order. A path that exists is taken as it is
+    (`a[1].txt` is that file, not `a1.txt`); one that does not is a glob. A path or glob that
+    names nothing is a warning; the rest is uploaded. A folder named is walked, but no link to a
+    folder below it, nor below a `**`: a folder holding a link to itself would be walked without
+    end."""
+    found: list[Path | Unreadable] = []
     for given in paths:
-        matches = [Path(m) for m in _matching(given)] or [Path(given)]
+        if os.path.lexists(given):
+            matches = [Path(given)]
+        else:
+            matches = [Path(m) for m in _matching(given)] or [Path(given)]
         for match in matches:
             if match.is_dir():
                 found += _files_below(match)
@@ -54,21 +69,36 @@ def expand(paths: tuple[str, ...]) -> list[Path]:
                 found.append(match)
             else:
                 click.echo(f"docproc: warning: {printable(given)} names no file; skipped", err=True)
-    each: dict[str, Path] = {}
-    for path in sorted(found, key=_natural):
-        each.setdefault(os.path.realpath(path), path)
+    each: dict[str, Path | Unreadable] = {}
+    for item in sorted(found, key=lambda item: _natural(_path(item))):
+        each.setdefault(os.path.realpath(_path(item)), item)
     return list(each.values())
 
 
-def _files_below(folder: Path) -> list[Path]:
+def _path(item: Path | Unreadable) -> Path:
+    return item.path if isinstance(item, Unreadable) else item
+
+
+def _files_below(folder: Path) -> list[Path | Unreadable]:
     """The files below `folder` whose names do not start with "."; links to folders not
-    followed."""
-    return [
+    followed; each folder that cannot be read, as Unreadable."""
+    unreadable: list[Path | Unreadable] = []
+
+    def unwalked(exc: OSError) -> None:
+        unreadable.append(Unreadable(Path(exc.filename or folder), _reason(exc)))
+
+    files: list[Path | Unreadable] = [
         Path(below, name)
-        for below, _, names in os.walk(folder)
+        for below, _, names in os.walk(folder, onerror=unwalked)
         for name in names
         if not name.startswith(".") and os.path.isfile(os.path.join(below, name))
     ]
+    return files + unreadable
+
+
+def _reason(exc: Exception) -> str:
+    """Why a file or folder could not be read, as its row says it."""
+    return getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
 
 
 def _matching(pattern: str) -> list[str]:
@@ -138,49 +168,16 @@ def submit(
     files = expand(paths)
     if not files:
         raise click.UsageError("nothing to upload: no PATH names a file")
-    accepted: dict[str, list[object]] = {}
-    with Api(api_url, api_key, size=IN_FLIGHT) as api, _pool() as pool:
-
-        def upload(path: Path) -> list[object]:
-            # Gone, not ours to read, a name that cannot be sent: said in its row, the rest go on.
-            try:
-                content = path.read_bytes()
-                upload = {"file": (sent_name(path), content)}
-                key = idempotency_key(path, content)
-            except (OSError, ValueError) as exc:
-                said = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
-                return [str(path), "UNREADABLE", "", "", said]
-            response = api.send(
-                "POST", "/documents", files=upload, headers={"Idempotency-Key": key}
-            )
-            if response.status_code == 202:
-                state, document_id, task_id = response.read(_accepted)
-                return [str(path), state, document_id, task_id, ""]
-            if response.status_code == 413 and not _json_body(response):
-                # A proxy's limit below the API's: this file is too large to pass, others may.
-                kind = response.headers.get("content-type") or "no content type"
-                detail = f"too large for what is in front of the API (it answered {kind})"
-            else:
-                detail = response.read(problem_detail) if response.content else ""
-            return [str(path), f"REFUSED {response.status_code}", "", "", detail]
-
-        rows: list[list[object]] = []
-        try:
-            with click.progressbar(length=len(files), label="uploading", file=sys.stderr) as bar:
-                for row in pool.map(upload, files):  # in the files' order, IN_FLIGHT at a time
-                    bar.update(1)
-                    rows.append(row)
-                    if row[3]:
-                        accepted[str(row[3])] = row
-            if wait and accepted:
-                _follow(api, pool, accepted, timeout)
-        # Raised in a thread, said once, here.
-        except TRANSPORT_ERRORS as exc:
-            api.unreachable(exc)
-        except _Refused as refused:
-            api.fail(refused.response)
-        except UnexpectedAnswer as exc:
-            abort(exc)
+    try:
+        with Api(api_url, api_key, size=IN_FLIGHT) as api, _pool(api) as pool:
+            rows = _upload(api, pool, files, wait=wait, timeout=timeout)
+    except KeyboardInterrupt:
+        click.echo(
+            "docproc: submit interrupted; what the API accepted is processed all the same, and "
+            "the same command again uploads nothing twice",
+            err=True,
+        )
+        raise SystemExit(130) from None
     click.echo(table(rows, ["file", "state", "document", "task", "detail"]))
     failed = [
         row
@@ -189,6 +186,60 @@ def submit(
     ]
     if failed:
         raise SystemExit(1)
+
+
+def _upload(
+    api: Api,
+    pool: ThreadPoolExecutor,
+    files: list[Path | Unreadable],
+    *,
+    wait: bool,
+    timeout: float,
+) -> list[list[object]]:
+    """Each file's row: uploaded (and, with `wait`, followed to its end), or why not."""
+    accepted: dict[str, list[object]] = {}
+
+    def upload(item: Path | Unreadable) -> list[object]:
+        if isinstance(item, Unreadable):
+            return [str(item.path), "UNREADABLE", "", "", item.reason]
+        path = item
+        # Gone, not ours to read, a name that cannot be sent: said in its row, the rest go on.
+        try:
+            content = path.read_bytes()
+            upload = {"file": (sent_name(path), content)}
+            key = idempotency_key(path, content)
+        except (OSError, ValueError) as exc:
+            return [str(path), "UNREADABLE", "", "", _reason(exc)]
+        response = api.send("POST", "/documents", files=upload, headers={"Idempotency-Key": key})
+        if response.status_code == 202:
+            state, document_id, task_id = response.read(_accepted)
+            return [str(path), state, document_id, task_id, ""]
+        if response.status_code == 413 and not _json_body(response):
+            # A proxy's limit below the API's: this file is too large to pass, others may.
+            kind = response.headers.get("content-type") or "no content type"
+            detail = f"too large for what is in front of the API (it answered {kind})"
+        else:
+            detail = response.read(problem_detail) if response.content else ""
+        return [str(path), f"REFUSED {response.status_code}", "", "", detail]
+
+    rows: list[list[object]] = []
+    try:
+        with click.progressbar(length=len(files), label="uploading", file=sys.stderr) as bar:
+            for row in pool.map(upload, files):  # in the files' order, IN_FLIGHT at a time
+                bar.update(1)
+                rows.append(row)
+                if row[3]:
+                    accepted[str(row[3])] = row
+        if wait and accepted:
+            _follow(api, pool, accepted, timeout)
+    # Raised in a thread, said once, here.
+    except TRANSPORT_ERRORS as exc:
+        api.unreachable(exc)
+    except _Refused as refused:
+        api.fail(refused.response)
+    except UnexpectedAnswer as exc:
+        abort(exc)
+    return rows
 
 
 def _json_body(response: Answer) -> bool:
@@ -211,12 +262,17 @@ class _Refused(Exception):
 
 
 @contextlib.contextmanager
-def _pool() -> Iterator[ThreadPoolExecutor]:
+def _pool(api: Api) -> Iterator[ThreadPoolExecutor]:
     """Threads for requests in flight; what is not begun is dropped when the command stops (a
-    refusal to go on, Ctrl-C), not sent after it."""
+    refusal to go on, Ctrl-C), not sent after it. On Ctrl-C the requests under way end too:
+    their threads, which the interpreter waits for as it exits whatever `shutdown` is told,
+    would hold the command until the API answered, or for 30 s."""
     pool = ThreadPoolExecutor(IN_FLIGHT)
     try:
         yield pool
+    except KeyboardInterrupt:
+        api.interrupt()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
