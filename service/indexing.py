@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
 from loguru import logger
 
 from service import pipeline, tessdata
@@ -15,6 +16,7 @@ from service.settings import ENVIRONMENT, Settings
 from service.store import outcomes, task_runs
 from service.store.database import Store
 from service.store.documents import Extraction
+from service.store.schema import utcnow
 from service.store.task_runs import Start, StepTime
 
 STEPS = ("load", "extract", "chunk", "index")
@@ -62,6 +64,8 @@ def index_document(
     and the store's transient ones; a document already processed is left as it is.
     """
     begin("load")
+    if start is not None:  # started as its load begins, the step its start is written in
+        start = msgspec.structs.replace(start, at=utcnow())
     upload = store.run_alone(outcomes.document_loaded, document_id, start)
     if upload is None:
         raise DocumentNotFound(f"no document {document_id} in the store")

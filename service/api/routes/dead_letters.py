@@ -205,7 +205,7 @@ async def list_groups(*, store: StoreDep, filters: NamedDependency[Filters]) -> 
 @delete(
     "/dead-letters/groups/{group:str}",
     status_code=200,
-    responses=errors(401, 403, 409, 503),
+    responses=errors(400, 401, 403, 409, 503),
     tags=TAGS,
     summary="Discard every active dead letter of a group",
     description="Letters in doubt — taken for a re-publishing that was never recorded: it may be "
