@@ -92,14 +92,17 @@ def cross_site_middleware(app: ASGIApp) -> ASGIApp:
 
 
 def _refuse_cross_site(scope: Scope) -> None:
-    fetch_site = origin = host = None
+    fetch_site = origin = None
+    hosts: set[str] = set()
     for name, value in scope["headers"]:
         if name == b"sec-fetch-site":
             fetch_site = bytes(value).lower()
         elif name == b"origin":
-            origin = bytes(value)
-        elif name == b"host":
-            host = bytes(value).lower()
+            origin = bytes(value).decode("latin-1")
+        elif name in (b"host", b"x-forwarded-host"):
+            # A proxy's X-Forwarded-Host is the host the browser saw: a page cannot send one
+            # without CORS's leave, which the API gives no one.
+            hosts.add(bytes(value).decode("latin-1").split(",")[0].strip().lower())
     if fetch_site is not None:
         if fetch_site in _OWN_SITE:
             return
@@ -107,12 +110,21 @@ def _refuse_cross_site(scope: Scope) -> None:
     elif origin is None:
         return
     else:
-        netloc = urlsplit(origin.decode("latin-1")).netloc.lower()
-        if netloc and netloc.encode("latin-1") == host:
+        # Browsers send Sec-Fetch-Site to https:// and localhost only: over plain HTTP
+        # elsewhere, the Origin against the host the request was sent to is all there is.
+        parts = urlsplit(origin)
+        own = {_without_default_port(host, parts.scheme) for host in hosts}
+        if parts.netloc and _without_default_port(parts.netloc.lower(), parts.scheme) in own:
             return
-        came_from = f"Origin: {origin.decode('latin-1')[:100]}"
+        came_from = f"Origin: {origin[:100]}"
     raise PermissionDeniedException(
         detail=f"a write sent by another site's page is refused ({came_from}): docproc's API "
         "serves no other site. Call it from a program (the CLI, curl, your service), or use "
         "the console at /ui"
     )
+
+
+def _without_default_port(netloc: str, scheme: str) -> str:
+    """`host:80` of an http:// origin as `host`, which is how a browser writes it."""
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    return netloc.removesuffix(default) if default else netloc

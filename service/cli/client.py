@@ -120,6 +120,12 @@ class AnswerCutShort(urllib3.exceptions.ProtocolError):
     """An answer whose head came and whose body did not, whole: the connection closed or broke
     before its end. A ProtocolError, so that a request that may be sent twice is."""
 
+    def __init__(self, what: str, *, done: bool) -> None:
+        super().__init__(what)
+        self.done = done
+        """The API answered a change it may have made (a POST's 202): sent again, it is made
+        twice."""
+
 
 def as_is(found: Any) -> Any:
     """An answer's JSON, taken whole."""
@@ -185,8 +191,9 @@ class Answer:
         except urllib3.exceptions.ProtocolError as exc:
             cause = exc.args[1] if len(exc.args) > 1 else exc
             raise AnswerCutShort(
-                f"its answer to {self.method} {self.path} was cut short after "
-                f"{len(body)} bytes of its body ({cause!r})"
+                f"its answer to {self.method} {self.path} ({self.status_code}) was cut short "
+                f"after {len(body)} bytes of its body ({cause!r})",
+                done=self.method not in ("GET", "HEAD") and self.status_code < 400,
             ) from exc
         except UnexpectedAnswer:
             response.close()  # what is left of the body is not read: not a connection to reuse
@@ -330,11 +337,17 @@ class Api:
     def unreachable(self, exc: Exception) -> NoReturn:
         """The one-line exit for an API that does not answer, or whose answer broke off."""
         if isinstance(exc, AnswerCutShort):
+            again = (
+                "it was done, most likely: look (docproc status, dead-letters redrives) before "
+                "you send it again"
+                if exc.done
+                else "try again"
+            )
             abort(
                 BrokerUnavailable(
                     f"the docproc API at {printable(self.url)} answered, but "
-                    f"{printable(exc.args[0])}: try again; if it recurs, look at what is "
-                    "between here and the API"
+                    f"{printable(exc.args[0])}: {again}; if it recurs, look at what is between "
+                    "here and the API"
                 )
             )
         why = str(exc) if isinstance(exc, DeadlineExceeded) else exc.__class__.__name__

@@ -192,11 +192,27 @@ def test_an_answer_cut_short_says_so_not_that_the_api_does_not_answer(hostile: S
     assert result.exit_code == 69, result.output
     assert one_line(result) == (
         f"docproc: the docproc API at {server.url} answered, but its answer to GET "
-        "/tasks/t-1/status was cut short after 11 bytes of its body (IncompleteRead(11 bytes "
-        "read, 89 more expected)): try again; if it recurs, look at what is between here and "
-        "the API"
+        "/tasks/t-1/status (200) was cut short after 11 bytes of its body (IncompleteRead(11 "
+        "bytes read, 89 more expected)): try again; if it recurs, look at what is between here "
+        "and the API"
     )
     assert len(server.requests) == 1 + len(client.RETRY_PAUSES)  # a read: tried again
+
+
+def test_a_change_whose_answer_was_cut_short_is_not_to_be_sent_again_blindly(
+    hostile: Start,
+) -> None:
+    """A redrive's 202 cut short said "try again": the job existed, and a second one started."""
+    server = hostile(answer(b'{"id": "r-1", ', "202 Accepted", b"Content-Length: 90\r\n"))
+
+    result = run(server.url, "dead-letters", "redrive", "--all")
+
+    assert result.exit_code == 69, result.output
+    assert "(202) was cut short" in one_line(result)
+    assert "it was done, most likely: look (docproc status, dead-letters redrives)" in one_line(
+        result
+    )
+    assert len(server.requests) == 1, "a change is not sent again"
 
 
 def test_an_api_address_that_is_not_one_is_a_usage_error_or_a_setting_error() -> None:

@@ -540,7 +540,21 @@ async def test_no_other_sites_page_can_change_anything_even_without_keys(
     assert store.run(redrives.listing) == [], "no job started"
 
     own = client.headers.get("host") or httpx.URL(str(client.base_url)).netloc.decode()
-    for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Origin": f"http://{own}"}, {}):
+    behind_a_proxy = [  # over plain HTTP no browser sends Sec-Fetch-Site: the Origin is all
+        {
+            "Origin": "http://docproc.lan",
+            "Host": "127.0.0.1:8000",
+            "X-Forwarded-Host": "docproc.lan",
+        },
+        {"Origin": "http://docproc.lan", "Host": "docproc.lan:80"},
+        {"Origin": "https://docproc.example", "X-Forwarded-Host": "docproc.example:443"},
+    ]
+    for headers in (
+        {"Sec-Fetch-Site": "same-origin"},
+        {"Origin": f"http://{own}"},
+        {},
+        *behind_a_proxy,
+    ):
         dry = await client.post(
             "/dead-letters/redrive", json={"all": True, "dry_run": True}, headers=headers
         )
