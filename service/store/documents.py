@@ -17,6 +17,7 @@ from sqlalchemy import (
     Select,
     String,
     Text,
+    and_,
     bindparam,
     column,
     exists,
@@ -263,35 +264,32 @@ def renew_claims(
 
     A publish whose confirm is late (RabbitMQ blocked) may end confirmed minutes later. While it
     waits, its claim must hold: lapsed, beat's sweeper published a second message of the task.
-    One UPDATE for each stamp (after the first renewal, all that are renewed together share one)
-    and each RENEWED_AT_ONCE documents.
+    One UPDATE for each stamp (after the first renewal, all that are renewed together share
+    one), its ids one parameter (`Keyed`): an IN list of them went past PostgreSQL's 65,535
+    parameters when RabbitMQ stayed blocked under steady uploads, and no renewal went through.
     """
     by_stamp: dict[datetime | None, list[str]] = {}
     for document_id, stamp in held.items():
         by_stamp.setdefault(stamp, []).append(document_id)
     renewed: set[str] = set()
     for stamp, document_ids in by_stamp.items():
-        still_held = (
-            documents.c.updated_at == documents.c.created_at
-            if stamp is None
-            else documents.c.updated_at == stamp
-        )
-        for at in range(0, len(document_ids), RENEWED_AT_ONCE):
-            some = document_ids[at : at + RENEWED_AT_ONCE]
-            renewed.update(
-                connection.execute(
-                    update(documents)
-                    .where(documents.c.id.in_(some), documents.c.published_at.is_(None), still_held)
-                    .values(updated_at=now)
-                    .returning(documents.c.id)
-                ).scalars()
-            )
+        values = {"p_ids": document_ids, "p_held": stamp, "p_at": now}
+        renewed.update(connection.execute(_RENEW(connection), values).scalars())
     return renewed
 
 
-RENEWED_AT_ONCE = 1000
-"""Claims renewed by one UPDATE: an IN list of all of them went past PostgreSQL's 65,535
-parameters when RabbitMQ stayed blocked under steady uploads, and no renewal went through."""
+_STILL_HELD = or_(
+    documents.c.updated_at == bindparam("p_held", type_=documents.c.updated_at.type),
+    and_(bindparam("p_held").is_(None), documents.c.updated_at == documents.c.created_at),
+)
+_RENEW = Keyed(
+    lambda one_of: (
+        update(documents)
+        .where(one_of(documents.c.id, "p_ids"), documents.c.published_at.is_(None), _STILL_HELD)
+        .values(updated_at=bindparam("p_at"))
+        .returning(documents.c.id)
+    )
+)
 
 
 def release_claim(connection: Connection, document_id: str, claimed_at: datetime) -> None:
