@@ -61,7 +61,9 @@ def expand(paths: tuple[str, ...]) -> list[Path | Unreadable]:
         if os.path.lexists(given):
             matches = [Path(given)]
         else:
-            matches = [Path(m) for m in _matching(given)] or [Path(given)]
+            unwalked: list[Unreadable] = []
+            matches = [Path(m) for m in _matching(given, unwalked)] or [Path(given)]
+            found += unwalked
         for match in matches:
             if match.is_dir():
                 found += _files_below(match)
@@ -101,10 +103,11 @@ def _reason(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
 
 
-def _matching(pattern: str) -> list[str]:
-    """glob.glob(pattern, recursive=True), except that `**` goes down no link to a folder:
+def _matching(pattern: str, unwalked: list[Unreadable]) -> list[str]:
+    """glob.glob(pattern, recursive=True), except that `**` goes down no link to a folder —
     glob's does, and `loop/**` over a folder holding two links to itself did not end (2^40
-    paths), with one it found each file forty times."""
+    paths), with one it found each file forty times — and that each folder below a `**` that
+    cannot be read is added to `unwalked`, where glob's passes over it without a word."""
     parts = pattern.split(os.sep)
     if "**" not in parts:
         return glob.glob(pattern)
@@ -116,14 +119,19 @@ def _matching(pattern: str) -> list[str]:
         head = os.sep.join(parts[:at]) or os.sep
         tops = [top for top in glob.glob(head) if os.path.isdir(top)]
     found = []
+
+    def unreadable(exc: OSError) -> None:  # os.walk's: the folder is exc.filename
+        unwalked.append(Unreadable(Path(exc.filename or pattern), _reason(exc)))
+
     for top in tops:
-        for folder, folders, names in os.walk(top):
+        for folder, folders, names in os.walk(top, onerror=unreadable):
             # As glob's `**`: no hidden folder or file (a name starting with ".").
             folders[:] = [name for name in folders if not name.startswith(".")]
             # The current folder, where a pattern starts with `**`, glob names "", not ".".
             named = at > 0 or folder != top
             if rest:
-                found += _matching(os.path.join(glob.escape(folder) if named else "", rest))
+                below = os.path.join(glob.escape(folder) if named else "", rest)
+                found += _matching(below, unwalked)
                 continue
             if named:
                 found.append(folder)

@@ -349,8 +349,9 @@ def test_a_file_named_like_a_glob_is_that_file_and_a_name_of_none_is_a_glob(
     assert b"the file named a1.txt" in server.requests[1]
 
 
+@pytest.mark.parametrize("named", ["docs", "docs/**/*.txt"], ids=["folder", "double-star"])
 def test_a_folder_that_cannot_be_read_is_said_in_its_row_and_the_rest_are_uploaded(
-    hostile: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    named: str, hostile: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     private = tmp_path / "docs" / "private"
     private.mkdir(parents=True)
@@ -366,7 +367,7 @@ def test_a_folder_that_cannot_be_read_is_said_in_its_row_and_the_rest_are_upload
     monkeypatch.setattr(os, "scandir", scandir)
     server = hostile(accepting())
 
-    result = run(server.url, "submit", str(tmp_path / "docs"))
+    result = run(server.url, "submit", str(tmp_path / named))
 
     assert result.exit_code == 1, result.output
     rows = [line.split() for line in result.stdout.splitlines()[2:]]

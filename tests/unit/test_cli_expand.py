@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli.submit import _matching, expand
+from service.cli.submit import Unreadable, _matching, expand
 
 
 @pytest.fixture
@@ -56,4 +56,6 @@ def test_globs_match_as_globs_do_where_no_link_leads_to_a_folder(
 
     for pattern in patterns:
         expected = {Path(m) for m in glob.glob(pattern, recursive=True)}
-        assert {Path(m) for m in _matching(pattern)} == expected, pattern
+        unwalked: list[Unreadable] = []
+        assert {Path(m) for m in _matching(pattern, unwalked)} == expected, pattern
+        assert unwalked == [], pattern
