@@ -214,11 +214,19 @@ async def test_with_keys_set_every_endpoint_but_the_open_ones_needs_a_valid_key(
         keyed = await guarded.get("/dead-letters", headers={"Authorization": "Bearer s3cret"})
         open_ = [await guarded.get(path) for path in OPEN]
         document = await guarded.get("/schema/openapi.json")
+        metrics = (await guarded.get("/metrics")).text
 
     assert anonymous.status_code == 401
     assert anonymous.headers["www-authenticate"].startswith("Bearer")
     assert wrong.status_code == 403
     assert "nope" not in wrong.text
+    # Refused in a middleware, answered there: with the request's id, counted as what it was
+    # (raised, they passed out through the metrics middleware as 500s, with no id).
+    for refused in (anonymous, wrong, *reads):
+        assert len(refused.headers["x-correlation-id"]) == 32
+    counted = [line for line in metrics.splitlines() if line.startswith("docproc_requests_total{")]
+    assert not [line for line in counted if 'status_code="500"' in line], counted
+    assert any('path="/documents"' in line and 'status_code="403"' in line for line in counted)
     assert right.status_code == 202
     assert [r.status_code for r in reads] == [401] * len(reads), "reads are protected too"
     assert keyed.status_code == 200

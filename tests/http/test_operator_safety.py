@@ -524,6 +524,7 @@ async def test_no_other_sites_page_can_change_anything_even_without_keys(
             {"Sec-Fetch-Site": "same-site", "Origin": "http://localhost:9"},  # another port
             {"Origin": "http://elsewhere.example"},  # a browser without Sec-Fetch-Site
             {"Origin": "null"},  # a sandboxed frame, a file
+            {"Origin": "http://[abc"},  # no URL at all (it was a 500)
         )
     ]
     upload = await client.post(
@@ -536,6 +537,7 @@ async def test_no_other_sites_page_can_change_anything_even_without_keys(
         assert response.status_code == 403, response.text
         assert response.headers["content-type"] == PROBLEM
         assert "another site" in response.json()["detail"]
+        assert len(response.headers["x-correlation-id"]) == 32
     assert publisher.sent == []
     assert store.run(redrives.listing) == [], "no job started"
 
