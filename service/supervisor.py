@@ -27,6 +27,7 @@ from service.broker.connection import BROKER_ERRORS
 from service.broker.declarer import consumer_counts
 from service.broker.management import Management
 from service.errors import ConfigError, DocprocError, abort
+from service.redaction import redact
 from service.settings import Settings
 from service.tessdata import configured, problem
 from service.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
@@ -224,8 +225,8 @@ def _banner(settings: Settings, elapsed: float) -> None:
         f"docproc is up ({elapsed:.1f} s)\n"
         f"  API               {settings.api_url}\n"
         f"  API docs          {settings.api_url}/schema\n"
-        f"  RabbitMQ UI       {settings.management_url}\n"
-        f"  store             {settings.resolved_database_url}\n"
+        f"  RabbitMQ UI       {redact(settings.management_url)}\n"
+        f"  store             {redact(settings.resolved_database_url)}\n"
         "Ctrl-C stops it."
     )
 

@@ -104,3 +104,19 @@ async def test_a_look_at_rabbitmq_that_fails_or_stalls_is_not_ready_yet(
     missing = await asyncio.wait_for(up._not_ready(), 10)
 
     assert missing == ["api", "worker", "dlq"]
+
+
+def test_the_banner_shows_no_password(capsys: pytest.CaptureFixture[str]) -> None:
+    given = Settings.from_env(
+        {
+            "DOCPROC_DATABASE_URL": "postgresql://postgres:TopSecretPw1@127.0.0.1:5432/docproc",
+            "DOCPROC_MANAGEMENT_URL": "http://admin:Mg%2Fmt@127.0.0.1:15672",
+        }
+    )
+
+    supervisor._banner(given, 1.0)
+
+    said = capsys.readouterr().err
+    assert "TopSecretPw1" not in said
+    assert "Mg%2Fmt" not in said
+    assert "postgresql://postgres:***@127.0.0.1:5432/docproc" in said
