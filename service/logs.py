@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Iterator
@@ -12,12 +13,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeGuard
 
 import msgspec
 from loguru import logger
 
 from service.redaction import redact
+from service.terminal import printable
 
 if TYPE_CHECKING:
     from loguru import Message, Record
@@ -27,6 +29,16 @@ correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=No
 
 CORRELATION_HEADER = "x-correlation-id"
 """The task message header that carries it."""
+
+_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def is_correlation_id(value: object) -> TypeGuard[str]:
+    """Whether `value` is acceptable as a correlation id, from an HTTP request's header or a task
+    message's: 1 to 128 letters, digits and `._:-` (nothing that forges a log line or that JSON
+    cannot encode, as the lone surrogates py-amqp decodes a header's bad UTF-8 into)."""
+    return isinstance(value, str) and _CORRELATION_ID.fullmatch(value) is not None
+
 
 # Libraries whose stdlib logging we take over, so that every line leaves as one JSON object.
 INTERCEPTED = (
@@ -68,6 +80,9 @@ CHATTER: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("celery.beat", ("beat: Starting",)),
 )
 
+PROBED = ("/health", "/ready")
+"""Paths that probes ask every few seconds: uvicorn's access lines for them are at DEBUG."""
+
 
 def _chatter(name: str, message: str) -> bool:
     return any(
@@ -76,16 +91,28 @@ def _chatter(name: str, message: str) -> bool:
     )
 
 
+def _probe(record: logging.LogRecord) -> bool:
+    """A uvicorn access line for GET or HEAD of a probed path, whatever its query and status
+    (uvicorn logs `'%s - "%s %s HTTP/%s" %d'`: client, method, path and query, version, status)."""
+    args = record.args
+    if record.name != "uvicorn.access" or not isinstance(args, tuple) or len(args) != 5:
+        return False
+    method, path = args[1], str(args[2])
+    return method in ("GET", "HEAD") and path.partition("?")[0] in PROBED
+
+
 class _InterceptHandler(logging.Handler):
     """Hands stdlib log records to loguru, keeping their level, logger name and caller; the
-    libraries' start-up chatter goes down to DEBUG."""
+    libraries' start-up chatter and the access lines of probes go down to DEBUG."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        if record.levelno == logging.INFO and _chatter(record.name, record.getMessage()):
+        if record.levelno == logging.INFO and (
+            _probe(record) or _chatter(record.name, record.getMessage())
+        ):
             level = "DEBUG"
         # Walk out of the logging module so that loguru reports the real caller.
         frame: FrameType | None = logging.currentframe()
@@ -119,10 +146,41 @@ class _JsonSink:
         if record["exception"] is not None:
             exc_type, exc, _ = record["exception"]
             line["error_type"] = exc_type.__name__ if exc_type else None
-            line["error"] = redact(str(exc))
+            line["error"] = redact(_text_of(exc))
             line["traceback"] = redact("".join(_format_exception(record)))
-        self._stream.write(_encoder.encode(line).decode() + "\n")
+        self._stream.write(_json_line(line))
         self._stream.flush()
+
+
+def _json_line(fields: dict[str, Any]) -> str:
+    """`fields` as one line of JSON, whatever they hold: a value msgspec cannot encode (a string
+    with a lone surrogate, as py-amqp decodes a header's bad UTF-8; an object whose `__str__`
+    raises) goes as its text with such surrogates escaped ("\\udcff"), never as an error that
+    loguru would print as a multi-line dump instead of the line."""
+    try:
+        encoded = _encoder.encode(fields)
+    except Exception:  # a log line is written whatever it holds
+        encoded = _encoder.encode({_unsurrogated(k): _encodable(v) for k, v in fields.items()})
+    return encoded.decode() + "\n"
+
+
+def _encodable(value: object) -> object:
+    try:
+        _encoder.encode(value)
+    except Exception:
+        return _unsurrogated(_text_of(value))
+    return value
+
+
+def _text_of(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__} whose str() failed>"
+
+
+def _unsurrogated(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _format_exception(record: Record) -> list[str]:
@@ -139,7 +197,9 @@ def _add_correlation_id(record: Record) -> None:
 
 
 class _HumanSink:
-    """One readable line per record, for a person at a terminal."""
+    """One readable line per record, for a person at a terminal: a message cannot retitle the
+    window, recolour the screen or forge a line of its own (its control characters are escaped);
+    a traceback keeps its lines."""
 
     def __init__(self, stream: IO[str], component: str) -> None:
         self._stream = stream
@@ -149,12 +209,38 @@ class _HumanSink:
         record = message.record
         line = (
             f"{record['time'].strftime('%H:%M:%S')} {self._component:<6} "
-            f"{record['level'].name:<7} {redact(record['message'])}"
+            f"{record['level'].name:<7} {printable(redact(record['message']))}"
         )
         if record["exception"] is not None:
-            line += "\n" + redact("".join(_format_exception(record))).rstrip()
+            line += "\n" + _printable_traceback(record)
         self._stream.write(line + "\n")
         self._stream.flush()
+
+
+def _printable_traceback(record: Record) -> str:
+    """The record's traceback with its own lines kept, and each exception's message — which may
+    quote a stranger's task id or header — escaped whole, so that it cannot forge a line."""
+    trace = "".join(_format_exception(record))
+    exception = record["exception"]
+    for exc in _chained(exception.value if exception else None):
+        said = "".join(traceback.format_exception_only(exc)).rstrip("\n")
+        trace = trace.replace(said, printable(said))
+    return printable(redact(trace).rstrip(), lines=True)
+
+
+def _chained(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc` and every exception its traceback may show: causes, contexts and a group's."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        yield exc
+        todo += (exc.__cause__, exc.__context__)
+        if isinstance(exc, BaseExceptionGroup):
+            todo += exc.exceptions
 
 
 _configured: dict[str, str] = {}
@@ -202,7 +288,7 @@ def plain_line(message: str, level: str = "INFO") -> str:
     component = _configured.get("component", "docproc")
     now = datetime.now(UTC)
     if _configured.get("log_format") == "human":
-        return f"{now:%H:%M:%S} {component:<6} {level:<7} {redact(message)}\n"
+        return f"{now:%H:%M:%S} {component:<6} {level:<7} {printable(redact(message))}\n"
     fields = {
         "time": now.isoformat(timespec="milliseconds"),
         "level": level,
@@ -211,7 +297,7 @@ def plain_line(message: str, level: str = "INFO") -> str:
         "component": component,
         "pid": os.getpid(),
     }
-    return _encoder.encode(fields).decode() + "\n"
+    return _json_line(fields)
 
 
 def say_from_signal_handler(msg: str, f: IO[str] | None = sys.__stderr__) -> None:

@@ -3,7 +3,6 @@ line written while the request runs, returned in the response, and passed on to 
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -11,10 +10,9 @@ from typing import Any
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.logs import correlated
+from service.logs import correlated, is_correlation_id
 
 HEADER = "x-correlation-id"
-_ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 def correlation_id_of(scope: Scope) -> str:
@@ -24,7 +22,7 @@ def correlation_id_of(scope: Scope) -> str:
 def given_or_new(headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The request's X-Correlation-ID when it is an acceptable one, else a new id."""
     given = next((value.decode("latin-1") for name, value in headers if name == _HEADER), "")
-    return given if _ACCEPTABLE.match(given) else uuid.uuid4().hex
+    return given if is_correlation_id(given) else uuid.uuid4().hex
 
 
 _HEADER = HEADER.encode()

@@ -10,8 +10,9 @@ from typing import Any
 
 import click
 
-from service.cli.client import Api, api_option, printable, table
+from service.cli.client import Api, api_option, table
 from service.store.dead_letters import STATUSES
+from service.terminal import printable
 
 FILTERS = ("queue", "reason", "task", "error_type", "group", "since", "until")
 

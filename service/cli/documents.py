@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from service.cli.client import Api, api_option, printable, table
+from service.cli.client import Api, api_option, table
+from service.terminal import printable
 
 
 @click.command()

@@ -23,11 +23,11 @@ from service.cli.client import (
     Api,
     UnexpectedAnswer,
     api_option,
-    printable,
     problem_detail,
     table,
 )
 from service.errors import abort
+from service.terminal import printable
 
 FINAL = frozenset({"SUCCESS", "DEAD", "REVOKED"})
 IN_FLIGHT = 8

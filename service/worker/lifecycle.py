@@ -14,7 +14,7 @@ from celery import Celery, signals
 from loguru import logger
 
 from service.errors import DatabaseError, error_type_of
-from service.logs import CORRELATION_HEADER, correlation_id
+from service.logs import CORRELATION_HEADER, correlation_id, is_correlation_id
 from service.store import outcomes
 from service.store.database import Store
 from service.store.task_runs import Start
@@ -32,7 +32,11 @@ def queue_of(delivery_info: dict[str, Any] | None) -> str | None:
 
 
 def correlation_of(request: Any, task_id: str) -> str:
-    return str(request.get(CORRELATION_HEADER) or request.root_id or task_id)
+    """The task's correlation id: its header when the API would take it as one (anyone may
+    publish a task, and a header JSON cannot encode lost the task's log lines and its run's
+    record), else the id of its chain's first task, or its own."""
+    given = request.get(CORRELATION_HEADER)
+    return given if is_correlation_id(given) else str(request.root_id or task_id)
 
 
 ATTEMPT_GRACE = 60.0

@@ -89,6 +89,25 @@ async def test_the_correlation_id_header_is_bound_to_the_task_log_lines_across_r
     ]
 
 
+async def test_a_correlation_header_json_cannot_encode_gives_way_to_the_task_id(
+    worker: Process, client: DocprocCelery, reports: Reports
+) -> None:
+    """py-amqp decodes a header's bytes ED B3 BF to a lone surrogate: the worker's log wrote
+    loguru's error dumps instead of the task's JSON lines (and the store refused its run)."""
+    result = client.send_task(
+        canary.SUCCEED,
+        kwargs={"report_to": reports.name},
+        headers={CORRELATION_HEADER: "cid-\udcff-evil"},
+    )
+    await reports.wait_for(lambda r: r["task_id"] == result.id and r["event"] == "succeeded")
+
+    output = worker.output()
+    assert "Logging error" not in output, worker.tail()
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    said = [line["message"] for line in lines if line.get("correlation_id") == result.id]
+    assert f"canary {canary.SUCCEED}: succeeded" in said
+
+
 async def test_tasks_due_later_wait_in_the_broker_not_in_the_worker(
     worker: Process,
     reports: Reports,
