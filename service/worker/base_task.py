@@ -112,7 +112,12 @@ class DocprocTask(Task):  # type: ignore[type-arg]
     def _pending_failure(self) -> None:
         """A failure the store could not take comes back with its retry, raised again here
         before the work: recorded then (`_settle`), or waited for again while the store is still
-        away — never dead-lettered unrecorded."""
+        away — never dead-lettered unrecorded.
+
+        The headers are taken on trust: the store holds nothing to check them against (it was
+        away when they were written), and a forged one does no more than a message published
+        straight to docproc.dlx, which also ends its task's run under a failure it names. The
+        work's metrics label only the types docproc knows (service.worker.metrics.error_label)."""
         if self.request.get(PENDING_FAILURE_HEADER):
             raise UnrecordedFailure(
                 str(self.request.get(ERROR_TYPE_HEADER) or "Failure"),

@@ -12,6 +12,7 @@ them (`sum by (...)`).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import shutil
@@ -24,10 +25,47 @@ from typing import Any
 from celery import Celery, signals
 from loguru import logger
 
-from service.errors import error_type_of
+from service.errors import DocprocError, error_type_of
 from service.settings import Settings
 
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+OTHER_ERROR = "other"
+"""The error_type label of a failure whose type docproc neither defines nor expects."""
+CELERY_ERROR_TYPES = frozenset(
+    {"SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError", "Reject", "Retry"}
+)
+"""Celery's own: the soft limit (service.worker.document_task names it so); in the worker's main
+process, the hard limit, a lost pool process, a message rejected; a retry that names no cause."""
+
+
+def error_types() -> frozenset[str]:
+    """The error types a stand-in's label may name: docproc's errors, walked now (a module
+    imported since may have added one), Celery's, and Python's own."""
+    names = set(CELERY_ERROR_TYPES) | _BUILT_IN_ERRORS
+    classes: list[type[DocprocError]] = [DocprocError]
+    while classes:
+        found = classes.pop()
+        names.add(found.__name__)
+        classes.extend(found.__subclasses__())
+    return frozenset(names)
+
+
+def error_label(exc: BaseException) -> str:
+    """The error_type label of `exc`: its class, of which there are as many as the code has; for
+    a stand-in (a failure that waited for the store: the type its message's headers say, which
+    anyone who may publish to the vhost writes), that type if docproc knows it, else "other" —
+    as a label, each new one was a new series. The store records the type as it was said."""
+    name = error_type_of(exc)
+    if name == type(exc).__name__ or name in error_types():
+        return name
+    return OTHER_ERROR
+
+
+_BUILT_IN_ERRORS = frozenset(
+    name
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, BaseException)
+)
 
 
 class WorkMetrics:
@@ -120,12 +158,12 @@ def connect(app: Celery) -> None:
     def on_retry(sender: Any, reason: Any = None, **_: Any) -> None:
         if mine(sender) and _work is not None:
             cause = getattr(reason, "exc", None) or reason
-            name = error_type_of(cause) if isinstance(cause, BaseException) else "Retry"
+            name = error_label(cause) if isinstance(cause, BaseException) else "Retry"
             _work.retries.labels(sender.name, name).inc()
 
     def on_failure(sender: Any, exception: BaseException, **_: Any) -> None:
         if mine(sender) and _work is not None:
-            _work.failures.labels(sender.name, error_type_of(exception)).inc()
+            _work.failures.labels(sender.name, error_label(exception)).inc()
 
     signals.task_prerun.connect(on_prerun, weak=False)
     signals.task_postrun.connect(on_postrun, weak=False)

@@ -14,7 +14,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.task_contract import CANARY_FAIL, CANARY_FLAKY, PROCESS_DOCUMENT
+from service.task_contract import (
+    CANARY_FAIL,
+    CANARY_FLAKY,
+    CANARY_SUCCEED,
+    ERROR_TYPE_HEADER,
+    PENDING_FAILURE_HEADER,
+    PROCESS_DOCUMENT,
+)
 from tests.observability.conftest import Stack
 from tests.support import ROOT, eventually
 
@@ -105,6 +112,36 @@ async def test_the_worker_exports_task_and_step_durations_retries_failures_and_b
         == 1
     )
     assert "Signal handler" not in worked.worker.output(), worked.worker.tail()
+
+
+async def test_a_failure_type_a_message_forged_is_recorded_but_counted_as_other(
+    worked: Stack,
+) -> None:
+    forged = [f"Forged{n}-{'x' * 100 * n}" for n in range(3)]
+    task_ids = [
+        worked.celery.send_task(
+            CANARY_SUCCEED, headers={PENDING_FAILURE_HEADER: True, ERROR_TYPE_HEADER: name}
+        ).id
+        for name in forged
+    ]
+
+    async def counted() -> Samples | None:
+        samples = await scrape(f"{worked.worker_metrics}/metrics")
+        failed = value(samples, "docproc_task_failures_total", task=CANARY_SUCCEED)
+        return samples if failed >= len(forged) else None
+
+    samples = await eventually(counted, 30, "the forged failures in the worker's figures")
+    status = await worked.state(task_ids[0], "FAILURE", "DEAD")
+
+    labels = {
+        dict(sample_labels)["error_type"]
+        for (name, sample_labels), _ in samples.items()
+        if name == "docproc_task_failures_total" and ("task", CANARY_SUCCEED) in sample_labels
+    }
+    assert labels == {"other"}
+    error = status["error"]
+    assert isinstance(error, dict)
+    assert error["type"] == forged[0]  # the run says what the headers said
 
 
 async def test_the_api_exports_the_figures_alerts_read(worked: Stack) -> None:
