@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import msgspec
 
@@ -20,9 +21,35 @@ LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRI
 PLACEHOLDER_PASSWORD = "change-me"  # noqa: S105 -- the refused placeholder, not a password
 """How infra/.env.example's passwords begin: never accepted as a real one."""
 
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
-NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+INT64_MAX = 2**63 - 1
+"""The largest integer an AMQP table (x-delivery-limit) or SQL's bigint holds: no count or size
+docproc hands on may be larger."""
+MAX_PROCESSES = 1024
+"""Processes one setting may start on one machine (CELERY_CONCURRENCY, DOCPROC_API_WORKERS): past
+it, a typo forks until the machine stops."""
+CENTURY = 100 * 365.25 * 86400
+"""The longest duration (seconds): maintenance subtracts durations from today's date, and an
+infinite or millennial one is an OverflowError at every run."""
+LONGEST_DELAY = 2**28 - 1
+"""The longest retry delay (seconds, about 8.5 years): Celery's native delayed delivery writes a
+delay as 28 bits of its routing key (kombu.transport.native_delayed_delivery)."""
+SEARCH_WINDOW_MAX = 2**31 - 1
+"""PostgreSQL's search adds one to the window in SQL (service.store.search): kept well within its
+bigint; a window of billions of matches could never be ranked within a request anyway."""
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+Processes = Annotated[int, msgspec.Meta(ge=1, le=MAX_PROCESSES)]
+Duration = Annotated[float, msgspec.Meta(gt=0, le=CENTURY, description="seconds: 100 years")]
+RetryDelay = Annotated[
+    float,
+    msgspec.Meta(
+        gt=0,
+        le=LONGEST_DELAY,
+        description="seconds: about 8.5 years, the longest Celery's delayed delivery holds",
+    ),
+]
+SearchWindow = Annotated[int, msgspec.Meta(ge=1, le=SEARCH_WINDOW_MAX)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 OcrLanguages = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*$")]
 """Tesseract's language codes joined by `+`: eng, eng+deu."""
@@ -46,32 +73,32 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     max_chars: PositiveInt = 10_000_000
     max_pages: PositiveInt = 5_000
     max_chunks: PositiveInt = 25_000
-    max_cpu_seconds: PositiveFloat = 600.0
+    max_cpu_seconds: Duration = 600.0
     max_pixels: PositiveInt = 40_000_000
     ocr: Literal["auto", "off", "force"] = "auto"
     ocr_languages: OcrLanguages = "eng"
     tessdata: str = ""
-    dead_letter_retention: PositiveFloat = 14 * 24 * 3600.0
-    handled_dead_letter_retention: PositiveFloat = 3 * 24 * 3600.0
+    dead_letter_retention: Duration = 14 * 24 * 3600.0
+    handled_dead_letter_retention: Duration = 3 * 24 * 3600.0
     dead_letter_batch_bytes: PositiveInt = 64 * 1024 * 1024  # the DLQ's batch, a redrive's group
-    api_workers: PositiveInt = 1
+    api_workers: Processes = 1
     worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9808
-    restart_delay: PositiveFloat = 1.0
-    reconcile_after: PositiveFloat = 600.0
-    chunk_size: Annotated[int, msgspec.Meta(ge=100)] = 1000
+    restart_delay: Duration = 1.0
+    reconcile_after: Duration = 600.0
+    chunk_size: Annotated[int, msgspec.Meta(ge=100, le=INT64_MAX)] = 1000
     chunk_overlap: NonNegativeInt = 150
-    search_window: PositiveInt = 10_000  # service.store.search.WINDOW, which says why
+    search_window: SearchWindow = 10_000  # service.store.search.WINDOW, which says why
     log_level: LogLevel = "INFO"
     log_format: Literal["auto", "json", "human"] = "auto"
-    concurrency: PositiveInt = 2
+    concurrency: Processes = 2
     task_events: bool = True
     max_memory_per_child: NonNegativeInt = 512 * 1024  # KiB, as Celery counts it; 0: never
     max_retries: NonNegativeInt = 3
-    retry_delay: PositiveFloat = 60.0
-    retry_backoff_max: PositiveFloat = 3600.0
-    soft_time_limit: PositiveFloat = 1800.0
-    time_limit: PositiveFloat = 2400.0
-    result_expires: PositiveFloat = 3600.0
+    retry_delay: RetryDelay = 60.0
+    retry_backoff_max: RetryDelay = 3600.0
+    soft_time_limit: Duration = 1800.0
+    time_limit: Duration = 2400.0
+    result_expires: Duration = 3600.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -110,12 +137,27 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             if raw is None or raw == "":
                 continue
             values[field] = _convert(variable, raw, types[field])
+        if "api_keys" in values and not values["api_keys"]:
+            # Set, and naming no key ("," or " , "): the API would run open, as if unset.
+            raise ConfigError(
+                f"DOCPROC_API_KEYS={env['DOCPROC_API_KEYS']!r} is not allowed: it holds no key, "
+                "and with none every endpoint is open; set the keys separated by commas, or "
+                "unset the variable to run without keys"
+            )
         settings = msgspec.convert(values, cls)
         settings.validate()
         return settings
 
     def validate(self) -> None:
         """Checks that involve more than one field or a URL's shape."""
+        for number, key in enumerate(self.api_keys, start=1):
+            if not (key.isascii() and key.isprintable()):
+                # The key itself is never said: it is a secret, and may be the others' neighbour.
+                raise ConfigError(
+                    f"DOCPROC_API_KEYS is not allowed: key {number} of {len(self.api_keys)} is "
+                    "not printable ASCII, and an HTTP header (Authorization) carries no other "
+                    "text: no client could send it; use letters, digits and punctuation"
+                )
         for url in self.broker_urls or ("",):
             _check_url(
                 "DOCPROC_BROKER_URL",
@@ -128,7 +170,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             *(("DOCPROC_MANAGEMENT_URL", u) for u in self.management_urls),
             ("DOCPROC_DATABASE_URL", self.database_url),
         ):
-            if (urlsplit(url).password or "").startswith(PLACEHOLDER_PASSWORD):
+            if (_split(variable, url).password or "").startswith(PLACEHOLDER_PASSWORD):
                 raise ConfigError(
                     f"{variable} uses a {PLACEHOLDER_PASSWORD}… password, the placeholder of "
                     "infra/.env.example: set a real one (in infra/.env for Docker Compose)"
@@ -233,7 +275,7 @@ def _convert(variable: str, raw: str, annotation: Any) -> Any:
         return msgspec.convert(value, annotation, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(
-            f"{variable}={redact(raw)!r} is not allowed: {_allowed(target, exc)}"
+            f"{variable}={redact(raw)!r} is not allowed: {_allowed(annotation, exc)}"
         ) from None
 
 
@@ -247,14 +289,39 @@ def _duration(variable: str, text: str) -> float:
         ) from None
 
 
-def _allowed(target: Any, exc: msgspec.ValidationError) -> str:
+_OUT_OF_BOUNDS = re.compile(r"Expected `(int|float)` [<>]|Number out of range")
+"""How msgspec says a number is past a field's bounds (or past a float's, as 1e400 is)."""
+
+
+def _allowed(annotation: Any, exc: msgspec.ValidationError) -> str:
+    args = typing.get_args(annotation) if typing.get_origin(annotation) is Annotated else ()
+    target = args[0] if args else annotation
     if typing.get_origin(target) is Literal:
         return "expected one of " + ", ".join(str(a) for a in typing.get_args(target))
     # msgspec says e.g. "Expected `int` >= 1, got `-1`"; the path suffix means nothing here.
-    text = str(exc).split(" - at ", 1)[0].replace("`", "").replace("Expected", "expected", 1)
+    text = str(exc).split(" - at ", 1)[0]
+    meta = next((a for a in args[1:] if isinstance(a, msgspec.Meta)), None)
+    if meta is not None and _OUT_OF_BOUNDS.match(text):
+        return "expected " + _bounds(target, meta)
+    text = text.replace("`", "").replace("Expected", "expected", 1)
     return text.replace("expected int", "expected an integer").replace(
         "expected float", "expected a number"
     )
+
+
+def _bounds(target: Any, meta: msgspec.Meta) -> str:
+    """The range a field's Meta allows, as "an integer >= 1 and <= 1024 (why)"."""
+    limits = [
+        f"{sign} {_number(bound)}"
+        for sign, bound in ((">=", meta.ge), (">", meta.gt), ("<=", meta.le), ("<", meta.lt))
+        if bound is not None
+    ]
+    said = f"{'an integer' if target is int else 'a number'} {' and '.join(limits)}"
+    return f"{said} ({meta.description})" if meta.description else said
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def split_urls(value: str) -> tuple[str, ...]:
@@ -262,12 +329,22 @@ def split_urls(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(";") if part.strip())
 
 
-def _check_url(variable: str, url: str, schemes: tuple[str, ...], example: str) -> None:
+def _split(variable: str, url: str) -> SplitResult:
+    """`url`'s parts, its port checked; a one-line ConfigError (its password hidden) where
+    urlsplit raises: a port that is not a number, a "[" with no "]" (Invalid IPv6 URL)."""
     try:
         parts = urlsplit(url)
         _ = parts.port  # raises on a port that is not a number
     except ValueError as exc:
-        raise ConfigError(f"{variable}={redact(url)!r} is not allowed: {exc}") from None
+        hint = (
+            " (an IPv6 address is written whole in brackets: [::1])" if "IPv6" in str(exc) else ""
+        )
+        raise ConfigError(f"{variable}={redact(url)!r} is not allowed: {exc}{hint}") from None
+    return parts
+
+
+def _check_url(variable: str, url: str, schemes: tuple[str, ...], example: str) -> None:
+    parts = _split(variable, url)
     if parts.scheme not in schemes or not parts.hostname:
         raise ConfigError(
             f"{variable}={redact(url)!r} is not allowed: expected an {' or '.join(schemes)} URL "
@@ -276,7 +353,7 @@ def _check_url(variable: str, url: str, schemes: tuple[str, ...], example: str) 
 
 
 def _check_database_url(url: str) -> None:
-    scheme = urlsplit(url).scheme
+    scheme = _split("DOCPROC_DATABASE_URL", url).scheme
     if scheme == "sqlite":
         if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
             raise ConfigError(
@@ -291,8 +368,22 @@ def _check_database_url(url: str) -> None:
             ("postgresql", "postgres"),
             "postgresql://user@localhost:5432/docproc",
         )
+        _check_read_alike(url)
         return
     raise ConfigError(
         f"DOCPROC_DATABASE_URL={redact(url)!r} is not allowed: expected sqlite:///path.db "
         "or postgresql://user@host/database"
     )
+
+
+def _check_read_alike(url: str) -> None:
+    """The store connects where SQLAlchemy reads the URL, and SQLAlchemy ends the password at
+    its first "@" (sqlalchemy.engine.url's pattern) where urlsplit, these checks and redaction
+    end it at the last: `postgres:Sec@ret@db` is host `ret@db` to SQLAlchemy."""
+    userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    if "@" in userinfo.partition(":")[2]:
+        raise ConfigError(
+            f"DOCPROC_DATABASE_URL={redact(url)!r} is not allowed: its password holds a raw "
+            '"@", where SQLAlchemy ends it, taking the rest for the host: percent-encode it as '
+            '%40 (":" as %3A, "/" as %2F)'
+        )

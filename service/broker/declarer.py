@@ -8,10 +8,10 @@ import aiormq
 from aio_pika.abc import AbstractChannel, ExchangeType
 from loguru import logger
 
-from service.broker.connection import connect
+from service.broker.connection import connect, grant, user_of
 from service.broker.drift import queue_differences
 from service.broker.management import Management
-from service.errors import DocprocError, TopologyMismatch
+from service.errors import ConfigError, DocprocError, TopologyMismatch
 from service.settings import Settings
 from service.topology import Exchange, Queue, Topology, build_topology
 
@@ -19,14 +19,17 @@ from service.topology import Exchange, Queue, Topology, build_topology
 async def declare_topology(settings: Settings, topology: Topology | None = None) -> Topology:
     """Declare every exchange, queue and binding of `topology`; declaring again changes nothing.
 
-    Raises BrokerUnavailable when RabbitMQ cannot be reached, and TopologyMismatch when an object
-    exists with other arguments (PRECONDITION_FAILED), naming it, the differences and the fix.
+    Raises BrokerUnavailable when RabbitMQ cannot be reached, TopologyMismatch when an object
+    exists with other arguments (PRECONDITION_FAILED), naming it, the differences and the fix,
+    and ConfigError when the user may not declare or bind them (ACCESS_REFUSED).
     """
     topology = topology or build_topology(settings)
     connection = await connect(settings, name="declarer")
     try:
         channel = await connection.channel()
         await _declare(channel, topology, settings)
+    except aiormq.exceptions.ChannelAccessRefused as exc:
+        raise _refused(settings, exc) from None
     finally:
         await connection.close()
     logger.bind(vhost=settings.vhost).debug(
@@ -57,6 +60,17 @@ async def _declare(channel: AbstractChannel, topology: Topology, settings: Setti
         else:
             exchange_ = await channel.get_exchange(binding.destination, ensure=False)
             await exchange_.bind(source, routing_key=binding.routing_key)
+
+
+def _refused(settings: Settings, exc: aiormq.exceptions.ChannelAccessRefused) -> ConfigError:
+    """The user of DOCPROC_BROKER_URL lacks a permission docproc needs on the vhost."""
+    user = user_of(settings.broker_urls[0])
+    said = str(exc.args[0]) if exc.args else repr(exc)
+    return ConfigError(
+        f"RabbitMQ refused what docproc's topology needs ({said}): docproc declares, publishes "
+        f"and consumes in vhost {settings.vhost!r}; give user {user!r} every permission on it "
+        f"(`{grant(settings.vhost, user)}`), or set DOCPROC_BROKER_URL to a user that has them"
+    )
 
 
 async def _mismatch(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json as _json
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +16,7 @@ from click.core import ParameterSource
 
 from service.cli.deadlines import Deadline, Deadlines
 from service.errors import BrokerUnavailable, ConfigError, DocprocError, abort
+from service.terminal import printable
 
 API_KEY_VARIABLE = "DOCPROC_API_KEY"
 CLIENT_KEEP_ALIVE = 2
@@ -94,12 +94,38 @@ def _checked_address(context: click.Context, parameter: click.Parameter, url: st
     )
 
 
+KEY_PROBLEM = (
+    "an API key must be printable ASCII: it is sent in an HTTP header (Authorization), which "
+    "carries no other text"
+)
+
+
+def key_problem(key: str | None) -> str | None:
+    """What keeps `key` from going in a request's header; None when nothing does. http.client
+    writes headers in Latin-1, and raised UnicodeEncodeError (or ValueError, for a newline)."""
+    if key is None or (key.isascii() and key.isprintable()):
+        return None
+    return KEY_PROBLEM
+
+
+def _checked_key(context: click.Context, parameter: click.Parameter, key: str | None) -> str | None:
+    """--api-key, or DOCPROC_API_KEY, as a one-line reason when it cannot be sent: a usage error
+    for the option, a setting's error (exit 78) for the variable; the key itself never shown."""
+    problem = key_problem(key)
+    if problem is None:
+        return key
+    if context.get_parameter_source(str(parameter.name)) is ParameterSource.ENVIRONMENT:
+        abort(ConfigError(f"{API_KEY_VARIABLE} is not allowed: {problem}"))
+    raise click.BadParameter(problem, context, parameter)
+
+
 def api_option(command: Callable[..., Any]) -> Callable[..., Any]:
     command = click.option(
         "--api-key",
         envvar=API_KEY_VARIABLE,
         default=None,
         help=f"Bearer key for mutating endpoints (or {API_KEY_VARIABLE}).",
+        callback=_checked_key,
     )(command)
     return click.option(
         "--api",
@@ -310,6 +336,8 @@ class Api:
         problem = address_problem(self.url)
         if problem is not None:
             abort(DocprocError(printable(f"--api {self.url}: {problem}")))
+        if key_problem(key) is not None:
+            abort(ConfigError(f"--api-key / {API_KEY_VARIABLE}: {KEY_PROBLEM}"))
         parts = urllib3.util.parse_url(self.url)
         self.base = (parts.path or "").rstrip("/")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -457,27 +485,6 @@ class Api:
 
     def delete(self, path: str, **kwargs: Any) -> Any:
         return self.request("DELETE", path, **kwargs)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_CONTROL_IN_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def _escaped(character: str) -> str:
-    code = ord(character)
-    if 0xDC80 <= code <= 0xDCFF:  # a byte of a file name that is not UTF-8 (os.fsdecode's)
-        return f"\\x{code - 0xDC00:02x}"
-    return character.encode("unicode_escape").decode("ascii")
-
-
-def printable(value: object, *, lines: bool = False) -> str:
-    """`value` as text a terminal shows as it is: control characters (escape sequences that
-    could retitle the window or recolour the screen, newlines that break a table) escaped, and
-    the surrogates that stand for a file name's bytes that are not UTF-8, which no terminal's
-    encoding can write, as those bytes ("bad\\xff.txt"); a lone one from the API as "\\ud800".
-    With `lines`, newlines and tabs are kept: for text shown whole, as a document's."""
-    text = "" if value is None else str(value)
-    return (_CONTROL_IN_LINES if lines else _CONTROL).sub(lambda m: _escaped(m.group()), text)
 
 
 def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
