@@ -23,9 +23,16 @@ def install() -> None:
 
 
 def _doubles(original: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    # Tables and arrays go to pamqp's encoders of them directly, which call this again for
+    # their values: through `original` each level of nesting cost a third frame of Python's
+    # stack, and tables nested 330 deep, which pamqp alone writes, could not be written.
     def encode_table_value(value: Any) -> bytes:
         if isinstance(value, float):
             return b"d" + pamqp.encode.double(value)
+        if isinstance(value, dict):
+            return b"F" + pamqp.encode.field_table(value)
+        if isinstance(value, list):
+            return b"A" + pamqp.encode.field_array(value)
         return original(value)
 
     return encode_table_value

@@ -3,7 +3,8 @@
 One long-lived connection and a channel with publisher confirms (made anew when RabbitMQ nacks on
 it: `Publisher._replace`): a publish returns only when RabbitMQ has taken responsibility for the
 message, or raises — BrokerUnavailable when it is not connected or does not confirm, NotSent when
-it certainly did not go out (not connected, or nacked), Unroutable when it returns the message.
+it certainly did not go out (not connected, or nacked), Unroutable when it returns the message,
+Unwritable when it cannot be written as AMQP (nothing went out either).
 The connection is kept up in the background (a process starts, and says it is not ready, while
 the broker is away), and a callback hears each (re)connection: what could not be published
 meanwhile goes out then. Nothing is replayed here; callers decide.
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import struct
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -31,7 +33,7 @@ from aio_pika.abc import (
 from loguru import logger
 
 from service.broker.connection import BROKER_ERRORS, connect, connect_until, until
-from service.errors import BrokerUnavailable, NotSent, Unconfirmed, Unroutable
+from service.errors import BrokerUnavailable, Conflict, NotSent, Unconfirmed, Unroutable
 from service.logs import CORRELATION_HEADER
 from service.serialization import CONTENT_ENCODING, CONTENT_TYPE, dumps
 from service.settings import Settings
@@ -43,6 +45,19 @@ RECONNECT_PAUSE_MAX = 1.0
 """The longest pause between two attempts to reach the broker again: documents that could not be
 queued meanwhile go out within a second or two of its return."""
 ORIGIN = f"docproc-{os.getpid()}@{socket.gethostname()}"
+NAME_BYTES = 255
+"""Bytes of UTF-8 a queue name or a routing key holds at most (an AMQP short string); aiormq
+counts its characters, and 200 "é" (400 bytes) failed only as pamqp wrote the frame."""
+
+
+class Unwritable(Conflict):
+    """The message, or where it goes, cannot be written as AMQP: a routing key past NAME_BYTES,
+    a header AMQP has no type for, a table nested past Python's stack. Raised as the frame is
+    built — aiormq writes a frame only once it is whole — so it certainly did not go out."""
+
+
+FRAME_ERRORS = (TypeError, ValueError, OverflowError, RecursionError, struct.error)
+"""What pamqp raises for a value it cannot write."""
 
 
 def _retrieved(done: asyncio.Future[None]) -> None:
@@ -262,7 +277,13 @@ class Publisher:
         self, message: aio_pika.Message, routing_key: str, *, exchange: str = EXCHANGE
     ) -> None:
         """Publish and wait for the confirm. BrokerUnavailable if it does not come; Unroutable
-        when RabbitMQ returns the message (no queue bound where it was sent)."""
+        when RabbitMQ returns the message (no queue bound where it was sent); Unwritable when it
+        cannot be written as AMQP."""
+        size = len(routing_key.encode("utf-8", "surrogatepass"))
+        if size > NAME_BYTES:
+            raise Unwritable(
+                f"the routing key is {size} bytes in UTF-8, more than the {NAME_BYTES} AMQP allows"
+            )
         channel, target = await self._target(exchange)
         try:
             await target.publish(
@@ -272,6 +293,11 @@ class Publisher:
             raise BrokerUnavailable(self._unconfirmed) from exc
         except BROKER_ERRORS as exc:
             raise await self._refusal(exc, channel, exchange, routing_key) from exc
+        except FRAME_ERRORS as exc:
+            said = "nested too deep" if isinstance(exc, RecursionError) else str(exc)[:200]
+            raise Unwritable(
+                f"the message cannot be written as AMQP ({type(exc).__name__}: {said})"
+            ) from exc
 
     async def publish_settling(self, message: aio_pika.Message, routing_key: str) -> None:
         """`publish` to docproc's exchange; but a confirm that does not come in time is left to

@@ -65,7 +65,7 @@ from sqlalchemy import Connection, String
 from service import telemetry
 from service.broker.connection import BROKER_ERRORS, connect_until, until
 from service.deadletters import frames
-from service.deadletters.parsing import RawMessage, message_key, read
+from service.deadletters.parsing import RawMessage, escaped, message_key, read
 from service.errors import DatabaseError, DocprocError, StoreUnavailable
 from service.logs import correlated
 from service.settings import Settings
@@ -282,7 +282,7 @@ def quarantined(letter: NewDeadLetter) -> NewDeadLetter:
     return msgspec.structs.replace(
         letter,
         **texts,
-        **{name: {"unreadable": _ascii(repr(value))} for name, value in kept.items()},
+        **{name: {"unreadable": escaped(value)} for name, value in kept.items()},
         # Counts as the message says them may lie beyond the store's integers (PostgreSQL's
         # are 32-bit): what they said stays in the escaped headers.
         death_count=min(max(letter.death_count, 0), _INT_MAX),
@@ -655,12 +655,15 @@ class DeadLetterConsumer:
                 results = await self.store.write(
                     store_batch, raws, session=self.session, book=self._book
                 )
-            except StoreUnavailable:
+            except (StoreUnavailable, LeaseLost):
                 raise
-            except DatabaseError as refused:
-                # Not an outage: the store refused something in this batch. Store it letter by
-                # letter, quarantining the ones it refuses, rather than meet it again forever.
-                logger.warning("the store refused a batch ({}); storing it one by one", refused)
+            except Exception as refused:
+                # Not an outage: the store refused something in this batch, or storing it broke
+                # (a RecursionError, a bug). Store it letter by letter, quarantining the ones
+                # that fail, rather than meet it again forever: the DLQ has no delivery limit,
+                # and a batch that raised came back at every start, killing the process each
+                # time, every letter behind it unstored.
+                _failed(refused, "storing a batch failed ({}); storing it one by one")
                 results = [result for raw in raws for result in await self._store_alone(raw)]
         except LeaseLost:
             self._lease_lost.set()
@@ -668,6 +671,13 @@ class DeadLetterConsumer:
         except DatabaseError as exc:
             # Closing the channel (the caller does) hands the batch back to the queue.
             logger.warning("the store failed, handing {} dead letters back: {}", len(batch), exc)
+            return False
+        except Exception as exc:  # not even quarantined: handed back, and tried after a pause
+            logger.opt(exception=exc).error(
+                "storing a dead letter failed quarantined too, handing {} back: {!r}",
+                len(batch),
+                exc,
+            )
             return False
         self._inject("after-commit")
         # The batch is every unacked delivery of this channel, in order: one ack covers it.
@@ -705,12 +715,11 @@ class DeadLetterConsumer:
     async def _store_alone(self, raw: RawMessage) -> list[tuple[str, bool]]:
         try:
             return await self.store.write(store_batch, [raw], session=self.session, book=self._book)
-        except StoreUnavailable:
+        except (StoreUnavailable, LeaseLost):
             raise
-        except DatabaseError as refused:
-            logger.bind(message_key=message_key(raw)).warning(
-                "the store refused a dead letter ({}); storing it quarantined", refused
-            )
+        except Exception as refused:
+            with logger.contextualize(message_key=message_key(raw)):
+                _failed(refused, "storing a dead letter failed ({}); storing it quarantined")
             return await self.store.write(
                 store_batch, [raw], session=self.session, book=self._book, quarantine=True
             )
@@ -750,6 +759,15 @@ def _gone(holder: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _failed(exc: Exception, said: str) -> None:
+    """Log a batch or letter the store refused (a warning), or whose storing broke (an error,
+    with its traceback: a bug to fix)."""
+    if isinstance(exc, DatabaseError):
+        logger.warning(said, exc)
+    else:
+        logger.opt(exception=exc).error(said, repr(exc))
 
 
 def _correlation(raw: RawMessage) -> str | None:

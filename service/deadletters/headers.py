@@ -9,9 +9,10 @@ table that only looks like a tag is stored as `{"$table": ...}`, and a tag that 
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 JsonValue = Any
 
@@ -60,33 +61,82 @@ _DECODERS: dict[str, Any] = {
 }
 
 
-def from_json(value: JsonValue) -> Any:
+class _Open(NamedTuple):
+    """A container being rebuilt: `made` takes its place in its parent (the container, or a
+    wrapper of it), `into` receives its children as each is rebuilt, `children` are the
+    (key or index, value) pairs still to visit."""
+
+    made: Any
+    into: Any
+    children: Iterator[tuple[Any, Any]]
+
+
+def _table(value: dict[str, Any]) -> _Open:
+    into: dict[str, Any] = {}
+    return _Open(into, into, iter(value.items()))
+
+
+def _array(value: list[Any]) -> _Open:
+    into: list[Any] = [None] * len(value)
+    return _Open(into, into, enumerate(value))
+
+
+def _rebuilt(value: Any, visit: Callable[[Any], Any]) -> Any:
+    """`value` rebuilt at any depth without recursion: `visit` gives a node's new value, or an
+    `_Open` container whose children are visited in turn. Recursing, a table nested some 480
+    deep (RabbitMQ and the store take them) ran out of Python's stack in the API: a 500."""
+    top: list[Any] = [None]
+    stack: list[tuple[Any, Iterator[tuple[Any, Any]]]] = [(top, iter([(0, value)]))]
+    while stack:
+        into, children = stack[-1]
+        for key, child in children:
+            made = child if type(child) in _AS_IS else visit(child)
+            if type(made) is _Open:
+                into[key] = made.made
+                stack.append((made.into, made.children))
+                break
+            into[key] = made
+        else:
+            stack.pop()
+    return top[0]
+
+
+def _from_json(value: JsonValue) -> Any:
     if isinstance(value, dict):
         if len(value) == 1:
             ((tag, inner),) = value.items()
             if tag == "$table" and isinstance(inner, dict):
-                return {k: v if type(v) in _AS_IS else from_json(v) for k, v in inner.items()}
+                return _table(inner)
             if tag in _DECODERS:
                 try:
                     return _DECODERS[tag](inner)
                 except (TypeError, ValueError, ArithmeticError):
                     return value  # not what the tag says: kept as stored
-        return {k: v if type(v) in _AS_IS else from_json(v) for k, v in value.items()}
+        return _table(value)
     if isinstance(value, list):
-        return [v if type(v) in _AS_IS else from_json(v) for v in value]
+        return _array(value)
+    return value
+
+
+def from_json(value: JsonValue) -> Any:
+    """The stored form as the header table it was."""
+    return _rebuilt(value, _from_json)
+
+
+def _plain(value: JsonValue) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((tag, inner),) = value.items()
+            if tag == "$table" and isinstance(inner, dict):
+                return _table(inner)
+            if tag in _TAGS:
+                return inner
+        return _table(value)
+    if isinstance(value, list):
+        return _array(value)
     return value
 
 
 def plain(value: JsonValue) -> Any:
     """The tagged form made readable (for the API): datetimes as ISO text, bytes as base64 text."""
-    if isinstance(value, dict):
-        if len(value) == 1:
-            ((tag, inner),) = value.items()
-            if tag == "$table" and isinstance(inner, dict):
-                return {k: plain(v) for k, v in inner.items()}
-            if tag in _TAGS:
-                return inner
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
+    return _rebuilt(value, _plain)

@@ -3,9 +3,13 @@ was, its arguments where the content type allows, and a key that recognises it w
 
 from __future__ import annotations
 
+import bz2
 import hashlib
+import lzma
+import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -18,7 +22,7 @@ from service.task_contract import (
     ERROR_TYPE_HEADER,
     REPUBLISHED_FROM_HEADER,
 )
-from service.task_protocol import UNREADABLE_PROPERTIES, problem
+from service.task_protocol import BODY_CHECK_LIMIT, UNREADABLE_PROPERTIES, problem
 
 REPUBLISH_COUNT_HEADER = "x-docproc-republish-count"
 
@@ -44,13 +48,37 @@ def message_key(raw: RawMessage, converted: tuple[Any, Any] | None = None) -> st
         if converted is None or not _VOLATILE_HEADERS.isdisjoint(raw.headers):
             converted = (to_json(_stable(raw.headers)), to_json(raw.properties))
         canonical = msgspec.json.encode(list(converted), order="sorted")
-    except (TypeError, ValueError, msgspec.EncodeError):
-        canonical = repr(sorted(_stable(raw.headers).items(), key=str)).encode("utf-8", "replace")
+    except Exception:  # not JSON (TypeError…), or nested past Python's stack (RecursionError)
+        canonical = _outline(raw.headers)
     return hashlib.sha256(raw.body + b"\x00" + canonical).hexdigest()
 
 
 def _stable(headers: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in headers.items() if k not in _VOLATILE_HEADERS}
+
+
+def _outline(headers: Any) -> bytes:
+    """The stable headers as text, for a key when JSON cannot hold them; their names alone
+    when they nest deeper than `repr` reaches."""
+    try:
+        return repr(sorted(_stable(headers).items(), key=str)).encode("utf-8", "replace")
+    except Exception:
+        names = sorted(map(str, headers)) if isinstance(headers, dict) else []
+        return repr(names).encode("utf-8", "replace")
+
+
+def escaped(value: Any) -> str:
+    """`value` written out as ASCII text (its `repr`, escaped), or what it is when it nests
+    deeper than `repr` reaches: the stored form of what cannot be stored as it is."""
+    try:
+        text = repr(value)
+    except Exception as exc:
+        text = f"<{type(value).__name__} that cannot be written out: {_said(exc)}>"
+    return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _said(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 _UNCONVERTIBLE = object()
@@ -60,7 +88,7 @@ def _converted(value: Any) -> Any:
     """`to_json(value)`, or `_UNCONVERTIBLE` (the reader says why when it meets it)."""
     try:
         return to_json(value)
-    except (TypeError, ValueError):
+    except Exception:  # TypeError, ValueError; RecursionError past Python's stack
         return _UNCONVERTIBLE
 
 
@@ -121,6 +149,9 @@ class _Reader:
             if converted is _UNCONVERTIBLE:
                 converted = to_json(value)
             encoded = msgspec.json.encode(converted)
+        except RecursionError as exc:  # nested past Python's stack; the body keeps it
+            self.note(f"{name} could not be read as JSON ({_said(exc)}); stored as its text")
+            return self.text(name, escaped(value))
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
             self.note(f"{name} could not be read as JSON ({exc}); stored as its text")
             return self.text(name, repr(value))
@@ -147,21 +178,115 @@ class _Reader:
         return [self.text("routing-keys", key, 255) or "" for key in value]
 
 
-def _arguments(raw: RawMessage, content_type: str | None) -> tuple[Any, Any]:
-    """Task args and kwargs, when the body is JSON (Celery protocol 2: [args, kwargs, embed])."""
-    if content_type not in _JSON_TYPES:
+COMPRESSION_HEADER = "compression"
+"""Where kombu says how it compressed a body (Celery's `compression=`); its worker decompresses
+before it decodes, so the DLQ does the same before it reads the arguments."""
+
+
+class _Inflater(Protocol):
+    """zlib's, bz2's and lzma's decompressors, as `_inflated` uses them."""
+
+    def decompress(self, data: bytes, max_length: int, /) -> bytes: ...
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+
+def _zlib() -> _Inflater:
+    return zlib.decompressobj()
+
+
+_INFLATERS: dict[str, Callable[[], _Inflater]] = {
+    # kombu's names and aliases (kombu.compression), case and all; "gzip" is zlib's format there.
+    **dict.fromkeys(("application/x-gzip", "gzip", "zlib"), _zlib),
+    **dict.fromkeys(("application/x-bz2", "bzip2", "bzip"), bz2.BZ2Decompressor),
+    **dict.fromkeys(("application/x-lzma", "lzma", "xz"), lzma.LZMADecompressor),
+}
+
+
+def _inflated(body: bytes, method: str) -> bytes | None:
+    """`body` decompressed as kombu does it for `method` (zlib reads one stream; bz2 and lzma
+    read streams one after another, and ignore what follows that is none), or None once it
+    passes BODY_CHECK_LIMIT bytes: a body of kilobytes can inflate to gigabytes."""
+    make = _INFLATERS[method]
+    inflated = bytearray()
+    rest, streams = body, 0
+    while True:
+        stream = make()
+        try:
+            inflated += stream.decompress(rest, BODY_CHECK_LIMIT + 1 - len(inflated))
+        except Exception:
+            if streams:
+                break
+            raise
+        if len(inflated) > BODY_CHECK_LIMIT:
+            return None
+        if not stream.eof:
+            raise ValueError("the compressed stream ends early")
+        rest, streams = stream.unused_data, streams + 1
+        if not rest or make is _zlib:
+            break
+    return bytes(inflated)
+
+
+def _task_body(
+    headers: dict[str, Any], body: bytes, reader: _Reader
+) -> tuple[bytes | None, str | None]:
+    """The body as the worker reads it — decompressed as its `compression` header says — or
+    None when it is not read here (inflating past BODY_CHECK_LIMIT, a method not known here),
+    with why it cannot be a task's body when that is certain (it does not decompress)."""
+    method = headers.get(COMPRESSION_HEADER)
+    if method is None:
+        return body, None
+    if not isinstance(method, str) or method not in _INFLATERS:
+        reader.note(f"the body is compressed as {method!r:.60}, not read here: no arguments")
         return None, None
     try:
-        body = msgspec.json.decode(raw.body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+        inflated = _inflated(body, method)
+    except Exception as exc:  # zlib.error, OSError (bz2), LZMAError, ValueError
+        return (
+            None,
+            f"the body does not decompress as its compression header says ({method}: {exc})",
+        )
+    if inflated is None:
+        reader.note(
+            f"the body inflates past {BODY_CHECK_LIMIT:,} bytes ({method}): not read, no arguments"
+        )
+    return inflated, None
+
+
+def _arguments(body: bytes | None, content_type: str | None, reader: _Reader) -> tuple[Any, Any]:
+    """Task args and kwargs, when the body is JSON (Celery protocol 2: [args, kwargs, embed])."""
+    if body is None or content_type not in _JSON_TYPES:
         return None, None
-    if isinstance(body, list) and len(body) == 3:
-        return body[0], body[1]
+    try:
+        decoded = msgspec.json.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None, None  # `problem` says so
+    except Exception as exc:  # RecursionError: nested past Python's stack
+        reader.note(f"the body could not be read as JSON ({_said(exc)}); kept as it came")
+        return None, None
+    if isinstance(decoded, list) and len(decoded) == 3:
+        return decoded[0], decoded[1]
     return None, None
 
 
-def read(raw: RawMessage) -> NewDeadLetter:
-    """The record to store for `raw`, whatever it holds."""
+def _problem(
+    headers: dict[str, Any], body: bytes | None, content_type: str | None, reader: _Reader
+) -> str | None:
+    """`problem()` of the body as the worker reads it; of the headers alone when the body is
+    not read here. A check that breaks is said in `problems`, and claims nothing."""
+    try:
+        return problem(headers, b"", None) if body is None else problem(headers, body, content_type)
+    except Exception as exc:
+        reader.note(f"the message could not be checked as a task message ({_said(exc)})")
+        return None
+
+
+def _read(raw: RawMessage) -> NewDeadLetter:
     reader = _Reader()
     headers = raw.headers if isinstance(raw.headers, dict) else {}
     properties = raw.properties if isinstance(raw.properties, dict) else {}
@@ -176,11 +301,12 @@ def read(raw: RawMessage) -> NewDeadLetter:
     death = deaths[0] if deaths else {}
     times = [t for t in (reader.time("x-death time", d.get("time")) for d in deaths) if t]
     content_type = reader.text("content_type", properties.get("content_type"), 255)
-    args, kwargs = _arguments(raw, content_type)
+    body, undecodable = _task_body(headers, raw.body, reader)
+    args, kwargs = _arguments(body, content_type, reader)
     # The last failure, as the worker's retry carried it: what the store may not have recorded.
     error_type = reader.text(ERROR_TYPE_HEADER, headers.get(ERROR_TYPE_HEADER), 255)
     error_message = reader.text(ERROR_MESSAGE_HEADER, headers.get(ERROR_MESSAGE_HEADER))
-    wrong = problem(headers, raw.body, content_type)
+    wrong = _problem(headers, body, content_type, reader) or undecodable
     if wrong is not None:
         error_type = (
             "UnreadableProperties"
@@ -223,4 +349,55 @@ def read(raw: RawMessage) -> NewDeadLetter:
             REPUBLISHED_FROM_HEADER, headers.get(REPUBLISHED_FROM_HEADER), 36
         ),
         problems=reader.problems or None,
+    )
+
+
+def read(raw: RawMessage) -> NewDeadLetter:
+    """The record to store for `raw`, whatever it holds. It never raises: a letter whose reading
+    breaks (a case no reader foresaw) is stored in its least form, rather than stop the DLQ
+    consumer, which would meet it again at every delivery."""
+    try:
+        return _read(raw)
+    except Exception as exc:
+        return _unread(
+            raw, f"the letter could not be read ({_said(exc)}); stored in its least form"
+        )
+
+
+def _unread(raw: RawMessage, why: str) -> NewDeadLetter:
+    """The least record of a letter: its body byte for byte, its headers and properties as
+    escaped text, its task and id if they are text, and why."""
+    reader = _Reader()
+    headers = raw.headers if isinstance(raw.headers, dict) else {}
+
+    def text(name: str, value: Any) -> str | None:
+        return reader.text(name, value, 255) if isinstance(value, str) else None
+
+    return NewDeadLetter(
+        message_key=message_key(raw),
+        body=raw.body,
+        content_type=None,
+        content_encoding=None,
+        headers={"unreadable": escaped(raw.headers)},
+        properties={"unreadable": escaped(raw.properties)},
+        reason="unknown",
+        queue=text("routing key", raw.routing_key) or "unknown",
+        exchange=None,
+        routing_keys=[],
+        death_count=1,
+        first_death_at=None,
+        dead_at=datetime.now(UTC),
+        task_name=text("task", headers.get("task")),
+        task_id=text("id", headers.get("id")),
+        args=None,
+        kwargs=None,
+        retries=None,
+        root_id=None,
+        parent_id=None,
+        correlation_id=None,
+        error_type=None,
+        error_message=None,
+        traceback=None,
+        republished_from=None,
+        problems=[why, *reader.problems],
     )

@@ -22,7 +22,7 @@ import aio_pika
 from loguru import logger
 from sqlalchemy import Connection
 
-from service.broker.publisher import TaskPublisher
+from service.broker.publisher import TaskPublisher, Unwritable
 from service.deadletters.republish import check, mark_handled, message_for, publish, run_versions
 from service.errors import (
     BrokerUnavailable,
@@ -334,7 +334,8 @@ class RedriveRunner:
                         "not recorded as re-published: it may have gone out; not again "
                         "(re-publish it by hand, with force, if it never went out)"
                     )
-                except Unroutable as exc:  # returned: it reached no queue, its claim given back
+                except (Unroutable, Unwritable) as exc:
+                    # Returned (it reached no queue), or never written: its claim given back.
                     not_sent.append(dead_letter_id)
                     outcomes[dead_letter_id] = str(exc)
                 except DocprocError as exc:

@@ -21,10 +21,18 @@ from loguru import logger
 from sqlalchemy import Connection
 
 from service import telemetry
-from service.broker.publisher import TaskPublisher
+from service.broker.publisher import FRAME_ERRORS, NAME_BYTES, TaskPublisher, Unwritable
 from service.deadletters.headers import from_json
 from service.deadletters.parsing import REPUBLISH_COUNT_HEADER
-from service.errors import Caution, Conflict, DatabaseError, NotFound, NotSent, Unroutable
+from service.errors import (
+    BadRequest,
+    Caution,
+    Conflict,
+    DatabaseError,
+    NotFound,
+    NotSent,
+    Unroutable,
+)
 from service.store import dead_letters, task_runs
 from service.store.database import RECORD_PATIENCE, AsyncStore
 from service.store.dead_letters import DeadLetter
@@ -102,15 +110,18 @@ one, the other's value lost."""
 
 
 def _long_name(table: Any) -> str | None:
-    """A header name, at any depth of `table`, longer than FIELD_NAME_LIMIT bytes."""
-    if isinstance(table, dict):
-        for name, value in table.items():
-            if len(str(name).encode("utf-8", "surrogatepass")) > FIELD_NAME_LIMIT:
-                return str(name)
-            if (deeper := _long_name(value)) is not None:
-                return deeper
-    elif isinstance(table, list):
-        return next((name for item in table if (name := _long_name(item)) is not None), None)
+    """A header name, at any depth of `table`, longer than FIELD_NAME_LIMIT bytes (looked for
+    without recursion: a table nested hundreds deep is for pamqp to refuse, a 409)."""
+    values = [table]
+    while values:
+        value = values.pop()
+        if isinstance(value, dict):
+            for name in value:
+                if len(str(name).encode("utf-8", "surrogatepass")) > FIELD_NAME_LIMIT:
+                    return str(name)
+            values.extend(value.values())
+        elif isinstance(value, list):
+            values.extend(value)
     return None
 
 
@@ -226,6 +237,11 @@ async def republish(
     whose task succeeded since is a Conflict saying so, unless `force`; a letter that did not die
     in a docproc work queue goes only where `target` names.
     """
+    size = len(target.encode("utf-8", "surrogatepass")) if target is not None else 0
+    if size > NAME_BYTES:
+        raise BadRequest(
+            f"target is {size} bytes in UTF-8, more than the {NAME_BYTES} a queue name holds"
+        )
     letter = await store.run(dead_letters.get, dead_letter_id)
     if target is None:
         letter = check(letter, dead_letter_id)
@@ -242,10 +258,11 @@ async def republish(
     try:
         # What cannot be written as a message again is said before anything is done.
         message.properties.marshal()
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+    except FRAME_ERRORS as exc:
+        said = "they nest too deep" if isinstance(exc, RecursionError) else str(exc)[:200]
         raise Conflict(
             f"dead letter {dead_letter_id} cannot be re-published: its headers or properties "
-            f"cannot be written as AMQP again ({type(exc).__name__}: {str(exc)[:200]})"
+            f"cannot be written as AMQP again ({type(exc).__name__}: {said})"
         ) from None
     seen = await store.run(run_versions, [letter])
     # Two requests at once (a double click, a client's retry, two operators) both read the
@@ -266,13 +283,16 @@ async def republish(
     queue = target or letter.queue
     # A publish that fails may have gone out all the same (a confirm that never came): the
     # letter stays claimed, and the next request is cautioned. One that certainly did not (no
-    # connection, a nack, returned) gives its claim back: the operator's next try is not
-    # cautioned as a re-published one.
+    # connection, a nack, returned, a frame that could not be written) gives its claim back:
+    # the operator's next try is not cautioned as a re-published one.
     try:
         await publish(publisher, letter, queue, message=message)
     except (NotSent, Unroutable):
         await _give_back(store, letter, claimed)
         raise
+    except Unwritable as exc:
+        await _give_back(store, letter, claimed)
+        raise Conflict(f"dead letter {dead_letter_id} was not re-published: {exc}") from None
     # Unmarked, the letter would look untouched, and a retried request would publish it again.
     at = max(utcnow(), claimed + timedelta(microseconds=1))  # a stamp of its own (`mark_handled`)
     recorded = True

@@ -275,7 +275,9 @@ async def dead_letter_body(dead_letter_id: PathId, store: StoreDep) -> Response[
     "`expires` dropped, lineage added. The record stays, marked re-published. 409 when the "
     "letter was re-published already, died at the delivery limit (it killed workers) or its "
     "task succeeded since — unless `force=true`; and when it did not die in a docproc work "
-    "queue — unless `target` names the queue. 502 when RabbitMQ returns the message.",
+    "queue — unless `target` names the queue; and when its headers cannot be written as AMQP "
+    "again. 400 when `target` is longer than a queue name (255 bytes of UTF-8). 502 when "
+    "RabbitMQ returns the message.",
 )
 async def republish_one(
     dead_letter_id: PathId,
