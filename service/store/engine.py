@@ -12,6 +12,7 @@ import sqlalchemy
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL, make_url
 
+from service.errors import ConfigError
 from service.store.sqlite_turns import TurnTakingConnection
 
 BUSY_TIMEOUT_MS = 10_000
@@ -42,7 +43,14 @@ def sqlite_path(url: str) -> Path | None:
 def _prepare_sqlite_file(url: str) -> None:
     path = sqlite_path(url)
     if path is not None and str(path) != ":memory:":
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file on the way, /proc, no permission: a setting to change
+            raise ConfigError(
+                f"cannot create the store's directory {path.parent} ({exc.strerror}): set "
+                "DOCPROC_DATA_DIR, or the path in DOCPROC_DATABASE_URL, to a directory docproc "
+                "can create and write"
+            ) from exc
 
 
 def _sqlite_setup(busy_timeout_ms: int) -> Callable[[Any, Any], None]:

@@ -203,6 +203,10 @@ def _connect_signals(app: DocprocCelery) -> None:
         except DatabaseError as exc:
             # No crash loop: the worker starts paused and takes work once the store answers.
             logger.warning("the store is unavailable at start: {}", exc)
+        except DocprocError as exc:
+            # A store this docproc cannot use (newer than it, read-only): waiting mends nothing,
+            # and no task may run on it. Stopped here, before any consumer starts.
+            abort(exc)
         stop_metrics = metrics.serve(app.settings)  # before the pool forks
         if stop_metrics is not None:
             signals.worker_shutdown.connect(lambda **_: stop_metrics(), weak=False)

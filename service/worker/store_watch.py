@@ -11,6 +11,9 @@ When the store answers again, tasks that waited for it are still in the broker's
 for up to STORE_WAIT_MAX, their runs PENDING: before the worker takes work again it holds
 reconciliation off until they are back (`leases.STORE_RETURNED`), which else took them for
 tasks whose message was lost and published each a second time.
+
+A store this docproc cannot use at all (newer than it, read-only: a ConfigError) is no outage:
+waiting would not mend it, so the worker takes no work and stops, as it does at start.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from datetime import timedelta
 from typing import Any
 
 from celery import bootsteps
+from celery.worker import state as worker_state
 from loguru import logger
 
-from service.errors import DatabaseError
+from service.errors import DatabaseError, DocprocError, exit_status
 from service.store import dead_letters, leases
 from service.store.schema import utcnow
 from service.topology import WORK_QUEUES
@@ -49,12 +53,17 @@ class StoreWatch(bootsteps.StartStopStep):
         self._thread: threading.Thread | None = None
 
     def start(self, parent: Any) -> None:
+        if self._thread is None and not parent.app.migrated:
+            # The store did not answer at start: not taken for available before it is seen to
+            # answer, so the worker consumes nothing meanwhile.
+            self.available, self.reason = False, "it did not answer at start"
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
             self._thread = threading.Thread(
                 target=self._look, args=(parent.app,), name="store-watch", daemon=True
             )
             self._thread.start()
+        self._apply(parent)  # before the consumer's loop first consumes
         parent.timer.call_repeatedly(DOWN_INTERVAL, self._apply, (parent,))
 
     def stop(self, parent: Any) -> None:
@@ -79,6 +88,15 @@ class StoreWatch(bootsteps.StartStopStep):
                     )
             except DatabaseError as exc:
                 self.available, self.reason = False, str(exc)
+            except DocprocError as exc:
+                # Not an outage: a store this docproc cannot use (newer than it, read-only).
+                # Waiting mends nothing: no new work, and the worker stops (warm: what runs
+                # ends first) with the exit status of the error, as at start.
+                self.available, self.reason = False, str(exc)
+                logger.error("{}; the worker stops", exc)
+                # Celery's own signal handlers stop the worker so; its stub types the flag None.
+                worker_state.should_stop = exit_status(exc)  # type: ignore[assignment]
+                return
             else:
                 self.available = True
             self._stop.wait(HEALTHY_INTERVAL if self.available else DOWN_INTERVAL)
