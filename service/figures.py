@@ -4,8 +4,10 @@ depth and consumers (from RabbitMQ's management API)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 
+import httpx
 import msgspec
 from sqlalchemy import Connection
 
@@ -23,6 +25,27 @@ class StoreFigures(msgspec.Struct, frozen=True, kw_only=True):
     finished_last_minute: dict[str, int]
     finished_last_hour: dict[str, int]
     reconciled: int
+
+
+OTHER = "other"
+"""The label of a dead letter's reason or queue that is neither RabbitMQ's nor docproc's."""
+LETTER_QUEUES = frozenset({*WORK_QUEUES, DEAD_LETTER_QUEUE, "unknown"})
+"""Queues a dead letter's label may name: docproc's, and its word for a letter that names none."""
+
+
+def dead_letter_series(counts: Iterable[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """`counts` (StoreFigures.dead_letters) as /metrics labels them: a reason or queue that is
+    not RabbitMQ's or docproc's is "other", its letters added up there. A message published
+    straight to docproc.dlx says whatever reason and queue it likes, and the letter keeps what it
+    said; as labels, each new pair was a new series in Prometheus."""
+    series: dict[tuple[str, str], int] = {}
+    for reason, queue, count in counts:
+        key = (
+            reason if reason in dead_letters.REASONS else OTHER,
+            queue if queue in LETTER_QUEUES else OTHER,
+        )
+        series[key] = series.get(key, 0) + count
+    return [(reason, queue, count) for (reason, queue), count in series.items()]
 
 
 class QueueFigures(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,6 +90,10 @@ async def of_queues(management: Management) -> tuple[list[QueueFigures], list[st
         found = {queue.name: queue for queue in await management.queues()}
     except BrokerUnavailable as exc:
         return [], [f"queue figures unavailable: {exc}"]
+    except httpx.HTTPStatusError as exc:  # a node that answers with an error (a 503 at start)
+        return [], [f"queue figures unavailable: the management API answered {exc}"]
+    except msgspec.MsgspecError as exc:  # an answer that is not the management API's
+        return [], [f"queue figures unavailable: the management API's answer: {exc}"]
     return [
         QueueFigures(
             name=name,

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -90,18 +91,25 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
             return
         method, path = scope["method"], scope.get("path_template") or scope["path"]
         started = time.perf_counter()
-        status = 500  # what is recorded if the app raises before it answers
+        status = 500  # what is recorded if the app raises anything else before it answers
+        answered = False
 
         async def send_recording(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
             await send(message)
 
         running = _CHILDREN.running(method, path)
         running.inc()
         try:
             await app(scope, receive, send_recording)
+        except HTTPException as exc:
+            # Raised by a middleware inside this one (a 401 or 403 of the key check): Litestar's
+            # outermost exception handler answers it with its own status, once it has left here.
+            if not answered:
+                status = exc.status_code
+            raise
         finally:
             running.dec()
             _CHILDREN.finish(method, path, status)(time.perf_counter() - started)

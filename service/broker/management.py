@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote, unquote, urlsplit
@@ -98,6 +99,11 @@ class Management:
     def _v(self) -> str:
         return quote(self.vhost, safe="")
 
+    def _demote(self, base: str) -> None:
+        """The next node first, from now on — unless another request moved on already."""
+        if self._nodes[0][0] == base:
+            self._nodes.append(self._nodes.pop(0))
+
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         failures = []
         for _ in range(len(self._nodes)):
@@ -107,7 +113,12 @@ class Management:
                 break
             except httpx.HTTPError as exc:
                 failures.append(f"{base} ({exc!r})")
-                self._nodes.append(self._nodes.pop(0))  # the next node first, from now on
+                self._demote(base)
+            except asyncio.CancelledError:
+                # Cut off by the caller's deadline (/metrics gives it seconds, not a node's
+                # timeout): a node that hangs is not the first one asked next time either.
+                self._demote(base)
+                raise
         else:
             raise BrokerUnavailable(
                 f"RabbitMQ's management API did not answer at {'; '.join(failures)}; is the "

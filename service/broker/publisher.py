@@ -19,6 +19,7 @@ import socket
 import struct
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -137,6 +138,36 @@ class TaskPublisher(Protocol):
     async def close(self) -> None: ...
 
 
+ROUND_TRIP_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, RuntimeError)
+"""What a round trip on a lost connection raises (aiormq: a RuntimeError once it is closed)."""
+_round_trips: weakref.WeakKeyDictionary[AbstractConnection, asyncio.Task[None]] = (
+    weakref.WeakKeyDictionary()
+)
+"""The round trip in flight on each connection: probes that come meanwhile wait for it."""
+
+
+async def _open_and_close_channel(connection: AbstractConnection, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        channel = await connection.channel(publisher_confirms=False)
+        await channel.close()
+
+
+async def round_trip(connection: AbstractConnection, timeout: float) -> None:
+    """A channel opened and closed on `connection`: two answers RabbitMQ gives at once, and that
+    a broker gone silent — a link that stops forwarding without closing — does not give (the
+    connection looks up until the heartbeat times out, minutes later). TimeoutError after
+    `timeout`. One at a time per connection: concurrent probes share it."""
+    flying = _round_trips.get(connection)
+    if flying is None:
+        flying = asyncio.create_task(
+            _open_and_close_channel(connection, timeout), name="round-trip"
+        )
+        _round_trips[connection] = flying
+        flying.add_done_callback(lambda _: _round_trips.pop(connection, None))
+        flying.add_done_callback(_retrieved)  # the probes that waited for it may all have gone
+    await asyncio.shield(flying)  # a probe that gives up leaves it to the others
+
+
 class Publisher:
     """One connection kept up by the connection module's reconnect loop, and a channel with
     publisher confirms on which a returned (unroutable) message raises."""
@@ -173,6 +204,15 @@ class Publisher:
             and self._channel is not None
             and not self._channel.is_closed
         )
+
+    async def round_trip(self, timeout: float) -> None:
+        """A round trip to RabbitMQ on the connection publishes go through (`round_trip`):
+        TimeoutError when none comes back within `timeout`, BrokerUnavailable when there is no
+        connection."""
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            raise BrokerUnavailable("not connected")
+        await round_trip(connection, timeout)
 
     async def start(self) -> None:
         """Connect now if a node answers, and keep the connection up in the background."""

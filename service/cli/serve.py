@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from loguru import logger
@@ -14,6 +17,9 @@ from service import heap
 from service.logs import setup_logging
 from service.settings import Settings, load_settings
 from service.topology import WORK_QUEUES
+
+if TYPE_CHECKING:
+    import uvicorn
 
 CELERY_LEVELS = {"TRACE": "DEBUG", "SUCCESS": "INFO"}
 SERVER_KEEP_ALIVE = 5
@@ -101,18 +107,57 @@ def api() -> None:
     except BrokerUnavailable as exc:
         # The API starts all the same: /ready says the broker is down, uploads are swept later.
         logger.warning("{}", exc)
-    uvicorn.run(
-        "service.api.app:create_app_from_environment",
-        factory=True,
-        host=settings.api_host,
-        port=settings.api_port,
-        workers=settings.api_workers,
-        log_config=None,
-        proxy_headers=False,
-        timeout_graceful_shutdown=20,
-        http=GuardedHttpToolsProtocol,  # closes connections that never send their headers
-        timeout_keep_alive=SERVER_KEEP_ALIVE,
-    )
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": settings.api_host,
+        "port": settings.api_port,
+        "workers": settings.api_workers,
+        "log_config": None,
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": 20,
+        "http": GuardedHttpToolsProtocol,  # closes connections that never send their headers
+        "timeout_keep_alive": SERVER_KEEP_ALIVE,
+    }
+    if settings.api_workers == 1:
+        uvicorn.run(API_FACTORY, **options)
+    else:
+        serve_api_processes(uvicorn.Config(API_FACTORY, **options))
+
+
+API_FACTORY = "service.api.app:create_app_from_environment"
+
+
+def serve_api_processes(config: uvicorn.Config) -> None:
+    """Uvicorn's worker processes, their HTTP metrics added up: each writes them into a fresh
+    directory (prometheus_client's multiprocess mode) that they inherit, and /metrics serves the
+    sum — whichever process a scrape reaches, a counter never goes back. A worker that uvicorn
+    replaces (it died, or SIGHUP, SIGTTOU) keeps its counts in the sum, and its requests in
+    progress leave it. The directory goes when the API stops."""
+    from prometheus_client.multiprocess import mark_process_dead
+    from uvicorn.supervisors import Multiprocess
+
+    directory = tempfile.mkdtemp(prefix="docproc-api-metrics-")
+
+    class Supervisor(Multiprocess):
+        def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+            super().__init__(config, sockets)
+            self.serving: set[int] = set()
+
+        def keep_subprocess_alive(self) -> None:
+            # Called after the signals are handled, every half second.
+            super().keep_subprocess_alive()
+            serving = {process.pid for process in self.processes if process.pid is not None}
+            for pid in self.serving - serving:
+                mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+            self.serving = serving
+
+    # prometheus_client's own variable: the workers uvicorn spawns inherit it, and write there.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:
+        Supervisor(config, sockets=[config.bind_socket()]).run()
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @serve.command()
