@@ -3,16 +3,13 @@ was, its arguments where the content type allows, and a key that recognises it w
 
 from __future__ import annotations
 
-import bz2
 import hashlib
-import lzma
-import zlib
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
+from service import task_protocol
 from service.deadletters.headers import to_json
 from service.logs import CORRELATION_HEADER
 from service.serialization import CONTENT_TYPE as MSGSPEC_CONTENT_TYPE
@@ -22,7 +19,7 @@ from service.task_contract import (
     ERROR_TYPE_HEADER,
     REPUBLISHED_FROM_HEADER,
 )
-from service.task_protocol import BODY_CHECK_LIMIT, UNREADABLE_PROPERTIES, problem
+from service.task_protocol import BODY_CHECK_LIMIT, COMPRESSIONS, UNREADABLE_PROPERTIES, problem
 
 REPUBLISH_COUNT_HEADER = "x-docproc-republish-count"
 
@@ -183,55 +180,6 @@ COMPRESSION_HEADER = "compression"
 before it decodes, so the DLQ does the same before it reads the arguments."""
 
 
-class _Inflater(Protocol):
-    """zlib's, bz2's and lzma's decompressors, as `_inflated` uses them."""
-
-    def decompress(self, data: bytes, max_length: int, /) -> bytes: ...
-
-    @property
-    def eof(self) -> bool: ...
-
-    @property
-    def unused_data(self) -> bytes: ...
-
-
-def _zlib() -> _Inflater:
-    return zlib.decompressobj()
-
-
-_INFLATERS: dict[str, Callable[[], _Inflater]] = {
-    # kombu's names and aliases (kombu.compression), case and all; "gzip" is zlib's format there.
-    **dict.fromkeys(("application/x-gzip", "gzip", "zlib"), _zlib),
-    **dict.fromkeys(("application/x-bz2", "bzip2", "bzip"), bz2.BZ2Decompressor),
-    **dict.fromkeys(("application/x-lzma", "lzma", "xz"), lzma.LZMADecompressor),
-}
-
-
-def _inflated(body: bytes, method: str) -> bytes | None:
-    """`body` decompressed as kombu does it for `method` (zlib reads one stream; bz2 and lzma
-    read streams one after another, and ignore what follows that is none), or None once it
-    passes BODY_CHECK_LIMIT bytes: a body of kilobytes can inflate to gigabytes."""
-    make = _INFLATERS[method]
-    inflated = bytearray()
-    rest, streams = body, 0
-    while True:
-        stream = make()
-        try:
-            inflated += stream.decompress(rest, BODY_CHECK_LIMIT + 1 - len(inflated))
-        except Exception:
-            if streams:
-                break
-            raise
-        if len(inflated) > BODY_CHECK_LIMIT:
-            return None
-        if not stream.eof:
-            raise ValueError("the compressed stream ends early")
-        rest, streams = stream.unused_data, streams + 1
-        if not rest or make is _zlib:
-            break
-    return bytes(inflated)
-
-
 def _task_body(
     headers: dict[str, Any], body: bytes, reader: _Reader
 ) -> tuple[bytes | None, str | None]:
@@ -241,12 +189,12 @@ def _task_body(
     method = headers.get(COMPRESSION_HEADER)
     if method is None:
         return body, None
-    if not isinstance(method, str) or method not in _INFLATERS:
+    if not isinstance(method, str) or method not in COMPRESSIONS:
         reader.note(f"the body is compressed as {method!r:.60}, not read here: no arguments")
         return None, None
     try:
-        inflated = _inflated(body, method)
-    except Exception as exc:  # zlib.error, OSError (bz2), LZMAError, ValueError
+        inflated = task_protocol.inflated(body, method)
+    except ValueError as exc:
         return (
             None,
             f"the body does not decompress as its compression header says ({method}: {exc})",

@@ -5,14 +5,20 @@
   in the worker's main process (a body `{"task": ...}` without an id did: KeyError('id')).
 - A message that cannot be decoded is rejected the same way; Celery would ack it ("so it doesn't
   enter a loop"), which loses it. Unknown tasks and disallowed content are rejected by Celery.
-- Anything else that goes wrong while a message becomes a request rejects that message only.
+- Anything else that goes wrong while a message is judged or becomes a request rejects that
+  message only, unread: never an "Unrecoverable error" that stops the worker, which would meet
+  the message again once restarted (a JSON body nested 5,000 deep did, from msgspec).
+- A body kombu would inflate past what the worker checks, or decode with a codec that inflates
+  (its content encoding), is dead-lettered as it came: service.worker.bodies.
 - A task whose `eta` is more than HOLD_LIMIT ahead goes back to the broker's delay queues for
   the rest of its wait (Celery's native delayed delivery, as Celery's own clients send one), its
   message acked once the copy is confirmed. Held in the worker, as Celery holds it, it took one
   of the few deliveries a quorum queue lets a worker have unacked (its prefetch is static): two
   messages with an eta a day ahead — a stock client's `countdown=86400`, or a hostile one's —
   stopped all processing for that day. An eta beyond what the delay queues can hold (2 ** 28 s)
-  is dead-lettered.
+  is dead-lettered. The copy is the message as it came: its body still compressed when it came
+  so (kombu's inflated body under its `compression` header was dead at its next delivery), no
+  content type or encoding added to one that had none.
 - Task events (Flower's) are sent without publisher confirms. The app's confirms are for the
   worker's own task publishes (a retry is confirmed before its original is acked); applied to
   events, the main process waited for the broker's confirm of three events a task, between
@@ -36,9 +42,9 @@ from kombu.transport.native_delayed_delivery import calculate_routing_key
 from loguru import logger
 
 from service.task_contract import DEATH_HEADERS
-from service.task_protocol import problem
+from service.task_protocol import problem, shown
 from service.topology import DELAY_LEVELS, WORK_QUEUES, delay_level_name
-from service.worker import control, events
+from service.worker import bodies, control, events
 
 HOLD_LIMIT = 5.0
 """Seconds ahead an `eta` may be for the worker to hold its message until then, as Celery does: a
@@ -55,11 +61,16 @@ _stdlib_log = logging.getLogger(__name__)
 def _described(message: Message) -> Any:
     headers = message.headers if isinstance(message.headers, dict) else {}
     return logger.bind(
-        task=str(headers.get("task"))[:200],
-        task_id=str(headers.get("id"))[:200],
+        task=_named(headers.get("task")),
+        task_id=_named(headers.get("id")),
         content_type=message.content_type,
         size=len(message.body or b""),
     )
+
+
+def _named(value: Any) -> str:
+    """A header as a log line names it: a nested one's repr() overflowed Python's stack."""
+    return value[:200] if isinstance(value, str) else shown(value, 200)
 
 
 class DeadLetteringConsumer(Consumer):
@@ -118,22 +129,24 @@ class DeadLetteringConsumer(Consumer):
         handle = super().create_task_handler(*args, **kwargs)
 
         def on_task_received(message: Message) -> Any:
-            raw = message.body
-            body = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw or b"")
-            wrong = problem(message.headers, body, message.content_type)
-            if wrong is not None:
-                _described(message).error("not a task request, dead-lettering it: {}", wrong)
-                self._reject(message)
-                return None
-            wait = _wait_of(message.headers)
-            if wait is not None and self._delayed(message, wait):
-                return None
             try:
+                raw = message.body
+                body = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw or b"")
+                wrong = problem(message.headers, body, message.content_type)
+                if wrong is not None:
+                    _described(message).error("not a task request, dead-lettering it: {}", wrong)
+                    self._reject(message)
+                    return None
+                wait = _wait_of(message.headers)
+                if wait is not None and self._delayed(message, wait):
+                    return None
                 return handle(message)
             except Exception as exc:
-                # Celery's own handling failed on this message: it goes, the worker stays.
+                # Judging it or Celery's own handling failed on this message: it goes, unread,
+                # and the worker stays.
                 _described(message).opt(exception=exc).error(
-                    "the message could not become a task request, dead-lettering it"
+                    "the message could not become a task request, dead-lettering it: {}",
+                    shown(exc, 200),
                 )
                 if not message.acknowledged:
                     self._reject(message)
@@ -158,28 +171,34 @@ class DeadLetteringConsumer(Consumer):
             )
             self._reject(message)
             return True
-        properties = message.properties
+        properties = message.properties or {}
+        kept = {name: properties[name] for name in _KEPT_PROPERTIES if name in properties}
         try:
             with self.app.producer_or_acquire() as producer, _dropped_on_failure(producer):
-                producer.publish(
-                    message.body,
-                    exchange=delay_level_name(DELAY_LEVELS - 1),
-                    routing_key=calculate_routing_key(math.ceil(wait), queue),
+                # Through the channel, not kombu's publish: that serializes a body without a
+                # content type, and adds a content encoding to one without.
+                channel = producer.channel
+                copy = channel.prepare_message(
+                    bodies.arrived(message),  # with its `compression` header: as it came
+                    kept.pop("priority", None),
+                    message.content_type,
+                    message.content_encoding,
                     # Without the deaths of its way here (through the delay queues, perhaps):
                     # RabbitMQ would take its next pass through them for a loop, and drop it.
-                    headers={
+                    {
                         name: value
                         for name, value in (message.headers or {}).items()
                         if name not in DEATH_HEADERS
                     },
-                    content_type=message.content_type,
-                    content_encoding=message.content_encoding,
-                    delivery_mode=2,
-                    retry=False,
+                    kept | {"delivery_mode": 2},
+                )
+                channel.basic_publish(
+                    copy,
+                    exchange=delay_level_name(DELAY_LEVELS - 1),
+                    routing_key=calculate_routing_key(math.ceil(wait), queue),
                     # Never the loop's wait without end: a blocked broker sends no confirm.
                     timeout=HAND_BACK_TIMEOUT,
                     confirm_timeout=HAND_BACK_TIMEOUT,
-                    **{name: properties[name] for name in _KEPT_PROPERTIES if name in properties},
                 )
         except Exception as exc:  # the broker away or blocked: Celery holds it, as before
             # A copy may have gone out all the same (a confirm that did not come in time): two

@@ -36,6 +36,7 @@ from loguru import logger
 
 from service.hooks import replace_once
 from service.task_protocol import UNREADABLE_PROPERTIES
+from service.worker import bodies
 
 _ERROR_CHARS = 1000
 _FIXED = {
@@ -48,9 +49,11 @@ _FIXED = {
 
 
 def install() -> None:
-    """Read every content header and method of this process tolerantly (idempotent)."""
+    """Read every content header and method of this process tolerantly, and its bodies within
+    bounds (service.worker.bodies); idempotent."""
     replace_once(GenericContent, "_load_properties", _tolerant_properties)
     replace_once(amqp.abstract_channel, "loads", _tolerant_arguments)
+    bodies.install()
 
 
 def lenient_arguments(codes: str, buf: bytes, offset: int) -> tuple[list[Any], int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
+import zlib
 from datetime import UTC, datetime, timedelta
 
 import aio_pika
@@ -157,6 +158,26 @@ async def test_tasks_due_later_wait_in_the_broker_not_in_the_worker(
     await eventually(in_the_broker, 30, "the three to wait in the delay queues, none held")
 
 
+async def handed_back(
+    channel: aio_pika.abc.AbstractChannel, task_id: str
+) -> aio_pika.abc.AbstractIncomingMessage:
+    """The copy of task `task_id`, handed back an hour ahead, in the level of 2**11 s (which no
+    other test here uses), taken off it: it would run long after this vhost is gone."""
+    waiting = await channel.get_queue(delay_level_name(11), ensure=False)
+
+    async def taken() -> aio_pika.abc.AbstractIncomingMessage | None:
+        got = await waiting.get(no_ack=False, fail=False)
+        if got is None:
+            return None
+        if got.headers.get("id") != task_id:
+            await got.reject(requeue=True)
+            return None
+        await got.ack()
+        return got
+
+    return await eventually(taken, 30, f"task {task_id} in the delay queues")
+
+
 async def test_a_task_handed_back_goes_without_the_deaths_of_its_way_here(
     worker: Process, connection: aio_pika.abc.AbstractConnection
 ) -> None:
@@ -186,21 +207,77 @@ async def test_a_task_handed_back_goes_without_the_deaths_of_its_way_here(
         "x-first-death-exchange": delay_level_name(0),
     }
     await exchange.publish(message, routing_key=DOCUMENT_QUEUE)
-    waiting = await channel.get_queue(delay_level_name(11), ensure=False)
 
-    async def handed_back() -> aio_pika.abc.AbstractIncomingMessage | None:
-        got = await waiting.get(no_ack=False, fail=False)
-        if got is None:
-            return None
-        if got.headers.get("id") != task_id:
-            await got.reject(requeue=True)
-            return None
-        await got.ack()  # seen: it would run in an hour, long after this vhost is gone
-        return got
-
-    copy = await eventually(handed_back, 30, "the task in the delay queues")
+    copy = await handed_back(channel, task_id)
     # The quorum queue it is read from counts its own deliveries (x-delivery-count, 0 here).
     assert not (DEATH_HEADERS - {"x-delivery-count"}) & set(copy.headers), copy.headers
     assert copy.headers["eta"] == message.headers["eta"]
     assert copy.headers["task"] == canary.SUCCEED
     assert copy.correlation_id == message.correlation_id
+
+
+AS_IT_CAME = {
+    "compressed": (
+        zlib.compress(b'[[], {}, {"callbacks": null}]'),
+        ("application/json", "utf-8", {"compression": "application/x-gzip"}),
+    ),
+    "without content type or encoding": (b"[[], {}, {}]", (None, None, {})),
+}
+"""A delayed task's body, content type, content encoding and headers of its own."""
+
+
+@pytest.mark.parametrize("case", AS_IT_CAME)
+async def test_a_task_handed_back_goes_as_it_came(
+    worker: Process, connection: aio_pika.abc.AbstractConnection, case: str
+) -> None:
+    """The copy took kombu's inflated body under the `compression` header, and was dead at its
+    next delivery ("cannot decode a message"); kombu's publish gave a copy without a content type
+    one of its own, its body serialized again."""
+    body, (content_type, content_encoding, own) = AS_IT_CAME[case]
+    task_id = str(uuid.uuid4())
+    eta = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    headers: dict[str, aio_pika.abc.FieldValue] = {"task": canary.SUCCEED, "id": task_id}
+    headers |= {"eta": eta} | own
+    message = aio_pika.Message(
+        body,
+        headers=headers,
+        content_type=content_type,
+        content_encoding=content_encoding,
+        correlation_id=task_id,
+    )
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+    await exchange.publish(message, routing_key=DOCUMENT_QUEUE)
+
+    copy = await handed_back(channel, task_id)
+
+    assert copy.body == body
+    assert (copy.content_type, copy.content_encoding) == (content_type, content_encoding)
+    assert {name: copy.headers.get(name) for name in headers} == headers
+    assert copy.correlation_id == task_id
+
+
+async def test_a_compressed_task_handed_back_runs_when_due(
+    worker: Process, connection: aio_pika.abc.AbstractConnection, reports: Reports
+) -> None:
+    """A compressed task due more than 5 s ahead (kombu's `compression="zlib"`, a stock client's
+    `countdown=10`): handed back inflated under its compression header, it ended DEAD when it
+    came back."""
+    task_id = str(uuid.uuid4())
+    message = task_message(canary.SUCCEED, task_id, kwargs={"report_to": reports.name})
+    message.body = zlib.compress(message.body)
+    message.headers |= {
+        "compression": "application/x-gzip",
+        "eta": (datetime.now(UTC) + timedelta(seconds=8)).isoformat(),
+    }
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+    await exchange.publish(message, routing_key=DOCUMENT_QUEUE)
+
+    await reports.wait_for(
+        lambda r: r["task_id"] == task_id and r["event"] == "succeeded",
+        timeout=30,
+        what="the compressed task to run once due",
+    )
+    said = [line for line in worker.output().splitlines() if task_id in line]
+    assert any("handed back to the broker's delay queues" in line for line in said), said
