@@ -1,20 +1,20 @@
-"""`tox`'s test run: the fault suite beside the fast and integration tiers, then the rest.
+"""`tox`'s test run: the tiers in sessions side by side, so that both cores work.
 
-The fault suite (tests/faults) boots a private three-node cluster and then mostly waits: for a
-node to come back, a partition to heal, a killed process to be replaced. The machine's load
-stayed under 1.6 on 2 cores with it running beside the other tests, and the whole run took 13
-minutes 21 s against 19 minutes 34 s one after the other (2026-12-04). The fault suite has its
-own RabbitMQ nodes (ports 5701-5703, 15701-15703, 25701-25703), network namespace and
-PostgreSQL database; the other session uses the local broker, a vhost and a database of its
-own. They share the PostgreSQL server, epmd and the machine.
+Most of the fault suite (tests/faults) and of the tests that change the whole broker node
+(`node_wide`: a memory alarm, a restart) is waiting: for a node to come back, an alarm to take
+hold, a killed process to be replaced. One session after another, the whole run left a core idle
+most of the time (31.5 minutes, 20 of CPU, on 2026-12-08's machine). The sessions:
 
-Three pytest sessions:
+1. at once: the fault suite (`-m "faults and not full_faults"`: its own three-node cluster,
+   network namespace and PostgreSQL database), the `node_wide` tests (alone on the machine's
+   broker, since nothing else may use it while they change it), and the tiers that use no
+   broker (unit, store, HTTP);
+2. as soon as the `node_wide` tests have ended: the API and integration tiers, in a session each;
+3. once every one of those has ended: the tiers whose bounds are in wall-clock time
+   (observability, the console in Chromium, `docproc up` end to end), alone.
 
-1. the fault suite (`-m "faults and not full_faults"`), its output kept in a file and printed
-   after the second session's;
-2. at the same time, the unit, store, HTTP, API and integration tiers;
-3. once both have ended, the tiers whose bounds are in wall-clock time: observability, the
-   console in Chromium, and `docproc up` end to end.
+The first session of the tiers that use no broker writes to the terminal; each other one's
+output is kept in a file and printed after it, in this order.
 
 With arguments (`tox -- tests/unit -x`), one pytest session runs them after `-m "not
 full_faults"`; a `-m` of your own replaces that one (`-m "not node_wide and not full_faults"`).
@@ -26,6 +26,7 @@ teardown runs: the cluster is stopped, vhosts and databases dropped, node-wide c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -39,7 +40,11 @@ from typing import IO
 NOT_FULL = "not full_faults"
 """The whole-cluster restart runs in `tox -e faults` only (3.5 minutes on its own)."""
 FAULTS = ["tests/faults", "-m", f"faults and {NOT_FULL}", "-p", "no:cacheprovider"]
-BESIDE = ("unit", "store", "http", "api", "integration")
+NO_BROKER = ("unit", "store", "http")
+"""Tiers that use no broker: they run while the `node_wide` tests change the machine's."""
+BROKER = ("api", "integration")
+"""Tiers on the machine's broker, each a session of its own once the `node_wide` tests end."""
+NODE_WIDE = "node_wide"
 AFTER = ("observability", "console", "e2e")
 TEARDOWN = 150
 """Seconds a session may take to tear down after Ctrl-C (the fault suite stops three nodes)."""
@@ -50,13 +55,18 @@ def pytest(*args: str) -> list[str]:
     return [sys.executable, "-m", "pytest", *args]
 
 
-def tiers(*names: str) -> list[str]:
-    return ["-m", f"not faults and {NOT_FULL}", *(f"tests/{name}" for name in names)]
+def tiers(*names: str, marks: str = "") -> list[str]:
+    return ["-m", f"not faults and {NOT_FULL}{marks}", *(f"tests/{name}" for name in names)]
+
+
+def aside(args: list[str]) -> list[str]:
+    """A session beside the one with the cache: pytest's cache is one directory per rootdir."""
+    return [*args, "-p", "no:cacheprovider"]
 
 
 def unlisted() -> list[str]:
     """Test packages, and test modules at the top of tests/, that no session would run."""
-    listed = {*BESIDE, *AFTER, "faults"}
+    listed = {*NO_BROKER, *BROKER, *AFTER, "faults"}
     return sorted(
         path.name
         for path in TESTS.iterdir()
@@ -99,17 +109,33 @@ def main(arguments: list[str]) -> int:
         return 4
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
-    log = Path(os.environ.get("TOX_ENV_DIR") or tempfile.gettempdir()) / "fault-lane.log"
-    print(f"the fault suite runs beside the first session; its output: {log}", flush=True)
+    logs = Path(os.environ.get("TOX_ENV_DIR") or tempfile.gettempdir())
+    kept = {
+        "fault suite": logs / "fault-lane.log",
+        "node-wide tests": logs / "node-wide-lane.log",
+        **{f"{tier} tier": logs / f"{tier}-lane.log" for tier in BROKER},
+    }
+    print(f"sessions beside this one write to {logs}/*-lane.log", flush=True)
     sessions: list[subprocess.Popen[bytes]] = []
     codes: dict[str, int] = {}
     try:
-        with log.open("wb") as out:
-            faults = start(FAULTS, out)
-            sessions.append(faults)
-            beside = start(tiers(*BESIDE))
-            sessions.append(beside)
-            codes["fast and integration tiers"] = beside.wait()
+        with contextlib.ExitStack() as files:
+            out = {name: files.enter_context(path.open("wb")) for name, path in kept.items()}
+            faults = start(FAULTS, out["fault suite"])
+            node_wide = start(
+                aside(tiers("integration", marks=f" and {NODE_WIDE}")), out["node-wide tests"]
+            )
+            no_broker = start(tiers(*NO_BROKER))
+            sessions += [faults, node_wide, no_broker]
+            codes["node-wide tests"] = node_wide.wait()
+            broker = {
+                tier: start(aside(tiers(tier, marks=f" and not {NODE_WIDE}")), out[f"{tier} tier"])
+                for tier in BROKER
+            }
+            sessions += broker.values()
+            codes["unit, store and HTTP tiers"] = no_broker.wait()
+            for tier, session in broker.items():
+                codes[f"{tier} tier"] = session.wait()
             codes["fault suite"] = faults.wait()
         sessions.clear()
         after = start(tiers(*AFTER))
@@ -119,8 +145,9 @@ def main(arguments: list[str]) -> int:
         settle(sessions)
         codes["interrupted"] = 130
     finally:
-        print("\n=== the fault suite (tests/faults), run beside the first session ===", flush=True)
-        sys.stdout.write(log.read_text(errors="replace") if log.exists() else "(no output)\n")
+        for name, path in kept.items():
+            print(f"\n=== the {name}, run beside the first session ===", flush=True)
+            sys.stdout.write(path.read_text(errors="replace") if path.exists() else "(none)\n")
         print("\n" + ", ".join(f"{name}: exit {code}" for name, code in codes.items()))
     return next((code for code in codes.values() if code), 0)
 
