@@ -43,7 +43,9 @@ FAULTS = ["tests/faults", "-m", f"faults and {NOT_FULL}", "-p", "no:cacheprovide
 NO_BROKER = ("unit", "store", "http")
 """Tiers that use no broker: they run while the `node_wide` tests change the machine's."""
 BROKER = ("api", "integration")
-"""Tiers on the machine's broker, each a session of its own once the `node_wide` tests end."""
+"""Tiers on the machine's broker, in sessions of their own once the `node_wide` tests end: the
+API tier in one, the integration tier — the longest, its tests starting workers — in two, every
+other module in each (`halves`)."""
 NODE_WIDE = "node_wide"
 AFTER = ("observability", "console", "e2e")
 TEARDOWN = 150
@@ -57,6 +59,23 @@ def pytest(*args: str) -> list[str]:
 
 def tiers(*names: str, marks: str = "") -> list[str]:
     return ["-m", f"not faults and {NOT_FULL}{marks}", *(f"tests/{name}" for name in names)]
+
+
+def halves(tier: str) -> list[list[str]]:
+    """The modules of `tier`, every other one in each half, in name order."""
+    modules = sorted(f"tests/{tier}/{path.name}" for path in (TESTS / tier).glob("test_*.py"))
+    return [modules[0::2], modules[1::2]]
+
+
+def on_broker() -> dict[str, list[str]]:
+    """The sessions on the machine's broker once the `node_wide` tests end, by name."""
+    marks = ["-m", f"not faults and {NOT_FULL} and not {NODE_WIDE}"]
+    first, second = halves("integration")
+    return {
+        "api tier": [*marks, "tests/api"],
+        "integration tier, first half": [*marks, *first],
+        "integration tier, second half": [*marks, *second],
+    }
 
 
 def aside(args: list[str]) -> list[str]:
@@ -113,7 +132,10 @@ def main(arguments: list[str]) -> int:
     kept = {
         "fault suite": logs / "fault-lane.log",
         "node-wide tests": logs / "node-wide-lane.log",
-        **{f"{tier} tier": logs / f"{tier}-lane.log" for tier in BROKER},
+        **{
+            name: logs / f"{name.replace(',', '').replace(' ', '-')}-lane.log"
+            for name in on_broker()
+        },
     }
     print(f"sessions beside this one write to {logs}/*-lane.log", flush=True)
     sessions: list[subprocess.Popen[bytes]] = []
@@ -128,14 +150,11 @@ def main(arguments: list[str]) -> int:
             no_broker = start(tiers(*NO_BROKER))
             sessions += [faults, node_wide, no_broker]
             codes["node-wide tests"] = node_wide.wait()
-            broker = {
-                tier: start(aside(tiers(tier, marks=f" and not {NODE_WIDE}")), out[f"{tier} tier"])
-                for tier in BROKER
-            }
+            broker = {name: start(aside(args), out[name]) for name, args in on_broker().items()}
             sessions += broker.values()
             codes["unit, store and HTTP tiers"] = no_broker.wait()
-            for tier, session in broker.items():
-                codes[f"{tier} tier"] = session.wait()
+            for name, session in broker.items():
+                codes[name] = session.wait()
             codes["fault suite"] = faults.wait()
         sessions.clear()
         after = start(tiers(*AFTER))
