@@ -60,7 +60,7 @@ async def test_outcomes_the_store_refuses_for_a_moment_are_recorded_and_nothing_
         async def first_out() -> bool | None:
             return True if await queued(channel, "celery") >= first else None
 
-        await eventually(first_out, 10, f"the first {first} letters to be published")
+        await eventually(first_out, 60, f"the first {first} letters to be published")
         # While the store refuses, nothing goes out again, nor anything more.
         refused_until = time.monotonic() + REFUSED_FOR
         while time.monotonic() < refused_until:
@@ -72,7 +72,7 @@ async def test_outcomes_the_store_refuses_for_a_moment_are_recorded_and_nothing_
         job = (await client.get(location)).json()
         return job if job["state"] == "finished" else None
 
-    final = await eventually(finished, 10, "the outcomes to be recorded once the store answers")
+    final = await eventually(finished, 60, "the outcomes to be recorded once the store answers")
     assert (final["published"], final["failed"]) == (letters, 0)
     assert await queued(channel, "celery") == letters
     stored = [store.run(dead_letters.get, each) for each in ids]
