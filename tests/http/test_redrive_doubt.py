@@ -24,6 +24,7 @@ from service.store.schema import utcnow
 from service.task_contract import REPUBLISHED_FROM_HEADER
 from tests.api.test_dead_letters_api import bury, dead_message, put_in_doubt
 from tests.http.conftest import Client
+from tests.http.test_unwritable_letters import Unwriting
 from tests.support import RecordingPublisher, eventually
 
 
@@ -356,16 +357,22 @@ class Returning(RecordingPublisher):
         raise Unroutable("RabbitMQ returned the message: no queue is bound")
 
 
-async def test_a_returned_letter_fails_alone_with_its_claim_given_back(
-    database_url: str, store: Store
+@pytest.mark.parametrize(
+    ("publisher", "said"),
+    [(Returning, "no queue is bound"), (Unwriting, "cannot be written as AMQP")],
+    ids=["returned", "unwritable"],
+)
+async def test_a_letter_that_certainly_did_not_go_out_fails_alone_with_its_claim_given_back(
+    publisher: type[RecordingPublisher], said: str, database_url: str, store: Store
 ) -> None:
-    """A message RabbitMQ returns reached no queue: the letter fails with why, and is not left
-    claimed — a single re-publish of it asked for force as if it might have gone out."""
+    """A message RabbitMQ returns reached no queue, and one that cannot be written as AMQP never
+    left: the letter fails with why, and is not left claimed — a single re-publish of it asked
+    for force as if it might have gone out."""
     [letter_id] = bury(store, dead_message(queue="retry_queue"))
     shared = AsyncStore(database_url)
     try:
         job = await shared.write(redrives.create, Filters(queue="retry_queue"), 100.0)
-        runner = RedriveRunner(shared, Returning(), owner="one")
+        runner = RedriveRunner(shared, publisher(), owner="one")
         await runner._group(job, [letter_id], asyncio.Event())
         found = await shared.run(redrives.get, job.id)
     finally:
@@ -374,9 +381,9 @@ async def test_a_returned_letter_fails_alone_with_its_claim_given_back(
     letter = store.run(dead_letters.get, letter_id)
     assert found is not None
     assert (found.published, found.failed) == (0, 1)
-    assert "no queue is bound" in str(found.last_error)
+    assert said in str(found.last_error)
     assert letter is not None
-    assert (letter.republished_at, letter.republish_count) == (None, 0)
+    assert (letter.republished_at, letter.republish_count) == (None, 0), "not in doubt"
 
 
 @pytest.mark.parametrize(

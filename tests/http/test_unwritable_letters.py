@@ -5,15 +5,10 @@ tests/api/test_hostile_letters_api.py)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import aio_pika
 
 from service.broker.publisher import Unwritable
-from service.deadletters.redrive import RedriveRunner
-from service.store import dead_letters, redrives
-from service.store.database import AsyncStore, Store
-from service.store.dead_letters import Filters
+from service.store.database import Store
 from tests.api.test_dead_letters_api import bury, dead_message
 from tests.http.conftest import Client
 from tests.support import RecordingPublisher
@@ -43,24 +38,3 @@ class Unwriting(RecordingPublisher):
         self, message: aio_pika.Message, routing_key: str, *, exchange: str = "docproc"
     ) -> None:
         raise UNWRITABLE
-
-
-async def test_a_redriven_letter_that_cannot_be_written_fails_with_its_claim_given_back(
-    database_url: str, store: Store
-) -> None:
-    [letter_id] = bury(store, dead_message(queue="retry_queue"))
-    shared = AsyncStore(database_url)
-    try:
-        job = await shared.write(redrives.create, Filters(queue="retry_queue"), 100.0)
-        runner = RedriveRunner(shared, Unwriting(), owner="one")
-        await runner._group(job, [letter_id], asyncio.Event())
-        found = await shared.run(redrives.get, job.id)
-    finally:
-        await shared.close()
-
-    letter = store.run(dead_letters.get, letter_id)
-    assert found is not None
-    assert (found.published, found.failed) == (0, 1)
-    assert "cannot be written as AMQP" in str(found.last_error)
-    assert letter is not None
-    assert (letter.republished_at, letter.republish_count) == (None, 0), "not in doubt"
